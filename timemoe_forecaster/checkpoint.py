@@ -1,0 +1,248 @@
+"""Checkpoints in the official layout: config.json + model.safetensors (or shards + index).
+
+Internally the routed experts of a layer are stacked ``[E, …]``; on disk they are the official
+per-expert keys ``model.layers.{l}.ffn_layer.experts.{e}.{gate,up,down}_proj.weight``. Loading never
+executes code from the checkpoint: safetensors, or ``torch.load(weights_only=True)`` for ``.bin``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import TimeMoEConfig
+from .model.modeling import TimeMoEForPrediction
+
+log = logging.getLogger(__name__)
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+_STACKED = {"w_gate_EFH": "gate_proj", "w_up_EFH": "up_proj", "w_down_EHF": "down_proj"}
+_OFFICIAL_EXPERT = re.compile(r"^(model\.layers\.\d+\.ffn_layer)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or file that cannot be loaded; the message names the file and key."""
+
+
+# Key mapping ---------------------------------------------------------------------------------
+def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Internal names -> official names (stacked experts split per expert)."""
+    out = {}
+    for key, tensor in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        if leaf in _STACKED:
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}.experts.{e}.{_STACKED[leaf]}.weight"] = tensor[e]
+        else:
+            out[key] = tensor
+    return out
+
+
+def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official names -> internal names (per-expert tensors stacked in expert order)."""
+    out, experts = {}, {}
+    for key, tensor in state_dict.items():
+        match = _OFFICIAL_EXPERT.match(key)
+        if match is None:
+            out[key] = tensor
+            continue
+        prefix, e, proj = match.group(1), int(match.group(2)), match.group(3)
+        experts.setdefault((prefix, proj), {})[e] = tensor
+    leaf_of = {v: k for k, v in _STACKED.items()}
+    for (prefix, proj), by_expert in experts.items():
+        if sorted(by_expert) != list(range(len(by_expert))):
+            missing = sorted(set(range(max(by_expert) + 1)) - set(by_expert))
+            raise CheckpointError(f"missing key {prefix}.experts.{missing[0]}.{proj}.weight")
+        out[f"{prefix}.{leaf_of[proj]}"] = torch.stack([by_expert[e] for e in range(len(by_expert))])
+    return out
+
+
+# Saving --------------------------------------------------------------------------------------
+def _parse_size(size: int | str | None) -> int | None:
+    if size is None or isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read shard size {size!r}; use bytes or e.g. '16MiB', '2GB'")
+    unit = (match.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(match.group(1)) * scale)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(
+    model: TimeMoEForPrediction, directory, max_shard_size: int | str | None = None, dtype=None
+) -> None:
+    """Write config.json and the weights; shards (with an index) when larger than ``max_shard_size``.
+
+    A shard holds whole tensors, so one tensor larger than the limit gets a shard of its own.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    limit = _parse_size(max_shard_size)
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.clone() for k, v in to_official(state).items()}  # expert slices become own storage
+    stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
+    model.config.to_json_file(directory / "config.json", torch_dtype=stored_dtype)
+    for stale in list(directory.glob("model*.safetensors")) + [directory / SAFE_INDEX]:
+        if stale.exists():
+            stale.unlink()
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        nbytes = state[key].numel() * state[key].element_size()
+        if limit is not None and shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = state[key]
+        size += nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        _atomic_write(directory / SAFE_SINGLE, lambda p: save_file(shards[0], p, metadata=metadata))
+        return
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        _atomic_write(directory / name, lambda p, s=shard: save_file(s, p, metadata=metadata))
+        for key, tensor in shard.items():
+            weight_map[key] = name
+            total += tensor.numel() * tensor.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+# Loading -------------------------------------------------------------------------------------
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({err}); it may be truncated or in another format"
+        ) from None
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+        raise CheckpointError(
+            f"{path} could not be loaded safely with weights_only=True ({type(err).__name__}); "
+            "convert it to safetensors"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return state
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory under their official names."""
+    if (directory / SAFE_INDEX).exists():
+        try:
+            index = json.loads((directory / SAFE_INDEX).read_text())
+            files = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{directory / SAFE_INDEX} is not a valid shard index: {err}") from None
+        state = {}
+        for name in files:
+            if not (directory / name).exists():
+                raise CheckpointError(f"shard {directory / name} listed in {SAFE_INDEX} is missing")
+            state.update(_read_safetensors(directory / name))
+        return state
+    if (directory / SAFE_SINGLE).exists():
+        return _read_safetensors(directory / SAFE_SINGLE)
+    if (directory / BIN_SINGLE).exists():
+        return _read_bin(directory / BIN_SINGLE)
+    raise CheckpointError(f"no weights in {directory}: expected {SAFE_SINGLE}, {SAFE_INDEX} or {BIN_SINGLE}")
+
+
+def resolve_directory(path_or_hub_id, revision: str | None = None) -> Path:
+    """A local directory as is; otherwise a hub id fetched through huggingface_hub (config + weights)."""
+    path = Path(os.path.expanduser(str(path_or_hub_id)))
+    if path.is_dir():
+        return path
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)) is not None and not path.exists()
+    if not looks_like_hub_id:
+        raise CheckpointError(f"checkpoint directory {str(path_or_hub_id)!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{path_or_hub_id!r} is not a local directory, and huggingface_hub is not installed to fetch it "
+            "from the hub; pass the path of a directory with config.json and model.safetensors"
+        ) from None
+    try:
+        local = snapshot_download(
+            str(path_or_hub_id), revision=revision, allow_patterns=["config.json", "*.safetensors", SAFE_INDEX]
+        )
+    except Exception as err:  # noqa: BLE001 - network and hub errors vary by version
+        raise CheckpointError(
+            f"could not fetch {path_or_hub_id!r} from the hub ({type(err).__name__}: {err}). Offline? Download "
+            "it elsewhere and pass the local directory (config.json + model.safetensors) instead"
+        ) from None
+    return Path(local)
+
+
+def load_pretrained(
+    path_or_hub_id,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    model_cls=TimeMoEForPrediction,
+    revision: str | None = None,
+    **model_kwargs,
+) -> TimeMoEForPrediction:
+    """Build the model on the meta device and load the weights into it (no double allocation)."""
+    directory = resolve_directory(path_or_hub_id, revision)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{config_path} is missing")
+    config = TimeMoEConfig.from_json_file(config_path)
+    state = from_official(read_weights(directory))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.replace("torch.", ""))
+    with torch.device("meta"):
+        model = model_cls(config, **model_kwargs)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"checkpoint {directory} lacks {len(missing)} key(s), first: {to_official_name(missing[0])}")
+    if unexpected:
+        raise CheckpointError(f"checkpoint {directory} has unexpected key(s), first: {unexpected[0]}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"key {to_official_name(key)} in {directory} has shape {tuple(tensor.shape)}, "
+                f"config.json implies {tuple(expected[key].shape)}"
+            )
+        if not tensor.dtype.is_floating_point:
+            raise CheckpointError(f"key {key} in {directory} has non-float dtype {tensor.dtype}")
+    target_dtype = dtype or next(iter(state.values())).dtype
+    state = {k: v.to(device=device or "cpu", dtype=target_dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    log.info("loaded %s (%s parameters, %s)", directory, f"{model.num_parameters():,}", target_dtype)
+    return model.eval()
+
+
+def to_official_name(key: str) -> str:
+    prefix, _, leaf = key.rpartition(".")
+    return f"{prefix}.experts.*.{_STACKED[leaf]}.weight" if leaf in _STACKED else key

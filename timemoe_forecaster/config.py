@@ -1,0 +1,220 @@
+"""Model configuration: the official Time-MoE ``config.json`` as a dataclass, plus named presets.
+
+Field names are the official config.json keys, so one object reads and writes checkpoints that other
+Time-MoE implementations produce. Keys we do not know (``auto_map``, ``architectures``…) are kept in
+``extra`` and written back unchanged; nothing in them is ever imported or executed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_TYPE = "time_moe"
+_ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
+@dataclass
+class TimeMoEConfig:
+    """Hyper-parameters of a Time-MoE model.
+
+    Defaults follow the official config class, so a config.json that omits a key means what it
+    means elsewhere. Use :meth:`from_preset` for the sizes of the paper.
+    """
+
+    input_size: int = 1
+    hidden_size: int = 4096
+    intermediate_size: int = 22016
+    horizon_lengths: list[int] = field(default_factory=lambda: [1])
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    hidden_act: str = "silu"
+    num_experts: int = 1
+    num_experts_per_tok: int = 2
+    max_position_embeddings: int = 32768
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_dense: bool = False
+    rope_theta: float = 10000.0
+    attention_dropout: float = 0.0
+    apply_aux_loss: bool = True
+    router_aux_loss_factor: float = 0.02
+    tie_word_embeddings: bool = False
+    use_cache: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.horizon_lengths, int):
+            self.horizon_lengths = [self.horizon_lengths]
+        self.horizon_lengths = [int(h) for h in self.horizon_lengths]
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        self._validate()
+
+    def _validate(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TimeMoEConfig.{name} must be a positive integer, got {value!r}")
+
+        for name in (
+            "input_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "num_experts",
+            "num_experts_per_tok",
+            "max_position_embeddings",
+        ):
+            positive(name)
+        if not self.horizon_lengths or any(h < 1 for h in self.horizon_lengths):
+            raise ValueError(f"TimeMoEConfig.horizon_lengths must be positive, got {self.horizon_lengths}")
+        if sorted(set(self.horizon_lengths)) != self.horizon_lengths:
+            raise ValueError(
+                "TimeMoEConfig.horizon_lengths must be strictly increasing (the greedy head schedule "
+                f"relies on it), got {self.horizon_lengths}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"TimeMoEConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError("TimeMoEConfig: the head dimension must be even for rotary embeddings")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"TimeMoEConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if not self.use_dense and self.num_experts_per_tok > self.num_experts:
+            raise ValueError(
+                f"TimeMoEConfig.num_experts_per_tok ({self.num_experts_per_tok}) exceeds "
+                f"num_experts ({self.num_experts})"
+            )
+        if not self.use_dense and self.intermediate_size // self.num_experts_per_tok < 1:
+            raise ValueError("TimeMoEConfig.intermediate_size must be at least num_experts_per_tok")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"TimeMoEConfig.hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"TimeMoEConfig.attention_dropout must be in [0, 1), got {self.attention_dropout}")
+
+    # Derived sizes ---------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def expert_size(self) -> int:
+        """Width of one routed expert: the official code splits intermediate_size over the top-k."""
+        return self.intermediate_size // self.num_experts_per_tok
+
+    # I/O ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TimeMoEConfig:
+        values = dict(values)
+        model_type = values.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"config.json has model_type {model_type!r}, expected {MODEL_TYPE!r}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: values.pop(k) for k in list(values) if k in known}
+        extra = dict(values.pop("extra", {}) or {})
+        for key in ("model_type", "transformers_version", "torch_dtype"):
+            values.pop(key, None)
+        extra.update(values)  # auto_map, architectures, … kept verbatim, never executed
+        return cls(**kwargs, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": MODEL_TYPE, "architectures": ["TimeMoeForPrediction"]}
+        out.update(copy.deepcopy(self.extra))
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> TimeMoEConfig:
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        return cls.from_dict(values)
+
+    def to_json_file(self, path: str | Path, torch_dtype: str | None = None) -> None:
+        values = self.to_dict()
+        if torch_dtype is not None:
+            values["torch_dtype"] = torch_dtype
+        Path(path).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TimeMoEConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> TimeMoEConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_PAPER_COMMON: dict[str, Any] = dict(
+    input_size=1,
+    horizon_lengths=[1, 8, 32, 64],
+    num_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=4096,
+    hidden_act="silu",
+    use_dense=False,
+)
+
+# Name -> config values. `tiny` comes first: it is the test model (3,840 parameters).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        _PAPER_COMMON,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_experts=4,
+    ),
+    "small": dict(
+        _PAPER_COMMON, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4
+    ),
+    "base": dict(
+        _PAPER_COMMON, hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=12
+    ),
+    "large": dict(
+        _PAPER_COMMON, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
+    ),
+    "ultra": dict(
+        _PAPER_COMMON, hidden_size=1024, intermediate_size=4096, num_hidden_layers=36, num_attention_heads=16
+    ),
+}
+
+
+def resolve_config(spec: str | Path | dict | TimeMoEConfig, **overrides: Any) -> TimeMoEConfig:
+    """Turn a preset name, a config.json path, a dict or a config into a config (with overrides)."""
+    if isinstance(spec, TimeMoEConfig):
+        config = spec
+    elif isinstance(spec, dict):
+        config = TimeMoEConfig.from_dict(spec)
+    elif isinstance(spec, str) and spec in PRESETS:
+        config = TimeMoEConfig.from_preset(spec)
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.exists():
+            raise ValueError(f"{spec!r} is neither a preset ({sorted(PRESETS)}) nor an existing config.json")
+        config = TimeMoEConfig.from_json_file(path)
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,132 @@
+"""Autoregressive forecasting with a KV cache and the multi-resolution head schedule.
+
+One prefill over the context, then decode steps that each feed back the points the previous head
+produced. At every step the head is the largest one not longer than what is left to forecast
+(the official greedy schedule), so horizon 100 with heads [1, 8, 32, 64] runs 64 + 32 + 1 + 1 + 1 + 1.
+
+Shape legend: B batch, S context, C channels, G key/value heads, K cached keys, D head dim, L head length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model.modeling import TimeMoEForPrediction, build_attention_mask
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of every layer; ``length`` counts the positions filled so far."""
+
+    def __init__(self, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.length = 0
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        self.k[layer_idx, :, :, self.length : end] = k
+        self.v[layer_idx, :, :, self.length : end] = v
+        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]  # [B, G, K, D]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+def head_schedule(horizon_lengths: list[int], horizon: int) -> list[tuple[int, int]]:
+    """(head index, points kept) per decode step: largest head <= remaining, else the smallest, cut."""
+    steps, remaining = [], horizon
+    while remaining > 0:
+        idx = max((i for i, h in enumerate(horizon_lengths) if h <= remaining), default=0)
+        kept = min(horizon_lengths[idx], remaining)
+        steps.append((idx, kept))
+        remaining -= kept
+    return steps
+
+
+def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: int, attention_mask):
+    if not isinstance(context, torch.Tensor):
+        raise TypeError(f"context must be a torch.Tensor, got {type(context).__name__}")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    c = model.config.input_size
+    expected = "[batch, length]" if c == 1 else f"[batch, length, {c}]"
+    if context.dim() not in (2, 3) or (context.dim() == 3 and context.shape[-1] != c) or (context.dim() == 2 and c != 1):
+        raise ValueError(f"context must have shape {expected}, got {tuple(context.shape)}")
+    if context.shape[0] == 0 or context.shape[1] == 0:
+        raise ValueError(f"context is empty: shape {tuple(context.shape)}")
+    if not context.dtype.is_floating_point:
+        raise TypeError(f"context must be a floating-point tensor, got {context.dtype}")
+    limit = model.config.max_position_embeddings
+    if context.shape[1] > limit:
+        raise ValueError(
+            f"context length {context.shape[1]} exceeds the model's limit of {limit} points; keep the last {limit}"
+        )
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(context.shape[:2]):
+        raise ValueError(f"attention_mask must have shape {tuple(context.shape[:2])}, got {tuple(attention_mask.shape)}")
+
+
+@torch.no_grad()
+def forecast(
+    model: TimeMoEForPrediction,
+    context: torch.Tensor,
+    horizon: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Forecast ``horizon`` points after each row of ``context`` (values used as given).
+
+    context [B, S] or [B, S, C]; attention_mask [B, S] with 0 on left padding. Returns [B, horizon]
+    (or [B, horizon, C]) in float32 on the context's device. The caller's tensors are not modified.
+    """
+    _check_inputs(model, context, horizon, attention_mask)
+    param = next(model.parameters())
+    squeeze = context.dim() == 2
+    x = context.to(device=param.device, dtype=param.dtype, copy=True)
+    x = x.unsqueeze(-1) if squeeze else x  # [B, S, C]
+    b, s, c = x.shape
+    valid = None
+    if attention_mask is not None:
+        valid = attention_mask.to(device=param.device).bool()
+        if not bool(valid.any(dim=1).all()):
+            raise ValueError("every row of attention_mask needs at least one real (1) position")
+        x = x.masked_fill(~valid[..., None], 0.0)
+    check = x if valid is None else x[valid]
+    if not bool(torch.isfinite(check).all()):
+        raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
+
+    config = model.config
+    steps = head_schedule(config.horizon_lengths, horizon)
+    fed_back = sum(kept for _, kept in steps[:-1])
+    cache = KVCache(config.num_hidden_layers, b, config.num_key_value_heads, s + fed_back, config.head_dim, param.dtype, param.device)
+    if valid is None:
+        positions = torch.arange(s, device=param.device).expand(b, s)
+        key_valid = torch.ones(b, s, dtype=torch.bool, device=param.device)
+        mask = build_attention_mask(None, None, s)
+    else:
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # first real point is position 0
+        key_valid = valid
+        mask = build_attention_mask(valid, None, s, key_valid=valid)
+
+    was_training = model.training
+    model.eval()
+    try:
+        hidden, _ = model.model(x, positions, mask, cache)  # prefill, [B, S, H]
+        cache.advance(s)
+        outputs = []
+        for step, (head_idx, kept) in enumerate(steps):
+            out = model.lm_heads[head_idx](hidden[:, -1])  # heads only at the last position, [B, L*C]
+            new = out[:, : kept * c].reshape(b, kept, c)  # [B, kept, C]
+            outputs.append(new)
+            if step == len(steps) - 1:
+                break
+            positions = positions[:, -1:] + torch.arange(1, kept + 1, device=param.device)  # [B, kept]
+            key_valid = torch.cat([key_valid, key_valid.new_ones(b, kept)], dim=1)
+            step_mask = build_attention_mask(None, None, kept, key_valid=key_valid)
+            hidden, _ = model.model(new, positions, step_mask, cache)
+            cache.advance(kept)
+    finally:
+        model.train(was_training)
+    result = torch.cat(outputs, dim=1).float().to(context.device)  # [B, horizon, C]
+    return result.squeeze(-1) if squeeze else result

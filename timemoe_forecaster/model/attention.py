@@ -1,0 +1,184 @@
+"""Self-attention with rotary positions and interchangeable kernels.
+
+Backends are plain functions with one signature, picked by name when the model is built:
+``eager`` is the reference math, ``sdpa`` uses PyTorch's fused kernels (flash/cuDNN/efficient),
+``flash_attn`` the flash-attn package when it imports, ``varlen`` PyTorch's variable-length flash
+kernel for packed rows. Every backend honours padding and packing masks.
+
+Shape legend: B batch, S queries, K keys (cache included), N query heads, G key/value heads,
+D head dim, T packed tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TimeMoEConfig
+from .layers import RotaryEmbedding, apply_rotary
+
+
+@dataclass
+class AttentionMask:
+    """Which keys each query may see, built once per forward and shared by all layers.
+
+    ``dense`` is a boolean [B, 1, S, K] (True = attend) or None for plain causal attention over a
+    row with no padding and no cache. ``cu_seqlens``/``max_seqlen`` describe packed documents for the
+    varlen kernels (flattened over the batch); ``valid`` marks real (non-padding) tokens [B, S].
+    """
+
+    dense: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+    valid: torch.Tensor | None = None
+
+    @property
+    def is_plain_causal(self) -> bool:
+        return self.dense is None
+
+
+class KVCacheLike(Protocol):
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _expand_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Repeat key/value heads for grouped-query attention: [B, G, K, D] -> [B, N, K, D]."""
+    repeats = num_heads // k.shape[1]
+    return k if repeats == 1 else k.repeat_interleave(repeats, dim=1)
+
+
+def eager_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
+    """Reference math: softmax(q k^T / sqrt(D)) v, softmax in fp32. q [B,N,S,D] -> [B,N,S,D]."""
+    k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
+    scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(q.shape[-1])  # [B, N, S, K]
+    allowed = mask.dense
+    if allowed is None:
+        allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, v)  # [B, N, S, D]
+
+
+def sdpa_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
+    """PyTorch's fused kernels; plain causal rows take the flash/cuDNN path."""
+    k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
+    p = dropout if training else 0.0
+    if mask.dense is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, dropout_p=p)
+
+
+def _varlen_kernel() -> Callable | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    # The causal flag changed name across torch releases (is_causal in 2.10/2.11, window_size later).
+    if "is_causal" in params:
+        return lambda q, k, v, cu, m: varlen_attn(q, k, v, cu, cu, m, m, is_causal=True)
+    if "window_size" in params:
+        return lambda q, k, v, cu, m: varlen_attn(q, k, v, cu, cu, m, m, window_size=(-1, 0))
+    return None
+
+
+_VARLEN = _varlen_kernel()
+_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+
+def _packed_call(kernel, q, k, v, mask: AttentionMask) -> torch.Tensor:
+    """Run a varlen kernel on [B, N, S, D] rows whose documents ``mask.cu_seqlens`` delimits."""
+    b, n, s, d = q.shape
+    flat = lambda t: t.transpose(1, 2).reshape(b * s, t.shape[1], d)  # noqa: E731  [T, N, D]
+    out = kernel(flat(q), flat(k), flat(v), mask.cu_seqlens, mask.max_seqlen)  # [T, N, D]
+    return out.reshape(b, s, n, d).transpose(1, 2)  # [B, N, S, D]
+
+
+def varlen_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
+    """Packed rows through PyTorch's variable-length flash kernel (CUDA, no cache); else SDPA."""
+    usable = _VARLEN is not None and q.is_cuda and mask.cu_seqlens is not None and q.shape[2] == k.shape[2]
+    if not usable or (training and dropout > 0):
+        return sdpa_attention(q, k, v, mask, dropout, training)
+    k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
+    return _packed_call(_VARLEN, q, k, v, mask)
+
+
+def flash_attn_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
+    """The flash-attn package. Unlike the official flash path, padding and packing are honoured:
+    rows with a mask go through ``flash_attn_varlen_func`` on their real tokens only."""
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    p = dropout if training else 0.0
+    if mask.dense is None:  # plain causal rows
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=True)
+        return out.transpose(1, 2)
+    if mask.cu_seqlens is not None and q.shape[2] == k.shape[2]:
+        kernel = lambda q_, k_, v_, cu, m: flash_attn_varlen_func(  # noqa: E731
+            q_, k_, v_, cu, cu, m, m, dropout_p=p, causal=True
+        )
+        return _packed_call(kernel, q, k, v, mask)
+    # Left padding and KV-cache steps: the boolean mask is exact and cheap at these sizes.
+    return sdpa_attention(q, k, v, mask, dropout, training)
+
+
+ATTENTION_BACKENDS: dict[str, Callable] = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+    "varlen": varlen_attention,
+    "flash_attn": flash_attn_attention,
+}
+
+
+def check_backend(name: str) -> str:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(ATTENTION_BACKENDS)}")
+    if name == "flash_attn" and not _HAS_FLASH_ATTN:
+        raise ValueError("attention backend 'flash_attn' needs the flash-attn package: pip install flash-attn")
+    return name
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) self-attention: q/k/v projections with bias, o without."""
+
+    def __init__(self, config: TimeMoEConfig, layer_idx: int, backend: str = "sdpa") -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.attention_dropout
+        self.backend = check_backend(backend)
+        h, kv = config.hidden_size, self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(h, h, bias=True)
+        self.k_proj = nn.Linear(h, kv, bias=True)
+        self.v_proj = nn.Linear(h, kv, bias=True)
+        self.o_proj = nn.Linear(h, h, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: AttentionMask,
+        cache: KVCacheLike | None = None,
+    ) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, S, D]
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # [B, G, K, D]
+        out = ATTENTION_BACKENDS[self.backend](q, k, v, mask, self.dropout, self.training)  # [B, N, S, D]
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, H]
+
+
+__all__ = ["Attention", "AttentionMask", "ATTENTION_BACKENDS", "RotaryEmbedding"]

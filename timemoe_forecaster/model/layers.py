@@ -1,0 +1,101 @@
+"""Building blocks of Time-MoE: norm, rotary positions, SwiGLU token embedding, expert MLP, heads.
+
+Shape legend: B batch, S sequence, H hidden, N heads, D head dim, F MLP width, C input channels,
+L horizon length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm; statistics in fp32 so bf16 training keeps its scale."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Non-interleaved RoPE: the first and second halves of each head dim form the rotated pairs.
+
+    The frequencies are recomputed per call (D/2 numbers), so the module holds no buffer that
+    meta-device construction or a checkpoint would have to restore.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=position_ids.device).float()
+        inv_freq = 1.0 / (self.theta ** (exponents / self.head_dim))  # [D/2]
+        # Angles in fp32 whatever the model dtype: positions up to 4096 need the mantissa.
+        freqs = position_ids.float()[..., None] * inv_freq  # [B, S, D/2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [B, S, D]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, N, S, D] by the angles ``cos``/``sin`` [B, S, D]."""
+    cos, sin = cos[:, None], sin[:, None]  # [B, 1, S, D]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # [B, N, S, D]
+    return x * cos + rotated * sin
+
+
+class InputEmbedding(nn.Module):
+    """Point-wise SwiGLU embedding of each time step (paper eq. 1): act(W_g x) * (W_e x)."""
+
+    def __init__(self, input_size: int, hidden_size: int, hidden_act: str) -> None:
+        super().__init__()
+        self.emb_layer = nn.Linear(input_size, hidden_size, bias=False)
+        self.gate_layer = nn.Linear(input_size, hidden_size, bias=False)
+        self.act = ACTIVATIONS[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.gate_layer(x)) * self.emb_layer(x)  # [B, S, H]
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU feed-forward block: down(act(gate(x)) * up(x)). Used as shared expert and dense FFN."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act = ACTIVATIONS[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class OutputHead(nn.Module):
+    """One forecast head: hidden state -> the next ``horizon_length`` points (of every channel)."""
+
+    def __init__(self, hidden_size: int, horizon_length: int, input_size: int) -> None:
+        super().__init__()
+        self.horizon_length = horizon_length
+        self.out_layer = nn.Linear(hidden_size, input_size * horizon_length, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out_layer(hidden)  # [..., L * C]

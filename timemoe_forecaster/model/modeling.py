@@ -1,0 +1,365 @@
+"""Time-MoE: decoder-only transformer over point-wise tokens with multi-resolution forecast heads.
+
+Shape legend: B batch, S sequence, H hidden, C input channels (input_size), L horizon length,
+E experts, T tokens (B·S).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TimeMoEConfig
+from .attention import Attention, AttentionMask, KVCacheLike, RotaryEmbedding
+from .layers import InputEmbedding, OutputHead, RMSNorm
+from .moe import build_ffn, load_balancing_loss
+
+HUBER_DELTA = 2.0  # paper section 3.2
+
+
+@dataclass
+class TimeMoEOutput:
+    loss: torch.Tensor | None = None
+    ar_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None  # first head, [B, S, L0 * C]
+    hidden_states: torch.Tensor | None = None  # final-norm output, [B, S, H]
+    router_logits: list[torch.Tensor] | None = None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, config: TimeMoEConfig, layer_idx: int, attn_backend: str, moe_dispatch: str) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx, attn_backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.ffn_layer = build_ffn(config, moe_dispatch)
+
+    def forward(self, x, rope, mask: AttentionMask, cache: KVCacheLike | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        ffn_out, router_logits = self.ffn_layer(self.post_attention_layernorm(x))
+        return x + ffn_out, router_logits
+
+
+def build_attention_mask(
+    valid: torch.Tensor | None,
+    seq_ids: torch.Tensor | None,
+    num_queries: int,
+    key_valid: torch.Tensor | None = None,
+    for_varlen: bool = False,
+) -> AttentionMask:
+    """Combine causality, padding and packing into one mask shared by all layers.
+
+    valid [B, S]: real tokens of this forward. seq_ids [B, S]: document id of each token in packed
+    rows (attention never crosses documents). key_valid [B, K]: validity of every key when a KV cache
+    holds earlier tokens (the last S keys are this forward's). Returns dense=None for plain causal rows.
+    """
+    if valid is None and seq_ids is None and key_valid is None:
+        return AttentionMask()
+    device = (valid if valid is not None else seq_ids if seq_ids is not None else key_valid).device
+    s = num_queries
+    if key_valid is None:
+        key_valid = valid if valid is not None else torch.ones_like(seq_ids, dtype=torch.bool)
+    k = key_valid.shape[1]
+    query_pos = torch.arange(k - s, k, device=device)
+    causal = query_pos[:, None] >= torch.arange(k, device=device)[None, :]  # [S, K]
+    dense = causal[None] & key_valid[:, None, :].bool()  # [B, S, K]
+    cu_seqlens, max_seqlen = None, 0
+    if seq_ids is not None:
+        if k != s:
+            raise ValueError("packed rows (seq_ids) cannot be combined with a KV cache")
+        dense = dense & (seq_ids[:, :, None] == seq_ids[:, None, :])
+        if for_varlen:
+            cu_seqlens, max_seqlen = _cu_seqlens(seq_ids)
+    # A query with nothing to attend to (padding) would give NaN; let it see itself. Real tokens
+    # never attend to padding, so this changes no output that is used.
+    itself = query_pos[:, None] == torch.arange(k, device=device)[None, :]  # [S, K]
+    dense = dense | itself[None]
+    return AttentionMask(dense=dense[:, None], cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, valid=valid)
+
+
+def _cu_seqlens(seq_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Boundaries of documents in the flattened [B*S] token stream (a new row starts a new one)."""
+    b, s = seq_ids.shape
+    starts = torch.ones_like(seq_ids, dtype=torch.bool)
+    starts[:, 1:] = seq_ids[:, 1:] != seq_ids[:, :-1]
+    idx = torch.nonzero(starts.reshape(-1)).reshape(-1)
+    cu = torch.cat([idx, torch.tensor([b * s], device=seq_ids.device)]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def positions_from_seq_ids(seq_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its document: 0, 1, … restarting at every boundary."""
+    b, s = seq_ids.shape
+    idx = torch.arange(s, device=seq_ids.device).expand(b, s)
+    starts = torch.ones_like(seq_ids, dtype=torch.bool)
+    starts[:, 1:] = seq_ids[:, 1:] != seq_ids[:, :-1]
+    start_idx = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+    return idx - start_idx
+
+
+class TimeMoEModel(nn.Module):
+    """Embedding, decoder layers and final norm: values [B, S, C] -> hidden states [B, S, H]."""
+
+    def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.embed_layer = InputEmbedding(config.input_size, config.hidden_size, config.hidden_act)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, attn_backend, moe_dispatch) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: AttentionMask,
+        cache: KVCacheLike | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = self.embed_layer(x)  # [B, S, H]
+        rope = self.rotary(position_ids, hidden.dtype)
+        router_logits = []
+        for layer in self.layers:
+            hidden, logits = layer(hidden, rope, mask, cache)
+            if logits is not None:
+                router_logits.append(logits)
+        return self.norm(hidden), router_logits
+
+
+class TimeMoEForPrediction(nn.Module):
+    """Time-MoE with one linear forecast head per horizon length.
+
+    ``attn_backend``: "sdpa" (default), "eager", "varlen" or "flash_attn".
+    ``moe_dispatch``: "auto" (grouped GEMM where it runs), "grouped" or "loop".
+    """
+
+    def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.model = TimeMoEModel(config, attn_backend, moe_dispatch)
+        self.lm_heads = nn.ModuleList(
+            OutputHead(config.hidden_size, h, config.input_size) for h in config.horizon_lengths
+        )
+        self.reset_parameters()
+
+    # Set-up ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit norms (as the official init)."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+        for name, param in self.named_parameters():
+            if name.endswith(("_EFH", "_EHF")):
+                param.normal_(0.0, std)
+
+    @property
+    def attn_backend(self) -> str:
+        return self.model.layers[0].self_attn.backend
+
+    def set_attn_backend(self, name: str) -> None:
+        from .attention import check_backend
+
+        for layer in self.model.layers:
+            layer.self_attn.backend = check_backend(name)
+
+    def set_moe_dispatch(self, name: str) -> None:
+        for layer in self.model.layers:
+            if hasattr(layer.ffn_layer, "dispatch"):
+                layer.ffn_layer.dispatch = name
+
+    def num_parameters(self, activated: bool = False) -> int:
+        """All parameters, or only those one token uses (top-k of the routed experts)."""
+        total = sum(p.numel() for p in self.parameters())
+        if not activated or self.config.use_dense:
+            return total
+        c = self.config
+        per_expert = 3 * c.hidden_size * c.expert_size
+        return total - c.num_hidden_layers * (c.num_experts - c.num_experts_per_tok) * per_expert
+
+    # Forward -----------------------------------------------------------------------------------
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        loss_normalizers: list[torch.Tensor] | None = None,
+    ) -> TimeMoEOutput:
+        """Run the network; with ``labels`` also the training loss.
+
+        inputs [B, S] or [B, S, C]; attention_mask [B, S] (1 = real, 0 = padding); seq_ids [B, S]
+        document ids of packed rows; labels [B, S(, C)] where labels[:, t] is the value after
+        inputs[:, t]; loss_mask [B, S] weights labels. ``loss_normalizers`` (one per head) replaces
+        the local count of valid points, so that data-parallel ranks and accumulation steps add up to
+        one big batch.
+        """
+        x = inputs if inputs.dim() == 3 else inputs.unsqueeze(-1)  # [B, S, C]
+        valid = attention_mask.bool() if attention_mask is not None else None
+        if valid is not None:
+            x = x.masked_fill(~valid[..., None], 0.0)  # padding may hold NaN
+        if position_ids is None:
+            position_ids = self._default_positions(x, valid, seq_ids)
+        for_varlen = self.attn_backend in ("varlen", "flash_attn")
+        mask = build_attention_mask(valid, seq_ids, x.shape[1], for_varlen=for_varlen)
+        hidden, router_logits = self.model(x, position_ids, mask)
+        out = TimeMoEOutput(hidden_states=hidden, router_logits=router_logits)
+        if labels is None:
+            out.predictions = self.lm_heads[0](hidden)
+            return out
+        per_head = [head(hidden) for head in self.lm_heads]
+        out.predictions = per_head[0]
+        out.ar_loss = multi_horizon_loss(per_head, labels, loss_mask, seq_ids, loss_normalizers)
+        out.loss = out.ar_loss
+        if self.config.apply_aux_loss and router_logits:
+            token_mask = attention_mask if attention_mask is not None else None
+            out.aux_loss = load_balancing_loss(
+                router_logits, self.config.num_experts_per_tok, self.config.num_experts, token_mask
+            )
+            out.loss = out.ar_loss + self.config.router_aux_loss_factor * out.aux_loss
+        return out
+
+    @staticmethod
+    def _default_positions(x, valid, seq_ids) -> torch.Tensor:
+        if seq_ids is not None:
+            return positions_from_seq_ids(seq_ids)
+        b, s = x.shape[:2]
+        if valid is None:
+            return torch.arange(s, device=x.device).expand(b, s)
+        # Left padding: the first real token is position 0, as if the row stood alone.
+        return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+    # Forecasting and checkpoints (thin wrappers: the work lives outside model/) -----------------
+    @torch.no_grad()
+    def forecast(
+        self, context: torch.Tensor, horizon: int, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Autoregressive forecast of ``horizon`` points after ``context`` [B, S] (or [B, S, C]).
+
+        Values are used as given (scale them first). Returns [B, horizon] (or [B, horizon, C]).
+        """
+        from ..forecast import forecast
+
+        return forecast(self, context, horizon, attention_mask=attention_mask)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, dtype=None, device=None, **kwargs) -> TimeMoEForPrediction:
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(path_or_hub_id, dtype=dtype, device=device, model_cls=cls, **kwargs)
+
+    def save_pretrained(self, directory, max_shard_size: int | str | None = None, dtype=None) -> None:
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, directory, max_shard_size=max_shard_size, dtype=dtype)
+
+
+def horizon_targets(labels: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Targets of an L-step head at every position: out[b, t, j] = labels[b, t + j] (0 past the end).
+
+    labels [B, S, C] -> [B, S, L, C]
+    """
+    padded = F.pad(labels.transpose(1, 2), (0, horizon - 1))  # [B, C, S + L - 1]
+    return padded.unfold(-1, horizon, 1).permute(0, 2, 3, 1)  # [B, S, L, C]
+
+
+def multi_horizon_loss(
+    per_head: list[torch.Tensor],
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor | None,
+    seq_ids: torch.Tensor | None = None,
+    normalizers: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Huber loss (delta 2) of every head over its next L points, averaged over heads (paper eq. 9).
+
+    As in the official code, points past the end of a row are compared with zero unless a loss mask
+    excludes them; with packed rows (seq_ids) a target outside the token's own document never counts.
+    """
+    labels = labels if labels.dim() == 3 else labels.unsqueeze(-1)  # [B, S, C]
+    b, s, c = labels.shape
+    total = labels.new_zeros(())
+    for i, pred in enumerate(per_head):
+        horizon = pred.shape[-1] // c
+        pred_BSLC = pred.view(b, s, horizon, c)
+        target_BSLC = horizon_targets(labels.to(pred.dtype), horizon)
+        losses = F.huber_loss(pred_BSLC.float(), target_BSLC.float(), reduction="none", delta=HUBER_DELTA)
+        weight = None
+        if loss_mask is not None:
+            m = loss_mask if loss_mask.dim() == 3 else loss_mask.unsqueeze(-1)
+            weight = horizon_targets(m.to(losses.dtype), horizon)  # [B, S, L, C]
+        if seq_ids is not None:
+            same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
+            same = same.to(losses.dtype).expand(b, s, horizon, c)
+            weight = same if weight is None else weight * same
+        if weight is None:
+            denom = torch.tensor(float(losses.numel()), device=losses.device)
+            head_sum = losses.sum()
+        else:
+            head_sum = (losses * weight).sum()
+            denom = weight.sum()
+        if normalizers is not None:
+            denom = normalizers[i]
+        total = total + head_sum / denom.clamp(min=1e-12)
+    return total / len(per_head)
+
+
+def count_loss_points(
+    horizon_lengths: list[int],
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor | None,
+    seq_ids: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Per head, the number of (weighted) points :func:`multi_horizon_loss` averages over."""
+    labels = labels if labels.dim() == 3 else labels.unsqueeze(-1)
+    b, s, c = labels.shape
+    counts = []
+    for horizon in horizon_lengths:
+        weight = torch.ones(b, s, horizon, c, device=labels.device)
+        if loss_mask is not None:
+            m = loss_mask if loss_mask.dim() == 3 else loss_mask.unsqueeze(-1)
+            weight = weight * horizon_targets(m.float(), horizon)
+        if seq_ids is not None:
+            same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
+            weight = weight * same.float()
+        counts.append(weight.sum())
+    return counts
+
+
+def model_flops_per_token(config: TimeMoEConfig, seq_len: int, training: bool = True) -> float:
+    """Matmul FLOPs per token (activated parameters + causal attention), x3 for training."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * config.head_dim
+    attn_proj = 2 * h * (2 * h + 2 * kv)
+    attn_scores = 2 * 2 * h * seq_len / 2  # QK^T and PV, causal halves the work on average
+    if config.use_dense:
+        ffn = 2 * 3 * h * config.intermediate_size
+    else:
+        ffn = 2 * 3 * h * (config.expert_size * config.num_experts_per_tok + config.intermediate_size)
+        ffn += 2 * h * (config.num_experts + 1)
+    heads = 2 * h * config.input_size * sum(config.horizon_lengths)
+    fwd = layers * (attn_proj + attn_scores + ffn) + heads + 4 * h * config.input_size
+    return fwd * (3 if training else 1)
+
+
+__all__ = [
+    "TimeMoEForPrediction",
+    "TimeMoEModel",
+    "TimeMoEOutput",
+    "multi_horizon_loss",
+    "count_loss_points",
+    "model_flops_per_token",
+]

@@ -1,0 +1,154 @@
+"""Sparse mixture-of-experts feed-forward layer (paper eqs. 5-7).
+
+Each token goes to its top-k routed experts, weighted by the (un-renormalised) softmax router
+probabilities, plus one shared expert behind a sigmoid gate. Routed experts are stored stacked
+(``w_gate_EFH`` …) so they can run as one grouped GEMM; ``checkpoint.py`` maps them to and from the
+official per-expert keys.
+
+Two dispatch paths compute the same function: ``loop`` (one matmul per expert, the readable
+reference) and ``grouped`` (tokens sorted by expert, ``torch._grouped_mm`` over the groups).
+
+Shape legend: T tokens (B·S), H hidden, E experts, K top-k, F expert width, A = T·K assignments.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TimeMoEConfig
+from .layers import ACTIVATIONS, GatedMLP
+
+
+def _grouped_mm_works() -> bool:
+    """Probe ``torch._grouped_mm`` once at import (absent before torch 2.8; CPU support came later)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        x, w = torch.ones(4, 8), torch.ones(2, 8, 8)
+        out = torch._grouped_mm(x, w, offs=torch.tensor([2, 4], dtype=torch.int32))
+        return bool(torch.allclose(out, torch.full((4, 8), 8.0)))
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+GROUPED_MM_ON_CPU = _grouped_mm_works()
+DISPATCH_MODES = ("auto", "loop", "grouped")
+
+
+def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing: fp32 softmax over experts, top-k probabilities kept as they are (no renorm).
+
+    router_logits [T, E] -> weights [T, K] (fp32), experts [T, K] (int64).
+    """
+    probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)  # [T, E]
+    return torch.topk(probs, top_k, dim=-1)
+
+
+class SparseExpertsLayer(nn.Module):
+    def __init__(self, config: TimeMoEConfig, dispatch: str = "auto") -> None:
+        super().__init__()
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"unknown MoE dispatch {dispatch!r}; choose one of {DISPATCH_MODES}")
+        h, e, f = config.hidden_size, config.num_experts, config.expert_size
+        self.num_experts, self.top_k, self.dispatch = e, config.num_experts_per_tok, dispatch
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.gate = nn.Linear(h, e, bias=False)
+        # Same layout as nn.Linear weights ([out, in]) so each expert slice is an official tensor.
+        self.w_gate_EFH = nn.Parameter(torch.empty(e, f, h))
+        self.w_up_EFH = nn.Parameter(torch.empty(e, f, h))
+        self.w_down_EHF = nn.Parameter(torch.empty(e, h, f))
+        self.shared_expert = GatedMLP(h, config.intermediate_size, config.hidden_act)
+        self.shared_expert_gate = nn.Linear(h, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s, h = x.shape
+        x_TH = x.reshape(-1, h)
+        router_logits_TE = self.gate(x_TH)
+        weights_TK, experts_TK = route(router_logits_TE, self.top_k)
+        weights_TK = weights_TK.to(x.dtype)
+        if self._use_grouped(x_TH):
+            routed_TH = self._grouped(x_TH, weights_TK, experts_TK)
+        else:
+            routed_TH = self._loop(x_TH, weights_TK, experts_TK)
+        shared_TH = torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
+        return (routed_TH + shared_TH).view(b, s, h), router_logits_TE
+
+    def _use_grouped(self, x_TH: torch.Tensor) -> bool:
+        if self.dispatch == "loop":
+            return False
+        available = x_TH.is_cuda or GROUPED_MM_ON_CPU
+        # The kernel needs 16-byte aligned rows and, on CUDA, bf16 operands.
+        aligned = all((n * x_TH.element_size()) % 16 == 0 for n in self.w_down_EHF.shape[1:])
+        dtype_ok = x_TH.dtype == torch.bfloat16 or not x_TH.is_cuda
+        ok = available and aligned and dtype_ok
+        if self.dispatch == "grouped" and not ok:
+            raise RuntimeError("grouped MoE dispatch is not available for this device, dtype or width")
+        return ok
+
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(x @ self.w_gate_EFH[e].T) * (x @ self.w_up_EFH[e].T)  # [n, F]
+        return hidden @ self.w_down_EHF[e].T  # [n, H]
+
+    def _loop(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
+        """Reference dispatch: gather each expert's tokens, run it, add back weighted."""
+        out_TH = torch.zeros_like(x_TH)
+        for e in range(self.num_experts):
+            token_idx, slot = torch.where(experts_TK == e)
+            if token_idx.numel() == 0:
+                continue
+            y = self._expert(e, x_TH[token_idx]) * weights_TK[token_idx, slot, None]
+            out_TH.index_add_(0, token_idx, y.to(x_TH.dtype))
+        return out_TH
+
+    def _grouped(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
+        """Sort assignments by expert, run all experts as one grouped GEMM, scatter back."""
+        flat_experts_A = experts_TK.reshape(-1)
+        order_A = torch.argsort(flat_experts_A, stable=True)
+        token_A = order_A // self.top_k  # token of each sorted assignment
+        counts_E = torch.bincount(flat_experts_A, minlength=self.num_experts)
+        offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
+        x_AH = x_TH[token_A]
+        gate_AF = torch._grouped_mm(x_AH, self.w_gate_EFH.transpose(1, 2), offs=offsets_E)
+        up_AF = torch._grouped_mm(x_AH, self.w_up_EFH.transpose(1, 2), offs=offsets_E)
+        y_AH = torch._grouped_mm(self.act(gate_AF) * up_AF, self.w_down_EHF.transpose(1, 2), offs=offsets_E)
+        y_AH = y_AH * weights_TK.reshape(-1)[order_A, None]
+        return torch.zeros_like(x_TH).index_add_(0, token_A, y_AH.to(x_TH.dtype))
+
+
+class DenseFFN(GatedMLP):
+    """``use_dense`` variant: one SwiGLU MLP of width intermediate_size, no router."""
+
+    def __init__(self, config: TimeMoEConfig) -> None:
+        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return super().forward(x), None
+
+
+def build_ffn(config: TimeMoEConfig, dispatch: str = "auto") -> nn.Module:
+    return DenseFFN(config) if config.use_dense else SparseExpertsLayer(config, dispatch)
+
+
+def load_balancing_loss(
+    router_logits: list[torch.Tensor], top_k: int, num_experts: int, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Switch/Mixtral auxiliary loss pooled over layers (paper eq. 8): E * sum_i f_i * P_i.
+
+    router_logits: one [T, E] tensor per layer; token_mask [B, S] (or [T]) excludes padding.
+    f_i is the fraction of assignments per top-k slot going to expert i, P_i the mean router probability.
+    """
+    logits_LTE = torch.stack([r.float() for r in router_logits])  # [layers, T, E]
+    probs_LTE = torch.softmax(logits_LTE, dim=-1)
+    _, experts_LTK = torch.topk(probs_LTE, top_k, dim=-1)
+    chosen_LTKE = F.one_hot(experts_LTK, num_experts).float()
+    if token_mask is None:
+        tokens_per_expert_KE = chosen_LTKE.mean(dim=(0, 1))
+        prob_per_expert_E = probs_LTE.mean(dim=(0, 1))
+    else:
+        w_T = token_mask.reshape(-1).to(probs_LTE.dtype)
+        denom = w_T.sum() * logits_LTE.shape[0]
+        tokens_per_expert_KE = torch.einsum("ltke,t->ke", chosen_LTKE, w_T) / denom
+        prob_per_expert_E = torch.einsum("lte,t->e", probs_LTE, w_T) / denom
+    return num_experts * (tokens_per_expert_KE * prob_per_expert_E[None]).sum()
