@@ -84,6 +84,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -175,8 +176,21 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no weights in {directory}: expected {SAFE_SINGLE}, {SAFE_INDEX} or {BIN_SINGLE}")
 
 
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default"
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint shipped inside the package (see docs/model_card.md)."""
+    if not (DEFAULT_CHECKPOINT / "config.json").exists():
+        raise CheckpointError(f"the embedded default checkpoint is missing from {DEFAULT_CHECKPOINT}")
+    return DEFAULT_CHECKPOINT
+
+
 def resolve_directory(path_or_hub_id, revision: str | None = None) -> Path:
-    """A local directory as is; otherwise a hub id fetched through huggingface_hub (config + weights)."""
+    """A local directory as is; None for the embedded default; otherwise a hub id fetched through
+    huggingface_hub (config + weights)."""
+    if path_or_hub_id is None:
+        return default_checkpoint()
     path = Path(os.path.expanduser(str(path_or_hub_id)))
     if path.is_dir():
         return path
