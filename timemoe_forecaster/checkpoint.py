@@ -27,7 +27,9 @@ SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 _STACKED = {"w_gate_EFH": "gate_proj", "w_up_EFH": "up_proj", "w_down_EHF": "down_proj"}
-_OFFICIAL_EXPERT = re.compile(r"^(model\.layers\.\d+\.ffn_layer)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_OFFICIAL_EXPERT = re.compile(
+    r"^(model\.layers\.\d+\.ffn_layer)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$"
+)
 
 
 class CheckpointError(ValueError):
@@ -239,7 +241,9 @@ def load_pretrained(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise CheckpointError(f"checkpoint {directory} lacks {len(missing)} key(s), first: {to_official_name(missing[0])}")
+        raise CheckpointError(
+            f"checkpoint {directory} lacks {len(missing)} key(s), first: {to_official_name(missing[0])}"
+        )
     if unexpected:
         raise CheckpointError(f"checkpoint {directory} has unexpected key(s), first: {unexpected[0]}")
     for key, tensor in state.items():

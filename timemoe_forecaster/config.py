@@ -93,11 +93,6 @@ class TimeMoEConfig:
                 f"TimeMoEConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if not self.use_dense and self.num_experts_per_tok > self.num_experts:
-            raise ValueError(
-                f"TimeMoEConfig.num_experts_per_tok ({self.num_experts_per_tok}) exceeds "
-                f"num_experts ({self.num_experts})"
-            )
         if not self.use_dense and self.intermediate_size // self.num_experts_per_tok < 1:
             raise ValueError("TimeMoEConfig.intermediate_size must be at least num_experts_per_tok")
         if self.hidden_act not in _ACTIVATIONS:
@@ -125,7 +120,8 @@ class TimeMoEConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: values.pop(k) for k in list(values) if k in known}
         extra = dict(values.pop("extra", {}) or {})
-        for key in ("model_type", "transformers_version", "torch_dtype"):
+        # Keys that describe the file rather than the model; written afresh on save.
+        for key in ("model_type", "transformers_version", "torch_dtype", "architectures"):
             values.pop(key, None)
         extra.update(values)  # auto_map, architectures, … kept verbatim, never executed
         return cls(**kwargs, extra=extra)
@@ -187,15 +183,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=2,
         num_experts=4,
     ),
-    "small": dict(
-        _PAPER_COMMON, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4
-    ),
-    "base": dict(
-        _PAPER_COMMON, hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=12
-    ),
-    "large": dict(
-        _PAPER_COMMON, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
-    ),
+    "small": dict(_PAPER_COMMON, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+    "base": dict(_PAPER_COMMON, hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=12),
+    "large": dict(_PAPER_COMMON, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
     "ultra": dict(
         _PAPER_COMMON, hidden_size=1024, intermediate_size=4096, num_hidden_layers=36, num_attention_heads=16
     ),

@@ -53,7 +53,11 @@ def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: i
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     c = model.config.input_size
     expected = "[batch, length]" if c == 1 else f"[batch, length, {c}]"
-    if context.dim() not in (2, 3) or (context.dim() == 3 and context.shape[-1] != c) or (context.dim() == 2 and c != 1):
+    if (
+        context.dim() not in (2, 3)
+        or (context.dim() == 3 and context.shape[-1] != c)
+        or (context.dim() == 2 and c != 1)
+    ):
         raise ValueError(f"context must have shape {expected}, got {tuple(context.shape)}")
     if context.shape[0] == 0 or context.shape[1] == 0:
         raise ValueError(f"context is empty: shape {tuple(context.shape)}")
@@ -65,7 +69,9 @@ def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: i
             f"context length {context.shape[1]} exceeds the model's limit of {limit} points; keep the last {limit}"
         )
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(context.shape[:2]):
-        raise ValueError(f"attention_mask must have shape {tuple(context.shape[:2])}, got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must have shape {tuple(context.shape[:2])}, got {tuple(attention_mask.shape)}"
+        )
 
 
 @torch.no_grad()
@@ -99,7 +105,15 @@ def forecast(
     config = model.config
     steps = head_schedule(config.horizon_lengths, horizon)
     fed_back = sum(kept for _, kept in steps[:-1])
-    cache = KVCache(config.num_hidden_layers, b, config.num_key_value_heads, s + fed_back, config.head_dim, param.dtype, param.device)
+    cache = KVCache(
+        config.num_hidden_layers,
+        b,
+        config.num_key_value_heads,
+        s + fed_back,
+        config.head_dim,
+        param.dtype,
+        param.device,
+    )
     if valid is None:
         positions = torch.arange(s, device=param.device).expand(b, s)
         key_valid = torch.ones(b, s, dtype=torch.bool, device=param.device)

@@ -245,9 +245,7 @@ class TimeMoEForPrediction(nn.Module):
 
     # Forecasting and checkpoints (thin wrappers: the work lives outside model/) -----------------
     @torch.no_grad()
-    def forecast(
-        self, context: torch.Tensor, horizon: int, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forecast(self, context: torch.Tensor, horizon: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive forecast of ``horizon`` points after ``context`` [B, S] (or [B, S, C]).
 
         Values are used as given (scale them first). Returns [B, horizon] (or [B, horizon, C]).

@@ -51,6 +51,11 @@ class SparseExpertsLayer(nn.Module):
         super().__init__()
         if dispatch not in DISPATCH_MODES:
             raise ValueError(f"unknown MoE dispatch {dispatch!r}; choose one of {DISPATCH_MODES}")
+        if config.num_experts_per_tok > config.num_experts:
+            raise ValueError(
+                f"TimeMoEConfig.num_experts_per_tok ({config.num_experts_per_tok}) exceeds "
+                f"num_experts ({config.num_experts})"
+            )
         h, e, f = config.hidden_size, config.num_experts, config.expert_size
         self.num_experts, self.top_k, self.dispatch = e, config.num_experts_per_tok, dispatch
         self.act = ACTIVATIONS[config.hidden_act]

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny fp32 models built from a seed, fresh random data per test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import make_model
+from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def tiny_config() -> TimeMoEConfig:
+    return TimeMoEConfig.from_preset("tiny")
+
+
+@pytest.fixture
+def tiny_model() -> TimeMoEForPrediction:
+    return make_model()

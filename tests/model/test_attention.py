@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from tests.helpers import make_model
+from timemoe_forecaster.model.modeling import build_attention_mask, positions_from_seq_ids
+
+
+def rows(batch=3, length=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, generator=g)
+
+
+@pytest.mark.parametrize("num_kv_heads", [2, 1])
+def test_sdpa_equals_eager_on_plain_rows(num_kv_heads):
+    eager = make_model(attn_backend="eager", num_key_value_heads=num_kv_heads)
+    sdpa = make_model(attn_backend="sdpa", num_key_value_heads=num_kv_heads)
+    x = rows()
+    assert torch.allclose(eager(x).hidden_states, sdpa(x).hidden_states, atol=1e-5)
+
+
+def test_backends_agree_with_padding_and_padding_does_not_leak():
+    eager, sdpa = make_model(attn_backend="eager"), make_model(attn_backend="sdpa")
+    x = rows()
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[0, :7] = 0
+    x_nan = x.clone()
+    x_nan[0, :7] = float("nan")  # padding may hold anything
+    h_eager = eager(x_nan, attention_mask=mask).hidden_states
+    h_sdpa = sdpa(x_nan, attention_mask=mask).hidden_states
+    assert torch.isfinite(h_sdpa).all()
+    assert torch.allclose(h_eager[mask.bool()], h_sdpa[mask.bool()], atol=1e-5)
+    alone = sdpa(x[0:1, 7:]).hidden_states[0]
+    assert torch.allclose(h_sdpa[0, 7:], alone, atol=1e-5)
+
+
+def test_packed_rows_equal_separate_rows_on_both_backends():
+    a, b = rows(1, 9, seed=1)[0], rows(1, 6, seed=2)[0]
+    packed = torch.cat([a, b, torch.zeros(5)])[None]
+    seq_ids = torch.tensor([[0] * 9 + [1] * 6 + [-1] * 5])
+    attention_mask = (seq_ids >= 0).long()
+    for backend in ("eager", "sdpa", "varlen"):
+        model = make_model(attn_backend=backend)
+        h = model(packed, attention_mask=attention_mask, seq_ids=seq_ids).hidden_states[0]
+        assert torch.allclose(h[:9], model(a[None]).hidden_states[0], atol=1e-5), backend
+        assert torch.allclose(h[9:15], model(b[None]).hidden_states[0], atol=1e-5), backend
+
+
+def test_positions_restart_per_document():
+    seq_ids = torch.tensor([[0, 0, 0, 1, 1, 2, -1, -1]])
+    assert positions_from_seq_ids(seq_ids).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]
+
+
+def test_mask_for_cached_queries_is_causal_over_all_keys():
+    key_valid = torch.tensor([[False, True, True, True, True]])
+    mask = build_attention_mask(None, None, 2, key_valid=key_valid).dense[0, 0]
+    assert mask.tolist() == [[False, True, True, True, False], [False, True, True, True, True]]

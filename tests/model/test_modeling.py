@@ -1,0 +1,160 @@
+import pytest
+import torch
+
+from tests.helpers import make_model
+from timemoe_forecaster.forecast import head_schedule
+from timemoe_forecaster.model.modeling import count_loss_points, horizon_targets, multi_horizon_loss
+
+
+def naive_forecast(model, context, horizon):
+    """Full recomputation at every step, no cache: the definition the cached decoder must match."""
+    seq = context.clone()
+    out = []
+    for head_idx, kept in head_schedule(model.config.horizon_lengths, horizon):
+        hidden = model(seq).hidden_states[:, -1]
+        new = model.lm_heads[head_idx](hidden)[:, :kept]
+        out.append(new)
+        seq = torch.cat([seq, new], dim=1)
+    return torch.cat(out, dim=1)
+
+
+def test_head_schedule_is_greedy_largest_head_first():
+    heads = [1, 8, 32, 64]
+    assert head_schedule(heads, 100) == [(3, 64), (2, 32), (0, 1), (0, 1), (0, 1), (0, 1)]
+    assert head_schedule(heads, 8) == [(1, 8)]
+    assert head_schedule([4, 16], 3) == [(0, 3)]  # smaller than every head: smallest head, cut
+
+
+@pytest.mark.parametrize("horizon", [1, 7, 8, 40, 100])
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_kv_cached_forecast_equals_full_recomputation(horizon, backend):
+    model = make_model(attn_backend=backend)
+    context = torch.randn(2, 30)
+    assert torch.allclose(model.forecast(context, horizon), naive_forecast(model, context, horizon), atol=1e-4)
+
+
+def test_left_padded_batch_equals_each_row_alone():
+    model = make_model()
+    a, b = torch.randn(25), torch.randn(12)
+    batch = torch.zeros(2, 25)
+    batch[0], batch[1, 13:] = a, b
+    batch[1, :13] = float("nan")  # whatever sits in the padding is ignored
+    mask = torch.ones(2, 25, dtype=torch.long)
+    mask[1, :13] = 0
+    together = model.forecast(batch, 70, attention_mask=mask)
+    assert torch.allclose(together[0], model.forecast(a[None], 70)[0], atol=1e-5)
+    assert torch.allclose(together[1], model.forecast(b[None], 70)[0], atol=1e-5)
+
+
+def test_forecast_leaves_the_callers_tensors_alone():
+    model = make_model()
+    context = torch.randn(3, 16)
+    mask = torch.ones(3, 16, dtype=torch.long)
+    before, mask_before = context.clone(), mask.clone()
+    model.forecast(context, 9, attention_mask=mask)
+    assert torch.equal(context, before) and torch.equal(mask, mask_before)
+    assert context.shape == (3, 16)
+
+
+def test_forecast_is_deterministic_and_shaped():
+    model = make_model()
+    context = torch.randn(4, 10, dtype=torch.float64)
+    out = model.forecast(context, 13)
+    assert out.shape == (4, 13) and out.dtype == torch.float32
+    assert torch.equal(out, model.forecast(context, 13))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(context=torch.randn(2, 5), horizon=0), "horizon"),
+        (dict(context=torch.randn(2, 5), horizon=2.5), "horizon"),
+        (dict(context=torch.randn(5), horizon=3), "shape"),
+        (dict(context=torch.tensor([[1.0, float("nan"), 2.0]]), horizon=3), "NaN"),
+        (dict(context=torch.randint(0, 5, (2, 5)), horizon=3), "floating"),
+        (dict(context=torch.randn(1, 5000), horizon=3), "limit"),
+    ],
+)
+def test_bad_forecast_input_gives_clear_errors(kwargs, message):
+    model = make_model()
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.forecast(**kwargs)
+
+
+def test_multichannel_model_forecasts_every_channel():
+    model = make_model(input_size=3)
+    out = model.forecast(torch.randn(2, 12, 3), 10)
+    assert out.shape == (2, 10, 3)
+
+
+def test_horizon_targets_shift_labels_and_pad_with_zero():
+    labels = torch.arange(1.0, 6.0).view(1, 5, 1)
+    targets = horizon_targets(labels, 3)[0, :, :, 0]
+    assert targets.tolist() == [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 0], [5, 0, 0]]
+
+
+def test_loss_mask_excludes_points_and_normalizers_rescale():
+    model = make_model()
+    x, labels = torch.randn(2, 20), torch.randn(2, 20)
+    mask = torch.ones(2, 20)
+    full = model(x, labels=labels, loss_mask=mask).ar_loss
+    changed = labels.clone()
+    changed[1, 15:] = 1e3
+    mask[1, 15:] = 0
+    masked_a = model(x, labels=labels, loss_mask=mask).ar_loss
+    masked_b = model(x, labels=changed, loss_mask=mask).ar_loss
+    assert torch.isclose(masked_a, masked_b) and not torch.isclose(full, masked_a)
+    counts = count_loss_points(model.config.horizon_lengths, labels, mask)
+    doubled = model(x, labels=labels, loss_mask=mask, loss_normalizers=[2 * c for c in counts]).ar_loss
+    assert torch.isclose(doubled, masked_a / 2)
+
+
+def test_multi_horizon_loss_is_mean_of_per_head_huber():
+    labels = torch.randn(1, 6)
+    preds = [torch.randn(1, 6, 1), torch.randn(1, 6, 2)]
+    mask = torch.ones(1, 6)
+    loss = multi_horizon_loss(preds, labels, mask)
+    targets = horizon_targets(labels.unsqueeze(-1), 2)[..., 0]
+    weight2 = horizon_targets(mask.unsqueeze(-1), 2)[..., 0]
+    huber = torch.nn.functional.huber_loss
+    head1 = huber(preds[0][..., 0], labels, delta=2.0)
+    head2 = (huber(preds[1], targets, delta=2.0, reduction="none") * weight2).sum() / weight2.sum()
+    assert torch.isclose(loss, (head1 + head2) / 2)
+
+
+def test_aux_loss_is_added_with_its_factor_and_dense_has_none():
+    model = make_model()
+    x, labels = torch.randn(2, 12), torch.randn(2, 12)
+    out = model(x, labels=labels)
+    assert torch.isclose(out.loss, out.ar_loss + model.config.router_aux_loss_factor * out.aux_loss)
+    dense = make_model(use_dense=True)
+    out = dense(x, labels=labels)
+    assert out.aux_loss is None and torch.equal(out.loss, out.ar_loss)
+
+
+def test_training_step_reduces_loss_and_gradients_reach_every_parameter():
+    model = make_model().train()
+    x = torch.sin(torch.linspace(0, 12, 41)).repeat(4, 1)
+    inputs, labels = x[:, :-1], x[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss = model(inputs, labels=labels).loss
+        if first is None:
+            loss.backward()
+            assert all(p.grad is not None for p in model.parameters())
+        else:
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.5 * first
+
+
+def test_bf16_model_runs_and_is_close_to_fp32():
+    model = make_model()
+    context = torch.randn(2, 24)
+    ref = model.forecast(context, 16)
+    out = model.to(torch.bfloat16).forecast(context, 16)
+    assert out.dtype == torch.float32
+    assert (out - ref).norm() / ref.norm() < 0.1

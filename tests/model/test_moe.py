@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from timemoe_forecaster import TimeMoEConfig
+from timemoe_forecaster.model.moe import GROUPED_MM_ON_CPU, SparseExpertsLayer, load_balancing_loss, route
+
+
+def make_layer(dispatch="loop", seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = TimeMoEConfig.from_preset("tiny", **overrides)
+    layer = SparseExpertsLayer(config, dispatch)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0.0, 0.5)
+    return layer
+
+
+def test_route_keeps_raw_top_k_probabilities():
+    logits = torch.randn(10, 4)
+    weights, experts = route(logits, 2)
+    probs = torch.softmax(logits, -1)
+    assert torch.allclose(weights, probs.gather(1, experts))
+    assert (weights.sum(-1) < 1.0).all()  # not renormalised
+
+
+def test_loop_dispatch_matches_explicit_per_token_sum():
+    layer = make_layer("loop")
+    x = torch.randn(2, 5, 8)
+    out, logits = layer(x)
+    weights, experts = route(logits, layer.top_k)
+    flat = x.reshape(-1, 8)
+    expected = []
+    for t in range(flat.shape[0]):
+        y = sum(weights[t, k] * layer._expert(int(experts[t, k]), flat[t : t + 1])[0] for k in range(layer.top_k))
+        shared = torch.sigmoid(layer.shared_expert_gate(flat[t])) * layer.shared_expert(flat[t])
+        expected.append(y + shared)
+    assert torch.allclose(out.reshape(-1, 8), torch.stack(expected), atol=1e-5)
+
+
+def test_fixed_router_sends_every_token_to_the_chosen_experts():
+    layer = make_layer("loop")
+    # A router that always prefers experts 3 then 1, whatever the input; the shared expert switched off.
+    bias = torch.tensor([0.0, 2.0, 0.0, 4.0])
+    layer.gate.forward = lambda x: torch.zeros(x.shape[0], 4) + bias
+    layer.shared_expert_gate.forward = lambda x: torch.full((x.shape[0], 1), -1e4)
+    x = torch.randn(1, 6, 8)
+    out, _ = layer(x)
+    p = torch.softmax(bias, 0)
+    flat = x.reshape(-1, 8)
+    expected = p[3] * layer._expert(3, flat) + p[1] * layer._expert(1, flat)
+    assert torch.allclose(out.reshape(-1, 8), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not GROUPED_MM_ON_CPU, reason="torch._grouped_mm does not run on this CPU build")
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_grouped_dispatch_equals_loop_forward_and_backward(top_k):
+    loop = make_layer("loop", num_experts_per_tok=top_k)
+    grouped = make_layer("grouped", num_experts_per_tok=top_k)
+    grouped.load_state_dict(loop.state_dict())
+    x = torch.randn(3, 7, 8, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    out_loop, _ = loop(x)
+    out_grouped, _ = grouped(x2)
+    assert torch.allclose(out_loop, out_grouped, rtol=1e-5, atol=1e-6)
+    out_loop.square().sum().backward()
+    out_grouped.square().sum().backward()
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-4, atol=1e-6)
+    for (name, a), (_, b) in zip(loop.named_parameters(), grouped.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_grouped_dispatch_refuses_unaligned_widths():
+    layer = make_layer("grouped", hidden_size=6, num_attention_heads=1, intermediate_size=10)
+    with pytest.raises(RuntimeError, match="grouped"):
+        layer(torch.randn(1, 3, 6))
+
+
+def test_load_balancing_loss_is_top_k_for_perfectly_balanced_routing():
+    # Uniform router probabilities with evenly spread top-k choices give E * K * (1/E) * (1/E) = K / E ... * E = K.
+    e, k = 4, 2
+    logits = torch.zeros(8, e)
+    value = load_balancing_loss([logits], k, e)
+    probs = torch.full((e,), 1 / e)
+    _, chosen = torch.topk(torch.softmax(logits, -1), k)
+    frac = torch.nn.functional.one_hot(chosen, e).float().mean(0)
+    assert torch.isclose(value, e * (frac * probs).sum())
+    skewed = torch.tensor([[5.0, 0, 0, 0]]).repeat(8, 1)
+    assert load_balancing_loss([skewed], k, e) > value
+
+
+def test_load_balancing_loss_mask_equals_loss_on_kept_tokens():
+    logits = [torch.randn(2 * 5, 4) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    keep = mask.reshape(-1).bool()
+    masked = load_balancing_loss(logits, 2, 4, mask)
+    subset = load_balancing_loss([lg[keep] for lg in logits], 2, 4)
+    assert torch.isclose(masked, subset, atol=1e-6)

@@ -1,0 +1,147 @@
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.helpers import make_model
+from timemoe_forecaster import TimeMoEForPrediction
+from timemoe_forecaster.checkpoint import CheckpointError, from_official, to_official
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype, key
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_load_round_trip_is_bit_exact(tmp_path, dtype):
+    model = make_model().to(dtype)
+    model.save_pretrained(tmp_path)
+    loaded = TimeMoEForPrediction.from_pretrained(tmp_path)
+    assert_same_weights(model, loaded)
+    assert loaded.config == model.config
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == str(dtype).split(".")[1]
+
+
+def test_saved_keys_are_the_official_names(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    assert "model.layers.1.ffn_layer.experts.3.down_proj.weight" in keys
+    assert "model.layers.0.ffn_layer.shared_expert_gate.weight" in keys
+    assert "model.embed_layer.gate_layer.weight" in keys and "lm_heads.3.out_layer.weight" in keys
+    assert "model.layers.0.self_attn.q_proj.bias" in keys and "model.layers.0.self_attn.o_proj.bias" not in keys
+    assert not any("_EFH" in k or "_EHF" in k for k in keys)
+
+
+def test_official_key_mapping_round_trips():
+    state = make_model().state_dict()
+    back = from_official(to_official(state))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_sharded_save_and_load(tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path, max_shard_size="4KiB")
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "model.safetensors").exists()
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {p.name for p in shards}
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
+
+
+def test_load_with_dtype_and_device(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    model = TimeMoEForPrediction.from_pretrained(str(tmp_path), dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.forecast(torch.randn(1, 8), 4).shape == (1, 4)
+
+
+def test_missing_key_is_named(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["model.norm.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.norm.weight"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
+def test_missing_expert_is_named(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["model.layers.0.ffn_layer.experts.1.up_proj.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="experts.1.up_proj"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
+def test_wrong_shape_is_named(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["hidden_size"] = 16
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
+def test_truncated_file_is_named(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
+def test_pickle_disguised_as_safetensors_is_rejected(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    torch.save(make_model().state_dict(), tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_malicious_pickle_bin_never_executes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_model().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Exploit()}))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_safe_bin_checkpoint_loads(tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
+
+
+def test_missing_directory_and_config_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        TimeMoEForPrediction.from_pretrained(tmp_path / "nope" / "deeper")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        TimeMoEForPrediction.from_pretrained(tmp_path / "empty")
+
+
+def test_unreachable_hub_id_says_how_to_pass_a_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="local directory"):
+        TimeMoEForPrediction.from_pretrained("Maple728/TimeMoE-50M-does-not-exist")
+
+
+def test_embedded_default_loads_offline():
+    model = TimeMoEForPrediction.from_pretrained(None)
+    assert model.forecast(torch.randn(1, 32), 5).shape == (1, 5)

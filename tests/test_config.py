@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from timemoe_forecaster import PRESETS, TimeMoEConfig, TimeMoEForPrediction
+from timemoe_forecaster.config import resolve_config
+
+EXPECTED_PARAMS = {"base": 113_352_192, "large": 453_196_800, "ultra": 2_416_545_792}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_paper_presets_have_exact_parameter_counts(name):
+    with torch.device("meta"):  # ultra would need 10 GB otherwise
+        model = TimeMoEForPrediction(TimeMoEConfig.from_preset(name))
+    assert model.num_parameters() == EXPECTED_PARAMS[name]
+
+
+def test_tiny_preset_is_a_few_thousand_parameters():
+    model = TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny"))
+    assert 1_000 <= model.num_parameters() < 10_000
+    assert list(PRESETS)[0] == "tiny"
+
+
+def test_activated_parameters_count_only_top_k_experts():
+    with torch.device("meta"):
+        model = TimeMoEForPrediction(TimeMoEConfig.from_preset("base"))
+    c = model.config
+    unused = c.num_hidden_layers * (c.num_experts - c.num_experts_per_tok) * 3 * c.hidden_size * c.expert_size
+    assert model.num_parameters(activated=True) == EXPECTED_PARAMS["base"] - unused
+
+
+def test_config_json_round_trip_keeps_unknown_keys(tmp_path):
+    config = TimeMoEConfig.from_preset("tiny")
+    raw = config.to_dict()
+    raw["auto_map"] = {"AutoModelForCausalLM": "modeling_time_moe.TimeMoeForPrediction"}
+    raw["transformers_version"] = "4.40.1"
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    loaded = TimeMoEConfig.from_json_file(tmp_path / "config.json")
+    assert loaded.extra["auto_map"] == raw["auto_map"]
+    loaded.to_json_file(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["auto_map"] == raw["auto_map"]
+    assert again["model_type"] == "time_moe"
+    assert TimeMoEConfig.from_json_file(tmp_path / "again.json") == loaded
+
+
+def test_missing_keys_take_official_defaults():
+    config = TimeMoEConfig.from_dict({"model_type": "time_moe", "hidden_size": 64, "num_attention_heads": 4})
+    assert config.num_key_value_heads == 4
+    assert config.horizon_lengths == [1]
+    assert config.rms_norm_eps == 1e-6
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("hidden_size", 0), ("num_attention_heads", 3), ("horizon_lengths", [8, 1]), ("hidden_act", "tanh")],
+)
+def test_invalid_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TimeMoEConfig.from_preset("tiny", **{field: value})
+
+
+def test_wrong_model_type_and_unknown_preset_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="model_type"):
+        TimeMoEConfig.from_dict({"model_type": "llama"})
+    with pytest.raises(ValueError, match="unknown preset"):
+        TimeMoEConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="neither a preset"):
+        resolve_config(str(tmp_path / "nope.json"))
