@@ -1,0 +1,192 @@
+"""pandas tables to lists of series: wide, long, one-row-per-series and sktime panels.
+
+Wide tables hold one column per series. A column that is not numeric is skipped only when it is
+clearly a date or an index (a datetime dtype, a date-like name such as ``date``/``timestamp``, values
+that parse as dates, or an integer row counter such as ``Unnamed: 0``); any other non-numeric column is
+an error that names it, because silently dropping data hides mistakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ID_NAMES = ("unique_id", "item_id", "series_id", "ts_id", "id", "series", "key")
+VALUE_NAMES = ("value", "target", "y", "values")
+TIME_NAMES = ("timestamp", "ds", "date", "datetime", "time", "date_time", "period")
+INDEX_NAMES = ("index", "no", "idx", "row", "unnamed: 0", "")
+DATE_PART_NAMES = ("year", "month", "day", "hour", "minute", "second", "week", "weekday", "dayofweek", "quarter")
+
+
+def frame_to_series(
+    obj: pd.Series | pd.DataFrame,
+    where: str,
+    long: bool | None = None,
+    id_col: str | None = None,
+    value_col: str | None = None,
+    time_col: str | None = None,
+    orient: str = "columns",
+    columns: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> tuple[list[np.ndarray], list[str]]:
+    """Series (float32, NaN kept) and their names from a pandas object; ``where`` names it in errors."""
+    if isinstance(obj, pd.Series):
+        return [_numeric(obj, where, str(obj.name))], [str(obj.name)]
+    if not isinstance(obj, pd.DataFrame):
+        raise TypeError(f"{where}: expected a pandas Series or DataFrame, got {type(obj).__name__}")
+    df = obj
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise ValueError(f"{where} is empty (shape {df.shape})")
+    if exclude:
+        _require(df, exclude, where, "exclude")
+        df = df.drop(columns=list(exclude))
+    if long is None:
+        long = id_col is not None or value_col is not None or _looks_long(df)
+    if long:
+        return _long(df, where, id_col, value_col, time_col)
+    if columns:
+        _require(df, columns, where, "columns")
+        df = df[list(columns)]
+    if orient == "rows":
+        return _rows(df, where)
+    if orient != "columns":
+        raise ValueError(f"orient must be 'columns' (one column per series) or 'rows', got {orient!r}")
+    if isinstance(df.index, pd.MultiIndex):
+        return _panel(df, where)
+    return _wide(df, where)
+
+
+def _lower(name: Any) -> str:
+    return str(name).strip().lower()
+
+
+def _find(df: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    lowered = {_lower(c): c for c in df.columns}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _require(df: pd.DataFrame, names: list[str], where: str, what: str) -> None:
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: {what} names unknown columns {missing}; columns are {list(df.columns)[:20]}")
+
+
+def _looks_long(df: pd.DataFrame) -> bool:
+    return _find(df, ID_NAMES) is not None and _find(df, VALUE_NAMES) is not None
+
+
+def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
+        converted = pd.to_numeric(col, errors="coerce")
+        bad = converted.isna() & col.notna()
+        if bad.any() or pd.api.types.is_bool_dtype(col):
+            example = col[bad].iloc[0] if bad.any() else col.iloc[0]
+            raise ValueError(
+                f"{where}: column {name!r} is not numeric (e.g. value {example!r}). Drop it with "
+                f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...], "
+                "or, for long format, pass long=True, id_col=..., value_col=..."
+            )
+        col = converted
+    return col.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _is_date_or_index(col: pd.Series, name: Any) -> bool:
+    lname = _lower(name)
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        return True
+    if isinstance(col.dtype, pd.PeriodDtype):
+        return True
+    if pd.api.types.is_integer_dtype(col):
+        values = col.to_numpy()
+        if lname in DATE_PART_NAMES:
+            return True
+        counter = values.size > 1 and bool((np.diff(values) == 1).all())
+        return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
+    if not pd.api.types.is_numeric_dtype(col):
+        if lname in TIME_NAMES:
+            return True
+        sample = col.dropna().astype(str).head(20)
+        if sample.empty or sample.str.fullmatch(r"[-+]?[\d.eE]+").all():
+            return False
+        try:
+            parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+        except (TypeError, ValueError):
+            return False
+        return bool(parsed.notna().all())
+    return False
+
+
+def _wide(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
+    series, names = [], []
+    for name in df.columns:
+        col = df[name]
+        if isinstance(col, pd.DataFrame):
+            raise ValueError(f"{where}: column name {name!r} appears more than once; rename the duplicates")
+        if _is_date_or_index(col, name):
+            continue
+        series.append(_numeric(col, where, str(name)))
+        names.append(str(name))
+    if not series:
+        raise ValueError(f"{where}: no numeric series columns (columns: {list(df.columns)[:20]})")
+    return series, names
+
+
+def _rows(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
+    # One row per series (M4 style): leading non-numeric columns are row ids, the rest values.
+    cols = list(df.columns)
+    k = 0
+    while k < len(cols) and not pd.api.types.is_numeric_dtype(df[cols[k]]):
+        k += 1
+    values = df[cols[k:]]
+    if values.shape[1] == 0:
+        raise ValueError(f"{where}: orient='rows' found no numeric value columns")
+    mat = np.stack([_numeric(values[c], where, str(c)) for c in values.columns], axis=1)  # [rows, points]
+    ids = df[cols[0]].astype(str).tolist() if k > 0 else [str(i) for i in df.index]
+    return [np.ascontiguousarray(r) for r in mat], ids
+
+
+def _panel(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
+    # sktime pd-multiindex: outer levels identify the instance, the last level is time.
+    series, names = [], []
+    outer = list(range(df.index.nlevels - 1))
+    for key, group in df.groupby(level=outer, sort=False):
+        group = group.sort_index(level=-1)
+        for name in group.columns:
+            if _is_date_or_index(group[name], name):
+                continue
+            series.append(_numeric(group[name], where, str(name)))
+            names.append(f"{key}/{name}")
+    if not series:
+        raise ValueError(f"{where}: the panel holds no numeric columns")
+    return series, names
+
+
+def _long(
+    df: pd.DataFrame, where: str, id_col: str | None, value_col: str | None, time_col: str | None
+) -> tuple[list[np.ndarray], list[str]]:
+    id_col = id_col or _find(df, ID_NAMES)
+    value_col = value_col or _find(df, VALUE_NAMES)
+    if id_col is None or value_col is None:
+        raise ValueError(
+            f"{where}: long format needs an id column and a value column; pass id_col= and value_col= "
+            f"(columns are {list(df.columns)[:20]})"
+        )
+    _require(df, [id_col, value_col] + ([time_col] if time_col else []), where, "long format")
+    time_col = time_col or _find(df, TIME_NAMES)
+    values = _numeric(df[value_col], where, str(value_col))
+    frame = pd.DataFrame({"id": df[id_col].to_numpy(), "v": values})
+    if time_col is not None:
+        frame["t"] = df[time_col].to_numpy()
+        frame = frame.sort_values(["t"], kind="stable")
+    series, names = [], []
+    for key, group in frame.groupby("id", sort=False):
+        series.append(group["v"].to_numpy(dtype=np.float32))
+        names.append(str(key))
+    if time_col is not None:
+        # Keep series in order of first appearance in the file, not in order of first timestamp.
+        first = {str(k): i for i, k in enumerate(pd.unique(df[id_col]))}
+        order = sorted(range(len(names)), key=lambda i: first[names[i]])
+        series, names = [series[i] for i in order], [names[i] for i in order]
+    return series, names

@@ -1,0 +1,241 @@
+"""Training windows: quality filter, per-window standardisation, and a resumable, sharded sampler.
+
+A window is ``n + 1`` consecutive points of one series (``n`` inputs, each with its next value as
+label), standardised by its own mean and standard deviation. :class:`WindowSampler` draws a source by
+mixture weight, a series of this rank's shard, a random crop of at most ``max_length + 1`` points, drops
+low-quality stretches (Time-MoE paper, section 4.1: a 128-point block whose share of zeros, of zero first
+differences or of zero second differences exceeds 0.2) and standardises what remains.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .sources import SeriesSource, open_source, split_at_nonfinite
+
+logger = logging.getLogger(__name__)
+
+QUALITY_BLOCK = 128
+QUALITY_THRESHOLD = 0.2
+STD_FLOOR = 1e-5
+
+
+def _zero_ratios(blocks: np.ndarray) -> np.ndarray:
+    """Largest of the zero, zero-first-difference and zero-second-difference shares per row of [R, L]."""
+    n = blocks.shape[1]
+    ratio = (blocks == 0).mean(axis=1)
+    if n > 1:
+        d1 = np.diff(blocks, axis=1)
+        ratio = np.maximum(ratio, (d1 == 0).mean(axis=1))
+        if n > 2:
+            ratio = np.maximum(ratio, (np.diff(d1, axis=1) == 0).mean(axis=1))
+    return ratio
+
+
+def is_low_quality(window: np.ndarray, threshold: float = QUALITY_THRESHOLD) -> bool:
+    """True if the share of zeros, of zero first differences or of zero second differences exceeds ``threshold``."""
+    x = np.asarray(window, dtype=np.float64)
+    if x.ndim != 1 or x.shape[0] == 0:
+        return True
+    return bool(_zero_ratios(x[None, :])[0] > threshold)
+
+
+def low_quality_blocks(x: np.ndarray, block: int = QUALITY_BLOCK, threshold: float = QUALITY_THRESHOLD) -> np.ndarray:
+    """Per ``block``-point block of ``x``, whether it is low quality. The last block is the last ``block`` points
+    (overlapping its neighbour) so that every block is judged on a full length. Returns bool [ceil(n / block)]."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    if n <= block:
+        return np.array([is_low_quality(x, threshold)])
+    num = -(-n // block)
+    full = x[: (n // block) * block].reshape(-1, block)  # [n // block, block]
+    if num > full.shape[0]:
+        full = np.concatenate([full, x[-block:][None, :]])
+    return _zero_ratios(full) > threshold
+
+
+def keep_good_stretch(x: np.ndarray, block: int = QUALITY_BLOCK, threshold: float = QUALITY_THRESHOLD) -> np.ndarray:
+    """The longest run of consecutive good blocks of ``x`` (all of ``x`` when no block is bad)."""
+    bad = low_quality_blocks(x, block, threshold)
+    if not bad.any():
+        return x
+    good = np.concatenate([[0], (~bad).astype(np.int8), [0]])
+    edges = np.diff(good)
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if starts.size == 0:
+        return x[:0]
+    k = int(np.argmax(stops - starts))
+    return x[starts[k] * block : min(stops[k] * block, x.shape[0])]
+
+
+def standardise(window: np.ndarray, std_floor: float = STD_FLOOR) -> np.ndarray:
+    """(window - mean) / max(std, std_floor) in float64, returned as float32."""
+    x = np.asarray(window, dtype=np.float64)
+    std = max(float(x.std()), std_floor)
+    return ((x - x.mean()) / std).astype(np.float32)
+
+
+class WindowSampler:
+    """Endless, deterministic stream of standardised float32 windows of ``min_length..max_length + 1`` points.
+
+    sources: SeriesSource(s) or specs for :func:`open_source`. weights: mixture weight per source (default: each
+    source's ``weight`` attribute, else equal). Rank ``r`` of ``world_size`` only reads series ``i`` with
+    ``i % world_size == r`` and draws from its own random stream. ``series_weighting="length"`` picks series in
+    proportion to their number of windows (every point equally likely, as in a concatenated corpus);
+    ``"uniform"`` picks every series equally often. Sources that cannot list their lengths (synthetic) are uniform.
+    """
+
+    def __init__(
+        self,
+        sources: SeriesSource | Sequence[Any] | Any,
+        weights: Sequence[float] | None = None,
+        max_length: int = 4096,
+        min_length: int = 16,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        quality_filter: bool = True,
+        series_weighting: str = "length",
+        std_floor: float = STD_FLOOR,
+        max_tries: int = 1000,
+    ) -> None:
+        if isinstance(sources, (SeriesSource, str)) or not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        self.sources = [s if isinstance(s, SeriesSource) else open_source(s) for s in sources]
+        if not self.sources:
+            raise ValueError("WindowSampler needs at least one source")
+        if weights is None:
+            weights = [s.weight if s.weight is not None else 1.0 for s in self.sources]
+        if len(weights) != len(self.sources) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"weights must be {len(self.sources)} non-negative numbers with a positive sum: {weights}")
+        if not 2 <= min_length <= max_length + 1:
+            raise ValueError(f"need 2 <= min_length <= max_length + 1, got min_length={min_length}, {max_length=}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if series_weighting not in ("length", "uniform"):
+            raise ValueError(f"series_weighting must be 'length' or 'uniform', got {series_weighting!r}")
+        self.weights = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.max_length, self.min_length = int(max_length), int(min_length)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.quality_filter, self.std_floor, self.max_tries = quality_filter, std_floor, max_tries
+        self.series_weighting = series_weighting
+        self._shards = [self._shard(s) for s in self.sources]
+        self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
+        self.num_windows = 0
+
+    def _shard(self, src: SeriesSource) -> tuple[int, int, np.ndarray | None]:
+        """(first index, stride, cumulative length weights or None) of this rank's series of ``src``."""
+        n = len(src)
+        first, stride = self.rank, self.world_size
+        if n <= self.rank:
+            logger.warning(
+                "source %r has %d series, fewer than %d ranks: rank %d reads all of them (shards overlap)",
+                src.name,
+                n,
+                self.world_size,
+                self.rank,
+            )
+            first, stride = 0, 1
+        all_lengths = src.lengths() if self.series_weighting == "length" else None
+        if all_lengths is None:
+            return first, stride, None
+        lengths = all_lengths[first::stride].astype(np.float64)
+        windows = np.ceil(lengths / (self.max_length + 1))
+        windows[lengths < self.min_length] = 0
+        if windows.sum() == 0:
+            return first, stride, None
+        return first, stride, np.cumsum(windows)
+
+    def _pick_series(self, k: int) -> int:
+        first, stride, cum = self._shards[k]
+        if cum is not None:
+            j = int(np.searchsorted(cum, self._rng.random() * cum[-1], side="right"))
+            j = min(j, cum.shape[0] - 1)
+        else:
+            count = len(range(first, len(self.sources[k]), stride))
+            j = int(self._rng.integers(count))
+        return first + j * stride
+
+    def _try_window(self) -> np.ndarray | None:
+        rng = self._rng
+        k = int(rng.choice(len(self.sources), p=self.weights))
+        src = self.sources[k]
+        i = self._pick_series(k)
+        x = src[i]
+        segments = split_at_nonfinite(x, self.min_length)
+        if not segments:
+            return None
+        if len(segments) > 1:
+            sizes = np.array([s.shape[0] for s in segments], dtype=np.float64)
+            x = segments[int(rng.choice(len(segments), p=sizes / sizes.sum()))]
+        else:
+            x = segments[0]
+        span = self.max_length + 1
+        if x.shape[0] > span:
+            start = int(rng.integers(0, x.shape[0] - span + 1))
+            x = x[start : start + span]
+        if self.quality_filter and src.wants_quality_filter(i):
+            x = keep_good_stretch(x)
+            if x.shape[0] < self.min_length:
+                return None
+        return standardise(x, self.std_floor)
+
+    def sample(self) -> np.ndarray:
+        """The next window: float32 [n + 1] with min_length <= n + 1 <= max_length + 1."""
+        for _ in range(self.max_tries):
+            w = self._try_window()
+            if w is not None:
+                self.num_windows += 1
+                return w
+        raise ValueError(
+            f"no usable window in {self.max_tries} draws from {[s.name for s in self.sources]}: series are shorter "
+            f"than min_length={self.min_length}, all non-finite, or low quality (mostly constant or zero). "
+            "Lower min_length, or pass quality_filter=False."
+        )
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield self.sample()
+
+    def state_dict(self) -> dict:
+        return {
+            "rng": self._rng.bit_generator.state,
+            "num_windows": self.num_windows,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state.get("rank"), state.get("world_size")) != (self.rank, self.world_size):
+            raise ValueError(
+                f"sampler state was saved by rank {state.get('rank')} of {state.get('world_size')}, but this sampler "
+                f"is rank {self.rank} of {self.world_size}; resume with the same number of processes"
+            )
+        self._rng.bit_generator.state = state["rng"]
+        self.num_windows = int(state["num_windows"])
+
+
+def iter_eval_windows(
+    sources: SeriesSource | Sequence[Any] | Any,
+    num_windows: int,
+    max_length: int = 4096,
+    seed: int = 1_000_003,
+    rank: int = 0,
+    world_size: int = 1,
+    **sampler_kwargs: Any,
+) -> Iterator[np.ndarray]:
+    """A fixed set of ``num_windows`` evaluation windows, the same on every call and on every rank count.
+
+    With ``world_size > 1`` rank ``r`` yields windows ``r, r + world_size, ...`` of that set. Pass sources
+    held out from training (e.g. ``SyntheticSource(seed=train_seed + 1)``) for a true held-out estimate.
+    """
+    sampler = WindowSampler(sources, max_length=max_length, seed=seed, **sampler_kwargs)
+    for k in range(num_windows):
+        w = sampler.sample()
+        if k % world_size == rank:
+            yield w
