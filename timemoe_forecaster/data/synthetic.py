@@ -38,7 +38,11 @@ INFINITE = 2**31 - 1
 
 
 class SyntheticSource(SeriesSource):
-    """Synthetic series ``i`` = f(seed, i); ``num_series=None`` is an effectively infinite stream."""
+    """Synthetic series ``i`` = f(seed, i); ``num_series=None`` is an effectively infinite stream.
+
+    Lengths are log-uniform in ``[min_length, max_length]`` (default ``min(128, max_length)`` .. 4097); give
+    ``max_length`` = the training max_length + 1 so that no generated point is wasted.
+    """
 
     filter_low_quality = False  # intermittent and spiky series are made on purpose
 
@@ -46,12 +50,13 @@ class SyntheticSource(SeriesSource):
         self,
         seed: int = 0,
         num_series: int | None = None,
-        min_length: int = 128,
+        min_length: int | None = None,
         max_length: int = 4097,
         kinds: tuple[str, ...] | list[str] | None = None,
         kind_weights: tuple[float, ...] | list[float] | None = None,
         name: str | None = None,
     ) -> None:
+        min_length = min(128, max_length) if min_length is None else min_length
         if not 2 <= min_length <= max_length:
             raise ValueError(f"need 2 <= min_length <= max_length, got {min_length} and {max_length}")
         if seed < 0:

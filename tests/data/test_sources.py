@@ -1,0 +1,197 @@
+"""Every input format reads the same series; bad data fails with a clear error."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from timemoe_forecaster.data import (
+    BinarySource,
+    ConcatSource,
+    SeriesSource,
+    open_source,
+    open_sources,
+    split_at_nonfinite,
+    write_binary_dataset,
+)
+
+
+@pytest.fixture
+def series() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=40).astype(np.float32) * 10 + k for k in range(3)]
+
+
+def _all(src: SeriesSource) -> list[np.ndarray]:
+    return [src[i] for i in range(len(src))]
+
+
+def _same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == np.float32 and g.ndim == 1
+        np.testing.assert_array_equal(g, w)
+
+
+def _write_every_format(series, tmp_path) -> dict[str, str]:
+    n = len(series[0])
+    wide = pd.DataFrame({f"s{k}": s for k, s in enumerate(series)})
+    wide.insert(0, "date", pd.date_range("2020-01-01", periods=n, freq="h").astype(str))
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    wide.to_csv(tmp_path / "wide.csv.gz", index=True)  # adds an 'Unnamed: 0' row counter
+    long = pd.DataFrame(
+        {
+            "unique_id": np.repeat([f"s{k}" for k in range(len(series))], n),
+            "timestamp": np.tile(np.arange(n), len(series)),
+            "value": np.concatenate(series),
+        }
+    )
+    # Times shuffled within each series: the order is restored from the timestamps.
+    long = long.sample(frac=1.0, random_state=0).sort_values("unique_id", kind="stable")
+    long.to_csv(tmp_path / "long.csv", index=False)
+    np.save(tmp_path / "rows.npy", np.stack(series))
+    np.savez(tmp_path / "arrays.npz", **{f"s{k}": s for k, s in enumerate(series)})
+    with open(tmp_path / "data.jsonl", "w") as fh:
+        for k, s in enumerate(series):
+            key = "sequence" if k % 2 == 0 else "target"
+            fh.write(json.dumps({key: s.tolist()}) + "\n")
+    write_binary_dataset(series, tmp_path / "bin", num_files=2)
+    paths = {k: str(tmp_path / f) for k, f in [("wide", "wide.csv"), ("wide_gz", "wide.csv.gz"), ("long", "long.csv")]}
+    paths.update(npy=str(tmp_path / "rows.npy"), npz=str(tmp_path / "arrays.npz"))
+    paths.update(jsonl=str(tmp_path / "data.jsonl"), binary=str(tmp_path / "bin"))
+    return paths
+
+
+def test_every_format_reads_the_same_series(series, tmp_path):
+    paths = _write_every_format(series, tmp_path)
+    for fmt, path in paths.items():
+        src = open_source(path)
+        assert len(src) == 3, fmt
+        _same(_all(src), series)
+    _same(_all(open_source(np.stack(series))), series)
+    _same(_all(open_source(list(series))), series)
+    _same(_all(open_source(pd.DataFrame({f"s{k}": s for k, s in enumerate(series)}))), series)
+    _same(_all(open_source(pd.Series(series[0]))), series[:1])
+    _same(_all(open_source(series[0])), series[:1])
+
+
+def test_parquet_reads_the_same_series(series, tmp_path):
+    pytest.importorskip("pyarrow")
+    pd.DataFrame({f"s{k}": s for k, s in enumerate(series)}).to_parquet(tmp_path / "wide.parquet")
+    _same(_all(open_source(tmp_path / "wide.parquet")), series)
+
+
+def test_comma_separated_paths_and_options(series, tmp_path):
+    paths = _write_every_format(series, tmp_path)
+    src = open_source(f"{paths['npy']},{paths['jsonl']}#weight=2")
+    assert isinstance(src, ConcatSource) and len(src) == 6
+    _same(_all(src), series + series)
+    parts = open_sources(f"{paths['npy']}, {paths['jsonl']}#weight=2")
+    assert [p.weight for p in parts] == [None, 2.0]
+    only = open_source(f"{paths['wide']}#columns=s2;s0")
+    _same(_all(only), [series[2], series[0]])
+
+
+def test_sktime_panel_and_rows_orientation(series, tmp_path):
+    n = len(series[0])
+    index = pd.MultiIndex.from_product([["a", "b"], range(n)], names=["instance", "time"])
+    panel = pd.DataFrame({"x": np.concatenate(series[:2]), "y": np.concatenate(series[1:3])}, index=index)
+    _same(_all(open_source(panel)), [series[0], series[1], series[1], series[2]])
+    # M4 style: one row per series, an id column first, NaN padding at the end of short rows.
+    frame = pd.DataFrame([["a", *series[0]], ["b", *series[1][:30], *[np.nan] * 10]])
+    frame.columns = ["V1"] + [f"V{k}" for k in range(2, n + 2)]
+    frame.to_csv(tmp_path / "m4.csv", index=False)
+    src = open_source(f"{tmp_path / 'm4.csv'}#orient=rows")
+    np.testing.assert_array_equal(src[0], series[0])
+    assert np.isnan(src[1][30:]).all()
+    np.testing.assert_array_equal(split_at_nonfinite(src[1])[0], series[1][:30])
+
+
+def test_binary_layout_spans_files_and_applies_scales(series, tmp_path):
+    folder = write_binary_dataset(series, tmp_path / "b", num_files=5, standardise=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["num_sequences"] == 3 and list(meta["files"]) == sorted(meta["files"])
+    assert sum(meta["files"].values()) == 120 and "mean" in meta["scales"][0]
+    src = open_source(folder)
+    assert isinstance(src, BinarySource) and list(src.lengths()) == [40, 40, 40]
+    for got, want in zip(_all(src), series):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    # A pickled source (DataLoader worker) reopens its memmaps instead of carrying the data.
+    clone = pickle.loads(pickle.dumps(src))
+    np.testing.assert_array_equal(clone[2], src[2])
+    assert len(pickle.dumps(src)) < 4000
+
+
+def test_split_at_nonfinite():
+    x = np.array([1, 2, np.nan, 3, np.inf, 4, 5, 6, np.nan, np.nan, 7, 8], dtype=np.float32)
+    parts = split_at_nonfinite(x)
+    assert [p.tolist() for p in parts] == [[1, 2], [3], [4, 5, 6], [7, 8]]
+    assert [p.tolist() for p in split_at_nonfinite(x, min_length=2)] == [[1, 2], [4, 5, 6], [7, 8]]
+    assert split_at_nonfinite(np.full(4, np.nan)) == []
+    assert split_at_nonfinite(np.arange(3.0), min_length=4) == []
+
+
+def test_date_and_index_columns_are_skipped_but_other_text_is_an_error(tmp_path):
+    df = pd.DataFrame({"No": np.arange(1, 6), "year": [2020] * 5, "pm": [1.0, 2, 3, 4, 5], "dir": list("NNSWE")})
+    df.to_csv(tmp_path / "pm.csv", index=False)
+    with pytest.raises(ValueError, match=r"column 'dir' is not numeric.*exclude"):
+        open_source(tmp_path / "pm.csv")
+    src = open_source(f"{tmp_path / 'pm.csv'}#exclude=dir")
+    _same(_all(src), [np.arange(1, 6, dtype=np.float32)])
+
+
+@pytest.mark.parametrize("content", ["", "a,b\n"])
+def test_empty_files_are_rejected(tmp_path, content):
+    path = tmp_path / "empty.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="empty"):
+        open_source(path)
+
+
+def test_empty_jsonl_and_bad_records(tmp_path):
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="no series"):
+        open_source(tmp_path / "blank.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"values": [1, 2]}\n')
+    with pytest.raises(ValueError, match="neither 'sequence' nor 'target'"):
+        open_source(tmp_path / "bad.jsonl")
+    (tmp_path / "text.jsonl").write_text('{"sequence": [1, "x"]}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        open_source(tmp_path / "text.jsonl")
+
+
+def test_truncated_bin_and_bad_meta(series, tmp_path):
+    folder = write_binary_dataset(series, tmp_path / "t", num_files=2)
+    name = sorted(json.loads((folder / "meta.json").read_text())["files"])[-1]
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[:-8])
+    with pytest.raises(ValueError, match="truncated"):
+        open_source(folder)
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        open_source(folder)
+    (folder / "meta.json").write_text(json.dumps({"num_sequences": 1, "dtype": "float32"}))
+    with pytest.raises(ValueError, match="lacks the keys"):
+        open_source(folder)
+    meta = {"num_sequences": 1, "dtype": "float32", "files": {name: 10}, "scales": [{"offset": 5, "length": 50}]}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="outside"):
+        open_source(folder)
+
+
+def test_unknown_inputs_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_source(tmp_path / "missing.csv")
+    (tmp_path / "x.txt").write_text("1\n2\n")
+    with pytest.raises(ValueError, match="unknown file type"):
+        open_source(tmp_path / "x.txt")
+    with pytest.raises(TypeError, match="cannot read"):
+        open_source(3.5)
+    with pytest.raises(ValueError, match="1-D"):
+        open_source(np.zeros((2, 2, 2)))
+    with pytest.raises(IndexError):
+        open_source(np.zeros((2, 3)))[2]
