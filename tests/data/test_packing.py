@@ -51,15 +51,15 @@ def test_first_fit_decreasing_places_every_window_once():
     assert len(rows) == 4  # 40 tokens in rows of 10, packed without waste here
 
 
-def _stream(pack, seed=0, batch_size=3, max_length=64):
+def _stream(pack, seed=0, batch_size=3, max_length=64, fill_gaps=True):
     rng = np.random.default_rng(1)
     src = ArraySource([rng.normal(size=int(n)) for n in rng.integers(10, 150, size=30)])
     sampler = WindowSampler([src, SyntheticSource(seed=2, max_length=100)], max_length=max_length, seed=seed)
-    return PackedBatchStream(sampler, batch_size=batch_size, max_length=max_length, pack=pack)
+    return PackedBatchStream(sampler, batch_size=batch_size, max_length=max_length, pack=pack, fill_gaps=fill_gaps)
 
 
 def _documents(batch):
-    """Each packed document as a (positions, inputs) pair, checking that ids and positions are consistent."""
+    """Each packed window (inputs then last label), checking that ids and positions are consistent."""
     docs = []
     for r in range(batch["inputs"].shape[0]):
         ids = batch["seq_ids"][r]
@@ -70,20 +70,24 @@ def _documents(batch):
             where = (ids == d).nonzero().flatten()
             assert where.tolist() == list(range(int(where[0]), int(where[-1]) + 1)), "a window is contiguous"
             assert batch["position_ids"][r, where].tolist() == list(range(len(where)))
-            docs.append(batch["inputs"][r, where])
+            docs.append(torch.cat([batch["inputs"][r, where], batch["labels"][r, where[-1:]]]))
+            torch.testing.assert_close(batch["labels"][r, where[:-1]], batch["inputs"][r, where[1:]])
     return docs
 
 
-def test_packed_stream_rows_are_consistent_and_dense():
-    stream = _stream(pack=True)
+@pytest.mark.parametrize("fill_gaps", [True, False])
+def test_packed_stream_rows_are_consistent_and_dense(fill_gaps):
+    stream = _stream(pack=True, max_length=128, fill_gaps=fill_gaps)
     real, total = 0, 0
     for _ in range(5):
         batch = stream.next_batch()
-        _documents(batch)
-        assert batch["labels"].shape == (3, 64)
+        for doc in _documents(batch):
+            assert doc.shape[0] >= stream.sampler.min_length
+            assert abs(float(doc.mean())) < 1e-4 and abs(float(doc.std(unbiased=False)) - 1.0) < 1e-3
+        assert batch["labels"].shape == (3, 128)
         real += int(batch["attention_mask"].sum())
         total += batch["attention_mask"].numel()
-    assert real / total > 0.9
+    assert real / total > (0.96 if fill_gaps else 0.8)
     unpacked = _stream(pack=False).next_batch()
     assert (unpacked["seq_ids"].max(dim=1).values == 0).all()
 

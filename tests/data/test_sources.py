@@ -107,8 +107,10 @@ def test_sktime_panel_and_rows_orientation(series, tmp_path):
     frame.to_csv(tmp_path / "m4.csv", index=False)
     src = open_source(f"{tmp_path / 'm4.csv'}#orient=rows")
     np.testing.assert_array_equal(src[0], series[0])
-    assert np.isnan(src[1][30:]).all()
-    np.testing.assert_array_equal(split_at_nonfinite(src[1])[0], series[1][:30])
+    np.testing.assert_array_equal(src[1], series[1][:30])  # trailing NaN padding trimmed
+    assert list(src.lengths()) == [40, 30]
+    with pytest.raises(ValueError, match="orient='rows'"):
+        open_source(tmp_path / "m4.csv")
 
 
 def test_binary_layout_spans_files_and_applies_scales(series, tmp_path):

@@ -85,8 +85,9 @@ def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
             example = col[bad].iloc[0] if bad.any() else col.iloc[0]
             raise ValueError(
                 f"{where}: column {name!r} is not numeric (e.g. value {example!r}). Drop it with "
-                f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...], "
-                "or, for long format, pass long=True, id_col=..., value_col=..."
+                f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...]; "
+                "if each row is one series (M4 style) pass orient='rows' ('#orient=rows'); for long format "
+                "pass long=True, id_col=..., value_col=..."
             )
         col = converted
     return col.to_numpy(dtype=np.float32, na_value=np.nan)
@@ -144,7 +145,13 @@ def _rows(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
         raise ValueError(f"{where}: orient='rows' found no numeric value columns")
     mat = np.stack([_numeric(values[c], where, str(c)) for c in values.columns], axis=1)  # [rows, points]
     ids = df[cols[0]].astype(str).tolist() if k > 0 else [str(i) for i in df.index]
-    return [np.ascontiguousarray(r) for r in mat], ids
+    return [np.ascontiguousarray(_trim_trailing_nan(r)) for r in mat], ids
+
+
+def _trim_trailing_nan(x: np.ndarray) -> np.ndarray:
+    # Rows of different lengths are NaN-padded at the end; the padding is not part of the series.
+    finite = np.flatnonzero(~np.isnan(x))
+    return x[: finite[-1] + 1] if finite.size else x[:0]
 
 
 def _panel(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:

@@ -74,7 +74,7 @@ class SyntheticSource(SeriesSource):
             kind_weights = [KIND_WEIGHTS[KINDS.index(k)] for k in self.kinds]
         if len(kind_weights) != len(self.kinds) or min(kind_weights) < 0 or sum(kind_weights) <= 0:
             raise ValueError("kind_weights must be non-negative, one per kind, with a positive sum")
-        self._p = np.asarray(kind_weights, dtype=np.float64) / float(sum(kind_weights))
+        self._cum_p = np.cumsum(np.asarray(kind_weights, dtype=np.float64) / float(sum(kind_weights)))
         self.name = name or f"synthetic(seed={self.seed})"
 
     def __len__(self) -> int:
@@ -84,7 +84,7 @@ class SyntheticSource(SeriesSource):
         rng = np.random.default_rng([self.seed, self._check_index(i)])
         lo, hi = math.log(self.min_length), math.log(self.max_length + 1)
         length = min(int(math.exp(rng.uniform(lo, hi))), self.max_length)
-        kind = self.kinds[int(rng.choice(len(self.kinds), p=self._p))]
+        kind = self.kinds[min(int(np.searchsorted(self._cum_p, rng.random(), side="right")), len(self.kinds) - 1)]
         return rng, length, kind
 
     def length(self, i: int) -> int:
@@ -102,7 +102,8 @@ class SyntheticSource(SeriesSource):
 def generate(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
     """One series of ``n`` points of the given kind, float32 and finite, at a random scale and offset."""
     x = GENERATORS[kind](rng, n)
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(x).all():
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     if kind != "intermittent":  # demand keeps its zeros and integer sizes
         x = _standardise(x)
         scale = math.exp(rng.uniform(math.log(0.1), math.log(100.0)))
