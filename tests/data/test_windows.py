@@ -111,6 +111,13 @@ def test_mixture_weights_and_quality_filter():
         assert sampler.sample().std() > 0.5
 
 
+def test_spec_string_gives_one_weighted_source_per_input(tmp_path):
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(3, 300)))
+    sampler = WindowSampler(f"{tmp_path / 'a.npy'},synthetic#seed=1&weight=3", max_length=64)
+    assert len(sampler.sources) == 2
+    np.testing.assert_allclose(sampler.weights, [0.25, 0.75])
+
+
 def test_eval_windows_are_fixed_and_split_across_ranks():
     src = SyntheticSource(seed=9, max_length=200)
     first = list(iter_eval_windows(src, 8, max_length=64))

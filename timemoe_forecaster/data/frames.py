@@ -185,7 +185,11 @@ def _long(
     values = _numeric(df[value_col], where, str(value_col))
     frame = pd.DataFrame({"id": df[id_col].to_numpy(), "v": values})
     if time_col is not None:
-        frame["t"] = df[time_col].to_numpy()
+        t = df[time_col]
+        if not pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_datetime64_any_dtype(t):
+            parsed = pd.to_datetime(t, errors="coerce", format="mixed")
+            t = parsed if parsed.notna().all() else t
+        frame["t"] = t.to_numpy()
         frame = frame.sort_values(["t"], kind="stable")
     series, names = [], []
     for key, group in frame.groupby("id", sort=False):

@@ -17,10 +17,10 @@ Series ``i`` of ``SyntheticSource(seed)`` depends only on ``(seed, i)`` (its gen
 - ``intermittent``: Croston-style demand (Bernoulli occurrences, Poisson/gamma sizes), mostly zeros.
 - ``mixture``: sums of two or three of the kinds above.
 
-Speed (this machine, 1 CPU core, default lengths 128..4097 log-uniform): about 1,900 series/s
-(~115,000 per minute), measured with ``SyntheticSource(seed=0)[i]`` for i < 5000; ``kernel_synth``
-alone about 650/s. A pretraining run that consumes tens of thousands of series per minute needs one
-core at most.
+Speed (measured with ``SyntheticSource(seed=0)[i]`` for i < 5000, default lengths 128..4097 log-uniform, one
+process, no BLAS): about 1,850 series per CPU-second (2.1 M points, ~110,000 series per minute per core);
+600-1,200 series/s of wall time on the shared 2-core development machine. ``kernel_synth`` alone: ~1,650 per
+CPU-second. A run that consumes tens of thousands of series per minute needs at most one core.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import SeriesSource, open_source, split_at_nonfinite
+from .sources import SeriesSource, open_sources, split_at_nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def standardise(window: np.ndarray, std_floor: float = STD_FLOOR) -> np.ndarray:
 class WindowSampler:
     """Endless, deterministic stream of standardised float32 windows of ``min_length..max_length + 1`` points.
 
-    sources: SeriesSource(s) or specs for :func:`open_source`. weights: mixture weight per source (default: each
+    sources: SeriesSource(s) or specs for :func:`open_source` (a comma-separated spec string gives one source per
+    input, weighted by its ``#weight=``). weights: mixture weight per source (default: each
     source's ``weight`` attribute, else equal). Rank ``r`` of ``world_size`` only reads series ``i`` with
     ``i % world_size == r`` and draws from its own random stream. ``series_weighting="length"`` picks series in
     proportion to their number of windows (every point equally likely, as in a concatenated corpus);
@@ -105,7 +106,8 @@ class WindowSampler:
     ) -> None:
         if isinstance(sources, (SeriesSource, str)) or not isinstance(sources, (list, tuple)):
             sources = [sources]
-        self.sources = [s if isinstance(s, SeriesSource) else open_source(s) for s in sources]
+        # A spec string with several inputs becomes several sources, each with its own mixture weight.
+        self.sources = [part for s in sources for part in ([s] if isinstance(s, SeriesSource) else open_sources(s))]
         if not self.sources:
             raise ValueError("WindowSampler needs at least one source")
         if weights is None:
