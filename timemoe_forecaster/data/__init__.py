@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
+from .binary import BinarySource, write_binary_dataset
 from .packing import PackedBatchStream, collate, pack_windows
-from .sources import (
-    ArraySource,
-    BinarySource,
-    ConcatSource,
-    SeriesSource,
-    open_source,
-    open_sources,
-    split_at_nonfinite,
-    write_binary_dataset,
-)
+from .sources import ArraySource, ConcatSource, SeriesSource, open_source, open_sources, split_at_nonfinite
 from .synthetic import SyntheticSource
 from .windows import WindowSampler, is_low_quality, iter_eval_windows, standardise
 

@@ -9,8 +9,6 @@ layout (:class:`BinarySource`), which is memory-mapped and never loaded into RAM
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +20,7 @@ from .frames import frame_to_series
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
+META_FILE = "meta.json"  # marks a binary-dataset folder (binary.py)
 TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 ARRAY_SUFFIXES = (".npy", ".npz")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -74,7 +72,7 @@ class SeriesSource:
         return f"{type(self).__name__}(name={self.name!r}, num_series={len(self)})"
 
 
-def _as_float32_1d(x: Any, what: str) -> np.ndarray:
+def as_float32_series(x: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as err:
@@ -89,7 +87,7 @@ class ArraySource(SeriesSource):
 
     def __init__(self, series: Sequence[Any], name: str = "arrays") -> None:
         self.name = name
-        self._series = [_as_float32_1d(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
+        self._series = [as_float32_series(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
         if not self._series:
             raise ValueError(f"source {name!r} holds no series")
 
@@ -167,169 +165,6 @@ class ConcatSource(SeriesSource):
     def wants_quality_filter(self, i: int) -> bool:
         src, j = self._locate(i)
         return src.wants_quality_filter(j)
-
-
-class BinarySource(SeriesSource):
-    """The Time-300B binary layout, memory-mapped.
-
-    ``folder/meta.json`` = ``{num_sequences, dtype, files: {name: num_points}, scales: [{offset, length[,
-    mean, std]}]}``; the ``.bin`` files hold raw values of ``dtype``. Offsets index the concatenation of the
-    files sorted by name (as the official reader does; :func:`write_binary_dataset` writes ``files`` in
-    that order). When ``mean``/``std`` are given the stored values are standardised and
-    ``x * std + mean`` is returned.
-    """
-
-    def __init__(self, folder: str | Path, name: str | None = None) -> None:
-        self.folder = Path(folder)
-        self.name = name or self.folder.name
-        meta = _read_meta(self.folder)
-        try:
-            self.dtype = np.dtype(meta["dtype"])
-        except TypeError:
-            raise ValueError(f"{self.folder / META_FILE}: unknown dtype {meta['dtype']!r}") from None
-        if self.dtype.kind not in "iuf":
-            raise ValueError(f"{self.folder / META_FILE}: dtype {self.dtype} is not a real numeric type")
-        files = sorted(meta["files"].items())
-        self._file_paths = [self.folder / fn for fn, _ in files]
-        self._file_points = np.array([int(n) for _, n in files], dtype=np.int64)
-        self._file_starts = np.concatenate([[0], np.cumsum(self._file_points)])
-        for path, n in zip(self._file_paths, self._file_points):
-            _check_bin_file(path, int(n), self.dtype)
-        scales = meta["scales"]
-        if len(scales) != int(meta["num_sequences"]):
-            raise ValueError(
-                f"{self.folder / META_FILE}: num_sequences is {meta['num_sequences']} but scales has "
-                f"{len(scales)} entries; regenerate meta.json"
-            )
-        try:
-            self._offsets = np.array([s["offset"] for s in scales], dtype=np.int64)
-            self._lengths = np.array([s["length"] for s in scales], dtype=np.int64)
-            self._means = np.array([s.get("mean", np.nan) for s in scales], dtype=np.float64)
-            self._stds = np.array([s.get("std", np.nan) for s in scales], dtype=np.float64)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(
-                f"{self.folder / META_FILE}: every entry of scales needs integer 'offset' and 'length' ({err})"
-            ) from None
-        total = int(self._file_starts[-1])
-        bad = (self._offsets < 0) | (self._lengths < 0) | (self._offsets + self._lengths > total)
-        if bad.any():
-            k = int(np.argmax(bad))
-            raise ValueError(
-                f"{self.folder / META_FILE}: sequence {k} (offset {self._offsets[k]}, length {self._lengths[k]}) "
-                f"lies outside the {total} points the .bin files hold; the data is truncated or meta.json is wrong"
-            )
-        self._maps: list[np.memmap | None] = [None] * len(self._file_paths)
-
-    def __getstate__(self) -> dict:
-        # Memmaps would be pickled by value; DataLoader workers reopen the files instead.
-        state = self.__dict__.copy()
-        state["_maps"] = [None] * len(self._file_paths)
-        return state
-
-    def _map(self, k: int) -> np.memmap:
-        if self._maps[k] is None:
-            n = int(self._file_points[k])
-            self._maps[k] = np.memmap(self._file_paths[k], dtype=self.dtype, mode="r", shape=(n,))
-        return self._maps[k]
-
-    def __len__(self) -> int:
-        return int(self._offsets.shape[0])
-
-    def length(self, i: int) -> int:
-        return int(self._lengths[self._check_index(i)])
-
-    def lengths(self) -> np.ndarray:
-        return self._lengths
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        i = self._check_index(i)
-        start, stop = int(self._offsets[i]), int(self._offsets[i] + self._lengths[i])
-        parts = []
-        k = int(np.searchsorted(self._file_starts, start, side="right")) - 1
-        while start < stop:
-            file_start, file_stop = int(self._file_starts[k]), int(self._file_starts[k + 1])
-            take = min(stop, file_stop)
-            if take > start:
-                parts.append(self._map(k)[start - file_start : take - file_start])
-            start = max(start, take)
-            k += 1
-        out = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-        mean, std = self._means[i], self._stds[i]
-        if np.isfinite(mean) and np.isfinite(std):
-            out = (out.astype(np.float64) * std + mean).astype(np.float32)
-        return out
-
-
-def _read_meta(folder: Path) -> dict:
-    path = folder / META_FILE
-    if not path.is_file():
-        raise ValueError(f"{folder} is not a binary dataset: {META_FILE} is missing")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); regenerate it with write_binary_dataset") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    missing = [k for k in ("num_sequences", "dtype", "files", "scales") if k not in meta]
-    if missing:
-        raise ValueError(f"{path} lacks the keys {missing}; expected num_sequences, dtype, files, scales")
-    if not isinstance(meta["files"], dict) or not isinstance(meta["scales"], list):
-        raise ValueError(f"{path}: 'files' must map file names to point counts and 'scales' must be a list")
-    return meta
-
-
-def _check_bin_file(path: Path, num_points: int, dtype: np.dtype) -> None:
-    if not path.is_file():
-        raise ValueError(f"binary dataset file {path} listed in {META_FILE} is missing")
-    need = num_points * dtype.itemsize
-    have = path.stat().st_size
-    if have < need:
-        raise ValueError(
-            f"{path} is truncated: {have} bytes but {META_FILE} says {num_points} {dtype} points ({need} bytes)"
-        )
-
-
-def write_binary_dataset(
-    series: Sequence[Any] | SeriesSource,
-    folder: str | Path,
-    dtype: str = "float32",
-    num_files: int = 1,
-    standardise: bool = False,
-) -> Path:
-    """Write series in the Time-300B binary layout (``meta.json`` + ``data-{i}-of-{n}.bin``).
-
-    With ``standardise=True`` each series is stored standardised and its mean/std go to ``scales``
-    (readers return the original values). Returns the folder.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    np_dtype = np.dtype(dtype)
-    if num_files < 1:
-        raise ValueError(f"num_files must be >= 1, got {num_files}")
-    arrays, scales, offset = [], [], 0
-    for k, s in enumerate(series):
-        x = _as_float32_1d(s, f"series {k}").astype(np.float64)
-        entry: dict[str, Any] = {"offset": offset, "length": int(x.shape[0])}
-        if standardise:
-            finite = x[np.isfinite(x)]
-            mean = float(finite.mean()) if finite.size else 0.0
-            std = float(finite.std()) if finite.size else 1.0
-            std = std if std > 0 else 1.0
-            x = (x - mean) / std
-            entry.update(mean=mean, std=std)
-        arrays.append(x.astype(np_dtype))
-        scales.append(entry)
-        offset += int(x.shape[0])
-    flat = np.concatenate(arrays) if arrays else np.zeros(0, np_dtype)
-    names = sorted(f"data-{i + 1}-of-{num_files}.bin" for i in range(num_files))
-    bounds = np.linspace(0, flat.shape[0], num_files + 1).astype(np.int64)
-    files = {}
-    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
-        flat[lo:hi].tofile(folder / name)
-        files[name] = int(hi - lo)
-    meta = {"num_sequences": len(scales), "dtype": np_dtype.name, "files": files, "scales": scales}
-    (folder / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
-    return folder
 
 
 def split_at_nonfinite(x: np.ndarray, min_length: int = 1) -> list[np.ndarray]:
@@ -471,6 +306,9 @@ def _suffixes(path: Path) -> tuple[str, bool]:
 
 
 def _open_path(path: Path, opts: dict, name: str | None) -> SeriesSource:
+    from .binary import BinarySource
+    from .readers import read_json, read_numpy, read_table
+
     if path.is_dir():
         if (path / META_FILE).exists():
             _no_opts(opts, "a binary dataset")
@@ -483,14 +321,15 @@ def _open_path(path: Path, opts: dict, name: str | None) -> SeriesSource:
     fmt, compressed = _suffixes(path)
     name = name or path.name
     if fmt in TABULAR_SUFFIXES:
-        series = _read_table(path, fmt, opts)
+        series = read_table(path, fmt, opts)
         return ArraySource(series, name=name)
     if fmt in ARRAY_SUFFIXES:
         _no_opts(opts, "numpy files")
-        return _read_numpy(path, fmt, compressed, name)
+        parts = [_from_array(arr, f"{name}:{key}" if key else name) for key, arr in read_numpy(path, fmt, compressed)]
+        return parts[0] if len(parts) == 1 else ConcatSource(parts, name=name)
     if fmt in JSON_SUFFIXES:
         _no_opts(opts, "json files")
-        return ArraySource(_read_json(path, fmt, compressed), name=name)
+        return ArraySource(read_json(path, fmt, compressed), name=name)
     if fmt == ".bin":
         raise ValueError(f"{path}: open the folder that holds meta.json, not a single .bin file")
     raise ValueError(
@@ -511,84 +350,3 @@ def _open_folder(folder: Path, opts: dict, name: str | None) -> SeriesSource:
         raise ValueError(f"{folder} holds no readable data files (csv, parquet, npy, npz, jsonl, json, meta.json)")
     logger.info("opening %d data files under %s", len(found), folder)
     return ConcatSource([_open_path(p, dict(opts), None) for p in found], name=name or folder.name)
-
-
-def _read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
-    import pandas as pd
-
-    if fmt in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(path)
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow ({err})") from None
-    else:
-        try:
-            df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"{path} is empty (no header, no rows)") from None
-    series, _ = frame_to_series(df, str(path), **opts)
-    return series
-
-
-def _read_numpy(path: Path, fmt: str, compressed: bool, name: str) -> SeriesSource:
-    if compressed:
-        raise ValueError(f"{path}: decompress numpy files first (np.load cannot memory-map them)")
-    try:
-        if fmt == ".npy":
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            return _from_array(arr, name)
-        with np.load(path, allow_pickle=False) as npz:
-            parts = [_from_array(npz[k], f"{name}:{k}") for k in npz.files]
-    except ValueError as err:
-        raise ValueError(f"{path}: not a readable numeric numpy file ({err})") from None
-    if not parts:
-        raise ValueError(f"{path} holds no arrays")
-    return parts[0] if len(parts) == 1 else ConcatSource(parts, name=name)
-
-
-def _open_text(path: Path, compressed: bool):
-    if compressed and path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    if compressed:
-        raise ValueError(f"{path}: only .gz compression is supported for json files")
-    return open(path, encoding="utf-8")
-
-
-def _record_values(rec: Any, where: str) -> np.ndarray:
-    if isinstance(rec, dict):
-        for key in ("sequence", "target"):
-            if key in rec:
-                rec = rec[key]
-                break
-        else:
-            raise ValueError(f"{where}: record has neither 'sequence' nor 'target' (keys: {sorted(rec)[:8]})")
-    if not isinstance(rec, list):
-        raise ValueError(f"{where}: expected a list of numbers, got {type(rec).__name__}")
-    try:
-        return np.array([np.nan if v is None else v for v in rec], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: values are not all numbers or null") from None
-
-
-def _read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
-    series = []
-    with _open_text(path, compressed) as fh:
-        if fmt == ".json":
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON ({err})") from None
-            records = data if isinstance(data, list) else [data]
-            series = [_record_values(r, f"{path} item {k}") for k, r in enumerate(records)]
-        else:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {lineno} is not valid JSON ({err})") from None
-                series.append(_record_values(rec, f"{path} line {lineno}"))
-    if not series:
-        raise ValueError(f"{path} holds no series")
-    return series

@@ -1,0 +1,175 @@
+"""The Time-300B binary layout: a folder with ``meta.json`` and raw ``data-{i}-of-{n}.bin`` files, memory-mapped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .sources import META_FILE, SeriesSource, as_float32_series
+
+
+class BinarySource(SeriesSource):
+    """The Time-300B binary layout, memory-mapped.
+
+    ``folder/meta.json`` = ``{num_sequences, dtype, files: {name: num_points}, scales: [{offset, length[,
+    mean, std]}]}``; the ``.bin`` files hold raw values of ``dtype``. Offsets index the concatenation of the
+    files sorted by name (as the official reader does; :func:`write_binary_dataset` writes ``files`` in
+    that order). When ``mean``/``std`` are given the stored values are standardised and
+    ``x * std + mean`` is returned.
+    """
+
+    def __init__(self, folder: str | Path, name: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.name = name or self.folder.name
+        meta = _read_meta(self.folder)
+        try:
+            self.dtype = np.dtype(meta["dtype"])
+        except TypeError:
+            raise ValueError(f"{self.folder / META_FILE}: unknown dtype {meta['dtype']!r}") from None
+        if self.dtype.kind not in "iuf":
+            raise ValueError(f"{self.folder / META_FILE}: dtype {self.dtype} is not a real numeric type")
+        files = sorted(meta["files"].items())
+        self._file_paths = [self.folder / fn for fn, _ in files]
+        self._file_points = np.array([int(n) for _, n in files], dtype=np.int64)
+        self._file_starts = np.concatenate([[0], np.cumsum(self._file_points)])
+        for path, n in zip(self._file_paths, self._file_points):
+            _check_bin_file(path, int(n), self.dtype)
+        scales = meta["scales"]
+        if len(scales) != int(meta["num_sequences"]):
+            raise ValueError(
+                f"{self.folder / META_FILE}: num_sequences is {meta['num_sequences']} but scales has "
+                f"{len(scales)} entries; regenerate meta.json"
+            )
+        try:
+            self._offsets = np.array([s["offset"] for s in scales], dtype=np.int64)
+            self._lengths = np.array([s["length"] for s in scales], dtype=np.int64)
+            self._means = np.array([s.get("mean", np.nan) for s in scales], dtype=np.float64)
+            self._stds = np.array([s.get("std", np.nan) for s in scales], dtype=np.float64)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"{self.folder / META_FILE}: every entry of scales needs integer 'offset' and 'length' ({err})"
+            ) from None
+        total = int(self._file_starts[-1])
+        bad = (self._offsets < 0) | (self._lengths < 0) | (self._offsets + self._lengths > total)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(
+                f"{self.folder / META_FILE}: sequence {k} (offset {self._offsets[k]}, length {self._lengths[k]}) "
+                f"lies outside the {total} points the .bin files hold; the data is truncated or meta.json is wrong"
+            )
+        self._maps: list[np.memmap | None] = [None] * len(self._file_paths)
+
+    def __getstate__(self) -> dict:
+        # Memmaps would be pickled by value; DataLoader workers reopen the files instead.
+        state = self.__dict__.copy()
+        state["_maps"] = [None] * len(self._file_paths)
+        return state
+
+    def _map(self, k: int) -> np.memmap:
+        if self._maps[k] is None:
+            n = int(self._file_points[k])
+            self._maps[k] = np.memmap(self._file_paths[k], dtype=self.dtype, mode="r", shape=(n,))
+        return self._maps[k]
+
+    def __len__(self) -> int:
+        return int(self._offsets.shape[0])
+
+    def length(self, i: int) -> int:
+        return int(self._lengths[self._check_index(i)])
+
+    def lengths(self) -> np.ndarray:
+        return self._lengths
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = self._check_index(i)
+        start, stop = int(self._offsets[i]), int(self._offsets[i] + self._lengths[i])
+        parts = []
+        k = int(np.searchsorted(self._file_starts, start, side="right")) - 1
+        while start < stop:
+            file_start, file_stop = int(self._file_starts[k]), int(self._file_starts[k + 1])
+            take = min(stop, file_stop)
+            if take > start:
+                parts.append(self._map(k)[start - file_start : take - file_start])
+            start = max(start, take)
+            k += 1
+        out = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+        mean, std = self._means[i], self._stds[i]
+        if np.isfinite(mean) and np.isfinite(std):
+            out = (out.astype(np.float64) * std + mean).astype(np.float32)
+        return out
+
+
+def _read_meta(folder: Path) -> dict:
+    path = folder / META_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a binary dataset: {META_FILE} is missing")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); regenerate it with write_binary_dataset") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    missing = [k for k in ("num_sequences", "dtype", "files", "scales") if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks the keys {missing}; expected num_sequences, dtype, files, scales")
+    if not isinstance(meta["files"], dict) or not isinstance(meta["scales"], list):
+        raise ValueError(f"{path}: 'files' must map file names to point counts and 'scales' must be a list")
+    return meta
+
+
+def _check_bin_file(path: Path, num_points: int, dtype: np.dtype) -> None:
+    if not path.is_file():
+        raise ValueError(f"binary dataset file {path} listed in {META_FILE} is missing")
+    need = num_points * dtype.itemsize
+    have = path.stat().st_size
+    if have < need:
+        raise ValueError(
+            f"{path} is truncated: {have} bytes but {META_FILE} says {num_points} {dtype} points ({need} bytes)"
+        )
+
+
+def write_binary_dataset(
+    series: Sequence[Any] | SeriesSource,
+    folder: str | Path,
+    dtype: str = "float32",
+    num_files: int = 1,
+    standardise: bool = False,
+) -> Path:
+    """Write series in the Time-300B binary layout (``meta.json`` + ``data-{i}-of-{n}.bin``).
+
+    With ``standardise=True`` each series is stored standardised and its mean/std go to ``scales``
+    (readers return the original values). Returns the folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype(dtype)
+    if num_files < 1:
+        raise ValueError(f"num_files must be >= 1, got {num_files}")
+    arrays, scales, offset = [], [], 0
+    for k, s in enumerate(series):
+        x = as_float32_series(s, f"series {k}").astype(np.float64)
+        entry: dict[str, Any] = {"offset": offset, "length": int(x.shape[0])}
+        if standardise:
+            finite = x[np.isfinite(x)]
+            mean = float(finite.mean()) if finite.size else 0.0
+            std = float(finite.std()) if finite.size else 1.0
+            std = std if std > 0 else 1.0
+            x = (x - mean) / std
+            entry.update(mean=mean, std=std)
+        arrays.append(x.astype(np_dtype))
+        scales.append(entry)
+        offset += int(x.shape[0])
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, np_dtype)
+    names = sorted(f"data-{i + 1}-of-{num_files}.bin" for i in range(num_files))
+    bounds = np.linspace(0, flat.shape[0], num_files + 1).astype(np.int64)
+    files = {}
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        flat[lo:hi].tofile(folder / name)
+        files[name] = int(hi - lo)
+    meta = {"num_sequences": len(scales), "dtype": np_dtype.name, "files": files, "scales": scales}
+    (folder / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return folder

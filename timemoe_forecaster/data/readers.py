@@ -1,0 +1,93 @@
+"""File readers for the text and numpy formats: each returns plain arrays, wrapped into sources by ``sources.py``."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .frames import frame_to_series
+
+
+def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
+    import pandas as pd
+
+    if fmt in (".parquet", ".pq"):
+        try:
+            df = pd.read_parquet(path)
+        except ImportError as err:
+            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow ({err})") from None
+    else:
+        try:
+            df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{path} is empty (no header, no rows)") from None
+    series, _ = frame_to_series(df, str(path), **opts)
+    return series
+
+
+def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.ndarray]]:
+    """(key, array) pairs: one for a .npy (memory-mapped), one per array of a .npz."""
+    if compressed:
+        raise ValueError(f"{path}: decompress numpy files first (np.load cannot memory-map them)")
+    try:
+        if fmt == ".npy":
+            return [("", np.load(path, mmap_mode="r", allow_pickle=False))]
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = [(k, npz[k]) for k in npz.files]
+    except ValueError as err:
+        raise ValueError(f"{path}: not a readable numeric numpy file ({err})") from None
+    if not arrays:
+        raise ValueError(f"{path} holds no arrays")
+    return arrays
+
+
+def _open_text(path: Path, compressed: bool):
+    if compressed and path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    if compressed:
+        raise ValueError(f"{path}: only .gz compression is supported for json files")
+    return open(path, encoding="utf-8")
+
+
+def _record_values(rec: Any, where: str) -> np.ndarray:
+    if isinstance(rec, dict):
+        for key in ("sequence", "target"):
+            if key in rec:
+                rec = rec[key]
+                break
+        else:
+            raise ValueError(f"{where}: record has neither 'sequence' nor 'target' (keys: {sorted(rec)[:8]})")
+    if not isinstance(rec, list):
+        raise ValueError(f"{where}: expected a list of numbers, got {type(rec).__name__}")
+    try:
+        return np.array([np.nan if v is None else v for v in rec], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: values are not all numbers or null") from None
+
+
+def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
+    series = []
+    with _open_text(path, compressed) as fh:
+        if fmt == ".json":
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON ({err})") from None
+            records = data if isinstance(data, list) else [data]
+            series = [_record_values(r, f"{path} item {k}") for k, r in enumerate(records)]
+        else:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} line {lineno} is not valid JSON ({err})") from None
+                series.append(_record_values(rec, f"{path} line {lineno}"))
+    if not series:
+        raise ValueError(f"{path} holds no series")
+    return series
