@@ -1,0 +1,161 @@
+"""The model an estimator works with: checkpoint weights (cached read-only) or a fresh seeded model.
+
+Loading a checkpoint twice would double memory and time, so loaded weights are cached per
+(directory, file times, dtype, device). The cache is never handed out: every caller gets its own
+module whose parameters alias the cached tensors and have ``requires_grad=False``. Anything that
+trains (fine-tuning, pretraining) first takes :func:`private_copy`, so no estimator can change the
+weights another one uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, load_pretrained, resolve_directory
+from .config import PRESETS, TimeMoEConfig
+from .model import TimeMoEForPrediction
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_MARK = "UNTRAINED PLACEHOLDER"
+
+
+def resolve_device(device) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """None means float32 (exact and safe on every device); strings like 'bfloat16' are accepted."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        resolved = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+    return resolved
+
+
+def _file_stamp(directory: Path) -> tuple:
+    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir() if p.is_file()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype, device: str) -> TimeMoEForPrediction:
+    model = load_pretrained(directory, dtype=dtype, device=device)
+    return model.requires_grad_(False).eval()
+
+
+def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> TimeMoEForPrediction:
+    """A new module with ``config`` whose parameters alias ``source``'s tensors (read-only use)."""
+    with torch.device("meta"):
+        model = TimeMoEForPrediction(config)
+    try:
+        model.load_state_dict(source.state_dict(), assign=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"config overrides change the shape of the checkpoint's weights ({str(err).splitlines()[-1].strip()}); "
+            "only override settings such as max_position_embeddings, or pass a preset to build a fresh model"
+        ) from None
+    return model.requires_grad_(False).eval()
+
+
+def split_config(config) -> tuple[str | None, dict[str, Any]]:
+    """``config`` parameter -> (preset name or None, overrides). Accepts None, a preset name, or a dict
+    of overrides that may name a preset under the key "preset"."""
+    if config is None:
+        return None, {}
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"config {config!r} is not a preset; choose one of {sorted(PRESETS)} or pass a dict")
+        return config, {}
+    if isinstance(config, dict):
+        overrides = dict(config)
+        preset = overrides.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"config['preset']={preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+        return preset, overrides
+    raise TypeError(f"config must be None, a preset name or a dict of overrides, got {type(config).__name__}")
+
+
+def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dtype=None) -> TimeMoEForPrediction:
+    """The model for an estimator (in eval mode, on ``device``).
+
+    ``model_path=None`` and no preset: the embedded default checkpoint. A preset (``config="tiny"``
+    or ``{"preset": "tiny", ...}``) with ``model_path=None``: a fresh model initialised from ``seed``.
+    Other dict keys override the checkpoint's config where that keeps the weight shapes.
+    """
+    preset, overrides = split_config(config)
+    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
+    if preset is not None:
+        if model_path is not None:
+            raise ValueError(
+                "config names a preset, which builds a fresh randomly initialised model, but model_path is also "
+                "set; pass model_path=None for a fresh model, or a dict of overrides to load model_path"
+            )
+        try:
+            cfg = TimeMoEConfig.from_preset(preset, **overrides)
+        except TypeError as err:
+            raise ValueError(f"unknown config key in {overrides}: {err}") from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = TimeMoEForPrediction(cfg)
+        return model.to(device=target_device, dtype=target_dtype).eval()
+    try:
+        directory = resolve_directory(model_path)
+    except CheckpointError as err:
+        raise ValueError(f"model_path: {err}") from None
+    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
+    cfg = cached.config
+    if overrides:
+        try:
+            cfg = cfg.replace(**overrides)
+        except TypeError as err:
+            raise ValueError(f"unknown config key in {overrides}: {err}") from None
+    if any(PLACEHOLDER_MARK in str(v) for v in cfg.extra.values()):
+        log.warning(
+            "the checkpoint at %s is an UNTRAINED PLACEHOLDER with random weights: its forecasts are meaningless. "
+            "Pass model_path= a pretrained checkpoint",
+            directory,
+        )
+    return _aliasing_model(cached, cfg)
+
+
+def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:
+    """A deep copy with its own trainable weights (for fine-tuning and pretraining)."""
+    clone = copy.deepcopy(model)
+    return clone.requires_grad_(True)
+
+
+def train_private_copy(model: TimeMoEForPrediction, series: list, settings: dict | None, *, seed: int, progress: bool):
+    """Fine-tune a private copy of ``model`` on ``series`` (1-D float arrays); returns (copy, result dict)."""
+    from .train.finetune import train_on_series
+
+    settings = dict(settings or {})
+    accepted = set(inspect.signature(train_on_series).parameters) - {"model", "series"}
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise ValueError(f"unknown fine-tuning setting(s) {unknown}; accepted: {sorted(accepted)}")
+    if "steps" not in settings and "epochs" not in settings:
+        settings["steps"] = 100
+    settings.setdefault("seed", seed)
+    settings.setdefault("progress", progress)
+    param = next(model.parameters())
+    settings.setdefault("device", param.device)
+    trained = private_copy(model)
+    result = train_on_series(trained, series, **settings)
+    trained.requires_grad_(False).eval()
+    return trained, result

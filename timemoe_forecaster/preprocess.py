@@ -1,0 +1,193 @@
+"""Turn user series into model contexts and model outputs back into forecasts.
+
+Shared by the sktime and darts adapters, so validation, missing values, scaling, left padding and
+batching are written once. A "series" here is a 1-D numpy array on the user's scale; many series of
+different lengths go through the model together, left-padded, in chunks of ``batch_size``.
+
+Missing values: leading NaN are dropped (the series starts at its first observation), interior NaN
+are filled by linear interpolation between the neighbouring observations, and trailing NaN hold the
+last observation. A series needs at least 2 observed points.
+
+Scaling "standard": each context is standardised by its own mean and standard deviation and the
+forecast is mapped back, so forecasts are shift- and (positive) scale-equivariant. A constant context
+(zero spread) is forecast as that constant. "none" feeds the values as they are.
+
+Shape legend: N series, B batch (one chunk of series), S context length, L horizon.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+SCALINGS = ("standard", "none")
+MIN_OBSERVED = 2
+
+
+# Validation and missing values -------------------------------------------------------------
+def as_float_array(values, name: str = "y") -> np.ndarray:
+    """A float64 copy of ``values``; TypeError for non-numeric data, ValueError for inf or no values."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} holds non-numeric values; convert it to numbers (e.g. pd.to_numeric) first"
+            ) from None
+    if arr.dtype.kind == "b" or not (np.issubdtype(arr.dtype, np.number)):
+        raise TypeError(f"{name} must hold numeric values, got dtype {arr.dtype}; convert it to float first")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} holds complex values; pass real numbers")
+    arr = arr.astype(np.float64, copy=True)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; pass a series with at least {MIN_OBSERVED} observed points")
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} holds inf values; replace them by NaN (treated as missing) or finite numbers")
+    return arr
+
+
+def fill_missing(series: np.ndarray, name: str = "series") -> np.ndarray:
+    """Drop leading NaN, interpolate interior NaN linearly, hold the last observation over trailing NaN."""
+    observed = ~np.isnan(series)
+    count = int(observed.sum())
+    if count == 0:
+        raise ValueError(f"{name} has only missing values; every series needs at least {MIN_OBSERVED} observations")
+    if count < MIN_OBSERVED:
+        raise ValueError(f"{name} has {count} observed point; every series needs at least {MIN_OBSERVED} observations")
+    start = int(np.argmax(observed))
+    x = series[start:]
+    if count == x.size:
+        return x.copy()
+    obs = ~np.isnan(x)
+    positions = np.arange(x.size)
+    # np.interp holds the end values constant beyond the last observation (trailing NaN).
+    return np.interp(positions, positions[obs], x[obs])
+
+
+def check_scaling(scaling: str) -> str:
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    return scaling
+
+
+def check_context_length(context_length, limit: int) -> int:
+    """The number of points fed to the model: context_length, or the model's limit when None."""
+    if context_length is None:
+        return limit
+    if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)) or context_length < 1:
+        raise ValueError(f"context_length must be a positive integer or None, got {context_length!r}")
+    if context_length > limit:
+        raise ValueError(
+            f"context_length={context_length} exceeds the model's limit of {limit} points "
+            "(config.max_position_embeddings); use a smaller value or None"
+        )
+    return int(context_length)
+
+
+# Scaling -----------------------------------------------------------------------------------
+def scale_stats(contexts: list[np.ndarray], scaling: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-context (loc [N], scale [N], constant [N]); constant contexts get scale 1."""
+    n = len(contexts)
+    constant = np.array([np.ptp(c) == 0 for c in contexts], dtype=bool)
+    if scaling == "none":
+        return np.zeros(n), np.ones(n), constant
+    loc = np.array([c.mean() for c in contexts])
+    scale = np.array([c.std() for c in contexts])
+    scale[constant | (scale == 0)] = 1.0
+    return loc, scale, constant
+
+
+# Batching ----------------------------------------------------------------------------------
+@dataclass
+class ContextBatch:
+    """Left-padded, scaled contexts of one chunk."""
+
+    context: torch.Tensor  # [B, S] float32, 0 on padding
+    attention_mask: torch.Tensor | None  # [B, S] long, 1 real / 0 padding; None when nothing is padded
+
+
+def pad_left(contexts: list[np.ndarray]) -> ContextBatch:
+    """Stack contexts of different lengths into one left-padded batch."""
+    width = max(c.size for c in contexts)
+    values = np.zeros((len(contexts), width), dtype=np.float32)  # [B, S]
+    mask = np.zeros((len(contexts), width), dtype=np.int64)  # [B, S]
+    for row, c in enumerate(contexts):
+        values[row, width - c.size :] = c
+        mask[row, width - c.size :] = 1
+    padded = bool((mask == 0).any())
+    return ContextBatch(torch.from_numpy(values), torch.from_numpy(mask) if padded else None)
+
+
+def prepare(series: list[np.ndarray], max_length: int, names: list[str] | None = None) -> list[np.ndarray]:
+    """Validated, gap-filled, most recent ``max_length`` points of every series (new arrays)."""
+    out = []
+    for i, s in enumerate(series):
+        name = names[i] if names is not None else f"series {i}"
+        out.append(fill_missing(np.asarray(s, dtype=np.float64), name)[-max_length:])
+    return out
+
+
+def forecast_contexts(
+    model,
+    contexts: list[np.ndarray],
+    horizon: int,
+    *,
+    scaling: str = "standard",
+    batch_size: int = 64,
+    device=None,
+) -> np.ndarray:
+    """Forecast ``horizon`` points after every (already prepared) context; returns [N, L] float64.
+
+    Contexts are sorted by length so that chunks carry little padding, scaled one by one,
+    forecast in chunks of ``batch_size`` and mapped back to their own scale.
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_scaling(scaling)
+    n = len(contexts)
+    out = np.empty((n, int(horizon)), dtype=np.float64)  # [N, L]
+    if n == 0:
+        return out
+    loc, scale, constant = scale_stats(contexts, scaling)
+    order = np.argsort([c.size for c in contexts], kind="stable")
+    todo = [i for i in order if not constant[i]]
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start : start + batch_size]
+        batch = pad_left([((contexts[i] - loc[i]) / scale[i]) for i in rows])
+        pred = model.forecast(batch.context.to(device) if device else batch.context, int(horizon), batch.attention_mask)
+        pred = pred.double().cpu().numpy()  # [B, L]
+        out[rows] = pred * scale[rows, None] + loc[rows, None]
+    # A constant context is forecast as that constant (no spread to scale by).
+    out[constant] = np.array([contexts[i][-1] for i in np.flatnonzero(constant)])[:, None]
+    if not np.isfinite(out).all():
+        log.warning("the model returned non-finite forecasts for %d series", int((~np.isfinite(out)).any(1).sum()))
+    return out
+
+
+def forecast_series(
+    model,
+    series: list[np.ndarray],
+    horizon: int,
+    *,
+    context_length: int | None = None,
+    scaling: str = "standard",
+    batch_size: int = 64,
+    device=None,
+    names: list[str] | None = None,
+) -> np.ndarray:
+    """Forecast ``horizon`` points after each raw series (NaN allowed); returns [N, L] float64.
+
+    Each series keeps its most recent ``context_length`` points (None: the model's limit).
+    """
+    limit = model.config.max_position_embeddings
+    length = check_context_length(context_length, limit)
+    contexts = prepare(series, length, names)
+    return forecast_contexts(model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device)

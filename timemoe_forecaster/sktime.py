@@ -1,0 +1,417 @@
+"""sktime adapter: ``TimeMoEForecaster``, zero-shot, fine-tuned or pretrained Time-MoE forecasts.
+
+Data flow: sktime hands ``_fit``/``_predict`` a DataFrame (single series, ``pd-multiindex`` panel or
+``pd_multiindex_hier`` hierarchy). Every (instance, column) pair becomes one 1-D series; all of them go
+through :mod:`timemoe_forecaster.preprocess` in one batched, left-padded call, and the forecasts are
+put back into the shape sktime expects.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from sktime.forecasting.base import BaseForecaster
+
+from . import preprocess
+from .conformal import residual_offsets, rolling_residuals
+
+log = logging.getLogger(__name__)
+
+_MTYPES = ["pd.DataFrame", "pd-multiindex", "pd_multiindex_hier"]
+
+
+class TimeMoEForecaster(BaseForecaster):
+    """Time-MoE foundation-model forecaster: zero-shot, fine-tuned, or pretrained on a panel.
+
+    Parameters
+    ----------
+    model_path : str, path or None, default=None
+        Checkpoint directory (``config.json`` + ``model.safetensors``) or hub id. None uses the
+        checkpoint embedded in the package (for now an untrained placeholder; a warning says so).
+    config : None, str or dict, default=None
+        A preset name (``"tiny"``, ``"small"``, …) with ``model_path=None`` builds a fresh model
+        initialised from ``seed`` (for from-scratch training and tests). A dict overrides config
+        keys of the checkpoint (``{"max_position_embeddings": 2048}``); ``{"preset": "tiny", ...}``
+        is a fresh preset model with overrides.
+    context_length : int or None, default=None
+        Points of history fed to the model per series. None: all history up to the model's limit
+        (``max_position_embeddings``, 4096 for the presets); longer series are truncated to their
+        most recent points, with a logged warning. A value above the limit is an error.
+    device : str, default="auto"
+        "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", …
+    dtype : str, torch.dtype or None, default=None
+        Weights' dtype; None is float32.
+    batch_size : int, default=64
+        Series per forward pass (panels and channels are chunked, not looped over).
+    fine_tune : dict or None, default=None
+        None: zero-shot. A dict fine-tunes a private copy of the model on ``y`` in ``fit`` with these
+        settings of ``timemoe_forecaster.train.finetune.train_on_series``: ``steps`` or ``epochs``
+        (default ``steps=100``), ``lr``, ``batch_size``, ``max_length``, ``weight_decay``,
+        ``warmup_steps``, ``min_lr_ratio``.
+    scaling : {"standard", "none"}, default="standard"
+        "standard": each context is standardised by its own mean and standard deviation and the
+        forecast mapped back (shift- and scale-equivariant; a constant series forecasts the constant).
+    conformal_windows : int, default=20
+        Calibration cut-offs per horizon step for prediction intervals (see Notes).
+    pretrain_settings : dict or None, default=None
+        Training settings for ``pretrain`` (same keys as ``fine_tune``). None: ``fine_tune`` when
+        given, else the defaults of ``train_on_series`` (100 steps).
+    seed : int, default=0
+        Seed for a fresh preset model and for fine-tuning.
+    progress : bool, default=False
+        Show a progress bar while fine-tuning or pretraining.
+
+    Notes
+    -----
+    Missing values: leading NaN are dropped, interior gaps linearly interpolated, trailing NaN hold
+    the last observation. Every series needs at least 2 observed points.
+
+    Multivariate ``y``: each column is forecast on its own (channel independence), all in one batch.
+    Panels and hierarchies: every instance and column in one batched call with left padding.
+
+    Prediction intervals and quantiles are split-conformal: for every series, forecasts are made
+    from the last ``conformal_windows + H - 1`` cut-offs inside the stored history (H the largest
+    horizon step asked for), with the same context length and scaling as the final forecast. The
+    signed residuals of step h, divided by the scale of the final context, give the conformal
+    quantile (rank ceil((n+1)q) above the median, floor((n+1)q) below), which is scaled back and added
+    to the point forecast. Series with too few residuals for a level use the residuals of all series
+    and channels at that step.
+
+    ``update`` extends the stored context without retraining. In-sample forecasts are not supported.
+
+    Examples
+    --------
+    >>> from sktime.datasets import load_airline
+    >>> from timemoe_forecaster import TimeMoEForecaster
+    >>> y = load_airline()
+    >>> f = TimeMoEForecaster(config="tiny", context_length=64).fit(y)  # doctest: +SKIP
+    >>> f.predict(fh=[1, 2, 3])  # doctest: +SKIP
+    """
+
+    _tags = {
+        "authors": ["timemoe-forecaster developers"],
+        "python_dependencies": ["torch"],
+        "y_inner_mtype": _MTYPES,
+        "X_inner_mtype": _MTYPES,
+        "capability:multivariate": True,
+        "capability:exogenous": False,
+        "requires-fh-in-fit": False,
+        "X-y-must-have-same-index": False,
+        "capability:missing_values": True,
+        "capability:insample": False,
+        "capability:pred_int": True,
+        "capability:pred_int:insample": False,
+        "capability:update": True,
+        "capability:pretrain": True,
+        "capability:unequal_length": True,
+        "pretrain:fitted_params": ["pretrained_model_", "pretrain_result_"],
+        "fit_is_empty": False,
+    }
+
+    def __init__(
+        self,
+        model_path=None,
+        config=None,
+        context_length=None,
+        device="auto",
+        dtype=None,
+        batch_size=64,
+        fine_tune=None,
+        scaling="standard",
+        conformal_windows=20,
+        pretrain_settings=None,
+        seed=0,
+        progress=False,
+    ):
+        self.model_path = model_path
+        self.config = config
+        self.context_length = context_length
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.fine_tune = fine_tune
+        self.scaling = scaling
+        self.conformal_windows = conformal_windows
+        self.pretrain_settings = pretrain_settings
+        self.seed = seed
+        self.progress = progress
+        super().__init__()
+
+    def __post_init__(self):
+        preprocess.check_scaling(self.scaling)
+        for name in ("batch_size", "conformal_windows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.context_length is not None:
+            preprocess.check_context_length(self.context_length, 1 << 62)
+        for name in ("fine_tune", "pretrain_settings"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(
+                    f"{name} must be None or a dict of training settings such as "
+                    f"{{'steps': 100, 'lr': 1e-4}}, got {type(value).__name__}"
+                )
+
+    # Model --------------------------------------------------------------------------------------
+    def _base_model(self):
+        from .loading import load_model
+
+        if getattr(self, "pretrained_model_", None) is not None:
+            return self.pretrained_model_
+        return load_model(self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype)
+
+    def _train(self, model, frame: pd.DataFrame, settings: dict | None):
+        from .loading import train_private_copy
+
+        series = _split_series(frame).values
+        return train_private_copy(model, series, settings, seed=self.seed, progress=self.progress)
+
+    def _context_points(self) -> int:
+        return preprocess.check_context_length(self.context_length, self.model_.config.max_position_embeddings)
+
+    # sktime hooks -------------------------------------------------------------------------------
+    def _pretrain(self, y, X=None, fh=None):
+        """Train a private copy of the model on every series of the panel ``y``."""
+        frame = _checked_frame(y)
+        self.pretrained_model_, self.pretrain_result_ = self._train(
+            self._base_model(), frame, self._pretrain_settings()
+        )
+        return self
+
+    def _pretrain_update(self, y, X=None, fh=None):
+        """Continue training (a copy of) the pretrained model on another panel."""
+        return self._pretrain(y, X=X, fh=fh)
+
+    def _pretrain_settings(self):
+        return self.pretrain_settings if self.pretrain_settings is not None else self.fine_tune
+
+    def _fit(self, y, X=None, fh=None):
+        """Store a copy of ``y`` as context; fine-tune a private copy of the model if asked to."""
+        self._context = _checked_frame(y)
+        model = self._base_model()
+        if self.fine_tune is not None:
+            model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
+        self.model_ = model
+        self._check_lengths()
+        return self
+
+    def _update(self, y, X=None, update_params=True):
+        """Extend the stored context with ``y`` (newer values win); the model is not retrained."""
+        new = _checked_frame(y, require_points=False)
+        merged = pd.concat([self._context, new])
+        merged = merged[~merged.index.duplicated(keep="last")].sort_index()
+        self._context = _checked_frame(merged, copy=False)
+        self._check_lengths()
+        return self
+
+    def _check_lengths(self):
+        limit = self.model_.config.max_position_embeddings
+        self._context_points()  # raises if context_length exceeds the model's limit
+        if self.context_length is None:
+            longest = (
+                self._context.groupby(level=list(range(self._context.index.nlevels - 1))).size().max()
+                if (self._context.index.nlevels > 1)
+                else len(self._context)
+            )
+            if longest > limit:
+                log.warning(
+                    "y has up to %d points but the model takes at most %d; the most recent %d points of each "
+                    "series are used (set context_length to silence this)",
+                    longest,
+                    limit,
+                    limit,
+                )
+
+    def _predict(self, fh, X=None):
+        series, steps, index = self._plan(fh)
+        horizon = int(steps.max())
+        points = preprocess.forecast_series(
+            self.model_,
+            series.values,
+            horizon,
+            context_length=self._context_points(),
+            scaling=self.scaling,
+            batch_size=self.batch_size,
+            device=self._device(),
+            names=series.names,
+        )
+        values = np.take_along_axis(points, steps - 1, axis=1)  # [N, m]
+        return pd.DataFrame(_to_rows(values, series.num_columns), index=index, columns=self._context.columns)
+
+    def _predict_quantiles(self, fh, X, alpha):
+        series, steps, index = self._plan(fh)
+        horizon = int(steps.max())
+        length = self._context_points()
+        points = preprocess.forecast_series(
+            self.model_,
+            series.values,
+            horizon,
+            context_length=length,
+            scaling=self.scaling,
+            batch_size=self.batch_size,
+            device=self._device(),
+            names=series.names,
+        )
+        residuals, scale = self._residuals(series.values, horizon, length)
+        offsets = residual_offsets(residuals, alpha, horizon) * scale[:, None, None]  # [N, H, Q]
+        quantiles = points[:, :, None] + offsets  # [N, H, Q]
+        picked = np.take_along_axis(quantiles, (steps - 1)[:, :, None], axis=1)  # [N, m, Q]
+        columns = pd.MultiIndex.from_product([self._context.columns, list(alpha)])
+        blocks = [_to_rows(picked[:, :, j], series.num_columns) for j in range(len(alpha))]
+        # column order: for each variable, all alphas
+        data = np.stack(blocks, axis=-1).reshape(len(index), -1)  # [rows, C * Q]
+        return pd.DataFrame(data, index=index, columns=columns)
+
+    def _residuals(self, values, horizon: int, length: int):
+        # Recomputed per call: predict-like methods must not change the estimator's state.
+        return rolling_residuals(
+            self.model_,
+            values,
+            horizon,
+            context_length=length,
+            num_windows=self.conformal_windows,
+            scaling=self.scaling,
+            batch_size=self.batch_size,
+            device=self._device(),
+        )
+
+    def _device(self):
+        return next(self.model_.parameters()).device
+
+    # Horizons and indices -----------------------------------------------------------------------
+    def _plan(self, fh):
+        """Series to forecast, the horizon step of every output point per series [N, m], and the index."""
+        series = _split_series(self._context)
+        rel = fh.to_relative(self.cutoff)
+        rel_steps = np.asarray(rel.to_numpy(), dtype=np.int64)
+        if (rel_steps <= 0).any():
+            raise ValueError(
+                f"fh holds in-sample or current steps {sorted(int(s) for s in rel_steps[rel_steps <= 0])} "
+                "(relative to the end of y); TimeMoEForecaster only forecasts after the end of the series. "
+                "Pass steps >= 1"
+            )
+        fh_abs = fh.to_absolute_index(self.cutoff)
+        offsets = self._end_offsets(series.ends)  # steps between each instance's end and the cutoff
+        steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
+        return series, steps, _output_index(self._context.index, series.keys, fh_abs)
+
+    def _end_offsets(self, ends: list) -> np.ndarray:
+        cutoff = self.cutoff
+        offsets = np.zeros(len(ends), dtype=np.int64)
+        distinct = {}
+        for i, end in enumerate(ends):
+            if end not in distinct:
+                distinct[end] = _steps_between(end, cutoff)
+            offsets[i] = distinct[end]
+        return offsets
+
+    @classmethod
+    def get_test_params(cls, parameter_set="default"):
+        """Tiny, download-free instances: fresh seeded models from the "tiny" preset, short contexts."""
+        return [
+            {
+                "config": {"preset": "tiny", "max_position_embeddings": 64},
+                "context_length": 32,
+                "conformal_windows": 4,
+                "pretrain_settings": {"steps": 1, "batch_size": 2, "max_length": 16},
+                "device": "cpu",
+            },
+            {
+                "config": "tiny",
+                "scaling": "none",
+                "context_length": 16,
+                "batch_size": 3,
+                "conformal_windows": 3,
+                "pretrain_settings": {"steps": 1, "batch_size": 2, "max_length": 16},
+                "seed": 1,
+                "device": "cpu",
+            },
+        ]
+
+
+# Frames <-> series --------------------------------------------------------------------------------
+class _Series:
+    """Every (instance, column) of a frame as a 1-D array, instance-major."""
+
+    def __init__(self, values, keys, ends, names, num_columns):
+        self.values, self.keys, self.ends, self.names, self.num_columns = values, keys, ends, names, num_columns
+
+
+def _checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
+    """A validated float64 copy of ``y`` (numeric, no inf, at least 2 observations per series)."""
+    if not isinstance(y, pd.DataFrame):
+        y = pd.DataFrame(y)
+    for col in y.columns:
+        if not pd.api.types.is_numeric_dtype(y[col]) or pd.api.types.is_bool_dtype(y[col]):
+            raise TypeError(
+                f"column {col!r} of y has dtype {y[col].dtype}; TimeMoEForecaster needs numeric values. "
+                "Convert it (e.g. pd.to_numeric) or drop it"
+            )
+    if len(y) == 0:
+        raise ValueError("y is empty; pass a series with at least 2 observed points")
+    frame = y.astype(np.float64, copy=copy)
+    if np.isinf(frame.to_numpy()).any():
+        raise ValueError("y holds inf values; replace them by NaN (treated as missing) or finite numbers")
+    if not require_points:
+        return frame
+    series = _split_series(frame)
+    for values, name in zip(series.values, series.names):
+        preprocess.fill_missing(values, name)  # raises for all-NaN or too short series
+    return frame
+
+
+def _split_series(frame: pd.DataFrame):
+    columns = list(frame.columns)
+    if frame.index.nlevels == 1:
+        values = frame.to_numpy(np.float64)
+        return _Series(list(values.T), [None], [frame.index[-1]], [f"column {c!r} of y" for c in columns], len(columns))
+    levels = list(range(frame.index.nlevels - 1))
+    values, keys, ends, names = [], [], [], []
+    for key, group in frame.groupby(level=levels, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        keys.append(key)
+        ends.append(group.index[-1][-1])
+        block = group.to_numpy(np.float64)
+        values.extend(block.T)
+        names.extend(f"instance {key if len(key) > 1 else key[0]!r}, column {c!r} of y" for c in columns)
+    return _Series(values, keys, ends, names, len(columns))
+
+
+def _steps_between(end, cutoff: pd.Index) -> int:
+    """Number of steps from ``end`` (one instance's last time) to the global cutoff."""
+    last = cutoff[0]
+    if end == last:
+        return 0
+    if isinstance(cutoff, pd.PeriodIndex):
+        return int((last - end).n)
+    if isinstance(cutoff, pd.DatetimeIndex):
+        if cutoff.freq is None:
+            raise ValueError(
+                "the series of y end at different times and their frequency is unknown; "
+                "give y a DatetimeIndex with a freq"
+            )
+        return len(pd.date_range(end, last, freq=cutoff.freq)) - 1
+    return int(last - end)
+
+
+def _output_index(index: pd.Index, keys: list, fh_abs: pd.Index) -> pd.Index:
+    if index.nlevels == 1:
+        return fh_abs
+    m = len(fh_abs)
+    arrays = [np.repeat(np.array([k[j] for k in keys], dtype=object), m) for j in range(index.nlevels - 1)]
+    times = fh_abs[np.tile(np.arange(m), len(keys))]
+    return pd.MultiIndex.from_arrays(
+        [pd.Index(a).astype(index.levels[j].dtype) for j, a in enumerate(arrays)] + [times], names=index.names
+    )
+
+
+def _to_rows(values: np.ndarray, num_columns: int) -> np.ndarray:
+    """[instances * columns, m] -> [instances * m, columns] (rows instance-major, then time)."""
+    n, m = values.shape
+    return values.reshape(n // num_columns, num_columns, m).transpose(0, 2, 1).reshape(-1, num_columns)
+
+
+__all__ = ["TimeMoEForecaster"]
