@@ -1,0 +1,233 @@
+"""The training loop on CPU with the tiny preset: learning, exact resume, NaN guard, metrics, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from timemoe_forecaster import TimeMoEForPrediction
+from timemoe_forecaster.train import state as ckpt
+from timemoe_forecaster.train.metrics import read_metrics
+from timemoe_forecaster.train.parallel import DistContext, parallelize
+from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data, train
+
+FAST_DATA = ["synthetic#max_length=512"]  # short synthetic series: cheap to generate
+
+
+def small_config(tmp_path=None, **changes) -> TrainConfig:
+    values = dict(
+        data=FAST_DATA,
+        output_dir=str(tmp_path) if tmp_path else None,
+        max_steps=6,
+        batch_size=2,
+        max_length=64,
+        lr=1e-2,
+        warmup_steps=2,
+        progress=False,
+        log_every=1,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def make_trainer(cfg: TrainConfig) -> Trainer:
+    model = build_model(cfg, torch.device("cpu"))
+    sources = open_data(cfg.data, cfg.seed)
+    streams = [make_stream(sources, cfg, k, cfg.grad_accum, cfg.seed) for k in range(cfg.grad_accum)]
+    return Trainer(cfg, DistContext(), model, streams)
+
+
+def test_loss_falls_on_synthetic_data():
+    cfg = small_config(max_steps=100, batch_size=8, max_length=128, lr=5e-2, warmup_steps=10, log_every=50)
+    losses = train(cfg)["losses"]
+    assert len(losses) == 100 and all(map(lambda v: v == v, losses))
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < first - 0.03, (first, last)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    straight = small_config(tmp_path / "straight", save_every=3, eval_every=2, eval_batches=1)
+    train(straight)
+
+    killed = small_config(tmp_path / "killed", save_every=3, eval_every=2, eval_batches=1)
+    trainer = make_trainer(killed)
+    trainer.run(until=4)  # "killed" after step 4; the last checkpoint is step 3
+    del trainer
+    assert ckpt.latest_checkpoint(killed.output_dir).name == "step_00000003"
+    result = train(small_config(tmp_path / "killed", save_every=3, eval_every=2, eval_batches=1, resume=True))
+    assert result["steps"] == 6 and len(result["losses"]) == 3  # steps 4, 5, 6
+
+    a = ckpt.load_checkpoint(ckpt.latest_checkpoint(straight.output_dir))
+    b = ckpt.load_checkpoint(ckpt.latest_checkpoint(killed.output_dir))
+    assert a["trainer"]["step"] == b["trainer"]["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"]), key
+    final_a = TimeMoEForPrediction.from_pretrained(straight.output_dir).state_dict()
+    final_b = TimeMoEForPrediction.from_pretrained(killed.output_dir).state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # metrics of the resumed run: each step once, the redone step 4 not duplicated
+    steps = [r["step"] for r in read_metrics(killed.output_dir)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert read_metrics(killed.output_dir)[-1]["loss"] == read_metrics(straight.output_dir)[-1]["loss"]
+
+
+def test_checkpoint_layout_and_pruning(tmp_path):
+    train(small_config(tmp_path, max_steps=4, save_every=1, keep_checkpoints=2))
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000003", "step_00000004"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    # every checkpoint and the output directory itself load as models
+    TimeMoEForPrediction.from_pretrained(tmp_path / "checkpoints" / "step_00000003")
+    model = TimeMoEForPrediction.from_pretrained(tmp_path)
+    assert model.config.hidden_size == 8
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert saved["max_steps"] == 4 and saved["data"] == FAST_DATA
+
+
+def test_metrics_records(tmp_path):
+    train(small_config(tmp_path, max_steps=4, log_every=2, eval_every=4, eval_batches=1))
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [2, 4]
+    for key in ("loss", "ar_loss", "aux_loss", "lr", "grad_norm", "tokens_per_s"):
+        assert isinstance(records[0][key], float), key
+    assert "eval_loss" in records[1] and "eval_loss" not in records[0]
+    assert records[0]["tokens_per_s"] > 0
+
+
+class NaNAt:
+    """Wraps a stream; the batch of call ``k`` gets a NaN input at a real position."""
+
+    def __init__(self, stream, k):
+        self.stream, self.k, self.calls = stream, k, 0
+
+    def next_batch(self):
+        batch = self.stream.next_batch()
+        self.calls += 1
+        if self.calls == self.k:
+            batch["inputs"][0, 0] = float("nan")
+        return batch
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+
+def test_non_finite_loss_skips_the_step_and_warns(caplog):
+    trainer = make_trainer(small_config(max_steps=4))
+    trainer.streams = [NaNAt(trainer.streams[0], 2)]
+    trainer.train_step(prefetch=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    opt_before = {k: v["exp_avg"].clone() for k, v in enumerate(trainer.optimizer.state.values())}
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.train.trainer"):
+        record = trainer.train_step(prefetch=False)
+    assert record["skipped"] and trainer.step == 2
+    assert "non-finite" in caplog.text and "skipped" in caplog.text
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(opt_before[k], v["exp_avg"]) for k, v in enumerate(trainer.optimizer.state.values()))
+    record = trainer.train_step(prefetch=False)  # the next step trains normally again
+    assert not record["skipped"] and record["loss"] == record["loss"]
+    assert not all(torch.equal(before[k], trainer.model.state_dict()[k]) for k in before)
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_gradient_accumulation_matches_one_big_batch():
+    # One micro-batch of 4 rows == two micro-batches of the same rows split 2 + 2 (one process): the AR
+    # loss is normalised by the step's global point count. (The aux loss is a per-micro-batch average.)
+    cfg1 = small_config(batch_size=4, max_steps=2)
+    cfg2 = small_config(batch_size=2, grad_accum=2, max_steps=2)
+    batch = make_stream(open_data(cfg1.data, 0), cfg1, 0, 1, 0).next_batch()
+    halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
+    grads, losses = [], []
+    for cfg, batches in ((cfg1, [batch]), (cfg2, halves)):
+        model = build_model(cfg, torch.device("cpu"))
+        model.config.apply_aux_loss = False
+        trainer = Trainer(cfg, DistContext(), model, [FixedStream(b) for b in batches])
+        captured = {}
+        trainer.optimizer.step = lambda c=captured, m=model: c.update(
+            {n: p.grad.clone() for n, p in m.named_parameters()}
+        )
+        losses.append(trainer.train_step(prefetch=False)["loss"])
+        grads.append(captured)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+class FixedStream:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next_batch(self):
+        return {k: v.clone() for k, v in self.batch.items()}
+
+    def state_dict(self):
+        return {}
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    cfg = small_config()
+    batch = make_stream(open_data(cfg.data, 0), cfg, 0, 1, 0).next_batch()
+    grads = []
+    for ac in (False, True):
+        model = build_model(cfg, torch.device("cpu"))
+        wrapped = parallelize(model, DistContext(), activation_checkpointing=ac)
+        wrapped(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        assert set(model.state_dict()) == set(build_model(cfg, torch.device("cpu")).state_dict())
+    for (name, a), b in zip(grads[0].items(), grads[1].values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_bf16_optimizer_setting_trains_on_cpu(tmp_path):
+    result = train(small_config(tmp_path, optim_dtype="bf16", max_steps=3))
+    assert all(v == v for v in result["losses"])
+    model = TimeMoEForPrediction.from_pretrained(tmp_path)
+    assert next(model.parameters()).dtype == torch.float32  # final save is fp32 unless save_dtype=bf16
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path):
+    result = train(small_config(tmp_path, max_steps=50, time_limit=1e-9))
+    assert result["steps"] == 1  # the limit is checked as each step starts: already passed at step 1
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000001"
+    assert not (tmp_path / "model.safetensors").exists()  # not finished: no final model yet
+
+
+def test_resume_with_other_shard_count_is_refused(tmp_path):
+    train(small_config(tmp_path, max_steps=2, save_every=1))
+    with pytest.raises(ValueError, match="grad-accum"):
+        train(small_config(tmp_path, max_steps=4, grad_accum=2, resume=True))
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(max_steps=0), "max_steps"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(lr=0.0), "lr"),
+        (dict(min_lr_ratio=2.0), "min_lr_ratio"),
+        (dict(dtype="fp16"), "dtype"),
+        (dict(optim_dtype="int8"), "optim_dtype"),
+        (dict(fsdp="maybe"), "fsdp"),
+        (dict(data=[]), "data"),
+        (dict(resume=True, output_dir=None), "resume"),
+        (dict(betas=(0.9, 1.5)), "betas"),
+    ],
+)
+def test_bad_config_values(changes, match):
+    with pytest.raises(ValueError, match=match):
+        small_config(**changes)
+
+
+def test_bad_run_arguments(tmp_path):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        train(small_config(max_length=8192))
+    with pytest.raises(ValueError, match="data-weights"):
+        train(small_config(data_weights=[1.0, 2.0]))
+    with pytest.raises(ValueError, match="preset"):
+        train(small_config(config="no-such-preset"))

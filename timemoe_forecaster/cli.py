@@ -1,0 +1,257 @@
+"""Command line: ``timemoe pretrain | finetune | forecast`` (also ``python -m timemoe_forecaster.cli``).
+
+``pretrain`` and ``finetune`` map every flag one to one onto a :class:`TrainConfig` field
+(``--max-steps`` -> ``max_steps``); run them under ``torchrun --nproc_per_node N`` for several GPUs.
+``forecast`` prints a zero-shot forecast of one series. This module is the only place that sets up
+logging handlers and global torch flags (TF32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+AIRLINE_CSV = Path(__file__).parent / "assets" / "airline.csv"
+
+_HELP = {
+    "config": "model preset (tiny, small, base, large, ultra) or a config.json path",
+    "init_from": "checkpoint directory to start from instead of a fresh model",
+    "data": "training data: 'synthetic' and/or paths (several, or comma-separated; options after '#')",
+    "data_weights": "mixture weight per data source (same order as --data)",
+    "eval_data": "held-out data for --eval-every (default: the training data with another seed)",
+    "output_dir": "where checkpoints, metrics.jsonl and the final model go",
+    "batch_size": "rows per micro-batch per process",
+    "grad_accum": "micro-batches per optimizer step",
+    "max_length": "tokens (points) per row",
+    "min_length": "shortest training window, in points",
+    "pack": "pack several series per row (--no-pack: one window per row, padded)",
+    "min_lr_ratio": "final lr of the cosine schedule as a fraction of --lr",
+    "betas": "AdamW betas",
+    "grad_clip": "clip the global gradient norm (0 = no clipping)",
+    "dtype": "auto = bf16 autocast on GPU, fp32 on CPU",
+    "optim_dtype": "fp32, or bf16: bf16 weights and AdamW states with stochastic rounding (half the memory)",
+    "fused": "fused AdamW kernel (auto = on GPU)",
+    "fsdp": "FSDP2 sharding under torchrun: true, false or auto (>= 1B parameters)",
+    "device": "cpu, cuda or cuda:N (default: this process's GPU if any)",
+    "save_every": "checkpoint every N steps (0 = only at the end)",
+    "keep_checkpoints": "checkpoints kept under output_dir/checkpoints",
+    "save_dtype": "dtype of the final model.safetensors",
+    "eval_every": "evaluate on held-out windows every N steps (0 = never)",
+    "resume": "continue from the latest checkpoint in --output-dir",
+    "time_limit": "stop with a checkpoint after this many seconds (0 = no limit)",
+    "progress": "show a progress bar (rank 0)",
+}
+
+
+def _bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field, typed and defaulted from the dataclass."""
+    from .train.trainer import TrainConfig
+
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = {"default": default, "help": _HELP.get(f.name, "")}
+        if f.name in ("data", "eval_data"):
+            kwargs.update(nargs="+", metavar="SPEC")
+        elif f.name == "data_weights":
+            kwargs.update(nargs="+", type=_floats, metavar="W")
+        elif f.name == "betas":
+            kwargs.update(nargs=2, type=float, metavar=("BETA1", "BETA2"))
+        elif f.name == "fsdp":
+            kwargs.update(choices=["auto", "true", "false"], default="auto")
+        elif f.name == "fused":
+            kwargs.update(type=_bool, metavar="true|false")
+        elif isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        elif isinstance(default, int):
+            kwargs.update(type=int)
+        elif isinstance(default, float):
+            kwargs.update(type=float)
+        if f.name in ("dtype", "optim_dtype", "save_dtype"):
+            kwargs["choices"] = {"dtype": ["auto", "bf16", "fp32"]}.get(f.name, ["fp32", "bf16"])
+        kwargs["help"] = (kwargs["help"] + " " if kwargs["help"] else "") + "(default: %(default)s)"
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timemoe", description="Time-MoE pretraining, fine-tuning and forecasting")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser("pretrain", help="train a model from scratch (or from --init-from)")
+    _add_train_flags(pre)
+    fine = sub.add_parser("finetune", help="continue training a checkpoint on your data")
+    fine.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors) to start from")
+    _add_train_flags(fine, skip=("config", "init_from"))
+    fine.set_defaults(output_dir="runs/finetune", lr=1e-4)
+    fc = sub.add_parser("forecast", help="zero-shot forecast of one series")
+    fc.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the embedded model)")
+    fc.add_argument("--dataset", default="airline", help="'airline' or a CSV path")
+    fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
+    fc.add_argument("--horizon", type=int, default=12)
+    fc.add_argument("--context-length", type=int, default=512, help="at most this many last points as context")
+    fc.add_argument("--show", type=int, default=6, help="last observations to print")
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from .train.trainer import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if args.command == "finetune":
+        values["init_from"] = args.model
+    if values.get("data_weights") is not None:
+        values["data_weights"] = [w for group in values["data_weights"] for w in group]
+    if values.get("fsdp") in ("true", "false"):
+        values["fsdp"] = values["fsdp"] == "true"
+    values["betas"] = tuple(values["betas"])
+    return TrainConfig(**values)
+
+
+# forecast ---------------------------------------------------------------------------------------
+def load_series(dataset: str, column: str | None = None):
+    """A pandas Series: sktime's airline data (or the bundled copy) or one column of a CSV."""
+    import pandas as pd
+
+    if dataset == "airline":
+        try:
+            from sktime.datasets import load_airline
+
+            return load_airline()
+        except ImportError:
+            frame = pd.read_csv(AIRLINE_CSV)
+            index = pd.PeriodIndex(frame["Period"], freq="M")
+            return pd.Series(frame["Passengers"].to_numpy(float), index=index, name="Number of airline passengers")
+    path = Path(dataset)
+    if not path.exists():
+        raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV file")
+    frame = pd.read_csv(path)
+    if column is None:
+        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+        if not numeric:
+            raise ValueError(f"{path} has no numeric column; pass --column")
+        column = numeric[-1]
+    if column not in frame.columns:
+        raise ValueError(f"--column {column!r} not in {path}; columns: {list(frame.columns)}")
+    values = pd.to_numeric(frame[column], errors="coerce")
+    if values.notna().sum() < 2:
+        raise ValueError(f"column {column!r} of {path} has fewer than two numeric values")
+    return values.rename(column)
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import resolve_directory
+    from .config import TimeMoEConfig
+    from .model import TimeMoEForPrediction
+
+    if args.horizon < 1 or args.context_length < 2:
+        raise ValueError("--horizon must be >= 1 and --context-length >= 2")
+    directory = resolve_directory(args.model)
+    status = (
+        TimeMoEConfig.from_json_file(directory / "config.json").extra.get("timemoe_forecaster", {}).get("status", "")
+    )
+    model = TimeMoEForPrediction.from_pretrained(args.model, dtype=torch.float32)
+    series = load_series(args.dataset, args.column)
+    values = series.to_numpy(dtype=float)
+    last_finite = np.flatnonzero(np.isfinite(values))
+    values = values[: last_finite[-1] + 1] if last_finite.size else values
+    context = values[-min(args.context_length, model.config.max_position_embeddings) :]
+    finite = np.isfinite(context)
+    mean, std = context[finite].mean(), max(context[finite].std(), 1e-8)
+    scaled = torch.tensor(np.where(finite, (context - mean) / std, 0.0), dtype=torch.float32)[None]
+    mask = torch.tensor(finite, dtype=torch.long)[None] if not finite.all() else None
+    pred = model.forecast(scaled, args.horizon, attention_mask=mask)[0].double().numpy() * std + mean
+
+    name = series.name or "value"
+    print(f"model: {directory}" + (f"  [{status}]" if status else ""))
+    if "UNTRAINED" in status.upper():
+        print("WARNING: this checkpoint is an UNTRAINED PLACEHOLDER with random weights: the forecast is meaningless.")
+    print(f"series: {args.dataset} / {name}, {len(values)} points, context {len(context)}, horizon {args.horizon}")
+    index = series.index[: len(values)]
+    future = _future_index(index, args.horizon)
+    print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
+    for t, v in zip(index[-args.show :], values[-args.show :]):
+        print(f"{'observed':>10} {str(t):>20} {v:>24.4f}")
+    for t, v in zip(future, pred):
+        print(f"{'forecast':>10} {str(t):>20} {v:>24.4f}")
+    return 0
+
+
+def _future_index(index, horizon: int) -> list:
+    import pandas as pd
+
+    if isinstance(index, pd.PeriodIndex):
+        return list(index[-1] + k for k in range(1, horizon + 1))
+    if isinstance(index, pd.DatetimeIndex) and len(index) >= 3:
+        freq = index.freq or pd.infer_freq(index[-3:])
+        if freq is not None:
+            return list(pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:])
+    if pd.api.types.is_integer_dtype(index):
+        return list(range(int(index[-1]) + 1, int(index[-1]) + 1 + horizon))
+    return [f"+{k}" for k in range(1, horizon + 1)]
+
+
+# entry ------------------------------------------------------------------------------------------
+def _setup(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup(args.verbose)
+    try:
+        if args.command == "forecast":
+            return run_forecast(args)
+        cfg = train_config_from_args(args)
+        from .train.trainer import train
+
+        result = train(cfg)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        if args.verbose:
+            raise
+        parser.exit(2, f"timemoe {args.command}: error: {err}\n")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['output_dir']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

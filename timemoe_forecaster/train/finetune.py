@@ -1,0 +1,143 @@
+"""Fine-tuning on a user's own series: the entry point of the estimators and the benchmarks.
+
+``train_on_series`` builds the same :class:`~timemoe_forecaster.train.trainer.Trainer` as
+pretraining (same step, clipping, schedule, NaN guard), over random windows of the given series,
+each standardised by its own mean and standard deviation. Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model.modeling import TimeMoEForPrediction
+from .parallel import DistContext
+from .trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 100
+
+
+def _segments(series) -> list[np.ndarray]:
+    """Finite runs (split at NaN/inf) of every series, as float32."""
+    from ..data import split_at_nonfinite
+
+    if isinstance(series, np.ndarray) and series.ndim == 1:
+        series = [series]
+    if not isinstance(series, (list, tuple)) or not series:
+        raise TypeError(f"series must be a non-empty list of 1-D numpy arrays, got {type(series).__name__}")
+    segments = []
+    for k, s in enumerate(series):
+        try:
+            x = np.asarray(s, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(f"series {k} is not numeric; pass 1-D arrays of floats") from None
+        if x.ndim != 1:
+            raise ValueError(f"series {k} must be 1-D, got shape {x.shape}")
+        segments.extend(split_at_nonfinite(x, min_length=2))
+    if not segments:
+        raise ValueError("no series has two consecutive finite values: nothing to fine-tune on")
+    return segments
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def train_on_series(
+    model: TimeMoEForPrediction,
+    series,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 16,
+    max_length: int = 512,
+    weight_decay: float = 0.1,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` in place on ``series`` (1-D arrays on their own scale, NaN allowed).
+
+    Exactly one of ``steps`` / ``epochs`` (default ``steps=100``). An epoch is as many steps as it takes
+    to draw, in expectation, every point once: ceil(windows / batch_size), a series of n finite points
+    making ceil(n / (max_length + 1)) windows. ``device=None`` trains where the model already is.
+    Returns {"steps", "final_loss", "losses"}; the model is left in eval mode.
+    """
+    from ..data import ArraySource, PackedBatchStream, WindowSampler
+
+    if not isinstance(model, TimeMoEForPrediction):
+        raise TypeError(f"model must be a TimeMoEForPrediction, got {type(model).__name__}")
+    if steps is not None and epochs is not None:
+        raise ValueError("pass either steps or epochs, not both")
+    _check_count("batch_size", batch_size)
+    _check_count("max_length", max_length)
+    if max_length > model.config.max_position_embeddings:
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's max_position_embeddings "
+            f"({model.config.max_position_embeddings})"
+        )
+    segments = _segments(series)
+    if epochs is not None:
+        _check_count("epochs", epochs)
+        windows = sum(math.ceil(len(s) / (max_length + 1)) for s in segments)
+        steps = epochs * math.ceil(windows / batch_size)
+    elif steps is None:
+        steps = DEFAULT_STEPS
+    _check_count("steps", steps)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    cfg = TrainConfig(
+        config="(model)",
+        data=["(in-memory series)"],
+        output_dir=None,
+        max_steps=int(steps),
+        batch_size=batch_size,
+        max_length=max_length,
+        min_length=max(2, min(17, max(len(s) for s in segments))),
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=min(warmup_steps, int(steps)),
+        min_lr_ratio=min_lr_ratio,
+        seed=seed,
+        progress=progress,
+        log_every=max(1, int(steps)),
+        fsdp=False,
+        device=str(device),
+    )
+    # Users' series are kept as they are: no quality filter (intermittent demand is mostly zeros).
+    sampler = WindowSampler(
+        ArraySource(segments, name="series"),
+        max_length=max_length,
+        min_length=cfg.min_length,
+        seed=seed,
+        quality_filter=False,
+    )
+    # One window per row, padded only to the longest row: short series waste no compute.
+    stream = PackedBatchStream(sampler, batch_size=batch_size, max_length=max_length, pack=False, pad_to="longest")
+    was_dtype = next(model.parameters()).dtype
+    if was_dtype != torch.float32:
+        model.float()  # train fp32 master weights; cast back at the end
+    # Seeded torch RNG (dropout, if any) without touching the caller's generator state.
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            trainer = Trainer(cfg, DistContext(device=device), model, [stream])
+            history = trainer.run()
+    finally:
+        if was_dtype != torch.float32:
+            model.to(was_dtype)
+        model.eval()
+    losses = [r["loss"] for r in history]
+    log.info("fine-tuned %d steps: loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
+    return {"steps": len(losses), "final_loss": losses[-1], "losses": losses}

@@ -1,0 +1,165 @@
+"""Training checkpoints: everything a resumed run needs, written atomically.
+
+Layout of ``<output_dir>/checkpoints/``::
+
+    step_00000100/       one checkpoint (a loadable model directory plus the training state)
+        config.json      \\ the model, official layout: TimeMoEForPrediction.from_pretrained(this dir)
+        model.safetensors/  works; fp32, whatever the training precision
+        optimizer.pt     full (unsharded) optimizer state dict keyed by parameter name
+        trainer_state.pt step, scheduler, data-stream states of every shard, RNG states of every rank,
+                         the TrainConfig used
+    latest               name of the newest complete checkpoint
+
+A checkpoint is built in a hidden temporary directory and renamed into place, then ``latest`` is
+replaced (temp file + rename), so a crash at any moment leaves the previous checkpoint usable. State
+files are read with ``torch.load(weights_only=True)``: no code from a checkpoint ever runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..checkpoint import SAFE_SINGLE, from_official, read_weights, to_official
+from ..config import TimeMoEConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+OPTIMIZER_FILE = "optimizer.pt"
+TRAINER_FILE = "trainer_state.pt"
+
+
+# RNG ------------------------------------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and current CUDA device) generator states of this process."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # numpy's tuple holds an array; store it as a tensor so weights_only loading accepts it
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+# Model weights --------------------------------------------------------------------------------
+def write_model(directory: Path, config: TimeMoEConfig, state: dict[str, torch.Tensor], dtype=None) -> None:
+    """Write a loadable model directory (config.json + model.safetensors) from a full state dict."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
+    tensors = {k: v.clone() for k, v in to_official(tensors).items()}  # expert slices get own storage
+    stored = str(next(iter(tensors.values())).dtype).replace("torch.", "")
+    _atomic_file(directory / SAFE_SINGLE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _atomic_file(directory / "config.json", lambda p: config.to_json_file(p, torch_dtype=stored))
+
+
+def read_model(directory: Path) -> dict[str, torch.Tensor]:
+    """Internal-name state dict of a model directory (as written by :func:`write_model`)."""
+    return from_official(read_weights(Path(directory)))
+
+
+# Checkpoints ----------------------------------------------------------------------------------
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    config: TimeMoEConfig,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write ``checkpoints/step_{step}`` atomically, point ``latest`` at it, prune old ones."""
+    root = Path(output_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = root / name
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
+    try:
+        write_model(tmp, config, model_state)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        torch.save({**trainer_state, "step": step}, tmp / TRAINER_FILE)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _atomic_file(root / LATEST, lambda p: Path(p).write_text(name + "\n"))
+    _prune(root, keep_last, keep=name)
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``output_dir``, or None."""
+    root = Path(output_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / TRAINER_FILE).exists():
+            return path
+    # ``latest`` missing or stale: fall back to the highest complete step directory
+    done = sorted(p for p in root.glob("step_*") if (p / TRAINER_FILE).exists()) if root.exists() else []
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Model state (internal names), optimizer state and trainer state of one checkpoint directory."""
+    path = Path(path)
+    for required in ("config.json", OPTIMIZER_FILE, TRAINER_FILE):
+        if not (path / required).exists():
+            raise ValueError(f"{path} is not a training checkpoint: {required} is missing")
+    return {
+        "model": read_model(path),
+        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
+        "trainer": torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True),
+        "config": TimeMoEConfig.from_json_file(path / "config.json"),
+    }
+
+
+def _prune(root: Path, keep_last: int, keep: str) -> None:
+    if keep_last < 1:
+        return
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_file(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

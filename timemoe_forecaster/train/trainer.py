@@ -1,0 +1,505 @@
+"""The training loop: a plain loop over optimizer steps, no framework (nanoGPT, torchtitan).
+
+One optimizer step takes ``grad_accum`` micro-batches of ``batch_size`` rows on each of the
+``world_size`` ranks. The data are cut into ``world_size * grad_accum`` disjoint shards and micro-batch
+``a`` of rank ``r`` always comes from shard ``r * grad_accum + a``, so 2 ranks × 1 micro-batch see
+exactly the rows that 1 rank × 2 micro-batches sees. The loss of every micro-batch is divided by the
+global number of valid loss points of the step (all micro-batches, all ranks), which makes the summed
+gradient equal to that of one big batch whatever the split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import resolve_config
+from ..model.modeling import TimeMoEForPrediction, count_loss_points
+from . import state as ckpt
+from .metrics import MetricsWriter, Throughput
+from .optim import OPTIM_DTYPES, build_optimizer, build_scheduler
+from .parallel import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    distributed_context,
+    gradient_sync,
+    parallelize,
+    resolve_fsdp,
+)
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 1_000_003  # synthetic eval series come from another seed: never seen in training
+_DTYPES = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; each field is one CLI flag (``--max-steps`` for ``max_steps``)."""
+
+    config: str = "tiny"  # preset name or config.json path (ignored with init_from)
+    init_from: str | None = None  # checkpoint directory to start from (fine-tuning)
+    data: list[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic" and/or paths
+    data_weights: list[float] | None = None  # mixture weight per data source
+    eval_data: list[str] | None = None  # held-out data (default: the training specs, other windows/seed)
+    output_dir: str | None = "runs/pretrain"
+    max_steps: int = 1000
+    batch_size: int = 8  # rows per micro-batch per rank
+    grad_accum: int = 1
+    max_length: int = 512
+    min_length: int = 17  # shortest window kept (points)
+    pack: bool = True
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    dtype: str = "auto"  # "auto" = bf16 autocast on GPU, fp32 on CPU
+    optim_dtype: str = "fp32"  # "bf16": bf16 weights + AdamW states, stochastic rounding (see optim.py)
+    fused: bool | None = None  # fused AdamW kernel (None = on GPU)
+    attn_backend: str = "sdpa"
+    moe_dispatch: str = "auto"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    fsdp: bool | str = "auto"  # True/False or "auto" (FSDP2 for >= 1B parameters on several ranks)
+    device: str | None = None  # None = this rank's GPU if any, else CPU
+    save_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    save_dtype: str = "fp32"  # dtype of the final model.safetensors
+    eval_every: int = 0  # 0 = never
+    eval_batches: int = 4
+    seed: int = 0
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    time_limit: float = 0.0  # seconds; stop (with a checkpoint) when exceeded, 0 = none
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        self.betas = tuple(float(b) for b in self.betas)
+        if isinstance(self.fsdp, str) and self.fsdp.lower() in ("true", "on", "1", "yes", "false", "off", "0", "no"):
+            self.fsdp = self.fsdp.lower() in ("true", "on", "1", "yes")
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "min_length", "log_every", "eval_batches"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, got {value!r}",
+            )
+        for name in ("save_every", "eval_every", "warmup_steps", "seed", "keep_checkpoints"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two values in [0, 1), got {self.betas}",
+        )
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        need(self.dtype in _DTYPES, f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        need(self.optim_dtype in OPTIM_DTYPES, f"optim_dtype must be one of {OPTIM_DTYPES}, got {self.optim_dtype!r}")
+        need(self.save_dtype in ("fp32", "bf16"), f"save_dtype must be 'fp32' or 'bf16', got {self.save_dtype!r}")
+        need(self.fsdp in (True, False, "auto"), f"fsdp must be true, false or 'auto', got {self.fsdp!r}")
+        need(self.time_limit >= 0, f"time_limit must be >= 0 seconds, got {self.time_limit}")
+        need(
+            bool(self.data) and all(isinstance(d, str) and d for d in self.data),
+            f"data must list at least one spec ('synthetic' or a path), got {self.data!r}",
+        )
+        if self.data_weights is not None:
+            need(all(w > 0 for w in self.data_weights), f"data_weights must be positive, got {self.data_weights}")
+        need(not (self.resume and self.output_dir is None), "resume needs an output_dir holding checkpoints")
+        need(not (self.save_every and self.output_dir is None), "save_every needs an output_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Data -----------------------------------------------------------------------------------------
+def open_data(specs: list[str], seed: int) -> list:
+    """One SeriesSource per spec (comma-separated specs split further); plain "synthetic" gets ``seed``."""
+    from ..data import open_sources
+
+    sources = []
+    for spec in specs:
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            kwargs = {"seed": seed} if part == "synthetic" else {}
+            sources.extend(open_sources(part, **kwargs))
+    return sources
+
+
+def make_stream(sources, cfg: TrainConfig, shard: int, num_shards: int, seed: int, weights=None):
+    """The packed-batch stream of one data shard."""
+    from ..data import PackedBatchStream, WindowSampler
+
+    sampler = WindowSampler(
+        sources,
+        weights=weights,
+        max_length=cfg.max_length,
+        min_length=cfg.min_length,
+        seed=seed,
+        rank=shard,
+        world_size=num_shards,
+    )
+    return PackedBatchStream(sampler, batch_size=cfg.batch_size, max_length=cfg.max_length, pack=cfg.pack)
+
+
+# Trainer --------------------------------------------------------------------------------------
+class Trainer:
+    """Owns the model, optimizer, scheduler and data streams of one rank; ``run()`` trains.
+
+    ``streams``: this rank's ``grad_accum`` training streams (anything with ``next_batch()`` and
+    ``state_dict()``); ``eval_stream``: a callable returning a fresh evaluation stream (or None).
+    """
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, model: TimeMoEForPrediction, streams, eval_stream=None):
+        if len(streams) != cfg.grad_accum:
+            raise ValueError(f"expected {cfg.grad_accum} training streams (one per micro-batch), got {len(streams)}")
+        self.cfg, self.ctx, self.model, self.streams, self.eval_stream = cfg, ctx, model, streams, eval_stream
+        on_gpu = ctx.device.type == "cuda"
+        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_gpu)
+        if bf16 and not on_gpu:
+            log.info("dtype bf16 applies to GPUs only; training in fp32 on %s", ctx.device)
+            bf16 = False
+        if cfg.optim_dtype == "bf16":
+            model.to(torch.bfloat16)
+        self.fsdp = resolve_fsdp(cfg.fsdp, ctx, model.num_parameters())
+        self.train_model = parallelize(
+            model,
+            ctx,
+            activation_checkpointing=cfg.activation_checkpointing,
+            compile=cfg.compile,
+            fsdp=self.fsdp,
+            param_dtype=torch.bfloat16 if bf16 else None,
+        )
+        # FSDP2 computes in bf16 through its mixed-precision policy; everything else uses autocast.
+        self.autocast = bf16 and not self.fsdp and cfg.optim_dtype != "bf16"
+        self.params = [p for p in self.train_model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(
+            self.train_model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.optim_dtype, cfg.fused, cfg.seed
+        )
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._pending: list | None = None  # batches of the next step, fetched while the GPU works
+        self._pending_states: list | None = None  # stream states from before that fetch
+
+    # One optimizer step -------------------------------------------------------------------------
+    def _fetch(self) -> list[dict[str, torch.Tensor]]:
+        return [stream.next_batch() for stream in self.streams]
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
+        if self.cfg.optim_dtype == "bf16":  # bf16 weights: feed bf16 values (labels stay fp32 for the loss)
+            batch["inputs"] = batch["inputs"].to(torch.bfloat16)
+        return batch
+
+    def _autocast(self):
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16)
+
+    def train_step(self, prefetch: bool = True, time_up: bool = False) -> dict[str, Any]:
+        """Forward/backward over the micro-batches, clip, then step (or skip a non-finite step)."""
+        cfg, ctx, config = self.cfg, self.ctx, self.model.config
+        self.model.train()
+        batches = self._pending if self._pending is not None else self._fetch()
+        self._pending = self._pending_states = None
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches) if "attention_mask" in batches[0] else 0
+        batches = [self._to_device(b) for b in batches]
+        counts = torch.stack(
+            [
+                torch.stack(
+                    count_loss_points(config.horizon_lengths, b["labels"], b.get("loss_mask"), b.get("seq_ids"))
+                )
+                for b in batches
+            ]
+        ).sum(0)
+        normalizers = list(all_reduce_sum(counts, ctx).unbind())  # one global count per head
+        ar_sum = torch.zeros((), device=ctx.device)
+        aux_sum = torch.zeros((), device=ctx.device)
+        w, a = ctx.world_size, cfg.grad_accum
+        for k, batch in enumerate(batches):
+            with gradient_sync(self.train_model, enabled=k == a - 1), self._autocast():
+                out = self.train_model(**batch, loss_normalizers=normalizers)
+            # DDP/FSDP average gradients over the w ranks. Scaled so, the step's gradient is that of the
+            # global sum of the point-normalised AR loss plus the aux loss averaged over all a*w micro-batches.
+            loss = out.ar_loss * w
+            if out.aux_loss is not None:
+                loss = loss + config.router_aux_loss_factor * out.aux_loss / a
+                aux_sum += out.aux_loss.detach().float()
+            loss.backward()
+            ar_sum += out.ar_loss.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        flags = torch.tensor([tokens, float(time_up)], device=ctx.device, dtype=torch.float32)
+        stats = all_reduce_sum(torch.cat([torch.stack([ar_sum, aux_sum / (a * w)]), flags]), ctx)
+        if prefetch:  # host work for the next step overlaps the GPU finishing this one
+            self._pending_states = [s.state_dict() for s in self.streams]
+            self._pending = self._fetch()
+        ar_loss, aux_loss, tokens, time_up_votes = stats.tolist()  # the one host sync of the step
+        grad_norm = float(grad_norm.float())
+        lr = self.scheduler.get_last_lr()[0]
+        finite = math.isfinite(ar_loss) and math.isfinite(aux_loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        else:
+            log.warning(
+                "step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); optimizer step skipped",
+                self.step + 1,
+                ar_loss,
+                grad_norm,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        loss = ar_loss + (config.router_aux_loss_factor * aux_loss if config.apply_aux_loss else 0.0)
+        record = dict(
+            step=self.step,
+            loss=loss,
+            ar_loss=ar_loss,
+            aux_loss=aux_loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens=int(tokens),
+            skipped=not finite,
+            time_up=time_up_votes > 0,
+        )
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean forecast (AR) loss over ``eval_batches`` held-out batches, averaged over ranks."""
+        if self.eval_stream is None:
+            raise ValueError("no evaluation data: set eval_every=0 or pass eval data")
+        self.model.eval()
+        stream = self.eval_stream()  # fresh each time: the same windows at every evaluation
+        total = torch.zeros((), device=self.ctx.device)
+        for _ in range(self.cfg.eval_batches):
+            batch = self._to_device(stream.next_batch())
+            with self._autocast():
+                total += self.train_model(**batch).ar_loss.float()
+        self.model.train()
+        return all_reduce_sum(total, self.ctx).item() / (self.cfg.eval_batches * self.ctx.world_size)
+
+    # State ---------------------------------------------------------------------------------------
+    def _full_states(self) -> tuple[dict, dict]:
+        """Unsharded model and optimizer state dicts (on rank 0; collectives on every rank)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=opts)
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        return model_state, optim_state
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (every rank must call this; rank 0 writes)."""
+        model_state, optim_state = self._full_states()
+        streams = self._pending_states or [s.state_dict() for s in self.streams]
+        data_states = [s for rank_states in all_gather_objects(streams, self.ctx) for s in rank_states]
+        rng = all_gather_objects(ckpt.capture_rng(), self.ctx)
+        path = None
+        if self.ctx.is_main:
+            trainer_state = {
+                "scheduler": self.scheduler.state_dict(),
+                "data": data_states,
+                "rng": rng,
+                "num_shards": self.ctx.world_size * self.cfg.grad_accum,
+                "train_config": json.dumps(self.cfg.to_dict()),
+            }
+            path = ckpt.save_checkpoint(
+                self.cfg.output_dir,
+                self.step,
+                self.model.config,
+                model_state,
+                optim_state,
+                trainer_state,
+                self.cfg.keep_checkpoints,
+            )
+        barrier(self.ctx)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save` (same world_size × grad_accum)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        saved = ckpt.load_checkpoint(path)
+        trainer_state = saved["trainer"]
+        num_shards = self.ctx.world_size * self.cfg.grad_accum
+        if trainer_state["num_shards"] != num_shards:
+            raise ValueError(
+                f"{path} was written by a run with world_size × grad_accum = {trainer_state['num_shards']} data "
+                f"shards; this run has {num_shards}. Resume with the same number of processes × --grad-accum."
+            )
+        opts = StateDictOptions(full_state_dict=True)
+        dtype = next(self.model.parameters()).dtype
+        set_model_state_dict(self.model, {k: v.to(dtype) for k, v in saved["model"].items()}, options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        first = self.ctx.rank * self.cfg.grad_accum
+        for stream, state in zip(self.streams, trainer_state["data"][first : first + self.cfg.grad_accum]):
+            stream.load_state_dict(state)
+        rng = trainer_state["rng"]
+        ckpt.restore_rng(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
+        self.step = int(trainer_state["step"])
+        self._pending = self._pending_states = None
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save_model(self, directory: str | Path) -> None:
+        """The final loadable model directory (config.json + model.safetensors) at ``directory``."""
+        model_state, _ = self._full_states() if self.ctx.distributed else (self.model.state_dict(), None)
+        if self.ctx.is_main:
+            dtype = torch.bfloat16 if self.cfg.save_dtype == "bf16" else torch.float32
+            ckpt.write_model(Path(directory), self.model.config, model_state, dtype=dtype)
+        barrier(self.ctx)
+
+    # Loop ----------------------------------------------------------------------------------------
+    def run(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train from ``self.step`` to ``until`` (default ``max_steps``); return the per-step records."""
+        cfg, ctx = self.cfg, self.ctx
+        until = cfg.max_steps if until is None else min(until, cfg.max_steps)
+        metrics = MetricsWriter(cfg.output_dir, ctx.is_main, cfg.progress, cfg.max_steps, self.step)
+        meter, start, window = Throughput(), time.monotonic(), []
+        try:
+            while self.step < until:
+                next_step = self.step + 1
+                boundary = next_step >= until or (cfg.save_every and next_step % cfg.save_every == 0)
+                time_up = bool(cfg.time_limit) and time.monotonic() - start > cfg.time_limit
+                record = self.train_step(prefetch=not boundary, time_up=time_up)
+                meter.add(record["tokens"])
+                window.append(record)
+                metrics.advance()
+                evaluated = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == until)
+                if self.step % cfg.log_every == 0 or self.step == until or evaluated:
+                    if ctx.device.type == "cuda":
+                        torch.cuda.synchronize(ctx.device)
+                    out = _summarise(window, meter.rate(), self.step)
+                    if evaluated and self.eval_stream is not None:
+                        out["eval_loss"] = record["eval_loss"] = self.evaluate()
+                    if ctx.device.type == "cuda":
+                        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+                    metrics.log(out)
+                    window = []
+                saving = cfg.output_dir is not None and (
+                    (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
+                )
+                if record["time_up"]:
+                    log.warning(
+                        "time limit of %.0f s reached at step %d: saving and stopping", cfg.time_limit, self.step
+                    )
+                    saving = cfg.output_dir is not None
+                if saving:
+                    self.save()
+                if record["time_up"]:
+                    break
+        finally:
+            metrics.close()
+        return self.history
+
+
+def _summarise(window: list[dict], tokens_per_s: float, step: int) -> dict[str, Any]:
+    """One metrics line: losses averaged over the steps since the last line, the rest as of now."""
+    last = window[-1]
+    done = [r for r in window if not r["skipped"]] or window
+    mean = {k: sum(r[k] for r in done) / len(done) for k in ("loss", "ar_loss", "aux_loss")}
+    out = dict(step=step, **mean, lr=last["lr"], grad_norm=last["grad_norm"], tokens_per_s=tokens_per_s)
+    skipped = sum(r["skipped"] for r in window)
+    if skipped:
+        out["skipped_steps"] = skipped
+    return out
+
+
+# Entry point ----------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
+    """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32."""
+    if cfg.init_from is not None:
+        return TimeMoEForPrediction.from_pretrained(
+            cfg.init_from,
+            dtype=torch.float32,
+            device=device,
+            attn_backend=cfg.attn_backend,
+            moe_dispatch=cfg.moe_dispatch,
+        )
+    config = resolve_config(cfg.config)
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        return TimeMoEForPrediction(config, attn_backend=cfg.attn_backend, moe_dispatch=cfg.moe_dispatch)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Pretrain or fine-tune as ``cfg`` says, on one process or under torchrun.
+
+    Returns {"steps", "final_loss", "losses", "output_dir", "checkpoint"} (losses of this process's run).
+    """
+    with distributed_context(cfg.device) as ctx:
+        model = build_model(cfg, ctx.device)
+        if cfg.max_length > model.config.max_position_embeddings:
+            raise ValueError(
+                f"max_length {cfg.max_length} exceeds the model's max_position_embeddings "
+                f"({model.config.max_position_embeddings}); lower --max-length"
+            )
+        sources = open_data(cfg.data, cfg.seed)
+        if cfg.data_weights is not None and len(cfg.data_weights) != len(sources):
+            raise ValueError(f"--data-weights has {len(cfg.data_weights)} value(s) for {len(sources)} data source(s)")
+        num_shards = ctx.world_size * cfg.grad_accum
+        shards = range(ctx.rank * cfg.grad_accum, (ctx.rank + 1) * cfg.grad_accum)
+        streams = [make_stream(sources, cfg, s, num_shards, cfg.seed, cfg.data_weights) for s in shards]
+        eval_sources = open_data(cfg.eval_data or cfg.data, cfg.seed + EVAL_SEED_OFFSET) if cfg.eval_every else None
+        eval_weights = cfg.data_weights if cfg.eval_data is None else None
+
+        def eval_stream():
+            return make_stream(eval_sources, cfg, ctx.rank, ctx.world_size, cfg.seed + EVAL_SEED_OFFSET, eval_weights)
+
+        trainer = Trainer(cfg, ctx, model, streams, eval_stream if cfg.eval_every else None)
+        resumed_from = ckpt.latest_checkpoint(cfg.output_dir) if cfg.resume else None
+        if resumed_from is not None:
+            trainer.load(resumed_from)
+        elif cfg.resume:
+            log.info("no checkpoint under %s: starting from scratch", cfg.output_dir)
+        if cfg.output_dir is not None and ctx.is_main:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.output_dir) / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        history = trainer.run()
+        if cfg.output_dir is not None and trainer.step == cfg.max_steps:
+            trainer.save_model(cfg.output_dir)
+        losses = [r["loss"] for r in history]
+        return {
+            "steps": trainer.step,
+            "final_loss": losses[-1] if losses else float("nan"),
+            "losses": losses,
+            "output_dir": cfg.output_dir,
+            "checkpoint": str(ckpt.latest_checkpoint(cfg.output_dir)) if cfg.output_dir else None,
+        }
