@@ -1,0 +1,48 @@
+"""conformal.py: finite-sample conformal ranks, pooling, and cut-offs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.helpers import make_model
+from timemoe_forecaster import conformal
+
+
+def test_conformal_rank_rule():
+    r = np.arange(1.0, 20.0)[:, None]  # 19 residuals, one column
+    upper, clipped = conformal.conformal_quantiles(r, 0.95)  # ceil(20 * 0.95) = 19th
+    assert upper[0] == 19.0 and not clipped[0]
+    lower, clipped = conformal.conformal_quantiles(r, 0.05)  # floor(20 * 0.05) = 1st
+    assert lower[0] == 1.0 and not clipped[0]
+    upper, clipped = conformal.conformal_quantiles(r[:10], 0.95)  # rank 11 > 10: clipped to the max
+    assert upper[0] == 10.0 and clipped[0]
+
+
+def test_offsets_use_own_residuals_else_pool():
+    rich = np.tile(np.linspace(-1, 1, 21)[:, None], (1, 2))  # 21 residuals per step
+    poor = np.array([[100.0, np.nan]])  # one residual at step 0, none at step 1
+    offsets = conformal.residual_offsets([rich, poor], [0.1, 0.9], horizon=2)
+    assert offsets.shape == (2, 2, 2)
+    np.testing.assert_allclose(offsets[0, :, 0], [-0.9, -0.9])  # rank floor(22 * 0.1) = 2
+    np.testing.assert_allclose(offsets[0, :, 1], [0.9, 0.9])  # rank ceil(22 * 0.9) = 20
+    pooled_hi, _ = conformal.conformal_quantiles(np.r_[rich[:, 0], 100.0][:, None], 0.9)
+    assert offsets[1, 0, 1] == pooled_hi[0]  # too few of its own: pooled with the other series
+
+
+def test_cutoffs_cover_the_horizon_and_stay_in_the_history():
+    cuts = conformal.calibration_cutoffs(100, horizon=5, num_windows=10)
+    np.testing.assert_array_equal(cuts, np.arange(86, 100))
+    assert conformal.calibration_cutoffs(10, horizon=30, num_windows=20).min() >= 5
+
+
+def test_rolling_residuals_match_direct_forecasts():
+    model = make_model(seed=4)
+    x = np.sin(np.arange(60) / 5) * 3 + np.arange(60) * 0.1
+    residuals, scale = conformal.rolling_residuals(model, [x], 3, context_length=32, num_windows=4)
+    from timemoe_forecaster.preprocess import forecast_series
+
+    t = 57  # cut-off of the 4th window from the end: history x[:57]
+    direct = forecast_series(model, [x[:t]], 3, context_length=32)[0]
+    row = list(conformal.calibration_cutoffs(60, 3, 4)).index(t)
+    np.testing.assert_allclose(residuals[0][row] * scale[0], x[t : t + 3] - direct, rtol=1e-5, atol=1e-6)
+    assert np.isnan(residuals[0][-1, 1:]).all()  # last cut-off: only step 1 lies inside the history

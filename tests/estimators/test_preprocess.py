@@ -1,0 +1,112 @@
+"""preprocess.py: missing values, scaling, left padding and batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import make_model
+from timemoe_forecaster import preprocess
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(seed=3)
+
+
+def test_fill_missing_trims_leading_interpolates_inside_holds_trailing():
+    x = np.array([np.nan, np.nan, 1.0, np.nan, 3.0, 4.0, np.nan, np.nan])
+    before = x.copy()
+    out = preprocess.fill_missing(x)
+    np.testing.assert_allclose(out, [1.0, 2.0, 3.0, 4.0, 4.0, 4.0])
+    np.testing.assert_array_equal(np.isnan(x), np.isnan(before))  # input untouched
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [([np.nan, np.nan], "only missing"), ([np.nan, 1.0], "1 observed point"), ([], "only missing")],
+)
+def test_fill_missing_rejects_series_without_two_observations(values, message):
+    with pytest.raises(ValueError, match=message):
+        preprocess.fill_missing(np.array(values, dtype=float))
+
+
+def test_as_float_array_rejects_non_numeric_inf_and_empty():
+    with pytest.raises(TypeError, match="non-numeric"):
+        preprocess.as_float_array(np.array(["a", "b"], dtype=object))
+    with pytest.raises(TypeError, match="numeric"):
+        preprocess.as_float_array(np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="inf"):
+        preprocess.as_float_array([1.0, np.inf])
+    with pytest.raises(ValueError, match="empty"):
+        preprocess.as_float_array([])
+
+
+def test_check_context_length():
+    assert preprocess.check_context_length(None, 4096) == 4096
+    assert preprocess.check_context_length(16, 64) == 16
+    with pytest.raises(ValueError, match="exceeds the model's limit"):
+        preprocess.check_context_length(65, 64)
+    with pytest.raises(ValueError, match="positive integer"):
+        preprocess.check_context_length(0, 64)
+    with pytest.raises(ValueError, match="scaling"):
+        preprocess.check_scaling("minmax")
+
+
+def test_pad_left_masks_padding():
+    batch = preprocess.pad_left([np.array([1.0, 2.0, 3.0]), np.array([5.0])])
+    assert batch.context.shape == (2, 3) and batch.context.dtype == torch.float32
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch.context[1].tolist() == [0.0, 0.0, 5.0]
+    assert preprocess.pad_left([np.ones(2), np.ones(2)]).attention_mask is None
+
+
+def test_padded_batch_equals_one_at_a_time(model):
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=n).cumsum() + 10 for n in (7, 30, 2, 19)]
+    together = preprocess.forecast_series(model, series, 9, batch_size=64)
+    alone = np.concatenate([preprocess.forecast_series(model, [s], 9) for s in series])
+    chunked = preprocess.forecast_series(model, series, 9, batch_size=3)
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(chunked, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_forecasts_are_shift_and_scale_equivariant(model):
+    rng = np.random.default_rng(1)
+    series = [np.sin(np.arange(40) / 3) + rng.normal(0, 0.1, 40), rng.normal(size=25).cumsum()]
+    base = preprocess.forecast_series(model, series, 12)
+    moved = preprocess.forecast_series(model, [1e3 + 250.0 * s for s in series], 12)
+    np.testing.assert_allclose(moved, 1e3 + 250.0 * base, rtol=1e-4)
+    assert np.ptp(base, axis=1).min() > 1e-3  # the model really varies over the horizon
+
+
+def test_constant_series_forecasts_the_constant(model):
+    out = preprocess.forecast_series(model, [np.full(20, 7.5), np.array([np.nan, -2.0, -2.0])], 5)
+    np.testing.assert_array_equal(out, [[7.5] * 5, [-2.0] * 5])
+
+
+def test_scaling_none_feeds_raw_values(model):
+    x = np.sin(np.arange(30) / 4)
+    raw = preprocess.forecast_series(model, [x], 4, scaling="none")
+    direct = model.forecast(torch.tensor(x, dtype=torch.float32)[None], 4).double().numpy()
+    np.testing.assert_allclose(raw, direct, rtol=1e-5)
+
+
+def test_context_length_keeps_the_most_recent_points(model):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=50).cumsum()
+    short = preprocess.forecast_series(model, [x], 3, context_length=16)
+    tail = preprocess.forecast_series(model, [x[-16:]], 3)
+    np.testing.assert_allclose(short, tail, rtol=1e-6)
+
+
+def test_missing_values_inside_equal_interpolated_input(model):
+    x = np.arange(20.0) ** 1.1
+    gappy = x.copy()
+    gappy[[5, 6, 12]] = np.nan
+    filled = preprocess.fill_missing(gappy)
+    np.testing.assert_allclose(
+        preprocess.forecast_series(model, [np.r_[np.nan, np.nan, gappy]], 4),
+        preprocess.forecast_series(model, [filled], 4),
+    )

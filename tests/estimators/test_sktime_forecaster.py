@@ -1,0 +1,331 @@
+"""TimeMoEForecaster behaviour: horizons, index types, batching, intervals, training isolation, bad input."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("sktime")
+
+from sktime.datasets import load_airline, load_longley  # noqa: E402
+from sktime.forecasting.base import ForecastingHorizon  # noqa: E402
+
+from tests.helpers import make_model  # noqa: E402
+from timemoe_forecaster import TimeMoEForecaster  # noqa: E402
+
+TINY = {"preset": "tiny", "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny checkpoint with large weights, so forecasts move (random init is near zero)."""
+    path = tmp_path_factory.mktemp("tiny_ckpt")
+    make_model(seed=5).save_pretrained(path)
+    return str(path)
+
+
+def forecaster(checkpoint, **kwargs):
+    kwargs.setdefault("context_length", 48)
+    kwargs.setdefault("device", "cpu")
+    return TimeMoEForecaster(model_path=checkpoint, **kwargs)
+
+
+def count_calls(f):
+    """Wrap the fitted model's forecast to count batched model calls."""
+    calls = []
+    original = f.model_.forecast
+
+    def counted(context, horizon, attention_mask=None):
+        calls.append(tuple(context.shape))
+        return original(context, horizon, attention_mask)
+
+    f.model_.forecast = counted
+    return calls
+
+
+def panel(n_instances=4, length=40, columns=("a",), seed=0, ragged=False):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n_instances):
+        n = length - (3 * i if ragged else 0)
+        idx = pd.MultiIndex.from_product([[f"s{i}"], pd.RangeIndex(n)], names=["id", "t"])
+        data = {c: 10 * (i + 1) + rng.normal(size=n).cumsum() for c in columns}
+        frames.append(pd.DataFrame(data, index=idx))
+    return pd.concat(frames)
+
+
+# Horizons and index types ------------------------------------------------------------------------
+def test_airline_relative_absolute_and_non_contiguous_fh_agree(checkpoint):
+    y = load_airline()
+    f = forecaster(checkpoint).fit(y)
+    full = f.predict(fh=np.arange(1, 13))
+    assert isinstance(full.index, pd.PeriodIndex) and full.index[0] == pd.Period("1961-01", "M")
+    picked = f.predict(fh=[3, 1, 12])
+    np.testing.assert_allclose(picked.loc[[pd.Period("1961-03", "M")]], full.iloc[[2]])
+    absolute = f.predict(fh=ForecastingHorizon(pd.PeriodIndex(["1961-02", "1961-12"], freq="M"), is_relative=False))
+    np.testing.assert_allclose(absolute.to_numpy(), full.iloc[[1, 11]].to_numpy())
+    assert np.isfinite(full.to_numpy()).all() and full.std() > 0
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        (pd.RangeIndex(30), pd.Index([30, 31, 34])),
+        (
+            pd.date_range("2020-01-01", periods=30, freq="D"),
+            pd.DatetimeIndex(["2020-01-31", "2020-02-01", "2020-02-04"]),
+        ),
+        (pd.period_range("2000Q1", periods=30, freq="Q"), pd.PeriodIndex(["2007Q3", "2007Q4", "2008Q3"], freq="Q")),
+    ],
+)
+def test_index_type_is_kept(checkpoint, index, expected):
+    y = pd.Series(np.sin(np.arange(30) / 3) + 5, index=index)
+    pred = forecaster(checkpoint).fit(y).predict(fh=[1, 2, 5])
+    assert type(pred.index) is type(expected) or pd.api.types.is_integer_dtype(pred.index)
+    assert list(pred.index) == list(expected)
+
+
+def test_in_sample_fh_is_a_clear_error(checkpoint):
+    f = forecaster(checkpoint).fit(load_airline())
+    with pytest.raises(Exception, match="in-sample|insample"):
+        f.predict(fh=[-1, 0, 1])
+
+
+# Batching: channels, panels, hierarchies ---------------------------------------------------------
+def test_multivariate_longley_is_one_batched_call_channel_independent(checkpoint):
+    _, X = load_longley()
+    f = forecaster(checkpoint).fit(X)
+    calls = count_calls(f)
+    pred = f.predict(fh=[1, 2, 3])
+    assert calls == [(X.shape[1], len(X))]  # one call, one row per column
+    assert list(pred.columns) == list(X.columns)
+    alone = forecaster(checkpoint).fit(X[["GNP"]]).predict(fh=[1, 2, 3])
+    np.testing.assert_allclose(pred["GNP"], alone["GNP"], rtol=1e-5)
+
+
+def test_ragged_panel_is_one_padded_call_and_matches_single_series(checkpoint):
+    y = panel(n_instances=5, ragged=True, columns=("a", "b"))
+    f = forecaster(checkpoint, batch_size=64).fit(y)
+    calls = count_calls(f)
+    fh = [1, 2]
+    pred = f.predict(fh=fh)
+    assert len(calls) == 1 and calls[0][0] == 10
+    one = y.loc["s3"]
+    single = forecaster(checkpoint).fit(one).predict(fh=fh)
+    # s3 ends 9 steps before the panel's cutoff, so its rows are the steps 10 and 11 of its own forecast.
+    own = forecaster(checkpoint).fit(one).predict(fh=[10, 11])
+    np.testing.assert_allclose(pred.loc["s3"].to_numpy(), own.to_numpy(), rtol=1e-5)
+    assert single.shape == (2, 2)
+    assert pred.index.get_level_values(0).unique().tolist() == [f"s{i}" for i in range(5)]
+
+
+def test_batch_size_chunks_but_does_not_change_forecasts(checkpoint):
+    y = panel(n_instances=5)
+    big = forecaster(checkpoint, batch_size=64).fit(y)
+    small = forecaster(checkpoint, batch_size=2).fit(y)
+    calls = count_calls(small)
+    np.testing.assert_allclose(big.predict(fh=[1, 4]), small.predict(fh=[1, 4]), rtol=1e-5)
+    assert len(calls) == 3
+
+
+def test_hierarchical_data(checkpoint):
+    from sktime.utils._testing.hierarchical import _make_hierarchical
+
+    y = _make_hierarchical(hierarchy_levels=(2, 3), min_timepoints=20, max_timepoints=20, random_state=0)
+    pred = forecaster(checkpoint).fit(y).predict(fh=[1, 2])
+    assert pred.index.nlevels == 3 and len(pred) == 12
+
+
+# Scaling, constants, missing values --------------------------------------------------------------
+def test_equivariance_and_constant_series(checkpoint):
+    y = load_airline()
+    base = forecaster(checkpoint).fit(y).predict(fh=[1, 6])
+    moved = forecaster(checkpoint).fit(3.0 * y - 500.0).predict(fh=[1, 6])
+    np.testing.assert_allclose(moved, 3.0 * base - 500.0, rtol=1e-5)
+    const = forecaster(checkpoint).fit(pd.Series(np.full(20, 4.25))).predict(fh=[1, 2, 3])
+    np.testing.assert_array_equal(const.to_numpy(), 4.25)
+
+
+def test_missing_values_are_interpolated(checkpoint):
+    y = load_airline()
+    gappy = y.copy()
+    gappy.iloc[[0, 1, 50, 51, 100]] = np.nan
+    filled = gappy.iloc[2:].interpolate()
+    pred = forecaster(checkpoint).fit(gappy).predict(fh=[1, 2])
+    np.testing.assert_allclose(pred, forecaster(checkpoint).fit(filled).predict(fh=[1, 2]), rtol=1e-6)
+    assert TimeMoEForecaster.get_class_tag("capability:missing_values") is True
+
+
+def test_user_data_is_never_modified(checkpoint):
+    y = load_airline()
+    y.iloc[5] = np.nan
+    before = y.copy(deep=True)
+    f = forecaster(checkpoint).fit(y)
+    f.predict(fh=[1, 2])
+    f.predict_interval(fh=[1, 2])
+    f.update(before.iloc[-3:] * 0 + 1, update_params=False)
+    pd.testing.assert_series_equal(y, before)
+
+
+# Update and context length -----------------------------------------------------------------------
+def test_update_extends_the_context(checkpoint):
+    y = load_airline()
+    f = forecaster(checkpoint).fit(y.iloc[:120])
+    f.update(y.iloc[120:], update_params=True)
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), forecaster(checkpoint).fit(y).predict(fh=[1, 2]), rtol=1e-6)
+    assert f.cutoff[0] == y.index[-1]
+
+
+def test_context_length_none_truncates_with_a_warning(caplog):
+    y = pd.Series(np.sin(np.arange(200) / 7))
+    config = {"preset": "tiny", "max_position_embeddings": 64}
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        f = TimeMoEForecaster(config=config, device="cpu").fit(y)
+    assert "most recent 64 points" in caplog.text
+    short = TimeMoEForecaster(config=config, context_length=64, device="cpu").fit(y)
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), short.predict(fh=[1, 2]))
+    with pytest.raises(ValueError, match="exceeds the model's limit"):
+        TimeMoEForecaster(config=config, context_length=65, device="cpu").fit(y)
+
+
+# Intervals ---------------------------------------------------------------------------------------
+def test_conformal_interval_coverage_on_synthetic_panel(checkpoint):
+    rng = np.random.default_rng(7)
+    n, length, horizon = 60, 104, 4
+    t = np.arange(length)
+    frames = []
+    for i in range(n):
+        noise = np.zeros(length)
+        for k in range(1, length):
+            noise[k] = 0.6 * noise[k - 1] + rng.normal()
+        values = 5 * np.sin(2 * np.pi * t / 12 + i) + noise + 20
+        frames.append(pd.DataFrame({"y": values}, index=pd.MultiIndex.from_product([[i], t])))
+    y = pd.concat(frames)
+    train = y[y.index.get_level_values(1) < length - horizon]
+    test = y[y.index.get_level_values(1) >= length - horizon]
+    f = forecaster(checkpoint, context_length=32).fit(train)
+    intervals = f.predict_interval(fh=range(1, horizon + 1), coverage=0.8)
+    lower = intervals[("y", 0.8, "lower")].to_numpy()
+    upper = intervals[("y", 0.8, "upper")].to_numpy()
+    truth = test["y"].to_numpy()
+    covered = ((truth >= lower) & (truth <= upper)).mean()
+    assert 0.7 <= covered <= 0.9, covered
+    quantiles = f.predict_quantiles(fh=[1, 2], alpha=[0.1, 0.5, 0.9])
+    assert (quantiles[("y", 0.1)] <= quantiles[("y", 0.5)]).all()
+    assert (quantiles[("y", 0.5)] <= quantiles[("y", 0.9)]).all()
+
+
+def test_intervals_are_equivariant(checkpoint):
+    y = load_airline()
+    a = forecaster(checkpoint, conformal_windows=10).fit(y).predict_interval(fh=[1, 3], coverage=0.9)
+    b = forecaster(checkpoint, conformal_windows=10).fit(2 * y + 7).predict_interval(fh=[1, 3], coverage=0.9)
+    np.testing.assert_allclose(b.to_numpy(), 2 * a.to_numpy() + 7, rtol=1e-5)
+
+
+# Models: default, presets, isolation -------------------------------------------------------------
+def test_default_model_is_the_labelled_placeholder(caplog):
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        f = TimeMoEForecaster(context_length=32, device="cpu").fit(load_airline())
+    assert "UNTRAINED PLACEHOLDER" in caplog.text
+    assert f.predict(fh=[1]).shape == (1,)
+
+
+def test_preset_models_are_seeded():
+    y = load_airline()
+    a = TimeMoEForecaster(config=TINY, seed=1, context_length=32).fit(y).predict(fh=[1, 2])
+    b = TimeMoEForecaster(config=TINY, seed=1, context_length=32).fit(y).predict(fh=[1, 2])
+    c = TimeMoEForecaster(config=TINY, seed=2, context_length=32).fit(y).predict(fh=[1, 2])
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_fine_tune_and_pretrain_never_touch_other_instances(checkpoint):
+    y = load_airline()
+    settings = {"steps": 2, "batch_size": 4, "max_length": 32, "lr": 1e-2}
+    zero = forecaster(checkpoint).fit(y)
+    before = zero.predict(fh=[1, 2])
+    tuned = forecaster(checkpoint, fine_tune=settings).fit(y)
+    assert tuned.fine_tune_result_["steps"] == 2
+    assert not np.allclose(tuned.predict(fh=[1, 2]), before)
+    pre = forecaster(checkpoint, pretrain_settings=settings).pretrain(panel(n_instances=3))
+    assert pre.state == "pretrained" and pre.pretrain_result_["steps"] == 2
+    pre.fit(y)
+    assert pre.model_ is pre.pretrained_model_
+    assert not np.allclose(pre.predict(fh=[1, 2]), before)
+    # Neither the zero-shot instance nor a new one has changed.
+    np.testing.assert_array_equal(zero.predict(fh=[1, 2]), before)
+    np.testing.assert_array_equal(forecaster(checkpoint).fit(y).predict(fh=[1, 2]), before)
+    # Clones keep the pretrained weights, as their own copy.
+    clone = pre.clone()
+    assert clone.state == "pretrained" and clone.pretrained_model_ is not pre.pretrained_model_
+    np.testing.assert_allclose(clone.fit(y).predict(fh=[1, 2]), pre.predict(fh=[1, 2]))
+
+
+def test_zero_shot_weights_are_read_only_aliases(checkpoint):
+    a = forecaster(checkpoint).fit(load_airline())
+    b = forecaster(checkpoint).fit(load_airline())
+    assert a.model_ is not b.model_
+    assert not any(p.requires_grad for p in a.model_.parameters())
+
+
+# Composition: pipelines, evaluation, tuning, clone, pickle ---------------------------------------
+def test_pipelines_evaluate_gridsearch_clone_pickle(checkpoint):
+    from sktime.forecasting.compose import ForecastingPipeline, TransformedTargetForecaster
+    from sktime.forecasting.model_evaluation import evaluate
+    from sktime.forecasting.model_selection import ForecastingGridSearchCV
+    from sktime.split import ExpandingWindowSplitter
+    from sktime.transformations.series.detrend import Deseasonalizer
+    from sktime.transformations.series.exponent import ExponentTransformer
+
+    y = load_airline()
+    f = forecaster(checkpoint, context_length=24)
+    ttf = TransformedTargetForecaster([("log", ExponentTransformer(power=0.5)), ("model", f)]).fit(y)
+    assert np.isfinite(ttf.predict(fh=[1, 2]).to_numpy()).all()
+    _, X = load_longley()
+    pipe = ForecastingPipeline([("deseason", Deseasonalizer(sp=1)), ("model", f)]).fit(X["GNP"], X=X[["POP"]])
+    assert pipe.predict(fh=[1], X=X[["POP"]].iloc[-1:] * 1.01).shape == (1,)
+    cv = ExpandingWindowSplitter(initial_window=100, step_length=20, fh=[1, 2, 3])
+    scores = evaluate(f, cv, y, return_data=False)
+    assert len(scores) == 3 and np.isfinite(scores.iloc[:, 0]).all()
+    grid = ForecastingGridSearchCV(f, cv=cv, param_grid={"context_length": [12, 36]}).fit(y)
+    assert grid.best_params_["context_length"] in (12, 36)
+    fitted = f.clone().fit(y)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(fh=[1, 2]), fitted.predict(fh=[1, 2]))
+
+
+# Bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "y, error, message",
+    [
+        (pd.Series([1.0, np.inf, 2.0, 3.0]), ValueError, "inf"),
+        (pd.Series([np.nan] * 5), ValueError, "only missing"),
+        (pd.Series([np.nan, 1.0]), ValueError, "observed point"),
+        (pd.Series([], dtype=float), ValueError, "empty"),
+        (pd.Series([True, False, True]), TypeError, "numeric"),
+        (pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]}), TypeError, "numeric|categorical"),
+    ],
+)
+def test_bad_series_are_clear_errors(checkpoint, y, error, message):
+    with pytest.raises(error, match=message):
+        forecaster(checkpoint).fit(y)
+
+
+def test_bad_parameters_are_clear_errors(tmp_path):
+    y = load_airline()
+    with pytest.raises(ValueError, match="does not exist"):
+        TimeMoEForecaster(model_path=str(tmp_path / "missing")).fit(y)
+    with pytest.raises(ValueError, match="preset"):
+        TimeMoEForecaster(config="nope").fit(y)
+    with pytest.raises(ValueError, match="model_path"):
+        TimeMoEForecaster(model_path=str(tmp_path), config="tiny").fit(y)
+    with pytest.raises(ValueError, match="scaling"):
+        TimeMoEForecaster(scaling="robust")
+    with pytest.raises(TypeError, match="fine_tune"):
+        TimeMoEForecaster(fine_tune=10)
+    with pytest.raises(ValueError, match="unknown fine-tuning setting"):
+        TimeMoEForecaster(config=TINY, fine_tune={"stepz": 3}).fit(y)

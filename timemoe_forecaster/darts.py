@@ -1,0 +1,241 @@
+"""darts adapter: ``TimeMoEModel``, a global darts model for zero-shot (or fine-tuned) Time-MoE forecasts.
+
+It subclasses darts' ``GlobalForecastingModel`` rather than ``FoundationModel``: the latter is a
+PyTorch-Lightning ``TorchForecastingModel`` with fixed input/output chunks, and neither Lightning nor
+fixed chunks fit a model that forecasts any horizon autoregressively from any context length (and
+pytorch-lightning is not a dependency of this package). Forecasting runs through
+:mod:`timemoe_forecaster.preprocess`, like the sktime adapter: every component of every series is
+one row of a left-padded batch (channel independence), chunked by ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from darts import TimeSeries
+from darts.models.forecasting.forecasting_model import GlobalForecastingModel
+
+from . import preprocess
+
+log = logging.getLogger(__name__)
+
+
+class TimeMoEModel(GlobalForecastingModel):
+    def __init__(
+        self,
+        model_path=None,
+        config=None,
+        context_length: int | None = None,
+        device="auto",
+        dtype=None,
+        batch_size: int = 64,
+        fine_tune: dict | None = None,
+        scaling: str = "standard",
+        seed: int = 0,
+        progress: bool = False,
+        add_encoders: dict | None = None,
+    ):
+        """Time-MoE foundation model for darts: zero-shot forecasts of any horizon, optionally fine-tuned.
+
+        Univariate and multivariate series (components are forecast independently, in one batch),
+        one series or a list of them. Covariates are not used. Missing values: leading NaN are
+        dropped, interior gaps linearly interpolated, trailing NaN hold the last observation.
+
+        Parameters
+        ----------
+        model_path
+            Checkpoint directory or hub id; None is the checkpoint embedded in the package (for now an
+            untrained placeholder, and a warning says so).
+        config
+            A preset name (``"tiny"``…) with ``model_path=None`` builds a fresh model seeded by
+            ``seed``; a dict overrides checkpoint config keys, or with ``"preset"`` a preset's.
+        context_length
+            Points of history fed to the model; None is all history up to the model's limit
+            (``max_position_embeddings``), keeping the most recent points of longer series.
+        device
+            "auto" (CUDA when available), "cpu", "cuda", …
+        dtype
+            Weights' dtype; None is float32.
+        batch_size
+            Series (components) per forward pass.
+        fine_tune
+            None: zero-shot, ``fit`` only validates. A dict of settings of
+            ``timemoe_forecaster.train.finetune.train_on_series`` (``steps`` or ``epochs``, ``lr``,
+            ``batch_size``, ``max_length``, …): ``fit`` fine-tunes a private copy of the model on every
+            component of the given series.
+        scaling
+            "standard" (each context standardised by its own mean and std, forecasts mapped back) or
+            "none".
+        seed
+            Seed of a fresh preset model and of fine-tuning.
+        progress
+            Progress bar while fine-tuning.
+        add_encoders
+            Not supported (the model takes no covariates); must be None.
+
+        Examples
+        --------
+        >>> from darts.datasets import AirPassengersDataset
+        >>> from timemoe_forecaster.darts import TimeMoEModel
+        >>> series = AirPassengersDataset().load()
+        >>> model = TimeMoEModel(config="tiny").fit(series)  # doctest: +SKIP
+        >>> model.predict(12)  # doctest: +SKIP
+        """
+        super().__init__(add_encoders=add_encoders)
+        if add_encoders is not None:
+            raise ValueError("TimeMoEModel takes no covariates, so add_encoders must be None")
+        preprocess.check_scaling(scaling)
+        if context_length is not None:
+            preprocess.check_context_length(context_length, 1 << 62)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if fine_tune is not None and not isinstance(fine_tune, dict):
+            raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
+        self.model_path = model_path
+        self.config = config
+        self.context_length = context_length
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.fine_tune = fine_tune
+        self.scaling = scaling
+        self.seed = seed
+        self.progress = progress
+        self._model = None
+        self.fine_tune_result = None
+
+    # Model ------------------------------------------------------------------------------------
+    def _load(self):
+        from .loading import load_model
+
+        if self._model is None:
+            self._model = load_model(self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype)
+            preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
+        return self._model
+
+    # darts API ----------------------------------------------------------------------------------
+    def fit(self, series, past_covariates=None, future_covariates=None, verbose=None, **kwargs):
+        """Validate ``series`` and load the model; with ``fine_tune``, fine-tune a private copy on it."""
+        if past_covariates is not None or future_covariates is not None:
+            raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
+        if kwargs:
+            raise TypeError(f"TimeMoEModel.fit got unexpected arguments {sorted(kwargs)}")
+        values = _component_arrays(_as_list(series))
+        model = self._load()
+        if self.fine_tune is not None:
+            from .loading import train_private_copy
+
+            self._model, self.fine_tune_result = train_private_copy(
+                model, values, self.fine_tune, seed=self.seed, progress=self.progress
+            )
+        return super().fit(series)
+
+    def predict(
+        self,
+        n: int,
+        series=None,
+        past_covariates=None,
+        future_covariates=None,
+        num_samples: int = 1,
+        verbose=None,
+        predict_likelihood_parameters: bool = False,
+        show_warnings: bool = True,
+        random_state=None,
+        **kwargs,
+    ):
+        """Forecast ``n`` steps after the end of ``series`` (one series or a list; default: the fit series)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be a positive integer (steps after the end of the series), got {n!r}")
+        if predict_likelihood_parameters:
+            raise ValueError("TimeMoEModel is deterministic: predict_likelihood_parameters is not supported")
+        if past_covariates is not None or future_covariates is not None:
+            raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
+        if series is None:
+            if self.training_series is None:
+                raise ValueError(
+                    "pass `series` to predict(): the model was fit on several series (or not on one series)"
+                )
+            series = self.training_series
+        super().predict(n, series, num_samples=num_samples, verbose=verbose, show_warnings=show_warnings)
+        single = isinstance(series, TimeSeries)
+        series_list = _as_list(series)
+        values = _component_arrays(series_list)
+        model = self._load()
+        points = preprocess.forecast_series(
+            model,
+            values,
+            int(n),
+            context_length=self.context_length,
+            scaling=self.scaling,
+            batch_size=self.batch_size,
+            device=next(model.parameters()).device,
+        )  # [sum of components, n]
+        out, row = [], 0
+        for s in series_list:
+            block = points[row : row + s.n_components].T  # [n, C]
+            row += s.n_components
+            out.append(self._build_forecast_series(block.astype(s.dtype, copy=False), input_series=s))
+        return out[0] if single else out
+
+    # darts properties ---------------------------------------------------------------------------
+    @property
+    def supports_multivariate(self) -> bool:
+        return True
+
+    @property
+    def supports_probabilistic_prediction(self) -> bool:
+        return False
+
+    @property
+    def supports_sample_weight(self) -> bool:
+        return False
+
+    @property
+    def supports_transferable_series_prediction(self) -> bool:
+        return True
+
+    @property
+    def _requires_training(self) -> bool:
+        return self.fine_tune is not None
+
+    @property
+    def min_train_samples(self) -> int:
+        return 1
+
+    @property
+    def _target_window_lengths(self) -> tuple[int, int]:
+        return self._min_context, 0
+
+    @property
+    def _min_context(self) -> int:
+        return self.context_length or preprocess.MIN_OBSERVED
+
+    @property
+    def extreme_lags(self):
+        return -self._min_context, -1, None, None, None, None, 0
+
+    @property
+    def _model_encoder_settings(self):
+        return None, None, False, False, None, None
+
+
+def _as_list(series) -> list[TimeSeries]:
+    if isinstance(series, TimeSeries):
+        return [series]
+    if isinstance(series, Sequence) and not isinstance(series, (str, bytes)) and len(series) > 0:
+        if all(isinstance(s, TimeSeries) for s in series):
+            return list(series)
+    raise TypeError(f"series must be a darts TimeSeries or a non-empty list of them, got {type(series).__name__}")
+
+
+def _component_arrays(series_list: list[TimeSeries]) -> list[np.ndarray]:
+    """Every component of every series as a validated float64 array (NaN allowed, inf not)."""
+    out = []
+    for k, s in enumerate(series_list):
+        values = preprocess.as_float_array(s.values(copy=False), name=f"series {k}")  # [T, C]
+        for c, name in enumerate(s.components):
+            preprocess.fill_missing(values[:, c], name=f"series {k}, component {name!r}")  # validates
+            out.append(values[:, c])
+    return out
