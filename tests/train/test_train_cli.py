@@ -1,0 +1,117 @@
+"""The ``timemoe`` command line: pretrain, finetune and forecast end to end, and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from timemoe_forecaster import TimeMoEForPrediction
+from timemoe_forecaster.cli import build_parser, main, train_config_from_args
+from timemoe_forecaster.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--data", "synthetic#max_length=512", "--batch-size", "2", "--max-length", "32", "--no-progress"]
+
+
+def rows(text: str, kind: str) -> int:
+    return sum(line.split()[:1] == [kind] for line in text.splitlines())
+
+
+def test_pretrain_then_finetune_then_forecast(tmp_path, capsys):
+    out = tmp_path / "pre"
+    assert (
+        main(["pretrain", "--config", "tiny", *FAST, "--max-steps", "3", "--output-dir", str(out), "--save-every", "2"])
+        == 0
+    )
+    assert "trained 3 steps" in capsys.readouterr().out
+    model = TimeMoEForPrediction.from_pretrained(out)
+    assert model.config.hidden_size == 8 and [r["step"] for r in read_metrics(out)] == [3]  # log_every 10
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000002", "step_00000003"]
+
+    tuned = tmp_path / "tuned"
+    args = ["finetune", "--model", str(out), *FAST, "--max-steps", "2", "--output-dir", str(tuned), "--lr", "1e-3"]
+    assert main(args) == 0
+    after = TimeMoEForPrediction.from_pretrained(tuned).state_dict()
+    before = model.state_dict()
+    assert set(after) == set(before) and any(not torch.equal(before[k], after[k]) for k in before)
+
+    assert main(["forecast", "--model", str(tuned), "--dataset", "airline", "--horizon", "5", "--show", "3"]) == 0
+    text = capsys.readouterr().out
+    assert rows(text, "forecast") == 5 and rows(text, "observed") == 3
+    assert "1961-01" in text and "UNTRAINED" not in text
+
+
+def test_forecast_default_model_says_it_is_a_placeholder(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    csv.write_text("t,a,b\n" + "".join(f"{i},{i % 7},{(i % 5) * 2.0}\n" for i in range(60)))
+    assert main(["forecast", "--dataset", str(csv), "--column", "a", "--horizon", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "UNTRAINED PLACEHOLDER" in text and rows(text, "forecast") == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--dataset", str(csv), "--column", "zzz"])
+    assert exit_info.value.code == 2
+    assert "--column 'zzz'" in capsys.readouterr().err
+
+
+def test_flags_map_one_to_one_onto_train_config():
+    args = build_parser().parse_args(
+        [
+            "pretrain",
+            "--data",
+            "a.csv",
+            "synthetic",
+            "--data-weights",
+            "1,3",
+            "--betas",
+            "0.8",
+            "0.9",
+            "--fsdp",
+            "true",
+            "--no-pack",
+            "--activation-checkpointing",
+            "--optim-dtype",
+            "bf16",
+            "--fused",
+            "false",
+        ]
+    )
+    cfg = train_config_from_args(args)
+    assert cfg.data == ["a.csv", "synthetic"] and cfg.data_weights == [1.0, 3.0]
+    assert cfg.betas == (0.8, 0.9) and cfg.fsdp is True and cfg.pack is False and cfg.fused is False
+    assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16"
+    cfg = train_config_from_args(build_parser().parse_args(["finetune", "--model", "some/dir"]))
+    assert cfg.init_from == "some/dir" and cfg.lr == 1e-4
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["pretrain", "--max-steps", "0"], "max_steps must be a positive integer"),
+        (["pretrain", "--config", "nope", "--max-steps", "1"], "neither a preset"),
+        (["pretrain", "--data", "/no/such/file.csv", "--max-steps", "1"], "file.csv"),
+        (["finetune", "--model", "/no/such/dir", "--max-steps", "1"], "does not exist"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output-dir", str(tmp_path), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_module_entry_point_runs():
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "timemoe_forecaster.cli", "pretrain", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "--max-steps" in done.stdout and "--grad-accum" in done.stdout

@@ -1,0 +1,113 @@
+"""Two gloo processes under torchrun equal one process with the same global batch (DDP and FSDP2).
+
+Rank r of 2 draws its micro-batch from data shard r; one process with --grad-accum 2 draws micro-batch
+a from shard a: the same rows, so the weights must agree (they do to the last bit on CPU, the test
+allows fp32 tolerance). The FSDP2 run is also killed and resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from timemoe_forecaster.train import state as ckpt
+from timemoe_forecaster.train.trainer import TrainConfig, train
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = dict(
+    data=["synthetic#max_length=512"],
+    max_steps=3,
+    batch_size=2,
+    max_length=48,
+    lr=1e-2,
+    seed=5,
+    log_every=1,
+    progress=False,
+)
+
+
+def flags(**settings) -> list[str]:
+    out = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def torchrun(output_dir: Path, *extra: str) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "timemoe_forecaster.cli",
+        "pretrain",
+        *flags(**SETTINGS),
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return ckpt.read_model(directory)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
+    try:
+        train(TrainConfig(**SETTINGS, grad_accum=2, output_dir=str(out)))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path):
+    torchrun(tmp_path, "--fsdp", "false")
+    assert_same(weights(single), weights(tmp_path))
+
+
+def test_fsdp2_equals_one_process_and_resumes_exactly(single, tmp_path):
+    torchrun(tmp_path, "--fsdp", "true", "--save-every", "1")
+    assert_same(weights(single), weights(tmp_path))
+    # "kill" after step 2: drop the step-3 checkpoint and the final model, resume on two processes
+    straight = weights(tmp_path / "checkpoints" / "step_00000003")
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000003")
+    (tmp_path / "checkpoints" / "latest").unlink()
+    (tmp_path / "model.safetensors").unlink()
+    torchrun(tmp_path, "--fsdp", "true", "--save-every", "1", "--resume")
+    resumed = weights(tmp_path / "checkpoints" / "step_00000003")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert (tmp_path / "model.safetensors").exists()

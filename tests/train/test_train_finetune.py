@@ -1,0 +1,75 @@
+"""train_on_series: the fine-tuning entry point of the estimators and the benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import make_model
+from timemoe_forecaster.train import train_on_series
+
+
+def sine(n=400, period=24, level=50.0, amplitude=10.0):
+    t = np.arange(n)
+    return level + amplitude * np.sin(2 * np.pi * t / period)
+
+
+def test_loss_falls_on_a_sine_and_model_ends_in_eval_mode():
+    model = make_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    result = train_on_series(model, [sine()], steps=30, lr=1e-2, batch_size=8, max_length=128, seed=1)
+    assert result["steps"] == 30 and len(result["losses"]) == 30
+    assert result["final_loss"] == result["losses"][-1]
+    assert np.mean(result["losses"][-5:]) < 0.8 * np.mean(result["losses"][:5])
+    assert not model.training
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # trained in place
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's torch RNG is left alone
+
+
+def test_same_seed_same_result_and_nan_runs_are_split():
+    y = sine(300)
+    y[100:110] = np.nan  # one NaN run: two segments
+    runs = []
+    for _ in range(2):
+        model = make_model()
+        runs.append(train_on_series(model, [y, sine(50, 7)], steps=3, batch_size=4, max_length=64, seed=3)["losses"])
+    assert runs[0] == runs[1]
+    assert all(np.isfinite(runs[0]))
+
+
+def test_epochs_count_windows():
+    # 2 series of 200 points, max_length 64: ceil(200 / 65) = 4 windows each -> 8 windows, batch 4 -> 2 steps/epoch
+    result = train_on_series(make_model(), [sine(200), sine(200)], epochs=3, batch_size=4, max_length=64)
+    assert result["steps"] == 6
+
+
+def test_default_is_100_steps_and_short_series_work():
+    result = train_on_series(make_model(), [np.array([1.0, 2.0, 3.0, 2.0, 1.0])], batch_size=2, max_length=16)
+    assert result["steps"] == 100
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(steps=3, epochs=1), ValueError, "either steps or epochs"),
+        (dict(steps=0), ValueError, "steps"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(max_length=100_000), ValueError, "max_position_embeddings"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        train_on_series(make_model(), [sine()], **kwargs)
+
+
+def test_bad_series():
+    with pytest.raises(ValueError, match="two consecutive finite"):
+        train_on_series(make_model(), [np.array([np.nan, 1.0, np.nan])], steps=1)
+    with pytest.raises(TypeError, match="list of 1-D"):
+        train_on_series(make_model(), "not a series", steps=1)
+    with pytest.raises(ValueError, match="1-D"):
+        train_on_series(make_model(), [np.ones((3, 4))], steps=1)
+    with pytest.raises(TypeError, match="TimeMoEForPrediction"):
+        train_on_series(object(), [sine()], steps=1)

@@ -1,0 +1,109 @@
+"""Training settings: one dataclass whose fields are the CLI flags one to one (``--max-steps``).
+
+Runtime choices of how to train live here; the model's architecture stays in its config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .optim import OPTIM_DTYPES
+
+DTYPES = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; each field is one CLI flag (``--max-steps`` for ``max_steps``)."""
+
+    config: str = "tiny"  # preset name or config.json path (ignored with init_from)
+    init_from: str | None = None  # checkpoint directory to start from (fine-tuning)
+    data: list[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic" and/or paths
+    data_weights: list[float] | None = None  # mixture weight per data source
+    eval_data: list[str] | None = None  # held-out data (default: the training specs, other windows/seed)
+    output_dir: str | None = "runs/pretrain"
+    max_steps: int = 1000
+    batch_size: int = 8  # rows per micro-batch per rank
+    grad_accum: int = 1
+    max_length: int = 512
+    min_length: int = 17  # shortest window kept (points)
+    pack: bool = True
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    dtype: str = "auto"  # "auto" = bf16 autocast on GPU, fp32 on CPU
+    optim_dtype: str = "fp32"  # "bf16": bf16 weights + AdamW states, stochastic rounding (see optim.py)
+    fused: bool | None = None  # fused AdamW kernel (None = on GPU)
+    attn_backend: str = "sdpa"
+    moe_dispatch: str = "auto"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    fsdp: bool | str = "auto"  # True/False or "auto" (FSDP2 for >= 1B parameters on several ranks)
+    device: str | None = None  # None = this rank's GPU if any, else CPU
+    save_every: int = 0  # 0 = only at the end
+    keep_checkpoints: int = 2
+    save_dtype: str = "fp32"  # dtype of the final model.safetensors
+    eval_every: int = 0  # 0 = never
+    eval_batches: int = 4
+    seed: int = 0
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    time_limit: float = 0.0  # seconds; stop (with a checkpoint) when exceeded, 0 = none
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        self.betas = tuple(float(b) for b in self.betas)
+        if isinstance(self.fsdp, str) and self.fsdp.lower() in ("true", "on", "1", "yes", "false", "off", "0", "no"):
+            self.fsdp = self.fsdp.lower() in ("true", "on", "1", "yes")
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "min_length", "log_every", "eval_batches"):
+            value = getattr(self, name)
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be a positive integer, got {value!r}",
+            )
+        for name in ("save_every", "eval_every", "warmup_steps", "seed", "keep_checkpoints"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two values in [0, 1), got {self.betas}",
+        )
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        need(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        need(self.optim_dtype in OPTIM_DTYPES, f"optim_dtype must be one of {OPTIM_DTYPES}, got {self.optim_dtype!r}")
+        need(self.save_dtype in ("fp32", "bf16"), f"save_dtype must be 'fp32' or 'bf16', got {self.save_dtype!r}")
+        need(self.fsdp in (True, False, "auto"), f"fsdp must be true, false or 'auto', got {self.fsdp!r}")
+        need(self.time_limit >= 0, f"time_limit must be >= 0 seconds, got {self.time_limit}")
+        need(
+            bool(self.data) and all(isinstance(d, str) and d for d in self.data),
+            f"data must list at least one spec ('synthetic' or a path), got {self.data!r}",
+        )
+        if self.data_weights is not None:
+            need(all(w > 0 for w in self.data_weights), f"data_weights must be positive, got {self.data_weights}")
+        need(not (self.resume and self.output_dir is None), "resume needs an output_dir holding checkpoints")
+        need(not (self.save_every and self.output_dir is None), "save_every needs an output_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
