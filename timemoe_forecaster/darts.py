@@ -115,6 +115,32 @@ class TimeMoEModel(GlobalForecastingModel):
             preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
         return self._model
 
+    # Saving: darts pickles the model and unpickles with an allow-list; keep the pickle to plain
+    # values (config dict, weights as numpy arrays), so only this class needs allow-listing. A
+    # zero-shot model is reloaded from model_path / config instead of being stored.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        model = state.pop("_model", None)
+        if model is not None and self.fine_tune is not None:  # trained weights cannot be reloaded
+            weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+            state["_weights"] = (model.config.to_dict(), weights)
+        return state
+
+    def __setstate__(self, state):
+        weights = state.pop("_weights", None)
+        self.__dict__.update(state)
+        self._model = None
+        if weights is not None:
+            self._model = _model_from_weights(*weights, device=self.device, dtype=self.dtype)
+
+    @classmethod
+    def load(cls, path, trusted: bool = False, **kwargs):
+        """Load a model saved with :meth:`save` (this class is allow-listed for darts' safe loading)."""
+        from darts.utils.serialization import safe_globals
+
+        with safe_globals([TimeMoEModel]):
+            return super().load(path, trusted=trusted, **kwargs)
+
     # darts API ----------------------------------------------------------------------------------
     def fit(self, series, past_covariates=None, future_covariates=None, verbose=None, **kwargs):
         """Validate ``series`` and load the model; with ``fine_tune``, fine-tune a private copy on it."""
@@ -179,6 +205,96 @@ class TimeMoEModel(GlobalForecastingModel):
             out.append(self._build_forecast_series(block.astype(s.dtype, copy=False), input_series=s))
         return out[0] if single else out
 
+    # Historical forecasts: every cut-off of every series in one batched call -------------------------
+    def _check_optimizable_historical_forecasts(self, retrain) -> bool:
+        from darts.utils.historical_forecasts.utils import _check_optimizable_historical_forecasts_global_models
+
+        return _check_optimizable_historical_forecasts_global_models(retrain)
+
+    def _optimized_historical_forecasts(
+        self,
+        series,
+        past_covariates=None,
+        future_covariates=None,
+        num_samples: int = 1,
+        start=None,
+        start_format="value",
+        forecast_horizon: int = 1,
+        stride: int = 1,
+        overlap_end: bool = False,
+        last_points_only: bool = True,
+        verbose: bool = False,
+        show_warnings: bool = True,
+        predict_likelihood_parameters: bool = False,
+        random_state=None,
+        predict_kwargs=None,
+    ):
+        """Forecasts from all cut-offs at once; each equals ``predict(forecast_horizon, series[:cut-off])``."""
+        from darts.utils.historical_forecasts.utils import (
+            _get_historical_forecast_boundaries,
+            _process_predict_start_points_bounds,
+        )
+        from darts.utils.timeseries_generation import _build_forecast_series_from_schema
+
+        if past_covariates is not None or future_covariates is not None:
+            raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
+        if predict_likelihood_parameters or num_samples != 1:
+            raise ValueError("TimeMoEModel is deterministic: use num_samples=1 and no likelihood parameters")
+        series = _as_list(series)
+        bounds = []
+        for idx, s in enumerate(series):
+            first, last = _get_historical_forecast_boundaries(
+                self, s, idx, None, None, start, start_format, forecast_horizon, overlap_end, stride, s.freq,
+                show_warnings,
+            )[:2]  # fmt: skip
+            left = len(s) if first > s.end_time() else s.get_index_at_point(first)
+            right = len(s) if last > s.end_time() else s.get_index_at_point(last)
+            bounds.append((left, right))
+        bounds, cum_lengths = _process_predict_start_points_bounds(series, np.array(bounds), stride)
+        model = self._load()
+        length = preprocess.check_context_length(self.context_length, model.config.max_position_embeddings)
+        contexts, jobs = [], []
+        for s, (left, right) in zip(series, bounds):
+            values = preprocess.as_float_array(s.values(copy=False))  # [T, C]
+            # Without gaps the last `length` points suffice; with gaps each prefix is filled on its own
+            # (trailing NaN hold the last value), exactly as predict() on the truncated series.
+            window = length if not np.isnan(values).any() else None
+            for cut in range(left, right + 1, stride):
+                lo = 0 if window is None else max(0, cut - window)
+                contexts.extend(values[lo:cut, c] for c in range(values.shape[1]))
+                jobs.append(cut)
+        points = preprocess.forecast_series(
+            model, contexts, forecast_horizon, context_length=length, scaling=self.scaling,
+            batch_size=self.batch_size, device=next(model.parameters()).device,
+        )  # fmt: skip
+        out, row, job = [], 0, 0
+        for s, count in zip(series, np.diff(np.r_[0, cum_lengths])):
+            c = s.n_components
+            block = points[row : row + count * c].reshape(count, c, forecast_horizon).transpose(0, 2, 1)  # [F, L, C]
+            cuts = jobs[job : job + count]
+            row, job = row + count * c, job + count
+            schema = s.schema()
+            starts = [s._time_index[k] if k < len(s) else s.end_time() + (k - len(s) + 1) * s.freq for k in cuts]
+            if last_points_only:
+                schema["time_freq"] = s.freq * stride
+                out.append(
+                    _build_forecast_series_from_schema(
+                        values=block[:, -1, :].astype(s.dtype),
+                        schema=schema,
+                        pred_start=starts[0] + (forecast_horizon - 1) * s.freq,
+                        predict_likelihood_parameters=False,
+                    )
+                )
+            else:
+                out.append([
+                    _build_forecast_series_from_schema(
+                        values=block[k].astype(s.dtype), schema=schema, pred_start=starts[k],
+                        predict_likelihood_parameters=False,
+                    )
+                    for k in range(count)
+                ])  # fmt: skip
+        return out
+
     # darts properties ---------------------------------------------------------------------------
     @property
     def supports_multivariate(self) -> bool:
@@ -219,6 +335,19 @@ class TimeMoEModel(GlobalForecastingModel):
     @property
     def _model_encoder_settings(self):
         return None, None, False, False, None, None
+
+
+def _model_from_weights(config: dict, state: dict, device, dtype):
+    import torch
+
+    from .config import TimeMoEConfig
+    from .loading import resolve_device, resolve_dtype
+    from .model import TimeMoEForPrediction
+
+    with torch.device("meta"):
+        model = TimeMoEForPrediction(TimeMoEConfig.from_dict(config))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, assign=True)
+    return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).requires_grad_(False).eval()
 
 
 def _as_list(series) -> list[TimeSeries]:

@@ -1,0 +1,151 @@
+"""darts TimeMoEModel: zero-shot predict on one, many and multivariate series, backtests, fine-tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("darts")
+
+from darts import TimeSeries  # noqa: E402
+
+from tests.helpers import make_model  # noqa: E402
+from timemoe_forecaster import preprocess  # noqa: E402
+from timemoe_forecaster.darts import TimeMoEModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_darts_ckpt")
+    make_model(seed=6).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def airline():
+    from sktime.datasets import load_airline
+
+    return TimeSeries.from_series(load_airline().to_timestamp(freq="M").astype("float64"))
+
+
+def model(checkpoint, **kwargs):
+    kwargs.setdefault("context_length", 48)
+    kwargs.setdefault("device", "cpu")
+    return TimeMoEModel(model_path=checkpoint, **kwargs)
+
+
+def multivariate(n=40):
+    t = np.arange(n, dtype=float)
+    return TimeSeries.from_dataframe(pd.DataFrame({"a": np.sin(t / 4) * 3 + 10, "b": t * 0.5 - 2}))
+
+
+def test_predict_one_series_matches_preprocess(checkpoint, airline):
+    m = model(checkpoint).fit(airline)
+    pred = m.predict(12)
+    assert len(pred) == 12 and pred.start_time() == airline.end_time() + airline.freq
+    expected = preprocess.forecast_series(m._model, [airline.values()[:, 0]], 12, context_length=48)[0]
+    np.testing.assert_allclose(pred.values()[:, 0], expected, rtol=1e-6)
+
+
+def test_list_and_multivariate_in_one_batched_call(checkpoint, airline):
+    m = model(checkpoint).fit(airline)
+    calls = []
+    original = m._model.forecast
+    m._model.forecast = lambda c, h, a=None: calls.append(tuple(c.shape)) or original(c, h, a)
+    mv = multivariate()
+    preds = m.predict(5, series=[airline, mv])
+    assert len(calls) == 1 and calls[0][0] == 3  # 1 + 2 components, one call
+    assert preds[1].components.tolist() == ["a", "b"] and len(preds[1]) == 5
+    alone = m.predict(5, series=mv["b"])
+    np.testing.assert_allclose(preds[1]["b"].values(), alone.values(), rtol=1e-5)
+
+
+def test_historical_forecasts_and_backtest_without_retraining(checkpoint, airline):
+    m = model(checkpoint).fit(airline)
+    hist = m.historical_forecasts(airline, start=120, forecast_horizon=3, retrain=False, last_points_only=False)
+    assert len(hist) == len(airline) - 120 - 2
+    first = hist[0]
+    direct = m.predict(3, series=airline[:120])
+    np.testing.assert_allclose(first.values(), direct.values(), rtol=1e-6)
+    error = m.backtest(airline, start=120, forecast_horizon=3, retrain=False)
+    assert np.isfinite(error) and error > 0
+
+
+@pytest.mark.parametrize("last_points_only, stride", [(True, 1), (False, 3)])
+def test_batched_historical_forecasts_equal_the_one_by_one_path(checkpoint, airline, last_points_only, stride):
+    m = model(checkpoint, batch_size=4096).fit(airline)
+    gappy = airline.with_values(np.where(np.arange(len(airline))[:, None] % 17 == 5, np.nan, airline.values()))
+    kwargs = dict(start=0.8, forecast_horizon=4, stride=stride, retrain=False, last_points_only=last_points_only)
+    calls = []
+    original = m._model.forecast
+    m._model.forecast = lambda c, h, a=None: calls.append(1) or original(c, h, a)
+    fast = m.historical_forecasts([airline, gappy, multivariate(60)], **kwargs)
+    assert len(calls) == 1
+    slow = m.historical_forecasts([airline, gappy, multivariate(60)], enable_optimization=False, **kwargs)
+    for f_series, s_series in zip(fast, slow):
+        pairs = [(f_series, s_series)] if last_points_only else list(zip(f_series, s_series))
+        assert len(pairs) > 0 and (last_points_only or len(f_series) == len(s_series))
+        for a, b in pairs:
+            assert a.time_index.equals(b.time_index) and a.components.equals(b.components)
+            np.testing.assert_allclose(a.values(), b.values(), rtol=1e-5)
+
+
+def test_fine_tuning_trains_a_private_copy(checkpoint, airline):
+    zero = model(checkpoint).fit(airline)
+    before = zero.predict(3).values()
+    settings = {"steps": 2, "batch_size": 4, "max_length": 32, "lr": 1e-2}
+    tuned = model(checkpoint, fine_tune=settings).fit([airline, multivariate()])
+    assert tuned.fine_tune_result["steps"] == 2
+    assert not np.allclose(tuned.predict(3, series=airline).values(), before)
+    np.testing.assert_array_equal(zero.predict(3).values(), before)
+    np.testing.assert_array_equal(model(checkpoint).fit(airline).predict(3).values(), before)
+
+
+def test_missing_values_and_input_unchanged(checkpoint, airline):
+    values = airline.values().copy()
+    values[[0, 40, 41]] = np.nan
+    gappy = airline.with_values(values)
+    snapshot = gappy.values().copy()
+    m = model(checkpoint).fit(gappy)
+    pred = m.predict(4)
+    assert np.isfinite(pred.values()).all()
+    np.testing.assert_array_equal(gappy.values(), snapshot)
+
+
+def test_save_load_and_untrained_model(checkpoint, airline, tmp_path):
+    m = model(checkpoint).fit(airline)
+    m.save(str(tmp_path / "m.pkl"))
+    loaded = TimeMoEModel.load(str(tmp_path / "m.pkl"))
+    np.testing.assert_array_equal(loaded.predict(3).values(), m.predict(3).values())
+    fresh = m.untrained_model()
+    assert fresh.context_length == 48 and fresh._model is None
+    settings = {"steps": 1, "batch_size": 2, "max_length": 16, "lr": 1e-2}
+    tuned = model(checkpoint, fine_tune=settings).fit(airline)
+    tuned.save(str(tmp_path / "tuned.pkl"))
+    reloaded = TimeMoEModel.load(str(tmp_path / "tuned.pkl"))
+    np.testing.assert_allclose(reloaded.predict(3).values(), tuned.predict(3).values(), rtol=1e-6)
+
+
+def test_bad_input_is_a_clear_error(checkpoint, airline, tmp_path):
+    m = model(checkpoint).fit(airline)
+    with pytest.raises(ValueError, match="positive integer"):
+        m.predict(0)
+    bad = airline.values().copy()
+    bad[3] = np.inf
+    with pytest.raises(ValueError, match="inf"):
+        m.predict(2, series=airline.with_values(bad))
+    with pytest.raises(ValueError, match="only missing"):
+        m.predict(2, series=airline.with_values(np.full_like(bad, np.nan)))
+    with pytest.raises(ValueError, match="observed point"):
+        m.predict(2, series=TimeSeries.from_values(np.array([np.nan, 1.0])))
+    with pytest.raises(ValueError, match="covariates"):
+        model(checkpoint).fit(airline, past_covariates=airline)
+    with pytest.raises(ValueError, match="add_encoders"):
+        TimeMoEModel(add_encoders={"position": {"past": ["relative"]}})
+    with pytest.raises(ValueError, match="does not exist"):
+        TimeMoEModel(model_path=str(tmp_path / "nowhere")).fit(airline)
+    with pytest.raises(ValueError, match="exceeds the model's limit"):
+        TimeMoEModel(config={"preset": "tiny", "max_position_embeddings": 32}, context_length=64).fit(airline)
+    with pytest.raises(TypeError, match="TimeSeries"):
+        m.predict(2, series=airline.values())
