@@ -1,0 +1,296 @@
+"""Zero-shot and full-shot leaderboard on ETTh1/ETTh2/ETTm1/ETTm2/Weather (protocol: protocol.py).
+
+Examples (from the repository root):
+    python benchmarks/leaderboard.py --quick                        # smoke run, a few minutes on a CPU
+    python benchmarks/leaderboard.py --setting zero-shot --models naive,seasonal_naive,autoets,autotheta
+    python benchmarks/leaderboard.py --setting full-shot --models dlinear,nlinear,tide,tsmixer,nhits
+    python benchmarks/leaderboard.py --models timemoe --setting zero-shot --device cuda --dtype bf16 \\
+        --model-path /path/to/TimeMoE-50M --batch-size 1024
+
+Each (dataset, setting, model, horizon) cell is appended to <out>/leaderboard.csv as soon as it is done, and
+a rerun skips the cells already there (resumable); <out>/cells.jsonl keeps every cell's settings and the
+command. leaderboard.md and the PNGs are re-rendered at the end (report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baselines import BASELINES, make_baseline  # noqa: E402
+from protocol import DATASETS, DEFAULT_CONTEXT, HORIZONS, PooledMetrics, load_dataset  # noqa: E402
+from results import ResultStore  # noqa: E402
+
+log = logging.getLogger("leaderboard")
+
+ZERO_SHOT = ("naive", "seasonal_naive", "autoets", "autotheta", "autoarima", "timemoe")
+FULL_SHOT = ("dlinear", "nlinear", "tide", "tsmixer", "nhits", "timemoe")
+DEFAULT_MODELS = {
+    "zero-shot": ("naive", "seasonal_naive", "autoets", "autotheta", "timemoe"),
+    "full-shot": ("dlinear", "nlinear", "tide", "tsmixer", "nhits", "timemoe"),
+}
+QUICK = {"datasets": ["ETTh1"], "horizons": [96, 192], "channels": 2, "max_windows": 16}
+CHUNK = 4096  # windows gathered at once per channel (the model batches inside)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", help=f"comma list of {', '.join(BASELINES + ('timemoe',))} (default: per setting)")
+    p.add_argument("--datasets", help=f"comma list of {', '.join(DATASETS)} (default: all)")
+    p.add_argument("--horizons", help="comma list of 96,192,336,720 (default: all)")
+    p.add_argument("--setting", choices=("zero-shot", "full-shot"), default="zero-shot")
+    p.add_argument("--model-path", help="Time-MoE checkpoint folder or hub id (default: the embedded default)")
+    p.add_argument("--preset", help="build an untrained Time-MoE of this preset instead (tests, smoke runs)")
+    p.add_argument("--label", help="board name of the Time-MoE model (default: from --model-path)")
+    p.add_argument("--context-length", help="one length, or four for 96,192,336,720 (default 512,1024,2048,3072)")
+    p.add_argument(
+        "--normalize-window", action="store_true", help="standardise each context (default: off, as run_eval.py)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="Time-MoE dtype (default fp32)")
+    p.add_argument("--batch-size", type=int, default=256, help="Time-MoE windows per forward")
+    p.add_argument("--max-windows", type=int, help="cap on test windows per channel for every model (evenly spaced)")
+    p.add_argument("--channels", type=int, help="use only the first N channels of each dataset")
+    p.add_argument("--stats-windows", type=int, default=50, help="windows per channel for AutoETS/AutoTheta/AutoARIMA")
+    p.add_argument("--stats-lookback", type=int, default=512)
+    p.add_argument("--jobs", type=int, default=1, help="processes for the statsforecast fits")
+    p.add_argument("--darts-windows", type=int, default=1000, help="test windows per channel for darts models")
+    p.add_argument("--darts-lookback", type=int, default=512)
+    p.add_argument("--darts-epochs", type=int, default=2)
+    p.add_argument("--darts-samples", type=int, default=7000, help="training windows per epoch (all channels)")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="Time-MoE full-shot epochs (paper: one)")
+    p.add_argument("--finetune-steps", type=int, help="Time-MoE full-shot steps (overrides epochs)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--finetune-batch-size", type=int, default=16)
+    p.add_argument("--finetune-max-length", type=int, default=512)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--data-dir", help="folder with the benchmark CSVs (default: ../shared/data/benchmark)")
+    p.add_argument("--out", help="output folder (default benchmarks/results, or benchmarks/results/quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="ETTh1, h 96/192, 2 channels, 16 windows: a CI smoke run")
+    p.add_argument("--no-report", action="store_true", help="skip leaderboard.md and the PNGs")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _csv(value: str | None, default, cast=str) -> list:
+    if not value:
+        return list(default)
+    return [cast(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def context_lengths(value: str | None) -> dict[int, int]:
+    if not value:
+        return dict(DEFAULT_CONTEXT)
+    parts = [int(v) for v in value.split(",")]
+    if len(parts) == 1:
+        return {h: parts[0] for h in HORIZONS}
+    if len(parts) != len(HORIZONS):
+        raise ValueError(f"--context-length takes one value or {len(HORIZONS)}, got {value!r}")
+    return dict(zip(HORIZONS, parts))
+
+
+def resolve(args) -> dict:
+    """Turn the arguments into the run plan, with the --quick defaults, and validate it."""
+    quick = args.quick
+    datasets = _csv(args.datasets, QUICK["datasets"] if quick else DATASETS)
+    horizons = _csv(args.horizons, QUICK["horizons"] if quick else HORIZONS, int)
+    allowed = ZERO_SHOT if args.setting == "zero-shot" else FULL_SHOT
+    if args.models:
+        models = _csv(args.models, ())
+    elif quick:
+        models = ["naive", "seasonal_naive", "timemoe"] if args.setting == "zero-shot" else ["dlinear", "timemoe"]
+    else:
+        models = list(DEFAULT_MODELS[args.setting])
+    for d in datasets:
+        if d not in DATASETS:
+            raise ValueError(f"unknown dataset {d!r}; choose from {', '.join(DATASETS)}")
+    for h in horizons:
+        if h not in HORIZONS:
+            raise ValueError(f"horizon {h} is not one of the protocol's {HORIZONS}")
+    for m in models:
+        if m not in allowed:
+            other = "full-shot" if args.setting == "zero-shot" else "zero-shot"
+            raise ValueError(
+                f"model {m!r} is not a {args.setting} model; allowed: {', '.join(allowed)} (or --setting {other})"
+            )
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / ("quick" if quick else "")
+    return {
+        "datasets": datasets,
+        "horizons": horizons,
+        "models": models,
+        "channels": args.channels or (QUICK["channels"] if quick else None),
+        "max_windows": args.max_windows or (QUICK["max_windows"] if quick else None),
+        "out": out,
+    }
+
+
+def build_timemoe(args, plan):
+    from ours import TimeMoERunner
+
+    finetune = {
+        "epochs": None if args.finetune_steps else args.finetune_epochs,
+        "steps": args.finetune_steps or (2 if args.quick and args.setting == "full-shot" else None),
+        "lr": args.finetune_lr,
+        "batch_size": args.finetune_batch_size,
+        "max_length": args.finetune_max_length,
+    }
+    if finetune["steps"]:
+        finetune["epochs"] = None
+    return TimeMoERunner(
+        args.model_path,
+        setting=args.setting,
+        preset=args.preset,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        context_lengths=context_lengths(args.context_length),
+        normalize_window=args.normalize_window,
+        max_windows=plan["max_windows"],
+        finetune=finetune,
+        label=args.label,
+        seed=args.seed,
+    )
+
+
+def build_baseline(key, data, args, plan):
+    cap = plan["max_windows"]
+
+    def capped(n):
+        return n if cap is None else min(n, cap)
+
+    return make_baseline(
+        key,
+        data.season,
+        quick=args.quick,
+        max_windows=cap,
+        stats_windows=capped(4 if args.quick else args.stats_windows),
+        stats_lookback=args.stats_lookback,
+        jobs=args.jobs,
+        darts_windows=capped(args.darts_windows),
+        darts_lookback=args.darts_lookback,
+        darts_epochs=1 if args.quick else args.darts_epochs,
+        darts_samples=256 if args.quick else args.darts_samples,
+        seed=args.seed,
+    )
+
+
+def run_cell(forecaster, data, horizon: int, channels: list[int]) -> dict:
+    """Forecast every (subsampled) test window of every channel; pooled MSE/MAE and timings."""
+    start = time.perf_counter()
+    forecaster.prepare(data, horizon)
+    span = max(HORIZONS) if forecaster.shared_windows else None
+    starts = data.window_starts(horizon, forecaster.max_windows, span_horizon=span)
+    ctx_len = forecaster.context_length(horizon)
+    metrics = PooledMetrics()
+    for c in channels:
+        for i in range(0, len(starts), CHUNK):
+            chunk = starts[i : i + CHUNK]
+            pred = forecaster.predict(data.contexts(c, chunk, ctx_len), horizon)  # [N, H]
+            metrics.update(pred, data.targets(c, chunk, horizon))
+    return {
+        "mse": metrics.mse,
+        "mae": metrics.mae,
+        "windows": len(starts) * len(channels),
+        "windows_per_channel": len(starts),
+        "seconds": time.perf_counter() - start,
+        "context_length": ctx_len,
+    }
+
+
+def example_window(forecaster, data, horizon: int) -> dict:
+    """One fixed window (last channel, middle of the test windows) for the forecast-vs-truth plot."""
+    channel = data.num_channels - 1
+    start = data.window_starts(horizon)[data.num_windows(horizon) // 2 : data.num_windows(horizon) // 2 + 1]
+    pred = forecaster.predict(data.contexts(channel, start, forecaster.context_length(horizon)), horizon)[0]
+    return {
+        "channel": data.columns[channel],
+        "start": int(start[0]),
+        "horizon": horizon,
+        "history": data.contexts(channel, start, 2 * horizon)[0].tolist(),
+        "truth": data.targets(channel, start, horizon)[0].tolist(),
+        "forecast": np.asarray(pred, dtype=float).tolist(),
+    }
+
+
+def run(args) -> Path:
+    plan = resolve(args)
+    store = ResultStore(plan["out"])
+    timemoe = build_timemoe(args, plan) if "timemoe" in plan["models"] else None
+    total = len(plan["datasets"]) * len(plan["models"]) * len(plan["horizons"])
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="cells", disable=args.no_progress, file=sys.stderr)
+    command = "python benchmarks/leaderboard.py " + " ".join(getattr(args, "_argv", []))
+    for name in plan["datasets"]:
+        data = None
+        for key in plan["models"]:
+            forecaster = None
+            for horizon in plan["horizons"]:
+                label = timemoe.name if key == "timemoe" else None
+                if label is None:
+                    label = _baseline_name(key)
+                if store.has(name, args.setting, label, horizon):
+                    bar.update(1)
+                    continue
+                if data is None:
+                    data = load_dataset(name, args.data_dir)
+                    if plan["channels"]:
+                        data.values = data.values[:, : plan["channels"]]
+                        data.columns = data.columns[: plan["channels"]]
+                if forecaster is None:
+                    forecaster = timemoe if key == "timemoe" else build_baseline(key, data, args, plan)
+                bar.set_postfix_str(f"{name} {label} h={horizon}")
+                cell = run_cell(forecaster, data, horizon, list(range(data.num_channels)))
+                details = {**cell, "settings": forecaster.settings(), "command": command}
+                store.add(name, args.setting, forecaster.name, horizon, cell, details)
+                if horizon == min(plan["horizons"]) and not store.has_example(name, forecaster.name, args.setting):
+                    store.add_example(name, forecaster.name, args.setting, example_window(forecaster, data, horizon))
+                msg = "%s %s %s h=%d: mse %.4f mae %.4f (%d windows, %.1f s)"
+                log.info(msg, name, args.setting, forecaster.name, horizon, cell["mse"], cell["mae"],
+                         cell["windows"], cell["seconds"])  # fmt: skip
+                bar.update(1)
+    bar.close()
+    store.save()
+    if not args.no_report:
+        from report import render
+
+        render(plan["out"])
+    return plan["out"]
+
+
+def _baseline_name(key: str) -> str:
+    names = {"naive": "Naive", "seasonal_naive": "SeasonalNaive", "autoets": "AutoETS", "autotheta": "AutoTheta",
+             "autoarima": "AutoARIMA", "dlinear": "DLinear", "nlinear": "NLinear", "tide": "TiDE",
+             "tsmixer": "TSMixer", "nhits": "NHiTS"}  # fmt: skip
+    return names[key]
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "darts"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    args = parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        out = run(args)
+    except (ValueError, ImportError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Time-MoE on the board: zero-shot from any checkpoint, or fine-tuned on the train split (full-shot).
+
+Zero-shot follows the official ``run_eval.py``: the StandardScaler-scaled context goes to the model as is
+(``model.generate`` on ``batch['inputs']``, no per-window re-normalisation) and the forecast is compared with
+the scaled truth. ``normalize_window=True`` instead standardises each context by its own mean and std and
+maps the forecast back (the README's "general purpose" recipe); it is an option, off by default.
+
+Full-shot fine-tunes a deep copy of the model once per dataset with ``train_on_series`` on the train split
+(every channel a series), then forecasts like zero-shot for all horizons.
+
+Shape legend: N windows, L context length, H horizon.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from protocol import DEFAULT_CONTEXT
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "fp32"):
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    raise ValueError(f"unknown dtype {name!r}; choose from {DTYPES}")
+
+
+def model_label(model_path: str | None, preset: str | None = None) -> str:
+    """Board name of a checkpoint: Time-MoE[default], Time-MoE[<folder name>] or Time-MoE[preset:tiny]."""
+    if preset:
+        return f"Time-MoE[preset:{preset}]"
+    if model_path is None:
+        return "Time-MoE[default]"
+    return f"Time-MoE[{Path(str(model_path).rstrip('/')).name or model_path}]"
+
+
+class TimeMoERunner:
+    """Forecaster interface of ``baselines.Forecaster`` around a TimeMoEForPrediction."""
+
+    shared_windows = False
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        setting: str = "zero-shot",
+        preset: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        batch_size: int = 256,
+        context_lengths: dict[int, int] | None = None,
+        normalize_window: bool = False,
+        max_windows: int | None = None,
+        finetune: dict | None = None,
+        label: str | None = None,
+        seed: int = 0,
+    ):
+        if setting not in ("zero-shot", "full-shot"):
+            raise ValueError(f"setting must be 'zero-shot' or 'full-shot', got {setting!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model_path = model_path
+        self.setting = setting
+        self.preset = preset
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.context_lengths = dict(DEFAULT_CONTEXT if context_lengths is None else context_lengths)
+        self.normalize_window = normalize_window
+        self.max_windows = max_windows
+        self.finetune = {"epochs": 1, "batch_size": 16, "max_length": 512, "lr": 1e-4, **(finetune or {})}
+        self.name = label or model_label(model_path, preset)
+        self.seed = seed
+        self._base = None
+        self._model = None
+        self._tuned_on = None
+        self.train_seconds = 0.0
+        self.train_info: dict = {}
+
+    def _load(self):
+        import torch
+
+        from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+        if self._base is None:
+            if self.preset:
+                torch.manual_seed(self.seed)
+                model = TimeMoEForPrediction(TimeMoEConfig.from_preset(self.preset))
+                model = model.to(device=self.device, dtype=torch_dtype(self.dtype)).eval()
+            else:
+                model = TimeMoEForPrediction.from_pretrained(
+                    self.model_path, dtype=torch_dtype(self.dtype), device=self.device
+                )
+            self._base = model.eval()
+            log.info("%s: %d parameters on %s", self.name, model.num_parameters(), self.device)
+        return self._base
+
+    def context_length(self, horizon: int) -> int:
+        if horizon in self.context_lengths:
+            return self.context_lengths[horizon]
+        return self.context_lengths[max(self.context_lengths)]
+
+    def prepare(self, data, horizon: int) -> None:
+        base = self._load()
+        limit = base.config.max_position_embeddings
+        if self.context_length(horizon) > limit:
+            raise ValueError(f"context length {self.context_length(horizon)} exceeds the model's {limit} positions")
+        if self.setting == "zero-shot":
+            self._model = base
+            return
+        if self._tuned_on == data.name:
+            return
+        import torch
+
+        from timemoe_forecaster.train.finetune import train_on_series
+
+        # Fine-tuning runs in fp32 weights; the copy keeps the base checkpoint untouched.
+        model = copy.deepcopy(base).to(dtype=torch.float32)
+        series = [data.train[:, c].astype(np.float32) for c in range(data.num_channels)]
+        opts = dict(self.finetune)
+        if opts.get("steps") is not None:
+            opts.pop("epochs", None)
+        else:
+            opts.pop("steps", None)
+        start = time.perf_counter()
+        info = train_on_series(model, series, seed=self.seed, device=self.device, **opts)
+        self.train_seconds = time.perf_counter() - start
+        self.train_info = {"steps": info["steps"], "final_loss": round(float(info["final_loss"]), 4)}
+        log.info("%s fine-tuned on %s: %s in %.1f s", self.name, data.name, self.train_info, self.train_seconds)
+        self._model = model.to(dtype=torch_dtype(self.dtype)).eval()
+        self._tuned_on = data.name
+
+    def predict(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
+        import torch
+
+        if self._model is None:
+            raise RuntimeError("call prepare(data, horizon) before predict")
+        x = np.asarray(contexts, dtype=np.float32)
+        if self.normalize_window:
+            mean = x.mean(axis=1, keepdims=True)  # [N, 1]
+            std = x.std(axis=1, keepdims=True)
+            std = np.where(std > 1e-8, std, 1.0)
+            x = (x - mean) / std
+        param = next(self._model.parameters())
+        outs = []
+        for i in range(0, len(x), self.batch_size):
+            batch = torch.from_numpy(x[i : i + self.batch_size]).to(device=param.device, dtype=param.dtype)
+            outs.append(self._model.forecast(batch, horizon).float().cpu().numpy())  # [B, H]
+        pred = np.concatenate(outs, axis=0)  # [N, H]
+        if self.normalize_window:
+            pred = pred * std + mean
+        return pred
+
+    def settings(self) -> dict:
+        out = {
+            "model_path": self.model_path,
+            "preset": self.preset,
+            "dtype": self.dtype or "fp32",
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "context_lengths": self.context_lengths,
+            "normalize_window": self.normalize_window,
+            "max_windows": self.max_windows,
+        }
+        if self.setting == "full-shot":
+            out["finetune"] = {**self.finetune, **self.train_info, "train_seconds": round(self.train_seconds, 1)}
+        return out

@@ -1,0 +1,129 @@
+"""The leaderboard's files: leaderboard.csv (cells), cells.jsonl (their settings), examples.json (plots).
+
+The CSV is rewritten after every cell (atomically), so an interrupted run loses at most the cell in
+flight and a rerun resumes from what is there. "avg" rows are derived: the mean of the four horizons'
+MSE and MAE of a (dataset, setting, model), present only when all four were run. Reported numbers
+(reported.py) are appended with source=reported and never mixed into the derived rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+from pathlib import Path
+
+from protocol import HORIZONS
+from reported import reported_rows
+
+COLUMNS = ("dataset", "setting", "model", "horizon", "mse", "mae", "source", "windows", "seconds")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ResultStore:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.out / "leaderboard.csv"
+        self.cells_path = self.out / "cells.jsonl"
+        self.examples_path = self.out / "examples.json"
+        self.rows: dict[tuple[str, str, str, str], dict] = {}
+        if self.csv_path.exists():
+            with self.csv_path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    if row["source"] == "ran" and row["horizon"] != "avg":
+                        self.rows[self._key(row["dataset"], row["setting"], row["model"], row["horizon"])] = row
+        self.examples = json.loads(self.examples_path.read_text()) if self.examples_path.exists() else {}
+
+    @staticmethod
+    def _key(dataset, setting, model, horizon) -> tuple[str, str, str, str]:
+        return (dataset, setting, model, str(horizon))
+
+    def has(self, dataset: str, setting: str, model: str, horizon: int) -> bool:
+        return self._key(dataset, setting, model, horizon) in self.rows
+
+    def add(self, dataset: str, setting: str, model: str, horizon: int, cell: dict, details: dict) -> None:
+        row = {
+            "dataset": dataset,
+            "setting": setting,
+            "model": model,
+            "horizon": str(horizon),
+            "mse": f"{cell['mse']:.6f}",
+            "mae": f"{cell['mae']:.6f}",
+            "source": "ran",
+            "windows": str(cell["windows"]),
+            "seconds": f"{cell['seconds']:.1f}",
+        }
+        self.rows[self._key(dataset, setting, model, horizon)] = row
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record = {"dataset": dataset, "setting": setting, "model": model, "horizon": horizon, "time": now, **details}
+        with self.cells_path.open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+        self.save()
+
+    def has_example(self, dataset: str, model: str, setting: str) -> bool:
+        return f"{model} ({setting})" in self.examples.get(dataset, {}).get("forecasts", {})
+
+    def add_example(self, dataset: str, model: str, setting: str, example: dict) -> None:
+        entry = self.examples.setdefault(dataset, {})
+        same_window = entry.get("start") == example["start"] and entry.get("horizon") == example["horizon"]
+        if not same_window:  # a different window (channel subset, horizon): start the plot afresh
+            entry.clear()
+            entry.update({k: example[k] for k in ("channel", "start", "horizon", "history", "truth")})
+            entry["forecasts"] = {}
+        entry["forecasts"][f"{model} ({setting})"] = example["forecast"]
+        _atomic_write(self.examples_path, json.dumps(self.examples))
+
+    def average_rows(self) -> list[dict]:
+        groups: dict[tuple[str, str, str], list[dict]] = {}
+        for (dataset, setting, model, _), row in self.rows.items():
+            groups.setdefault((dataset, setting, model), []).append(row)
+        out = []
+        for (dataset, setting, model), rows in groups.items():
+            if sorted(int(r["horizon"]) for r in rows) != list(HORIZONS):
+                continue
+            n = len(rows)
+            out.append(
+                {
+                    "dataset": dataset,
+                    "setting": setting,
+                    "model": model,
+                    "horizon": "avg",
+                    "mse": f"{sum(float(r['mse']) for r in rows) / n:.6f}",
+                    "mae": f"{sum(float(r['mae']) for r in rows) / n:.6f}",
+                    "source": "ran",
+                    "windows": str(sum(int(r["windows"]) for r in rows)),
+                    "seconds": f"{sum(float(r['seconds']) for r in rows):.1f}",
+                }
+            )
+        return out
+
+    def all_rows(self) -> list[dict]:
+        order = {str(h): i for i, h in enumerate(HORIZONS + ("avg",))}
+        ran = list(self.rows.values()) + self.average_rows()
+        ran.sort(key=lambda r: (r["setting"], r["dataset"], r["model"], order.get(r["horizon"], 99)))
+        return ran + reported_rows()
+
+    def save(self) -> None:
+        lines = [",".join(COLUMNS)]
+        for row in self.all_rows():
+            lines.append(",".join(_quote(str(row[c])) for c in COLUMNS))
+        _atomic_write(self.csv_path, "\n".join(lines) + "\n")
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if ("," in value or '"' in value) else value
+
+
+def read_rows(out: str | Path) -> list[dict]:
+    path = Path(out) / "leaderboard.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,183 @@
+"""The leaderboard protocol: splits, scaler, window counts, pooled metrics, baselines, and the --quick run."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # benchmarks/ is a folder of scripts, imported by path
+
+protocol = importlib.import_module("protocol")
+baselines = importlib.import_module("baselines")
+results = importlib.import_module("results")
+
+
+def _etth_like(rows=14400, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows)[:, None]
+    raw = 5 + 2 * np.sin(2 * np.pi * t / 24) + rng.standard_normal((rows, channels)) * np.arange(1, channels + 1)
+    return protocol.from_values("toy", [f"c{i}" for i in range(channels)], raw, "etth", 24), raw
+
+
+def _data_dir_or_skip() -> Path:
+    d = protocol.default_data_dir()
+    if not (d / "ETTh1.csv").exists():
+        pytest.skip(f"benchmark data not found in {d}")
+    return d
+
+
+# Splits --------------------------------------------------------------------------------------------
+def test_split_borders_follow_the_paper():
+    assert protocol.split_borders("etth", 17420) == (8640, 11520, 14400)
+    assert protocol.split_borders("ettm", 69680) == (4 * 8640, 4 * 11520, 4 * 14400)
+    # Weather: int(0.7 n) train, int(0.2 n) test, the rest val.
+    assert protocol.split_borders("ratio", 52696) == (36887, 52696 - 10539, 52696)
+    with pytest.raises(ValueError, match="at least 14400"):
+        protocol.split_borders("etth", 1000)
+
+
+def test_real_files_split_sizes():
+    data_dir = _data_dir_or_skip()
+    d = protocol.load_dataset("ETTh1", data_dir)
+    assert (d.train.shape[0], d.val.shape[0], d.test.shape[0], d.num_channels) == (8640, 2880, 2880, 7)
+    assert d.columns[-1] == "OT"
+
+
+# Scaler --------------------------------------------------------------------------------------------
+def test_scaler_is_fit_on_train_only_and_matches_sklearn():
+    d, raw = _etth_like()
+    np.testing.assert_allclose(d.train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(d.train.std(axis=0), 1, atol=1e-5)
+    sklearn_pre = pytest.importorskip("sklearn.preprocessing")
+    ref = sklearn_pre.StandardScaler().fit(raw[: d.train_end]).transform(raw[: d.test_end])
+    np.testing.assert_allclose(d.values, ref, atol=1e-5)
+    # Test rows are not used for the fit: changing them leaves train scaled values unchanged.
+    raw2 = raw.copy()
+    raw2[d.test_start :] += 100
+    d2 = protocol.from_values("toy", d.columns, raw2, "etth", 24)
+    np.testing.assert_array_equal(d2.train, d.train)
+
+
+def test_constant_column_gets_unit_scale():
+    mean, std = protocol.fit_scaler(np.ones((10, 2)))
+    np.testing.assert_array_equal(std, [1.0, 1.0])
+
+
+# Windows -------------------------------------------------------------------------------------------
+def _official_windows(d, channel, context, horizon):
+    """The official loop: the test segment starts `context` rows before the border; window ends at
+    offsets range(context + horizon, n_points) (the window ending on the last row is never used)."""
+    seq = d.values[d.test_start - context : d.test_end, channel]
+    window = context + horizon
+    xs, ys = [], []
+    for offset in range(window, len(seq)):
+        w = seq[offset - window : offset]
+        xs.append(w[:context])
+        ys.append(w[-horizon:])
+    return np.array(xs), np.array(ys)
+
+
+@pytest.mark.parametrize("horizon,context", [(96, 512), (192, 64)])
+def test_windows_equal_the_official_loop(horizon, context):
+    d, _ = _etth_like(channels=2)
+    starts = d.window_starts(horizon)
+    assert len(starts) == 2880 - horizon
+    xs, ys = _official_windows(d, 1, context, horizon)
+    np.testing.assert_array_equal(d.contexts(1, starts, context), xs)
+    np.testing.assert_array_equal(d.targets(1, starts, horizon), ys)
+    # The first context reaches back into val; the last label stops one row before the test end.
+    assert starts[0] == d.test_start and starts[-1] + horizon == d.test_end - 1
+
+
+def test_etth1_h96_has_2784_windows_per_channel():
+    data_dir = _data_dir_or_skip()
+    d = protocol.load_dataset("ETTh1", data_dir)
+    assert d.num_windows(96) == 2784
+    assert len(d.window_starts(96)) == 2784
+    assert d.num_windows(720) == 2160
+
+
+def test_subsample_is_even_and_shared_across_horizons():
+    idx = protocol.subsample(101, 5)
+    np.testing.assert_array_equal(idx, [0, 25, 50, 75, 100])
+    assert len(protocol.subsample(10, None)) == 10
+    d, _ = _etth_like(channels=1)
+    a = d.window_starts(96, 10, span_horizon=720)
+    b = d.window_starts(336, 10, span_horizon=720)
+    np.testing.assert_array_equal(a, b)
+    assert a[-1] + 720 < d.test_end
+
+
+def test_bad_inputs_raise_clear_errors():
+    d, _ = _etth_like(channels=1)
+    with pytest.raises(ValueError, match="context_length"):
+        d.contexts(0, d.window_starts(96)[:2], d.test_start + 1)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        protocol.load_dataset("ETTh9")
+    with pytest.raises(ValueError, match="differs"):
+        protocol.PooledMetrics().update(np.zeros((1, 2)), np.zeros((1, 3)))
+
+
+# Metrics -------------------------------------------------------------------------------------------
+def test_metrics_pool_over_points_not_windows():
+    m = protocol.PooledMetrics()
+    m.update(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]]))  # squared 1 + 4, absolute 1 + 2
+    m.update(np.array([[3.0]]), np.array([[3.0]]))  # no error, one point
+    assert m.count == 3
+    assert m.mse == pytest.approx(5 / 3)  # the mean of per-batch MSEs would be 1.25
+    assert m.mae == pytest.approx(1.0)
+
+
+# Baselines -----------------------------------------------------------------------------------------
+def test_naive_and_seasonal_naive_match_sktime():
+    pd = pytest.importorskip("pandas")
+    naive_mod = pytest.importorskip("sktime.forecasting.naive")
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal(60).cumsum()
+    for sp, ours in ((1, baselines.NaiveLast(lookback=60)), (7, baselines.SeasonalNaive(7, lookback=60))):
+        ref = naive_mod.NaiveForecaster(strategy="last", sp=sp).fit(pd.Series(y)).predict(fh=list(range(1, 20)))
+        np.testing.assert_allclose(ours.predict(y[None, :], 19)[0], ref.to_numpy())
+
+
+def test_average_rows_need_all_four_horizons(tmp_path):
+    store = results.ResultStore(tmp_path)
+    for h, mse in zip((96, 192, 336), (1.0, 2.0, 3.0)):
+        store.add("D", "zero-shot", "M", h, {"mse": mse, "mae": mse, "windows": 10, "seconds": 1.0}, {})
+    assert store.average_rows() == []
+    store.add("D", "zero-shot", "M", 720, {"mse": 6.0, "mae": 2.0, "windows": 10, "seconds": 1.0}, {})
+    (avg,) = store.average_rows()
+    assert float(avg["mse"]) == pytest.approx(3.0) and float(avg["mae"]) == pytest.approx(2.0)
+    assert avg["windows"] == "40"
+
+
+# End to end ----------------------------------------------------------------------------------------
+def test_quick_run_end_to_end_and_resume(tmp_path):
+    _data_dir_or_skip()
+    leaderboard = importlib.import_module("leaderboard")
+    argv = ["--quick", "--no-progress", "--out", str(tmp_path), "--preset", "tiny", "--context-length", "256"]
+    assert leaderboard.main(argv) == 0
+    with (tmp_path / "leaderboard.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(results.COLUMNS)
+    ran = [r for r in rows if r["source"] == "ran"]
+    assert {r["model"] for r in ran} == {"Naive", "SeasonalNaive", "Time-MoE[preset:tiny]"}
+    assert {r["horizon"] for r in ran} == {"96", "192"}
+    assert all(r["windows"] == "32" for r in ran)  # 2 channels x 16 windows
+    assert all(np.isfinite(float(r["mse"])) and float(r["mse"]) > 0 for r in ran)
+    for name in ("leaderboard.md", "avg_mse.png", "forecast_ETTh1.png"):
+        assert (tmp_path / name).exists(), name
+    assert "Reported" in (tmp_path / "leaderboard.md").read_text()
+    cells = (tmp_path / "cells.jsonl").read_text().splitlines()
+    assert leaderboard.main(argv) == 0  # resumable: nothing left to run
+    assert (tmp_path / "cells.jsonl").read_text().splitlines() == cells
+
+
+def test_cli_rejects_a_model_of_the_other_setting(tmp_path):
+    leaderboard = importlib.import_module("leaderboard")
+    assert leaderboard.main(["--quick", "--models", "dlinear", "--out", str(tmp_path), "--no-progress"]) == 2
