@@ -37,6 +37,17 @@ GROUPED_MM_ON_CPU = _grouped_mm_works()
 DISPATCH_MODES = ("auto", "loop", "grouped")
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in: the autocast dtype when autocast is on (norm outputs stay fp32)."""
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    except TypeError:  # torch < 2.4 has no per-device query
+        pass
+    return x.dtype
+
+
 def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k routing: fp32 softmax over experts, top-k probabilities kept as they are (no renorm).
 
@@ -73,20 +84,23 @@ class SparseExpertsLayer(nn.Module):
         router_logits_TE = self.gate(x_TH)
         weights_TK, experts_TK = route(router_logits_TE, self.top_k)
         weights_TK = weights_TK.to(x.dtype)
-        if self._use_grouped(x_TH):
-            routed_TH = self._grouped(x_TH, weights_TK, experts_TK)
+        compute_dtype = _compute_dtype(x_TH)
+        if self._use_grouped(x_TH, compute_dtype):
+            routed_TH = self._grouped(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
+            routed_TH = routed_TH.to(x_TH.dtype)
         else:
             routed_TH = self._loop(x_TH, weights_TK, experts_TK)
         shared_TH = torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
         return (routed_TH + shared_TH).view(b, s, h), router_logits_TE
 
-    def _use_grouped(self, x_TH: torch.Tensor) -> bool:
+    def _use_grouped(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
         if self.dispatch == "loop":
             return False
         available = x_TH.is_cuda or GROUPED_MM_ON_CPU
         # The kernel needs 16-byte aligned rows and, on CUDA, bf16 operands.
-        aligned = all((n * x_TH.element_size()) % 16 == 0 for n in self.w_down_EHF.shape[1:])
-        dtype_ok = x_TH.dtype == torch.bfloat16 or not x_TH.is_cuda
+        size = torch.empty((), dtype=compute_dtype).element_size()
+        aligned = all((n * size) % 16 == 0 for n in self.w_down_EHF.shape[1:])
+        dtype_ok = compute_dtype == torch.bfloat16 or not x_TH.is_cuda
         ok = available and aligned and dtype_ok
         if self.dispatch == "grouped" and not ok:
             raise RuntimeError("grouped MoE dispatch is not available for this device, dtype or width")
@@ -110,14 +124,18 @@ class SparseExpertsLayer(nn.Module):
     def _grouped(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
         """Sort assignments by expert, run all experts as one grouped GEMM, scatter back."""
         flat_experts_A = experts_TK.reshape(-1)
-        order_A = torch.argsort(flat_experts_A, stable=True)
+        sorted_experts_A, order_A = torch.sort(flat_experts_A, stable=True)
         token_A = order_A // self.top_k  # token of each sorted assignment
-        counts_E = torch.bincount(flat_experts_A, minlength=self.num_experts)
-        offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
+        # End of each expert's group. Unlike bincount, searchsorted has a static output shape: no
+        # device-to-host sync on CUDA and no graph break under torch.compile.
+        expert_ids_E = torch.arange(self.num_experts, device=x_TH.device, dtype=sorted_experts_A.dtype)
+        offsets_E = torch.searchsorted(sorted_experts_A, expert_ids_E, right=True).to(torch.int32)
         x_AH = x_TH[token_A]
-        gate_AF = torch._grouped_mm(x_AH, self.w_gate_EFH.transpose(1, 2), offs=offsets_E)
-        up_AF = torch._grouped_mm(x_AH, self.w_up_EFH.transpose(1, 2), offs=offsets_E)
-        y_AH = torch._grouped_mm(self.act(gate_AF) * up_AF, self.w_down_EHF.transpose(1, 2), offs=offsets_E)
+        # Under autocast the stacked weights are cast like nn.Linear weights would be.
+        w_gate, w_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF))
+        gate_AF = torch._grouped_mm(x_AH, w_gate.transpose(1, 2), offs=offsets_E)
+        up_AF = torch._grouped_mm(x_AH, w_up.transpose(1, 2), offs=offsets_E)
+        y_AH = torch._grouped_mm(self.act(gate_AF) * up_AF, w_down.transpose(1, 2), offs=offsets_E)
         y_AH = y_AH * weights_TK.reshape(-1)[order_A, None]
         return torch.zeros_like(x_TH).index_add_(0, token_A, y_AH.to(x_TH.dtype))
 

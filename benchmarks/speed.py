@@ -1,0 +1,530 @@
+"""Speed of timemoe-forecaster against the reference Time-MoE (sktime's vendored copy), side by side.
+
+For every case both implementations run in one process on one GPU, with the same random weights
+(the reference saves them with its own ``save_pretrained``; we load that directory). Each group first
+checks that the two agree (training loss, forecasts), then times: warm-up (compilation included),
+peak-memory reset, CUDA events around every repetition, medians.
+
+    python benchmarks/speed.py                    # GPU: every group (one process each), then the report
+    python benchmarks/speed.py --groups base      # some groups only
+    python benchmarks/speed.py --smoke            # every code path on the CPU with tiny models, seconds
+    python benchmarks/speed.py --cpu              # CPU section: end-to-end forecast on this machine
+    python benchmarks/speed.py --report --jsonl F # rebuild speed.json/speed.md from a records file
+
+Results: ``benchmarks/results/speed.json`` (records) and ``speed.md`` (tables with ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks import speed_report  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    environment,
+    forecast_flops,
+    free_memory,
+    matmul_peak_tflops,
+    time_cpu,
+    time_cuda,
+)
+from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction  # noqa: E402
+from timemoe_forecaster.model.modeling import model_flops_per_token  # noqa: E402
+
+log = logging.getLogger("speed")
+RESULTS = Path(__file__).resolve().parent / "results"
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+GROUPS = ("base", "large", "ultra", "dense")
+LR = 1e-4
+
+
+# Plan: what runs, at which size -----------------------------------------------------------------
+@dataclasses.dataclass
+class Plan:
+    smoke: bool
+    device: str
+    configs: dict
+    seq_len: int
+    infer: dict  # group -> [(dtype, ctx, horizon, batch)]
+    train: dict  # group -> [(dtype, batch)]
+    reps_train: tuple = (3, 10)
+    reps_ref_train: tuple = (2, 5)
+    reps_infer: tuple = (2, 5)
+    reps_ref_infer: tuple = (1, 3)
+    compile_backend: str = "inductor"
+
+
+def dense_twin(config: TimeMoEConfig) -> TimeMoEConfig:
+    """A dense model with the MoE model's activated FFN width: shared expert + top-k routed experts."""
+    width = config.intermediate_size + config.num_experts_per_tok * config.expert_size
+    return config.replace(use_dense=True, apply_aux_loss=False, intermediate_size=width, num_experts=1)
+
+
+def make_plan(smoke: bool) -> Plan:
+    if not smoke:
+        configs = {n: TimeMoEConfig.from_preset(n) for n in ("base", "large", "ultra")}
+        configs["dense"] = dense_twin(configs["base"])
+        return Plan(
+            smoke=False,
+            device="cuda",
+            configs=configs,
+            seq_len=4096,
+            infer={
+                "base": [
+                    ("bf16", 512, 96, 1024),
+                    ("bf16", 512, 720, 256),
+                    ("bf16", 4096, 96, 16),
+                    ("bf16", 4096, 96, 64),
+                    ("fp32", 512, 96, 1024),
+                ],
+                "large": [("bf16", 512, 96, 1024)],
+                "dense": [("bf16", 512, 96, 1024)],
+            },
+            train={"base": [("bf16", 4)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 4)]},
+        )
+    small = dict(horizon_lengths=[1, 8, 32, 64], max_position_embeddings=4096, num_experts=4, num_attention_heads=2)
+    configs = {
+        "base": TimeMoEConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, **small),
+        "large": TimeMoEConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, **small),
+        "ultra": TimeMoEConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, **small),
+    }
+    configs["dense"] = dense_twin(configs["base"])
+    return Plan(
+        smoke=True,
+        device="cpu",
+        configs=configs,
+        seq_len=64,
+        infer={
+            "base": [("bf16", 32, 96, 4), ("bf16", 32, 720, 2), ("fp32", 32, 96, 4)],
+            "large": [("bf16", 32, 96, 4)],
+            "dense": [("bf16", 32, 96, 4)],
+        },
+        train={"base": [("bf16", 2)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 2)]},
+        reps_train=(1, 2),
+        reps_ref_train=(1, 2),
+        reps_infer=(1, 2),
+        reps_ref_infer=(1, 2),
+        compile_backend="aot_eager",  # traces exactly what inductor would, without minutes of C++ builds
+    )
+
+
+# Models --------------------------------------------------------------------------------------------
+def reference_module():
+    from sktime.libs.timemoe import TimeMoeConfig, TimeMoeForPrediction
+
+    return TimeMoeConfig, TimeMoeForPrediction
+
+
+def reference_config(config: TimeMoEConfig):
+    ref_config_cls, _ = reference_module()
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "extra"}
+    return ref_config_cls(**values)
+
+
+def build_pair(config: TimeMoEConfig, workdir: Path, seed: int = 0):
+    """The reference with seeded random weights, saved by itself; ours loaded from that directory."""
+    _, ref_cls = reference_module()
+    torch.manual_seed(seed)
+    ref = ref_cls(reference_config(config))
+    ref.save_pretrained(workdir)
+    return ref
+
+
+def load_ours(workdir: Path, dtype: torch.dtype, device: str) -> TimeMoEForPrediction:
+    return TimeMoEForPrediction.from_pretrained(workdir, dtype=dtype, device=device)
+
+
+def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_parts: str | None, backend: str):
+    """Training/inference set-up applied from outside the model (as ``train/parallel.py`` does):
+    activation checkpointing per decoder block, then ``torch.compile`` of whole blocks ("blocks") or of
+    each block's norms and MoE layer only ("ffn": the KV-cache update stays eager, so forecasting with
+    growing caches does not recompile per layer)."""
+    blocks = model.model.layers
+    if checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for i, block in enumerate(blocks):
+            blocks[i] = checkpoint_wrapper(block)
+    if compile_parts == "blocks":
+        for block in blocks:
+            block.compile(backend=backend)
+    elif compile_parts == "ffn":
+        for block in blocks:
+            for part in (block.input_layernorm, block.post_attention_layernorm, block.ffn_layer):
+                part.compile(backend=backend, dynamic=None)
+    return model
+
+
+def random_batch(batch: int, seq: int, device: str, dtype: torch.dtype, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(batch, seq, generator=g)
+    labels = torch.randn(batch, seq, generator=g)
+    return {
+        "inputs": inputs.to(device=device, dtype=dtype),
+        "labels": labels.to(device=device, dtype=dtype),
+        "loss_mask": torch.ones(batch, seq, device=device, dtype=dtype),
+    }
+
+
+def ref_loss(ref, batch):
+    # The reference reshapes input_ids/labels in place: hand it copies.
+    out = ref(
+        input_ids=batch["inputs"].clone(),
+        labels=batch["labels"].clone(),
+        loss_masks=batch["loss_mask"].clone(),
+        use_cache=False,
+        return_dict=True,
+    )
+    return out.loss
+
+
+def ours_loss(model, batch):
+    return model(batch["inputs"], labels=batch["labels"], loss_mask=batch["loss_mask"]).loss
+
+
+def train_step_fn(loss_fn, model, optimizer, batch):
+    def step():
+        loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def ours_optimizer(model, lean: bool, fused_ok: bool):
+    """Fused AdamW (our trainer's default on GPU); ``lean``: the trainer's bf16 stochastic-rounding AdamW."""
+    try:
+        from timemoe_forecaster.train.optim import build_optimizer
+
+        return build_optimizer(model, lr=LR, weight_decay=0.1, optim_dtype="bf16" if lean else "fp32")
+    except ImportError:
+        return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1, fused=fused_ok or None)
+
+
+# Measurement ---------------------------------------------------------------------------------------
+class Runner:
+    """Runs cases, turns timings into records and appends them to a JSON-lines file."""
+
+    def __init__(self, plan: Plan, jsonl: Path, deadline: float, peak_tflops: float | None, profile_dir=None):
+        self.plan, self.jsonl, self.deadline, self.peak = plan, jsonl, deadline, peak_tflops
+        self.profile_dir = profile_dir if plan.device == "cuda" else None
+        self.device_name = torch.cuda.get_device_name() if plan.device == "cuda" else "cpu"
+
+    def emit(self, record: dict) -> dict:
+        record = {"device": self.device_name, "smoke": self.plan.smoke, **record}
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("%s", json.dumps(record))
+        return record
+
+    def time(self, fn, reps: tuple) -> dict:
+        if self.plan.device == "cuda":
+            return time_cuda(fn, *reps)
+        return {**time_cpu(fn, *reps), "peak_gib": None}
+
+    def out_of_time(self, need_s: float) -> bool:
+        return time.time() + need_s > self.deadline
+
+    def measure(self, fn, reps, base: dict, work: float, flops: float, unit: str, need_s: float = 30) -> dict:
+        """Time ``fn``; record rate (work per second), peak memory, MFU. OOM and errors become records."""
+        if self.out_of_time(need_s):
+            return self.emit({**base, "status": "skipped (time budget)"})
+        status, stats = "ok", None
+        try:
+            stats = self.time(fn, reps)
+        except torch.OutOfMemoryError:
+            status = "OOM"
+        except Exception as err:  # noqa: BLE001 - one failing case must not lose the others
+            status = f"error: {type(err).__name__}: {str(err)[:300]}"
+            log.exception("case failed: %s", base)
+        free_memory()
+        if stats is None:
+            return self.emit({**base, "status": status})
+        seconds = stats["ms_median"] * 1e-3
+        mfu = flops / seconds / (self.peak * 1e12) if self.peak else None
+        return self.emit({**base, "status": status, unit: work / seconds, "mfu": mfu, **stats})
+
+
+def check_forecasts(runner: Runner, size: str, dtype_name: str, ref, ours, ctx_len: int, horizons, tol: float):
+    dtype, device = DTYPES[dtype_name], runner.plan.device
+    g = torch.Generator().manual_seed(2)
+    context = torch.randn(8, ctx_len, generator=g).to(dtype).float()  # representable in both dtypes
+    for horizon in horizons:
+        with torch.no_grad():
+            generated = ref.generate(context.to(device, dtype).clone(), max_new_tokens=horizon)  # [B, S + L(, 1)]
+        expected = generated.reshape(len(context), -1)[:, -horizon:].float().cpu()
+        got = ours.forecast(context.to(device), horizon).cpu()
+        err = ((got - expected).norm() / expected.norm()).item()
+        runner.emit(
+            {"kind": "check", "what": "forecast", "size": size, "dtype": dtype_name, "ctx": ctx_len,
+             "horizon": horizon, "rel_err": err, "tol": tol, "equivalent": bool(err <= tol)}
+        )  # fmt: skip
+
+
+def check_loss(runner: Runner, size: str, dtype_name: str, ref, ours, seq: int, tol: float):
+    batch = random_batch(2, seq, runner.plan.device, DTYPES[dtype_name], seed=3)
+    with torch.no_grad():
+        a, b = ref_loss(ref, batch).float().item(), ours_loss(ours, batch).float().item()
+    err = abs(a - b) / abs(a)
+    runner.emit(
+        {"kind": "check", "what": "train_loss", "size": size, "dtype": dtype_name, "seq_len": seq,
+         "reference_attention": getattr(ref.config, "_attn_implementation", "?"),
+         "reference": a, "ours": b, "rel_err": err, "tol": tol, "equivalent": bool(err <= tol)}
+    )  # fmt: skip
+
+
+def infer_cases(runner: Runner, size, config, dtype_name, ref, ours, cases, variants):
+    plan, device, dtype = runner.plan, runner.plan.device, DTYPES[dtype_name]
+    for _, ctx, horizon, batch in [c for c in cases if c[0] == dtype_name]:
+        g = torch.Generator().manual_seed(4)
+        context = torch.randn(batch, ctx, generator=g).to(device=device, dtype=dtype)
+        base = {"kind": "infer", "size": size, "dtype": dtype_name, "seq_len": None, "ctx": ctx,
+                "horizon": horizon, "batch": batch}  # fmt: skip
+        flops = forecast_flops(config, batch, ctx, horizon)
+        if ref is not None:
+            ours.to("cpu")
+            ref.to(device)
+            # The reference reshapes its input in place: a copy per call.
+            fn = lambda c=context, h=horizon: ref.generate(c.clone(), max_new_tokens=h)  # noqa: E731
+            runner.measure(fn, plan.reps_ref_infer, {"impl": "reference", "variant": "eager+loop", **base},
+                           batch, flops, "series_per_s", need_s=60)  # fmt: skip
+            ref.to("cpu")
+            ours.to(device)
+        for name, model in variants(ours):
+            fn = lambda m=model, c=context, h=horizon: m.forecast(c, h)  # noqa: E731
+            record = runner.measure(fn, plan.reps_infer, {"impl": "ours", "variant": name, **base}, batch, flops,
+                                    "series_per_s")  # fmt: skip
+            first_case = (ctx, horizon, dtype_name) == (512, 96, "bf16") and size == "base"
+            if runner.profile_dir and first_case and record.get("status") == "ok":
+                profile_to_file(fn, runner.profile_dir / f"profile_infer_{size}_{name}.txt", warmup=1)
+        del context
+
+
+def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_ours, variants):
+    """Reference step (``make_ref`` gives the model, or None), then each of our variants:
+    (name, activation checkpointing, compile, lean optimizer, MoE dispatch)."""
+    plan, device = runner.plan, runner.plan.device
+    dtype, seq = DTYPES[dtype_name], plan.seq_len
+    data = random_batch(batch, seq, device, dtype)
+    base = {"kind": "train", "size": size, "dtype": dtype_name, "seq_len": seq, "ctx": None, "horizon": None,
+            "batch": batch}  # fmt: skip
+    tokens = batch * seq
+    flops = tokens * model_flops_per_token(config, seq, training=True)
+    if make_ref is not None:
+        ref = make_ref().to(device).train()
+        opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=0.1)
+        fn = train_step_fn(ref_loss, ref, opt, data)
+        runner.measure(fn, plan.reps_ref_train, {"impl": "reference", "variant": "eager+loop+adamw", **base},
+                       tokens, flops, "tokens_per_s", need_s=60)  # fmt: skip
+        ref.zero_grad(set_to_none=True)
+        del opt, fn, ref
+        free_memory()
+    for name, checkpointing, compile_parts, lean, dispatch in variants:
+        model = make_ours()
+        model.set_moe_dispatch(dispatch)
+        prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
+        opt = ours_optimizer(model, lean, fused_ok=device == "cuda")
+        fn = train_step_fn(ours_loss, model, opt, data)
+        need = 120 if compile_parts else 30
+        record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
+                                "tokens_per_s", need_s=need)  # fmt: skip
+        if runner.profile_dir and size == "base" and record.get("status") == "ok" and dispatch == "auto":
+            profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name}.txt")
+        del model, opt, fn
+        free_memory()
+
+
+def profile_to_file(fn, path: Path, warmup: int = 2, rows: int = 30) -> None:
+    """One profiled call of ``fn`` after warm-up: the top kernels by device time, as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70)
+    path.write_text(table)
+    free_memory()
+
+
+def uncompile(model: torch.nn.Module) -> None:
+    """Undo ``Module.compile`` on every submodule (dynamo's caches stay, so compiling again is cheap)."""
+    for module in model.modules():
+        module._compiled_call_impl = None
+
+
+def infer_variants(plan: Plan):
+    """Our forecasting set-ups: plain eager and, in bf16, compiled norms + MoE layers (in place, undone after)."""
+
+    def variants(model):
+        yield "eager", model
+        if next(model.parameters()).dtype != torch.bfloat16:
+            return  # fp32 runs the loop dispatch on CUDA: nothing for the compiler to fuse around it
+        prepare_blocks(model, False, "ffn", plan.compile_backend)
+        try:
+            yield "compiled-ffn", model
+        finally:
+            uncompile(model)
+
+    return variants
+
+
+TRAIN_VARIANTS = [  # name, activation checkpointing, compile, lean optimizer, MoE dispatch
+    ("eager", False, None, False, "auto"),
+    ("compiled", False, "blocks", False, "auto"),
+]
+
+
+def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
+    config, device = plan.configs[group], plan.device
+    size = "base-dense" if group == "dense" else group
+    ivariants = infer_variants(plan)
+    if group in ("base", "large"):
+        ref32 = build_pair(config, workdir)
+        for dtype_name in ("bf16", "fp32"):
+            if dtype_name == "fp32" and not any(c[0] == "fp32" for c in plan.infer.get(group, [])):
+                continue
+            dtype = DTYPES[dtype_name]
+            ref = copy.deepcopy(ref32).to(device, dtype).eval()
+            ours = load_ours(workdir, dtype, device).eval()
+            tol_f, tol_l = (5e-2, 2e-2) if dtype_name == "bf16" else (1e-3, 1e-4)
+            check_forecasts(runner, size, dtype_name, ref, ours, 512 if not plan.smoke else 32, (96, 720), tol_f)
+            check_loss(runner, size, dtype_name, ref, ours, 1024 if not plan.smoke else 48, tol_l)
+            infer_cases(runner, size, config, dtype_name, ref, ours, plan.infer.get(group, []), ivariants)
+            for _, batch in [t for t in plan.train.get(group, []) if t[0] == dtype_name]:
+                variants = list(TRAIN_VARIANTS)
+                if group == "base":
+                    variants.insert(1, ("eager-loop-dispatch", False, None, False, "loop"))
+                make = lambda d=dtype: load_ours(workdir, d, device)  # noqa: E731
+                ours.to("cpu")
+                train_case(runner, size, config, dtype_name, batch, lambda r=ref: r, make, variants)
+            del ref, ours
+            free_memory()
+    elif group == "dense":
+        torch.manual_seed(0)
+        TimeMoEForPrediction(config).save_pretrained(workdir)
+        ours = load_ours(workdir, torch.bfloat16, device).eval()
+        runner.emit({"kind": "params", "size": size, "total": ours.num_parameters(),
+                     "activated": ours.num_parameters(activated=True)})  # fmt: skip
+        infer_cases(runner, size, config, "bf16", None, ours, plan.infer[group], ivariants)
+        del ours
+        make = lambda: load_ours(workdir, torch.bfloat16, device)  # noqa: E731
+        for _, batch in plan.train[group]:
+            train_case(runner, size, config, "bf16", batch, None, make, TRAIN_VARIANTS)
+    elif group == "ultra":
+
+        def make_ours():
+            with torch.device(device):
+                torch.manual_seed(0)
+                return TimeMoEForPrediction(config).to(torch.bfloat16)
+
+        def make_ref():
+            _, ref_cls = reference_module()
+            with torch.device("meta"):
+                ref = ref_cls(reference_config(config))
+            ref = ref.to_empty(device=device).to(torch.bfloat16)
+            with torch.no_grad():  # random weights straight on the device; the values do not matter here
+                for p in ref.parameters():
+                    p.normal_(0.0, config.initializer_range) if p.dim() > 1 else p.fill_(1.0)
+            return ref
+
+        ultra_variants = [
+            ("ckpt+compiled+lean-adamw", True, "blocks", True, "auto"),
+            ("ckpt+compiled+fused-adamw", True, "blocks", False, "auto"),
+        ]
+        for _, batch in plan.train[group]:
+            train_case(runner, size, config, "bf16", batch, make_ref, make_ours, ultra_variants)
+
+
+# Entry points --------------------------------------------------------------------------------------
+def run_groups_here(groups, plan: Plan, jsonl: Path, deadline: float, profile_dir: Path | None = None) -> None:
+    peak = None
+    if plan.device == "cuda":
+        peak = matmul_peak_tflops()
+    runner = Runner(plan, jsonl, deadline, peak, profile_dir)
+    runner.emit({"kind": "env", **environment(), "bf16_matmul_tflops": peak,
+                 "reference_attention": "eager", "groups": list(groups)})  # fmt: skip
+    for group in groups:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.time()
+            run_group(group, plan, runner, Path(tmp))
+            log.info("group %s took %.1f s", group, time.time() - t0)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: exercise every code path")
+    parser.add_argument("--cpu", action="store_true", help="CPU section: end-to-end forecast timing")
+    parser.add_argument("--report", action="store_true", help="only rebuild speed.json/speed.md from --jsonl")
+    parser.add_argument("--jsonl", type=Path, default=None, help="records file (appended to)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where speed.json and speed.md go")
+    parser.add_argument("--budget-s", type=float, default=540, help="wall-clock budget; later cases are skipped")
+    parser.add_argument("--in-process", action="store_true", help="run the groups in this process")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for --cpu")
+    parser.add_argument("--profile-dir", type=Path, default=None, help="write kernel profiles of base cases here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    if args.cpu:
+        from benchmarks.speed_cpu import run_cpu
+
+        run_cpu(args.out, threads=args.threads, command=command)
+        speed_report.write(args.out)
+        return
+    groups = [g for g in args.groups.split(",") if g]
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown groups {sorted(unknown)}; choose from {GROUPS}")
+    if args.smoke:
+        args.out = args.out if args.out != RESULTS else Path(tempfile.mkdtemp(prefix="speed-smoke-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    jsonl = args.jsonl or args.out / "speed.jsonl"
+    if args.report:
+        speed_report.build(jsonl, args.out, command)
+        return
+    plan = make_plan(args.smoke)
+    if plan.device == "cuda" and not torch.cuda.is_available():
+        parser.error("the GPU benchmark needs CUDA; use --smoke or --cpu on this machine")
+    deadline = time.time() + args.budget_s
+    if args.in_process:  # a worker of the driver below: records only, the driver writes the report
+        run_groups_here(groups, plan, jsonl, deadline, args.profile_dir)
+        return
+    else:
+        # One process per group: a device-side failure in one cannot take the others with it.
+        for group in groups:
+            remaining = deadline - time.time()
+            if remaining < 20:
+                log.warning("no time left for group %s", group)
+                continue
+            cmd = [sys.executable, __file__, "--in-process", "--groups", group, "--jsonl", str(jsonl),
+                   "--budget-s", str(remaining)]  # fmt: skip
+            if args.smoke:
+                cmd.append("--smoke")
+            if args.profile_dir:
+                cmd += ["--profile-dir", str(args.profile_dir)]
+            rc = subprocess.call(cmd)
+            if rc:
+                log.warning("group %s exited with %d", group, rc)
+    speed_report.build(jsonl, args.out, command)
+    log.info("results in %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

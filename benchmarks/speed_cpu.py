@@ -1,0 +1,90 @@
+"""CPU section of the speed benchmark: one series, context 512, horizon 96, the embedded default checkpoint.
+
+Re-run it whenever the embedded checkpoint changes (``python benchmarks/speed.py --cpu``): it loads
+``from_pretrained(None)``, so the numbers always describe the checkpoint that ships.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.timing import time_cpu
+from timemoe_forecaster import TimeMoEForPrediction
+
+CONTEXT, HORIZON = 512, 96
+TARGET = "≤ 50 ms"
+
+
+def _series(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return 10 + 3 * np.sin(2 * np.pi * t / 24) + 0.1 * t**0.5 + rng.normal(0, 0.5, n)
+
+
+def _machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return name
+
+
+def run_cpu(out: Path, threads: int = 2, command: str = "python benchmarks/speed.py --cpu") -> dict:
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = TimeMoEForPrediction.from_pretrained(None).eval()
+    load_ms = (time.perf_counter() - t0) * 1e3
+    dtype = next(model.parameters()).dtype
+    y = _series(CONTEXT)
+    rows = [{"what": "load the embedded checkpoint (once)", "ms_median": load_ms, "ms_min": load_ms}]
+
+    def core():  # standardise, forecast, unscale: numpy in, numpy out
+        mean, std = y.mean(), y.std() + 1e-8
+        context = torch.from_numpy((y - mean) / std).float()[None]  # [1, S]
+        return model.forecast(context, HORIZON)[0].numpy() * std + mean
+
+    rows.append({"what": f"model.forecast with scaling (ctx {CONTEXT}, h {HORIZON})", **time_cpu(core, 3, 30)})
+    try:
+        from timemoe_forecaster import preprocess
+
+        fn = lambda: preprocess.forecast_series(model, [y], HORIZON, context_length=CONTEXT)  # noqa: E731
+        rows.append({"what": "preprocess.forecast_series (NaN handling, scaling, batching)", **time_cpu(fn, 3, 30)})
+    except (ImportError, AttributeError, TypeError) as err:
+        rows.append({"what": f"preprocess.forecast_series unavailable: {err}"})
+    try:
+        import pandas as pd
+
+        from timemoe_forecaster import TimeMoEForecaster
+
+        series = pd.Series(y, index=pd.RangeIndex(CONTEXT))
+        forecaster = TimeMoEForecaster(context_length=CONTEXT, device="cpu").fit(series)
+        fh = list(range(1, HORIZON + 1))
+        stats = time_cpu(lambda: forecaster.predict(fh), 3, 30)
+        rows.append({"what": "sktime TimeMoEForecaster.predict (fitted)", **stats})
+    except Exception as err:  # noqa: BLE001 - the adapter is optional for this section
+        rows.append({"what": f"sktime TimeMoEForecaster unavailable: {type(err).__name__}: {str(err)[:120]}"})
+    for row in rows[1:]:
+        if "ms_median" in row:
+            row["target"] = TARGET
+    result = {
+        "machine": f"{_machine()}, {torch.get_num_threads()} threads used",
+        "torch": torch.__version__,
+        "threads": threads,
+        "checkpoint": f"embedded default ({model.num_parameters():,} parameters, {str(dtype).split('.')[-1]}, "
+        f"hidden {model.config.hidden_size}, {model.config.num_hidden_layers} layers)",
+        "command": command,
+        "rows": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
