@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sktime.forecasting.base import BaseForecaster
+from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
 
 from . import preprocess
 from .conformal import residual_offsets, rolling_residuals
@@ -285,7 +285,8 @@ class TimeMoEForecaster(BaseForecaster):
     def _plan(self, fh):
         """Series to forecast, the horizon step of every output point per series [N, m], and the index."""
         series = _split_series(self._context)
-        rel = fh.to_relative(self.cutoff)
+        cutoff, fh = self._cutoff_and_fh(fh)
+        rel = fh.to_relative(cutoff)
         rel_steps = np.asarray(rel.to_numpy(), dtype=np.int64)
         if (rel_steps <= 0).any():
             raise ValueError(
@@ -293,13 +294,29 @@ class TimeMoEForecaster(BaseForecaster):
                 "(relative to the end of y); TimeMoEForecaster only forecasts after the end of the series. "
                 "Pass steps >= 1"
             )
-        fh_abs = fh.to_absolute_index(self.cutoff)
-        offsets = self._end_offsets(series.ends)  # steps between each instance's end and the cutoff
+        fh_abs = fh.to_absolute_index(cutoff)
+        offsets = self._end_offsets(series.ends, cutoff)  # steps between each instance's end and the cutoff
         steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
         return series, steps, _output_index(self._context.index, series.keys, fh_abs)
 
-    def _end_offsets(self, ends: list) -> np.ndarray:
+    def _cutoff_and_fh(self, fh):
+        """The cutoff with a frequency; sktime leaves it unset for panels of unequal length."""
         cutoff = self.cutoff
+        if not isinstance(cutoff, pd.DatetimeIndex) or cutoff.freq is not None:
+            return cutoff, fh
+        times = self._context.index.get_level_values(-1)
+        if self._context.index.nlevels > 1:
+            first = self._context.index.droplevel(-1)[0]
+            times = self._context.xs(first, level=list(range(self._context.index.nlevels - 1))).index
+        freq = pd.infer_freq(times) if len(times) >= 3 else None
+        if freq is None:
+            raise ValueError(
+                "cannot infer the frequency of y's DatetimeIndex; give y a regular DatetimeIndex with a freq"
+            )
+        cutoff = pd.DatetimeIndex(cutoff, freq=freq)
+        return cutoff, ForecastingHorizon(fh.to_pandas(), is_relative=fh.is_relative, freq=freq)
+
+    def _end_offsets(self, ends: list, cutoff) -> np.ndarray:
         offsets = np.zeros(len(ends), dtype=np.int64)
         distinct = {}
         for i, end in enumerate(ends):

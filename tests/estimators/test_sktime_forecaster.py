@@ -138,6 +138,15 @@ def test_hierarchical_data(checkpoint):
     y = _make_hierarchical(hierarchy_levels=(2, 3), min_timepoints=20, max_timepoints=20, random_state=0)
     pred = forecaster(checkpoint).fit(y).predict(fh=[1, 2])
     assert pred.index.nlevels == 3 and len(pred) == 12
+    # Unequal lengths (sktime gives such panels a cutoff without freq): inferred from the index.
+    ragged = _make_hierarchical(hierarchy_levels=(2, 2), min_timepoints=15, max_timepoints=25, random_state=1)
+    pred = forecaster(checkpoint).fit(ragged).predict(fh=[1, 3])
+    last = ragged.index.get_level_values(-1).max()
+    assert set(pred.index.get_level_values(-1)) == {last + pd.Timedelta(days=1), last + pd.Timedelta(days=3)}
+    one = ragged.loc[("h0_1", "h1_0")]
+    np.testing.assert_allclose(
+        pred.loc[("h0_1", "h1_0")].to_numpy(), forecaster(checkpoint).fit(one).predict(fh=[1, 3]).to_numpy(), rtol=1e-5
+    )
 
 
 # Scaling, constants, missing values --------------------------------------------------------------
