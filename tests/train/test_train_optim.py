@@ -100,3 +100,16 @@ def test_bf16_optimizer_keeps_small_updates_in_expectation():
 def test_bad_optimizer_arguments():
     with pytest.raises(ValueError, match="optim_dtype"):
         build_optimizer(make_model(), lr=1e-3, optim_dtype="fp8")
+
+
+def test_chunking_does_not_change_the_update():
+    models = [make_model(), make_model()]
+    opts = [StochasticRoundingAdamW(param_groups(m, 0.1), lr=1e-2, chunk_numel=n) for m, n in zip(models, (7, 1 << 26))]
+    x = torch.randn(2, 32)
+    for _ in range(2):
+        for model, opt in zip(models, opts):
+            model(x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)

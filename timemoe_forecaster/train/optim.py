@@ -76,14 +76,46 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, generator: torch.Gen
 class StochasticRoundingAdamW(torch.optim.Optimizer):
     """Decoupled-weight-decay Adam for low-precision parameters; moments stored in the parameter dtype.
 
-    The noise for the rounding comes from a generator reseeded from (seed, step, rank) at every step,
-    so a resumed run draws the same numbers as an uninterrupted one without extra state.
+    Parameters are updated in chunks of up to ``chunk_numel`` elements: each chunk is concatenated into
+    flat fp32 buffers, updated with a handful of large kernels and copied back (a per-tensor loop costs
+    ~25 small kernels per tensor, which made the step of the 2.4B ``ultra`` model 20x slower than fused
+    AdamW). The rounding noise comes from a generator reseeded from (seed, step, rank) at every step, so
+    a resumed run draws the same numbers as an uninterrupted one without extra state.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, seed: int = 0) -> None:
+    def __init__(
+        self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, seed: int = 0, chunk_numel: int = 1 << 26
+    ) -> None:
         if lr < 0 or eps <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid AdamW hyper-parameters lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0, seed=seed))
+        self.chunk_numel = int(chunk_numel)
+
+    def _chunks(self, group: dict) -> list[tuple[int, list[torch.Tensor]]]:
+        """(step, params) runs of this group's parameters with gradients: same step, device and dtype."""
+        chunks: list[tuple[int, list[torch.Tensor]]] = []
+        size = 0
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            state = self.state[param]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] += 1
+            step, local = int(state["step"].item()), _local(param)
+            if chunks:
+                last_step, last = chunks[-1]
+                head = _local(last[0])
+                same = last_step == step and head.device == local.device and head.dtype == local.dtype
+                if same and size + local.numel() <= self.chunk_numel:
+                    last.append(param)
+                    size += local.numel()
+                    continue
+            chunks.append((step, [param]))
+            size = local.numel()
+        return chunks
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -96,31 +128,33 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
-                step = int(state["step"].item())
-                p, grad = _local(param), _local(param.grad).float()
-                exp_avg, exp_avg_sq = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-                device = p.device
+            for step, params in self._chunks(group):
+                p = [_local(x) for x in params]
+                exp_avg = [_local(self.state[x]["exp_avg"]) for x in params]
+                exp_avg_sq = [_local(self.state[x]["exp_avg_sq"]) for x in params]
+                device = p[0].device
                 if device not in generators:
                     generators[device] = torch.Generator(device=device)
                     generators[device].manual_seed((group["seed"] * 1_000_003 + step) * 4099 + rank)
                 gen = generators[device]
-                m = exp_avg.float().lerp_(grad, 1 - beta1)
-                v = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                grad = _flat([_local(x.grad) for x in params])
+                m = _flat(exp_avg).lerp_(grad, 1 - beta1)
+                v = _flat(exp_avg_sq).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                del grad
                 denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
-                w = p.float().mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
-                stochastic_round_(p, w, gen)
-                stochastic_round_(exp_avg, m, gen)
-                stochastic_round_(exp_avg_sq, v, gen)
+                w = _flat(p).mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+                del denom
+                for targets, values in ((p, w), (exp_avg, m), (exp_avg_sq, v)):
+                    rounded = torch.empty_like(values, dtype=targets[0].dtype)
+                    stochastic_round_(rounded, values, gen)
+                    sizes = [t.numel() for t in targets]
+                    torch._foreach_copy_(targets, [r.view_as(t) for r, t in zip(rounded.split(sizes), targets)])
         return loss
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One new fp32 vector holding all ``tensors`` in order."""
+    return torch.cat([t.reshape(-1) for t in tensors]).float()
 
 
 class WarmupCosine:
