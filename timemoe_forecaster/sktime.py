@@ -327,7 +327,8 @@ class TimeMoEForecaster(BaseForecaster):
 
     @classmethod
     def get_test_params(cls, parameter_set="default"):
-        """Tiny, download-free instances: fresh seeded models from the "tiny" preset, short contexts."""
+        """Tiny, download-free instances: fresh seeded models from the "tiny" preset, short contexts
+        (the third fine-tunes for one step)."""
         return [
             {
                 "config": {"preset": "tiny", "max_position_embeddings": 64},
@@ -344,6 +345,12 @@ class TimeMoEForecaster(BaseForecaster):
                 "conformal_windows": 3,
                 "pretrain_settings": {"steps": 1, "batch_size": 2, "max_length": 16},
                 "seed": 1,
+                "device": "cpu",
+            },
+            {
+                "config": {"preset": "tiny", "max_position_embeddings": 32},
+                "fine_tune": {"steps": 1, "batch_size": 2, "max_length": 16},
+                "conformal_windows": 2,
                 "device": "cpu",
             },
         ]
