@@ -149,6 +149,7 @@ class TimeMoEModel(GlobalForecastingModel):
         if kwargs:
             raise TypeError(f"TimeMoEModel.fit got unexpected arguments {sorted(kwargs)}")
         values = _component_arrays(_as_list(series))
+        self._model = None  # every fit starts from the configured model, so refitting is idempotent
         model = self._load()
         if self.fine_tune is not None:
             from .loading import train_private_copy
