@@ -2,7 +2,7 @@
 
 Rank r of 2 draws its micro-batch from data shard r; one process with --grad-accum 2 draws micro-batch
 a from shard a: the same rows, so the weights must agree (they do to the last bit on CPU, the test
-allows fp32 tolerance). The FSDP2 run is also killed and resumed.
+allows fp32 tolerance). Both runs are also killed and resumed.
 """
 
 from __future__ import annotations
@@ -94,20 +94,26 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def kill_after_step_2_and_resume(output_dir: Path, *extra: str) -> None:
+    """Drop the step-3 checkpoint and the final model ("killed" after step 2), resume on two processes,
+    and check the resumed step 3 equals the uninterrupted one bit for bit."""
+    straight = weights(output_dir / "checkpoints" / "step_00000003")
+    shutil.rmtree(output_dir / "checkpoints" / "step_00000003")
+    (output_dir / "checkpoints" / "latest").unlink()
+    (output_dir / "model.safetensors").unlink()
+    torchrun(output_dir, *extra, "--resume")
+    resumed = weights(output_dir / "checkpoints" / "step_00000003")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert (output_dir / "model.safetensors").exists()
+
+
 def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path):
-    torchrun(tmp_path, "--fsdp", "false")
+    torchrun(tmp_path, "--fsdp", "false", "--save-every", "1")
     assert_same(weights(single), weights(tmp_path))
+    kill_after_step_2_and_resume(tmp_path, "--fsdp", "false", "--save-every", "1")
 
 
 def test_fsdp2_equals_one_process_and_resumes_exactly(single, tmp_path):
     torchrun(tmp_path, "--fsdp", "true", "--save-every", "1")
     assert_same(weights(single), weights(tmp_path))
-    # "kill" after step 2: drop the step-3 checkpoint and the final model, resume on two processes
-    straight = weights(tmp_path / "checkpoints" / "step_00000003")
-    shutil.rmtree(tmp_path / "checkpoints" / "step_00000003")
-    (tmp_path / "checkpoints" / "latest").unlink()
-    (tmp_path / "model.safetensors").unlink()
-    torchrun(tmp_path, "--fsdp", "true", "--save-every", "1", "--resume")
-    resumed = weights(tmp_path / "checkpoints" / "step_00000003")
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert (tmp_path / "model.safetensors").exists()
+    kill_after_step_2_and_resume(tmp_path, "--fsdp", "true", "--save-every", "1")

@@ -6,14 +6,24 @@ import pytest
 import torch
 
 from timemoe_forecaster.train.parallel import DistContext
-from timemoe_forecaster.train.trainer import Trainer, TrainConfig, build_model, make_stream, open_data, train
+from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def gpu_config(**changes) -> TrainConfig:
-    values = dict(config="small", data=["synthetic#max_length=1024"], output_dir=None, max_steps=4, batch_size=4,
-                  max_length=256, lr=1e-3, progress=False, log_every=1, device="cuda")  # fmt: skip
+    values = dict(
+        config="small",
+        data=["synthetic#max_length=1024"],
+        output_dir=None,
+        max_steps=4,
+        batch_size=4,
+        max_length=256,
+        lr=1e-3,
+        progress=False,
+        log_every=1,
+        device="cuda",
+    )
     values.update(changes)
     return TrainConfig(**values)
 

@@ -130,15 +130,18 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Model state (internal names), optimizer state and trainer state of one checkpoint directory."""
+def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Model state (internal names), optimizer state and trainer state of one checkpoint directory.
+
+    ``weights=False`` skips the model and optimizer files (empty dicts instead).
+    """
     path = Path(path)
     for required in ("config.json", OPTIMIZER_FILE, TRAINER_FILE):
         if not (path / required).exists():
             raise ValueError(f"{path} is not a training checkpoint: {required} is missing")
     return {
-        "model": read_model(path),
-        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
+        "model": read_model(path) if weights else {},
+        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True) if weights else {},
         "trainer": torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True),
         "config": TimeMoEConfig.from_json_file(path / "config.json"),
     }

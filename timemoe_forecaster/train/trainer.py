@@ -260,7 +260,9 @@ class Trainer:
             set_optimizer_state_dict,
         )
 
-        saved = ckpt.load_checkpoint(path)
+        # Under torchrun only rank 0 reads the (possibly many-GB) weights and broadcasts them.
+        broadcast = self.ctx.distributed
+        saved = ckpt.load_checkpoint(path, weights=self.ctx.is_main or not broadcast)
         trainer_state = saved["trainer"]
         num_shards = self.ctx.world_size * self.cfg.grad_accum
         if trainer_state["num_shards"] != num_shards:
@@ -268,7 +270,7 @@ class Trainer:
                 f"{path} was written by a run with world_size × grad_accum = {trainer_state['num_shards']} data "
                 f"shards; this run has {num_shards}. Resume with the same number of processes × --grad-accum."
             )
-        opts = StateDictOptions(full_state_dict=True)
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
         dtype = next(self.model.parameters()).dtype
         set_model_state_dict(self.model, {k: v.to(dtype) for k, v in saved["model"].items()}, options=opts)
         set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
