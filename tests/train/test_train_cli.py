@@ -115,3 +115,13 @@ def test_module_entry_point_runs():
         timeout=120,
     )
     assert done.returncode == 0 and "--max-steps" in done.stdout and "--grad-accum" in done.stdout
+
+
+def test_airline_without_sktime_reads_the_bundled_copy(monkeypatch):
+    from timemoe_forecaster.cli import load_series
+
+    with_sktime = load_series("airline")
+    monkeypatch.setitem(sys.modules, "sktime.datasets", None)  # import fails as if sktime were missing
+    bundled = load_series("airline")
+    assert len(bundled) == 144 and str(bundled.index[0]) == "1949-01"
+    assert (bundled.to_numpy() == with_sktime.to_numpy()).all()
