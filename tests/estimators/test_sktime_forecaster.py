@@ -279,6 +279,9 @@ def test_zero_shot_weights_are_read_only_aliases(checkpoint):
     b = forecaster(checkpoint).fit(load_airline())
     assert a.model_ is not b.model_
     assert not any(p.requires_grad for p in a.model_.parameters())
+    # One copy of the weights in memory (the read-only cache), aliased by both instances.
+    pa, pb = next(a.model_.parameters()), next(b.model_.parameters())
+    assert pa.data_ptr() == pb.data_ptr()
 
 
 # Composition: pipelines, evaluation, tuning, clone, pickle ---------------------------------------
