@@ -16,6 +16,7 @@ from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
 
 from . import preprocess
 from .conformal import residual_offsets, rolling_residuals
+from .frames import checked_frame, output_index, split_series, steps_between, to_rows
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class TimeMoEForecaster(BaseForecaster):
     def _train(self, model, frame: pd.DataFrame, settings: dict | None):
         from .loading import train_private_copy
 
-        series = _split_series(frame).values
+        series = split_series(frame).values
         return train_private_copy(model, series, settings, seed=self.seed, progress=self.progress)
 
     def _context_points(self) -> int:
@@ -175,7 +176,7 @@ class TimeMoEForecaster(BaseForecaster):
     # sktime hooks -------------------------------------------------------------------------------
     def _pretrain(self, y, X=None, fh=None):
         """Train a private copy of the model on every series of the panel ``y``."""
-        frame = _checked_frame(y)
+        frame = checked_frame(y)
         self.pretrained_model_, self.pretrain_result_ = self._train(
             self._base_model(), frame, self._pretrain_settings()
         )
@@ -190,7 +191,7 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _fit(self, y, X=None, fh=None):
         """Store a copy of ``y`` as context; fine-tune a private copy of the model if asked to."""
-        self._context = _checked_frame(y)
+        self._context = checked_frame(y)
         model = self._base_model()
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
@@ -200,10 +201,10 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _update(self, y, X=None, update_params=True):
         """Extend the stored context with ``y`` (newer values win); the model is not retrained."""
-        new = _checked_frame(y, require_points=False)
+        new = checked_frame(y, require_points=False)
         merged = pd.concat([self._context, new])
         merged = merged[~merged.index.duplicated(keep="last")].sort_index()
-        self._context = _checked_frame(merged, copy=False)
+        self._context = checked_frame(merged, copy=False)
         self._check_lengths()
         return self
 
@@ -239,7 +240,7 @@ class TimeMoEForecaster(BaseForecaster):
             names=series.names,
         )
         values = np.take_along_axis(points, steps - 1, axis=1)  # [N, m]
-        return pd.DataFrame(_to_rows(values, series.num_columns), index=index, columns=self._context.columns)
+        return pd.DataFrame(to_rows(values, series.num_columns), index=index, columns=self._context.columns)
 
     def _predict_quantiles(self, fh, X, alpha):
         series, steps, index = self._plan(fh)
@@ -260,7 +261,7 @@ class TimeMoEForecaster(BaseForecaster):
         quantiles = points[:, :, None] + offsets  # [N, H, Q]
         picked = np.take_along_axis(quantiles, (steps - 1)[:, :, None], axis=1)  # [N, m, Q]
         columns = pd.MultiIndex.from_product([self._context.columns, list(alpha)])
-        blocks = [_to_rows(picked[:, :, j], series.num_columns) for j in range(len(alpha))]
+        blocks = [to_rows(picked[:, :, j], series.num_columns) for j in range(len(alpha))]
         # column order: for each variable, all alphas
         data = np.stack(blocks, axis=-1).reshape(len(index), -1)  # [rows, C * Q]
         return pd.DataFrame(data, index=index, columns=columns)
@@ -284,7 +285,7 @@ class TimeMoEForecaster(BaseForecaster):
     # Horizons and indices -----------------------------------------------------------------------
     def _plan(self, fh):
         """Series to forecast, the horizon step of every output point per series [N, m], and the index."""
-        series = _split_series(self._context)
+        series = split_series(self._context)
         cutoff, fh = self._cutoff_and_fh(fh)
         rel = fh.to_relative(cutoff)
         rel_steps = np.asarray(rel.to_numpy(), dtype=np.int64)
@@ -297,7 +298,7 @@ class TimeMoEForecaster(BaseForecaster):
         fh_abs = fh.to_absolute_index(cutoff)
         offsets = self._end_offsets(series.ends, cutoff)  # steps between each instance's end and the cutoff
         steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
-        return series, steps, _output_index(self._context.index, series.keys, fh_abs)
+        return series, steps, output_index(self._context.index, series.keys, fh_abs)
 
     def _cutoff_and_fh(self, fh):
         """The cutoff with a frequency; sktime leaves it unset for panels of unequal length."""
@@ -321,7 +322,7 @@ class TimeMoEForecaster(BaseForecaster):
         distinct = {}
         for i, end in enumerate(ends):
             if end not in distinct:
-                distinct[end] = _steps_between(end, cutoff)
+                distinct[end] = steps_between(end, cutoff)
             offsets[i] = distinct[end]
         return offsets
 
@@ -354,88 +355,6 @@ class TimeMoEForecaster(BaseForecaster):
                 "device": "cpu",
             },
         ]
-
-
-# Frames <-> series --------------------------------------------------------------------------------
-class _Series:
-    """Every (instance, column) of a frame as a 1-D array, instance-major."""
-
-    def __init__(self, values, keys, ends, names, num_columns):
-        self.values, self.keys, self.ends, self.names, self.num_columns = values, keys, ends, names, num_columns
-
-
-def _checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
-    """A validated float64 copy of ``y`` (numeric, no inf, at least 2 observations per series)."""
-    if not isinstance(y, pd.DataFrame):
-        y = pd.DataFrame(y)
-    for col in y.columns:
-        if not pd.api.types.is_numeric_dtype(y[col]) or pd.api.types.is_bool_dtype(y[col]):
-            raise TypeError(
-                f"column {col!r} of y has dtype {y[col].dtype}; TimeMoEForecaster needs numeric values. "
-                "Convert it (e.g. pd.to_numeric) or drop it"
-            )
-    if len(y) == 0:
-        raise ValueError("y is empty; pass a series with at least 2 observed points")
-    frame = y.astype(np.float64, copy=copy)
-    if np.isinf(frame.to_numpy()).any():
-        raise ValueError("y holds inf values; replace them by NaN (treated as missing) or finite numbers")
-    if not require_points:
-        return frame
-    series = _split_series(frame)
-    for values, name in zip(series.values, series.names):
-        preprocess.fill_missing(values, name)  # raises for all-NaN or too short series
-    return frame
-
-
-def _split_series(frame: pd.DataFrame):
-    columns = list(frame.columns)
-    if frame.index.nlevels == 1:
-        values = frame.to_numpy(np.float64)
-        return _Series(list(values.T), [None], [frame.index[-1]], [f"column {c!r} of y" for c in columns], len(columns))
-    levels = list(range(frame.index.nlevels - 1))
-    values, keys, ends, names = [], [], [], []
-    for key, group in frame.groupby(level=levels, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        keys.append(key)
-        ends.append(group.index[-1][-1])
-        block = group.to_numpy(np.float64)
-        values.extend(block.T)
-        names.extend(f"instance {key if len(key) > 1 else key[0]!r}, column {c!r} of y" for c in columns)
-    return _Series(values, keys, ends, names, len(columns))
-
-
-def _steps_between(end, cutoff: pd.Index) -> int:
-    """Number of steps from ``end`` (one instance's last time) to the global cutoff."""
-    last = cutoff[0]
-    if end == last:
-        return 0
-    if isinstance(cutoff, pd.PeriodIndex):
-        return int((last - end).n)
-    if isinstance(cutoff, pd.DatetimeIndex):
-        if cutoff.freq is None:
-            raise ValueError(
-                "the series of y end at different times and their frequency is unknown; "
-                "give y a DatetimeIndex with a freq"
-            )
-        return len(pd.date_range(end, last, freq=cutoff.freq)) - 1
-    return int(last - end)
-
-
-def _output_index(index: pd.Index, keys: list, fh_abs: pd.Index) -> pd.Index:
-    if index.nlevels == 1:
-        return fh_abs
-    m = len(fh_abs)
-    arrays = [np.repeat(np.array([k[j] for k in keys], dtype=object), m) for j in range(index.nlevels - 1)]
-    times = fh_abs[np.tile(np.arange(m), len(keys))]
-    return pd.MultiIndex.from_arrays(
-        [pd.Index(a).astype(index.levels[j].dtype) for j, a in enumerate(arrays)] + [times], names=index.names
-    )
-
-
-def _to_rows(values: np.ndarray, num_columns: int) -> np.ndarray:
-    """[instances * columns, m] -> [instances * m, columns] (rows instance-major, then time)."""
-    n, m = values.shape
-    return values.reshape(n // num_columns, num_columns, m).transpose(0, 2, 1).reshape(-1, num_columns)
 
 
 __all__ = ["TimeMoEForecaster"]

@@ -1,0 +1,96 @@
+"""pandas frames of the sktime adapter <-> lists of 1-D series, and the indices of forecasts.
+
+sktime hands over one DataFrame: a single (multivariate) series, a ``pd-multiindex`` panel or a
+``pd_multiindex_hier`` hierarchy. Each (instance, column) pair becomes one 1-D float64 array,
+instance-major, which is what :mod:`timemoe_forecaster.preprocess` batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import preprocess
+
+
+class SeriesSet:
+    """Every (instance, column) of a frame as a 1-D array, instance-major."""
+
+    def __init__(self, values, keys, ends, names, num_columns):
+        self.values, self.keys, self.ends, self.names, self.num_columns = values, keys, ends, names, num_columns
+
+
+def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
+    """A validated float64 copy of ``y`` (numeric, no inf, at least 2 observations per series)."""
+    if not isinstance(y, pd.DataFrame):
+        y = pd.DataFrame(y)
+    for col in y.columns:
+        if not pd.api.types.is_numeric_dtype(y[col]) or pd.api.types.is_bool_dtype(y[col]):
+            raise TypeError(
+                f"column {col!r} of y has dtype {y[col].dtype}; TimeMoEForecaster needs numeric values. "
+                "Convert it (e.g. pd.to_numeric) or drop it"
+            )
+    if len(y) == 0:
+        raise ValueError("y is empty; pass a series with at least 2 observed points")
+    frame = y.astype(np.float64, copy=copy)
+    if np.isinf(frame.to_numpy()).any():
+        raise ValueError("y holds inf values; replace them by NaN (treated as missing) or finite numbers")
+    if not require_points:
+        return frame
+    series = split_series(frame)
+    for values, name in zip(series.values, series.names):
+        preprocess.fill_missing(values, name)  # raises for all-NaN or too short series
+    return frame
+
+
+def split_series(frame: pd.DataFrame):
+    columns = list(frame.columns)
+    if frame.index.nlevels == 1:
+        values = frame.to_numpy(np.float64)
+        return SeriesSet(
+            list(values.T), [None], [frame.index[-1]], [f"column {c!r} of y" for c in columns], len(columns)
+        )
+    levels = list(range(frame.index.nlevels - 1))
+    values, keys, ends, names = [], [], [], []
+    for key, group in frame.groupby(level=levels, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        keys.append(key)
+        ends.append(group.index[-1][-1])
+        block = group.to_numpy(np.float64)
+        values.extend(block.T)
+        names.extend(f"instance {key if len(key) > 1 else key[0]!r}, column {c!r} of y" for c in columns)
+    return SeriesSet(values, keys, ends, names, len(columns))
+
+
+def steps_between(end, cutoff: pd.Index) -> int:
+    """Number of steps from ``end`` (one instance's last time) to the global cutoff."""
+    last = cutoff[0]
+    if end == last:
+        return 0
+    if isinstance(cutoff, pd.PeriodIndex):
+        return int((last - end).n)
+    if isinstance(cutoff, pd.DatetimeIndex):
+        if cutoff.freq is None:
+            raise ValueError(
+                "the series of y end at different times and their frequency is unknown; "
+                "give y a DatetimeIndex with a freq"
+            )
+        return len(pd.date_range(end, last, freq=cutoff.freq)) - 1
+    return int(last - end)
+
+
+def output_index(index: pd.Index, keys: list, fh_abs: pd.Index) -> pd.Index:
+    if index.nlevels == 1:
+        return fh_abs
+    m = len(fh_abs)
+    arrays = [np.repeat(np.array([k[j] for k in keys], dtype=object), m) for j in range(index.nlevels - 1)]
+    times = fh_abs[np.tile(np.arange(m), len(keys))]
+    return pd.MultiIndex.from_arrays(
+        [pd.Index(a).astype(index.levels[j].dtype) for j, a in enumerate(arrays)] + [times], names=index.names
+    )
+
+
+def to_rows(values: np.ndarray, num_columns: int) -> np.ndarray:
+    """[instances * columns, m] -> [instances * m, columns] (rows instance-major, then time)."""
+    n, m = values.shape
+    return values.reshape(n // num_columns, num_columns, m).transpose(0, 2, 1).reshape(-1, num_columns)
