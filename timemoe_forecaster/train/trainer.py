@@ -160,13 +160,13 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        flags = torch.tensor([tokens, float(time_up)], device=ctx.device, dtype=torch.float32)
-        stats = all_reduce_sum(torch.cat([torch.stack([ar_sum, aux_sum / (a * w)]), flags]), ctx)
+        flags = torch.tensor([tokens, float(time_up)], device=ctx.device, dtype=torch.float64)
+        stats = all_reduce_sum(torch.cat([torch.stack([ar_sum, aux_sum / (a * w)]).double(), flags]), ctx)
+        stats = torch.cat([stats, grad_norm.double().reshape(1)])  # the norm is global already
         if prefetch:  # host work for the next step overlaps the GPU finishing this one
             self._pending_states = [s.state_dict() for s in self.streams]
             self._pending = self._fetch()
-        ar_loss, aux_loss, tokens, time_up_votes = stats.tolist()  # the one host sync of the step
-        grad_norm = float(grad_norm.float())
+        ar_loss, aux_loss, tokens, time_up_votes, grad_norm = stats.tolist()  # the one host sync of the step
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(ar_loss) and math.isfinite(aux_loss) and math.isfinite(grad_norm)
         if finite:
