@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--darts-lookback", type=int, default=512)
     p.add_argument("--darts-epochs", type=int, default=2)
     p.add_argument("--darts-samples", type=int, default=7000, help="training windows per epoch (all channels)")
-    p.add_argument("--finetune-epochs", type=float, default=1.0, help="Time-MoE full-shot epochs (paper: one)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="Time-MoE full-shot epochs (paper: one)")
     p.add_argument("--finetune-steps", type=int, help="Time-MoE full-shot steps (overrides epochs)")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--finetune-batch-size", type=int, default=16)

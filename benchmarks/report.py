@@ -21,7 +21,8 @@ PROTOCOL = (
     "ETTm the same at 15 min, Weather 70/10/20), StandardScaler per column fit on train, metrics on that scale; "
     "stride-1 test windows from the test border (test rows - horizon per channel), lookback reaching back into val; "
     "MSE/MAE pooled over all points, avg = mean of the four horizons. `windows` counts forecast windows over all "
-    "channels; fewer than the full count means the model ran on an evenly spaced subsample (see cells.jsonl)."
+    "channels; fewer than the full count means the model ran on an evenly spaced subsample (see cells.jsonl), so "
+    "its numbers estimate the full-window metric on other windows than the full-count cells of the same row."
 )
 
 
