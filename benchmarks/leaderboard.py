@@ -214,9 +214,9 @@ def example_window(forecaster, data, horizon: int) -> dict:
         "channel": data.columns[channel],
         "start": int(start[0]),
         "horizon": horizon,
-        "history": data.contexts(channel, start, 2 * horizon)[0].tolist(),
-        "truth": data.targets(channel, start, horizon)[0].tolist(),
-        "forecast": np.asarray(pred, dtype=float).tolist(),
+        "history": np.round(data.contexts(channel, start, 2 * horizon)[0].astype(float), 5).tolist(),
+        "truth": np.round(data.targets(channel, start, horizon)[0].astype(float), 5).tolist(),
+        "forecast": np.round(np.asarray(pred, dtype=float), 5).tolist(),
     }
 
 

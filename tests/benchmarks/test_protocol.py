@@ -181,3 +181,18 @@ def test_quick_run_end_to_end_and_resume(tmp_path):
 def test_cli_rejects_a_model_of_the_other_setting(tmp_path):
     leaderboard = importlib.import_module("leaderboard")
     assert leaderboard.main(["--quick", "--models", "dlinear", "--out", str(tmp_path), "--no-progress"]) == 2
+
+
+def test_stats_baseline_fits_each_window_once_for_all_horizons():
+    pytest.importorskip("statsforecast")
+    rng = np.random.default_rng(2)
+    t = np.arange(200)
+    contexts = np.stack([np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(200) for _ in range(2)])
+    model = baselines.StatsForecast("AutoTheta", season=24, lookback=200, max_windows=2)
+    long = model.predict(contexts.astype(np.float32), 192)
+    short = model.predict(contexts.astype(np.float32), 96)
+    assert long.shape == (2, 192) and len(model._cache) == 2
+    np.testing.assert_array_equal(short, long[:, :96])
+    # A seasonal series: the forecast keeps the daily cycle (far better than the mean).
+    truth = np.sin(2 * np.pi * (np.arange(200, 296)) / 24)
+    assert np.mean((short[0] - truth) ** 2) < 0.1
