@@ -41,11 +41,11 @@ _HELP = {
     "fsdp": "FSDP2 sharding under torchrun: true, false or auto (>= 1B parameters)",
     "device": "cpu, cuda or cuda:N (default: this process's GPU if any)",
     "save_every": "checkpoint every N steps (0 = only at the end)",
-    "keep_checkpoints": "checkpoints kept under output_dir/checkpoints",
+    "keep_checkpoints": "newest checkpoints kept under output_dir/checkpoints (0 = all)",
     "save_dtype": "dtype of the final model.safetensors",
     "eval_every": "evaluate on held-out windows every N steps (0 = never)",
     "resume": "continue from the latest checkpoint in --output-dir",
-    "time_limit": "stop with a checkpoint after this many seconds (0 = no limit)",
+    "time_limit": "stop with a checkpoint after this many seconds of training (0 = no limit)",
     "progress": "show a progress bar (rank 0)",
 }
 
