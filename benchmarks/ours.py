@@ -87,6 +87,7 @@ class TimeMoERunner:
         self._base = None
         self._model = None
         self._tuned_on = None
+        self._batch_for: dict[int, int] = {}  # context length -> windows per forward after OOM back-off
         self.train_seconds = 0.0
         self.train_info: dict = {}
 
@@ -155,10 +156,23 @@ class TimeMoERunner:
             std = np.where(std > 1e-8, std, 1.0)
             x = (x - mean) / std
         param = next(self._model.parameters())
-        outs = []
-        for i in range(0, len(x), self.batch_size):
-            batch = torch.from_numpy(x[i : i + self.batch_size]).to(device=param.device, dtype=param.dtype)
-            outs.append(self._model.forecast(batch, horizon).float().cpu().numpy())  # [B, H]
+        length = x.shape[1]
+        outs, i = [], 0
+        while i < len(x):
+            size = self._batch_for.get(length, self.batch_size)
+            batch = torch.from_numpy(x[i : i + size]).to(device=param.device, dtype=param.dtype)
+            try:
+                outs.append(self._model.forecast(batch, horizon).float().cpu().numpy())  # [B, H]
+            except torch.OutOfMemoryError:
+                # Long contexts need fewer windows per forward: halve the batch for this context length.
+                if size == 1:
+                    raise
+                del batch
+                torch.cuda.empty_cache()
+                self._batch_for[length] = max(1, size // 2)
+                log.warning("out of memory at context %d: %d windows per batch now", length, size // 2)
+                continue
+            i += len(batch)
         pred = np.concatenate(outs, axis=0)  # [N, H]
         if self.normalize_window:
             pred = pred * std + mean
@@ -171,6 +185,7 @@ class TimeMoERunner:
             "dtype": self.dtype or "fp32",
             "device": self.device,
             "batch_size": self.batch_size,
+            "batch_after_oom": {str(k): v for k, v in self._batch_for.items()},
             "context_lengths": self.context_lengths,
             "normalize_window": self.normalize_window,
             "max_windows": self.max_windows,
