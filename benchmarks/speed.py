@@ -59,7 +59,7 @@ class Plan:
     seq_len: int
     infer: dict  # group -> [(dtype, ctx, horizon, batch)]
     train: dict  # group -> [(dtype, batch)]
-    reps_train: tuple = (3, 10)
+    reps_train: tuple = (4, 10)  # compile, then cudagraph warm-up and recording, then replays
     reps_ref_train: tuple = (2, 5)
     reps_infer: tuple = (2, 5)
     reps_ref_infer: tuple = (1, 3)
@@ -147,10 +147,14 @@ def load_ours(workdir: Path, dtype: torch.dtype, device: str) -> TimeMoEForPredi
 
 
 def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_parts: str | None, backend: str):
-    """Training/inference set-up applied from outside the model (as ``train/parallel.py`` does):
-    activation checkpointing per decoder block, then ``torch.compile`` of whole blocks ("blocks") or of
-    each block's norms and MoE layer only ("ffn": the KV-cache update stays eager, so forecasting with
-    growing caches does not recompile per layer)."""
+    """Set-up applied from outside the model (as ``train/parallel.py`` does): activation checkpointing
+    per decoder block, then ``torch.compile`` of
+
+    - "blocks": each decoder block (torchtitan's granularity, what ``train/parallel.py`` does);
+    - "ffn": each block's norms and MoE layer only (attention and the KV cache stay eager);
+    - "model": the whole model with its losses, one graph forward and one backward;
+    - "model-cudagraphs": the same, replayed as CUDA graphs (``mode="reduce-overhead"``).
+    """
     blocks = model.model.layers
     if checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -163,7 +167,11 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
     elif compile_parts == "ffn":
         for block in blocks:
             for part in (block.input_layernorm, block.post_attention_layernorm, block.ffn_layer):
-                part.compile(backend=backend, dynamic=None)
+                part.compile(backend=backend)
+    elif compile_parts == "model":
+        model.compile(backend=backend)
+    elif compile_parts == "model-cudagraphs":
+        model.compile(backend=backend, **({"mode": "reduce-overhead"} if backend == "inductor" else {}))
     return model
 
 
@@ -303,12 +311,12 @@ def infer_cases(runner: Runner, size, config, dtype_name, ref, ours, cases, vari
                            batch, flops, "series_per_s", need_s=60)  # fmt: skip
             ref.to("cpu")
             ours.to(device)
-        for name, model in variants(ours):
+        for name, model in variants(ours, (size, ctx, horizon)):
             fn = lambda m=model, c=context, h=horizon: m.forecast(c, h)  # noqa: E731
             record = runner.measure(fn, plan.reps_infer, {"impl": "ours", "variant": name, **base}, batch, flops,
                                     "series_per_s")  # fmt: skip
             first_case = (ctx, horizon, dtype_name) == (512, 96, "bf16") and size == "base"
-            if runner.profile_dir and first_case and record.get("status") == "ok":
+            if runner.profile_dir and first_case and record.get("status") == "ok" and name in PROFILED_INFER:
                 profile_to_file(fn, runner.profile_dir / f"profile_infer_{size}_{name}.txt", warmup=1)
         del context
 
@@ -341,7 +349,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         need = 120 if compile_parts else 30
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
                                 "tokens_per_s", need_s=need)  # fmt: skip
-        if runner.profile_dir and size == "base" and record.get("status") == "ok" and dispatch == "auto":
+        if runner.profile_dir and size == "base" and record.get("status") == "ok" and name in PROFILED_TRAIN:
             profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name}.txt")
         del model, opt, fn
         free_memory()
@@ -369,25 +377,32 @@ def uncompile(model: torch.nn.Module) -> None:
 
 
 def infer_variants(plan: Plan):
-    """Our forecasting set-ups: plain eager and, in bf16, compiled norms + MoE layers (in place, undone after)."""
+    """Our forecasting set-ups: eager, then (bf16) compiled norms + MoE, then compiled whole blocks
+    (compiled in place, undone after each case)."""
 
-    def variants(model):
+    def variants(model, case):
         yield "eager", model
         if next(model.parameters()).dtype != torch.bfloat16:
             return  # fp32 runs the loop dispatch on CUDA: nothing for the compiler to fuse around it
-        prepare_blocks(model, False, "ffn", plan.compile_backend)
-        try:
-            yield "compiled-ffn", model
-        finally:
-            uncompile(model)
+        # Norms + MoE alone only where they are compared with whole blocks (saves compile time).
+        for parts in ("ffn", "blocks") if case == ("base", 512, 96) else ("blocks",):
+            prepare_blocks(model, False, parts, plan.compile_backend)
+            try:
+                yield f"compiled-{parts}", model
+            finally:
+                uncompile(model)
 
     return variants
 
 
 TRAIN_VARIANTS = [  # name, activation checkpointing, compile, lean optimizer, MoE dispatch
     ("eager", False, None, False, "auto"),
-    ("compiled", False, "blocks", False, "auto"),
+    ("compiled-blocks", False, "blocks", False, "auto"),
+    ("compiled-model", False, "model", False, "auto"),
+    ("compiled-model+cudagraphs", False, "model-cudagraphs", False, "auto"),
 ]
+# Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
+PROFILED_TRAIN, PROFILED_INFER = {"compiled-blocks", "compiled-model"}, {"eager", "compiled-blocks"}
 
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
@@ -444,8 +459,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             return ref
 
         ultra_variants = [
-            ("ckpt+compiled+lean-adamw", True, "blocks", True, "auto"),
-            ("ckpt+compiled+fused-adamw", True, "blocks", False, "auto"),
+            ("ckpt+compiled-blocks+fused-adamw", True, "blocks", False, "auto"),
+            ("ckpt+compiled-blocks+lean-adamw", True, "blocks", True, "auto"),
+            ("compiled-blocks+fused-adamw", False, "blocks", False, "auto"),
         ]
         for _, batch in plan.train[group]:
             train_case(runner, size, config, "bf16", batch, make_ref, make_ours, ultra_variants)
@@ -455,10 +471,20 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
 def run_groups_here(groups, plan: Plan, jsonl: Path, deadline: float, profile_dir: Path | None = None) -> None:
     peak = None
     if plan.device == "cuda":
+        # Forecasting meets a few shapes (prefill, decode steps, batch sizes) before sizes go dynamic.
+        torch._dynamo.config.recompile_limit = 64
         peak = matmul_peak_tflops()
     runner = Runner(plan, jsonl, deadline, peak, profile_dir)
     runner.emit({"kind": "env", **environment(), "bf16_matmul_tflops": peak,
                  "reference_attention": "eager", "groups": list(groups)})  # fmt: skip
+    if plan.device == "cuda" and "base" in groups and not runner.out_of_time(120):
+        from benchmarks.speed_micro import run_all
+
+        try:
+            run_all(runner.emit, plan.configs["base"])
+        except Exception:  # noqa: BLE001 - the micro-benchmarks only inform, never block the cases
+            log.exception("micro-benchmarks failed")
+        free_memory()
     for group in groups:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()

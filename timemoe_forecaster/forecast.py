@@ -10,26 +10,40 @@ Shape legend: B batch, S context, C channels, G key/value heads, K cached keys, 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .model.modeling import TimeMoEForPrediction, build_attention_mask
 
 
-class KVCache(nn.Module):
+class LayerKVCache:
+    """One layer's slice of the cache (a plain object: ``torch.compile`` treats ``length`` as a size
+    that may vary instead of recompiling the block for every layer)."""
+
+    def __init__(self, owner: KVCache, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.owner, self.k, self.v = owner, k, v  # [B, G, max_len, D]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.owner.length
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # [B, G, K, D]
+
+
+class KVCache:
     """Preallocated keys and values of every layer; ``length`` counts the positions filled so far."""
 
     def __init__(self, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype, device):
-        super().__init__()
-        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (batch, num_kv_heads, max_len, head_dim)
+        self.layers = [
+            LayerKVCache(
+                self, torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+            )
+            for _ in range(num_layers)
+        ]
         self.length = 0
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.shape[2]
-        self.k[layer_idx, :, :, self.length : end] = k
-        self.v[layer_idx, :, :, self.length : end] = v
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]  # [B, G, K, D]
+    def layer(self, idx: int) -> LayerKVCache:
+        return self.layers[idx]
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -116,7 +130,8 @@ def forecast(
     )
     if valid is None:
         positions = torch.arange(s, device=param.device).expand(b, s)
-        key_valid = torch.ones(b, s, dtype=torch.bool, device=param.device)
+        # No padding: one mask row for the whole batch ([1, K], broadcast by the kernels).
+        key_valid = torch.ones(1, s, dtype=torch.bool, device=param.device)
         mask = build_attention_mask(None, None, s)
     else:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # first real point is position 0
@@ -136,7 +151,7 @@ def forecast(
             if step == len(steps) - 1:
                 break
             positions = positions[:, -1:] + torch.arange(1, kept + 1, device=param.device)  # [B, kept]
-            key_valid = torch.cat([key_valid, key_valid.new_ones(b, kept)], dim=1)
+            key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], kept)], dim=1)
             step_mask = build_attention_mask(None, None, kept, key_valid=key_valid)
             hidden, _ = model.model(new, positions, step_mask, cache)
             cache.advance(kept)

@@ -46,7 +46,16 @@ class AttentionMask:
 
 
 class KVCacheLike(Protocol):
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    """One layer's cache: store this forward's keys/values, return all of them so far ([B, G, K, D])."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ModelKVCacheLike(Protocol):
+    """The caches of all layers. Each layer receives its own, so the layer index never reaches the
+    traced code (``torch.compile`` would otherwise specialise every block on it)."""
+
+    def layer(self, idx: int) -> KVCacheLike: ...
 
 
 def _expand_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -177,7 +186,7 @@ class Attention(nn.Module):
         cos, sin = rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # [B, G, K, D]
+            k, v = cache.update(k, v)  # [B, G, K, D]
         out = ATTENTION_BACKENDS[self.backend](q, k, v, mask, self.dropout, self.training)  # [B, N, S, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, H]
 

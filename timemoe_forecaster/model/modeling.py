@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TimeMoEConfig
-from .attention import Attention, AttentionMask, KVCacheLike, RotaryEmbedding
+from .attention import Attention, AttentionMask, KVCacheLike, ModelKVCacheLike, RotaryEmbedding
 from .layers import InputEmbedding, OutputHead, RMSNorm
 from .moe import build_ffn, load_balancing_loss
 
@@ -121,13 +121,13 @@ class TimeMoEModel(nn.Module):
         x: torch.Tensor,
         position_ids: torch.Tensor,
         mask: AttentionMask,
-        cache: KVCacheLike | None = None,
+        cache: ModelKVCacheLike | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden = self.embed_layer(x)  # [B, S, H]
         rope = self.rotary(position_ids, hidden.dtype)
         router_logits = []
-        for layer in self.layers:
-            hidden, logits = layer(hidden, rope, mask, cache)
+        for i, layer in enumerate(self.layers):
+            hidden, logits = layer(hidden, rope, mask, None if cache is None else cache.layer(i))
             if logits is not None:
                 router_logits.append(logits)
         return self.norm(hidden), router_logits
