@@ -417,6 +417,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             dtype = DTYPES[dtype_name]
             ref = copy.deepcopy(ref32).to(device, dtype).eval()
             ours = load_ours(workdir, dtype, device).eval()
+            if dtype_name == "bf16":
+                runner.emit({"kind": "params", "size": size, "total": ours.num_parameters(),
+                             "activated": ours.num_parameters(activated=True)})  # fmt: skip
             tol_f, tol_l = (5e-2, 2e-2) if dtype_name == "bf16" else (1e-3, 1e-4)
             check_forecasts(runner, size, dtype_name, ref, ours, 512 if not plan.smoke else 32, (96, 720), tol_f)
             check_loss(runner, size, dtype_name, ref, ours, 1024 if not plan.smoke else 48, tol_l)
@@ -504,6 +507,8 @@ def main(argv=None) -> None:
     parser.add_argument("--in-process", action="store_true", help="run the groups in this process")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for --cpu")
     parser.add_argument("--profile-dir", type=Path, default=None, help="write kernel profiles of base cases here")
+    parser.add_argument("--command", default=None, help="with --report: the command that produced the records")
+    parser.add_argument("--note", default=None, help="with --report: a line for the report (e.g. the commit measured)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -523,7 +528,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.jsonl or args.out / "speed.jsonl"
     if args.report:
-        speed_report.build(jsonl, args.out, command)
+        speed_report.build(jsonl, args.out, args.command or command, note=args.note)
         return
     plan = make_plan(args.smoke)
     if plan.device == "cuda" and not torch.cuda.is_available():

@@ -31,7 +31,7 @@ def rate(r: dict | None) -> float | None:
     return r.get("tokens_per_s") or r.get("series_per_s")
 
 
-def build(jsonl: Path, out: Path, command: str) -> list[dict]:
+def build(jsonl: Path, out: Path, command: str, note: str | None = None) -> list[dict]:
     records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     timings = [r for r in records if r.get("kind") in ("train", "infer")]
     best: dict[tuple, dict] = {}
@@ -46,6 +46,8 @@ def build(jsonl: Path, out: Path, command: str) -> list[dict]:
     for r in others:
         if r.get("kind") == "env":
             r.setdefault("command", command)
+            if note:
+                r["note"] = note
     (out / "speed.json").write_text(json.dumps(timings + others, indent=1) + "\n")
     write(out)
     return records
@@ -148,6 +150,7 @@ def write(out: Path) -> None:
             "",
             f"Command: `{env.get('command', 'python benchmarks/speed.py')}`",
             "",
+            *([env["note"], ""] if env.get("note") else []),
             "Both implementations run in one process on one GPU with the same random weights (the reference's "
             "`save_pretrained`, loaded by ours) and the same inputs; training is a full AdamW step "
             "(forward, backward, update) with bf16 parameters for both; forecasts are the reference's "
@@ -196,7 +199,8 @@ def write(out: Path) -> None:
         cpu = json.loads(cpu_path.read_text())
         lines += ["## CPU: end-to-end forecast", ""]
         lines += [
-            f"{cpu['machine']}; torch {cpu['torch']}, {cpu['threads']} threads; checkpoint: {cpu['checkpoint']}. "
+            f"{cpu['machine']}; torch {cpu['torch']}, {cpu['threads']} threads; checkpoint: {cpu['checkpoint']}; "
+            f"1-minute load average before/after: {[round(x, 1) for x in cpu.get('load_average', [])]}. "
             f"Command: `{cpu['command']}`",
             "",
             "| path | median ms | min ms | target |",
