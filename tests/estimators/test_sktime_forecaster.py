@@ -236,11 +236,23 @@ def test_intervals_are_equivariant(checkpoint):
 
 
 # Models: default, presets, isolation -------------------------------------------------------------
-def test_default_model_is_the_labelled_placeholder(caplog):
+def test_default_model_is_pretrained_and_placeholders_are_flagged(caplog, tmp_path):
+    y = load_airline()
     with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
-        f = TimeMoEForecaster(context_length=32, device="cpu").fit(load_airline())
+        f = TimeMoEForecaster(context_length=96, device="cpu").fit(y)
+    assert "UNTRAINED PLACEHOLDER" not in caplog.text
+    pred = f.predict(fh=[1, 2, 3])
+    assert pred.shape == (3,) and np.isfinite(pred).all()
+    assert y.min() * 0.5 < pred.min() and pred.max() < y.max() * 1.5  # on the data's scale
+    # A checkpoint labelled as a placeholder still says so loudly.
+    from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+    config = TimeMoEConfig.from_preset("tiny", extra={"timemoe_forecaster": {"status": "UNTRAINED PLACEHOLDER"}})
+    TimeMoEForPrediction(config).save_pretrained(tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        TimeMoEForecaster(model_path=str(tmp_path), context_length=32).fit(y)
     assert "UNTRAINED PLACEHOLDER" in caplog.text
-    assert f.predict(fh=[1]).shape == (1,)
 
 
 def test_preset_models_are_seeded():

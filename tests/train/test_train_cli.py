@@ -45,12 +45,18 @@ def test_pretrain_then_finetune_then_forecast(tmp_path, capsys):
     assert "1961-01" in text and "UNTRAINED" not in text
 
 
-def test_forecast_default_model_says_it_is_a_placeholder(tmp_path, capsys):
+def test_forecast_with_default_and_placeholder_models(tmp_path, capsys):
     csv = tmp_path / "s.csv"
     csv.write_text("t,a,b\n" + "".join(f"{i},{i % 7},{(i % 5) * 2.0}\n" for i in range(60)))
     assert main(["forecast", "--dataset", str(csv), "--column", "a", "--horizon", "3"]) == 0
     text = capsys.readouterr().out
-    assert "UNTRAINED PLACEHOLDER" in text and rows(text, "forecast") == 3
+    assert "UNTRAINED PLACEHOLDER" not in text and rows(text, "forecast") == 3  # the default is pretrained
+    from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+    config = TimeMoEConfig.from_preset("tiny", extra={"timemoe_forecaster": {"status": "UNTRAINED PLACEHOLDER"}})
+    TimeMoEForPrediction(config).save_pretrained(tmp_path / "ph")
+    assert main(["forecast", "--model", str(tmp_path / "ph"), "--dataset", str(csv), "--column", "a"]) == 0
+    assert "UNTRAINED PLACEHOLDER" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["forecast", "--dataset", str(csv), "--column", "zzz"])
     assert exit_info.value.code == 2
