@@ -117,7 +117,8 @@ def main() -> None:
     for attn, moe in (("varlen", "auto"), ("sdpa", "auto"), ("sdpa", "loop")):
         smoke = work / f"smoke-{attn}-{moe}"
         rc = cli_pretrain(
-            common + ["--attn-backend", attn, "--moe-dispatch", moe, "--max-steps", str(args.smoke_steps)]
+            common
+            + ["--attn-backend", attn, "--moe-dispatch", moe, "--max-steps", str(args.smoke_steps)]
             + ["--output-dir", str(smoke)],
             train_log,
             timeout=150,
