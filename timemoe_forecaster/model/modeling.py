@@ -226,9 +226,9 @@ class TimeMoEForPrediction(nn.Module):
         out.ar_loss = multi_horizon_loss(per_head, labels, loss_mask, seq_ids, loss_normalizers)
         out.loss = out.ar_loss
         if self.config.apply_aux_loss and router_logits:
-            token_mask = attention_mask if attention_mask is not None else None
+            # Router statistics pool over real tokens only (padding excluded), as the reference does.
             out.aux_loss = load_balancing_loss(
-                router_logits, self.config.num_experts_per_tok, self.config.num_experts, token_mask
+                router_logits, self.config.num_experts_per_tok, self.config.num_experts, attention_mask
             )
             out.loss = out.ar_loss + self.config.router_aux_loss_factor * out.aux_loss
         return out
