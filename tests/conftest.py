@@ -18,6 +18,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run tiny models, where torch's intra-op threads cost more than they save, and OpenMP threads
+    spinning on a loaded 2-core machine made single steps 10-50x slower. So every test runs on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_config() -> TimeMoEConfig:
     return TimeMoEConfig.from_preset("tiny")
