@@ -14,15 +14,23 @@ import torch
 from .model.modeling import TimeMoEForPrediction, build_attention_mask
 
 
+class _Fill:
+    """How many positions of the cache are filled: shared by the cache and its layers. The layers
+    hold this rather than the cache itself, so no reference cycle keeps gigabytes of keys alive
+    until Python's garbage collector happens to run (repeated forecasts ran GPUs out of memory)."""
+
+    length = 0
+
+
 class LayerKVCache:
     """One layer's slice of the cache (a plain object: ``torch.compile`` treats ``length`` as a size
     that may vary instead of recompiling the block for every layer)."""
 
-    def __init__(self, owner: KVCache, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.owner, self.k, self.v = owner, k, v  # [B, G, max_len, D]
+    def __init__(self, fill: _Fill, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.fill, self.k, self.v = fill, k, v  # [B, G, max_len, D]
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.owner.length
+        start = self.fill.length
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -34,19 +42,25 @@ class KVCache:
 
     def __init__(self, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype, device):
         shape = (batch, num_kv_heads, max_len, head_dim)
+        self.fill = _Fill()
         self.layers = [
             LayerKVCache(
-                self, torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+                self.fill,
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
             )
             for _ in range(num_layers)
         ]
-        self.length = 0
+
+    @property
+    def length(self) -> int:
+        return self.fill.length
 
     def layer(self, idx: int) -> LayerKVCache:
         return self.layers[idx]
 
     def advance(self, n: int) -> None:
-        self.length += n
+        self.fill.length += n
 
 
 def head_schedule(horizon_lengths: list[int], horizon: int) -> list[tuple[int, int]]:

@@ -54,3 +54,15 @@ def test_mask_for_cached_queries_is_causal_over_all_keys():
     key_valid = torch.tensor([[False, True, True, True, True]])
     mask = build_attention_mask(None, None, 2, key_valid=key_valid).dense[0, 0]
     assert mask.tolist() == [[False, True, True, True, False], [False, True, True, True, True]]
+
+
+def test_packed_mask_for_varlen_is_built_only_when_a_fallback_reads_it():
+    seq_ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2]])
+    lazy = build_attention_mask(None, seq_ids, 8, for_varlen=True)
+    assert lazy.cu_seqlens.tolist() == [0, 3, 5, 8] and lazy.max_seqlen == 3
+    assert not lazy.is_plain_causal
+    assert lazy._dense is not None and callable(lazy._dense)  # nothing allocated yet
+    eager = build_attention_mask(None, seq_ids, 8)
+    assert torch.equal(lazy.dense, eager.dense)  # built on first read, identical to the eager build
+    assert not callable(lazy._dense)
+    assert eager.dense[0, 0, 4].tolist() == [False, False, False, True, True, False, False, False]

@@ -158,3 +158,24 @@ def test_bf16_model_runs_and_is_close_to_fp32():
     out = model.to(torch.bfloat16).forecast(context, 16)
     assert out.dtype == torch.float32
     assert (out - ref).norm() / ref.norm() < 0.1
+
+
+def test_kv_cache_is_freed_without_the_garbage_collector():
+    # A reference cycle (layer -> cache -> layer) kept each forecast's keys alive until gc ran, and
+    # repeated GPU forecasts ran out of memory. Reference counting alone must free them.
+    import gc
+    import weakref
+
+    from timemoe_forecaster.forecast import KVCache
+
+    gc.disable()
+    try:
+        cache = KVCache(2, 3, 1, 10, 4, torch.float32, "cpu")
+        cache.layer(1).update(torch.ones(3, 1, 4, 4), torch.ones(3, 1, 4, 4))
+        cache.advance(4)
+        assert cache.length == 4
+        keys = weakref.ref(cache.layer(0).k)
+        del cache
+        assert keys() is None
+    finally:
+        gc.enable()

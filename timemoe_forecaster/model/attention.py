@@ -15,7 +15,6 @@ import importlib.util
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -26,23 +25,35 @@ from ..config import TimeMoEConfig
 from .layers import RotaryEmbedding, apply_rotary
 
 
-@dataclass
 class AttentionMask:
     """Which keys each query may see, built once per forward and shared by all layers.
 
     ``dense`` is a boolean [B, 1, S, K] (True = attend) or None for plain causal attention over a
-    row with no padding and no cache. ``cu_seqlens``/``max_seqlen`` describe packed documents for the
-    varlen kernels (flattened over the batch); ``valid`` marks real (non-padding) tokens [B, S].
+    row with no padding and no cache. It is built on first use only: the varlen kernels read just
+    ``cu_seqlens``/``max_seqlen`` (packed documents, flattened over the batch), and a dense mask of a
+    packed 32 x 4096 batch would be 0.5 GB filled every step for nothing. ``valid`` marks real
+    (non-padding) tokens [B, S].
     """
 
-    dense: torch.Tensor | None = None
-    cu_seqlens: torch.Tensor | None = None
-    max_seqlen: int = 0
-    valid: torch.Tensor | None = None
+    def __init__(
+        self,
+        dense: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int = 0,
+        valid: torch.Tensor | None = None,
+    ) -> None:
+        self._dense = dense
+        self.cu_seqlens, self.max_seqlen, self.valid = cu_seqlens, max_seqlen, valid
+
+    @property
+    def dense(self) -> torch.Tensor | None:
+        if callable(self._dense):
+            self._dense = self._dense()
+        return self._dense
 
     @property
     def is_plain_causal(self) -> bool:
-        return self.dense is None
+        return self._dense is None
 
 
 class KVCacheLike(Protocol):
@@ -69,7 +80,7 @@ def eager_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
     scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(q.shape[-1])  # [B, N, S, K]
     allowed = mask.dense
-    if allowed is None:
+    if mask.is_plain_causal:
         allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -81,7 +92,7 @@ def sdpa_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool)
     """PyTorch's fused kernels; plain causal rows take the flash/cuDNN path."""
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
     p = dropout if training else 0.0
-    if mask.dense is None:
+    if mask.is_plain_causal:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, dropout_p=p)
 
@@ -127,7 +138,7 @@ def flash_attn_attention(q, k, v, mask: AttentionMask, dropout: float, training:
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
     p = dropout if training else 0.0
-    if mask.dense is None:  # plain causal rows
+    if mask.is_plain_causal:
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=True)
         return out.transpose(1, 2)
     if mask.cu_seqlens is not None and q.shape[2] == k.shape[2]:

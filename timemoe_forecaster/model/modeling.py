@@ -66,21 +66,26 @@ def build_attention_mask(
     if key_valid is None:
         key_valid = valid if valid is not None else torch.ones_like(seq_ids, dtype=torch.bool)
     k = key_valid.shape[1]
-    query_pos = torch.arange(k - s, k, device=device)
-    causal = query_pos[:, None] >= torch.arange(k, device=device)[None, :]  # [S, K]
-    dense = causal[None] & key_valid[:, None, :].bool()  # [B, S, K]
+    if seq_ids is not None and k != s:
+        raise ValueError("packed rows (seq_ids) cannot be combined with a KV cache")
+
+    def dense() -> torch.Tensor:
+        query_pos = torch.arange(k - s, k, device=device)
+        causal = query_pos[:, None] >= torch.arange(k, device=device)[None, :]  # [S, K]
+        allowed = causal[None] & key_valid[:, None, :].bool()  # [B, S, K]
+        if seq_ids is not None:
+            allowed = allowed & (seq_ids[:, :, None] == seq_ids[:, None, :])
+        # A query with nothing to attend to (padding) would give NaN; let it see itself. Real tokens
+        # never attend to padding, so this changes no output that is used.
+        itself = query_pos[:, None] == torch.arange(k, device=device)[None, :]  # [S, K]
+        return (allowed | itself[None])[:, None]  # [B, 1, S, K]
+
     cu_seqlens, max_seqlen = None, 0
-    if seq_ids is not None:
-        if k != s:
-            raise ValueError("packed rows (seq_ids) cannot be combined with a KV cache")
-        dense = dense & (seq_ids[:, :, None] == seq_ids[:, None, :])
-        if for_varlen:
-            cu_seqlens, max_seqlen = _cu_seqlens(seq_ids)
-    # A query with nothing to attend to (padding) would give NaN; let it see itself. Real tokens
-    # never attend to padding, so this changes no output that is used.
-    itself = query_pos[:, None] == torch.arange(k, device=device)[None, :]  # [S, K]
-    dense = dense | itself[None]
-    return AttentionMask(dense=dense[:, None], cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, valid=valid)
+    if seq_ids is not None and for_varlen:
+        cu_seqlens, max_seqlen = _cu_seqlens(seq_ids)
+        # Built lazily: the varlen kernels never read it, only their fallbacks (CPU, a KV cache).
+        return AttentionMask(dense=dense, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, valid=valid)
+    return AttentionMask(dense=dense(), valid=valid)
 
 
 def _cu_seqlens(seq_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
