@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="Time-MoE dtype (default fp32)")
     p.add_argument("--batch-size", type=int, default=256, help="Time-MoE windows per forward")
+    p.add_argument(
+        "--batch-tokens", type=int, help="cap on windows x context per forward (long contexts get fewer windows)"
+    )
     p.add_argument("--max-windows", type=int, help="cap on test windows per channel for every model (evenly spaced)")
     p.add_argument("--channels", type=int, help="use only the first N channels of each dataset")
     p.add_argument("--stats-windows", type=int, default=50, help="windows per channel for AutoETS/AutoTheta/AutoARIMA")
@@ -151,6 +154,7 @@ def build_timemoe(args, plan):
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         context_lengths=context_lengths(args.context_length),
         normalize_window=args.normalize_window,
         max_windows=plan["max_windows"],

@@ -61,6 +61,7 @@ class TimeMoERunner:
         device: str = "cpu",
         dtype: str | None = None,
         batch_size: int = 256,
+        batch_tokens: int | None = None,
         context_lengths: dict[int, int] | None = None,
         normalize_window: bool = False,
         max_windows: int | None = None,
@@ -78,6 +79,7 @@ class TimeMoERunner:
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.context_lengths = dict(DEFAULT_CONTEXT if context_lengths is None else context_lengths)
         self.normalize_window = normalize_window
         self.max_windows = max_windows
@@ -159,7 +161,7 @@ class TimeMoERunner:
         length = x.shape[1]
         outs, i = [], 0
         while i < len(x):
-            size = self._batch_for.get(length, self.batch_size)
+            size = self._batch_for.get(length, self.windows_per_batch(length))
             batch = torch.from_numpy(x[i : i + size]).to(device=param.device, dtype=param.dtype)
             try:
                 outs.append(self._model.forecast(batch, horizon).float().cpu().numpy())  # [B, H]
@@ -178,6 +180,12 @@ class TimeMoERunner:
             pred = pred * std + mean
         return pred
 
+    def windows_per_batch(self, context_length: int) -> int:
+        """``batch_size``, or fewer where ``batch_tokens`` caps windows x context (memory grows with both)."""
+        if self.batch_tokens is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.batch_tokens // context_length))
+
     def settings(self) -> dict:
         out = {
             "model_path": self.model_path,
@@ -185,6 +193,7 @@ class TimeMoERunner:
             "dtype": self.dtype or "fp32",
             "device": self.device,
             "batch_size": self.batch_size,
+            "batch_tokens": self.batch_tokens,
             "batch_after_oom": {str(k): v for k, v in self._batch_for.items()},
             "context_lengths": self.context_lengths,
             "normalize_window": self.normalize_window,

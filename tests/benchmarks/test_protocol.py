@@ -196,3 +196,18 @@ def test_stats_baseline_fits_each_window_once_for_all_horizons():
     # A seasonal series: the forecast keeps the daily cycle (far better than the mean).
     truth = np.sin(2 * np.pi * (np.arange(200, 296)) / 24)
     assert np.mean((short[0] - truth) ** 2) < 0.1
+
+
+def test_timemoe_runner_batches_by_tokens_and_forecasts_the_same():
+    ours = importlib.import_module("ours")
+    contexts = np.random.default_rng(0).normal(size=(10, 64)).astype(np.float32)
+    capped = ours.TimeMoERunner(preset="tiny", batch_size=8, batch_tokens=200, context_lengths={96: 64})
+    plain = ours.TimeMoERunner(preset="tiny", batch_size=8, context_lengths={96: 64})
+    assert capped.windows_per_batch(64) == 3 and capped.windows_per_batch(4096) == 1
+    assert plain.windows_per_batch(4096) == 8
+    data, _ = _etth_like()
+    for runner in (capped, plain):
+        runner.prepare(data, 96)
+    a, b = capped.predict(contexts, 8), plain.predict(contexts, 8)
+    assert a.shape == (10, 8) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
