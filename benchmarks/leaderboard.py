@@ -71,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=1, help="Time-MoE full-shot epochs (paper: one)")
     p.add_argument("--finetune-steps", type=int, help="Time-MoE full-shot steps (overrides epochs)")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--finetune-rounds", type=int, default=1, help="rounds of fine-tuning, each scored on val")
+    p.add_argument(
+        "--finetune-val-windows", type=int, default=32, help="validation windows per channel and horizon (selection)"
+    )
     p.add_argument("--finetune-batch-size", type=int, default=16)
     p.add_argument("--finetune-max-length", type=int, default=512)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -144,6 +148,8 @@ def build_timemoe(args, plan):
         "lr": args.finetune_lr,
         "batch_size": args.finetune_batch_size,
         "max_length": args.finetune_max_length,
+        "rounds": args.finetune_rounds,
+        "val_windows": args.finetune_val_windows,
     }
     if finetune["steps"]:
         finetune["epochs"] = None

@@ -6,7 +6,10 @@ the scaled truth. ``normalize_window=True`` instead standardises each context by
 maps the forecast back (the README's "general purpose" recipe); it is an option, off by default.
 
 Full-shot fine-tunes a deep copy of the model once per dataset with ``train_on_series`` on the train split
-(every channel a series), then forecasts like zero-shot for all horizons.
+(every channel a series), in ``rounds`` rounds of ``steps`` steps each. After every round, and before the
+first (the zero-shot weights), it scores the weights on evenly spaced validation windows of every protocol
+horizon (each at its own context length); each horizon is then forecast with the weights that scored best
+on it ("select on val" of the paper's protocol: fine-tuning can never make a horizon worse on val).
 
 Shape legend: N windows, L context length, H horizon.
 """
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from protocol import DEFAULT_CONTEXT
+from protocol import DEFAULT_CONTEXT, HORIZONS
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +86,22 @@ class TimeMoERunner:
         self.context_lengths = dict(DEFAULT_CONTEXT if context_lengths is None else context_lengths)
         self.normalize_window = normalize_window
         self.max_windows = max_windows
-        self.finetune = {"epochs": 1, "batch_size": 16, "max_length": 512, "lr": 1e-4, **(finetune or {})}
+        self.finetune = {
+            "epochs": 1,
+            "batch_size": 16,
+            "max_length": 512,
+            "lr": 1e-4,
+            "rounds": 1,
+            "val_windows": 32,
+            **(finetune or {}),
+        }
         self.name = label or model_label(model_path, preset)
         self.seed = seed
         self._base = None
         self._model = None
         self._tuned_on = None
+        self._candidates: list[dict] = []  # state dicts: [0] zero-shot, [r] after round r
+        self._chosen: dict[int, int] = {}  # horizon -> candidate index with the best validation MSE
         self._batch_for: dict[int, int] = {}  # context length -> windows per forward after OOM back-off
         self.train_seconds = 0.0
         self.train_info: dict = {}
@@ -124,27 +137,76 @@ class TimeMoERunner:
         if self.setting == "zero-shot":
             self._model = base
             return
-        if self._tuned_on == data.name:
-            return
+        if self._tuned_on != data.name:
+            self._tune(data)
+        chosen = self._chosen.get(horizon, len(self._candidates) - 1)
+        self._model.load_state_dict(self._candidates[chosen])
+        self._model.eval()
+
+    def _tune(self, data) -> None:
+        """Fine-tune in rounds on the train split; score every candidate on validation windows."""
         import torch
 
         from timemoe_forecaster.train.finetune import train_on_series
 
+        base = self._load()
         # Fine-tuning runs in fp32 weights; the copy keeps the base checkpoint untouched.
         model = copy.deepcopy(base).to(dtype=torch.float32)
         series = [data.train[:, c].astype(np.float32) for c in range(data.num_channels)]
-        opts = dict(self.finetune)
+        opts = {k: v for k, v in self.finetune.items() if k not in ("rounds", "val_windows")}
         if opts.get("steps") is not None:
             opts.pop("epochs", None)
         else:
             opts.pop("steps", None)
+        rounds = int(self.finetune.get("rounds") or 1)
+        target_dtype = torch_dtype(self.dtype)
+
+        def snapshot():
+            return {k: v.detach().to(target_dtype).clone() for k, v in model.state_dict().items()}
+
+        self._candidates = [snapshot()]
         start = time.perf_counter()
-        info = train_on_series(model, series, seed=self.seed, device=self.device, **opts)
+        steps, losses = 0, []
+        for r in range(1, rounds + 1):
+            info = train_on_series(model, series, seed=self.seed + r - 1, device=self.device, **opts)
+            steps += info["steps"]
+            losses.append(round(float(info["final_loss"]), 4))
+            self._candidates.append(snapshot())
         self.train_seconds = time.perf_counter() - start
-        self.train_info = {"steps": info["steps"], "final_loss": round(float(info["final_loss"]), 4)}
+        self._model = model.to(dtype=target_dtype).eval()
+        val_mse = self._score_candidates(data)
+        self._chosen = {h: int(np.argmin(scores)) for h, scores in val_mse.items()}
+        self.train_info = {
+            "steps": steps,
+            "final_loss": losses[-1],
+            "round_losses": losses,
+            "val_mse": {str(h): [round(x, 5) for x in v] for h, v in val_mse.items()},
+            "chosen_round": {str(h): c for h, c in self._chosen.items()},
+        }
         log.info("%s fine-tuned on %s: %s in %.1f s", self.name, data.name, self.train_info, self.train_seconds)
-        self._model = model.to(dtype=torch_dtype(self.dtype)).eval()
         self._tuned_on = data.name
+
+    def _score_candidates(self, data) -> dict[int, list[float]]:
+        """Validation MSE of every candidate at every protocol horizon whose windows fit in the split."""
+        scores = {}
+        for horizon in HORIZONS:
+            length = self.context_length(horizon)
+            first, last = max(data.train_end, length), data.test_start - horizon  # label starts
+            if last < first:
+                continue
+            count = last - first + 1
+            picks = np.unique(np.linspace(0, count - 1, min(count, self.finetune["val_windows"])).round())
+            starts = first + picks.astype(int)
+            ctx_idx = starts[:, None] + np.arange(-length, 0)[None, :]  # [N, L]
+            tgt_idx = starts[:, None] + np.arange(horizon)[None, :]  # [N, H]
+            contexts = np.concatenate([data.values[ctx_idx, c] for c in range(data.num_channels)])
+            targets = np.concatenate([data.values[tgt_idx, c] for c in range(data.num_channels)])
+            scores[horizon] = []
+            for state in self._candidates:
+                self._model.load_state_dict(state)
+                pred = self.predict(contexts, horizon)
+                scores[horizon].append(float(np.mean((pred - targets) ** 2)))
+        return scores
 
     def predict(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
         import torch
