@@ -143,10 +143,8 @@ class SparseExpertsLayer(nn.Module):
         x_AH = x_TH[token_A]
         # Under autocast the stacked weights are cast like nn.Linear weights would be.
         w_gate, w_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF))
-        # Gate and up projections as one grouped GEMM of twice the width: the gathered tokens are
-        # read once and the wider tiles run faster (the weight copy is E x 2F x H, tiny by comparison).
-        w_in_E2FH = torch.cat((w_gate, w_up), dim=1)
-        gate_AF, up_AF = torch._grouped_mm(x_AH, w_in_E2FH.transpose(1, 2), offs=offsets_E).chunk(2, dim=-1)
+        gate_AF = torch._grouped_mm(x_AH, w_gate.transpose(1, 2), offs=offsets_E)
+        up_AF = torch._grouped_mm(x_AH, w_up.transpose(1, 2), offs=offsets_E)
         y_AH = torch._grouped_mm(self.act(gate_AF) * up_AF, w_down.transpose(1, 2), offs=offsets_E)
         # Back to assignment order with a permutation (no atomics, and its gradient is a gather), then
         # each token sums its k weighted expert outputs: the same bf16 roundings as index_add_.
