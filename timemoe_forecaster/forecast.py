@@ -155,7 +155,8 @@ def forecast(
     was_training = model.training
     model.eval()
     try:
-        hidden, _ = model.model(x, positions, mask, cache)  # prefill, [B, S, H]
+        # Only the last position's hidden state feeds a head: the last layer skips the others' queries/FFN.
+        hidden, _ = model.model(x, positions, mask, cache, last_only=True)  # prefill, [B, 1, H]
         cache.advance(s)
         outputs = []
         for step, (head_idx, kept) in enumerate(steps):
@@ -167,7 +168,7 @@ def forecast(
             positions = positions[:, -1:] + torch.arange(1, kept + 1, device=param.device)  # [B, kept]
             key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], kept)], dim=1)
             step_mask = build_attention_mask(None, None, kept, key_valid=key_valid)
-            hidden, _ = model.model(new, positions, step_mask, cache)
+            hidden, _ = model.model(new, positions, step_mask, cache, last_only=True)  # [B, 1, H]
             cache.advance(kept)
     finally:
         model.train(was_training)

@@ -66,3 +66,20 @@ def test_packed_mask_for_varlen_is_built_only_when_a_fallback_reads_it():
     assert torch.equal(lazy.dense, eager.dense)  # built on first read, identical to the eager build
     assert not callable(lazy._dense)
     assert eager.dense[0, 0, 4].tolist() == [False, False, False, True, True, False, False, False]
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_last_only_forward_equals_the_last_position_of_the_full_forward(backend, padded):
+    model = make_model(attn_backend=backend).eval()
+    x = rows(3, 20)[..., None]
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    if padded:
+        valid[1, :6] = False
+    mask = build_attention_mask(valid if padded else None, None, 20)
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full, _ = model.model(x, positions, mask)
+        last, _ = model.model(x, positions, mask, last_only=True)
+    assert last.shape == (3, 1, full.shape[-1])
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)

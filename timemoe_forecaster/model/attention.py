@@ -32,7 +32,8 @@ class AttentionMask:
     row with no padding and no cache. It is built on first use only: the varlen kernels read just
     ``cu_seqlens``/``max_seqlen`` (packed documents, flattened over the batch), and a dense mask of a
     packed 32 x 4096 batch would be 0.5 GB filled every step for nothing. ``valid`` marks real
-    (non-padding) tokens [B, S].
+    (non-padding) tokens [B, S]. ``causal=False`` (with no dense mask) lets every query see every key:
+    the mask of a last query alone, which comes after all keys.
     """
 
     def __init__(
@@ -41,9 +42,11 @@ class AttentionMask:
         cu_seqlens: torch.Tensor | None = None,
         max_seqlen: int = 0,
         valid: torch.Tensor | None = None,
+        causal: bool = True,
     ) -> None:
         self._dense = dense
         self.cu_seqlens, self.max_seqlen, self.valid = cu_seqlens, max_seqlen, valid
+        self.causal = causal
 
     @property
     def dense(self) -> torch.Tensor | None:
@@ -54,6 +57,12 @@ class AttentionMask:
     @property
     def is_plain_causal(self) -> bool:
         return self._dense is None
+
+    def last_query(self) -> AttentionMask:
+        """The mask of the last query only: what it may see of all keys ([B, 1, 1, K] or nothing)."""
+        if self.is_plain_causal:
+            return AttentionMask(causal=False)
+        return AttentionMask(dense=self.dense[:, :, -1:, :])
 
 
 class KVCacheLike(Protocol):
@@ -81,7 +90,8 @@ def eager_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool
     scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(q.shape[-1])  # [B, N, S, K]
     allowed = mask.dense
     if mask.is_plain_causal:
-        allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
+        allowed = allowed.tril() if mask.causal else allowed
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     probs = F.dropout(probs, p=dropout, training=training)
@@ -93,7 +103,7 @@ def sdpa_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool)
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
     p = dropout if training else 0.0
     if mask.is_plain_causal:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=mask.causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, dropout_p=p)
 
 
@@ -139,7 +149,7 @@ def flash_attn_attention(q, k, v, mask: AttentionMask, dropout: float, training:
 
     p = dropout if training else 0.0
     if mask.is_plain_causal:
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=True)
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=mask.causal)
         return out.transpose(1, 2)
     if mask.cu_seqlens is not None and q.shape[2] == k.shape[2]:
         kernel = lambda q_, k_, v_, cu, m: flash_attn_varlen_func(  # noqa: E731
@@ -189,17 +199,25 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
         cache: KVCacheLike | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """x [B, S, H] -> [B, S, H]; with ``last_only`` keys and values still come from (and go to the
+        cache for) all S positions, but only the last position queries: [B, 1, H]."""
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, S, D]
+        cos, sin = rope
+        x_q = x[:, -1:] if last_only else x
+        s_q = x_q.shape[1]
+        q = self.q_proj(x_q).view(b, s_q, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, S_q, D]
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = apply_rotary(q, cos[:, -s_q:], sin[:, -s_q:])
+        k = apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)  # [B, G, K, D]
-        out = ATTENTION_BACKENDS[self.backend](q, k, v, mask, self.dropout, self.training)  # [B, N, S, D]
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))  # [B, S, H]
+        if last_only:
+            mask = mask.last_query()
+        out = ATTENTION_BACKENDS[self.backend](q, k, v, mask, self.dropout, self.training)  # [B, N, S_q, D]
+        return self.o_proj(out.transpose(1, 2).reshape(b, s_q, -1))  # [B, S_q, H]
 
 
 __all__ = ["Attention", "AttentionMask", "ATTENTION_BACKENDS", "RotaryEmbedding"]

@@ -40,8 +40,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn_layer = build_ffn(config, moe_dispatch)
 
-    def forward(self, x, rope, mask: AttentionMask, cache: KVCacheLike | None = None):
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+    def forward(self, x, rope, mask: AttentionMask, cache: KVCacheLike | None = None, last_only: bool = False):
+        attn_out = self.self_attn(self.input_layernorm(x), rope, mask, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + attn_out
         ffn_out, router_logits = self.ffn_layer(self.post_attention_layernorm(x))
         return x + ffn_out, router_logits
 
@@ -127,12 +128,18 @@ class TimeMoEModel(nn.Module):
         position_ids: torch.Tensor,
         mask: AttentionMask,
         cache: ModelKVCacheLike | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``last_only``: the hidden state of the last position alone ([B, 1, H]), as forecasting needs.
+        Every layer but the last still runs on all positions (the next layer's keys need them); the last
+        computes keys and values for all positions but its queries and FFN for the last one only."""
         hidden = self.embed_layer(x)  # [B, S, H]
         rope = self.rotary(position_ids, hidden.dtype)
         router_logits = []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            hidden, logits = layer(hidden, rope, mask, None if cache is None else cache.layer(i))
+            layer_cache = None if cache is None else cache.layer(i)
+            hidden, logits = layer(hidden, rope, mask, layer_cache, last_only and i == last)
             if logits is not None:
                 router_logits.append(logits)
         return self.norm(hidden), router_logits
