@@ -167,8 +167,9 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block)
     if compile_parts == "blocks":
-        for block in blocks:
-            block.compile(backend=backend)
+        from timemoe_forecaster.compile import compile_blocks
+
+        compile_blocks(model, backend=backend)
     elif compile_parts == "ffn":
         for block in blocks:
             for part in (block.input_layernorm, block.post_attention_layernorm, block.ffn_layer):

@@ -179,3 +179,25 @@ def test_kv_cache_is_freed_without_the_garbage_collector():
         assert keys() is None
     finally:
         gc.enable()
+
+
+def test_compiled_blocks_forecast_like_eager_and_keep_their_keys():
+    from timemoe_forecaster.compile import compile_blocks, uncompile_blocks
+
+    # bf16: the grouped MoE path, one graph per shape (fp32 under compile takes the per-expert loop).
+    model = make_model().to(torch.bfloat16)
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    expected = model.forecast(x, 20)
+    keys = list(model.state_dict())
+    compile_blocks(model, backend="aot_eager")
+    assert all(block._compiled_call_impl is not None for block in model.model.layers)
+    try:
+        assert torch.allclose(model.forecast(x, 20), expected, atol=1e-2)
+        other = make_model().to(torch.bfloat16).forecast(x[:2], 9)
+        assert torch.allclose(model.forecast(x[:2], 9), other, atol=1e-2)
+        assert list(model.state_dict()) == keys
+    finally:
+        uncompile_blocks(model)
+    assert all(block._compiled_call_impl is None for block in model.model.layers)
+    with pytest.raises(TypeError, match="TimeMoEForPrediction"):
+        compile_blocks(torch.nn.Linear(2, 2))

@@ -107,10 +107,12 @@ class SparseExpertsLayer(nn.Module):
         if self.dispatch == "loop":
             return False
         available = x_TH.is_cuda or GROUPED_MM_ON_CPU
-        # The kernel needs 16-byte aligned rows and, on CUDA, bf16 operands.
+        # The kernel needs 16-byte aligned rows and, on CUDA, bf16 operands (so does its meta function,
+        # which torch.compile traces with on any device).
         size = torch.empty((), dtype=compute_dtype).element_size()
         aligned = all((n * size) % 16 == 0 for n in self.w_down_EHF.shape[1:])
-        dtype_ok = compute_dtype == torch.bfloat16 or not x_TH.is_cuda
+        bf16_only = x_TH.is_cuda or torch.compiler.is_compiling()
+        dtype_ok = compute_dtype == torch.bfloat16 or not bf16_only
         ok = available and aligned and dtype_ok
         if self.dispatch == "grouped" and not ok:
             raise RuntimeError("grouped MoE dispatch is not available for this device, dtype or width")

@@ -115,8 +115,9 @@ def parallelize(
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block)
     if compile:
-        for block in blocks:
-            block.compile()  # in place: parameter names and state_dict keys stay unchanged
+        from ..compile import compile_blocks
+
+        compile_blocks(model)  # in place: parameter names and state_dict keys stay unchanged
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
