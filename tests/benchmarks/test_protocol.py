@@ -238,3 +238,15 @@ def test_full_shot_selects_per_horizon_the_weights_best_on_val():
     # Re-scoring the chosen weights gives the recorded validation MSE: selection used what it says.
     contexts_scores = runner._score_candidates(data)
     assert contexts_scores[96][info["chosen_round"]["96"]] == pytest.approx(min(info["val_mse"]["96"]), rel=1e-3)
+
+
+def test_cli_passes_the_full_shot_and_batching_options_to_the_runner():
+    leaderboard = importlib.import_module("leaderboard")
+    args = leaderboard.parse_args(
+        ["--setting", "full-shot", "--models", "timemoe", "--preset", "tiny", "--finetune-steps", "7",
+         "--finetune-rounds", "3", "--finetune-val-windows", "5", "--batch-tokens", "1000"]
+    )  # fmt: skip
+    runner = leaderboard.build_timemoe(args, {"max_windows": None})
+    assert runner.finetune["steps"] == 7 and runner.finetune["epochs"] is None
+    assert runner.finetune["rounds"] == 3 and runner.finetune["val_windows"] == 5
+    assert runner.windows_per_batch(512) == 1 and runner.windows_per_batch(100) == 10
