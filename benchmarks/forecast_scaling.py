@@ -12,6 +12,7 @@ Writes DIR/forecast_scaling.jsonl (one record per case) and prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -32,7 +33,7 @@ def kernel_context(name: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if name == "default":
-        return _Null()
+        return contextlib.nullcontext()
     chosen = {
         "flash": SDPBackend.FLASH_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -42,14 +43,6 @@ def kernel_context(name: str):
     # Decode steps carry a mask, which flash cannot take: let them fall back to the efficient kernel.
     backends = [chosen] if name != "flash" else [chosen, SDPBackend.EFFICIENT_ATTENTION]
     return sdpa_kernel(backends)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def load(model: str | None) -> TimeMoEForPrediction:

@@ -197,10 +197,9 @@ class TimeMoERunner:
             count = last - first + 1
             picks = np.unique(np.linspace(0, count - 1, min(count, self.finetune["val_windows"])).round())
             starts = first + picks.astype(int)
-            ctx_idx = starts[:, None] + np.arange(-length, 0)[None, :]  # [N, L]
-            tgt_idx = starts[:, None] + np.arange(horizon)[None, :]  # [N, H]
-            contexts = np.concatenate([data.values[ctx_idx, c] for c in range(data.num_channels)])
-            targets = np.concatenate([data.values[tgt_idx, c] for c in range(data.num_channels)])
+            channels = range(data.num_channels)
+            contexts = np.concatenate([data.contexts(c, starts, length) for c in channels])  # [N*C, L]
+            targets = np.concatenate([data.targets(c, starts, horizon) for c in channels])  # [N*C, H]
             scores[horizon] = []
             for state in self._candidates:
                 self._model.load_state_dict(state)

@@ -41,6 +41,7 @@ from benchmarks.timing import (  # noqa: E402
     time_cuda,
 )
 from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction  # noqa: E402
+from timemoe_forecaster.compile import compile_blocks, uncompile_blocks  # noqa: E402
 from timemoe_forecaster.model.modeling import model_flops_per_token  # noqa: E402
 
 log = logging.getLogger("speed")
@@ -167,8 +168,6 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block)
     if compile_parts == "blocks":
-        from timemoe_forecaster.compile import compile_blocks
-
         compile_blocks(model, backend=backend)
     elif compile_parts == "ffn":
         for block in blocks:
@@ -379,12 +378,6 @@ def profile_to_file(fn, path: Path, warmup: int = 2, rows: int = 30) -> None:
     free_memory()
 
 
-def uncompile(model: torch.nn.Module) -> None:
-    """Undo ``Module.compile`` on every submodule (dynamo's caches stay, so compiling again is cheap)."""
-    for module in model.modules():
-        module._compiled_call_impl = None
-
-
 def infer_variants(plan: Plan):
     """Our forecasting set-ups: eager, then (bf16) compiled norms + MoE, then compiled whole blocks
     (compiled in place, undone after each case)."""
@@ -399,7 +392,7 @@ def infer_variants(plan: Plan):
             try:
                 yield f"compiled-{parts}", model
             finally:
-                uncompile(model)
+                uncompile_blocks(model)
 
     return variants
 
