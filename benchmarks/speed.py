@@ -43,12 +43,13 @@ from benchmarks.timing import (  # noqa: E402
 from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction  # noqa: E402
 from timemoe_forecaster.compile import compile_blocks, uncompile_blocks  # noqa: E402
 from timemoe_forecaster.model.modeling import model_flops_per_token  # noqa: E402
+from timemoe_forecaster.model.moe import SparseExpertsLayer  # noqa: E402
 
 log = logging.getLogger("speed")
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROUPS = ("base", "large", "ultra", "dense")
-EXTRA_GROUPS = ("base-forecast",)  # base's bf16 forecasting cases alone (a re-measurement)
+EXTRA_GROUPS = ("base-forecast", "large-forecast")  # bf16 forecasting cases alone (re-measurements)
 LR = 1e-4
 
 
@@ -79,6 +80,7 @@ def make_plan(smoke: bool) -> Plan:
         configs = {n: TimeMoEConfig.from_preset(n) for n in ("base", "large", "ultra")}
         configs["dense"] = dense_twin(configs["base"])
         configs["base-forecast"] = configs["base"]
+        configs["large-forecast"] = configs["large"]
         return Plan(
             smoke=False,
             device="cuda",
@@ -95,6 +97,7 @@ def make_plan(smoke: bool) -> Plan:
                 "large": [("bf16", 512, 96, 1024)],
                 "dense": [("bf16", 512, 96, 1024)],
                 "base-forecast": [("bf16", 512, 96, 1024), ("bf16", 512, 720, 256)],
+                "large-forecast": [("bf16", 512, 96, 1024)],
             },
             train={"base": [("bf16", 4)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 4)]},
         )
@@ -106,6 +109,7 @@ def make_plan(smoke: bool) -> Plan:
     }
     configs["dense"] = dense_twin(configs["base"])
     configs["base-forecast"] = configs["base"]
+    configs["large-forecast"] = configs["large"]
     return Plan(
         smoke=True,
         device="cpu",
@@ -116,6 +120,7 @@ def make_plan(smoke: bool) -> Plan:
             "large": [("bf16", 32, 96, 4)],
             "dense": [("bf16", 32, 96, 4)],
             "base-forecast": [("bf16", 32, 96, 4)],
+            "large-forecast": [("bf16", 32, 96, 4)],
         },
         train={"base": [("bf16", 2)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 2)]},
         reps_train=(1, 2),
@@ -319,8 +324,8 @@ def infer_cases(runner: Runner, size, config, dtype_name, ref, ours, cases, vari
                            batch, flops, "series_per_s", need_s=60)  # fmt: skip
             ref.to("cpu")
             ours.to(device)
-        for name, model in variants(ours, (size, ctx, horizon)):
-            fn = lambda m=model, c=context, h=horizon: m.forecast(c, h)  # noqa: E731
+        for name, model, kwargs in variants(ours, (size, ctx, horizon)):
+            fn = lambda m=model, c=context, h=horizon, kw=kwargs: m.forecast(c, h, **kw)  # noqa: E731
             record = runner.measure(fn, plan.reps_infer, {"impl": "ours", "variant": name, **base}, batch, flops,
                                     "series_per_s")  # fmt: skip
             first_case = (ctx, horizon, dtype_name) == (512, 96, "bf16") and size == "base"
@@ -378,21 +383,36 @@ def profile_to_file(fn, path: Path, warmup: int = 2, rows: int = 30) -> None:
     free_memory()
 
 
+def set_moe_dispatch(model, mode: str) -> None:
+    for module in model.modules():
+        if isinstance(module, SparseExpertsLayer):
+            module.dispatch = mode
+
+
 def infer_variants(plan: Plan):
-    """Our forecasting set-ups: eager, then (bf16) compiled norms + MoE, then compiled whole blocks
-    (compiled in place, undone after each case)."""
+    """Our forecasting set-ups as (name, model, forecast keyword arguments): the defaults (fused MoE
+    kernels, rows chunked by ``max_batch_tokens``) eager and with compiled blocks, then for the base and
+    large ctx-512 cases the whole batch at once, with and without the fused kernels (the latter is
+    session 2's configuration), so each lever is measured against the others in the same run."""
 
     def variants(model, case):
-        yield "eager", model
-        if next(model.parameters()).dtype != torch.bfloat16:
-            return  # fp32 runs the loop dispatch on CUDA: nothing for the compiler to fuse around it
-        # Norms + MoE alone only where they are compared with whole blocks (saves compile time).
-        for parts in ("ffn", "blocks") if case == ("base", 512, 96) else ("blocks",):
-            prepare_blocks(model, False, parts, plan.compile_backend)
-            try:
-                yield f"compiled-{parts}", model
-            finally:
-                uncompile_blocks(model)
+        bf16 = next(model.parameters()).dtype == torch.bfloat16
+        yield "eager", model, {}
+        if not bf16:  # fp32 runs the loop dispatch on CUDA: nothing for the compiler to fuse around it
+            yield "eager, one batch", model, {"max_batch_tokens": None}
+            return
+        prepare_blocks(model, False, "blocks", plan.compile_backend)
+        try:
+            yield "compiled-blocks", model, {}
+            if case[0] in ("base", "large") and case[1] < 4096:  # the ctx-512 cases
+                yield "compiled-blocks, one batch", model, {"max_batch_tokens": None}
+                set_moe_dispatch(model, "grouped")
+                try:
+                    yield "compiled-blocks, grouped MoE, one batch", model, {"max_batch_tokens": None}
+                finally:
+                    set_moe_dispatch(model, "auto")
+        finally:
+            uncompile_blocks(model)
 
     return variants
 
@@ -409,9 +429,9 @@ PROFILED_TRAIN, PROFILED_INFER = {"compiled-blocks", "compiled-model"}, {"eager"
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
     config, device = plan.configs[group], plan.device
-    size = {"dense": "base-dense", "base-forecast": "base"}.get(group, group)
+    size = {"dense": "base-dense", "base-forecast": "base", "large-forecast": "large"}.get(group, group)
     ivariants = infer_variants(plan)
-    if group in ("base", "large", "base-forecast"):
+    if group in ("base", "large", "base-forecast", "large-forecast"):
         ref32 = build_pair(config, workdir)
         for dtype_name in ("bf16", "fp32"):
             if dtype_name == "fp32" and not any(c[0] == "fp32" for c in plan.infer.get(group, [])):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .model.modeling import TimeMoEForPrediction, build_attention_mask
+from .model.modeling import DEFAULT_MAX_BATCH_TOKENS, TimeMoEForPrediction, build_attention_mask
 
 
 class _Fill:
@@ -102,24 +102,40 @@ def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: i
         )
 
 
+def chunk_rows(batch: int, tokens_per_row: int, max_batch_tokens: int | None) -> list[tuple[int, int]]:
+    """Even (start, stop) row ranges whose rows times ``tokens_per_row`` fit ``max_batch_tokens``."""
+    if max_batch_tokens is None:
+        return [(0, batch)]
+    chunks = -(-batch * tokens_per_row // max_batch_tokens)  # ceil
+    chunks = max(1, min(batch, chunks))
+    size = -(-batch // chunks)
+    return [(start, min(batch, start + size)) for start in range(0, batch, size)]
+
+
 @torch.no_grad()
 def forecast(
     model: TimeMoEForPrediction,
     context: torch.Tensor,
     horizon: int,
     attention_mask: torch.Tensor | None = None,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> torch.Tensor:
     """Forecast ``horizon`` points after each row of ``context`` (values used as given).
 
     context [B, S] or [B, S, C]; attention_mask [B, S] with 0 on left padding. Returns [B, horizon]
     (or [B, horizon, C]) in float32 on the context's device. The caller's tensors are not modified.
+    ``max_batch_tokens`` bounds rows x (S + fed-back points) per pass through the model (None: the
+    whole batch at once); rows are independent, so chunking changes memory, not the forecasts.
     """
     _check_inputs(model, context, horizon, attention_mask)
+    if max_batch_tokens is not None and (
+        isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1
+    ):
+        raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
     param = next(model.parameters())
     squeeze = context.dim() == 2
     x = context.to(device=param.device, dtype=param.dtype, copy=True)
     x = x.unsqueeze(-1) if squeeze else x  # [B, S, C]
-    b, s, c = x.shape
     valid = None
     if attention_mask is not None:
         valid = attention_mask.to(device=param.device).bool()
@@ -130,47 +146,53 @@ def forecast(
     if not bool(torch.isfinite(check).all()):
         raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
 
+    steps = head_schedule(model.config.horizon_lengths, horizon)
+    cached = x.shape[1] + sum(kept for _, kept in steps[:-1])
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [
+            _forecast_rows(model, x[start:stop], None if valid is None else valid[start:stop], steps)
+            for start, stop in chunk_rows(x.shape[0], cached, max_batch_tokens)
+        ]
+    finally:
+        model.train(was_training)
+    result = torch.cat(parts).float().to(context.device)  # [B, horizon, C]
+    return result.squeeze(-1) if squeeze else result
+
+
+def _forecast_rows(model: TimeMoEForPrediction, x: torch.Tensor, valid: torch.Tensor | None, steps) -> torch.Tensor:
+    """Prefill and decode steps for one chunk of rows: x [B, S, C] -> [B, horizon, C] (model dtype)."""
     config = model.config
-    steps = head_schedule(config.horizon_lengths, horizon)
+    b, s, c = x.shape
+    device = x.device
     fed_back = sum(kept for _, kept in steps[:-1])
     cache = KVCache(
-        config.num_hidden_layers,
-        b,
-        config.num_key_value_heads,
-        s + fed_back,
-        config.head_dim,
-        param.dtype,
-        param.device,
+        config.num_hidden_layers, b, config.num_key_value_heads, s + fed_back, config.head_dim, x.dtype, device
     )
     if valid is None:
-        positions = torch.arange(s, device=param.device).expand(b, s)
+        positions = torch.arange(s, device=device).expand(b, s)
         # No padding: one mask row for the whole batch ([1, K], broadcast by the kernels).
-        key_valid = torch.ones(1, s, dtype=torch.bool, device=param.device)
+        key_valid = torch.ones(1, s, dtype=torch.bool, device=device)
         mask = build_attention_mask(None, None, s)
     else:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # first real point is position 0
         key_valid = valid
         mask = build_attention_mask(valid, None, s, key_valid=valid)
 
-    was_training = model.training
-    model.eval()
-    try:
-        # Only the last position's hidden state feeds a head: the last layer skips the others' queries/FFN.
-        hidden, _ = model.model(x, positions, mask, cache, last_only=True)  # prefill, [B, 1, H]
-        cache.advance(s)
-        outputs = []
-        for step, (head_idx, kept) in enumerate(steps):
-            out = model.lm_heads[head_idx](hidden[:, -1])  # heads only at the last position, [B, L*C]
-            new = out[:, : kept * c].reshape(b, kept, c)  # [B, kept, C]
-            outputs.append(new)
-            if step == len(steps) - 1:
-                break
-            positions = positions[:, -1:] + torch.arange(1, kept + 1, device=param.device)  # [B, kept]
-            key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], kept)], dim=1)
-            step_mask = build_attention_mask(None, None, kept, key_valid=key_valid)
-            hidden, _ = model.model(new, positions, step_mask, cache, last_only=True)  # [B, 1, H]
-            cache.advance(kept)
-    finally:
-        model.train(was_training)
-    result = torch.cat(outputs, dim=1).float().to(context.device)  # [B, horizon, C]
-    return result.squeeze(-1) if squeeze else result
+    # Only the last position's hidden state feeds a head: the last layer skips the others' queries/FFN.
+    hidden, _ = model.model(x, positions, mask, cache, last_only=True)  # prefill, [B, 1, H]
+    cache.advance(s)
+    outputs = []
+    for step, (head_idx, kept) in enumerate(steps):
+        out = model.lm_heads[head_idx](hidden[:, -1])  # heads only at the last position, [B, L*C]
+        new = out[:, : kept * c].reshape(b, kept, c)  # [B, kept, C]
+        outputs.append(new)
+        if step == len(steps) - 1:
+            break
+        positions = positions[:, -1:] + torch.arange(1, kept + 1, device=device)  # [B, kept]
+        key_valid = torch.cat([key_valid, key_valid.new_ones(key_valid.shape[0], kept)], dim=1)
+        step_mask = build_attention_mask(None, None, kept, key_valid=key_valid)
+        hidden, _ = model.model(new, positions, step_mask, cache, last_only=True)  # [B, 1, H]
+        cache.advance(kept)
+    return torch.cat(outputs, dim=1)

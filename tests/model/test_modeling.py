@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.helpers import make_model
-from timemoe_forecaster.forecast import head_schedule
+from timemoe_forecaster.forecast import chunk_rows, head_schedule
 from timemoe_forecaster.model.modeling import count_loss_points, horizon_targets, multi_horizon_loss
 
 
@@ -44,6 +44,32 @@ def test_left_padded_batch_equals_each_row_alone():
     together = model.forecast(batch, 70, attention_mask=mask)
     assert torch.allclose(together[0], model.forecast(a[None], 70)[0], atol=1e-5)
     assert torch.allclose(together[1], model.forecast(b[None], 70)[0], atol=1e-5)
+
+
+def test_chunk_rows_covers_the_batch_in_even_chunks_within_the_budget():
+    assert chunk_rows(10, 7, None) == [(0, 10)]
+    assert chunk_rows(10, 7, 10**6) == [(0, 10)]
+    chunks = chunk_rows(1024, 608, 2**18)  # 3 chunks of at most 342 rows
+    assert [stop - start for start, stop in chunks] == [342, 342, 340]
+    assert all(stop * 608 - start * 608 <= 2**18 for start, stop in chunks)
+    assert chunk_rows(3, 100, 1) == [(0, 1), (1, 2), (2, 3)]  # one row per chunk at least
+
+
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_chunked_forecast_equals_the_whole_batch_at_once(with_padding):
+    model = make_model()
+    context = torch.randn(7, 20)
+    mask = None
+    if with_padding:
+        mask = torch.ones(7, 20, dtype=torch.long)
+        mask[2, :9] = 0
+        mask[5, :3] = 0
+    whole = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=None)
+    # 40 = 32 + 8 feeds back 32 points: 52 cached positions per row, so 2 rows per chunk.
+    chunked = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=120)
+    assert torch.allclose(whole, chunked, atol=1e-5)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        model.forecast(context, 40, max_batch_tokens=0)
 
 
 def test_forecast_leaves_the_callers_tensors_alone():

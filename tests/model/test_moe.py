@@ -95,3 +95,69 @@ def test_load_balancing_loss_mask_equals_loss_on_kept_tokens():
     masked = load_balancing_loss(logits, 2, 4, mask)
     subset = load_balancing_loss([lg[keep] for lg in logits], 2, 4)
     assert torch.isclose(masked, subset, atol=1e-6)
+
+
+_INTERPRETED_FUSED_CHECK = """
+import torch
+from timemoe_forecaster import TimeMoEConfig
+from timemoe_forecaster.model import fused_moe
+from timemoe_forecaster.model.moe import SparseExpertsLayer, route
+
+torch.manual_seed(0)
+# Widths that are not multiples of the tiles, 200 tokens (tiles cut inside groups) and one expert
+# that receives no token.
+config = TimeMoEConfig.from_preset("tiny", hidden_size=40, intermediate_size=144, num_experts=5)
+layer = SparseExpertsLayer(config, "loop")
+with torch.no_grad():
+    for p in layer.parameters():
+        p.normal_(0.0, 0.3)
+x = torch.randn(200, 40)
+weights, experts = route(torch.randn(200, 5), 2)
+experts[experts == 3] = 4
+expected = layer._loop(x, weights, experts)
+got = fused_moe.fused_experts(x, weights, experts, layer.w_gate_EFH, layer.w_up_EFH, layer.w_down_EHF)
+err = ((got - expected).abs().max() / expected.abs().max()).item()
+assert err < 1e-5, err
+print("max relative error", err)
+"""
+
+
+def test_fused_triton_experts_equal_the_loop_in_the_interpreter():
+    """The Triton kernels run on CPU under TRITON_INTERPRET=1 (in a child process: triton reads the
+    variable at import)."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETED_FUSED_CHECK], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "max relative error" in done.stdout
+
+
+def test_fused_dispatch_is_refused_where_it_cannot_run():
+    layer = make_layer("fused")
+    with pytest.raises(RuntimeError, match="fused MoE dispatch"):
+        layer(torch.randn(2, 3, layer.gate.in_features))  # CPU, fp32, gradient wanted
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_fused_dispatch_equals_grouped_on_gpu(top_k):
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    config = TimeMoEConfig.from_preset("base", num_hidden_layers=1, num_experts_per_tok=top_k)
+    grouped = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)
+    with torch.no_grad():
+        for p in grouped.parameters():
+            p.normal_(0.0, 0.05)
+    fused = SparseExpertsLayer(config, "fused").cuda().to(torch.bfloat16)
+    fused.load_state_dict(grouped.state_dict())
+    x = torch.randn(3, 1000, config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        want, _ = grouped(x)
+        got, _ = fused(x)
+    err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+    assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times

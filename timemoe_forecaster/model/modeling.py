@@ -20,6 +20,12 @@ from .moe import build_ffn, load_balancing_loss
 HUBER_DELTA = 2.0  # paper section 3.2
 
 
+# Rows of a batch go through the model in chunks of at most this many cached positions (rows times
+# context plus fed-back points) when forecasting: the KV cache and the prefill's activations stay
+# bounded (a few GiB for the base model) whatever the batch, while each chunk still fills a GPU.
+DEFAULT_MAX_BATCH_TOKENS = 2**18
+
+
 @dataclass
 class TimeMoEOutput:
     loss: torch.Tensor | None = None
@@ -257,14 +263,21 @@ class TimeMoEForPrediction(nn.Module):
 
     # Forecasting and checkpoints (thin wrappers: the work lives outside model/) -----------------
     @torch.no_grad()
-    def forecast(self, context: torch.Tensor, horizon: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forecast(
+        self,
+        context: torch.Tensor,
+        horizon: int,
+        attention_mask: torch.Tensor | None = None,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> torch.Tensor:
         """Autoregressive forecast of ``horizon`` points after ``context`` [B, S] (or [B, S, C]).
 
         Values are used as given (scale them first). Returns [B, horizon] (or [B, horizon, C]).
+        ``max_batch_tokens``: see :func:`timemoe_forecaster.forecast.forecast`.
         """
         from ..forecast import forecast
 
-        return forecast(self, context, horizon, attention_mask=attention_mask)
+        return forecast(self, context, horizon, attention_mask=attention_mask, max_batch_tokens=max_batch_tokens)
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, dtype=None, device=None, **kwargs) -> TimeMoEForPrediction:

@@ -5,8 +5,10 @@ probabilities, plus one shared expert behind a sigmoid gate. Routed experts are 
 (``w_gate_EFH`` …) so they can run as one grouped GEMM; ``checkpoint.py`` maps them to and from the
 official per-expert keys.
 
-Two dispatch paths compute the same function: ``loop`` (one matmul per expert, the readable
-reference) and ``grouped`` (tokens sorted by expert, ``torch._grouped_mm`` over the groups).
+Three dispatch paths compute the same function: ``loop`` (one matmul per expert, the readable
+reference), ``grouped`` (tokens sorted by expert, ``torch._grouped_mm`` over the groups) and, for
+inference on CUDA in bf16/fp16, ``fused`` (two Triton kernels, ``fused_moe.py``). ``auto`` picks
+fused when it can run, else grouped when it can, else loop.
 
 Shape legend: T tokens (B·S), H hidden, E experts, K top-k, F expert width, A = T·K assignments.
 """
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TimeMoEConfig
+from . import fused_moe
 from .layers import ACTIVATIONS, GatedMLP
 
 
@@ -34,7 +37,7 @@ def _grouped_mm_works() -> bool:
 
 
 GROUPED_MM_ON_CPU = _grouped_mm_works()
-DISPATCH_MODES = ("auto", "loop", "grouped")
+DISPATCH_MODES = ("auto", "loop", "grouped", "fused")
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -79,7 +82,7 @@ class SparseExpertsLayer(nn.Module):
             )
         h, e, f = config.hidden_size, config.num_experts, config.expert_size
         self.num_experts, self.top_k, self.dispatch = e, config.num_experts_per_tok, dispatch
-        self.act = ACTIVATIONS[config.hidden_act]
+        self.act, self.hidden_act = ACTIVATIONS[config.hidden_act], config.hidden_act
         self.gate = nn.Linear(h, e, bias=False)
         # Same layout as nn.Linear weights ([out, in]) so each expert slice is an official tensor.
         self.w_gate_EFH = nn.Parameter(torch.empty(e, f, h))
@@ -95,13 +98,32 @@ class SparseExpertsLayer(nn.Module):
         weights_TK, experts_TK = route(router_logits_TE, self.top_k)
         weights_TK = weights_TK.to(x.dtype)
         compute_dtype = _compute_dtype(x_TH)
-        if self._use_grouped(x_TH, compute_dtype):
+        if self._use_fused(x_TH, compute_dtype):
+            weights = (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF)
+            x_c = x_TH.to(compute_dtype)
+            routed_TH = fused_moe.fused_experts(x_c, weights_TK, experts_TK, *(w.to(compute_dtype) for w in weights))
+            routed_TH = routed_TH.to(x_TH.dtype)
+        elif self._use_grouped(x_TH, compute_dtype):
             routed_TH = self._grouped(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
             routed_TH = routed_TH.to(x_TH.dtype)
         else:
             routed_TH = self._loop(x_TH, weights_TK, experts_TK)
         shared_TH = torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
         return (routed_TH + shared_TH).view(b, s, h), router_logits_TE
+
+    def _use_fused(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
+        if self.dispatch not in ("auto", "fused"):
+            return False
+        ok = (
+            self.hidden_act == "silu"
+            and compute_dtype in fused_moe.FUSED_DTYPES
+            and fused_moe.usable(x_TH, self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF)
+        )
+        if self.dispatch == "fused" and not ok:
+            raise RuntimeError(
+                "fused MoE dispatch needs CUDA, triton, bf16/fp16, SiLU experts and no gradient (inference)"
+            )
+        return ok
 
     def _use_grouped(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
         if self.dispatch == "loop":

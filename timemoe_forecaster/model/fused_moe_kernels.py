@@ -1,0 +1,120 @@
+"""Triton kernels behind ``fused_moe`` (imported only where triton is installed).
+
+Kernels are module-level functions because triton resolves the functions a kernel calls through
+its module's globals.
+"""
+
+import os
+
+import triton
+import triton.language as tl
+
+CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in [
+        (128, 128, 64, 8, 3),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 128, 32, 8, 4),
+        (128, 256, 64, 8, 3),
+    ]
+]
+if os.environ.get("TRITON_INTERPRET") == "1":
+    CONFIGS = CONFIGS[:1]  # the CPU interpreter (used by the tests) cannot benchmark configurations
+
+
+@triton.jit
+def tile_of(pid_m, group_end_ptr, NUM_EXPERTS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Expert, first row and end row of tile ``pid_m``; an unused tile gets an empty range."""
+    expert = pid_m * 0
+    start = pid_m * 0
+    stop = pid_m * 0
+    tiles_before = pid_m * 0
+    group_start = pid_m * 0
+    for e in tl.static_range(NUM_EXPERTS):
+        group_end = tl.load(group_end_ptr + e).to(tl.int32)
+        n_tiles = (group_end - group_start + BLOCK_M - 1) // BLOCK_M
+        hit = (pid_m >= tiles_before) & (pid_m < tiles_before + n_tiles)
+        expert = tl.where(hit, e, expert)
+        start = tl.where(hit, group_start + (pid_m - tiles_before) * BLOCK_M, start)
+        stop = tl.where(hit, group_end, stop)
+        tiles_before += n_tiles
+        group_start = group_end
+    return expert, start, stop
+
+
+@triton.autotune(configs=CONFIGS, key=["H", "F"])
+@triton.jit
+def swiglu_kernel(
+    x_ptr,  # [T, H] tokens
+    order_ptr,  # [A] assignment index (token * K + slot) of each sorted row
+    group_end_ptr,  # [E] end row of each expert's group
+    w_gate_ptr,  # [E, F, H]
+    w_up_ptr,  # [E, F, H]
+    out_ptr,  # [A, F]
+    H: tl.constexpr,
+    F: tl.constexpr,
+    TOP_K: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    expert, start, stop = tile_of(tl.program_id(0), group_end_ptr, NUM_EXPERTS, BLOCK_M)
+    rows = start + tl.arange(0, BLOCK_M)
+    row_ok = rows < stop
+    token = (tl.load(order_ptr + rows, mask=row_ok, other=0) // TOP_K).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < F
+    w_base = expert.to(tl.int64) * F * H
+    gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        a = tl.load(x_ptr + token[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_offsets = w_base + cols[None, :] * H + ks[:, None]  # [BLOCK_K, BLOCK_N]: W^T
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        gate = tl.dot(a, tl.load(w_gate_ptr + w_offsets, mask=w_mask, other=0.0), gate)
+        up = tl.dot(a, tl.load(w_up_ptr + w_offsets, mask=w_mask, other=0.0), up)
+    act = gate * tl.sigmoid(gate) * up
+    out_offsets = rows.to(tl.int64)[:, None] * F + cols[None, :]
+    tl.store(out_ptr + out_offsets, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.autotune(configs=CONFIGS, key=["H", "F"])
+@triton.jit
+def down_kernel(
+    act_ptr,  # [A, F] sorted rows
+    order_ptr,  # [A]
+    group_end_ptr,  # [E]
+    w_down_ptr,  # [E, H, F]
+    weight_ptr,  # [A] routing weight of each assignment, in assignment (token-major) order
+    out_ptr,  # [A, H] in assignment order
+    H: tl.constexpr,
+    F: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    expert, start, stop = tile_of(tl.program_id(0), group_end_ptr, NUM_EXPERTS, BLOCK_M)
+    rows = start + tl.arange(0, BLOCK_M)
+    row_ok = rows < stop
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < H
+    w_base = expert.to(tl.int64) * H * F
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, F, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < F
+        a_offsets = rows.to(tl.int64)[:, None] * F + ks[None, :]
+        a = tl.load(act_ptr + a_offsets, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_offsets = w_base + cols[None, :] * F + ks[:, None]  # [BLOCK_K, BLOCK_N]: W^T
+        w = tl.load(w_down_ptr + w_offsets, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    dest = tl.load(order_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    weight = tl.load(weight_ptr + dest, mask=row_ok, other=0.0).to(tl.float32)
+    out = acc * weight[:, None]
+    out_offsets = dest[:, None] * H + cols[None, :]
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
