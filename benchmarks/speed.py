@@ -379,6 +379,7 @@ def profile_to_file(fn, path: Path, warmup: int = 2, rows: int = 30) -> None:
         fn()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(table)
     free_memory()
 
