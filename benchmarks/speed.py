@@ -328,9 +328,10 @@ def infer_cases(runner: Runner, size, config, dtype_name, ref, ours, cases, vari
             fn = lambda m=model, c=context, h=horizon, kw=kwargs: m.forecast(c, h, **kw)  # noqa: E731
             record = runner.measure(fn, plan.reps_infer, {"impl": "ours", "variant": name, **base}, batch, flops,
                                     "series_per_s")  # fmt: skip
-            first_case = (ctx, horizon, dtype_name) == (512, 96, "bf16") and size == "base"
-            if runner.profile_dir and first_case and record.get("status") == "ok" and name in PROFILED_INFER:
-                profile_to_file(fn, runner.profile_dir / f"profile_infer_{size}_{name}.txt", warmup=1)
+            profiled = (ctx, dtype_name, size) == (512, "bf16", "base") and name in PROFILED_INFER
+            if runner.profile_dir and profiled and record.get("status") == "ok":
+                slug = name.replace(", ", "_").replace(" ", "-")
+                profile_to_file(fn, runner.profile_dir / f"profile_infer_{size}_h{horizon}_{slug}.txt", warmup=1)
         del context
 
 
@@ -390,11 +391,22 @@ def set_moe_dispatch(model, mode: str) -> None:
             module.dispatch = mode
 
 
+# Compiled-block forecasting variants of the base and large ctx-512 cases: (name, MoE dispatch,
+# forecast keyword arguments). The first is the library's default; the last is session 2's set-up.
+COMPILED_INFER_VARIANTS = [
+    ("compiled-blocks", "auto", {}),
+    ("compiled-blocks, prefill chunks of 2^17", "auto", {"max_batch_tokens": 2**17}),
+    ("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}),
+    ("compiled-blocks, grouped MoE", "grouped", {}),
+    ("compiled-blocks, grouped MoE, one batch", "grouped", {"max_batch_tokens": None}),
+]
+
+
 def infer_variants(plan: Plan):
     """Our forecasting set-ups as (name, model, forecast keyword arguments): the defaults (fused MoE
-    kernels, rows chunked by ``max_batch_tokens``) eager and with compiled blocks, then for the base and
-    large ctx-512 cases the whole batch at once, with and without the fused kernels (the latter is
-    session 2's configuration), so each lever is measured against the others in the same run."""
+    kernels where they run, prefill in chunks of ``max_batch_tokens``) eager and with compiled blocks;
+    for the base and large ctx-512 cases also the levers one by one (COMPILED_INFER_VARIANTS), so each
+    is measured against the others in the same run."""
 
     def variants(model, case):
         bf16 = next(model.parameters()).dtype == torch.bfloat16
@@ -402,17 +414,14 @@ def infer_variants(plan: Plan):
         if not bf16:  # fp32 runs the loop dispatch on CUDA: nothing for the compiler to fuse around it
             yield "eager, one batch", model, {"max_batch_tokens": None}
             return
+        every = case[0] in ("base", "large") and case[1] < 4096  # the ctx-512 cases
         prepare_blocks(model, False, "blocks", plan.compile_backend)
         try:
-            yield "compiled-blocks", model, {}
-            if case[0] in ("base", "large") and case[1] < 4096:  # the ctx-512 cases
-                yield "compiled-blocks, one batch", model, {"max_batch_tokens": None}
-                set_moe_dispatch(model, "grouped")
-                try:
-                    yield "compiled-blocks, grouped MoE, one batch", model, {"max_batch_tokens": None}
-                finally:
-                    set_moe_dispatch(model, "auto")
+            for name, dispatch, kwargs in COMPILED_INFER_VARIANTS if every else COMPILED_INFER_VARIANTS[:1]:
+                set_moe_dispatch(model, dispatch)
+                yield name, model, kwargs
         finally:
+            set_moe_dispatch(model, "auto")
             uncompile_blocks(model)
 
     return variants
@@ -425,7 +434,8 @@ TRAIN_VARIANTS = [  # name, activation checkpointing, compile, lean optimizer, M
     ("compiled-blocks", False, "blocks", False, "auto"),
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
-PROFILED_TRAIN, PROFILED_INFER = {"compiled-blocks", "compiled-model"}, {"eager", "compiled-blocks"}
+PROFILED_TRAIN = {"compiled-blocks", "compiled-model"}
+PROFILED_INFER = {"compiled-blocks", "compiled-blocks, grouped MoE"}  # at h 96 and h 720
 
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:

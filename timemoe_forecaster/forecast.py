@@ -62,6 +62,15 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.fill.length += n
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows [start, stop) that writes into this one's tensors, with its own fill count
+        (so a prefill can run in chunks of rows; ``advance`` this cache once they are all done)."""
+        part = KVCache.__new__(KVCache)
+        part.fill = _Fill()
+        part.fill.length = self.fill.length
+        part.layers = [LayerKVCache(part.fill, lc.k[start:stop], lc.v[start:stop]) for lc in self.layers]
+        return part
+
 
 def head_schedule(horizon_lengths: list[int], horizon: int) -> list[tuple[int, int]]:
     """(head index, points kept) per decode step: largest head <= remaining, else the smallest, cut."""
@@ -112,6 +121,12 @@ def chunk_rows(batch: int, tokens_per_row: int, max_batch_tokens: int | None) ->
     return [(start, min(batch, start + size)) for start in range(0, batch, size)]
 
 
+# A forecast pass holds the KV cache of all its rows: up to this many times ``max_batch_tokens``
+# cached positions (beyond it the rows are split into passes; decode steps stay large enough to keep
+# a GPU busy, which the host-bound decode of long horizons needs).
+CACHE_CHUNKS = 8
+
+
 @torch.no_grad()
 def forecast(
     model: TimeMoEForPrediction,
@@ -124,8 +139,11 @@ def forecast(
 
     context [B, S] or [B, S, C]; attention_mask [B, S] with 0 on left padding. Returns [B, horizon]
     (or [B, horizon, C]) in float32 on the context's device. The caller's tensors are not modified.
-    ``max_batch_tokens`` bounds rows x (S + fed-back points) per pass through the model (None: the
-    whole batch at once); rows are independent, so chunking changes memory, not the forecasts.
+
+    ``max_batch_tokens`` bounds memory, not results (rows are independent): the prefill runs on at
+    most that many context points (rows x S) at a time, and one pass of prefill plus decode steps
+    caches at most ``CACHE_CHUNKS`` times as many positions (rows x (S + fed-back points)). None runs
+    the whole batch at once.
     """
     _check_inputs(model, context, horizon, attention_mask)
     if max_batch_tokens is not None and (
@@ -148,12 +166,13 @@ def forecast(
 
     steps = head_schedule(model.config.horizon_lengths, horizon)
     cached = x.shape[1] + sum(kept for _, kept in steps[:-1])
+    cache_budget = None if max_batch_tokens is None else CACHE_CHUNKS * max_batch_tokens
     was_training = model.training
     model.eval()
     try:
         parts = [
-            _forecast_rows(model, x[start:stop], None if valid is None else valid[start:stop], steps)
-            for start, stop in chunk_rows(x.shape[0], cached, max_batch_tokens)
+            _forecast_rows(model, x[a:z], None if valid is None else valid[a:z], steps, max_batch_tokens)
+            for a, z in chunk_rows(x.shape[0], cached, cache_budget)
         ]
     finally:
         model.train(was_training)
@@ -161,8 +180,8 @@ def forecast(
     return result.squeeze(-1) if squeeze else result
 
 
-def _forecast_rows(model: TimeMoEForPrediction, x: torch.Tensor, valid: torch.Tensor | None, steps) -> torch.Tensor:
-    """Prefill and decode steps for one chunk of rows: x [B, S, C] -> [B, horizon, C] (model dtype)."""
+def _forecast_rows(model: TimeMoEForPrediction, x: torch.Tensor, valid: torch.Tensor | None, steps, max_batch_tokens):
+    """Prefill (in chunks of rows) and decode steps for one pass: x [B, S, C] -> [B, horizon, C]."""
     config = model.config
     b, s, c = x.shape
     device = x.device
@@ -174,14 +193,18 @@ def _forecast_rows(model: TimeMoEForPrediction, x: torch.Tensor, valid: torch.Te
         positions = torch.arange(s, device=device).expand(b, s)
         # No padding: one mask row for the whole batch ([1, K], broadcast by the kernels).
         key_valid = torch.ones(1, s, dtype=torch.bool, device=device)
-        mask = build_attention_mask(None, None, s)
     else:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # first real point is position 0
         key_valid = valid
-        mask = build_attention_mask(valid, None, s, key_valid=valid)
 
     # Only the last position's hidden state feeds a head: the last layer skips the others' queries/FFN.
-    hidden, _ = model.model(x, positions, mask, cache, last_only=True)  # prefill, [B, 1, H]
+    hidden = []
+    for a, z in chunk_rows(b, s, max_batch_tokens):
+        rows_valid = None if valid is None else valid[a:z]
+        mask = build_attention_mask(rows_valid, None, s, key_valid=rows_valid)
+        h, _ = model.model(x[a:z], positions[a:z], mask, cache.rows(a, z), last_only=True)  # [b, 1, H]
+        hidden.append(h)
+    hidden = torch.cat(hidden)  # [B, 1, H]
     cache.advance(s)
     outputs = []
     for step, (head_idx, kept) in enumerate(steps):

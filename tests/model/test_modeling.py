@@ -65,9 +65,11 @@ def test_chunked_forecast_equals_the_whole_batch_at_once(with_padding):
         mask[2, :9] = 0
         mask[5, :3] = 0
     whole = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=None)
-    # 40 = 32 + 8 feeds back 32 points: 52 cached positions per row, so 2 rows per chunk.
-    chunked = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=120)
-    assert torch.allclose(whole, chunked, atol=1e-5)
+    # 120: prefill in chunks of 4 and 3 rows, one pass. 20: prefill row by row; 40 = 32 + 8 feeds back
+    # 32 points, so 52 cached positions per row and passes of at most 160 / 52 -> 3 rows.
+    for max_batch_tokens in (120, 20):
+        chunked = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=max_batch_tokens)
+        assert torch.allclose(whole, chunked, atol=1e-5)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         model.forecast(context, 40, max_batch_tokens=0)
 

@@ -42,6 +42,11 @@ def _kernels():
     return triton, fused_moe_kernels.swiglu_kernel, fused_moe_kernels.down_kernel
 
 
+def _rows_bucket(rows: int) -> int:
+    """Autotuning key for the number of rows: the power of two at or above it, within [2^12, 2^20]."""
+    return min(max(1 << (rows - 1).bit_length(), 1 << 12), 1 << 20)
+
+
 def _grid(triton, rows: int, cols: int, num_experts: int):
     # Cutting each group into tiles wastes at most one partial tile per expert.
     return lambda meta: (
@@ -67,6 +72,7 @@ def expert_swiglu(
     if order_A.shape[0]:
         swiglu_kernel[_grid(triton, order_A.shape[0], f, e)](
             x_TH, order_A, group_end_E, w_gate_EFH.contiguous(), w_up_EFH.contiguous(), out_AF,
+            _rows_bucket(order_A.shape[0]),
             H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e,
         )  # fmt: skip
     return out_AF
@@ -92,6 +98,7 @@ def expert_down(
     if order_A.shape[0]:
         down_kernel[_grid(triton, order_A.shape[0], h, e)](
             act_AF.contiguous(), order_A, group_end_E, w_down_EHF.contiguous(), weights_A.contiguous(), out_AH,
+            _rows_bucket(order_A.shape[0]),
             H=h, F=f, NUM_EXPERTS=e,
         )  # fmt: skip
     return out_AH

@@ -43,7 +43,7 @@ def tile_of(pid_m, group_end_ptr, NUM_EXPERTS: tl.constexpr, BLOCK_M: tl.constex
     return expert, start, stop
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F"])
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET"])
 @triton.jit
 def swiglu_kernel(
     x_ptr,  # [T, H] tokens
@@ -52,6 +52,7 @@ def swiglu_kernel(
     w_gate_ptr,  # [E, F, H]
     w_up_ptr,  # [E, F, H]
     out_ptr,  # [A, F]
+    ROWS_BUCKET,  # power of two near A, for the autotuner alone: a prefill and a decode step differ
     H: tl.constexpr,
     F: tl.constexpr,
     TOP_K: tl.constexpr,
@@ -82,7 +83,7 @@ def swiglu_kernel(
     tl.store(out_ptr + out_offsets, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F"])
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET"])
 @triton.jit
 def down_kernel(
     act_ptr,  # [A, F] sorted rows
@@ -91,6 +92,7 @@ def down_kernel(
     w_down_ptr,  # [E, H, F]
     weight_ptr,  # [A] routing weight of each assignment, in assignment (token-major) order
     out_ptr,  # [A, H] in assignment order
+    ROWS_BUCKET,
     H: tl.constexpr,
     F: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,

@@ -20,10 +20,10 @@ from .moe import build_ffn, load_balancing_loss
 HUBER_DELTA = 2.0  # paper section 3.2
 
 
-# Rows of a batch go through the model in chunks of at most this many cached positions (rows times
-# context plus fed-back points) when forecasting: the KV cache and the prefill's activations stay
-# bounded (a few GiB for the base model) whatever the batch, while each chunk still fills a GPU.
-DEFAULT_MAX_BATCH_TOKENS = 2**18
+# Forecasting runs the prefill on at most this many context points (rows x context) at a time, and
+# caches at most 8 times as many positions per pass (forecast.CACHE_CHUNKS): memory stays bounded
+# whatever the batch, while each chunk still fills a GPU.
+DEFAULT_MAX_BATCH_TOKENS = 2**16
 
 
 @dataclass
