@@ -145,15 +145,27 @@ def forecast(
     caches at most ``CACHE_CHUNKS`` times as many positions (rows x (S + fed-back points)). None runs
     the whole batch at once.
     """
+    x, valid = prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        out = run_forecast(model, x, valid, horizon, max_batch_tokens)
+    finally:
+        model.train(was_training)
+    return finish_output(out, context)
+
+
+def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
+    """Check the inputs and move them to the model: x [B, S, C] in the model's dtype (padding zeroed),
+    valid [B, S] bool or None. Raises ValueError/TypeError naming the problem."""
     _check_inputs(model, context, horizon, attention_mask)
     if max_batch_tokens is not None and (
         isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1
     ):
         raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
     param = next(model.parameters())
-    squeeze = context.dim() == 2
     x = context.to(device=param.device, dtype=param.dtype, copy=True)
-    x = x.unsqueeze(-1) if squeeze else x  # [B, S, C]
+    x = x.unsqueeze(-1) if context.dim() == 2 else x  # [B, S, C]
     valid = None
     if attention_mask is not None:
         valid = attention_mask.to(device=param.device).bool()
@@ -163,21 +175,25 @@ def forecast(
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):
         raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
+    return x, valid
 
+
+def finish_output(out: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """[B, horizon, C] in the model's dtype -> float32 on the context's device, [B, horizon] if 2-D."""
+    result = out.float().to(context.device)
+    return result.squeeze(-1) if context.dim() == 2 else result
+
+
+def run_forecast(model, x: torch.Tensor, valid: torch.Tensor | None, horizon: int, max_batch_tokens) -> torch.Tensor:
+    """The forecast proper on prepared inputs (no host sync: ``cuda_graphs`` captures it whole)."""
     steps = head_schedule(model.config.horizon_lengths, horizon)
     cached = x.shape[1] + sum(kept for _, kept in steps[:-1])
     cache_budget = None if max_batch_tokens is None else CACHE_CHUNKS * max_batch_tokens
-    was_training = model.training
-    model.eval()
-    try:
-        parts = [
-            _forecast_rows(model, x[a:z], None if valid is None else valid[a:z], steps, max_batch_tokens)
-            for a, z in chunk_rows(x.shape[0], cached, cache_budget)
-        ]
-    finally:
-        model.train(was_training)
-    result = torch.cat(parts).float().to(context.device)  # [B, horizon, C]
-    return result.squeeze(-1) if squeeze else result
+    parts = [
+        _forecast_rows(model, x[a:z], None if valid is None else valid[a:z], steps, max_batch_tokens)
+        for a, z in chunk_rows(x.shape[0], cached, cache_budget)
+    ]
+    return torch.cat(parts)  # [B, horizon, C]
 
 
 def _forecast_rows(model: TimeMoEForPrediction, x: torch.Tensor, valid: torch.Tensor | None, steps, max_batch_tokens):
