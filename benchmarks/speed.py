@@ -50,7 +50,7 @@ log = logging.getLogger("speed")
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROUPS = ("base", "large", "ultra", "dense")
-EXTRA_GROUPS = ("base-forecast", "large-forecast")  # bf16 forecasting cases alone (re-measurements)
+EXTRA_GROUPS = ("base-forecast", "large-forecast", "long-forecast")  # bf16 forecasting cases alone (re-measurements)
 LR = 1e-4
 
 
@@ -82,6 +82,7 @@ def make_plan(smoke: bool) -> Plan:
         configs["dense"] = dense_twin(configs["base"])
         configs["base-forecast"] = configs["base"]
         configs["large-forecast"] = configs["large"]
+        configs["long-forecast"] = configs["base"]
         return Plan(
             smoke=False,
             device="cuda",
@@ -99,6 +100,7 @@ def make_plan(smoke: bool) -> Plan:
                 "dense": [("bf16", 512, 96, 1024)],
                 "base-forecast": [("bf16", 512, 96, 1024), ("bf16", 512, 720, 256), ("fp32", 512, 96, 1024)],
                 "large-forecast": [("bf16", 512, 96, 1024)],
+                "long-forecast": [("bf16", 4096, 96, 16), ("bf16", 4096, 96, 64)],
             },
             train={"base": [("bf16", 4)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 4)]},
         )
@@ -111,6 +113,7 @@ def make_plan(smoke: bool) -> Plan:
     configs["dense"] = dense_twin(configs["base"])
     configs["base-forecast"] = configs["base"]
     configs["large-forecast"] = configs["large"]
+    configs["long-forecast"] = configs["base"]
     return Plan(
         smoke=True,
         device="cpu",
@@ -122,6 +125,7 @@ def make_plan(smoke: bool) -> Plan:
             "dense": [("bf16", 32, 96, 4)],
             "base-forecast": [("bf16", 32, 96, 4)],
             "large-forecast": [("bf16", 32, 96, 4)],
+            "long-forecast": [("bf16", 64, 96, 4)],
         },
         train={"base": [("bf16", 2)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 2)]},
         reps_train=(1, 2),
@@ -464,9 +468,10 @@ PROFILED_INFER = {"compiled-blocks + CUDA graph"}  # at h 96 and h 720
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
     config, device = plan.configs[group], plan.device
-    size = {"dense": "base-dense", "base-forecast": "base", "large-forecast": "large"}.get(group, group)
+    size = {"dense": "base-dense", "base-forecast": "base", "large-forecast": "large", "long-forecast": "base"}
+    size = size.get(group, group)
     ivariants = infer_variants(plan)
-    if group in ("base", "large", "base-forecast", "large-forecast"):
+    if group in ("base", "large", "base-forecast", "large-forecast", "long-forecast"):
         ref32 = build_pair(config, workdir)
         for dtype_name in ("bf16", "fp32"):
             if dtype_name == "fp32" and not any(c[0] == "fp32" for c in plan.infer.get(group, [])):
