@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .forecast import DEFAULT_MAX_BATCH_TOKENS, finish_output, prepare_inputs, run_forecast
+from .forecast import DEFAULT_MAX_BATCH_TOKENS, eval_mode, finish_output, prepare_inputs, run_forecast
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ class CUDAGraphForecaster:
     def _capture(self, x: torch.Tensor, valid: torch.Tensor | None, horizon: int) -> _Captured:
         log.info("capturing a CUDA graph for batch %d, context %d, horizon %d", x.shape[0], x.shape[1], horizon)
         model = self.model
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             static_x, static_valid = x.clone(), None if valid is None else valid.clone()
 
             def run():
@@ -93,8 +91,6 @@ class CUDAGraphForecaster:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = run()
-        finally:
-            model.train(was_training)
         return _Captured(graph, static_x, static_valid, out)
 
 

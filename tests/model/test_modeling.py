@@ -74,6 +74,16 @@ def test_chunked_forecast_equals_the_whole_batch_at_once(with_padding):
         model.forecast(context, 40, max_batch_tokens=0)
 
 
+def test_forecast_runs_in_eval_mode_and_restores_every_modules_mode():
+    model = make_model(attention_dropout=0.5)
+    context = torch.randn(2, 16)
+    expected = model.forecast(context, 9)  # eval: dropout off
+    model.train()
+    model.model.layers[0].eval()  # a mixed state must come back as it was
+    assert torch.equal(model.forecast(context, 9), expected)
+    assert model.training and model.model.layers[1].training and not model.model.layers[0].training
+
+
 def test_forecast_leaves_the_callers_tensors_alone():
     model = make_model()
     context = torch.randn(3, 16)
