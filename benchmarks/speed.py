@@ -50,7 +50,12 @@ log = logging.getLogger("speed")
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROUPS = ("base", "large", "ultra", "dense")
-EXTRA_GROUPS = ("base-forecast", "large-forecast", "long-forecast")  # bf16 forecasting cases alone (re-measurements)
+EXTRA_GROUPS = (
+    "base-forecast",
+    "large-forecast",
+    "long-forecast",
+    "large-train",
+)  # bf16 forecasting cases alone (re-measurements)
 LR = 1e-4
 
 
@@ -83,6 +88,7 @@ def make_plan(smoke: bool) -> Plan:
         configs["base-forecast"] = configs["base"]
         configs["large-forecast"] = configs["large"]
         configs["long-forecast"] = configs["base"]
+        configs["large-train"] = configs["large"]
         return Plan(
             smoke=False,
             device="cuda",
@@ -102,7 +108,13 @@ def make_plan(smoke: bool) -> Plan:
                 "large-forecast": [("bf16", 512, 96, 1024)],
                 "long-forecast": [("bf16", 4096, 96, 16), ("bf16", 4096, 96, 64)],
             },
-            train={"base": [("bf16", 4)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 4)]},
+            train={
+                "base": [("bf16", 4)],
+                "large": [("bf16", 2)],
+                "ultra": [("bf16", 1)],
+                "dense": [("bf16", 4)],
+                "large-train": [("bf16", 2)],
+            },
         )
     small = dict(horizon_lengths=[1, 8, 32, 64], max_position_embeddings=4096, num_experts=4, num_attention_heads=2)
     configs = {
@@ -114,6 +126,7 @@ def make_plan(smoke: bool) -> Plan:
     configs["base-forecast"] = configs["base"]
     configs["large-forecast"] = configs["large"]
     configs["long-forecast"] = configs["base"]
+    configs["large-train"] = configs["large"]
     return Plan(
         smoke=True,
         device="cpu",
@@ -127,7 +140,13 @@ def make_plan(smoke: bool) -> Plan:
             "large-forecast": [("bf16", 32, 96, 4)],
             "long-forecast": [("bf16", 64, 96, 4)],
         },
-        train={"base": [("bf16", 2)], "large": [("bf16", 2)], "ultra": [("bf16", 1)], "dense": [("bf16", 2)]},
+        train={
+            "base": [("bf16", 2)],
+            "large": [("bf16", 2)],
+            "ultra": [("bf16", 1)],
+            "dense": [("bf16", 2)],
+            "large-train": [("bf16", 2)],
+        },
         reps_train=(1, 2),
         reps_ref_train=(1, 2),
         reps_infer=(1, 2),
@@ -368,7 +387,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         need = 120 if compile_parts else 30
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
                                 "tokens_per_s", need_s=need)  # fmt: skip
-        if runner.profile_dir and size == "base" and record.get("status") == "ok" and name in PROFILED_TRAIN:
+        if runner.profile_dir and record.get("status") == "ok" and name in PROFILED_TRAIN:
             profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name}.txt")
         del model, opt, fn
         free_memory()
@@ -468,10 +487,16 @@ PROFILED_INFER = {"compiled-blocks + CUDA graph"}  # at h 96 and h 720
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
     config, device = plan.configs[group], plan.device
-    size = {"dense": "base-dense", "base-forecast": "base", "large-forecast": "large", "long-forecast": "base"}
+    size = {
+        "dense": "base-dense",
+        "base-forecast": "base",
+        "large-forecast": "large",
+        "long-forecast": "base",
+        "large-train": "large",
+    }
     size = size.get(group, group)
     ivariants = infer_variants(plan)
-    if group in ("base", "large", "base-forecast", "large-forecast", "long-forecast"):
+    if group in ("base", "large", "base-forecast", "large-forecast", "long-forecast", "large-train"):
         ref32 = build_pair(config, workdir)
         for dtype_name in ("bf16", "fp32"):
             if dtype_name == "fp32" and not any(c[0] == "fp32" for c in plan.infer.get(group, [])):
@@ -488,6 +513,8 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             infer_cases(runner, size, config, dtype_name, ref, ours, plan.infer.get(group, []), ivariants)
             for _, batch in [t for t in plan.train.get(group, []) if t[0] == dtype_name]:
                 variants = list(TRAIN_VARIANTS)
+                if group == "large-train":  # the two fastest set-ups, with kernel profiles
+                    variants = [v for v in TRAIN_VARIANTS if v[0] in ("compiled-model+cudagraphs", "compiled-model")]
                 if group == "base":
                     variants.append(("eager-loop-dispatch", False, None, False, "loop"))
                 make = lambda d=dtype: load_ours(workdir, d, device)  # noqa: E731
