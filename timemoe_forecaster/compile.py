@@ -4,7 +4,8 @@ Each decoder block is compiled in place (parameter names and ``state_dict`` keys
 checkpoints save and load as before). Blocks receive their own KV cache and never read their layer
 index, so a forecast compiles a handful of graphs (prefill, decode steps, the last layer's
 last-position variant) rather than one per layer and length. On an H100 this took the base model
-from 2,221 to 4,324 series/s (context 512, horizon 96, 1,024 series; docs/performance.md).
+from 2,361 to 4,394 series/s (context 512, horizon 96, 1,024 series; docs/performance.md); replaying
+the compiled forecast as a CUDA graph (``cuda_graphs.CUDAGraphForecaster``) removes the host's share.
 
     from timemoe_forecaster.compile import compile_blocks
     model = compile_blocks(TimeMoEForPrediction.from_pretrained(path, dtype=torch.bfloat16, device="cuda"))

@@ -155,8 +155,9 @@ def forecast(
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
-    """Eval mode inside, each module's own mode restored after. Skips the two walks over every
-    module when nothing is training (about 1.5 ms of a 40 ms CPU forecast of the default model)."""
+    """Eval mode inside, each module's own mode restored after. Flips only the modules that are
+    training: ``model.eval()`` then ``model.train()`` walk every module twice through ``Module.train``,
+    which cost about 1.5 ms of a 40 ms CPU forecast of the default model."""
     training = [m for m in model.modules() if m.training]
     for m in training:
         m.training = False
