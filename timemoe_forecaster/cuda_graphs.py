@@ -14,7 +14,9 @@ the device, so the whole of it (KV cache included) can be captured once per shap
 
 Each captured shape keeps its graph's memory (about one forecast's peak) until it is evicted (at most
 ``max_graphs`` shapes, least recently used first) or ``clear()`` is called. Results equal
-``model.forecast`` (same kernels, same order).
+``model.forecast`` (same kernels, same order). A graph reads the parameters at the addresses they had
+when it was captured: in-place updates (an optimizer step, ``load_state_dict``) are seen, but after
+``model.to(...)`` or replacing a parameter call ``clear()``.
 """
 
 from __future__ import annotations
