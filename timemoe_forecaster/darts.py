@@ -46,8 +46,8 @@ class TimeMoEModel(GlobalForecastingModel):
         Parameters
         ----------
         model_path
-            Checkpoint directory or hub id; None is the checkpoint embedded in the package (for now an
-            untrained placeholder, and a warning says so).
+            Checkpoint directory or hub id; None is the checkpoint embedded in the package (a
+            6.3M-parameter model we pretrained ourselves, ``docs/model_card.md``).
         config
             A preset name (``"tiny"``…) with ``model_path=None`` builds a fresh model seeded by
             ``seed``; a dict overrides checkpoint config keys, or with ``"preset"`` a preset's.

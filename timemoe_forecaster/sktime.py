@@ -30,7 +30,8 @@ class TimeMoEForecaster(BaseForecaster):
     ----------
     model_path : str, path or None, default=None
         Checkpoint directory (``config.json`` + ``model.safetensors``) or hub id. None uses the
-        checkpoint embedded in the package (for now an untrained placeholder; a warning says so).
+        checkpoint embedded in the package: a 6.3M-parameter model we pretrained ourselves
+        (``docs/model_card.md``).
     config : None, str or dict, default=None
         A preset name (``"tiny"``, ``"small"``, …) with ``model_path=None`` builds a fresh model
         initialised from ``seed`` (for from-scratch training and tests). A dict overrides config
