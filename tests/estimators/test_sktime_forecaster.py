@@ -353,3 +353,20 @@ def test_bad_parameters_are_clear_errors(tmp_path):
         TimeMoEForecaster(fine_tune=10)
     with pytest.raises(ValueError, match="unknown fine-tuning setting"):
         TimeMoEForecaster(config=TINY, fine_tune={"stepz": 3}).fit(y)
+
+
+def test_compiling_the_fitted_model_keeps_the_forecasts(checkpoint):
+    """The documented fast path for sktime users (docs/performance.md): compile ``model_`` after fit."""
+    from timemoe_forecaster.compile import compile_blocks, uncompile_blocks
+
+    y = load_airline()
+    forecaster = TimeMoEForecaster(model_path=checkpoint, context_length=64, device="cpu").fit(y)
+    expected = forecaster.predict(fh=list(range(1, 13)))
+    compile_blocks(forecaster.model_, backend="aot_eager")  # "inductor" on a GPU
+    assert all(block._compiled_call_impl is not None for block in forecaster.model_.model.layers)
+    try:
+        got = forecaster.predict(fh=list(range(1, 13)))
+    finally:
+        uncompile_blocks(forecaster.model_)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4)
+    assert got.index.equals(expected.index)
