@@ -44,7 +44,6 @@ from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction  # noqa: E402
 from timemoe_forecaster.compile import compile_blocks, uncompile_blocks  # noqa: E402
 from timemoe_forecaster.cuda_graphs import CUDAGraphForecaster  # noqa: E402
 from timemoe_forecaster.model.modeling import model_flops_per_token  # noqa: E402
-from timemoe_forecaster.model.moe import SparseExpertsLayer  # noqa: E402
 
 log = logging.getLogger("speed")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -409,12 +408,6 @@ def profile_to_file(fn, path: Path, warmup: int = 2, rows: int = 30) -> None:
     free_memory()
 
 
-def set_moe_dispatch(model, mode: str) -> None:
-    for module in model.modules():
-        if isinstance(module, SparseExpertsLayer):
-            module.dispatch = mode
-
-
 class GraphedForecast:
     """``forecast`` through a CUDAGraphForecaster (captured on the first, warm-up, call)."""
 
@@ -460,7 +453,7 @@ def infer_variants(plan: Plan):
             for name, dispatch, kwargs, graph in COMPILED_INFER_VARIANTS if every else COMPILED_INFER_VARIANTS[:1]:
                 if graph and plan.device != "cuda":
                     continue
-                set_moe_dispatch(model, dispatch)
+                model.set_moe_dispatch(dispatch)
                 if graph:
                     graphed = GraphedForecast(model, **kwargs)
                     yield name, graphed, {}
@@ -468,7 +461,7 @@ def infer_variants(plan: Plan):
                 else:
                     yield name, model, kwargs
         finally:
-            set_moe_dispatch(model, "auto")
+            model.set_moe_dispatch("auto")
             uncompile_blocks(model)
 
     return variants

@@ -161,3 +161,13 @@ def test_fused_dispatch_equals_grouped_on_gpu(top_k):
         got, _ = fused(x)
     err = ((got.float() - want.float()).norm() / want.float().norm()).item()
     assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
+
+
+def test_set_moe_dispatch_switches_every_layer_and_refuses_unknown_names():
+    from tests.helpers import make_model
+
+    model = make_model()
+    model.set_moe_dispatch("loop")
+    assert {layer.ffn_layer.dispatch for layer in model.model.layers} == {"loop"}
+    with pytest.raises(ValueError, match="unknown MoE dispatch"):
+        model.set_moe_dispatch("fast")

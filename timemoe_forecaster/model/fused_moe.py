@@ -35,9 +35,15 @@ TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 @functools.cache
 def _kernels():
     """Import the kernels on first use (triton is optional and absent on CPU-only installs)."""
-    import triton
+    try:
+        import triton
 
-    from . import fused_moe_kernels
+        from . import fused_moe_kernels
+    except Exception as err:  # noqa: BLE001 - a broken triton install should say what to do
+        raise RuntimeError(
+            f"the fused MoE kernels need a working triton ({type(err).__name__}: {err}); call "
+            "model.set_moe_dispatch('grouped') to run the experts without them"
+        ) from err
 
     return triton, fused_moe_kernels.swiglu_kernel, fused_moe_kernels.down_kernel
 

@@ -155,7 +155,8 @@ class TimeMoEForPrediction(nn.Module):
     """Time-MoE with one linear forecast head per horizon length.
 
     ``attn_backend``: "sdpa" (default), "eager", "varlen" or "flash_attn".
-    ``moe_dispatch``: "auto" (grouped GEMM where it runs), "grouped" or "loop".
+    ``moe_dispatch``: "auto" (fused Triton kernels for CUDA inference in bf16/fp16, else the grouped GEMM
+    where it runs, else the loop), "fused", "grouped" or "loop".
     """
 
     def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:
@@ -194,6 +195,10 @@ class TimeMoEForPrediction(nn.Module):
             layer.self_attn.backend = check_backend(name)
 
     def set_moe_dispatch(self, name: str) -> None:
+        from .moe import DISPATCH_MODES
+
+        if name not in DISPATCH_MODES:
+            raise ValueError(f"unknown MoE dispatch {name!r}; choose one of {DISPATCH_MODES}")
         for layer in self.model.layers:
             if hasattr(layer.ffn_layer, "dispatch"):
                 layer.ffn_layer.dispatch = name
