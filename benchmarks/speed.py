@@ -7,6 +7,7 @@ peak-memory reset, CUDA events around every repetition, medians.
 
     python benchmarks/speed.py                    # GPU: every group (one process each), then the report
     python benchmarks/speed.py --groups base      # some groups only
+    python benchmarks/speed.py --groups base-forecast,large-forecast   # re-measure the forecasting cases
     python benchmarks/speed.py --smoke            # every code path on the CPU with tiny models, seconds
     python benchmarks/speed.py --cpu              # CPU section: end-to-end forecast on this machine
     python benchmarks/speed.py --report --jsonl F # rebuild speed.json/speed.md from a records file
@@ -580,7 +581,11 @@ def run_groups_here(groups, plan: Plan, jsonl: Path, deadline: float, profile_di
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {GROUPS}")
+    parser.add_argument(
+        "--groups",
+        default=",".join(GROUPS),
+        help=f"comma-separated subset of {GROUPS}, or of the re-measurements {EXTRA_GROUPS}",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: exercise every code path")
     parser.add_argument("--cpu", action="store_true", help="CPU section: end-to-end forecast timing")
     parser.add_argument("--report", action="store_true", help="only rebuild speed.json/speed.md from --jsonl")
@@ -605,7 +610,7 @@ def main(argv=None) -> None:
     groups = [g for g in args.groups.split(",") if g]
     unknown = set(groups) - set(GROUPS) - set(EXTRA_GROUPS)
     if unknown:
-        parser.error(f"unknown groups {sorted(unknown)}; choose from {GROUPS}")
+        parser.error(f"unknown groups {sorted(unknown)}; choose from {GROUPS + EXTRA_GROUPS}")
     if args.smoke:
         args.out = args.out if args.out != RESULTS else Path(tempfile.mkdtemp(prefix="speed-smoke-"))
     args.out.mkdir(parents=True, exist_ok=True)
