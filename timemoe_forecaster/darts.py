@@ -115,6 +115,13 @@ class TimeMoEModel(GlobalForecastingModel):
             preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
         return self._model
 
+    @property
+    def torch_model(self):
+        """The underlying TimeMoEForPrediction (loaded on first access; after ``fit``, the fitted one).
+        On a GPU, compile it in place for faster predictions: ``compile_blocks(model.torch_model)``
+        (``timemoe_forecaster.compile``); a later ``fit`` starts again from an uncompiled model."""
+        return self._load()
+
     # Saving: darts pickles the model and unpickles with an allow-list; keep the pickle to plain
     # values (config dict, weights as numpy arrays), so only this class needs allow-listing. A
     # zero-shot model is reloaded from model_path / config instead of being stored.

@@ -152,3 +152,19 @@ def test_bad_input_is_a_clear_error(checkpoint, airline, tmp_path):
         TimeMoEModel(config={"preset": "tiny", "max_position_embeddings": 32}, context_length=64).fit(airline)
     with pytest.raises(TypeError, match="TimeSeries"):
         m.predict(2, series=airline.values())
+
+
+def test_compiling_the_torch_model_keeps_the_forecasts(checkpoint, airline):
+    """The documented fast path (docs/performance.md): compile ``torch_model`` in place after fit."""
+    from timemoe_forecaster.compile import compile_blocks, uncompile_blocks
+
+    m = model(checkpoint).fit(airline)
+    expected = m.predict(12)
+    compile_blocks(m.torch_model, backend="aot_eager")  # "inductor" on a GPU
+    assert all(block._compiled_call_impl is not None for block in m.torch_model.model.layers)
+    try:
+        got = m.predict(12)
+    finally:
+        uncompile_blocks(m.torch_model)
+    np.testing.assert_allclose(got.values(), expected.values(), rtol=1e-4)
+    assert got.time_index.equals(expected.time_index)
