@@ -50,12 +50,8 @@ log = logging.getLogger("speed")
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROUPS = ("base", "large", "ultra", "dense")
-EXTRA_GROUPS = (
-    "base-forecast",
-    "large-forecast",
-    "long-forecast",
-    "large-train",
-)  # bf16 forecasting cases alone (re-measurements)
+# Re-measurements of parts of a group, each with the model size it runs.
+EXTRA_GROUPS = {"base-forecast": "base", "large-forecast": "large", "long-forecast": "base", "large-train": "large"}
 LR = 1e-4
 
 
@@ -85,10 +81,7 @@ def make_plan(smoke: bool) -> Plan:
     if not smoke:
         configs = {n: TimeMoEConfig.from_preset(n) for n in ("base", "large", "ultra")}
         configs["dense"] = dense_twin(configs["base"])
-        configs["base-forecast"] = configs["base"]
-        configs["large-forecast"] = configs["large"]
-        configs["long-forecast"] = configs["base"]
-        configs["large-train"] = configs["large"]
+        configs.update({group: configs[size] for group, size in EXTRA_GROUPS.items()})
         return Plan(
             smoke=False,
             device="cuda",
@@ -123,10 +116,7 @@ def make_plan(smoke: bool) -> Plan:
         "ultra": TimeMoEConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, **small),
     }
     configs["dense"] = dense_twin(configs["base"])
-    configs["base-forecast"] = configs["base"]
-    configs["large-forecast"] = configs["large"]
-    configs["long-forecast"] = configs["base"]
-    configs["large-train"] = configs["large"]
+    configs.update({group: configs[size] for group, size in EXTRA_GROUPS.items()})
     return Plan(
         smoke=True,
         device="cpu",
@@ -481,16 +471,9 @@ PROFILED_INFER = {"compiled-blocks + CUDA graph"}  # at h 96 and h 720
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
     config, device = plan.configs[group], plan.device
-    size = {
-        "dense": "base-dense",
-        "base-forecast": "base",
-        "large-forecast": "large",
-        "long-forecast": "base",
-        "large-train": "large",
-    }
-    size = size.get(group, group)
+    size = "base-dense" if group == "dense" else EXTRA_GROUPS.get(group, group)
     ivariants = infer_variants(plan)
-    if group in ("base", "large", "base-forecast", "large-forecast", "long-forecast", "large-train"):
+    if size in ("base", "large"):
         ref32 = build_pair(config, workdir)
         for dtype_name in ("bf16", "fp32"):
             if dtype_name == "fp32" and not any(c[0] == "fp32" for c in plan.infer.get(group, [])):
@@ -584,7 +567,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--groups",
         default=",".join(GROUPS),
-        help=f"comma-separated subset of {GROUPS}, or of the re-measurements {EXTRA_GROUPS}",
+        help=f"comma-separated subset of {GROUPS}, or of the re-measurements {tuple(EXTRA_GROUPS)}",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: exercise every code path")
     parser.add_argument("--cpu", action="store_true", help="CPU section: end-to-end forecast timing")
@@ -610,7 +593,7 @@ def main(argv=None) -> None:
     groups = [g for g in args.groups.split(",") if g]
     unknown = set(groups) - set(GROUPS) - set(EXTRA_GROUPS)
     if unknown:
-        parser.error(f"unknown groups {sorted(unknown)}; choose from {GROUPS + EXTRA_GROUPS}")
+        parser.error(f"unknown groups {sorted(unknown)}; choose from {GROUPS + tuple(EXTRA_GROUPS)}")
     if args.smoke:
         args.out = args.out if args.out != RESULTS else Path(tempfile.mkdtemp(prefix="speed-smoke-"))
     args.out.mkdir(parents=True, exist_ok=True)

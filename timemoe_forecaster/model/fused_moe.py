@@ -116,24 +116,7 @@ def _(act_AF, order_A, group_end_E, w_down_EHF, weights_A):
 
 
 def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
-    """Whether the fused kernels can run here: CUDA, half precision, no gradient wanted, triton present."""
+    """Whether the kernels can run here: CUDA, no gradient wanted, triton present (the caller checks
+    that the matmuls run in one of ``FUSED_DTYPES``)."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-    return x.is_cuda and x.dtype in FUSED_DTYPES and not needs_grad and TRITON_AVAILABLE
-
-
-def fused_experts(
-    x_TH: torch.Tensor,
-    weights_TK: torch.Tensor,
-    experts_TK: torch.Tensor,
-    w_gate_EFH: torch.Tensor,
-    w_up_EFH: torch.Tensor,
-    w_down_EHF: torch.Tensor,
-) -> torch.Tensor:
-    """Routed-expert output [T, H] (SwiGLU experts), same function as the grouped path."""
-    top_k, num_experts = experts_TK.shape[1], w_gate_EFH.shape[0]
-    sorted_experts_A, order_A = torch.sort(experts_TK.reshape(-1), stable=True)
-    expert_ids_E = torch.arange(num_experts, device=x_TH.device, dtype=sorted_experts_A.dtype)
-    group_end_E = torch.searchsorted(sorted_experts_A, expert_ids_E, right=True).to(torch.int32)
-    act_AF = expert_swiglu(x_TH, order_A, group_end_E, w_gate_EFH, w_up_EFH, top_k)
-    y_AH = expert_down(act_AF, order_A, group_end_E, w_down_EHF, weights_TK.reshape(-1).to(x_TH.dtype))
-    return y_AH.view(-1, top_k, y_AH.shape[-1]).sum(dim=1)  # [T, H]
+    return x.is_cuda and not needs_grad and TRITON_AVAILABLE

@@ -99,9 +99,7 @@ class SparseExpertsLayer(nn.Module):
         weights_TK = weights_TK.to(x.dtype)
         compute_dtype = _compute_dtype(x_TH)
         if self._use_fused(x_TH, compute_dtype):
-            weights = (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF)
-            x_c = x_TH.to(compute_dtype)
-            routed_TH = fused_moe.fused_experts(x_c, weights_TK, experts_TK, *(w.to(compute_dtype) for w in weights))
+            routed_TH = self._fused(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
             routed_TH = routed_TH.to(x_TH.dtype)
         elif self._use_grouped(x_TH, compute_dtype):
             routed_TH = self._grouped(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
@@ -118,7 +116,7 @@ class SparseExpertsLayer(nn.Module):
             self.hidden_act == "silu"
             and compute_dtype in fused_moe.FUSED_DTYPES
             and fused_moe.usable(x_TH, self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF)
-        )
+        )  # checked on the dtype the matmuls run in, as for the grouped path
         if self.dispatch == "fused" and not ok:
             raise RuntimeError(
                 "fused MoE dispatch needs CUDA, triton, bf16/fp16, SiLU experts and no gradient (inference)"
@@ -131,7 +129,7 @@ class SparseExpertsLayer(nn.Module):
         available = x_TH.is_cuda or GROUPED_MM_ON_CPU
         # The kernel needs 16-byte aligned rows and, on CUDA, bf16 operands (so does its meta function,
         # which torch.compile traces with on any device).
-        size = torch.empty((), dtype=compute_dtype).element_size()
+        size = compute_dtype.itemsize
         aligned = all((n * size) % 16 == 0 for n in self.w_down_EHF.shape[1:])
         bf16_only = x_TH.is_cuda or torch.compiler.is_compiling()
         dtype_ok = compute_dtype == torch.bfloat16 or not bf16_only
@@ -155,15 +153,28 @@ class SparseExpertsLayer(nn.Module):
             out_TH.index_add_(0, token_idx, y.to(x_TH.dtype))
         return out_TH
 
+    def _sort_by_expert(self, experts_TK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Assignments (token * K + slot) sorted by expert [A], and the end of each expert's group [E].
+
+        Unlike bincount, searchsorted has a static output shape: no device-to-host sync on CUDA and no
+        graph break under torch.compile."""
+        sorted_experts_A, order_A = torch.sort(experts_TK.reshape(-1), stable=True)
+        expert_ids_E = torch.arange(self.num_experts, device=experts_TK.device, dtype=sorted_experts_A.dtype)
+        return order_A, torch.searchsorted(sorted_experts_A, expert_ids_E, right=True).to(torch.int32)
+
+    def _fused(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
+        """The grouped path's function in two Triton kernels (``fused_moe``): SwiGLU experts on gathered
+        rows, then the down projection written weighted to token order; each token sums its k rows."""
+        order_A, offsets_E = self._sort_by_expert(experts_TK)
+        w_gate, w_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF))
+        act_AF = fused_moe.expert_swiglu(x_TH, order_A, offsets_E, w_gate, w_up, self.top_k)
+        y_AH = fused_moe.expert_down(act_AF, order_A, offsets_E, w_down, weights_TK.reshape(-1))
+        return y_AH.view(-1, self.top_k, y_AH.shape[-1]).sum(dim=1)  # [T, H]
+
     def _grouped(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
         """Sort assignments by expert, run all experts as one grouped GEMM, permute back and combine."""
-        flat_experts_A = experts_TK.reshape(-1)
-        sorted_experts_A, order_A = torch.sort(flat_experts_A, stable=True)
+        order_A, offsets_E = self._sort_by_expert(experts_TK)
         token_A = order_A // self.top_k  # token of each sorted assignment
-        # End of each expert's group. Unlike bincount, searchsorted has a static output shape: no
-        # device-to-host sync on CUDA and no graph break under torch.compile.
-        expert_ids_E = torch.arange(self.num_experts, device=x_TH.device, dtype=sorted_experts_A.dtype)
-        offsets_E = torch.searchsorted(sorted_experts_A, expert_ids_E, right=True).to(torch.int32)
         x_AH = x_TH[token_A]
         # Under autocast the stacked weights are cast like nn.Linear weights would be.
         w_gate, w_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF))
