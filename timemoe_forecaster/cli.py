@@ -38,6 +38,9 @@ _HELP = {
     "dtype": "auto = bf16 autocast on GPU, fp32 on CPU",
     "optim_dtype": "fp32, or bf16: bf16 weights and AdamW states with stochastic rounding (half the memory)",
     "fused": "fused AdamW kernel (auto = on GPU)",
+    "compile": "torch.compile: blocks (what --compile alone means), model (whole model and losses), "
+    "model-cudagraphs (the same replayed as CUDA graphs: --no-pack or --attn-backend flex), off",
+    "attn_backend": "sdpa, eager, varlen (packed rows on CUDA), flex (packed rows, static shapes) or flash_attn",
     "fsdp": "FSDP2 sharding under torchrun: true, false or auto (>= 1B parameters)",
     "device": "cpu, cuda or cuda:N (default: this process's GPU if any)",
     "save_every": "checkpoint every N steps (0 = only at the end)",
@@ -85,6 +88,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             kwargs.update(nargs=2, type=float, metavar=("BETA1", "BETA2"))
         elif f.name == "fsdp":
             kwargs.update(choices=["auto", "true", "false"], default="auto")
+        elif f.name == "compile":
+            kwargs.update(nargs="?", const="blocks", choices=["blocks", "model", "model-cudagraphs", "off"])
         elif f.name == "fused":
             kwargs.update(type=_bool, metavar="true|false")
         elif isinstance(default, bool):
@@ -129,6 +134,8 @@ def train_config_from_args(args: argparse.Namespace):
         values["data_weights"] = [w for group in values["data_weights"] for w in group]
     if values.get("fsdp") in ("true", "false"):
         values["fsdp"] = values["fsdp"] == "true"
+    if values.get("compile") == "off":
+        values["compile"] = False
     values["betas"] = tuple(values["betas"])
     return TrainConfig(**values)
 

@@ -45,6 +45,36 @@ def test_packed_rows_equal_separate_rows_on_both_backends():
         assert torch.allclose(h[9:15], model(b[None]).hidden_states[0], atol=1e-5), backend
 
 
+def test_flex_block_mask_matches_the_dense_mask():
+    # The flex kernel itself needs a GPU (tests/model/test_attention_gpu.py); its mask rule is checked here
+    # with FlexAttention's unfused CPU path, against SDPA with the dense mask of the same rows.
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from timemoe_forecaster.model.attention import flex_block_mask
+
+    seq_ids = torch.tensor([[0] * 5 + [1] * 9 + [2] * 2, [0] * 11 + [-1] * 5])
+    valid = seq_ids >= 0
+    block = flex_block_mask(seq_ids, valid, 16, compile=False)
+    dense = build_attention_mask(valid, seq_ids, 16).dense
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 16, 8, generator=g) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "called without torch.compile": expected on the CPU
+        flex = flex_attention(q, k, v, block_mask=block)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    torch.testing.assert_close(flex, sdpa, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_backend_on_cpu_falls_back_to_sdpa_with_the_same_result():
+    a = rows(2, 20)
+    seq_ids = torch.tensor([[0] * 12 + [1] * 8, [0] * 20])
+    flex, sdpa = make_model(attn_backend="flex"), make_model(attn_backend="sdpa")
+    h_flex = flex(a, seq_ids=seq_ids).hidden_states
+    torch.testing.assert_close(h_flex, sdpa(a, seq_ids=seq_ids).hidden_states)
+
+
 def test_positions_restart_per_document():
     seq_ids = torch.tensor([[0, 0, 0, 1, 1, 2, -1, -1]])
     assert positions_from_seq_ids(seq_ids).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]

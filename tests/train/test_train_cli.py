@@ -90,7 +90,15 @@ def test_flags_map_one_to_one_onto_train_config():
     assert cfg.betas == (0.8, 0.9) and cfg.fsdp is True and cfg.pack is False and cfg.fused is False
     assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16"
     cfg = train_config_from_args(build_parser().parse_args(["finetune", "--model", "some/dir"]))
-    assert cfg.init_from == "some/dir" and cfg.lr == 1e-4
+    assert cfg.init_from == "some/dir" and cfg.lr == 1e-4 and cfg.compile is False
+    compiles = {
+        "--compile": "blocks",
+        "--compile=model": "model",
+        "--compile=off": False,
+    }
+    for flag, expected in compiles.items():
+        cfg = train_config_from_args(build_parser().parse_args(["pretrain", flag, "--attn-backend", "flex"]))
+        assert cfg.compile == expected and cfg.attn_backend == "flex", flag
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,38 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_whole_model_compile_gives_the_same_loss_and_gradients():
+    # aot_eager traces the same forward/backward graphs inductor would compile, without a C++ toolchain.
+    cfg = small_config()
+    batch = make_stream(open_data(cfg.data, 0), cfg, 0, 1, 0).next_batch()
+    results = []
+    for mode in (False, "model"):
+        model = build_model(cfg, torch.device("cpu"))
+        wrapped = parallelize(model, DistContext(), compile=mode, compile_backend="aot_eager")
+        assert (model._compiled_call_impl is not None) == (mode == "model")
+        loss = wrapped(**batch).loss
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        assert set(model.state_dict()) == set(build_model(cfg, torch.device("cpu")).state_dict())
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_setting_is_normalised_and_checked():
+    assert small_config(compile=True).compile == "blocks"
+    assert small_config(compile="off").compile is False
+    assert small_config(compile="model").compile == "model"
+    assert small_config(compile="model-cudagraphs", attn_backend="flex").compile == "model-cudagraphs"
+    assert small_config(compile="model-cudagraphs", pack=False).compile == "model-cudagraphs"
+    with pytest.raises(ValueError, match="static shapes"):
+        small_config(compile="model-cudagraphs")  # packed rows with the sdpa backend
+    with pytest.raises(ValueError, match="FSDP2"):
+        small_config(compile="model", fsdp=True)
+    with pytest.raises(ValueError, match="compile must be"):
+        small_config(compile="everything")
+
+
 def test_bf16_optimizer_setting_trains_on_cpu(tmp_path):
     result = train(small_config(tmp_path, optim_dtype="bf16", max_steps=3))
     assert all(v == v for v in result["losses"])

@@ -3,7 +3,9 @@
 Backends are plain functions with one signature, picked by name when the model is built:
 ``eager`` is the reference math, ``sdpa`` uses PyTorch's fused kernels (flash/cuDNN/efficient),
 ``flash_attn`` the flash-attn package when it imports, ``varlen`` PyTorch's variable-length flash
-kernel for packed rows. Every backend honours padding and packing masks.
+kernel for packed rows, ``flex`` FlexAttention with a block-sparse document mask (static shapes, so
+a whole compiled training step can be replayed as a CUDA graph). Every backend honours padding and
+packing masks.
 
 Shape legend: B batch, S queries, K keys (cache included), N query heads, G key/value heads,
 D head dim, T packed tokens.
@@ -30,8 +32,9 @@ class AttentionMask:
 
     ``dense`` is a boolean [B, 1, S, K] (True = attend) or None for plain causal attention over a
     row with no padding and no cache. It is built on first use only: the varlen kernels read just
-    ``cu_seqlens``/``max_seqlen`` (packed documents, flattened over the batch), and a dense mask of a
-    packed 32 x 4096 batch would be 0.5 GB filled every step for nothing. ``valid`` marks real
+    ``cu_seqlens``/``max_seqlen`` (packed documents, flattened over the batch), the flex kernel its
+    ``block_mask``, and a dense mask of a packed 32 x 4096 batch would be 0.5 GB filled every step for
+    nothing. ``valid`` marks real
     (non-padding) tokens [B, S]. ``causal=False`` (with no dense mask) lets every query see every key:
     the mask of a last query alone, which comes after all keys.
     """
@@ -43,10 +46,12 @@ class AttentionMask:
         max_seqlen: int = 0,
         valid: torch.Tensor | None = None,
         causal: bool = True,
+        block_mask=None,
     ) -> None:
         self._dense = dense
         self.cu_seqlens, self.max_seqlen, self.valid = cu_seqlens, max_seqlen, valid
         self.causal = causal
+        self.block_mask = block_mask  # FlexAttention's BlockMask (flex backend on CUDA only)
 
     @property
     def dense(self) -> torch.Tensor | None:
@@ -160,11 +165,60 @@ def flash_attn_attention(q, k, v, mask: AttentionMask, dropout: float, training:
     return sdpa_attention(q, k, v, mask, dropout, training)
 
 
+def flex_block_mask(seq_ids: torch.Tensor | None, valid: torch.Tensor | None, length: int, compile: bool = True):
+    """FlexAttention's block mask of rows [B, S] (no cache): causal, within one document, real keys only.
+
+    The same rule as the dense mask, including "a query may always see itself", so padding queries
+    never meet an empty row. ``compile``: build it with a generated kernel (on GPUs; no [B, S, S] tensor
+    is ever materialised); the CPU tests build it eagerly."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    ref = seq_ids if seq_ids is not None else valid
+
+    def allowed(b, h, q, kv):
+        ok = q >= kv
+        if seq_ids is not None:
+            ok = ok & (seq_ids[b, q] == seq_ids[b, kv])
+        if valid is not None:
+            ok = ok & valid[b, kv]
+        return ok | (q == kv)
+
+    # Under an outer torch.compile the builder is traced with the model, not compiled on its own.
+    compile = compile and not torch.compiler.is_compiling()
+    return create_block_mask(allowed, ref.shape[0], None, length, length, device=ref.device, _compile=compile)
+
+
+_COMPILED_FLEX: Callable | None = None
+
+
+def _flex_kernel() -> Callable:
+    """flex_attention is only fast compiled; inside an already compiled model the plain function is
+    traced into the model's graph instead."""
+    global _COMPILED_FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling():
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def flex_attention_backend(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
+    """FlexAttention for masked rows without a cache (training); plain causal rows, KV-cache steps,
+    CPUs and attention dropout take the SDPA path."""
+    usable = mask.block_mask is not None and q.is_cuda and q.shape[2] == k.shape[2]
+    if not usable or (training and dropout > 0):
+        return sdpa_attention(q, k, v, mask, dropout, training)
+    return _flex_kernel()(q, k, v, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
 ATTENTION_BACKENDS: dict[str, Callable] = {
     "eager": eager_attention,
     "sdpa": sdpa_attention,
     "varlen": varlen_attention,
     "flash_attn": flash_attn_attention,
+    "flex": flex_attention_backend,
 }
 
 

@@ -59,12 +59,15 @@ def build_attention_mask(
     num_queries: int,
     key_valid: torch.Tensor | None = None,
     for_varlen: bool = False,
+    for_flex: bool = False,
 ) -> AttentionMask:
     """Combine causality, padding and packing into one mask shared by all layers.
 
     valid [B, S]: real tokens of this forward. seq_ids [B, S]: document id of each token in packed
     rows (attention never crosses documents). key_valid [B, K]: validity of every key when a KV cache
     holds earlier tokens (the last S keys are this forward's). Returns dense=None for plain causal rows.
+    ``for_varlen``/``for_flex``: also the packed form that kernel reads (flex: on CUDA, without a cache);
+    the dense mask is then built only if a fallback reads it.
     """
     if valid is None and seq_ids is None and key_valid is None:
         return AttentionMask()
@@ -88,6 +91,10 @@ def build_attention_mask(
         return (allowed | itself[None])[:, None]  # [B, 1, S, K]
 
     cu_seqlens, max_seqlen = None, 0
+    if for_flex and k == s and device.type == "cuda":
+        from .attention import flex_block_mask
+
+        return AttentionMask(dense=dense, valid=valid, block_mask=flex_block_mask(seq_ids, valid, s))
     if seq_ids is not None and for_varlen:
         cu_seqlens, max_seqlen = _cu_seqlens(seq_ids)
         # Built lazily: the varlen kernels never read it, only their fallbacks (CPU, a KV cache).
@@ -154,7 +161,7 @@ class TimeMoEModel(nn.Module):
 class TimeMoEForPrediction(nn.Module):
     """Time-MoE with one linear forecast head per horizon length.
 
-    ``attn_backend``: "sdpa" (default), "eager", "varlen" or "flash_attn".
+    ``attn_backend``: "sdpa" (default), "eager", "varlen", "flex" or "flash_attn".
     ``moe_dispatch``: "auto" (fused Triton kernels for CUDA inference in bf16/fp16, else the grouped GEMM
     where it runs, else the loop), "fused", "grouped" or "loop".
     """
@@ -237,8 +244,9 @@ class TimeMoEForPrediction(nn.Module):
             x = x.masked_fill(~valid[..., None], 0.0)  # padding may hold NaN
         if position_ids is None:
             position_ids = self._default_positions(x, valid, seq_ids)
-        for_varlen = self.attn_backend in ("varlen", "flash_attn")
-        mask = build_attention_mask(valid, seq_ids, x.shape[1], for_varlen=for_varlen)
+        backend = self.attn_backend
+        for_varlen = backend in ("varlen", "flash_attn")
+        mask = build_attention_mask(valid, seq_ids, x.shape[1], for_varlen=for_varlen, for_flex=backend == "flex")
         hidden, router_logits = self.model(x, position_ids, mask)
         out = TimeMoEOutput(hidden_states=hidden, router_logits=router_logits)
         if labels is None:

@@ -13,6 +13,10 @@ from typing import Any
 from .optim import OPTIM_DTYPES
 
 DTYPES = ("auto", "bf16", "fp32")
+# torch.compile granularity: each decoder block (torchtitan's way, works with everything), the whole
+# model with its losses, or the whole model replayed as CUDA graphs (needs static shapes: unpacked rows
+# or the flex attention backend).
+COMPILE_MODES = ("blocks", "model", "model-cudagraphs")
 
 
 @dataclass
@@ -44,7 +48,7 @@ class TrainConfig:
     attn_backend: str = "sdpa"
     moe_dispatch: str = "auto"
     activation_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | str = False  # False, True (= "blocks") or one of COMPILE_MODES
     fsdp: bool | str = "auto"  # True/False or "auto" (FSDP2 for >= 1B parameters on several ranks)
     device: str | None = None  # None = this rank's GPU if any, else CPU
     save_every: int = 0  # 0 = only at the end
@@ -64,6 +68,10 @@ class TrainConfig:
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
         self.betas = tuple(float(b) for b in self.betas)
+        if isinstance(self.compile, str) and self.compile.lower() in ("true", "on", "false", "off", "none"):
+            self.compile = self.compile.lower() in ("true", "on")
+        if self.compile is True:
+            self.compile = "blocks"
         if isinstance(self.fsdp, str) and self.fsdp.lower() in ("true", "on", "1", "yes", "false", "off", "0", "no"):
             self.fsdp = self.fsdp.lower() in ("true", "on", "1", "yes")
         self.validate()
@@ -95,6 +103,18 @@ class TrainConfig:
         need(self.optim_dtype in OPTIM_DTYPES, f"optim_dtype must be one of {OPTIM_DTYPES}, got {self.optim_dtype!r}")
         need(self.save_dtype in ("fp32", "bf16"), f"save_dtype must be 'fp32' or 'bf16', got {self.save_dtype!r}")
         need(self.fsdp in (True, False, "auto"), f"fsdp must be true, false or 'auto', got {self.fsdp!r}")
+        need(
+            self.compile is False or self.compile in COMPILE_MODES,
+            f"compile must be true, false or one of {COMPILE_MODES}, got {self.compile!r}",
+        )
+        need(
+            not (self.compile in ("model", "model-cudagraphs") and self.fsdp is True),
+            "compile='model' compiles the whole model; with FSDP2 use compile='blocks'",
+        )
+        need(
+            not (self.compile == "model-cudagraphs" and self.pack and self.attn_backend != "flex"),
+            "compile='model-cudagraphs' needs static shapes: packed rows need --attn-backend flex (or use --no-pack)",
+        )
         need(self.time_limit >= 0, f"time_limit must be >= 0 seconds, got {self.time_limit}")
         need(
             bool(self.data) and all(isinstance(d, str) and d for d in self.data),

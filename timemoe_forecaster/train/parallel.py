@@ -2,8 +2,9 @@
 
 ``distributed_context()`` turns the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) into a
 :class:`DistContext` and owns the process group (NCCL on CUDA, gloo on CPU). ``parallelize()`` then
-applies, in torchtitan's order: activation checkpointing per decoder block, ``torch.compile`` per
-block, and FSDP2 ``fully_shard`` (blocks, then the root) or DDP. One process gets no wrapper.
+applies, in torchtitan's order: activation checkpointing per decoder block, ``torch.compile`` (per
+block, or the whole model with its losses, optionally replayed as CUDA graphs), and FSDP2
+``fully_shard`` (blocks, then the root) or DDP. One process gets no wrapper.
 """
 
 from __future__ import annotations
@@ -98,13 +99,18 @@ def parallelize(
     ctx: DistContext,
     *,
     activation_checkpointing: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
     fsdp: bool = False,
     param_dtype: torch.dtype | None = None,
+    compile_backend: str = "inductor",
 ) -> nn.Module:
     """Wrap ``model`` (a TimeMoEForPrediction already on ``ctx.device``) for training.
 
-    ``param_dtype`` (bf16) is FSDP2's compute dtype; gradients are reduced in fp32. Returns the module
+    ``compile``: False, True/"blocks" (each decoder block), "model" (the whole forward with its losses:
+    one graph forward, one backward) or "model-cudagraphs" (the same, replayed as CUDA graphs; inputs
+    must keep their shapes). All compile in place, so parameter names and state_dict keys never change.
+    ``compile_backend`` goes to torch.compile ("aot_eager" in the CPU tests). ``param_dtype`` (bf16) is
+    FSDP2's compute dtype; gradients are reduced in fp32. Returns the module
     to call for training; :func:`unwrap` gives back the plain model (same parameters).
     """
     blocks = model.model.layers
@@ -114,10 +120,17 @@ def parallelize(
         # Non-reentrant checkpointing; the wrapper strips its prefix from state_dict keys.
         for i, block in enumerate(blocks):
             blocks[i] = checkpoint_wrapper(block)
-    if compile:
+    if compile in (True, "blocks"):
         from ..compile import compile_blocks
 
-        compile_blocks(model)  # in place: parameter names and state_dict keys stay unchanged
+        compile_blocks(model, backend=compile_backend)  # in place: parameter names and state_dict keys stay unchanged
+    elif compile in ("model", "model-cudagraphs"):
+        if fsdp:
+            raise ValueError("whole-model compile with FSDP2 is not supported here; use compile='blocks'")
+        graphs = compile == "model-cudagraphs" and compile_backend == "inductor"
+        model.compile(backend=compile_backend, **({"mode": "reduce-overhead"} if graphs else {}))
+    elif compile:
+        raise ValueError(f"unknown compile mode {compile!r}")
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -147,6 +147,8 @@ class Trainer:
         aux_sum = torch.zeros((), device=ctx.device)
         w, a = ctx.world_size, cfg.grad_accum
         for k, batch in enumerate(batches):
+            if cfg.compile == "model-cudagraphs":  # a new iteration: earlier graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with gradient_sync(self.train_model, enabled=k == a - 1), self._autocast():
                 out = self.train_model(**batch, loss_normalizers=normalizers)
             # DDP/FSDP average gradients over the w ranks. Scaled so, the step's gradient is that of the
@@ -206,6 +208,8 @@ class Trainer:
         total = torch.zeros((), device=self.ctx.device)
         for _ in range(self.cfg.eval_batches):
             batch = self._to_device(stream.next_batch())
+            if self.cfg.compile == "model-cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()
             with self._autocast():
                 total += self.train_model(**batch).ar_loss.float()
         self.model.train()

@@ -1,0 +1,191 @@
+"""The real trainer on a GPU: what ``timemoe pretrain`` reaches on packed synthetic rows, per setting.
+
+``benchmarks/speed.py`` times one training step on a fixed random batch without documents; this
+script runs the ``Trainer`` itself (data stream, packing, autocast with fp32 master weights, loss
+normalisation, gradient clipping, fused AdamW, the one host sync per step) for each attention
+backend and ``--compile`` mode, and, in the same process, the reference's step on the same model
+size (as speed.py measures it: bf16 parameters, plain AdamW, one random batch) for the ratio.
+
+Each setting: a fresh model, ``--warmup`` steps (compilation, CUDA-graph recording), then
+``--steps`` timed steps; the median step time gives positions/s (batch x length, what the reference
+rows count) and the real (non-padding) tokens/s. Writes ``trainer_gpu.json`` and ``trainer_gpu.md``
+to ``--out``.
+
+    python benchmarks/trainer_gpu.py --size base --out benchmarks/results/raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timemoe_forecaster.model.modeling import model_flops_per_token  # noqa: E402
+from timemoe_forecaster.train.parallel import DistContext  # noqa: E402
+from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data  # noqa: E402
+
+log = logging.getLogger("trainer_gpu")
+
+# (attention backend, compile mode), most informative first: later ones are skipped when time runs out.
+SETTINGS = [
+    ("flex", "model-cudagraphs"),
+    ("sdpa", "blocks"),
+    ("flex", "model"),
+    ("flex", "blocks"),
+    ("varlen", "blocks"),
+    ("sdpa", False),
+    ("varlen", "model"),
+]
+BATCH = {"base": 4, "large": 2, "small": 8}
+
+
+def time_trainer(
+    size: str, backend: str, compile, length: int, batch: int, warmup: int, steps: int, device: str = "cuda"
+) -> dict:
+    cfg = TrainConfig(
+        config=size, data=["synthetic"], output_dir=None, max_steps=warmup + steps, batch_size=batch,
+        max_length=length, progress=False, device=device, attn_backend=backend, compile=compile, log_every=10**6,
+    )  # fmt: skip
+    ctx = DistContext(device=torch.device(device))
+    stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
+    trainer = Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream])
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        trainer.train_step()
+    warmup_s = time.perf_counter() - t0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, tokens, losses = [], [], []
+    for _ in range(steps):
+        t = time.perf_counter()
+        record = trainer.train_step()  # ends with the step's host sync (loss, norm, token count)
+        times.append(time.perf_counter() - t)
+        tokens.append(record["tokens"])
+        losses.append(record["loss"])
+    step_s = statistics.median(times)
+    positions = batch * length
+    flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
+    return {
+        "impl": "ours (Trainer)", "size": size, "attn_backend": backend, "compile": compile or "off",
+        "seq_len": length, "batch": batch, "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3,
+        "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
+        "tflops": flops / step_s / 1e12,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
+        "warmup_s": warmup_s, "losses": losses, "steps": steps, "status": "ok",
+    }  # fmt: skip
+
+
+def time_reference(size: str, length: int, batch: int, reps: int = 5) -> dict:
+    """The reference's training step exactly as speed.py's rows (bf16 parameters, plain AdamW)."""
+    from benchmarks.speed import LR, build_pair, random_batch, ref_loss, train_step_fn
+    from benchmarks.timing import time_cuda
+    from timemoe_forecaster.config import TimeMoEConfig
+
+    config = TimeMoEConfig.from_preset(size)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = build_pair(config, Path(tmp)).to("cuda", torch.bfloat16).train()
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=0.1)
+    data = random_batch(batch, length, "cuda", torch.bfloat16)
+    timing = time_cuda(train_step_fn(ref_loss, ref, opt, data), warmup=2, reps=reps)
+    step_s = timing["ms_median"] / 1e3
+    del ref, opt, data
+    return {
+        "impl": "reference", "size": size, "attn_backend": "eager", "compile": "off", "seq_len": length,
+        "batch": batch, "step_ms_median": step_s * 1e3, "positions_per_s": batch * length / step_s,
+        "real_tokens_per_s": batch * length / step_s, "peak_gib": timing["peak_gib"], "status": "ok",
+    }  # fmt: skip
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    ref = next((r for r in rows if r["impl"] == "reference" and r["status"] == "ok"), None)
+    lines = [
+        f"# The trainer on {device}",
+        "",
+        "Median step over the timed steps after warm-up; positions = batch x length (what the reference rows "
+        "count); real tokens exclude padding. Ours: autocast bf16 with fp32 master weights and fused AdamW "
+        "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch.",
+        "",
+        "| impl | attention | compile | step ms | positions/s | real tokens/s | vs reference | peak GiB | warm-up s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['status']} | | | | | |")
+            continue
+        ratio = f"{r['positions_per_s'] / ref['positions_per_s']:.1f}×" if ref and r is not ref else "–"
+        lines.append(
+            f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['step_ms_median']:.1f} | "
+            f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} | "
+            f"{r.get('warmup_s', 0):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base")
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=None, help="rows per step (default: the speed.py case)")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--settings", default=None, help="comma list of backend:compile (default: all)")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=480)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    device = "cpu" if args.smoke else "cuda"
+    if args.smoke:
+        args.size, args.length, args.warmup, args.steps, args.no_reference = "tiny", 64, 1, 2, True
+        args.settings = args.settings or "sdpa:off,flex:off"
+    elif not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU (--smoke runs on the CPU)")
+    deadline = time.time() + args.budget_s
+    batch = args.batch or BATCH.get(args.size, 4)
+    settings = SETTINGS
+    if args.settings:
+        pairs = [item.split(":") for item in args.settings.split(",")]
+        settings = [(backend, False if mode == "off" else mode) for backend, mode in pairs]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if not args.no_reference:
+        try:
+            rows.append(time_reference(args.size, args.length, batch))
+        except Exception as exc:  # noqa: BLE001 - reported in the table (e.g. sktime not installed)
+            rows.append({"impl": "reference", "attn_backend": "eager", "compile": "off", "status": f"failed: {exc}"})
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    for backend, compile in settings:
+        if time.time() > deadline - 60:
+            rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",
+                         "status": "skipped (time budget)"})  # fmt: skip
+            continue
+        try:
+            rows.append(time_trainer(args.size, backend, compile, args.length, batch, args.warmup, args.steps, device))
+        except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
+            log.exception("setting %s/%s failed", backend, compile)
+            rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",
+                         "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"})  # fmt: skip
+        log.info("%s", rows[-1])
+        torch._dynamo.reset()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        (args.out / f"trainer_gpu_{args.size}.json").write_text(json.dumps(rows, indent=1))
+    device = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
+    (args.out / f"trainer_gpu_{args.size}.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+    (args.out / f"trainer_gpu_{args.size}.md").write_text(markdown(rows, device))
+    print(markdown(rows, device))
+
+
+if __name__ == "__main__":
+    main()
