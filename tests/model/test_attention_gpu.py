@@ -26,7 +26,11 @@ def test_flex_equals_sdpa_on_packed_rows_forward_and_backward(num_kv_heads):
     labels = torch.roll(x, -1, dims=1)
     grads, hidden = [], []
     for backend in ("sdpa", "flex"):
-        model = make_model(attn_backend=backend, num_key_value_heads=num_kv_heads).cuda().train()
+        # Heads of 16: the narrowest the flex kernel takes (narrower ones fall back to SDPA).
+        model = make_model(
+            attn_backend=backend, hidden_size=32, num_attention_heads=2, num_key_value_heads=num_kv_heads
+        )
+        model = model.cuda().train()
         out = model(x, attention_mask=attention_mask, seq_ids=seq_ids, labels=labels, loss_mask=attention_mask)
         out.loss.backward()
         hidden.append(out.hidden_states[attention_mask.bool()])
@@ -34,6 +38,15 @@ def test_flex_equals_sdpa_on_packed_rows_forward_and_backward(num_kv_heads):
     torch.testing.assert_close(hidden[1], hidden[0], rtol=1e-4, atol=1e-4)
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_flex_falls_back_to_sdpa_for_narrow_heads():
+    x, seq_ids, attention_mask = packed_rows()
+    hidden = [
+        make_model(attn_backend=b).cuda()(x, attention_mask=attention_mask, seq_ids=seq_ids).hidden_states
+        for b in ("sdpa", "flex")
+    ]  # the tiny preset's heads are 4 wide
+    torch.testing.assert_close(hidden[1], hidden[0])
 
 
 def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():

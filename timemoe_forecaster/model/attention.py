@@ -189,6 +189,7 @@ def flex_block_mask(seq_ids: torch.Tensor | None, valid: torch.Tensor | None, le
 
 
 _COMPILED_FLEX: Callable | None = None
+FLEX_MIN_HEAD_DIM = 16  # the generated kernel refuses narrower heads (torch 2.11)
 
 
 def _flex_kernel() -> Callable:
@@ -206,8 +207,8 @@ def _flex_kernel() -> Callable:
 
 def flex_attention_backend(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
     """FlexAttention for masked rows without a cache (training); plain causal rows, KV-cache steps,
-    CPUs and attention dropout take the SDPA path."""
-    usable = mask.block_mask is not None and q.is_cuda and q.shape[2] == k.shape[2]
+    CPUs, attention dropout and heads narrower than the kernel's minimum take the SDPA path."""
+    usable = mask.block_mask is not None and q.is_cuda and q.shape[2] == k.shape[2] and q.shape[-1] >= FLEX_MIN_HEAD_DIM
     if not usable or (training and dropout > 0):
         return sdpa_attention(q, k, v, mask, dropout, training)
     return _flex_kernel()(q, k, v, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1])

@@ -108,12 +108,29 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self._pending: list | None = None  # batches of the next step, fetched while the GPU works
+        self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
 
     # One optimizer step -------------------------------------------------------------------------
     def _fetch(self) -> list[dict[str, torch.Tensor]]:
         return [stream.next_batch() for stream in self.streams]
+
+    def _prepare(self, batches: list[dict[str, torch.Tensor]]) -> tuple[list[dict], torch.Tensor, int]:
+        """Host batches -> device batches, their loss-point counts per head (on the device) and tokens.
+
+        Done for the next step while the GPU still runs this one, so that after the step's host sync
+        the GPU waits only for the optimizer's launch, not for copies and counting kernels."""
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches) if "attention_mask" in batches[0] else 0
+        on_gpu = self.ctx.device.type == "cuda"
+        batches = [self._to_device({k: v.pin_memory() if on_gpu else v for k, v in b.items()}) for b in batches]
+        horizons = self.model.config.horizon_lengths
+        counts = torch.stack(
+            [
+                torch.stack(count_loss_points(horizons, b["labels"], b.get("loss_mask"), b.get("seq_ids")))
+                for b in batches
+            ]
+        ).sum(0)
+        return batches, counts, tokens
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = {k: v.to(self.ctx.device, non_blocking=True) for k, v in batch.items()}
@@ -130,18 +147,8 @@ class Trainer:
         """Forward/backward over the micro-batches, clip, then step (or skip a non-finite step)."""
         cfg, ctx, config = self.cfg, self.ctx, self.model.config
         self.model.train()
-        batches = self._pending if self._pending is not None else self._fetch()
+        batches, counts, tokens = self._pending if self._pending is not None else self._prepare(self._fetch())
         self._pending = self._pending_states = None
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches) if "attention_mask" in batches[0] else 0
-        batches = [self._to_device(b) for b in batches]
-        counts = torch.stack(
-            [
-                torch.stack(
-                    count_loss_points(config.horizon_lengths, b["labels"], b.get("loss_mask"), b.get("seq_ids"))
-                )
-                for b in batches
-            ]
-        ).sum(0)
         normalizers = list(all_reduce_sum(counts, ctx).unbind())  # one global count per head
         ar_sum = torch.zeros((), device=ctx.device)
         aux_sum = torch.zeros((), device=ctx.device)
@@ -167,7 +174,7 @@ class Trainer:
         stats = torch.cat([stats, grad_norm.double().reshape(1)])  # the norm is global already
         if prefetch:  # host work for the next step overlaps the GPU finishing this one
             self._pending_states = [s.state_dict() for s in self.streams]
-            self._pending = self._fetch()
+            self._pending = self._prepare(self._fetch())
         ar_loss, aux_loss, tokens, time_up_votes, grad_norm = stats.tolist()  # the one host sync of the step
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(ar_loss) and math.isfinite(aux_loss) and math.isfinite(grad_norm)
