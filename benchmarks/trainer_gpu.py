@@ -49,7 +49,15 @@ BATCH = {"base": 4, "large": 2, "small": 8}
 
 
 def time_trainer(
-    size: str, backend: str, compile, length: int, batch: int, warmup: int, steps: int, device: str = "cuda"
+    size: str,
+    backend: str,
+    compile,
+    length: int,
+    batch: int,
+    warmup: int,
+    steps: int,
+    device: str = "cuda",
+    profile_to: Path | None = None,
 ) -> dict:
     cfg = TrainConfig(
         config=size, data=["synthetic"], output_dir=None, max_steps=warmup + steps, batch_size=batch,
@@ -72,6 +80,7 @@ def time_trainer(
         tokens.append(record["tokens"])
         losses.append(record["loss"])
     step_s = statistics.median(times)
+    busy_ms = profile_steps(trainer, profile_to) if profile_to is not None else None
     positions = batch * length
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
     return {
@@ -81,7 +90,21 @@ def time_trainer(
         "tflops": flops / step_s / 1e12,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
         "warmup_s": warmup_s, "losses": losses, "steps": steps, "status": "ok",
+        "gpu_busy_ms_per_step": busy_ms,
     }  # fmt: skip
+
+
+def profile_steps(trainer: Trainer, path: Path, steps: int = 3) -> float:
+    """Kernel table of a few more steps; returns the GPU's busy time per step (sum of kernel times)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+    path.write_text(table)
+    busy_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
+    return busy_us / steps / 1e3
 
 
 def time_reference(size: str, length: int, batch: int, reps: int = 5) -> dict:
@@ -141,6 +164,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
+    parser.add_argument("--profile", action="store_true", help="kernel tables of each setting (after timing)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -171,7 +195,13 @@ def main(argv=None) -> None:
                          "status": "skipped (time budget)"})  # fmt: skip
             continue
         try:
-            rows.append(time_trainer(args.size, backend, compile, args.length, batch, args.warmup, args.steps, device))
+            name = f"profile_trainer_{args.size}_{backend}_{compile or 'off'}.txt"
+            profile_to = args.out / name if args.profile else None
+            rows.append(
+                time_trainer(
+                    args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
             log.exception("setting %s/%s failed", backend, compile)
             rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",

@@ -309,8 +309,12 @@ def horizon_targets(labels: torch.Tensor, horizon: int) -> torch.Tensor:
 
     labels [B, S, C] -> [B, S, L, C]
     """
-    padded = F.pad(labels.transpose(1, 2), (0, horizon - 1))  # [B, C, S + L - 1]
-    return padded.unfold(-1, horizon, 1).permute(0, 2, 3, 1)  # [B, S, L, C]
+    s = labels.shape[1]
+    padded = F.pad(labels, (0, 0, 0, horizon - 1))  # [B, S + L - 1, C]
+    # A gather, not an unfold: an overlapping window view saved for the backward pass keeps a compiled
+    # training step's backward graph out of CUDA graphs ("complex memory overlap").
+    idx = torch.arange(s, device=labels.device)[:, None] + torch.arange(horizon, device=labels.device)  # [S, L]
+    return padded[:, idx]  # [B, S, L, C]
 
 
 def multi_horizon_loss(
