@@ -66,6 +66,9 @@ def time_trainer(
     ctx = DistContext(device=torch.device(device))
     stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
     trainer = Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream])
+    host = {"fetch": [], "prepare": []}  # host time of the data pipeline, per call
+    trainer._fetch = _timed(trainer._fetch, host["fetch"])
+    trainer._prepare = _timed(trainer._prepare, host["prepare"])
     t0 = time.perf_counter()
     for _ in range(warmup):
         trainer.train_step()
@@ -73,6 +76,8 @@ def time_trainer(
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, tokens, losses = [], [], []
+    host["fetch"].clear()
+    host["prepare"].clear()
     for _ in range(steps):
         t = time.perf_counter()
         record = trainer.train_step()  # ends with the step's host sync (loss, norm, token count)
@@ -80,6 +85,8 @@ def time_trainer(
         tokens.append(record["tokens"])
         losses.append(record["loss"])
     step_s = statistics.median(times)
+    fetch_ms = statistics.median(host["fetch"]) * 1e3 if host["fetch"] else None
+    prepare_ms = statistics.median(host["prepare"]) * 1e3 if host["prepare"] else None
     busy_ms = profile_steps(trainer, profile_to) if profile_to is not None else None
     positions = batch * length
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
@@ -89,9 +96,21 @@ def time_trainer(
         "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
         "tflops": flops / step_s / 1e12,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0,
+        # CUDA graphs keep activations in a private pool that the allocated count may miss; reserved has it.
+        "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if device == "cuda" else 0.0,
         "warmup_s": warmup_s, "losses": losses, "steps": steps, "status": "ok",
-        "gpu_busy_ms_per_step": busy_ms,
+        "gpu_busy_ms_per_step": busy_ms, "host_fetch_ms": fetch_ms, "host_prepare_ms": prepare_ms,
     }  # fmt: skip
+
+
+def _timed(fn, into: list):
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        into.append(time.perf_counter() - t)
+        return out
+
+    return wrapper
 
 
 def profile_steps(trainer: Trainer, path: Path, steps: int = 3) -> float:
@@ -128,6 +147,10 @@ def time_reference(size: str, length: int, batch: int, reps: int = 5) -> dict:
     }  # fmt: skip
 
 
+def _ms(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def markdown(rows: list[dict], device: str) -> str:
     ref = next((r for r in rows if r["impl"] == "reference" and r["status"] == "ok"), None)
     lines = [
@@ -137,18 +160,20 @@ def markdown(rows: list[dict], device: str) -> str:
         "count); real tokens exclude padding. Ours: autocast bf16 with fp32 master weights and fused AdamW "
         "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch.",
         "",
-        "| impl | attention | compile | step ms | positions/s | real tokens/s | vs reference | peak GiB | warm-up s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| impl | attention | compile | step ms | positions/s | real tokens/s | vs reference | peak GiB | warm-up s "
+        "| GPU busy ms/step | data fetch ms | prepare ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['status']} | | | | | |")
+            lines.append(f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['status']} |" + " |" * 8)
             continue
         ratio = f"{r['positions_per_s'] / ref['positions_per_s']:.1f}×" if ref and r is not ref else "–"
         lines.append(
             f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['step_ms_median']:.1f} | "
             f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} | "
-            f"{r.get('warmup_s', 0):.0f} |"
+            f"{r.get('warmup_s', 0):.0f} | {_ms(r.get('gpu_busy_ms_per_step'))} | {_ms(r.get('host_fetch_ms'))} | "
+            f"{_ms(r.get('host_prepare_ms'))} |"
         )
     return "\n".join(lines) + "\n"
 
