@@ -58,10 +58,12 @@ def time_trainer(
     steps: int,
     device: str = "cuda",
     profile_to: Path | None = None,
+    data_thread: bool | None = None,
 ) -> dict:
     cfg = TrainConfig(
         config=size, data=["synthetic"], output_dir=None, max_steps=warmup + steps, batch_size=batch,
         max_length=length, progress=False, device=device, attn_backend=backend, compile=compile, log_every=10**6,
+        data_thread=data_thread,
     )  # fmt: skip
     ctx = DistContext(device=torch.device(device))
     stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
@@ -88,10 +90,12 @@ def time_trainer(
     fetch_ms = statistics.median(host["fetch"]) * 1e3 if host["fetch"] else None
     prepare_ms = statistics.median(host["prepare"]) * 1e3 if host["prepare"] else None
     busy_ms = profile_steps(trainer, profile_to) if profile_to is not None else None
+    trainer.close()  # stops the data thread
     positions = batch * length
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
     return {
         "impl": "ours (Trainer)", "size": size, "attn_backend": backend, "compile": compile or "off",
+        "data_thread": trainer.data_thread,
         "seq_len": length, "batch": batch, "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3,
         "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
         "tflops": flops / step_s / 1e12,
@@ -189,6 +193,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
+    parser.add_argument("--data-thread", choices=["auto", "true", "false"], default="auto")
     parser.add_argument("--profile", action="store_true", help="kernel tables of each setting (after timing)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
     args = parser.parse_args(argv)

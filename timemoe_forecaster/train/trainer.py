@@ -36,6 +36,7 @@ from .parallel import (
     parallelize,
     resolve_fsdp,
 )
+from .prefetch import BatchPrefetcher
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,36 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
+        self.data_thread = cfg.data_thread if cfg.data_thread is not None else ctx.device.type == "cuda"
+        self._prefetcher: BatchPrefetcher | None = None  # started on the first fetch (after any resume)
 
     # One optimizer step -------------------------------------------------------------------------
-    def _fetch(self) -> list[dict[str, torch.Tensor]]:
-        return [stream.next_batch() for stream in self.streams]
+    def _fetch(self) -> tuple[list[dict], list[dict[str, torch.Tensor]]]:
+        """The next step's host batches (one per stream) and the streams' states from before them."""
+        if self.data_thread:
+            if self._prefetcher is None:
+                self._prefetcher = BatchPrefetcher(self.streams)
+            try:
+                return self._prefetcher.get()
+            except BaseException:
+                self.close()
+                raise
+        states = [s.state_dict() for s in self.streams]
+        return states, [stream.next_batch() for stream in self.streams]
+
+    def _next_states(self) -> list[dict]:
+        """Stream states before the first batch not yet trained on (what a checkpoint records)."""
+        if self._pending_states is not None:
+            return self._pending_states
+        if self._prefetcher is not None:
+            return self._prefetcher.next_states()
+        return [s.state_dict() for s in self.streams]
+
+    def close(self) -> None:
+        """Stop the background data thread, if any (``run`` does this when it ends)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
 
     def _prepare(self, batches: list[dict[str, torch.Tensor]]) -> tuple[list[dict], torch.Tensor, int]:
         """Host batches -> device batches, their loss-point counts per head (on the device) and tokens.
@@ -147,7 +174,7 @@ class Trainer:
         """Forward/backward over the micro-batches, clip, then step (or skip a non-finite step)."""
         cfg, ctx, config = self.cfg, self.ctx, self.model.config
         self.model.train()
-        batches, counts, tokens = self._pending if self._pending is not None else self._prepare(self._fetch())
+        batches, counts, tokens = self._pending if self._pending is not None else self._prepare(self._fetch()[1])
         self._pending = self._pending_states = None
         normalizers = list(all_reduce_sum(counts, ctx).unbind())  # one global count per head
         ar_sum = torch.zeros((), device=ctx.device)
@@ -173,8 +200,8 @@ class Trainer:
         stats = all_reduce_sum(torch.cat([torch.stack([ar_sum, aux_sum / (a * w)]).double(), flags]), ctx)
         stats = torch.cat([stats, grad_norm.double().reshape(1)])  # the norm is global already
         if prefetch:  # host work for the next step overlaps the GPU finishing this one
-            self._pending_states = [s.state_dict() for s in self.streams]
-            self._pending = self._prepare(self._fetch())
+            self._pending_states, host_batches = self._fetch()
+            self._pending = self._prepare(host_batches)
         ar_loss, aux_loss, tokens, time_up_votes, grad_norm = stats.tolist()  # the one host sync of the step
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(ar_loss) and math.isfinite(aux_loss) and math.isfinite(grad_norm)
@@ -239,7 +266,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Checkpoint the current step (every rank must call this; rank 0 writes)."""
         model_state, optim_state = self._full_states()
-        streams = self._pending_states or [s.state_dict() for s in self.streams]
+        streams = self._next_states()
         data_states = [s for rank_states in all_gather_objects(streams, self.ctx) for s in rank_states]
         rng = all_gather_objects(ckpt.capture_rng(), self.ctx)
         path = None
@@ -287,6 +314,7 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         first = self.ctx.rank * self.cfg.grad_accum
+        self.close()  # a data thread drawing from the old positions must not run on
         for stream, state in zip(self.streams, trainer_state["data"][first : first + self.cfg.grad_accum]):
             stream.load_state_dict(state)
         rng = trainer_state["rng"]
@@ -344,6 +372,7 @@ class Trainer:
                     break
         finally:
             metrics.close()
+            self.close()
         return self.history
 
 
