@@ -58,7 +58,7 @@ def time_trainer(
     steps: int,
     device: str = "cuda",
     profile_to: Path | None = None,
-    data_thread: bool | None = None,
+    data_thread: bool = False,
 ) -> dict:
     cfg = TrainConfig(
         config=size, data=["synthetic"], output_dir=None, max_steps=warmup + steps, batch_size=batch,
@@ -193,7 +193,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
-    parser.add_argument("--data-thread", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--data-thread", action="store_true", help="the trainer's background data thread")
     parser.add_argument("--profile", action="store_true", help="kernel tables of each setting (after timing)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
     args = parser.parse_args(argv)

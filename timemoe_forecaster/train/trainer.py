@@ -111,7 +111,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
-        self.data_thread = cfg.data_thread if cfg.data_thread is not None else ctx.device.type == "cuda"
+        self.data_thread = cfg.data_thread
         self._prefetcher: BatchPrefetcher | None = None  # started on the first fetch (after any resume)
 
     # One optimizer step -------------------------------------------------------------------------
