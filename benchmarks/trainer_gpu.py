@@ -48,6 +48,20 @@ SETTINGS = [
 BATCH = {"base": 4, "large": 2, "small": 8}
 
 
+def build_trainer(
+    size: str, backend: str, compile, length: int, batch: int, device: str = "cuda", data_thread: bool = False
+) -> Trainer:
+    """A Trainer as ``timemoe pretrain`` builds one, on packed synthetic rows of one process."""
+    cfg = TrainConfig(
+        config=size, data=["synthetic"], output_dir=None, max_steps=10**6, batch_size=batch, max_length=length,
+        progress=False, device=device, attn_backend=backend, compile=compile, log_every=10**6,
+        data_thread=data_thread,
+    )  # fmt: skip
+    ctx = DistContext(device=torch.device(device))
+    stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
+    return Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream])
+
+
 def time_trainer(
     size: str,
     backend: str,
@@ -60,14 +74,7 @@ def time_trainer(
     profile_to: Path | None = None,
     data_thread: bool = False,
 ) -> dict:
-    cfg = TrainConfig(
-        config=size, data=["synthetic"], output_dir=None, max_steps=warmup + steps, batch_size=batch,
-        max_length=length, progress=False, device=device, attn_backend=backend, compile=compile, log_every=10**6,
-        data_thread=data_thread,
-    )  # fmt: skip
-    ctx = DistContext(device=torch.device(device))
-    stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
-    trainer = Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream])
+    trainer = build_trainer(size, backend, compile, length, batch, device, data_thread)
     host = {"fetch": [], "prepare": []}  # host time of the data pipeline, per call
     trainer._fetch = _timed(trainer._fetch, host["fetch"])
     trainer._prepare = _timed(trainer._prepare, host["prepare"])
@@ -95,7 +102,7 @@ def time_trainer(
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
     return {
         "impl": "ours (Trainer)", "size": size, "attn_backend": backend, "compile": compile or "off",
-        "data_thread": trainer.data_thread,
+        "data_thread": trainer.cfg.data_thread,
         "seq_len": length, "batch": batch, "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3,
         "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
         "tflops": flops / step_s / 1e12,

@@ -13,29 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timemoe_forecaster.train.parallel import DistContext  # noqa: E402
-from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data  # noqa: E402
+from benchmarks.trainer_gpu import build_trainer  # noqa: E402
 
-cfg = TrainConfig(
-    config="base",
-    data=["synthetic"],
-    output_dir=None,
-    max_steps=100,
-    batch_size=4,
-    max_length=4096,
-    progress=False,
-    device="cuda",
-    attn_backend="flex",
-    compile="model-cudagraphs",
-    log_every=10**6,
-)
-ctx = DistContext(device=torch.device("cuda"))
-tr = Trainer(cfg, ctx, build_model(cfg, ctx.device), [make_stream(open_data(cfg.data, 0), cfg, 0, 1, 0)])
+tr = build_trainer("base", "flex", "model-cudagraphs", length=4096, batch=4)
 for _ in range(5):
     tr.train_step()
 ts = []

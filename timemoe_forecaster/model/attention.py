@@ -206,10 +206,10 @@ def _flex_kernel() -> Callable:
 
 
 def flex_attention_backend(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
-    """FlexAttention for masked rows without a cache (training); plain causal rows, KV-cache steps,
-    CPUs, attention dropout and heads narrower than the kernel's minimum take the SDPA path."""
-    usable = mask.block_mask is not None and q.is_cuda and q.shape[2] == k.shape[2] and q.shape[-1] >= FLEX_MIN_HEAD_DIM
-    if not usable or (training and dropout > 0):
+    """FlexAttention where the mask carries a block mask (``build_attention_mask(for_flex=True)`` makes one
+    for masked rows without a cache, on CUDA); plain causal rows, KV-cache steps, CPUs, attention dropout
+    and heads narrower than FLEX_MIN_HEAD_DIM take the SDPA path."""
+    if mask.block_mask is None or (training and dropout > 0):
         return sdpa_attention(q, k, v, mask, dropout, training)
     return _flex_kernel()(q, k, v, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1])
 

@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TimeMoEConfig
-from .attention import Attention, AttentionMask, KVCacheLike, ModelKVCacheLike, RotaryEmbedding
+from .attention import (
+    FLEX_MIN_HEAD_DIM,
+    Attention,
+    AttentionMask,
+    KVCacheLike,
+    ModelKVCacheLike,
+    RotaryEmbedding,
+    flex_block_mask,
+)
 from .layers import InputEmbedding, OutputHead, RMSNorm
 from .moe import build_ffn, load_balancing_loss
 
@@ -92,8 +100,6 @@ def build_attention_mask(
 
     cu_seqlens, max_seqlen = None, 0
     if for_flex and k == s and device.type == "cuda":
-        from .attention import flex_block_mask
-
         return AttentionMask(dense=dense, valid=valid, block_mask=flex_block_mask(seq_ids, valid, s))
     if seq_ids is not None and for_varlen:
         cu_seqlens, max_seqlen = _cu_seqlens(seq_ids)
@@ -246,7 +252,10 @@ class TimeMoEForPrediction(nn.Module):
             position_ids = self._default_positions(x, valid, seq_ids)
         backend = self.attn_backend
         for_varlen = backend in ("varlen", "flash_attn")
-        mask = build_attention_mask(valid, seq_ids, x.shape[1], for_varlen=for_varlen, for_flex=backend == "flex")
+        # The flex kernel takes heads of at least FLEX_MIN_HEAD_DIM; narrower ones fall back to SDPA, so
+        # their block mask is not built at all.
+        for_flex = backend == "flex" and self.config.head_dim >= FLEX_MIN_HEAD_DIM
+        mask = build_attention_mask(valid, seq_ids, x.shape[1], for_varlen=for_varlen, for_flex=for_flex)
         hidden, router_logits = self.model(x, position_ids, mask)
         out = TimeMoEOutput(hidden_states=hidden, router_logits=router_logits)
         if labels is None:

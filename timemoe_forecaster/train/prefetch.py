@@ -65,7 +65,8 @@ class BatchPrefetcher:
 
     def get(self) -> Item:
         """The next step's (states before it, batches), waiting for it if it is not drawn yet."""
-        item, self._peeked = (self._peeked, None) if self._peeked is not None else (self._take(), None)
+        item = self._peeked if self._peeked is not None else self._take()
+        self._peeked = None
         self._undelivered.popleft()
         return item
 

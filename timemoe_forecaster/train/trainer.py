@@ -111,13 +111,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
-        self.data_thread = cfg.data_thread
         self._prefetcher: BatchPrefetcher | None = None  # started on the first fetch (after any resume)
 
     # One optimizer step -------------------------------------------------------------------------
     def _fetch(self) -> tuple[list[dict], list[dict[str, torch.Tensor]]]:
         """The next step's host batches (one per stream) and the streams' states from before them."""
-        if self.data_thread:
+        if self.cfg.data_thread:
             if self._prefetcher is None:
                 self._prefetcher = BatchPrefetcher(self.streams)
             try:
@@ -165,6 +164,11 @@ class Trainer:
             batch["inputs"] = batch["inputs"].to(torch.bfloat16)
         return batch
 
+    def _begin_graph_iteration(self) -> None:
+        """Under CUDA graphs, tell the graph trees a new forward begins (earlier outputs may be overwritten)."""
+        if self.cfg.compile == "model-cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
+
     def _autocast(self):
         if not self.autocast:
             return contextlib.nullcontext()
@@ -181,8 +185,7 @@ class Trainer:
         aux_sum = torch.zeros((), device=ctx.device)
         w, a = ctx.world_size, cfg.grad_accum
         for k, batch in enumerate(batches):
-            if cfg.compile == "model-cudagraphs":  # a new iteration: earlier graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
+            self._begin_graph_iteration()
             with gradient_sync(self.train_model, enabled=k == a - 1), self._autocast():
                 out = self.train_model(**batch, loss_normalizers=normalizers)
             # DDP/FSDP average gradients over the w ranks. Scaled so, the step's gradient is that of the
@@ -242,8 +245,7 @@ class Trainer:
         total = torch.zeros((), device=self.ctx.device)
         for _ in range(self.cfg.eval_batches):
             batch = self._to_device(stream.next_batch())
-            if self.cfg.compile == "model-cudagraphs":
-                torch.compiler.cudagraph_mark_step_begin()
+            self._begin_graph_iteration()
             with self._autocast():
                 total += self.train_model(**batch).ar_loss.float()
         self.model.train()
