@@ -158,6 +158,14 @@ def time_reference(size: str, length: int, batch: int, reps: int = 5) -> dict:
     }  # fmt: skip
 
 
+def parse_setting(item: str, data_thread: bool = False) -> tuple[str, str | bool, bool]:
+    """``backend:compile[:thread]`` -> (backend, compile mode or False for "off", data thread on)."""
+    parts = item.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "thread"):
+        raise ValueError(f"setting {item!r} is not backend:compile or backend:compile:thread")
+    return parts[0], False if parts[1] == "off" else parts[1], data_thread or len(parts) == 3
+
+
 def _ms(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
@@ -171,17 +179,20 @@ def markdown(rows: list[dict], device: str) -> str:
         "count); real tokens exclude padding. Ours: autocast bf16 with fp32 master weights and fused AdamW "
         "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch.",
         "",
-        "| impl | attention | compile | step ms | positions/s | real tokens/s | vs reference | peak GiB | warm-up s "
-        "| GPU busy ms/step | data fetch ms | prepare ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| impl | attention | compile | data thread | step ms | positions/s | real tokens/s | vs reference | peak GiB "
+        "| warm-up s | GPU busy ms/step | data fetch ms | prepare ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['status']} |" + " |" * 8)
+            thread = "yes" if r.get("data_thread") else "no"
+            head = f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {thread} | {r['status']} |"
+            lines.append(head + " |" * 8)
             continue
         ratio = f"{r['positions_per_s'] / ref['positions_per_s']:.1f}×" if ref and r is not ref else "–"
         lines.append(
-            f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {r['step_ms_median']:.1f} | "
+            f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {'yes' if r.get('data_thread') else 'no'} | "
+            f"{r['step_ms_median']:.1f} | "
             f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} | "
             f"{r.get('warmup_s', 0):.0f} | {_ms(r.get('gpu_busy_ms_per_step'))} | {_ms(r.get('host_fetch_ms'))} | "
             f"{_ms(r.get('host_prepare_ms'))} |"
@@ -196,11 +207,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="rows per step (default: the speed.py case)")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--settings", default=None, help="comma list of backend:compile (default: all)")
+    parser.add_argument(
+        "--settings", default=None, help="comma list of backend:compile[:thread] (default: all; thread = --data-thread)"
+    )
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
-    parser.add_argument("--data-thread", action="store_true", help="the trainer's background data thread")
+    parser.add_argument("--data-thread", action="store_true", help="every setting with the background data thread")
     parser.add_argument("--profile", action="store_true", help="kernel tables of each setting (after timing)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
     args = parser.parse_args(argv)
@@ -213,10 +226,9 @@ def main(argv=None) -> None:
         parser.error("this benchmark needs a CUDA GPU (--smoke runs on the CPU)")
     deadline = time.time() + args.budget_s
     batch = args.batch or BATCH.get(args.size, 4)
-    settings = SETTINGS
+    settings = [(backend, mode, args.data_thread) for backend, mode in SETTINGS]
     if args.settings:
-        pairs = [item.split(":") for item in args.settings.split(",")]
-        settings = [(backend, False if mode == "off" else mode) for backend, mode in pairs]
+        settings = [parse_setting(item, args.data_thread) for item in args.settings.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if not args.no_reference:
@@ -226,22 +238,24 @@ def main(argv=None) -> None:
             rows.append({"impl": "reference", "attn_backend": "eager", "compile": "off", "status": f"failed: {exc}"})
         if device == "cuda":
             torch.cuda.empty_cache()
-    for backend, compile in settings:
+    for backend, compile, thread in settings:
         if time.time() > deadline - 60:
             rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",
-                         "status": "skipped (time budget)"})  # fmt: skip
+                         "data_thread": thread, "status": "skipped (time budget)"})  # fmt: skip
             continue
         try:
-            name = f"profile_trainer_{args.size}_{backend}_{compile or 'off'}.txt"
+            name = f"profile_trainer_{args.size}_{backend}_{compile or 'off'}{'_thread' if thread else ''}.txt"
             profile_to = args.out / name if args.profile else None
             rows.append(
                 time_trainer(
-                    args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to
+                    args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to,
+                    data_thread=thread,
                 )
-            )
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
             log.exception("setting %s/%s failed", backend, compile)
             rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",
+                         "data_thread": thread,
                          "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"})  # fmt: skip
         log.info("%s", rows[-1])
         torch._dynamo.reset()
