@@ -113,3 +113,25 @@ def test_last_only_forward_equals_the_last_position_of_the_full_forward(backend,
         last, _ = model.model(x, positions, mask, last_only=True)
     assert last.shape == (3, 1, full.shape[-1])
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
+
+
+def test_flex_kernel_options_only_for_measured_gpus_dtypes_and_widths(monkeypatch):
+    from types import SimpleNamespace
+
+    from timemoe_forecaster.model import attention
+
+    def fake_q(width, dtype=torch.bfloat16, device="cuda"):
+        return SimpleNamespace(device=torch.device(device, 0), dtype=dtype, shape=(2, 4, 128, width))
+
+    monkeypatch.setattr(attention, "_TORCH_VERSION", (2, 11))
+    monkeypatch.setattr(attention, "_cuda_capability", lambda index: (9, 0))
+    assert attention.flex_kernel_options(fake_q(64)) == attention.FLEX_SM90_KERNEL_OPTIONS[64]
+    assert attention.flex_kernel_options(fake_q(32, torch.float16)) == attention.FLEX_SM90_KERNEL_OPTIONS[32]
+    assert attention.flex_kernel_options(fake_q(128)) is None  # width not measured: inductor's default
+    assert attention.flex_kernel_options(fake_q(64, torch.float32)) is None
+    assert attention.flex_kernel_options(fake_q(64, device="cpu")) is None
+    monkeypatch.setattr(attention, "_cuda_capability", lambda index: (8, 0))
+    assert attention.flex_kernel_options(fake_q(64)) is None  # an A100: not measured
+    monkeypatch.setattr(attention, "_cuda_capability", lambda index: (9, 0))
+    monkeypatch.setattr(attention, "_TORCH_VERSION", (2, 10))
+    assert attention.flex_kernel_options(fake_q(64)) is None  # no per-pass option names before 2.11

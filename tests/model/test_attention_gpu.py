@@ -66,3 +66,26 @@ def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():
         losses[compile] = [trainer.train_step(prefetch=False)["loss"] for _ in range(3)]
     for mode in ("model", "model-cudagraphs"):
         assert losses[mode] == pytest.approx(losses[False], rel=1e-3), mode
+
+
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_flex_with_tuned_tiles_equals_sdpa_in_bf16(head_dim):
+    # The tiles of FLEX_SM90_KERNEL_OPTIONS (applied on H100/H200) must compute the same attention.
+    from timemoe_forecaster.model.attention import flex_attention_backend, flex_kernel_options, sdpa_attention
+    from timemoe_forecaster.model.modeling import build_attention_mask
+
+    _, seq_ids, _ = packed_rows(length=512)
+    seq_ids[1, 230:] = 1  # a second document instead of padding
+    mask = build_attention_mask(None, seq_ids, 512, for_flex=True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 512, head_dim, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    results = []
+    for backend in (sdpa_attention, flex_attention_backend):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = backend(*leaves, mask, 0.0, True)
+        out.float().square().sum().backward()
+        results.append([out] + [t.grad for t in leaves])
+    for got, want in zip(results[1], results[0]):  # bf16: compare relative errors of whole tensors
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 2e-2
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert flex_kernel_options(q) is not None

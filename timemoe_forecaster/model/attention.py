@@ -189,6 +189,7 @@ def flex_block_mask(seq_ids: torch.Tensor | None, valid: torch.Tensor | None, le
 
 
 _COMPILED_FLEX: Callable | None = None
+_TORCH_VERSION = tuple(int(part) for part in torch.__version__.split(".")[:2])
 FLEX_MIN_HEAD_DIM = 16  # the generated kernel refuses narrower heads (torch 2.11)
 
 
@@ -205,13 +206,44 @@ def _flex_kernel() -> Callable:
     return _COMPILED_FLEX
 
 
+# Tile choices for FlexAttention's generated kernels on sm90 (H100/H200), bf16/fp16, by head width, measured
+# with torch 2.11 on packed training rows (benchmarks/results/raw/session5/call3_flex_configs.json). Inductor's
+# default forward tile for 64-wide heads (128x128, 4 warps, 3 stages) took 1.88 ms per layer of the large preset;
+# 8 warps and 2 stages take 0.25 ms. For 32-wide heads a 32x128 backward tile beat the default (1.10 against
+# 1.36 ms forward and backward). Other GPUs and widths keep inductor's defaults.
+FLEX_SM90_KERNEL_OPTIONS: dict[int, dict[str, int]] = {
+    64: dict(fwd_BLOCK_M=128, fwd_BLOCK_N=128, fwd_num_warps=8, fwd_num_stages=2),
+    32: dict(bwd_BLOCK_M1=32, bwd_BLOCK_N1=128, bwd_BLOCK_M2=128, bwd_BLOCK_N2=32, bwd_num_warps=4, bwd_num_stages=3),
+}
+
+
+@torch.compiler.assume_constant_result
+def _cuda_capability(index: int) -> tuple[int, int]:
+    """The GPU's compute capability; a constant to an outer torch.compile (it cannot trace the query)."""
+    return torch.cuda.get_device_capability(index)
+
+
+def flex_kernel_options(q: torch.Tensor) -> dict[str, int] | None:
+    """The measured tiles for ``q``'s GPU and head width, or None for inductor's defaults.
+
+    Per-pass option names (``fwd_``/``bwd_``) need torch >= 2.11 (older releases would pass them to the
+    kernel as unknown constants)."""
+    if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16) or _TORCH_VERSION < (2, 11):
+        return None
+    if _cuda_capability(q.device.index if q.device.index is not None else 0) != (9, 0):
+        return None
+    return FLEX_SM90_KERNEL_OPTIONS.get(q.shape[-1])
+
+
 def flex_attention_backend(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
     """FlexAttention where the mask carries a block mask (``build_attention_mask(for_flex=True)`` makes one
     for masked rows without a cache, on CUDA); plain causal rows, KV-cache steps, CPUs, attention dropout
     and heads narrower than FLEX_MIN_HEAD_DIM take the SDPA path."""
     if mask.block_mask is None or (training and dropout > 0):
         return sdpa_attention(q, k, v, mask, dropout, training)
-    return _flex_kernel()(q, k, v, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1])
+    return _flex_kernel()(
+        q, k, v, block_mask=mask.block_mask, enable_gqa=k.shape[1] != q.shape[1], kernel_options=flex_kernel_options(q)
+    )
 
 
 ATTENTION_BACKENDS: dict[str, Callable] = {
