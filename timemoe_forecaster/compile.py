@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .model.attention import prepare_flex_tiles
+
 # A forecast meets several shapes (prefill, decode steps, a last partial batch) before dynamo marks
 # sizes dynamic; the default limit of 8 recompilations per block would fall back to eager.
 RECOMPILE_LIMIT = 64
@@ -34,6 +36,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", **compile_kwargs
     limit = getattr(torch._dynamo.config, "recompile_limit", None)
     if limit is not None and limit < RECOMPILE_LIMIT:
         torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
+    prepare_flex_tiles(next(model.parameters()).device)  # compiled code reads the tile table, cannot fill it
     for block in layers:
         block.compile(backend=backend, **compile_kwargs)
     return model

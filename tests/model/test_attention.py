@@ -120,18 +120,41 @@ def test_flex_kernel_options_only_for_measured_gpus_dtypes_and_widths(monkeypatc
 
     from timemoe_forecaster.model import attention
 
-    def fake_q(width, dtype=torch.bfloat16, device="cuda"):
-        return SimpleNamespace(device=torch.device(device, 0), dtype=dtype, shape=(2, 4, 128, width))
+    def fake_q(width, dtype=torch.bfloat16, index=0):
+        return SimpleNamespace(device=torch.device("cuda", index), dtype=dtype, shape=(2, 4, 128, width))
 
+    capability = {0: (9, 0), 1: (8, 0)}  # an H100 and an A100
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
     monkeypatch.setattr(attention, "_TORCH_VERSION", (2, 11))
-    monkeypatch.setattr(attention, "_cuda_capability", lambda index: (9, 0))
+    monkeypatch.setattr(attention, "_FLEX_TILES", {})
+    monkeypatch.setattr(attention, "_FLEX_CHECKED", set())
     assert attention.flex_kernel_options(fake_q(64)) == attention.FLEX_SM90_KERNEL_OPTIONS[64]
     assert attention.flex_kernel_options(fake_q(32, torch.float16)) == attention.FLEX_SM90_KERNEL_OPTIONS[32]
     assert attention.flex_kernel_options(fake_q(128)) is None  # width not measured: inductor's default
     assert attention.flex_kernel_options(fake_q(64, torch.float32)) is None
-    assert attention.flex_kernel_options(fake_q(64, device="cpu")) is None
-    monkeypatch.setattr(attention, "_cuda_capability", lambda index: (8, 0))
-    assert attention.flex_kernel_options(fake_q(64)) is None  # an A100: not measured
-    monkeypatch.setattr(attention, "_cuda_capability", lambda index: (9, 0))
+    assert attention.flex_kernel_options(fake_q(64, index=1)) is None  # the A100: not measured
+    # Compiled code only reads the table: a device never prepared gets the defaults.
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    capability[2] = (9, 0)
+    assert attention.flex_kernel_options(fake_q(64, index=2)) is None
+    attention.prepare_flex_tiles("cuda:2")
+    assert attention.flex_kernel_options(fake_q(64, index=2)) == attention.FLEX_SM90_KERNEL_OPTIONS[64]
     monkeypatch.setattr(attention, "_TORCH_VERSION", (2, 10))
-    assert attention.flex_kernel_options(fake_q(64)) is None  # no per-pass option names before 2.11
+    attention.prepare_flex_tiles("cuda:3")  # no per-pass option names before torch 2.11: nothing looked up
+    assert 3 not in attention._FLEX_CHECKED
+
+
+def test_compiled_code_reads_the_flex_tile_table(monkeypatch):
+    # What an outer torch.compile traces: a dict lookup keyed by the tensor's device index and width.
+    from timemoe_forecaster.model import attention
+
+    monkeypatch.setattr(attention, "_FLEX_TILES", {(None, 8): {"fwd_num_warps": 8}})
+
+    def f(q):
+        options = attention.flex_kernel_options(q)
+        return q * options["fwd_num_warps"] if options else q
+
+    q = torch.ones(2, 8, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    assert torch.compile(f, backend="eager", fullgraph=True)(q).float().sum().item() == 128.0

@@ -217,22 +217,35 @@ FLEX_SM90_KERNEL_OPTIONS: dict[int, dict[str, int]] = {
 }
 
 
-@torch.compiler.assume_constant_result
-def _cuda_capability(index: int) -> tuple[int, int]:
-    """The GPU's compute capability; a constant to an outer torch.compile (it cannot trace the query)."""
-    return torch.cuda.get_device_capability(index)
+# (device index, head width) -> tiles for that GPU, filled by prepare_flex_tiles outside compiled code: torch.compile
+# cannot trace the capability query, but reads this table as a constant.
+_FLEX_TILES: dict[tuple[int | None, int], dict[str, int]] = {}
+_FLEX_CHECKED: set[int] = set()  # device indices already looked up
+
+
+def prepare_flex_tiles(device: torch.device | str) -> None:
+    """Look up the measured tiles for ``device``'s GPU. The flex backend does this itself when it runs eagerly;
+    code that compiles a model calls it first (``compile_blocks``, the trainer), since a compiled model only
+    reads the table. Per-pass option names (``fwd_``/``bwd_``) need torch >= 2.11."""
+    device = torch.device(device)
+    if device.type != "cuda" or _TORCH_VERSION < (2, 11) or not torch.cuda.is_available():
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _FLEX_CHECKED:
+        return
+    _FLEX_CHECKED.add(index)
+    if torch.cuda.get_device_capability(index) == (9, 0):
+        _FLEX_TILES.update({(index, width): options for width, options in FLEX_SM90_KERNEL_OPTIONS.items()})
 
 
 def flex_kernel_options(q: torch.Tensor) -> dict[str, int] | None:
-    """The measured tiles for ``q``'s GPU and head width, or None for inductor's defaults.
-
-    Per-pass option names (``fwd_``/``bwd_``) need torch >= 2.11 (older releases would pass them to the
-    kernel as unknown constants)."""
-    if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16) or _TORCH_VERSION < (2, 11):
+    """The measured tiles for ``q``'s GPU and head width, or None for inductor's defaults (fp32, other GPUs,
+    widths not measured)."""
+    if q.dtype not in (torch.bfloat16, torch.float16):
         return None
-    if _cuda_capability(q.device.index if q.device.index is not None else 0) != (9, 0):
-        return None
-    return FLEX_SM90_KERNEL_OPTIONS.get(q.shape[-1])
+    if not torch.compiler.is_compiling():
+        prepare_flex_tiles(q.device)
+    return _FLEX_TILES.get((q.device.index, q.shape[-1]))
 
 
 def flex_attention_backend(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:

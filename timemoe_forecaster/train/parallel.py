@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..model.attention import prepare_flex_tiles
+
 log = logging.getLogger(__name__)
 
 # Above this many parameters "auto" shards with FSDP2 instead of replicating with DDP: a replica with
@@ -128,6 +130,7 @@ def parallelize(
         if fsdp:
             raise ValueError("whole-model compile with FSDP2 is not supported here; use compile='blocks'")
         graphs = compile == "model-cudagraphs" and compile_backend == "inductor"
+        prepare_flex_tiles(next(model.parameters()).device)  # the compiled model reads the tile table only
         model.compile(backend=compile_backend, **({"mode": "reduce-overhead"} if graphs else {}))
     elif compile:
         raise ValueError(f"unknown compile mode {compile!r}")
