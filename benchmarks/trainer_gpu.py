@@ -102,7 +102,7 @@ def time_trainer(
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
     return {
         "impl": "ours (Trainer)", "size": size, "attn_backend": backend, "compile": compile or "off",
-        "data_thread": trainer.cfg.data_thread,
+        "data_thread": trainer.data_thread,
         "seq_len": length, "batch": batch, "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3,
         "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
         "tflops": flops / step_s / 1e12,

@@ -32,7 +32,7 @@ _HELP = {
     "max_length": "tokens (points) per row",
     "min_length": "shortest training window, in points",
     "pack": "pack several series per row (--no-pack: one window per row, padded)",
-    "data_thread": "draw the next batches on a background thread while the GPU trains",
+    "data_thread": "draw the next batches on a background thread while the GPU trains (None = on a GPU)",
     "min_lr_ratio": "final lr of the cosine schedule as a fraction of --lr",
     "betas": "AdamW betas",
     "grad_clip": "clip the global gradient norm (0 = no clipping)",
@@ -91,7 +91,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             kwargs.update(choices=["auto", "true", "false"], default="auto")
         elif f.name == "compile":
             kwargs.update(nargs="?", const="blocks", choices=["blocks", "model", "model-cudagraphs", "off"])
-        elif f.name == "fused":
+        elif f.name in ("fused", "data_thread"):
             kwargs.update(type=_bool, metavar="true|false")
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction)

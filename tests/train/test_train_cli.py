@@ -84,6 +84,7 @@ def test_flags_map_one_to_one_onto_train_config():
             "--fused",
             "false",
             "--data-thread",
+            "true",
         ]
     )
     cfg = train_config_from_args(args)

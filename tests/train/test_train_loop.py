@@ -92,6 +92,11 @@ def test_data_thread_trains_on_exactly_the_same_batches():
     assert losses_threaded == losses_plain
 
 
+def test_data_thread_defaults_to_on_for_gpus_only():
+    assert make_trainer(small_config(max_steps=1)).data_thread is False  # None on the CPU: off
+    assert make_trainer(small_config(max_steps=1, data_thread=True)).data_thread is True
+
+
 def test_checkpoint_layout_and_pruning(tmp_path):
     train(small_config(tmp_path, max_steps=4, save_every=1, keep_checkpoints=2))
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))

@@ -35,7 +35,7 @@ class TrainConfig:
     max_length: int = 512
     min_length: int = 17  # shortest window kept (points)
     pack: bool = True
-    data_thread: bool = False  # draw the next batches on a background thread (opt-in: not yet timed on a GPU)
+    data_thread: bool | None = None  # draw the next batches on a background thread (None = on GPU)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
