@@ -49,13 +49,13 @@ BATCH = {"base": 4, "large": 2, "small": 8}
 
 
 def build_trainer(
-    size: str, backend: str, compile, length: int, batch: int, device: str = "cuda", data_thread: bool = False
+    size: str, backend: str, compile, length: int, batch: int, device: str = "cuda", prefetch: str = "off"
 ) -> Trainer:
     """A Trainer as ``timemoe pretrain`` builds one, on packed synthetic rows of one process."""
     cfg = TrainConfig(
         config=size, data=["synthetic"], output_dir=None, max_steps=10**6, batch_size=batch, max_length=length,
         progress=False, device=device, attn_backend=backend, compile=compile, log_every=10**6,
-        data_thread=data_thread,
+        data_prefetch=prefetch,
     )  # fmt: skip
     ctx = DistContext(device=torch.device(device))
     stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
@@ -72,9 +72,9 @@ def time_trainer(
     steps: int,
     device: str = "cuda",
     profile_to: Path | None = None,
-    data_thread: bool = False,
+    prefetch: str = "off",
 ) -> dict:
-    trainer = build_trainer(size, backend, compile, length, batch, device, data_thread)
+    trainer = build_trainer(size, backend, compile, length, batch, device, prefetch)
     host = {"fetch": [], "prepare": []}  # host time of the data pipeline, per call
     trainer._fetch = _timed(trainer._fetch, host["fetch"])
     trainer._prepare = _timed(trainer._prepare, host["prepare"])
@@ -102,7 +102,7 @@ def time_trainer(
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
     return {
         "impl": "ours (Trainer)", "size": size, "attn_backend": backend, "compile": compile or "off",
-        "data_thread": trainer.data_thread,
+        "data_prefetch": trainer.data_prefetch,
         "seq_len": length, "batch": batch, "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3,
         "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
         "tflops": flops / step_s / 1e12,
@@ -158,12 +158,16 @@ def time_reference(size: str, length: int, batch: int, reps: int = 5) -> dict:
     }  # fmt: skip
 
 
-def parse_setting(item: str, data_thread: bool = False) -> tuple[str, str | bool, bool]:
-    """``backend:compile[:thread]`` -> (backend, compile mode or False for "off", data thread on)."""
+def parse_setting(item: str, prefetch: str = "off") -> tuple[str, str | bool, str]:
+    """``backend:compile[:thread|:process]`` -> (backend, compile mode or False for "off", data prefetch)."""
     parts = item.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "thread"):
-        raise ValueError(f"setting {item!r} is not backend:compile or backend:compile:thread")
-    return parts[0], False if parts[1] == "off" else parts[1], data_thread or len(parts) == 3
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("thread", "process", "off")):
+        raise ValueError(f"setting {item!r} is not backend:compile[:thread|:process]")
+    return parts[0], False if parts[1] == "off" else parts[1], parts[2] if len(parts) == 3 else prefetch
+
+
+def _prefetch(row: dict) -> str:
+    return row.get("data_prefetch") or ("thread" if row.get("data_thread") else "off")
 
 
 def _ms(value) -> str:
@@ -179,19 +183,18 @@ def markdown(rows: list[dict], device: str) -> str:
         "count); real tokens exclude padding. Ours: autocast bf16 with fp32 master weights and fused AdamW "
         "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch.",
         "",
-        "| impl | attention | compile | data thread | step ms | positions/s | real tokens/s | vs reference | peak GiB "
+        "| impl | attention | compile | prefetch | step ms | positions/s | real tokens/s | vs reference | peak GiB "
         "| warm-up s | GPU busy ms/step | data fetch ms | prepare ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            thread = "yes" if r.get("data_thread") else "no"
-            head = f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {thread} | {r['status']} |"
+            head = f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {_prefetch(r)} | {r['status']} |"
             lines.append(head + " |" * 8)
             continue
         ratio = f"{r['positions_per_s'] / ref['positions_per_s']:.1f}×" if ref and r is not ref else "–"
         lines.append(
-            f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {'yes' if r.get('data_thread') else 'no'} | "
+            f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {_prefetch(r)} | "
             f"{r['step_ms_median']:.1f} | "
             f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} | "
             f"{r.get('warmup_s', 0):.0f} | {_ms(r.get('gpu_busy_ms_per_step'))} | {_ms(r.get('host_fetch_ms'))} | "
@@ -208,12 +211,14 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument(
-        "--settings", default=None, help="comma list of backend:compile[:thread] (default: all; thread = --data-thread)"
+        "--settings", default=None, help="comma list of backend:compile[:thread|:process] (default: all)"
     )
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--budget-s", type=float, default=480)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
-    parser.add_argument("--data-thread", action="store_true", help="every setting with the background data thread")
+    parser.add_argument(
+        "--prefetch", default="off", choices=["off", "thread", "process"], help="data prefetch of every setting"
+    )
     parser.add_argument("--profile", action="store_true", help="kernel tables of each setting (after timing)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
     args = parser.parse_args(argv)
@@ -226,9 +231,9 @@ def main(argv=None) -> None:
         parser.error("this benchmark needs a CUDA GPU (--smoke runs on the CPU)")
     deadline = time.time() + args.budget_s
     batch = args.batch or BATCH.get(args.size, 4)
-    settings = [(backend, mode, args.data_thread) for backend, mode in SETTINGS]
+    settings = [(backend, mode, args.prefetch) for backend, mode in SETTINGS]
     if args.settings:
-        settings = [parse_setting(item, args.data_thread) for item in args.settings.split(",")]
+        settings = [parse_setting(item, args.prefetch) for item in args.settings.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if not args.no_reference:
@@ -238,24 +243,25 @@ def main(argv=None) -> None:
             rows.append({"impl": "reference", "attn_backend": "eager", "compile": "off", "status": f"failed: {exc}"})
         if device == "cuda":
             torch.cuda.empty_cache()
-    for backend, compile, thread in settings:
+    for backend, compile, prefetch in settings:
         if time.time() > deadline - 60:
             rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",
-                         "data_thread": thread, "status": "skipped (time budget)"})  # fmt: skip
+                         "data_prefetch": prefetch, "status": "skipped (time budget)"})  # fmt: skip
             continue
         try:
-            name = f"profile_trainer_{args.size}_{backend}_{compile or 'off'}{'_thread' if thread else ''}.txt"
+            suffix = "" if prefetch == "off" else f"_{prefetch}"
+            name = f"profile_trainer_{args.size}_{backend}_{compile or 'off'}{suffix}.txt"
             profile_to = args.out / name if args.profile else None
             rows.append(
                 time_trainer(
                     args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to,
-                    data_thread=thread,
+                    prefetch=prefetch,
                 )
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
             log.exception("setting %s/%s failed", backend, compile)
             rows.append({"impl": "ours (Trainer)", "attn_backend": backend, "compile": compile or "off",
-                         "data_thread": thread,
+                         "data_prefetch": prefetch,
                          "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"})  # fmt: skip
         log.info("%s", rows[-1])
         torch._dynamo.reset()

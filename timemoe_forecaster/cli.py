@@ -32,7 +32,7 @@ _HELP = {
     "max_length": "tokens (points) per row",
     "min_length": "shortest training window, in points",
     "pack": "pack several series per row (--no-pack: one window per row, padded)",
-    "data_thread": "draw the next batches on a background thread while the GPU trains (None = on a GPU)",
+    "data_prefetch": "draw the next batches in the background while the GPU trains (auto = a thread on a GPU)",
     "min_lr_ratio": "final lr of the cosine schedule as a fraction of --lr",
     "betas": "AdamW betas",
     "grad_clip": "clip the global gradient norm (0 = no clipping)",
@@ -72,6 +72,7 @@ def _floats(text: str) -> list[float]:
 
 def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field, typed and defaulted from the dataclass."""
+    from .train.prefetch import PREFETCH_MODES
     from .train.trainer import TrainConfig
 
     defaults = TrainConfig()
@@ -89,9 +90,11 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             kwargs.update(nargs=2, type=float, metavar=("BETA1", "BETA2"))
         elif f.name == "fsdp":
             kwargs.update(choices=["auto", "true", "false"], default="auto")
+        elif f.name == "data_prefetch":
+            kwargs.update(choices=list(PREFETCH_MODES))
         elif f.name == "compile":
             kwargs.update(nargs="?", const="blocks", choices=["blocks", "model", "model-cudagraphs", "off"])
-        elif f.name in ("fused", "data_thread"):
+        elif f.name == "fused":
             kwargs.update(type=_bool, metavar="true|false")
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction)

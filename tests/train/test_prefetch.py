@@ -1,11 +1,16 @@
-"""The background data thread: same batches in the same order, nothing skipped on close, errors surface."""
+"""Background data prefetch (thread and process): same batches in the same order, nothing skipped on close,
+errors surface in the training process."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
-from timemoe_forecaster.train.prefetch import BatchPrefetcher
+from timemoe_forecaster.train.prefetch import BatchPrefetcher, ProcessBatchPrefetcher, start_prefetcher
+
+PREFETCHERS = pytest.mark.parametrize("prefetcher_cls", [BatchPrefetcher, ProcessBatchPrefetcher])
 
 
 class CountingStream:
@@ -31,27 +36,34 @@ def values(item) -> list[float]:
     return [b["inputs"][0].item() for b in item[1]]
 
 
-def test_batches_come_in_order_with_the_states_before_them():
+@PREFETCHERS
+def test_batches_come_in_order_with_the_states_before_them(prefetcher_cls):
     streams = [CountingStream(), CountingStream(offset=100)]
-    prefetcher = BatchPrefetcher(streams, depth=2)
+    prefetcher = prefetcher_cls(streams, depth=2)
     items = [prefetcher.get() for _ in range(5)]
     prefetcher.close()
     assert [values(item) for item in items] == [[k, 100 + k] for k in range(5)]
     assert [item[0] for item in items] == [[{"i": k}, {"i": k}] for k in range(5)]
 
 
-def test_close_puts_the_streams_back_at_the_first_batch_not_handed_out():
+@PREFETCHERS
+def test_close_puts_the_streams_back_at_the_first_batch_not_handed_out(prefetcher_cls):
     streams = [CountingStream()]
-    prefetcher = BatchPrefetcher(streams, depth=3)
+    prefetcher = prefetcher_cls(streams, depth=3)
+    assert prefetcher.next_states() == [{"i": 0}]  # nothing handed out yet
     assert values(prefetcher.get()) == [0]
-    assert prefetcher.next_states() == [{"i": 1}]  # peeks batch 1 without handing it out
+    assert prefetcher.next_states() == [{"i": 1}]  # without handing batch 1 out
     prefetcher.close()
+    prefetcher.close()  # a second close changes nothing
     assert streams[0].i == 1  # batches 1.. drawn ahead are drawn again, not skipped
-    assert values(BatchPrefetcher(streams).get()) == [1]
+    again = prefetcher_cls(streams)
+    assert values(again.get()) == [1]
+    again.close()
 
 
-def test_errors_of_the_data_pipeline_reach_the_training_thread():
-    prefetcher = BatchPrefetcher([CountingStream(fail_at=2)])
+@PREFETCHERS
+def test_errors_of_the_data_pipeline_reach_the_training_loop(prefetcher_cls):
+    prefetcher = prefetcher_cls([CountingStream(fail_at=2)])
     assert values(prefetcher.get()) == [0] and values(prefetcher.get()) == [1]
     with pytest.raises(ValueError, match="bad window 2"):
         prefetcher.get()
@@ -59,6 +71,66 @@ def test_errors_of_the_data_pipeline_reach_the_training_thread():
         prefetcher.get()
 
 
-def test_depth_must_be_positive():
+@PREFETCHERS
+def test_depth_must_be_positive(prefetcher_cls):
     with pytest.raises(ValueError, match="depth"):
-        BatchPrefetcher([CountingStream()], depth=0)
+        prefetcher_cls([CountingStream()], depth=0)
+
+
+class DyingStream(CountingStream):
+    def next_batch(self):
+        os._exit(3)  # as if the kernel killed the worker (out of memory)
+
+
+def test_a_dead_worker_process_is_reported_not_waited_for():
+    streams = [DyingStream()]
+    prefetcher = ProcessBatchPrefetcher(streams)
+    with pytest.raises(RuntimeError, match="data worker process died \\(exit code 3\\)"):
+        prefetcher.get()
+    assert streams[0].i == 0  # nothing was handed out, nothing is skipped
+
+
+def test_an_error_that_cannot_be_pickled_still_reaches_the_training_process():
+    class LocalError(Exception):  # a local class does not pickle
+        pass
+
+    class FailingStream(CountingStream):
+        def next_batch(self):
+            raise LocalError("no pickle for me")
+
+    prefetcher = ProcessBatchPrefetcher([FailingStream()])
+    with pytest.raises(RuntimeError, match="LocalError.*no pickle for me"):
+        prefetcher.get()
+
+
+def test_start_prefetcher_picks_the_kind():
+    for mode, cls in (("thread", BatchPrefetcher), ("process", ProcessBatchPrefetcher)):
+        prefetcher = start_prefetcher(mode, [CountingStream()])
+        assert isinstance(prefetcher, cls)
+        prefetcher.close()
+    with pytest.raises(ValueError, match="prefetch mode"):
+        start_prefetcher("gpu", [CountingStream()])
+
+
+def test_tensors_cross_the_process_boundary_unchanged():
+    class MixedStream(CountingStream):
+        def next_batch(self):
+            batch = super().next_batch()
+            batch.update(
+                mask=torch.tensor([True, False]), ids=torch.arange(3), half=torch.ones(2, dtype=torch.bfloat16)
+            )
+            return batch
+
+        def state_dict(self):
+            return {"i": self.i, "leftover": [torch.full((2,), float(self.i))], "array": [1, 2]}
+
+        def load_state_dict(self, state):
+            self.i = state["i"]
+
+    prefetcher = ProcessBatchPrefetcher([MixedStream()])
+    states, batches = prefetcher.get()
+    prefetcher.close()
+    batch = batches[0]
+    assert batch["mask"].tolist() == [True, False] and batch["ids"].tolist() == [0, 1, 2]
+    assert batch["half"].dtype == torch.bfloat16 and batch["inputs"].dtype == torch.float32
+    assert states[0]["leftover"][0].tolist() == [0.0, 0.0] and states[0]["array"] == [1, 2]

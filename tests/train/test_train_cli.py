@@ -83,14 +83,14 @@ def test_flags_map_one_to_one_onto_train_config():
             "bf16",
             "--fused",
             "false",
-            "--data-thread",
-            "true",
+            "--data-prefetch",
+            "process",
         ]
     )
     cfg = train_config_from_args(args)
     assert cfg.data == ["a.csv", "synthetic"] and cfg.data_weights == [1.0, 3.0]
     assert cfg.betas == (0.8, 0.9) and cfg.fsdp is True and cfg.pack is False and cfg.fused is False
-    assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16" and cfg.data_thread is True
+    assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16" and cfg.data_prefetch == "process"
     cfg = train_config_from_args(build_parser().parse_args(["finetune", "--model", "some/dir"]))
     assert cfg.init_from == "some/dir" and cfg.lr == 1e-4 and cfg.compile is False
     compiles = {

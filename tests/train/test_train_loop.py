@@ -48,19 +48,19 @@ def test_loss_falls_on_synthetic_data():
     assert last < first - 0.03, (first, last)
 
 
-@pytest.mark.parametrize("data_thread", [False, True])
-def test_resume_after_kill_is_bit_identical(tmp_path, data_thread):
+@pytest.mark.parametrize("data_prefetch", ["off", "thread", "process"])
+def test_resume_after_kill_is_bit_identical(tmp_path, data_prefetch):
     # The straight run draws in the training thread; the killed and resumed one (optionally) on a data thread.
     straight = small_config(tmp_path / "straight", save_every=3, eval_every=2, eval_batches=1)
     train(straight)
 
-    killed = small_config(tmp_path / "killed", save_every=3, eval_every=2, eval_batches=1, data_thread=data_thread)
+    killed = small_config(tmp_path / "killed", save_every=3, eval_every=2, eval_batches=1, data_prefetch=data_prefetch)
     trainer = make_trainer(killed)
     trainer.run(until=4)  # "killed" after step 4; the last checkpoint is step 3
     del trainer
     assert ckpt.latest_checkpoint(killed.output_dir).name == "step_00000003"
     resumed = small_config(
-        tmp_path / "killed", save_every=3, eval_every=2, eval_batches=1, resume=True, data_thread=data_thread
+        tmp_path / "killed", save_every=3, eval_every=2, eval_batches=1, resume=True, data_prefetch=data_prefetch
     )
     result = train(resumed)
     assert result["steps"] == 6 and len(result["losses"]) == 3  # steps 4, 5, 6
@@ -81,20 +81,27 @@ def test_resume_after_kill_is_bit_identical(tmp_path, data_thread):
     assert read_metrics(killed.output_dir)[-1]["loss"] == read_metrics(straight.output_dir)[-1]["loss"]
 
 
-def test_data_thread_trains_on_exactly_the_same_batches():
-    # Stopping and restarting the thread between runs must neither skip nor repeat a batch.
+@pytest.mark.parametrize("data_prefetch", ["thread", "process"])
+def test_prefetch_trains_on_exactly_the_same_batches(data_prefetch):
+    # Stopping and restarting the prefetcher between runs must neither skip nor repeat a batch.
     plain = make_trainer(small_config(max_steps=5))
-    threaded = make_trainer(small_config(max_steps=5, data_thread=True))
+    prefetched = make_trainer(small_config(max_steps=5, data_prefetch=data_prefetch))
     losses_plain = [r["loss"] for r in plain.run()]
-    threaded.run(until=2)
-    losses_threaded = [r["loss"] for r in threaded.run()]  # run() returns the whole history
-    assert threaded._prefetcher is None  # run() stops the thread when it ends
-    assert losses_threaded == losses_plain
+    prefetched.run(until=2)
+    losses_prefetched = [r["loss"] for r in prefetched.run()]  # run() returns the whole history
+    assert prefetched._prefetcher is None  # run() stops the prefetcher when it ends
+    assert losses_prefetched == losses_plain
 
 
-def test_data_thread_defaults_to_on_for_gpus_only():
-    assert make_trainer(small_config(max_steps=1)).data_thread is False  # None on the CPU: off
-    assert make_trainer(small_config(max_steps=1, data_thread=True)).data_thread is True
+def test_prefetch_default_is_a_thread_on_gpus_and_none_on_cpus():
+    from timemoe_forecaster.train.trainer import resolve_prefetch
+
+    assert make_trainer(small_config(max_steps=1)).data_prefetch == "off"  # auto, on the CPU
+    assert make_trainer(small_config(max_steps=1, data_prefetch="process")).data_prefetch == "process"
+    assert resolve_prefetch("auto", torch.device("cuda")) == "thread"
+    assert resolve_prefetch("off", torch.device("cuda")) == "off"
+    with pytest.raises(ValueError, match="data_prefetch must be one of"):
+        small_config(data_prefetch="gpu")
 
 
 def test_checkpoint_layout_and_pruning(tmp_path):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .optim import OPTIM_DTYPES
+from .prefetch import PREFETCH_MODES
 
 DTYPES = ("auto", "bf16", "fp32")
 # torch.compile granularity: each decoder block (torchtitan's way, works with everything), the whole
@@ -35,7 +36,7 @@ class TrainConfig:
     max_length: int = 512
     min_length: int = 17  # shortest window kept (points)
     pack: bool = True
-    data_thread: bool | None = None  # draw the next batches on a background thread (None = on GPU)
+    data_prefetch: str = "auto"  # draw the next batches in the background: off, thread, process (auto: on GPU)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
@@ -115,6 +116,10 @@ class TrainConfig:
         need(
             not (self.compile == "model-cudagraphs" and self.pack and self.attn_backend != "flex"),
             "compile='model-cudagraphs' needs static shapes: packed rows need --attn-backend flex (or use --no-pack)",
+        )
+        need(
+            self.data_prefetch in PREFETCH_MODES,
+            f"data_prefetch must be one of {PREFETCH_MODES}, got {self.data_prefetch!r}",
         )
         need(self.time_limit >= 0, f"time_limit must be >= 0 seconds, got {self.time_limit}")
         need(

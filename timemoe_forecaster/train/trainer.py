@@ -36,7 +36,7 @@ from .parallel import (
     parallelize,
     resolve_fsdp,
 )
-from .prefetch import BatchPrefetcher
+from .prefetch import BatchPrefetcher, ProcessBatchPrefetcher, start_prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +111,15 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
-        self._prefetcher: BatchPrefetcher | None = None  # started on the first fetch (after any resume)
-        # On by default on a GPU: base pretraining went from 69.5 to 55.3 ms per step on an H100, where the
-        # step waited for the synthetic generator (benchmarks/results/trainer.md, session 5).
-        self.data_thread = cfg.data_thread if cfg.data_thread is not None else ctx.device.type == "cuda"
+        self._prefetcher: BatchPrefetcher | ProcessBatchPrefetcher | None = None  # started by the first fetch
+        self.data_prefetch = resolve_prefetch(cfg.data_prefetch, ctx.device)
 
     # One optimizer step -------------------------------------------------------------------------
     def _fetch(self) -> tuple[list[dict], list[dict[str, torch.Tensor]]]:
         """The next step's host batches (one per stream) and the streams' states from before them."""
-        if self.data_thread:
-            if self._prefetcher is None:
-                self._prefetcher = BatchPrefetcher(self.streams)
+        if self.data_prefetch != "off":
+            if self._prefetcher is None:  # after any resume: it draws from the streams' current state
+                self._prefetcher = start_prefetcher(self.data_prefetch, self.streams)
             try:
                 return self._prefetcher.get()
             except BaseException:
@@ -394,6 +392,15 @@ def _summarise(window: list[dict], tokens_per_s: float, step: int) -> dict[str, 
 
 
 # Entry point ----------------------------------------------------------------------------------
+def resolve_prefetch(mode: str, device: torch.device) -> str:
+    """``auto``: a background thread on a GPU, where the step would otherwise wait for the data (base pretraining
+    on an H100: 69.5 -> 55.3 ms per step, benchmarks/results/trainer.md); none on the CPU, where drawing and
+    training compete for the same cores."""
+    if mode != "auto":
+        return mode
+    return "thread" if device.type == "cuda" else "off"
+
+
 def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
     """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32."""
     if cfg.init_from is not None:
