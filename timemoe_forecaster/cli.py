@@ -32,7 +32,7 @@ _HELP = {
     "max_length": "tokens (points) per row",
     "min_length": "shortest training window, in points",
     "pack": "pack several series per row (--no-pack: one window per row, padded)",
-    "data_prefetch": "draw the next batches in the background while the GPU trains (auto = a thread on a GPU)",
+    "data_prefetch": "draw the next batches in the background while the GPU trains (auto = a process on a GPU)",
     "min_lr_ratio": "final lr of the cosine schedule as a fraction of --lr",
     "betas": "AdamW betas",
     "grad_clip": "clip the global gradient norm (0 = no clipping)",

@@ -134,3 +134,15 @@ def test_tensors_cross_the_process_boundary_unchanged():
     assert batch["mask"].tolist() == [True, False] and batch["ids"].tolist() == [0, 1, 2]
     assert batch["half"].dtype == torch.bfloat16 and batch["inputs"].dtype == torch.float32
     assert states[0]["leftover"][0].tolist() == [0.0, 0.0] and states[0]["array"] == [1, 2]
+
+
+def test_a_dropped_process_prefetcher_stops_its_child():
+    import gc
+
+    prefetcher = ProcessBatchPrefetcher([CountingStream()])
+    process = prefetcher._process
+    assert values(prefetcher.get()) == [0]
+    del prefetcher
+    gc.collect()
+    process.join(timeout=10)
+    assert not process.is_alive()

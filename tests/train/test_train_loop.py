@@ -93,12 +93,12 @@ def test_prefetch_trains_on_exactly_the_same_batches(data_prefetch):
     assert losses_prefetched == losses_plain
 
 
-def test_prefetch_default_is_a_thread_on_gpus_and_none_on_cpus():
+def test_prefetch_default_is_a_process_on_gpus_and_none_on_cpus():
     from timemoe_forecaster.train.trainer import resolve_prefetch
 
     assert make_trainer(small_config(max_steps=1)).data_prefetch == "off"  # auto, on the CPU
     assert make_trainer(small_config(max_steps=1, data_prefetch="process")).data_prefetch == "process"
-    assert resolve_prefetch("auto", torch.device("cuda")) == "thread"
+    assert resolve_prefetch("auto", torch.device("cuda")) == "process"  # Linux: fork exists
     assert resolve_prefetch("off", torch.device("cuda")) == "off"
     with pytest.raises(ValueError, match="data_prefetch must be one of"):
         small_config(data_prefetch="gpu")

@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import traceback
+import weakref
 from typing import Any
 
 import torch
@@ -128,6 +129,8 @@ class ProcessBatchPrefetcher:
             target=_draw_in_child, args=(streams, self._queue, self._stop), name="timemoe-data", daemon=True
         )
         self._process.start()
+        # A prefetcher dropped without close() (an abandoned trainer in a notebook) must not leave its child behind.
+        self._finalizer = weakref.finalize(self, _stop_child, self._stop, self._process)
 
     def get(self) -> Item:
         """The next step's (states before it, batches), waiting for the child if it is not drawn yet."""
@@ -161,6 +164,7 @@ class ProcessBatchPrefetcher:
         if self._closed:
             return
         self._closed = True
+        self._finalizer.detach()
         self._stop.set()
         deadline = time.monotonic() + 10.0
         while self._process.is_alive() and time.monotonic() < deadline:
@@ -176,6 +180,12 @@ class ProcessBatchPrefetcher:
         self._queue.close()
         for stream, state in zip(self.streams, self._after):
             stream.load_state_dict(state)
+
+
+def _stop_child(stop, process) -> None:
+    stop.set()
+    process.terminate()
+    process.join(timeout=5)
 
 
 def _draw_in_child(streams: list, out, stop) -> None:
