@@ -68,6 +68,33 @@ def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():
         assert losses[mode] == pytest.approx(losses[False], rel=1e-3), mode
 
 
+def test_evaluate_between_steps_under_cuda_graphs_matches_eager():
+    # evaluate() records a second (no-grad) graph; training must carry on unchanged after it.
+    from timemoe_forecaster.train.parallel import DistContext
+    from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data
+
+    records = {}
+    for compile in (False, "model-cudagraphs"):
+        cfg = TrainConfig(
+            config="small", data=["synthetic#max_length=1024"], output_dir=None, max_steps=4, batch_size=4,
+            max_length=256, lr=1e-3, progress=False, device="cuda", dtype="fp32", attn_backend="flex",
+            compile=compile, eval_batches=2, data_prefetch="off",
+        )  # fmt: skip
+        ctx = DistContext(device=torch.device("cuda"))
+        stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
+
+        def eval_stream(cfg=cfg):
+            return make_stream(open_data(cfg.data, 99), cfg, 0, 1, 99)
+
+        trainer = Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream], eval_stream=eval_stream)
+        losses = [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
+        evals = [trainer.evaluate()]
+        losses += [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
+        evals.append(trainer.evaluate())
+        records[compile] = losses + evals
+    assert records["model-cudagraphs"] == pytest.approx(records[False], rel=1e-3)
+
+
 @pytest.mark.parametrize("head_dim", [32, 64])
 def test_flex_with_tuned_tiles_equals_sdpa_in_bf16(head_dim):
     # The tiles of FLEX_SM90_KERNEL_OPTIONS (applied on H100/H200) must compute the same attention.

@@ -73,3 +73,19 @@ def test_bad_series():
         train_on_series(make_model(), [np.ones((3, 4))], steps=1)
     with pytest.raises(TypeError, match="TimeMoEForPrediction"):
         train_on_series(object(), [sine()], steps=1)
+
+
+def test_fine_tuning_draws_its_windows_in_the_training_loop(monkeypatch):
+    # No worker process or thread for in-memory series, even where "auto" would start one (a GPU).
+    from timemoe_forecaster.train import finetune
+
+    seen = []
+
+    class RecordingTrainer(finetune.Trainer):
+        def __init__(self, cfg, *args, **kwargs):
+            seen.append(cfg.data_prefetch)
+            super().__init__(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "Trainer", RecordingTrainer)
+    train_on_series(make_model(), [sine()], steps=2, batch_size=4, max_length=64)
+    assert seen == ["off"]

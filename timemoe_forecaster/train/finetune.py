@@ -113,6 +113,9 @@ def train_on_series(
         log_every=max(1, int(steps)),
         fsdp=False,
         device=str(device),
+        # Windows cropped from in-memory arrays cost little; a worker process would fork the caller (often a
+        # notebook) for a run of ~100 steps. Fine-tuning draws in the training loop, as when it was timed.
+        data_prefetch="off",
     )
     # Users' series are kept as they are: no quality filter (intermittent demand is mostly zeros).
     sampler = WindowSampler(
