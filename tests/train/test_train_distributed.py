@@ -107,10 +107,11 @@ def kill_after_step_2_and_resume(output_dir: Path, *extra: str) -> None:
     assert (output_dir / "model.safetensors").exists()
 
 
-def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path):
-    torchrun(tmp_path, "--fsdp", "false", "--save-every", "1")
+@pytest.mark.parametrize("prefetch", ["auto", "process"])  # auto: none on the CPU; "process": a worker per rank
+def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path, prefetch):
+    torchrun(tmp_path, "--fsdp", "false", "--save-every", "1", "--data-prefetch", prefetch)
     assert_same(weights(single), weights(tmp_path))
-    kill_after_step_2_and_resume(tmp_path, "--fsdp", "false", "--save-every", "1")
+    kill_after_step_2_and_resume(tmp_path, "--fsdp", "false", "--save-every", "1", "--data-prefetch", prefetch)
 
 
 def test_fsdp2_equals_one_process_and_resumes_exactly(single, tmp_path):
