@@ -145,8 +145,10 @@ class NaNAt:
         return self.stream.state_dict()
 
 
-def test_non_finite_loss_skips_the_step_and_warns(caplog):
-    trainer = make_trainer(small_config(max_steps=4))
+@pytest.mark.parametrize("fused", [False, True])  # fused: the update is launched before the sync, skipped on device
+def test_non_finite_loss_skips_the_step_and_warns(caplog, fused):
+    trainer = make_trainer(small_config(max_steps=4, fused=fused))
+    assert trainer.update_before_sync is fused
     trainer.streams = [NaNAt(trainer.streams[0], 2)]
     trainer.train_step(prefetch=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -158,9 +160,22 @@ def test_non_finite_loss_skips_the_step_and_warns(caplog):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(opt_before[k], v["exp_avg"]) for k, v in enumerate(trainer.optimizer.state.values()))
+    assert all(v["step"].item() == 1 for v in trainer.optimizer.state.values())  # the skipped step is not counted
     record = trainer.train_step(prefetch=False)  # the next step trains normally again
     assert not record["skipped"] and record["loss"] == record["loss"]
     assert not all(torch.equal(before[k], trainer.model.state_dict()[k]) for k in before)
+
+
+def test_update_before_the_sync_trains_exactly_like_after_it():
+    # The same fused AdamW launched before the step's host sync (skipping on the device) or after it.
+    states = []
+    for before_sync in (True, False):
+        trainer = make_trainer(small_config(max_steps=3, fused=True))
+        trainer.update_before_sync = before_sync
+        for _ in range(3):
+            trainer.train_step(prefetch=False)
+        states.append(trainer.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
