@@ -174,29 +174,32 @@ def _ms(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def markdown(rows: list[dict], device: str) -> str:
+def markdown(rows: list[dict], device: str, peak_tflops: float | None = None) -> str:
     ref = next((r for r in rows if r["impl"] == "reference" and r["status"] == "ok"), None)
+    peak = f"{peak_tflops:.0f} TFLOP/s, measured in this run" if peak_tflops else "not measured"
     lines = [
         f"# The trainer on {device}",
         "",
         "Median step over the timed steps after warm-up; positions = batch x length (what the reference rows "
         "count); real tokens exclude padding. Ours: autocast bf16 with fp32 master weights and fused AdamW "
-        "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch.",
+        "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch. "
+        f"MFU: model FLOPs per second over the bf16 matmul peak ({peak}).",
         "",
-        "| impl | attention | compile | prefetch | step ms | positions/s | real tokens/s | vs reference | peak GiB "
-        "| warm-up s | GPU busy ms/step | data fetch ms | prepare ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| impl | attention | compile | prefetch | step ms | positions/s | real tokens/s | vs reference | MFU "
+        "| peak GiB | warm-up s | GPU busy ms/step | data fetch ms | prepare ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
             head = f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {_prefetch(r)} | {r['status']} |"
-            lines.append(head + " |" * 8)
+            lines.append(head + " |" * 9)
             continue
         ratio = f"{r['positions_per_s'] / ref['positions_per_s']:.1f}×" if ref and r is not ref else "–"
+        mfu = f"{r['tflops'] / peak_tflops:.1%}" if peak_tflops and r.get("tflops") else "–"
         lines.append(
             f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {_prefetch(r)} | "
             f"{r['step_ms_median']:.1f} | "
-            f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {r['peak_gib']:.1f} | "
+            f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {mfu} | {r['peak_gib']:.1f} | "
             f"{r.get('warmup_s', 0):.0f} | {_ms(r.get('gpu_busy_ms_per_step'))} | {_ms(r.get('host_fetch_ms'))} | "
             f"{_ms(r.get('host_prepare_ms'))} |"
         )
@@ -236,6 +239,11 @@ def main(argv=None) -> None:
         settings = [parse_setting(item, args.prefetch) for item in args.settings.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    peak_tflops = None
+    if device == "cuda":  # the MFU denominator, measured on this GPU in this run
+        from benchmarks.timing import matmul_peak_tflops
+
+        peak_tflops = matmul_peak_tflops()
     if not args.no_reference:
         try:
             rows.append(time_reference(args.size, args.length, batch))
@@ -269,9 +277,10 @@ def main(argv=None) -> None:
             torch.cuda.empty_cache()
         (args.out / f"trainer_gpu_{args.size}.json").write_text(json.dumps(rows, indent=1))
     device = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
-    (args.out / f"trainer_gpu_{args.size}.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
-    (args.out / f"trainer_gpu_{args.size}.md").write_text(markdown(rows, device))
-    print(markdown(rows, device))
+    result = {"device": device, "matmul_peak_tflops": peak_tflops, "rows": rows}
+    (args.out / f"trainer_gpu_{args.size}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"trainer_gpu_{args.size}.md").write_text(markdown(rows, device, peak_tflops))
+    print(markdown(rows, device, peak_tflops))
 
 
 if __name__ == "__main__":
