@@ -107,11 +107,13 @@ def kill_after_step_2_and_resume(output_dir: Path, *extra: str) -> None:
     assert (output_dir / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("prefetch", ["auto", "process"])  # auto: none on the CPU; "process": a worker per rank
-def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path, prefetch):
-    torchrun(tmp_path, "--fsdp", "false", "--save-every", "1", "--data-prefetch", prefetch)
+# auto: no prefetch on the CPU; process: a data worker per rank. Fused AdamW: the update is launched before the
+# step's host sync (as on GPUs), on each rank.
+@pytest.mark.parametrize("extra", [("--data-prefetch", "auto"), ("--data-prefetch", "process", "--fused", "true")])
+def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path, extra):
+    torchrun(tmp_path, "--fsdp", "false", "--save-every", "1", *extra)
     assert_same(weights(single), weights(tmp_path))
-    kill_after_step_2_and_resume(tmp_path, "--fsdp", "false", "--save-every", "1", "--data-prefetch", prefetch)
+    kill_after_step_2_and_resume(tmp_path, "--fsdp", "false", "--save-every", "1", *extra)
 
 
 def test_fsdp2_equals_one_process_and_resumes_exactly(single, tmp_path):
