@@ -10,9 +10,7 @@ loops; writes nothing, prints a table.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,19 +18,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import time_cpu  # noqa: E402
 from timemoe_forecaster.loading import load_model  # noqa: E402
 from timemoe_forecaster.model.moe import route  # noqa: E402
 
 
 def median_us(fn, reps: int = 200, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+    return time_cpu(fn, warmup=warmup, reps=reps)["ms_median"] * 1e3
 
 
 def main() -> None:
