@@ -72,6 +72,7 @@ def _floats(text: str) -> list[float]:
 
 def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field, typed and defaulted from the dataclass."""
+    from .train.config import COMPILE_MODES
     from .train.prefetch import PREFETCH_MODES
     from .train.trainer import TrainConfig
 
@@ -93,7 +94,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         elif f.name == "data_prefetch":
             kwargs.update(choices=list(PREFETCH_MODES))
         elif f.name == "compile":
-            kwargs.update(nargs="?", const="blocks", choices=["blocks", "model", "model-cudagraphs", "off"])
+            kwargs.update(nargs="?", const="blocks", choices=[*COMPILE_MODES, "off"])  # TrainConfig reads "off"
         elif f.name == "fused":
             kwargs.update(type=_bool, metavar="true|false")
         elif isinstance(default, bool):
@@ -138,8 +139,6 @@ def train_config_from_args(args: argparse.Namespace):
         values["data_weights"] = [w for group in values["data_weights"] for w in group]
     if values.get("fsdp") in ("true", "false"):
         values["fsdp"] = values["fsdp"] == "true"
-    if values.get("compile") == "off":
-        values["compile"] = False
     values["betas"] = tuple(values["betas"])
     return TrainConfig(**values)
 
