@@ -140,7 +140,7 @@ def test_a_dropped_process_prefetcher_stops_its_child():
     import gc
 
     prefetcher = ProcessBatchPrefetcher([CountingStream()])
-    process = prefetcher._process
+    process = prefetcher._worker
     assert values(prefetcher.get()) == [0]
     del prefetcher
     gc.collect()

@@ -1,24 +1,22 @@
 """Draw the next steps' batches in the background while the GPU trains on this one: on a thread or in a process.
 
 The data pipeline (window sampling, packing, on-the-fly synthetic series) is Python and numpy. On a GPU the
-training thread spends most of a step blocked in the step's host synchronisation, which releases the GIL, so
-a second thread can draw the next batches meanwhile instead of after it: a profile of base training put 35 of
-52 ms of GPU idle time per three steps inside the generator (``benchmarks/results/trainer.md``).
+training loop spends most of a step blocked in the step's host synchronisation, so a worker can draw the next
+batches meanwhile instead of after it: a profile of base training put 35 of 52 ms of GPU idle time per three
+steps inside the generator (``benchmarks/results/trainer.md``).
 
-Order and content are exactly those of drawing in the training thread: one producer, first in first out, and
-the streams are touched only by that producer while it runs. Each item carries the streams' states from
-before it was drawn, so a checkpoint records the first batch not yet trained on and a resumed run continues
-bit for bit.
+Order and content are exactly those of drawing in the training loop: one worker, first in first out. Each item
+carries the streams' states from before and after it was drawn, so a checkpoint records the first batch not yet
+trained on, and ``close`` sets the streams to the state after the last batch handed out: nothing drawn ahead is
+skipped and a resumed run continues bit for bit.
 
-``ProcessBatchPrefetcher`` keeps the same contract with a forked child process drawing the batches, so the
-generator never competes with the training loop for the GIL (on a thread, the step's host preparation rose from
-2.9 to 8.3 ms on an H100 machine). The child draws from its own copy of the streams; the training process's streams
-stay put until ``close``, which sets them to the state after the last batch handed out.
+The worker is a thread (:class:`BatchPrefetcher`) or a forked child process (:class:`ProcessBatchPrefetcher`),
+which never competes with the training loop for the GIL: on a thread, the step's host preparation rose from 2.9
+to 8.3 ms on an H100 machine. The child draws from its own copy of the streams.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import multiprocessing
 import pickle
@@ -38,120 +36,53 @@ Item = tuple[list[dict[str, Any]], list[dict[str, torch.Tensor]]]  # (stream sta
 
 
 class BatchPrefetcher:
-    """``depth`` steps of batches from ``streams`` (one batch per stream and step), drawn ahead on a thread."""
+    """``depth`` steps of batches from ``streams`` (one batch per stream and step), drawn ahead on a thread, or in
+    a forked child process with ``process=True`` (Linux, macOS; the child never touches CUDA, and tensors come
+    back by value through the queue's pipe)."""
 
-    def __init__(self, streams: list, depth: int = 2) -> None:
+    def __init__(self, streams: list, depth: int = 2, process: bool = False) -> None:
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
-        self.streams = streams
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._peeked: Item | None = None
-        # States before each drawn batch not yet handed out (the producer appends, get() pops): on close
-        # the streams go back to the first of them, so nothing drawn ahead is ever skipped.
-        self._undelivered: collections.deque = collections.deque()
-        self._thread = threading.Thread(target=self._produce, name="timemoe-data", daemon=True)
-        self._thread.start()
-
-    def _produce(self) -> None:
-        try:
-            while not self._stop.is_set():
-                states = [s.state_dict() for s in self.streams]
-                self._undelivered.append(states)
-                item = (states, [s.next_batch() for s in self.streams])
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # noqa: BLE001 - handed to the training thread, raised there
-            self._queue.put(exc)
-
-    def _take(self) -> Item:
-        if self._stop.is_set():
-            raise RuntimeError("this BatchPrefetcher is closed")
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self.close()
-            raise item  # the data pipeline's own error (its traceback points into the thread)
-        return item
-
-    def get(self) -> Item:
-        """The next step's (states before it, batches), waiting for it if it is not drawn yet."""
-        item = self._peeked if self._peeked is not None else self._take()
-        self._peeked = None
-        self._undelivered.popleft()
-        return item
-
-    def next_states(self) -> list[dict[str, Any]]:
-        """The streams' states before the next undelivered batch: what a checkpoint must record."""
-        if self._peeked is None:
-            self._peeked = self._take()
-        return self._peeked[0]
-
-    def close(self) -> None:
-        """Stop the thread and put the streams back where the first batch not handed out began."""
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
-        if self._undelivered:
-            for stream, state in zip(self.streams, self._undelivered[0]):
-                stream.load_state_dict(state)
-            self._undelivered.clear()
-        self._peeked = None
-
-
-class ProcessBatchPrefetcher:
-    """``depth`` steps of batches from ``streams``, drawn ahead in a forked child process (Linux, macOS).
-
-    Same interface as :class:`BatchPrefetcher`. Tensors come back by value through the queue's pipe. The child
-    never touches CUDA (the data pipeline is numpy and CPU tensors)."""
-
-    def __init__(self, streams: list, depth: int = 2) -> None:
-        if depth < 1:
-            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
-        if "fork" not in multiprocessing.get_all_start_methods():
+        if process and "fork" not in multiprocessing.get_all_start_methods():
             raise RuntimeError("the data worker process needs the 'fork' start method; use the thread instead")
-        context = torch.multiprocessing.get_context("fork")
         self.streams = streams
         # States after the last batch handed out (so far: the streams' own): what close() restores and a
         # checkpoint records.
         self._after = [s.state_dict() for s in streams]
-        self._queue = context.Queue(maxsize=depth)
-        self._stop = context.Event()
         self._closed = False
-        self._process = context.Process(
-            target=_draw_in_child, args=(streams, self._queue, self._stop), name="timemoe-data", daemon=True
+        self._kind = "process" if process else "thread"
+        if process:
+            context = torch.multiprocessing.get_context("fork")
+            self._queue, self._stop, worker = context.Queue(maxsize=depth), context.Event(), context.Process
+        else:
+            self._queue, self._stop, worker = queue.Queue(maxsize=depth), threading.Event(), threading.Thread
+        self._worker = worker(
+            target=_draw, args=(streams, self._queue, self._stop, process), name="timemoe-data", daemon=True
         )
-        self._process.start()
-        # A prefetcher dropped without close() (an abandoned trainer in a notebook) must not leave its child behind.
-        self._finalizer = weakref.finalize(self, _stop_child, self._stop, self._process)
+        self._worker.start()
+        # A prefetcher dropped without close() (an abandoned trainer in a notebook) must not leave its worker behind.
+        self._finalizer = weakref.finalize(self, _stop_worker, self._stop, self._worker)
 
     def get(self) -> Item:
-        """The next step's (states before it, batches), waiting for the child if it is not drawn yet."""
+        """The next step's (states before it, batches), waiting for the worker if it is not drawn yet."""
         if self._closed:
-            raise RuntimeError("this ProcessBatchPrefetcher is closed")
+            raise RuntimeError(f"this {type(self).__name__} is closed")
         while True:
             try:
                 item = self._queue.get(timeout=1.0)
                 break
             except Exception as exc:  # noqa: BLE001 - Empty, or a batch whose sender died while sending it
-                if self._process.is_alive():
+                if self._worker.is_alive():
                     if isinstance(exc, queue.Empty):
                         continue
                     raise
-                self._process.join()
-                code = self._process.exitcode
+                self._worker.join()
+                code = getattr(self._worker, "exitcode", None)
                 self.close()
-                raise RuntimeError(f"the data worker process died (exit code {code})") from None
+                raise RuntimeError(f"the data worker {self._kind} died (exit code {code})") from None
         if isinstance(item, BaseException):
             self.close()
-            raise item  # the data pipeline's own error, with the child's traceback in its message
+            raise item  # the data pipeline's own error
         before, batches, self._after = _from_values(item)
         return before, batches
 
@@ -160,51 +91,63 @@ class ProcessBatchPrefetcher:
         return self._after
 
     def close(self) -> None:
-        """Stop the child and put the streams at the state after the last batch handed out."""
+        """Stop the worker and put the streams at the state after the last batch handed out."""
         if self._closed:
             return
         self._closed = True
         self._finalizer.detach()
         self._stop.set()
         deadline = time.monotonic() + 10.0
-        while self._process.is_alive() and time.monotonic() < deadline:
-            try:  # a child blocked on a full queue needs room to notice the stop
+        while self._worker.is_alive() and time.monotonic() < deadline:
+            try:  # a worker blocked on a full queue needs room to notice the stop
                 self._queue.get(timeout=0.05)
             except Exception:  # noqa: BLE001 - Empty, or a discarded batch whose shared memory has gone
                 pass
-        if self._process.is_alive():
+        if self._worker.is_alive() and self._kind == "process":
             log.warning("data worker process did not stop within 10 s; terminating it")
-            self._process.terminate()
-        self._process.join()
-        self._queue.cancel_join_thread()
-        self._queue.close()
+            self._worker.terminate()
+        self._worker.join()
+        if self._kind == "process":  # the queue's feeder thread must not block this process's exit
+            self._queue.cancel_join_thread()
+            self._queue.close()
         for stream, state in zip(self.streams, self._after):
             stream.load_state_dict(state)
 
 
-def _stop_child(stop, process) -> None:
+class ProcessBatchPrefetcher(BatchPrefetcher):
+    """:class:`BatchPrefetcher` drawing in a forked child process."""
+
+    def __init__(self, streams: list, depth: int = 2) -> None:
+        super().__init__(streams, depth, process=True)
+
+
+def _stop_worker(stop, worker) -> None:
     stop.set()
-    process.terminate()
-    process.join(timeout=5)
+    if hasattr(worker, "terminate"):
+        worker.terminate()
+    worker.join(timeout=5)
 
 
-def _draw_in_child(streams: list, out, stop) -> None:
-    """The child's loop: (states before, batches, states after) per step until told to stop."""
-    torch.set_num_threads(1)  # the training process owns the cores
+def _draw(streams: list, out, stop, in_child: bool) -> None:
+    """The worker's loop: (states before, batches, states after) per step until told to stop."""
+    if in_child:
+        torch.set_num_threads(1)  # the training process owns the cores
     try:
         while not stop.is_set():
             before = [s.state_dict() for s in streams]
             batches = [s.next_batch() for s in streams]
-            item = _by_value((before, batches, [s.state_dict() for s in streams]))
+            item = (before, batches, [s.state_dict() for s in streams])
+            if in_child:
+                item = _by_value(item)
             while not stop.is_set():
                 try:
                     out.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
-    except BaseException as exc:  # noqa: BLE001 - handed to the training process, raised there
-        out.put(_crossing_error(exc))
-        # Batches still queued share their memory through this process: it must outlive their reception.
+    except BaseException as exc:  # noqa: BLE001 - handed to the training loop, raised there
+        out.put(_crossing_error(exc) if in_child else exc)
+        # A child's queued batches cross through its pipe: it must outlive their reception.
         stop.wait()
 
 
@@ -251,7 +194,7 @@ def _crossing_error(exc: BaseException) -> BaseException:
     return error
 
 
-def start_prefetcher(mode: str, streams: list, depth: int = 2) -> BatchPrefetcher | ProcessBatchPrefetcher:
+def start_prefetcher(mode: str, streams: list, depth: int = 2) -> BatchPrefetcher:
     """A prefetcher of ``mode`` ("thread" or "process")."""
     if mode == "thread":
         return BatchPrefetcher(streams, depth)

@@ -37,7 +37,7 @@ from .parallel import (
     parallelize,
     resolve_fsdp,
 )
-from .prefetch import BatchPrefetcher, ProcessBatchPrefetcher, start_prefetcher
+from .prefetch import BatchPrefetcher, start_prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
-        self._prefetcher: BatchPrefetcher | ProcessBatchPrefetcher | None = None  # started by the first fetch
+        self._prefetcher: BatchPrefetcher | None = None  # started by the first fetch
         self.data_prefetch = resolve_prefetch(cfg.data_prefetch, ctx.device)
 
     # One optimizer step -------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class Trainer:
         return [s.state_dict() for s in self.streams]
 
     def close(self) -> None:
-        """Stop the background data thread, if any (``run`` does this when it ends)."""
+        """Stop the background data worker, if any (``run`` does this when it ends)."""
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
@@ -152,7 +152,7 @@ class Trainer:
         """Host batches -> device batches, their loss-point counts per head (on the device) and tokens.
 
         Done for the next step while the GPU still runs this one, so that after the step's host sync
-        the GPU waits only for the optimizer's launch, not for copies and counting kernels."""
+        the GPU does not wait for copies and counting kernels."""
         tokens = sum(int(b["attention_mask"].sum()) for b in batches) if "attention_mask" in batches[0] else 0
         on_gpu = self.ctx.device.type == "cuda"
         batches = [self._to_device({k: v.pin_memory() if on_gpu else v for k, v in b.items()}) for b in batches]
@@ -326,7 +326,7 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         first = self.ctx.rank * self.cfg.grad_accum
-        self.close()  # a data thread drawing from the old positions must not run on
+        self.close()  # a data worker drawing from the old positions must not run on
         for stream, state in zip(self.streams, trainer_state["data"][first : first + self.cfg.grad_accum]):
             stream.load_state_dict(state)
         rng = trainer_state["rng"]
