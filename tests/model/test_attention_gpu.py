@@ -49,20 +49,29 @@ def test_flex_falls_back_to_sdpa_for_narrow_heads():
     torch.testing.assert_close(hidden[1], hidden[0])
 
 
-def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():
+def small_flex_trainer(compile, **changes):
+    """The ``small`` preset on packed rows with the flex backend, fp32, and a fixed evaluation stream."""
     from timemoe_forecaster.train.parallel import DistContext
     from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data
 
+    cfg = TrainConfig(
+        config="small", data=["synthetic#max_length=1024"], output_dir=None, max_steps=4, batch_size=4,
+        max_length=256, lr=1e-3, progress=False, device="cuda", dtype="fp32", attn_backend="flex",
+        compile=compile, **changes,
+    )  # fmt: skip
+    ctx = DistContext(device=torch.device("cuda"))
+    stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
+
+    def eval_stream():
+        return make_stream(open_data(cfg.data, 99), cfg, 0, 1, 99)
+
+    return Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream], eval_stream=eval_stream)
+
+
+def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():
     losses = {}
     for compile in (False, "model", "model-cudagraphs"):
-        cfg = TrainConfig(
-            config="small", data=["synthetic#max_length=1024"], output_dir=None, max_steps=3, batch_size=4,
-            max_length=256, lr=1e-3, progress=False, device="cuda", dtype="fp32", attn_backend="flex",
-            compile=compile,
-        )  # fmt: skip
-        ctx = DistContext(device=torch.device("cuda"))
-        stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
-        trainer = Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream])
+        trainer = small_flex_trainer(compile)
         losses[compile] = [trainer.train_step(prefetch=False)["loss"] for _ in range(3)]
     for mode in ("model", "model-cudagraphs"):
         assert losses[mode] == pytest.approx(losses[False], rel=1e-3), mode
@@ -70,23 +79,9 @@ def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():
 
 def test_evaluate_between_steps_under_cuda_graphs_matches_eager():
     # evaluate() records a second (no-grad) graph; training must carry on unchanged after it.
-    from timemoe_forecaster.train.parallel import DistContext
-    from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data
-
     records = {}
     for compile in (False, "model-cudagraphs"):
-        cfg = TrainConfig(
-            config="small", data=["synthetic#max_length=1024"], output_dir=None, max_steps=4, batch_size=4,
-            max_length=256, lr=1e-3, progress=False, device="cuda", dtype="fp32", attn_backend="flex",
-            compile=compile, eval_batches=2, data_prefetch="off",
-        )  # fmt: skip
-        ctx = DistContext(device=torch.device("cuda"))
-        stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
-
-        def eval_stream(cfg=cfg):
-            return make_stream(open_data(cfg.data, 99), cfg, 0, 1, 99)
-
-        trainer = Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream], eval_stream=eval_stream)
+        trainer = small_flex_trainer(compile, eval_batches=2, data_prefetch="off")
         losses = [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
         evals = [trainer.evaluate()]
         losses += [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
