@@ -243,7 +243,7 @@ def flex_kernel_options(q: torch.Tensor) -> dict[str, int] | None:
     widths not measured)."""
     if q.dtype not in (torch.bfloat16, torch.float16):
         return None
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and q.device.index not in _FLEX_CHECKED:  # once per GPU, not per layer
         prepare_flex_tiles(q.device)
     return _FLEX_TILES.get((q.device.index, q.shape[-1]))
 
