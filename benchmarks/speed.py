@@ -178,7 +178,9 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
     - "blocks": each decoder block (torchtitan's granularity, what ``train/parallel.py`` does);
     - "ffn": each block's norms and MoE layer only (attention and the KV cache stay eager);
     - "model": the whole model with its losses, one graph forward and one backward;
-    - "model-cudagraphs": the same, replayed as CUDA graphs (``mode="reduce-overhead"``).
+    - "model-cudagraphs": the same, replayed as CUDA graphs (``mode="reduce-overhead"``);
+    - "model-step-graph": compiled as "model"; ``train_case`` then records the whole step, optimizer
+      included, as one CUDA graph (``GraphedTrainStep``).
     """
     blocks = model.model.layers
     if checkpointing:
@@ -192,7 +194,7 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
         for block in blocks:
             for part in (block.input_layernorm, block.post_attention_layernorm, block.ffn_layer):
                 part.compile(backend=backend)
-    elif compile_parts == "model":
+    elif compile_parts in ("model", "model-step-graph"):
         model.compile(backend=backend)
     elif compile_parts == "model-cudagraphs":
         model.compile(backend=backend, **({"mode": "reduce-overhead"} if backend == "inductor" else {}))
@@ -236,12 +238,14 @@ def train_step_fn(loss_fn, model, optimizer, batch):
     return step
 
 
-def ours_optimizer(model, lean: bool, fused_ok: bool):
-    """Fused AdamW (our trainer's default on GPU); ``lean``: the trainer's bf16 stochastic-rounding AdamW."""
+def ours_optimizer(model, lean: bool, fused_ok: bool, capturable: bool = False):
+    """Fused AdamW (our trainer's default on GPU); ``lean``: the trainer's bf16 stochastic-rounding AdamW;
+    ``capturable``: the update recordable in a CUDA graph."""
     try:
         from timemoe_forecaster.train.optim import build_optimizer
 
-        return build_optimizer(model, lr=LR, weight_decay=0.1, optim_dtype="bf16" if lean else "fp32")
+        dtype = "bf16" if lean else "fp32"
+        return build_optimizer(model, lr=LR, weight_decay=0.1, optim_dtype=dtype, capturable=capturable)
     except ImportError:
         return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1, fused=fused_ok or None)
 
@@ -369,11 +373,20 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         del opt, fn, ref
         free_memory()
     for name, checkpointing, compile_parts, lean, dispatch in variants:
+        if compile_parts == "model-step-graph" and device != "cuda":
+            runner.emit({"impl": "ours", "variant": name, **base, "status": "skipped (CUDA graphs need a GPU)"})
+            continue
         model = make_ours()
         model.set_moe_dispatch(dispatch)
         prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
-        opt = ours_optimizer(model, lean, fused_ok=device == "cuda")
+        step_graph = compile_parts == "model-step-graph"
+        opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
         fn = train_step_fn(ours_loss, model, opt, data)
+        if step_graph:
+            from timemoe_forecaster.train.step_graph import GraphedTrainStep
+
+            graphed = GraphedTrainStep(lambda b, m=model: ours_loss(m, b), opt)
+            fn = lambda g=graphed: g(data)  # noqa: E731
         need = 120 if compile_parts else 30
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
                                 "tokens_per_s", need_s=need)  # fmt: skip
@@ -461,11 +474,12 @@ def infer_variants(plan: Plan):
 TRAIN_VARIANTS = [  # name, activation checkpointing, compile, lean optimizer, MoE dispatch
     ("eager", False, None, False, "auto"),
     ("compiled-model+cudagraphs", False, "model-cudagraphs", False, "auto"),
+    ("compiled-model+step-graph", False, "model-step-graph", False, "auto"),
     ("compiled-model", False, "model", False, "auto"),
     ("compiled-blocks", False, "blocks", False, "auto"),
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
-PROFILED_TRAIN = {"compiled-blocks", "compiled-model"}
+PROFILED_TRAIN = {"compiled-blocks", "compiled-model", "compiled-model+step-graph"}
 PROFILED_INFER = {"compiled-blocks + CUDA graph"}  # at h 96 and h 720
 
 
@@ -490,8 +504,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             infer_cases(runner, size, config, dtype_name, ref, ours, plan.infer.get(group, []), ivariants)
             for _, batch in [t for t in plan.train.get(group, []) if t[0] == dtype_name]:
                 variants = list(TRAIN_VARIANTS)
-                if group == "large-train":  # the two fastest set-ups, with kernel profiles
-                    variants = [v for v in TRAIN_VARIANTS if v[0] in ("compiled-model+cudagraphs", "compiled-model")]
+                if group == "large-train":  # the fastest set-ups, with kernel profiles
+                    fastest = ("compiled-model+step-graph", "compiled-model+cudagraphs", "compiled-model")
+                    variants = [v for v in TRAIN_VARIANTS if v[0] in fastest]
                 if group == "base":
                     variants.append(("eager-loop-dispatch", False, None, False, "loop"))
                 make = lambda d=dtype: load_ours(workdir, d, device)  # noqa: E731

@@ -40,19 +40,24 @@ def build_optimizer(
     optim_dtype: str = "fp32",
     fused: bool | None = None,
     seed: int = 0,
+    capturable: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW over ``param_groups``; ``optim_dtype="bf16"`` gives :class:`StochasticRoundingAdamW`.
 
-    ``fused=None`` uses the fused CUDA kernel when every parameter is on a GPU.
+    ``fused=None`` uses the fused CUDA kernel when every parameter is on a GPU. ``capturable=True`` keeps
+    the step count on the device so the update can be recorded in a CUDA graph (``step_graph.py``).
     """
     if optim_dtype not in OPTIM_DTYPES:
         raise ValueError(f"optim_dtype must be one of {OPTIM_DTYPES}, got {optim_dtype!r}")
     groups = param_groups(model, weight_decay)
     if optim_dtype == "bf16":
+        if capturable:
+            raise ValueError("capturable=True needs optim_dtype='fp32' (torch's AdamW)")
         return StochasticRoundingAdamW(groups, lr=lr, betas=betas, eps=eps, seed=seed)
     if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    extra = {"capturable": True} if capturable else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None, **extra)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
