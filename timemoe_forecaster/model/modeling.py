@@ -355,7 +355,8 @@ def multi_horizon_loss(
             same = same.to(losses.dtype).expand(b, s, horizon, c)
             weight = same if weight is None else weight * same
         if weight is None:
-            denom = torch.tensor(float(losses.numel()), device=losses.device)
+            # A fill, not a host-to-device copy, so the loss can be recorded in a CUDA graph.
+            denom = losses.new_full((), float(losses.numel()))
             head_sum = losses.sum()
         else:
             head_sum = (losses * weight).sum()
