@@ -391,7 +391,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
                                 "tokens_per_s", need_s=need)  # fmt: skip
         if runner.profile_dir and record.get("status") == "ok" and name in PROFILED_TRAIN:
-            profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name}.txt")
+            profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name.replace('+', '_')}.txt")
         del model, opt, fn
         free_memory()
 
