@@ -7,7 +7,8 @@ one by one, so a change to the expert path is chosen by measurement:
 * forward: gate and up as two grouped GEMMs of width F, or one of width 2F (weights concatenated);
 * weight gradient (the sum over each expert's tokens): ``torch._grouped_mm`` in both orientations, a
   ``bmm`` over equal groups and one dense ``mm`` of the same FLOPs (what the shape could reach);
-* the sort of assignments by expert: ``torch.sort`` against a counting sort (compiled).
+* the sort of assignments by expert: ``torch.sort`` against ``moe.order_by_expert``'s counting sort
+  (both compiled; device time from CUDA graph replays).
 
     python benchmarks/moe_grouped_micro.py --out results.json
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import time_cuda
+from timemoe_forecaster.model.moe import order_by_expert
 
 
 def routed_offsets(assignments: int, experts: int, device) -> torch.Tensor:
@@ -30,17 +32,6 @@ def routed_offsets(assignments: int, experts: int, device) -> torch.Tensor:
     sizes = (share / share.sum() * assignments / 16).floor().to(torch.int64) * 16
     sizes[-1] += assignments - sizes.sum()
     return sizes.cumsum(0).to(device=device, dtype=torch.int32)
-
-
-def counting_order(experts_A: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Stable order of assignments by expert without a sort: rank within the expert plus its group start."""
-    hits_EA = (experts_A[None, :] == torch.arange(num_experts, device=experts_A.device)[:, None]).to(torch.int32)
-    ranks_EA = hits_EA.cumsum(dim=1)
-    ends_E = ranks_EA[:, -1].cumsum(0)
-    starts_A = (ends_E - ranks_EA[:, -1])[experts_A]
-    rank_A = (ranks_EA * hits_EA).sum(0) - 1
-    dest_A = starts_A + rank_A
-    return torch.empty_like(experts_A).scatter_(0, dest_A, torch.arange(experts_A.numel(), device=experts_A.device))
 
 
 def main() -> None:
@@ -88,7 +79,7 @@ def main() -> None:
     for assignments in (a, 2 * a, 1 << 20):
         experts_A = torch.randint(0, e, (assignments,), device=dev)
         by_sort = torch.compile(lambda t: torch.sort(t, stable=True)[1], dynamic=False)
-        by_count = torch.compile(lambda t: counting_order(t, e), dynamic=False)
+        by_count = torch.compile(lambda t: order_by_expert(t, e)[0], dynamic=False)
         assert torch.equal(by_sort(experts_A), by_count(experts_A)), "counting sort differs from the stable sort"
         for name, fn in (("sort", by_sort), ("counting", by_count)):
             # Device time alone: 20 calls recorded in a CUDA graph (a lone compiled call is host-bound).

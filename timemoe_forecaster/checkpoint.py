@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
-_STACKED = {"w_gate_EFH": "gate_proj", "w_up_EFH": "up_proj", "w_down_EHF": "down_proj"}
+# Internal stacked expert tensors -> the official per-expert projections they hold, in order along dim 1
+# (``w_gate_up_EGH`` keeps each expert's gate rows, then its up rows).
+_STACKED = {"w_gate_up_EGH": ("gate_proj", "up_proj"), "w_down_EHF": ("down_proj",)}
 _OFFICIAL_EXPERT = re.compile(
     r"^(model\.layers\.\d+\.ffn_layer)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$"
 )
@@ -43,8 +45,10 @@ def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in state_dict.items():
         prefix, _, leaf = key.rpartition(".")
         if leaf in _STACKED:
+            projections = _STACKED[leaf]
             for e in range(tensor.shape[0]):
-                out[f"{prefix}.experts.{e}.{_STACKED[leaf]}.weight"] = tensor[e]
+                for proj, part in zip(projections, tensor[e].chunk(len(projections), dim=0), strict=True):
+                    out[f"{prefix}.experts.{e}.{proj}.weight"] = part
         else:
             out[key] = tensor
     return out
@@ -60,12 +64,24 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             continue
         prefix, e, proj = match.group(1), int(match.group(2)), match.group(3)
         experts.setdefault((prefix, proj), {})[e] = tensor
-    leaf_of = {v: k for k, v in _STACKED.items()}
+    stacked: dict[tuple[str, str], torch.Tensor] = {}
     for (prefix, proj), by_expert in experts.items():
         if sorted(by_expert) != list(range(len(by_expert))):
             missing = sorted(set(range(max(by_expert) + 1)) - set(by_expert))
             raise CheckpointError(f"missing key {prefix}.experts.{missing[0]}.{proj}.weight")
-        out[f"{prefix}.{leaf_of[proj]}"] = torch.stack([by_expert[e] for e in range(len(by_expert))])
+        stacked[prefix, proj] = torch.stack([by_expert[e] for e in range(len(by_expert))])
+    for prefix in sorted({prefix for prefix, _ in stacked}):
+        for leaf, projections in _STACKED.items():
+            parts = [stacked.get((prefix, proj)) for proj in projections]
+            if all(part is None for part in parts):
+                continue
+            for proj, part in zip(projections, parts, strict=True):
+                if part is None:
+                    raise CheckpointError(f"missing key {prefix}.experts.0.{proj}.weight")
+            if len({part.shape[0] for part in parts}) != 1:
+                counts = ", ".join(f"{proj}: {part.shape[0]}" for proj, part in zip(projections, parts, strict=True))
+                raise CheckpointError(f"{prefix}: different numbers of experts per projection ({counts})")
+            out[f"{prefix}.{leaf}"] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return out
 
 
@@ -263,4 +279,6 @@ def load_pretrained(
 
 def to_official_name(key: str) -> str:
     prefix, _, leaf = key.rpartition(".")
-    return f"{prefix}.experts.*.{_STACKED[leaf]}.weight" if leaf in _STACKED else key
+    if leaf not in _STACKED:
+        return key
+    return " + ".join(f"{prefix}.experts.*.{proj}.weight" for proj in _STACKED[leaf])

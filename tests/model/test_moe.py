@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from timemoe_forecaster import TimeMoEConfig
-from timemoe_forecaster.model.moe import GROUPED_MM_ON_CPU, SparseExpertsLayer, load_balancing_loss, route
+from timemoe_forecaster.model.moe import (
+    GROUPED_MM_ON_CPU,
+    SparseExpertsLayer,
+    load_balancing_loss,
+    order_by_expert,
+    route,
+)
 
 
 def make_layer(dispatch="loop", seed=0, **overrides):
@@ -170,3 +176,17 @@ def test_set_moe_dispatch_switches_every_layer_and_refuses_unknown_names():
     assert {layer.ffn_layer.dispatch for layer in model.model.layers} == {"loop"}
     with pytest.raises(ValueError, match="unknown MoE dispatch"):
         model.set_moe_dispatch("fast")
+
+
+@pytest.mark.parametrize("assignments", [0, 1, 1023, 1024, 1025, 5000])
+@pytest.mark.parametrize("num_experts", [1, 3, 8])
+def test_counting_order_equals_a_stable_sort(assignments, num_experts):
+    g = torch.Generator().manual_seed(assignments + num_experts)
+    # Skewed routing with empty experts: only the first half of the experts is ever chosen.
+    experts_A = torch.randint(0, max(1, num_experts // 2), (assignments,), generator=g)
+    order_A, group_end_E = order_by_expert(experts_A, num_experts)
+    sorted_A, expected_order_A = torch.sort(experts_A, stable=True)
+    assert torch.equal(order_A, expected_order_A)
+    ids = torch.arange(num_experts)
+    assert torch.equal(group_end_E, torch.searchsorted(sorted_A, ids, right=True).to(torch.int32))
+    assert group_end_E.dtype == torch.int32

@@ -27,7 +27,7 @@ def test_no_weight_decay_on_norms_and_biases():
     assert all(p.dim() == 1 for p in no_decay["params"])
     no_decay_names = [names[id(p)] for p in no_decay["params"]]
     assert any("layernorm" in n for n in no_decay_names) and any(n.endswith("bias") for n in no_decay_names)
-    assert any("w_gate_EFH" in names[id(p)] for p in decay["params"])  # stacked experts decay
+    assert any("w_gate_up_EGH" in names[id(p)] for p in decay["params"])  # stacked experts decay
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 

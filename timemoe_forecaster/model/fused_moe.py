@@ -66,18 +66,20 @@ def expert_swiglu(
     x_TH: torch.Tensor,
     order_A: torch.Tensor,
     group_end_E: torch.Tensor,
-    w_gate_EFH: torch.Tensor,
-    w_up_EFH: torch.Tensor,
+    w_gate_up_EGH: torch.Tensor,
     top_k: int,
 ) -> torch.Tensor:
-    """silu(x W_gate^T) * (x W_up^T) per expert, for the token of each sorted assignment: [A, F]."""
+    """silu(x W_gate^T) * (x W_up^T) per expert, for the token of each sorted assignment: [A, F].
+
+    ``w_gate_up_EGH`` [E, 2F, H] holds each expert's gate rows, then its up rows."""
     triton, swiglu_kernel, _ = _kernels()
     x_TH = x_TH.contiguous()
-    e, f, h = w_gate_EFH.shape
+    e, g, h = w_gate_up_EGH.shape
+    f = g // 2
     out_AF = torch.empty(order_A.shape[0], f, dtype=x_TH.dtype, device=x_TH.device)
     if order_A.shape[0]:
         swiglu_kernel[_grid(triton, order_A.shape[0], f, e)](
-            x_TH, order_A, group_end_E, w_gate_EFH.contiguous(), w_up_EFH.contiguous(), out_AF,
+            x_TH, order_A, group_end_E, w_gate_up_EGH.contiguous(), out_AF,
             _rows_bucket(order_A.shape[0]),
             H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e,
         )  # fmt: skip
@@ -85,8 +87,8 @@ def expert_swiglu(
 
 
 @expert_swiglu.register_fake
-def _(x_TH, order_A, group_end_E, w_gate_EFH, w_up_EFH, top_k):
-    return x_TH.new_empty(order_A.shape[0], w_gate_EFH.shape[1])
+def _(x_TH, order_A, group_end_E, w_gate_up_EGH, top_k):
+    return x_TH.new_empty(order_A.shape[0], w_gate_up_EGH.shape[1] // 2)
 
 
 @torch.library.custom_op("timemoe::expert_down", mutates_args=())

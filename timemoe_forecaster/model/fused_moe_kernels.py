@@ -49,8 +49,7 @@ def swiglu_kernel(
     x_ptr,  # [T, H] tokens
     order_ptr,  # [A] assignment index (token * K + slot) of each sorted row
     group_end_ptr,  # [E] end row of each expert's group
-    w_gate_ptr,  # [E, F, H]
-    w_up_ptr,  # [E, F, H]
+    w_gate_up_ptr,  # [E, 2F, H]: each expert's gate rows, then its up rows
     out_ptr,  # [A, F]
     ROWS_BUCKET,  # power of two near A, for the autotuner alone: a prefill and a decode step differ
     H: tl.constexpr,
@@ -67,7 +66,7 @@ def swiglu_kernel(
     token = (tl.load(order_ptr + rows, mask=row_ok, other=0) // TOP_K).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < F
-    w_base = expert.to(tl.int64) * F * H
+    w_base = expert.to(tl.int64) * 2 * F * H
     gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
@@ -76,8 +75,8 @@ def swiglu_kernel(
         a = tl.load(x_ptr + token[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w_offsets = w_base + cols[None, :] * H + ks[:, None]  # [BLOCK_K, BLOCK_N]: W^T
         w_mask = k_ok[:, None] & col_ok[None, :]
-        gate = tl.dot(a, tl.load(w_gate_ptr + w_offsets, mask=w_mask, other=0.0), gate)
-        up = tl.dot(a, tl.load(w_up_ptr + w_offsets, mask=w_mask, other=0.0), up)
+        gate = tl.dot(a, tl.load(w_gate_up_ptr + w_offsets, mask=w_mask, other=0.0), gate)
+        up = tl.dot(a, tl.load(w_gate_up_ptr + F * H + w_offsets, mask=w_mask, other=0.0), up)
     act = gate * tl.sigmoid(gate) * up
     out_offsets = rows.to(tl.int64)[:, None] * F + cols[None, :]
     tl.store(out_ptr + out_offsets, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

@@ -194,7 +194,7 @@ class TimeMoEForPrediction(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
         for name, param in self.named_parameters():
-            if name.endswith(("_EFH", "_EHF")):
+            if name.endswith(("_EGH", "_EHF")):
                 param.normal_(0.0, std)
 
     @property

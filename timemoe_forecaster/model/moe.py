@@ -2,15 +2,16 @@
 
 Each token goes to its top-k routed experts, weighted by the (un-renormalised) softmax router
 probabilities, plus one shared expert behind a sigmoid gate. Routed experts are stored stacked
-(``w_gate_EFH`` …) so they can run as one grouped GEMM; ``checkpoint.py`` maps them to and from the
-official per-expert keys.
+(``w_gate_up_EGH``, ``w_down_EHF``) so they can run as one grouped GEMM, gate and up projections side
+by side so that both are one GEMM; ``checkpoint.py`` maps them to and from the official per-expert keys.
 
 Three dispatch paths compute the same function: ``loop`` (one matmul per expert, the readable
 reference), ``grouped`` (tokens sorted by expert, ``torch._grouped_mm`` over the groups) and, for
 inference on CUDA in bf16/fp16, ``fused`` (two Triton kernels, ``fused_moe.py``). ``auto`` picks
 fused when it can run, else grouped when it can, else loop.
 
-Shape legend: T tokens (B·S), H hidden, E experts, K top-k, F expert width, A = T·K assignments.
+Shape legend: T tokens (B·S), H hidden, E experts, K top-k, F expert width, G = 2F (gate and up),
+A = T·K assignments.
 """
 
 from __future__ import annotations
@@ -70,6 +71,36 @@ def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     return torch.stack(weights, dim=-1), torch.stack(experts, dim=-1)  # [T, K], [T, K]
 
 
+ORDER_CHUNK = 1024  # assignments per scan row in ``order_by_expert``
+
+
+def order_by_expert(experts_A: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assignments sorted by expert, stably ([A] indices), and the end of each expert's group ([E] int32).
+
+    A counting sort, not ``torch.sort``: each assignment's place is the start of its expert's group plus
+    the number of earlier assignments to the same expert, a prefix sum over chunks of ``ORDER_CHUNK``
+    that runs in parallel. Same result as a stable sort; under torch.compile on an H100 the radix sort
+    took 68 us per layer at the large model's training shapes (benchmarks/moe_grouped_micro.py). The
+    shapes are static: no device-to-host sync and no graph break.
+    """
+    a, device = experts_A.shape[0], experts_A.device
+    pad = (-a) % ORDER_CHUNK
+    padded_A = F.pad(experts_A, (0, pad), value=num_experts)  # padding matches no expert
+    expert_ids_E = torch.arange(num_experts, device=device, dtype=experts_A.dtype)
+    hits_ECL = (padded_A.view(1, -1, ORDER_CHUNK) == expert_ids_E[:, None, None]).to(torch.int32)
+    within_ECL = hits_ECL.cumsum(dim=-1)  # rank inside the chunk, inclusive
+    chunk_total_EC = within_ECL[..., -1]
+    before_chunk_EC = chunk_total_EC.cumsum(dim=-1) - chunk_total_EC
+    counts_E = chunk_total_EC.sum(dim=-1)
+    group_end_E = counts_E.cumsum(0)
+    hits_EA = hits_ECL.view(num_experts, -1)[:, :a]
+    rank_EA = (within_ECL + before_chunk_EC[..., None]).view(num_experts, -1)[:, :a]  # inclusive rank
+    rank_A = (rank_EA * hits_EA).sum(dim=0) - 1  # among earlier assignments to the same expert
+    place_A = (group_end_E - counts_E)[experts_A] + rank_A  # where each assignment goes
+    order_A = torch.empty_like(experts_A).scatter_(0, place_A, torch.arange(a, device=device))
+    return order_A, group_end_E.to(torch.int32)
+
+
 class SparseExpertsLayer(nn.Module):
     def __init__(self, config: TimeMoEConfig, dispatch: str = "auto") -> None:
         super().__init__()
@@ -84,9 +115,12 @@ class SparseExpertsLayer(nn.Module):
         self.num_experts, self.top_k, self.dispatch = e, config.num_experts_per_tok, dispatch
         self.act, self.hidden_act = ACTIVATIONS[config.hidden_act], config.hidden_act
         self.gate = nn.Linear(h, e, bias=False)
-        # Same layout as nn.Linear weights ([out, in]) so each expert slice is an official tensor.
-        self.w_gate_EFH = nn.Parameter(torch.empty(e, f, h))
-        self.w_up_EFH = nn.Parameter(torch.empty(e, f, h))
+        # Same layout as nn.Linear weights ([out, in]). Each expert's gate rows come first, then its up rows:
+        # one GEMM computes both (on the large model's training shapes on an H100, 486 TFLOP/s against 393
+        # for each half alone, benchmarks/moe_grouped_micro.py), and its backward is one GEMM for the
+        # input's gradient instead of two and a sum. Kept as one parameter, not concatenated per call: the
+        # copy and the split of its gradient cost 1.1 ms of a 37 ms large training step.
+        self.w_gate_up_EGH = nn.Parameter(torch.empty(e, 2 * f, h))
         self.w_down_EHF = nn.Parameter(torch.empty(e, h, f))
         self.shared_expert = GatedMLP(h, config.intermediate_size, config.hidden_act)
         self.shared_expert_gate = nn.Linear(h, 1, bias=False)
@@ -115,7 +149,7 @@ class SparseExpertsLayer(nn.Module):
         ok = (
             self.hidden_act == "silu"
             and compute_dtype in fused_moe.FUSED_DTYPES
-            and fused_moe.usable(x_TH, self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF)
+            and fused_moe.usable(x_TH, self.w_gate_up_EGH, self.w_down_EHF)
         )  # checked on the dtype the matmuls run in, as for the grouped path
         if self.dispatch == "fused" and not ok:
             raise RuntimeError(
@@ -139,7 +173,8 @@ class SparseExpertsLayer(nn.Module):
         return ok
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(x @ self.w_gate_EFH[e].T) * (x @ self.w_up_EFH[e].T)  # [n, F]
+        w_gate_FH, w_up_FH = self.w_gate_up_EGH[e].chunk(2, dim=0)
+        hidden = self.act(x @ w_gate_FH.T) * (x @ w_up_FH.T)  # [n, F]
         return hidden @ self.w_down_EHF[e].T  # [n, H]
 
     def _loop(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
@@ -154,20 +189,15 @@ class SparseExpertsLayer(nn.Module):
         return out_TH
 
     def _sort_by_expert(self, experts_TK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Assignments (token * K + slot) sorted by expert [A], and the end of each expert's group [E].
-
-        Unlike bincount, searchsorted has a static output shape: no device-to-host sync on CUDA and no
-        graph break under torch.compile."""
-        sorted_experts_A, order_A = torch.sort(experts_TK.reshape(-1), stable=True)
-        expert_ids_E = torch.arange(self.num_experts, device=experts_TK.device, dtype=sorted_experts_A.dtype)
-        return order_A, torch.searchsorted(sorted_experts_A, expert_ids_E, right=True).to(torch.int32)
+        """Assignments (token * K + slot) sorted by expert [A], and the end of each expert's group [E]."""
+        return order_by_expert(experts_TK.reshape(-1), self.num_experts)
 
     def _fused(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
         """The grouped path's function in two Triton kernels (``fused_moe``): SwiGLU experts on gathered
         rows, then the down projection written weighted to token order; each token sums its k rows."""
         order_A, offsets_E = self._sort_by_expert(experts_TK)
-        w_gate, w_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF))
-        act_AF = fused_moe.expert_swiglu(x_TH, order_A, offsets_E, w_gate, w_up, self.top_k)
+        w_gate_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_up_EGH, self.w_down_EHF))
+        act_AF = fused_moe.expert_swiglu(x_TH, order_A, offsets_E, w_gate_up, self.top_k)
         y_AH = fused_moe.expert_down(act_AF, order_A, offsets_E, w_down, weights_TK.reshape(-1))
         return y_AH.view(-1, self.top_k, y_AH.shape[-1]).sum(dim=1)  # [T, H]
 
@@ -177,12 +207,7 @@ class SparseExpertsLayer(nn.Module):
         token_A = order_A // self.top_k  # token of each sorted assignment
         x_AH = x_TH[token_A]
         # Under autocast the stacked weights are cast like nn.Linear weights would be.
-        w_gate, w_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_EFH, self.w_up_EFH, self.w_down_EHF))
-        # Gate and up as one GEMM of twice the width: on the large model's training shapes on an H100 that
-        # ran at 486 TFLOP/s against 393 for each half alone, and its backward is one GEMM for the input's
-        # gradient instead of two and a sum (benchmarks/moe_grouped_micro.py). The weights stay two
-        # parameters (the checkpoint layout); their concatenation is one copy of the expert weights.
-        w_gate_up = torch.cat((w_gate, w_up), dim=1)  # [E, 2F, H]
+        w_gate_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_up_EGH, self.w_down_EHF))
         gate_AF, up_AF = torch._grouped_mm(x_AH, w_gate_up.transpose(1, 2), offs=offsets_E).chunk(2, dim=-1)
         y_AH = torch._grouped_mm(self.act(gate_AF) * up_AF, w_down.transpose(1, 2), offs=offsets_E)
         # Back to assignment order with a permutation (no atomics, and its gradient is a gather), then
