@@ -180,7 +180,7 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
     - "model": the whole model with its losses, one graph forward and one backward;
     - "model-cudagraphs": the same, replayed as CUDA graphs (``mode="reduce-overhead"``);
     - "model-step-graph": compiled as "model"; ``train_case`` then records the whole step, optimizer
-      included, as one CUDA graph (``GraphedTrainStep``).
+      included, as one CUDA graph (``GraphedStep``).
     """
     blocks = model.model.layers
     if checkpointing:
@@ -229,11 +229,14 @@ def ours_loss(model, batch):
 
 
 def train_step_fn(loss_fn, model, optimizer, batch):
-    def step():
-        loss = loss_fn(model, batch)
+    """One training step; called with no argument on ``batch``, or on the batch given (graphed steps)."""
+
+    def step(inputs=None):
+        loss = loss_fn(model, batch if inputs is None else inputs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step
 
@@ -383,9 +386,10 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
         fn = train_step_fn(ours_loss, model, opt, data)
         if step_graph:
-            from timemoe_forecaster.train.step_graph import GraphedTrainStep
+            from timemoe_forecaster.train.step_graph import GraphedStep, check_capturable
 
-            graphed = GraphedTrainStep(lambda b, m=model: ours_loss(m, b), opt)
+            check_capturable(opt)
+            graphed = GraphedStep(train_step_fn(ours_loss, model, opt, data))
             fn = lambda g=graphed: g(data)  # noqa: E731
         need = 120 if compile_parts else 30
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,

@@ -40,7 +40,8 @@ _HELP = {
     "optim_dtype": "fp32, or bf16: bf16 weights and AdamW states with stochastic rounding (half the memory)",
     "fused": "fused AdamW kernel (auto = on GPU)",
     "compile": "torch.compile: blocks (what --compile alone means), model (whole model and losses), "
-    "model-cudagraphs (the same replayed as CUDA graphs: --no-pack or --attn-backend flex), off",
+    "model-cudagraphs (the same replayed as CUDA graphs: --no-pack or --attn-backend flex), "
+    "model-step-graph (each whole step, AdamW included, one CUDA graph: one GPU, same shape rules), off",
     "attn_backend": "sdpa, eager, varlen (packed rows on CUDA), flex (packed rows, static shapes) or flash_attn",
     "fsdp": "FSDP2 sharding under torchrun: true, false or auto (>= 1B parameters)",
     "device": "cpu, cuda or cuda:N (default: this process's GPU if any)",

@@ -9,8 +9,17 @@ import torch
 
 from timemoe_forecaster.config import TimeMoEConfig
 from timemoe_forecaster.model.modeling import TimeMoEForPrediction
-from timemoe_forecaster.train.optim import build_optimizer
-from timemoe_forecaster.train.step_graph import GraphedTrainStep
+from timemoe_forecaster.train.config import TrainConfig
+from timemoe_forecaster.train.optim import build_optimizer, build_scheduler
+from timemoe_forecaster.train.parallel import DistContext
+from timemoe_forecaster.train.step_graph import (
+    GraphedStep,
+    check_capturable,
+    restore_tensor_lr,
+    use_float_lr,
+    use_tensor_lr,
+)
+from timemoe_forecaster.train.trainer import Trainer, build_model, make_stream, open_data
 
 
 def needs_gpu(test):
@@ -33,21 +42,27 @@ def batches(n: int, device: str, shape=(2, 128)) -> list[dict[str, torch.Tensor]
     return out
 
 
-def loss_of(model):
-    return lambda batch: model(batch["inputs"], labels=batch["labels"]).loss
+def train_step(model, optimizer):
+    def step(batch):
+        loss = model(batch["inputs"], labels=batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
 
 
+# Checks that run anywhere -------------------------------------------------------------------------
 def test_refuses_an_optimizer_that_cannot_be_recorded():
-    model = small_model("cpu")
     with pytest.raises(ValueError, match="capturable=True"):
-        GraphedTrainStep(loss_of(model), build_optimizer(model, lr=1e-3, fused=False))
+        check_capturable(build_optimizer(small_model("cpu"), lr=1e-3, fused=False))
 
 
 def test_refuses_parameters_off_the_gpu():
-    model = small_model("cpu")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True)
+    optimizer = torch.optim.AdamW(small_model("cpu").parameters(), lr=1e-3, capturable=True)
     with pytest.raises(ValueError, match="CUDA device"):
-        GraphedTrainStep(loss_of(model), optimizer)
+        check_capturable(optimizer)
 
 
 def test_the_bf16_optimizer_cannot_be_capturable():
@@ -55,6 +70,61 @@ def test_the_bf16_optimizer_cannot_be_capturable():
         build_optimizer(small_model("cpu"), lr=1e-3, optim_dtype="bf16", capturable=True)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(optim_dtype="bf16"), "fused fp32 AdamW"),
+        (dict(fused=False), "fused fp32 AdamW"),
+        (dict(pack=True, attn_backend="sdpa"), "static shapes"),
+        (dict(fsdp=True), "FSDP2"),
+    ],
+)
+def test_train_config_refuses_what_a_step_graph_cannot_record(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(compile="model-step-graph", **{"pack": False, **changes})
+
+
+def test_the_trainer_refuses_a_step_graph_off_the_gpu():
+    cfg = TrainConfig(config="tiny", compile="model-step-graph", pack=False, max_length=32, progress=False)
+    ctx = DistContext(device=torch.device("cpu"))
+    model = build_model(cfg, ctx.device)
+    stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
+    with pytest.raises(ValueError, match="needs a CUDA device and one process"):
+        Trainer(cfg, ctx, model, [stream])
+
+
+def test_tensor_learning_rates_follow_the_schedule_and_save_as_floats():
+    model = small_model("cpu").float()
+    optimizer = build_optimizer(model, lr=1e-2)
+    scheduler = build_scheduler(optimizer, warmup_steps=4, max_steps=10, min_lr_ratio=0.1)
+    use_tensor_lr(optimizer)
+    tensors = [group["lr"] for group in optimizer.param_groups]
+    expected = []
+    for _ in range(3):
+        optimizer.step()  # no gradients: nothing moves, but the scheduler sees the usual order
+        scheduler.step()
+        expected.append(float(scheduler.get_last_lr()[0]))
+        # The scheduler fills the same tensor in place: a recorded update reads it at every replay.
+        assert all(group["lr"] is t for group, t in zip(optimizer.param_groups, tensors))
+        assert float(tensors[0]) == pytest.approx(expected[-1])
+    assert len(set(expected)) == 3  # the warm-up really changed the rate
+    saved = use_float_lr(optimizer)
+    assert all(type(group["lr"]) is float for group in optimizer.param_groups)
+    state = copy.deepcopy(optimizer.state_dict())
+    optimizer.param_groups[0]["lr"] = 0.5  # what loading another state would do
+    restore_tensor_lr(optimizer, saved)
+    assert optimizer.param_groups[0]["lr"] is tensors[0] and float(tensors[0]) == 0.5
+    assert state["param_groups"][0]["lr"] == pytest.approx(expected[-1])
+
+
+def test_a_graphed_step_needs_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        GraphedStep(lambda inputs: inputs)
+
+
+# On a GPU -------------------------------------------------------------------------------------------
 @needs_gpu
 @pytest.mark.parametrize("warmup", [1, 3])
 def test_graphed_steps_train_like_eager_steps(warmup):
@@ -62,16 +132,16 @@ def test_graphed_steps_train_like_eager_steps(warmup):
     graphed_model = copy.deepcopy(eager_model)
     eager_opt = build_optimizer(eager_model, lr=1e-3, capturable=True)
     graphed_opt = build_optimizer(graphed_model, lr=1e-3, capturable=True)
-    step = GraphedTrainStep(loss_of(graphed_model), graphed_opt, warmup=warmup)
+    check_capturable(graphed_opt)
+    eager_step, graphed = (
+        train_step(eager_model, eager_opt),
+        GraphedStep(train_step(graphed_model, graphed_opt), warmup),
+    )
     eager_losses, graphed_losses = [], []
     for batch in batches(7, "cuda"):
-        loss = loss_of(eager_model)(batch)
-        loss.backward()
-        eager_opt.step()
-        eager_opt.zero_grad(set_to_none=True)
-        eager_losses.append(loss.item())
-        graphed_losses.append(step(batch).item())  # a different batch every call: the copy-in must work
-    assert step._graph is not None  # the later steps did replay a recorded graph
+        eager_losses.append(eager_step(batch).item())
+        graphed_losses.append(graphed(batch).item())  # a different batch every call: the copy-in must work
+    assert graphed.graph is not None  # the later steps did replay a recorded graph
     # Same kernels in the same order; only atomics in attention's backward may differ in the last bit.
     assert graphed_losses == pytest.approx(eager_losses, rel=1e-3)
     assert len(set(graphed_losses)) == len(graphed_losses)  # each step saw its own batch
@@ -84,10 +154,42 @@ def test_graphed_steps_train_like_eager_steps(warmup):
 
 
 @needs_gpu
-def test_a_batch_of_another_shape_is_refused_after_recording():
+def test_inputs_of_another_shape_are_refused_after_recording():
     model = small_model("cuda")
-    step = GraphedTrainStep(loss_of(model), build_optimizer(model, lr=1e-3, capturable=True), warmup=1)
+    graphed = GraphedStep(train_step(model, build_optimizer(model, lr=1e-3, capturable=True)), warmup=1)
     for batch in batches(2, "cuda"):
-        step(batch)
+        graphed(batch)
     with pytest.raises(ValueError, match="one fixed shape"):
-        step(batches(1, "cuda", shape=(3, 128))[0])
+        graphed(batches(1, "cuda", shape=(3, 128))[0])
+
+
+def gpu_trainer(compile_mode: str, **changes) -> Trainer:
+    values = dict(config="small", data=["synthetic#max_length=512"], output_dir=None, max_steps=8, batch_size=4,
+                  max_length=256, pack=False, lr=1e-2, warmup_steps=5, progress=False, device="cuda",
+                  compile=compile_mode, data_prefetch="off")  # fmt: skip
+    cfg = TrainConfig(**{**values, **changes})
+    ctx = DistContext(device=torch.device("cuda"))
+    model = build_model(cfg, ctx.device)
+    return Trainer(cfg, ctx, model, [make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)])
+
+
+@needs_gpu
+def test_the_trainer_step_graph_trains_like_the_compiled_model_and_resumes(tmp_path):
+    plain, graphed = gpu_trainer("model"), gpu_trainer("model-step-graph", output_dir=str(tmp_path))
+    start = [p.detach().clone() for p in plain.model.parameters()]
+    for _ in range(6):  # 3 eager warm-up steps, 1 recorded, 2 replayed; the rate rises every step
+        a, b = plain.train_step(), graphed.train_step()
+        assert b["lr"] == pytest.approx(a["lr"]) and b["tokens"] == a["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2)
+    assert graphed._graphed is not None and graphed._graphed.graph is not None
+    # A stale recorded learning rate would leave the weights a whole update-fraction apart.
+    for p0, pa, pb in zip(start, plain.model.parameters(), graphed.model.parameters(), strict=True):
+        update = (pa - p0).abs().max()
+        assert (pb - pa).abs().max() <= 0.05 * update + 1e-7
+    path = graphed.save()
+    continued = [graphed.train_step()["loss"] for _ in range(2)]
+    resumed = gpu_trainer("model-step-graph", output_dir=str(tmp_path / "other"))
+    resumed.load(path)
+    again = [resumed.train_step()["loss"] for _ in range(2)]
+    assert again == pytest.approx(continued, rel=1e-3)

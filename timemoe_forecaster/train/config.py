@@ -17,7 +17,9 @@ DTYPES = ("auto", "bf16", "fp32")
 # torch.compile granularity: each decoder block (torchtitan's way, works with everything), the whole
 # model with its losses, or the whole model replayed as CUDA graphs (needs static shapes: unpacked rows
 # or the flex attention backend).
-COMPILE_MODES = ("blocks", "model", "model-cudagraphs")
+# "model-step-graph" compiles the whole model and records each training step (forward, backward, clipping,
+# AdamW) as one CUDA graph: no host work between the pieces (one GPU, one process, fused fp32 AdamW).
+COMPILE_MODES = ("blocks", "model", "model-cudagraphs", "model-step-graph")
 
 
 @dataclass
@@ -109,13 +111,20 @@ class TrainConfig:
             self.compile is False or self.compile in COMPILE_MODES,
             f"compile must be true, false or one of {COMPILE_MODES}, got {self.compile!r}",
         )
+        whole_model = self.compile in ("model", "model-cudagraphs", "model-step-graph")
         need(
-            not (self.compile in ("model", "model-cudagraphs") and self.fsdp is True),
-            "compile='model' compiles the whole model; with FSDP2 use compile='blocks'",
+            not (whole_model and self.fsdp is True),
+            f"compile={self.compile!r} compiles the whole model; with FSDP2 use compile='blocks'",
+        )
+        graphs = self.compile in ("model-cudagraphs", "model-step-graph")
+        need(
+            not (graphs and self.pack and self.attn_backend != "flex"),
+            f"compile={self.compile!r} needs static shapes: packed rows need --attn-backend flex (or use --no-pack)",
         )
         need(
-            not (self.compile == "model-cudagraphs" and self.pack and self.attn_backend != "flex"),
-            "compile='model-cudagraphs' needs static shapes: packed rows need --attn-backend flex (or use --no-pack)",
+            not (self.compile == "model-step-graph" and (self.optim_dtype != "fp32" or self.fused is False)),
+            "compile='model-step-graph' records the update too: it needs the fused fp32 AdamW "
+            "(--optim-dtype fp32, --fused not false)",
         )
         need(
             self.data_prefetch in PREFETCH_MODES,

@@ -109,8 +109,9 @@ def parallelize(
     """Wrap ``model`` (a TimeMoEForPrediction already on ``ctx.device``) for training.
 
     ``compile``: False, True/"blocks" (each decoder block), "model" (the whole forward with its losses:
-    one graph forward, one backward) or "model-cudagraphs" (the same, replayed as CUDA graphs; inputs
-    must keep their shapes). All compile in place, so parameter names and state_dict keys never change.
+    one graph forward, one backward), "model-cudagraphs" (the same, replayed as CUDA graphs; inputs
+    must keep their shapes) or "model-step-graph" (compiled as "model"; the trainer records each whole
+    step). All compile in place, so parameter names and state_dict keys never change.
     ``compile_backend`` goes to torch.compile ("aot_eager" in the CPU tests). ``param_dtype`` (bf16) is
     FSDP2's compute dtype; gradients are reduced in fp32. Returns the module
     to call for training; :func:`unwrap` gives back the plain model (same parameters).
@@ -126,7 +127,7 @@ def parallelize(
         from ..compile import compile_blocks
 
         compile_blocks(model, backend=compile_backend)  # in place: parameter names and state_dict keys stay unchanged
-    elif compile in ("model", "model-cudagraphs"):
+    elif compile in ("model", "model-cudagraphs", "model-step-graph"):  # the step graph is the trainer's
         if fsdp:
             raise ValueError("whole-model compile with FSDP2 is not supported here; use compile='blocks'")
         graphs = compile == "model-cudagraphs" and compile_backend == "inductor"

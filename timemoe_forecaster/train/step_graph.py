@@ -1,109 +1,167 @@
 """A whole training step (forward, backward, optimizer update) replayed as one CUDA graph.
 
 ``torch.compile(mode="reduce-overhead")`` graphs the forward and the backward separately and leaves
-the optimizer to the host; between the pieces the GPU waits for Python. On the large model that was
-about 3 ms of a 40 ms step on an H100 (``benchmarks/results/speed.md``). Recording the step as a
-whole removes every launch but one:
+the optimizer to the host; between the pieces the GPU waits for Python. Recording the step as a whole
+removes every launch but one:
 
     optimizer = build_optimizer(model, lr=1e-3, capturable=True)   # fused AdamW, state on the GPU
-    step = GraphedTrainStep(lambda batch: model(**batch).loss, optimizer)
+
+    def step(batch):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    graphed = GraphedStep(step)
     for batch in batches:          # tensors of one fixed shape, dtype and device
-        loss = step(batch)         # a tensor; reading it (loss.item()) waits for the step
+        loss = graphed(batch)      # a tensor; reading it (loss.item()) waits for the step
 
-The first ``warmup`` calls run eagerly on a side stream (torch.compile compiles there, the optimizer
-creates its state); the next one records the graph and replays it, and later ones only copy the batch
-into the graph's input tensors and replay. Every call is one real training step on its own batch, in
-order, so a graphed run trains like an eager one.
+The first ``warmup`` calls run ``step`` eagerly on a side stream (torch.compile compiles there, the
+optimizer creates its state); the next one records the graph and replays it, and later ones only copy
+the inputs into the graph's own tensors and replay. Every call is one real step on its own inputs, in
+order, so a graphed run trains like an eager one. The outputs are the graph's tensors: the next call
+overwrites them.
 
-What a graph cannot do, and so neither can this: host work inside the step (``.item()``, data-
-dependent shapes, a learning rate given as a Python float that changes: give the optimizer a tensor
-learning rate and update it in place instead), and gradient accumulation across calls (each replay
-overwrites the gradients).
+What a graph cannot hold, and so ``step`` must avoid: host work (``.item()``, data-dependent shapes,
+copies from pageable host memory) and a learning rate given as a Python float that changes (the
+replay would keep the recorded value: give the optimizer tensor learning rates, see
+:func:`use_tensor_lr`). Gradients set to None at the end of ``step`` are recreated by the next replay's
+backward in the same memory. Replacing tensors the graph reads (``optimizer.load_state_dict``,
+``model.to``) needs a new ``GraphedStep``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
 
-class GraphedTrainStep:
-    """``loss_fn(batch)`` + backward + ``optimizer.step()`` recorded once, then replayed per batch."""
+def check_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Raise a clear error unless ``optimizer``'s update can be recorded in a CUDA graph."""
+    if not all(group.get("capturable", False) for group in optimizer.param_groups):
+        raise ValueError(
+            "a graphed training step needs an optimizer built with capturable=True (its step count and "
+            "bias corrections must live on the GPU to be recorded)"
+        )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params or not all(p.is_cuda for p in params):
+        raise ValueError("a graphed training step needs every parameter on a CUDA device")
 
-    def __init__(self, loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], optimizer, warmup: int = 3) -> None:
-        if not all(group.get("capturable", False) for group in optimizer.param_groups):
-            raise ValueError(
-                "GraphedTrainStep needs an optimizer built with capturable=True (its step count and "
-                "bias corrections must live on the GPU to be recorded)"
-            )
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if not params or not all(p.is_cuda for p in params):
-            raise ValueError("GraphedTrainStep needs every parameter on a CUDA device")
+
+def use_tensor_lr(optimizer: torch.optim.Optimizer) -> None:
+    """Turn each group's learning rate into a one-element tensor on the parameters' device.
+
+    A recorded update reads the tensor at every replay, so a scheduler (which fills tensor learning rates
+    in place) keeps working. A scheduler created before this call keeps float base rates, so its updates
+    are host-side fills, never syncs."""
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            device = group["params"][0].device
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+def use_float_lr(optimizer: torch.optim.Optimizer) -> list:
+    """Undo :func:`use_tensor_lr` (for saving a state dict); returns the tensors to hand back later."""
+    tensors = []
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        tensors.append(lr)
+        if isinstance(lr, torch.Tensor):
+            group["lr"] = float(lr)
+    return tensors
+
+
+def restore_tensor_lr(optimizer: torch.optim.Optimizer, tensors: list) -> None:
+    """Put back the tensors :func:`use_float_lr` returned, filled with the groups' current rates."""
+    for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
+        if isinstance(tensor, torch.Tensor):
+            tensor.fill_(float(group["lr"]))
+            group["lr"] = tensor
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """The tensors of nested dicts, lists and tuples, in a fixed order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    raise TypeError(f"graphed step inputs must be tensors in dicts, lists or tuples, got {type(tree).__name__}")
+
+
+def _clone_tree(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {key: _clone_tree(value) for key, value in tree.items()}
+    return type(tree)(_clone_tree(item) for item in tree)
+
+
+def _describe(tree: Any) -> Any:
+    """Structure with each tensor replaced by (shape, dtype, device): what a recorded graph is bound to."""
+    if isinstance(tree, torch.Tensor):
+        return (tuple(tree.shape), tree.dtype, tree.device)
+    if isinstance(tree, dict):
+        return {key: _describe(tree[key]) for key in sorted(tree)}
+    return [_describe(item) for item in tree]
+
+
+class GraphedStep:
+    """``step_fn(inputs)`` run eagerly ``warmup`` times, then recorded once as a CUDA graph and replayed."""
+
+    def __init__(self, step_fn: Callable[[Any], Any], warmup: int = 3) -> None:
         if warmup < 1:
             raise ValueError(f"warmup must be at least 1 (the optimizer's state is created there), got {warmup}")
-        self.loss_fn, self.optimizer, self.warmup = loss_fn, optimizer, warmup
+        if not torch.cuda.is_available():
+            raise ValueError("a graphed training step needs a CUDA GPU")
+        self.step_fn, self.warmup = step_fn, warmup
         self.calls = 0
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._static_batch: dict[str, torch.Tensor] = {}
-        self._static_loss: torch.Tensor | None = None
-        self._stream = torch.cuda.Stream(device=params[0].device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._static_inputs: Any = None
+        self._static_outputs: Any = None
+        self._signature: Any = None
+        self._stream = torch.cuda.Stream()
 
-    def _eager_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = self.loss_fn(batch)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
-        static = self._static_batch
-        if set(batch) != set(static):
-            raise ValueError(f"batch keys changed from {sorted(static)} to {sorted(batch)}")
-        for key, value in batch.items():
-            if value.shape != static[key].shape or value.dtype != static[key].dtype:
-                raise ValueError(
-                    f"batch[{key!r}] is {tuple(value.shape)} {value.dtype}, but the graph was recorded for "
-                    f"{tuple(static[key].shape)} {static[key].dtype}; a graphed step needs one fixed shape"
-                )
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, inputs: Any) -> Any:
         self.calls += 1
-        if self._graph is not None:
-            self._check_batch(batch)
-            for key, value in batch.items():
-                self._static_batch[key].copy_(value, non_blocking=True)
-            self._graph.replay()
-            return self._static_loss
-        # Warm-up and capture run on a side stream, as CUDA graph capture requires; the caller's stream
+        if self.graph is not None:
+            if _describe(inputs) != self._signature:
+                raise ValueError(
+                    f"graphed step inputs changed: recorded for {self._signature}, got {_describe(inputs)}; "
+                    "a recorded step needs inputs of one fixed shape, dtype and device"
+                )
+            for static, value in zip(_tensors(self._static_inputs), _tensors(inputs), strict=True):
+                static.copy_(value, non_blocking=True)
+            self.graph.replay()
+            return self._static_outputs
+        # Warm-up and recording run on a side stream, as CUDA graph capture requires; the caller's stream
         # waits for it, so what follows on the default stream sees the step's results.
         current = torch.cuda.current_stream()
         self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):
-            if self.calls <= self.warmup:
-                loss = self._eager_step(batch)
-            else:
-                loss = self._capture(batch)
+            outputs = self.step_fn(inputs) if self.calls <= self.warmup else self._record(inputs)
         current.wait_stream(self._stream)
-        if self._graph is not None:
-            self._graph.replay()  # capture records without running: this is the step itself
-            loss = self._static_loss
-        return loss
+        if self.graph is not None:
+            self.graph.replay()  # recording does not run the step: this replay is the step itself
+            outputs = self._static_outputs
+        return outputs
 
-    def _capture(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _record(self, inputs: Any) -> Any:
         log.info("recording the training step as a CUDA graph (after %d eager steps)", self.warmup)
-        self._static_batch = {key: value.clone() for key, value in batch.items()}
-        self.optimizer.zero_grad(set_to_none=True)  # the backward allocates gradients inside the graph pool
+        self._signature = _describe(inputs)
+        self._static_inputs = _clone_tree(inputs)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self._stream):
-            loss = self.loss_fn(self._static_batch)
-            loss.backward()
-            self.optimizer.step()
-        self._graph, self._static_loss = graph, loss.detach()
-        return self._static_loss
+            outputs = self.step_fn(self._static_inputs)
+        self.graph, self._static_outputs = graph, outputs
+        return outputs
 
 
-__all__ = ["GraphedTrainStep"]
+__all__ = ["GraphedStep", "check_capturable", "restore_tensor_lr", "use_float_lr", "use_tensor_lr"]

@@ -38,6 +38,7 @@ from .parallel import (
     resolve_fsdp,
 )
 from .prefetch import BatchPrefetcher, start_prefetcher
+from .step_graph import GraphedStep, check_capturable, restore_tensor_lr, use_float_lr, use_tensor_lr
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,30 @@ class Trainer:
         # FSDP2 computes in bf16 through its mixed-precision policy; everything else uses autocast.
         self.autocast = bf16 and not self.fsdp and cfg.optim_dtype != "bf16"
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
+        # The whole step as one CUDA graph (``step_graph.py``): one process on a GPU, fused AdamW with its state
+        # and learning rate on the device.
+        self.step_graph = cfg.compile == "model-step-graph"
+        if self.step_graph and (not on_gpu or ctx.world_size > 1):
+            raise ValueError(
+                "--compile model-step-graph records the whole step on one GPU: it needs a CUDA device and one "
+                f"process (this run: {ctx.device}, {ctx.world_size} processes); use --compile model-cudagraphs"
+            )
         self.optimizer = build_optimizer(
-            self.train_model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.optim_dtype, cfg.fused, cfg.seed
+            self.train_model,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.eps,
+            cfg.optim_dtype,
+            cfg.fused,
+            cfg.seed,
+            capturable=self.step_graph,
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        self._graphed: GraphedStep | None = None  # recorded on the first steps (step_graph only)
+        if self.step_graph:
+            check_capturable(self.optimizer)
+            use_tensor_lr(self.optimizer)  # after the scheduler: its base rates stay floats, its fills never sync
         # A fused AdamW skips a non-finite step on the device (``found_inf``, what AMP's GradScaler uses), so the
         # update can be launched before the step's host sync: the GPU goes from backward straight into it instead
         # of idling while the host launches it after the sync (4.6 ms of host time per base step in a profile,
@@ -181,12 +202,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16)
 
-    def train_step(self, prefetch: bool = True, time_up: bool = False) -> dict[str, Any]:
-        """Forward/backward over the micro-batches, clip, then step (or skip a non-finite step)."""
+    def _device_step(self, batches: list[dict[str, torch.Tensor]], counts: torch.Tensor, flags=None) -> torch.Tensor:
+        """Forward/backward over the micro-batches, clip and (with a fused AdamW) the update, on the device.
+
+        Returns [AR loss summed over micro-batches, mean aux loss, *flags, gradient norm], summed over ranks.
+        No host sync: the whole of it can be recorded as a CUDA graph (``--compile model-step-graph``)."""
         cfg, ctx, config = self.cfg, self.ctx, self.model.config
-        self.model.train()
-        batches, counts, tokens = self._pending if self._pending is not None else self._prepare(self._fetch()[1])
-        self._pending = self._pending_states = None
         normalizers = list(all_reduce_sum(counts, ctx).unbind())  # one global count per head
         ar_sum = torch.zeros((), device=ctx.device)
         aux_sum = torch.zeros((), device=ctx.device)
@@ -206,17 +227,38 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        flags = torch.tensor([tokens, float(time_up)], device=ctx.device, dtype=torch.float64)
-        stats = all_reduce_sum(torch.cat([torch.stack([ar_sum, aux_sum / (a * w)]).double(), flags]), ctx)
+        stats = torch.stack([ar_sum, aux_sum / (a * w)]).double()
+        stats = all_reduce_sum(stats if flags is None else torch.cat([stats, flags]), ctx)
         stats = torch.cat([stats, grad_norm.double().reshape(1)])  # the norm is global already
         if self.update_before_sync:  # skipped by the kernel itself if the loss or the norm is not finite
-            self.optimizer.found_inf = (~torch.isfinite(stats[[0, 1, 4]]).all()).float()
+            self.optimizer.found_inf = (~torch.isfinite(stats[[0, 1, -1]]).all()).float()
             self.optimizer.step()
+        if self.step_graph:
+            self.optimizer.zero_grad(set_to_none=True)  # recorded: the next replay's backward rewrites them
+        return stats
+
+    def train_step(self, prefetch: bool = True, time_up: bool = False) -> dict[str, Any]:
+        """Forward/backward over the micro-batches, clip, then step (or skip a non-finite step)."""
+        ctx, config = self.ctx, self.model.config
+        self.model.train()
+        batches, counts, tokens = self._pending if self._pending is not None else self._prepare(self._fetch()[1])
+        self._pending = self._pending_states = None
+        if self.step_graph:  # one process: the token count and the time-up vote stay on the host
+            if self._graphed is None:
+                self._graphed = GraphedStep(lambda inputs: self._device_step(*inputs))
+            stats = self._graphed((batches, counts))  # the graph's own tensor, read before the next replay
+        else:
+            flags = torch.tensor([tokens, float(time_up)], device=ctx.device, dtype=torch.float64)
+            stats = self._device_step(batches, counts, flags)
         if prefetch:  # host work for the next step overlaps the GPU finishing this one
             self._pending_states, host_batches = self._fetch()
             self._pending = self._prepare(host_batches)
-        ar_loss, aux_loss, tokens, time_up_votes, grad_norm = stats.tolist()  # the one host sync of the step
-        lr = self.scheduler.get_last_lr()[0]
+        if self.step_graph:
+            ar_loss, aux_loss, grad_norm = stats.tolist()  # the one host sync of the step
+            time_up_votes = float(time_up)
+        else:
+            ar_loss, aux_loss, tokens, time_up_votes, grad_norm = stats.tolist()  # the one host sync of the step
+        lr = float(self.scheduler.get_last_lr()[0])  # a tensor under step_graph
         finite = math.isfinite(ar_loss) and math.isfinite(aux_loss) and math.isfinite(grad_norm)
         if not finite:
             log.warning(
@@ -227,7 +269,8 @@ class Trainer:
             )
         elif not self.update_before_sync:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if not self.step_graph:
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
         loss = ar_loss + (config.router_aux_loss_factor * aux_loss if config.apply_aux_loss else 0.0)
@@ -272,7 +315,11 @@ class Trainer:
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(self.model, options=opts)
-        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        lr_tensors = use_float_lr(self.optimizer)  # checkpoints hold plain float learning rates
+        try:
+            optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        finally:
+            restore_tensor_lr(self.optimizer, lr_tensors)
         return model_state, optim_state
 
     def save(self) -> Path | None:
@@ -284,7 +331,7 @@ class Trainer:
         path = None
         if self.ctx.is_main:
             trainer_state = {
-                "scheduler": self.scheduler.state_dict(),
+                "scheduler": _plain_scheduler_state(self.scheduler),
                 "data": data_states,
                 "rng": rng,
                 "num_shards": self.ctx.world_size * self.cfg.grad_accum,
@@ -323,7 +370,10 @@ class Trainer:
         opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
         dtype = next(self.model.parameters()).dtype
         set_model_state_dict(self.model, {k: v.to(dtype) for k, v in saved["model"].items()}, options=opts)
+        lr_tensors = use_float_lr(self.optimizer)
         set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
+        restore_tensor_lr(self.optimizer, lr_tensors)
+        self._graphed = None  # the optimizer's state tensors were replaced: record the step again
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         first = self.ctx.rank * self.cfg.grad_accum
         self.close()  # a data worker drawing from the old positions must not run on
@@ -386,6 +436,14 @@ class Trainer:
             metrics.close()
             self.close()
         return self.history
+
+
+def _plain_scheduler_state(scheduler) -> dict:
+    """The scheduler's state with its last rates as floats (they are device tensors under step_graph)."""
+    state = scheduler.state_dict()
+    if "_last_lr" in state:
+        state["_last_lr"] = [float(v) for v in state["_last_lr"]]
+    return state
 
 
 def _summarise(window: list[dict], tokens_per_s: float, step: int) -> dict[str, Any]:
