@@ -231,7 +231,9 @@ class Trainer:
         stats = all_reduce_sum(stats if flags is None else torch.cat([stats, flags]), ctx)
         stats = torch.cat([stats, grad_norm.double().reshape(1)])  # the norm is global already
         if self.update_before_sync:  # skipped by the kernel itself if the loss or the norm is not finite
-            self.optimizer.found_inf = (~torch.isfinite(stats[[0, 1, -1]]).all()).float()
+            # Every entry counts (the token and vote flags are always finite); a whole-tensor check, because
+            # indexing with a list copies the index from the host, which a CUDA graph cannot record.
+            self.optimizer.found_inf = (~torch.isfinite(stats).all()).float()
             self.optimizer.step()
         if self.step_graph:
             self.optimizer.zero_grad(set_to_none=True)  # recorded: the next replay's backward rewrites them
