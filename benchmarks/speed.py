@@ -382,7 +382,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         model = make_ours()
         model.set_moe_dispatch(dispatch)
         prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
-        step_graph = compile_parts == "model-step-graph"
+        step_graph, graphed = compile_parts == "model-step-graph", None
         opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
         fn = train_step_fn(ours_loss, model, opt, data)
         if step_graph:
@@ -397,6 +397,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         if runner.profile_dir and record.get("status") == "ok" and name in PROFILED_TRAIN:
             profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name.replace('+', '_')}.txt")
         del model, opt, fn
+        graphed = None  # a graphed step holds the model and its graph's memory pool
         free_memory()
 
 
