@@ -130,6 +130,35 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+# Before session 6 the routed experts' gate and up projections were two parameters; now one ([E, 2F, H]).
+_OLD_GATE, _OLD_UP, _GATE_UP = "w_gate_EFH", "w_up_EFH", "w_gate_up_EGH"
+
+
+def upgrade_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict (keyed by parameter names) written before gate and up were one parameter, joined
+    the way the model now stores them: per-element states concatenated along dim 1, the step count kept."""
+    per_param = state.get("state", {})
+    old_gates = [k for k in per_param if k.endswith("." + _OLD_GATE)]
+    if not old_gates:
+        return state
+    per_param = dict(per_param)
+    renamed = {}
+    for gate_key in old_gates:
+        prefix = gate_key[: -len(_OLD_GATE)]
+        up_key, new_key = prefix + _OLD_UP, prefix + _GATE_UP
+        gate, up = per_param.pop(gate_key), per_param.pop(up_key)
+        per_param[new_key] = {
+            name: torch.cat([value, up[name]], dim=1) if value.dim() == 3 else value for name, value in gate.items()
+        }
+        renamed[gate_key], renamed[up_key] = new_key, None
+    groups = []
+    for group in state.get("param_groups", []):
+        params = [renamed.get(p, p) for p in group["params"] if renamed.get(p, p) is not None]
+        groups.append({**group, "params": params})
+    log.info("upgraded %d expert optimizer states from separate gate and up projections", len(old_gates))
+    return {**state, "state": per_param, "param_groups": groups}
+
+
 def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
     """Model state (internal names), optimizer state and trainer state of one checkpoint directory.
 
@@ -141,7 +170,9 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
             raise ValueError(f"{path} is not a training checkpoint: {required} is missing")
     return {
         "model": read_model(path) if weights else {},
-        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True) if weights else {},
+        "optimizer": upgrade_optimizer_state(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+        if weights
+        else {},
         "trainer": torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True),
         "config": TimeMoEConfig.from_json_file(path / "config.json"),
     }
