@@ -70,24 +70,27 @@ def small_flex_trainer(compile, **changes):
 
 def test_flex_model_compiled_whole_as_cuda_graphs_trains_like_eager():
     losses = {}
-    for compile in (False, "model", "model-cudagraphs"):
+    # Five steps: the step graph runs three eagerly, records the fourth and replays the fifth.
+    for compile in (False, "model", "model-cudagraphs", "model-step-graph"):
         trainer = small_flex_trainer(compile)
-        losses[compile] = [trainer.train_step(prefetch=False)["loss"] for _ in range(3)]
-    for mode in ("model", "model-cudagraphs"):
+        losses[compile] = [trainer.train_step(prefetch=False)["loss"] for _ in range(5)]
+    for mode in ("model", "model-cudagraphs", "model-step-graph"):
         assert losses[mode] == pytest.approx(losses[False], rel=1e-3), mode
 
 
-def test_evaluate_between_steps_under_cuda_graphs_matches_eager():
-    # evaluate() records a second (no-grad) graph; training must carry on unchanged after it.
+@pytest.mark.parametrize("compile", ["model-cudagraphs", "model-step-graph"])
+def test_evaluate_between_steps_under_cuda_graphs_matches_eager(compile):
+    # evaluate() runs the model outside the training graphs (model-cudagraphs records a second, no-grad graph);
+    # training must carry on unchanged after it, before and after the step graph is recorded (step 4).
     records = {}
-    for compile in (False, "model-cudagraphs"):
-        trainer = small_flex_trainer(compile, eval_batches=2, data_prefetch="off")
-        losses = [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
-        evals = [trainer.evaluate()]
-        losses += [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
-        evals.append(trainer.evaluate())
-        records[compile] = losses + evals
-    assert records["model-cudagraphs"] == pytest.approx(records[False], rel=1e-3)
+    for mode in (False, compile):
+        trainer = small_flex_trainer(mode, eval_batches=2, data_prefetch="off")
+        losses, evals = [], []
+        for steps in (2, 3, 2):
+            losses += [trainer.train_step(prefetch=False)["loss"] for _ in range(steps)]
+            evals.append(trainer.evaluate())
+        records[mode] = losses + evals
+    assert records[compile] == pytest.approx(records[False], rel=1e-3)
 
 
 @pytest.mark.parametrize("head_dim", [32, 64])
