@@ -77,6 +77,7 @@ def test_the_bf16_optimizer_cannot_be_capturable():
         (dict(fused=False), "fused fp32 AdamW"),
         (dict(pack=True, attn_backend="sdpa"), "static shapes"),
         (dict(fsdp=True), "FSDP2"),
+        (dict(dtype="fp32"), "bf16 compute"),
     ],
 )
 def test_train_config_refuses_what_a_step_graph_cannot_record(changes, message):

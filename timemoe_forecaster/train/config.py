@@ -127,6 +127,11 @@ class TrainConfig:
             "(--optim-dtype fp32, --fused not false)",
         )
         need(
+            not (self.compile == "model-step-graph" and self.dtype == "fp32"),
+            "compile='model-step-graph' needs bf16 compute (--dtype auto or bf16): in fp32 the experts run one "
+            "by one with data-dependent shapes, which a CUDA graph cannot record",
+        )
+        need(
             self.data_prefetch in PREFETCH_MODES,
             f"data_prefetch must be one of {PREFETCH_MODES}, got {self.data_prefetch!r}",
         )

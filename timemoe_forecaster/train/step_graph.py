@@ -158,8 +158,15 @@ class GraphedStep:
         self._signature = _describe(inputs)
         self._static_inputs = _clone_tree(inputs)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
-            outputs = self.step_fn(self._static_inputs)
+        try:
+            with torch.cuda.graph(graph, stream=self._stream):
+                outputs = self.step_fn(self._static_inputs)
+        except Exception as err:
+            raise RuntimeError(
+                "the training step could not be recorded as a CUDA graph; it must not wait for the host "
+                "(.item(), data-dependent shapes such as torch.where or nonzero, copies from pageable host "
+                f"memory). Train without the step graph instead. Cause: {type(err).__name__}: {err}"
+            ) from err
         self.graph, self._static_outputs = graph, outputs
         return outputs
 
