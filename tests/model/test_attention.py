@@ -158,3 +158,25 @@ def test_compiled_code_reads_the_flex_tile_table(monkeypatch):
     q = torch.ones(2, 8, dtype=torch.bfloat16)
     torch._dynamo.reset()
     assert torch.compile(f, backend="eager", fullgraph=True)(q).float().sum().item() == 128.0
+
+
+def test_rotary_angles_are_one_opaque_op_under_compile_and_plain_code_when_eager():
+    # Under torch.compile the angles must stay an opaque op, or inductor recomputes them inside every layer's
+    # rotary kernel; eager code skips the op's dispatch cost. Both give the same numbers.
+    from timemoe_forecaster.model.layers import RotaryEmbedding
+
+    rotary = RotaryEmbedding(16, 10000.0)
+    positions = torch.arange(12).repeat(2, 1)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    compiled = torch.compile(lambda p: rotary(p, torch.float32), backend=record, fullgraph=True)
+    cos_c, sin_c = compiled(positions)
+    targets = [node.target for gm in graphs for node in gm.graph.nodes]
+    assert torch.ops.timemoe.rotary_cos_sin.default in targets
+    cos_e, sin_e = rotary(positions, torch.float32)
+    assert torch.equal(cos_c, cos_e) and torch.equal(sin_c, sin_e)
+    assert cos_e.shape == (2, 12, 16) and torch.allclose(cos_e[0, 3, 0], torch.cos(torch.tensor(3.0)))

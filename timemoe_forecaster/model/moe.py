@@ -189,8 +189,17 @@ class SparseExpertsLayer(nn.Module):
         return out_TH
 
     def _sort_by_expert(self, experts_TK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Assignments (token * K + slot) sorted by expert [A], and the end of each expert's group [E]."""
-        return order_by_expert(experts_TK.reshape(-1), self.num_experts)
+        """Assignments (token * K + slot) sorted by expert [A], and the end of each expert's group [E].
+
+        The counting sort on GPUs and under torch.compile; eager CPU code (a forecast's few hundred
+        assignments) takes ``torch.sort``, whose one call cost less than the counting sort's dozen small ops
+        (3.6 ms of a 51 ms CPU forecast). Both give the same order."""
+        experts_A = experts_TK.reshape(-1)
+        if experts_A.is_cuda or torch.compiler.is_compiling():
+            return order_by_expert(experts_A, self.num_experts)
+        sorted_A, order_A = torch.sort(experts_A, stable=True)
+        expert_ids_E = torch.arange(self.num_experts, dtype=sorted_A.dtype)
+        return order_A, torch.searchsorted(sorted_A, expert_ids_E, right=True).to(torch.int32)
 
     def _fused(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
         """The grouped path's function in two Triton kernels (``fused_moe``): SwiGLU experts on gathered
