@@ -126,6 +126,11 @@ class Trainer:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self._graphed: GraphedStep | None = None  # recorded on the first steps (step_graph only)
+        if self.step_graph and cfg.eval_every and cfg.attn_backend == "flex":
+            log.warning(
+                "evaluation between steps with --attn-backend flex --compile model-step-graph crashed in a GPU test "
+                "(illegal memory access, docs/pretraining.md); checkpoint often (--save-every) or use --eval-every 0"
+            )
         if self.step_graph:
             check_capturable(self.optimizer)
             use_tensor_lr(self.optimizer)  # after the scheduler: its base rates stay floats, its fills never sync
