@@ -389,7 +389,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
             from timemoe_forecaster.train.step_graph import GraphedStep, check_capturable
 
             check_capturable(opt)
-            graphed = GraphedStep(train_step_fn(ours_loss, model, opt, data))
+            graphed = GraphedStep(fn)
             fn = lambda g=graphed: g(data)  # noqa: E731
         need = 120 if compile_parts else 30
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,

@@ -15,8 +15,7 @@ from timemoe_forecaster.train.parallel import DistContext
 from timemoe_forecaster.train.step_graph import (
     GraphedStep,
     check_capturable,
-    restore_tensor_lr,
-    use_float_lr,
+    float_learning_rates,
     use_tensor_lr,
 )
 from timemoe_forecaster.train.trainer import Trainer, build_model, make_stream, open_data
@@ -109,11 +108,10 @@ def test_tensor_learning_rates_follow_the_schedule_and_save_as_floats():
         assert all(group["lr"] is t for group, t in zip(optimizer.param_groups, tensors))
         assert float(tensors[0]) == pytest.approx(expected[-1])
     assert len(set(expected)) == 3  # the warm-up really changed the rate
-    saved = use_float_lr(optimizer)
-    assert all(type(group["lr"]) is float for group in optimizer.param_groups)
-    state = copy.deepcopy(optimizer.state_dict())
-    optimizer.param_groups[0]["lr"] = 0.5  # what loading another state would do
-    restore_tensor_lr(optimizer, saved)
+    with float_learning_rates(optimizer):
+        assert all(type(group["lr"]) is float for group in optimizer.param_groups)
+        state = copy.deepcopy(optimizer.state_dict())
+        optimizer.param_groups[0]["lr"] = 0.5  # what loading another state would do
     assert optimizer.param_groups[0]["lr"] is tensors[0] and float(tensors[0]) == 0.5
     assert state["param_groups"][0]["lr"] == pytest.approx(expected[-1])
 

@@ -33,11 +33,13 @@ backward in the same memory. Replacing tensors the graph reads (``optimizer.load
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 log = logging.getLogger(__name__)
 
@@ -66,51 +68,27 @@ def use_tensor_lr(optimizer: torch.optim.Optimizer) -> None:
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
-def use_float_lr(optimizer: torch.optim.Optimizer) -> list:
-    """Undo :func:`use_tensor_lr` (for saving a state dict); returns the tensors to hand back later."""
-    tensors = []
-    for group in optimizer.param_groups:
-        lr = group["lr"]
-        tensors.append(lr)
+@contextlib.contextmanager
+def float_learning_rates(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within the block, learning rates made tensors by :func:`use_tensor_lr` are plain floats again (what state
+    dicts save and load); after it the same tensors are back, filled with the groups' rates then (a loaded
+    state may have changed them), so a recorded update keeps reading them."""
+    tensors = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, tensors, strict=True):
         if isinstance(lr, torch.Tensor):
             group["lr"] = float(lr)
-    return tensors
+    try:
+        yield
+    finally:
+        for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
+            if isinstance(tensor, torch.Tensor):
+                tensor.fill_(float(group["lr"]))
+                group["lr"] = tensor
 
 
-def restore_tensor_lr(optimizer: torch.optim.Optimizer, tensors: list) -> None:
-    """Put back the tensors :func:`use_float_lr` returned, filled with the groups' current rates."""
-    for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
-        if isinstance(tensor, torch.Tensor):
-            tensor.fill_(float(group["lr"]))
-            group["lr"] = tensor
-
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    """The tensors of nested dicts, lists and tuples, in a fixed order."""
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for key in sorted(tree) for t in _tensors(tree[key])]
-    if isinstance(tree, (list, tuple)):
-        return [t for item in tree for t in _tensors(item)]
-    raise TypeError(f"graphed step inputs must be tensors in dicts, lists or tuples, got {type(tree).__name__}")
-
-
-def _clone_tree(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tree.clone()
-    if isinstance(tree, dict):
-        return {key: _clone_tree(value) for key, value in tree.items()}
-    return type(tree)(_clone_tree(item) for item in tree)
-
-
-def _describe(tree: Any) -> Any:
-    """Structure with each tensor replaced by (shape, dtype, device): what a recorded graph is bound to."""
-    if isinstance(tree, torch.Tensor):
-        return (tuple(tree.shape), tree.dtype, tree.device)
-    if isinstance(tree, dict):
-        return {key: _describe(tree[key]) for key in sorted(tree)}
-    return [_describe(item) for item in tree]
+def _signature(leaves: list, spec) -> tuple:
+    """What a recorded graph is bound to: the inputs' nesting and each tensor's shape, dtype and device."""
+    return spec, [(tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in leaves]
 
 
 class GraphedStep:
@@ -124,20 +102,21 @@ class GraphedStep:
         self.step_fn, self.warmup = step_fn, warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._static_inputs: Any = None
+        self._static_leaves: list[torch.Tensor] = []  # the graph's input tensors, in flattening order
         self._static_outputs: Any = None
-        self._signature: Any = None
+        self._signature: tuple | None = None
         self._stream = torch.cuda.Stream()
 
     def __call__(self, inputs: Any) -> Any:
         self.calls += 1
         if self.graph is not None:
-            if _describe(inputs) != self._signature:
+            leaves, spec = pytree.tree_flatten(inputs)
+            if _signature(leaves, spec) != self._signature:
                 raise ValueError(
-                    f"graphed step inputs changed: recorded for {self._signature}, got {_describe(inputs)}; "
+                    f"graphed step inputs changed: recorded for {self._signature}, got {_signature(leaves, spec)}; "
                     "a recorded step needs inputs of one fixed shape, dtype and device"
                 )
-            for static, value in zip(_tensors(self._static_inputs), _tensors(inputs), strict=True):
+            for static, value in zip(self._static_leaves, leaves, strict=True):
                 static.copy_(value, non_blocking=True)
             self.graph.replay()
             return self._static_outputs
@@ -155,12 +134,16 @@ class GraphedStep:
 
     def _record(self, inputs: Any) -> Any:
         log.info("recording the training step as a CUDA graph (after %d eager steps)", self.warmup)
-        self._signature = _describe(inputs)
-        self._static_inputs = _clone_tree(inputs)
+        leaves, spec = pytree.tree_flatten(inputs)
+        if not all(isinstance(t, torch.Tensor) for t in leaves):
+            raise TypeError("graphed step inputs must be tensors, in dicts, lists or tuples")
+        self._signature = _signature(leaves, spec)
+        self._static_leaves = [t.clone() for t in leaves]
+        static_inputs = pytree.tree_unflatten(self._static_leaves, spec)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, stream=self._stream):
-                outputs = self.step_fn(self._static_inputs)
+                outputs = self.step_fn(static_inputs)
         except Exception as err:
             raise RuntimeError(
                 "the training step could not be recorded as a CUDA graph; it must not wait for the host "
@@ -171,4 +154,4 @@ class GraphedStep:
         return outputs
 
 
-__all__ = ["GraphedStep", "check_capturable", "restore_tensor_lr", "use_float_lr", "use_tensor_lr"]
+__all__ = ["GraphedStep", "check_capturable", "float_learning_rates", "use_tensor_lr"]

@@ -38,7 +38,7 @@ from .parallel import (
     resolve_fsdp,
 )
 from .prefetch import BatchPrefetcher, start_prefetcher
-from .step_graph import GraphedStep, check_capturable, restore_tensor_lr, use_float_lr, use_tensor_lr
+from .step_graph import GraphedStep, check_capturable, float_learning_rates, use_tensor_lr
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +322,8 @@ class Trainer:
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(self.model, options=opts)
-        lr_tensors = use_float_lr(self.optimizer)  # checkpoints hold plain float learning rates
-        try:
+        with float_learning_rates(self.optimizer):  # checkpoints hold plain float learning rates
             optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        finally:
-            restore_tensor_lr(self.optimizer, lr_tensors)
         return model_state, optim_state
 
     def save(self) -> Path | None:
@@ -377,9 +374,8 @@ class Trainer:
         opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
         dtype = next(self.model.parameters()).dtype
         set_model_state_dict(self.model, {k: v.to(dtype) for k, v in saved["model"].items()}, options=opts)
-        lr_tensors = use_float_lr(self.optimizer)
-        set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
-        restore_tensor_lr(self.optimizer, lr_tensors)
+        with float_learning_rates(self.optimizer):
+            set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
         self._graphed = None  # the optimizer's state tensors were replaced: record the step again
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         first = self.ctx.rank * self.cfg.grad_accum
