@@ -160,9 +160,9 @@ def test_compiled_code_reads_the_flex_tile_table(monkeypatch):
     assert torch.compile(f, backend="eager", fullgraph=True)(q).float().sum().item() == 128.0
 
 
-def test_rotary_angles_are_one_opaque_op_under_compile_and_plain_code_when_eager():
+def test_rotary_angles_are_one_opaque_op_under_compile_and_equal_eager_ones():
     # Under torch.compile the angles must stay an opaque op, or inductor recomputes them inside every layer's
-    # rotary kernel; eager code skips the op's dispatch cost. Both give the same numbers.
+    # rotary kernel. Compiled and eager give the same numbers.
     from timemoe_forecaster.model.layers import RotaryEmbedding
 
     rotary = RotaryEmbedding(16, 10000.0)

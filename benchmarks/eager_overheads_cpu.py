@@ -1,0 +1,69 @@
+"""What two torch.compile levers cost an eager CPU forecast (embedded default, one series, ctx 512, h 96).
+
+The rotary angles sit behind an opaque op (``layers.rotary_cos_sin``) for inductor's sake, and on GPUs and under
+compile the experts' assignments are ordered by a counting sort (``moe.order_by_expert``). This times a forecast
+as shipped (the op, ``torch.sort`` on the CPU), with the op's body called as plain code instead, and with the
+counting sort forced into eager code, in interleaved rounds in one process:
+
+    python -m benchmarks.eager_overheads_cpu [--threads 2] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from unittest import mock
+
+import torch
+
+from benchmarks.timing import time_cpu
+from timemoe_forecaster.checkpoint import default_checkpoint
+from timemoe_forecaster.model import layers, moe
+from timemoe_forecaster.model.modeling import TimeMoEForPrediction
+
+
+def rotary_as_plain_code():
+    plain = layers.rotary_cos_sin._init_fn  # the function the op wraps
+
+    def forward(self, position_ids, dtype):
+        return plain(position_ids, self.head_dim, float(self.theta), dtype)
+
+    return mock.patch.object(layers.RotaryEmbedding, "forward", forward)
+
+
+def counting_sort_in_eager():
+    def sort_by_expert(self, experts_TK):
+        return moe.order_by_expert(experts_TK.reshape(-1), self.num_experts)
+
+    return mock.patch.object(moe.SparseExpertsLayer, "_sort_by_expert", sort_by_expert)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = TimeMoEForPrediction.from_pretrained(default_checkpoint()).eval()
+    context = torch.randn(1, 512, generator=torch.Generator().manual_seed(0))
+    setups = {
+        "as shipped": contextlib.nullcontext,
+        "rotary angles as plain code": rotary_as_plain_code,
+        "counting sort in eager code": counting_sort_in_eager,
+    }
+    # Interleaved rounds, so that a noisy neighbour slows every set-up alike.
+    medians: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(args.rounds):
+        for name, patch in setups.items():
+            with patch():
+                medians[name].append(time_cpu(lambda: model.forecast(context, 96), warmup=5, reps=30)["ms_median"])
+    print(f"| set-up ({args.threads} threads) | forecast ms: median of 30, per round | median over rounds |")
+    print("|---|---|---|")
+    for name, values in medians.items():
+        rounds = ", ".join(f"{v:.1f}" for v in values)
+        print(f"| {name} | {rounds} | {statistics.median(values):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
