@@ -196,6 +196,8 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
                 part.compile(backend=backend)
     elif compile_parts in ("model", "model-step-graph"):
         model.compile(backend=backend)
+    elif compile_parts == "model-step-graph-autotune":  # inductor's GEMM autotuning (Triton templates vs aten)
+        model.compile(backend=backend, options={"max_autotune": True, "max_autotune_gemm_backends": "ATEN,TRITON"})
     elif compile_parts == "model-cudagraphs":
         model.compile(backend=backend, **({"mode": "reduce-overhead"} if backend == "inductor" else {}))
     return model
@@ -257,9 +259,11 @@ def ours_optimizer(model, lean: bool, fused_ok: bool, capturable: bool = False):
 class Runner:
     """Runs cases, turns timings into records and appends them to a JSON-lines file."""
 
-    def __init__(self, plan: Plan, jsonl: Path, deadline: float, peak_tflops: float | None, profile_dir=None):
+    def __init__(self, plan: Plan, jsonl: Path, deadline: float, peak_tflops: float | None, profile_dir=None,
+                 profile_rows: int = 30, train_variants: tuple[str, ...] = ()):  # fmt: skip
         self.plan, self.jsonl, self.deadline, self.peak = plan, jsonl, deadline, peak_tflops
         self.profile_dir = profile_dir if plan.device == "cuda" else None
+        self.profile_rows, self.train_variants = profile_rows, tuple(train_variants)
         self.device_name = torch.cuda.get_device_name() if plan.device == "cuda" else "cpu"
 
     def emit(self, record: dict) -> dict:
@@ -376,13 +380,14 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         del opt, fn, ref
         free_memory()
     for name, checkpointing, compile_parts, lean, dispatch in variants:
-        if compile_parts == "model-step-graph" and device != "cuda":
+        step_graph = bool(compile_parts) and compile_parts.startswith("model-step-graph")
+        if step_graph and device != "cuda":
             runner.emit({"impl": "ours", "variant": name, **base, "status": "skipped (CUDA graphs need a GPU)"})
             continue
         model = make_ours()
         model.set_moe_dispatch(dispatch)
         prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
-        step_graph, graphed = compile_parts == "model-step-graph", None
+        graphed = None
         opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
         fn = train_step_fn(ours_loss, model, opt, data)
         if step_graph:
@@ -395,7 +400,8 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
                                 "tokens_per_s", need_s=need)  # fmt: skip
         if runner.profile_dir and record.get("status") == "ok" and name in PROFILED_TRAIN:
-            profile_to_file(fn, runner.profile_dir / f"profile_train_{size}_{name.replace('+', '_')}.txt")
+            path = runner.profile_dir / f"profile_train_{size}_{name.replace('+', '_')}.txt"
+            profile_to_file(fn, path, rows=runner.profile_rows)
         del model, opt, fn
         graphed = None  # a graphed step holds the model and its graph's memory pool
         free_memory()
@@ -483,8 +489,15 @@ TRAIN_VARIANTS = [  # name, activation checkpointing, compile, lean optimizer, M
     ("compiled-model", False, "model", False, "auto"),
     ("compiled-blocks", False, "blocks", False, "auto"),
 ]
+# Only on request (--train-variants): experiments, not part of the standing table.
+EXTRA_TRAIN_VARIANTS = [("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto")]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
-PROFILED_TRAIN = {"compiled-blocks", "compiled-model", "compiled-model+step-graph"}
+PROFILED_TRAIN = {
+    "compiled-blocks",
+    "compiled-model",
+    "compiled-model+step-graph",
+    "compiled-model-autotune+step-graph",
+}
 PROFILED_INFER = {"compiled-blocks + CUDA graph"}  # at h 96 and h 720
 
 
@@ -510,8 +523,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             for _, batch in [t for t in plan.train.get(group, []) if t[0] == dtype_name]:
                 variants = list(TRAIN_VARIANTS)
                 if group == "large-train":  # the fastest set-ups, with kernel profiles
-                    fastest = ("compiled-model+step-graph", "compiled-model+cudagraphs", "compiled-model")
-                    variants = [v for v in TRAIN_VARIANTS if v[0] in fastest]
+                    fastest = runner.train_variants or ("compiled-model+step-graph", "compiled-model+cudagraphs",
+                                                        "compiled-model")  # fmt: skip
+                    variants = [v for v in TRAIN_VARIANTS + EXTRA_TRAIN_VARIANTS if v[0] in fastest]
                 if group == "base":
                     variants.append(("eager-loop-dispatch", False, None, False, "loop"))
                 make = lambda d=dtype: load_ours(workdir, d, device)  # noqa: E731
@@ -557,13 +571,14 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
 
 
 # Entry points --------------------------------------------------------------------------------------
-def run_groups_here(groups, plan: Plan, jsonl: Path, deadline: float, profile_dir: Path | None = None) -> None:
+def run_groups_here(groups, plan: Plan, jsonl: Path, deadline: float, profile_dir: Path | None = None,
+                    **runner_options) -> None:  # fmt: skip
     peak = None
     if plan.device == "cuda":
         # Forecasting meets a few shapes (prefill, decode steps, batch sizes) before sizes go dynamic.
         torch._dynamo.config.recompile_limit = 64
         peak = matmul_peak_tflops()
-    runner = Runner(plan, jsonl, deadline, peak, profile_dir)
+    runner = Runner(plan, jsonl, deadline, peak, profile_dir, **runner_options)
     runner.emit({"kind": "env", **environment(), "bf16_matmul_tflops": peak,
                  "reference_attention": "eager", "groups": list(groups)})  # fmt: skip
     for group in groups:
@@ -598,6 +613,8 @@ def main(argv=None) -> None:
     parser.add_argument("--in-process", action="store_true", help="run the groups in this process")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for --cpu")
     parser.add_argument("--profile-dir", type=Path, default=None, help="write kernel profiles of base cases here")
+    parser.add_argument("--profile-rows", type=int, default=30, help="kernels listed per profile")
+    parser.add_argument("--train-variants", default="", help="large-train only: comma-separated variant names")
     parser.add_argument("--command", default=None, help="with --report: the command that produced the records")
     parser.add_argument("--note", default=None, help="with --report: a line for the report (e.g. the commit measured)")
     args = parser.parse_args(argv)
@@ -626,7 +643,9 @@ def main(argv=None) -> None:
         parser.error("the GPU benchmark needs CUDA; use --smoke or --cpu on this machine")
     deadline = time.time() + args.budget_s
     if args.in_process:  # a worker of the driver below: records only, the driver writes the report
-        run_groups_here(groups, plan, jsonl, deadline, args.profile_dir)
+        variants = tuple(v for v in args.train_variants.split(",") if v)
+        run_groups_here(groups, plan, jsonl, deadline, args.profile_dir, profile_rows=args.profile_rows,
+                        train_variants=variants)  # fmt: skip
         return
     else:
         # One process per group: a device-side failure in one cannot take the others with it.
@@ -640,7 +659,9 @@ def main(argv=None) -> None:
             if args.smoke:
                 cmd.append("--smoke")
             if args.profile_dir:
-                cmd += ["--profile-dir", str(args.profile_dir)]
+                cmd += ["--profile-dir", str(args.profile_dir), "--profile-rows", str(args.profile_rows)]
+            if args.train_variants:
+                cmd += ["--train-variants", args.train_variants]
             rc = subprocess.call(cmd)
             if rc:
                 log.warning("group %s exited with %d", group, rc)

@@ -169,7 +169,8 @@ def gpu_trainer(compile_mode: str, **changes) -> Trainer:
     cfg = TrainConfig(**{**values, **changes})
     ctx = DistContext(device=torch.device("cuda"))
     model = build_model(cfg, ctx.device)
-    return Trainer(cfg, ctx, model, [make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)])
+    sources, shards = open_data(cfg.data, cfg.seed), cfg.grad_accum  # one stream per micro-batch
+    return Trainer(cfg, ctx, model, [make_stream(sources, cfg, k, shards, cfg.seed) for k in range(shards)])
 
 
 @needs_gpu
@@ -192,3 +193,16 @@ def test_the_trainer_step_graph_trains_like_the_compiled_model_and_resumes(tmp_p
     resumed.load(path)
     again = [resumed.train_step()["loss"] for _ in range(2)]
     assert again == pytest.approx(continued, rel=1e-3)
+
+
+@needs_gpu
+def test_the_step_graph_accumulates_micro_batches_like_the_compiled_model():
+    # Two micro-batches per step: the graph holds both forwards and backwards, and replays them on new data.
+    plain = gpu_trainer("model", grad_accum=2, batch_size=2)
+    graphed = gpu_trainer("model-step-graph", grad_accum=2, batch_size=2)
+    for _ in range(6):  # 3 eager warm-up steps, 1 recorded, 2 replayed
+        a, b = plain.train_step(), graphed.train_step()
+        assert b["tokens"] == a["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2)
+    assert graphed._graphed is not None and graphed._graphed.graph is not None

@@ -245,6 +245,40 @@ def test_whole_model_compile_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_evaluation_runs_outside_a_whole_model_graph(monkeypatch):
+    # A whole-model compile would compile a second, no-grad graph for evaluation (the one that crashed under
+    # flex in bf16 on a GPU); evaluate() runs the model's own forward instead, with the same result.
+    import timemoe_forecaster.train.trainer as trainer_module
+
+    graph_calls = []
+
+    def counting_backend(gm, example_inputs):
+        def run(*args):
+            graph_calls.append(1)
+            return gm(*args)
+
+        return run
+
+    real_parallelize = trainer_module.parallelize
+    monkeypatch.setattr(
+        trainer_module, "parallelize", lambda *a, **k: real_parallelize(*a, **k, compile_backend=counting_backend)
+    )
+    results = {}
+    for mode in (False, "model"):
+        cfg = small_config(compile=mode, eval_batches=2)
+        sources = open_data(cfg.data, cfg.seed)
+        model = build_model(cfg, torch.device("cpu"))
+        trainer = Trainer(cfg, DistContext(), model, [make_stream(sources, cfg, 0, 1, cfg.seed)],
+                          eval_stream=lambda cfg=cfg, src=sources: make_stream(src, cfg, 0, 1, 99))  # fmt: skip
+        loss = trainer.train_step(prefetch=False)["loss"]
+        calls = len(graph_calls)
+        results[mode] = (loss, trainer.evaluate())
+        assert len(graph_calls) == calls  # no graph ran during evaluation
+        assert trainer.model.training
+    assert len(graph_calls) > 0  # the training step did go through the compiled graph
+    assert results["model"] == pytest.approx(results[False], rel=1e-4)
+
+
 def test_compile_setting_is_normalised_and_checked():
     assert small_config(compile=True).compile == "blocks"
     assert small_config(compile="off").compile is False

@@ -20,6 +20,7 @@ DTYPES = ("auto", "bf16", "fp32")
 # "model-step-graph" compiles the whole model and records each training step (forward, backward, clipping,
 # AdamW) as one CUDA graph: no host work between the pieces (one GPU, one process, fused fp32 AdamW).
 COMPILE_MODES = ("blocks", "model", "model-cudagraphs", "model-step-graph")
+WHOLE_MODEL_COMPILES = ("model", "model-cudagraphs", "model-step-graph")  # one graph of the whole forward
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..model.attention import prepare_flex_tiles
+from .config import WHOLE_MODEL_COMPILES
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def parallelize(
         from ..compile import compile_blocks
 
         compile_blocks(model, backend=compile_backend)  # in place: parameter names and state_dict keys stay unchanged
-    elif compile in ("model", "model-cudagraphs", "model-step-graph"):  # the step graph is the trainer's
+    elif compile in WHOLE_MODEL_COMPILES:  # the step graph is the trainer's
         if fsdp:
             raise ValueError("whole-model compile with FSDP2 is not supported here; use compile='blocks'")
         graphs = compile == "model-cudagraphs" and compile_backend == "inductor"

@@ -24,7 +24,7 @@ import torch
 from ..config import resolve_config
 from ..model.modeling import TimeMoEForPrediction, count_loss_points
 from . import state as ckpt
-from .config import TrainConfig
+from .config import WHOLE_MODEL_COMPILES, TrainConfig
 from .metrics import MetricsWriter, Throughput
 from .optim import build_optimizer, build_scheduler
 from .parallel import (
@@ -126,11 +126,6 @@ class Trainer:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self._graphed: GraphedStep | None = None  # recorded on the first steps (step_graph only)
-        if self.step_graph and cfg.eval_every and cfg.attn_backend == "flex":
-            log.warning(
-                "evaluation between steps with --attn-backend flex --compile model-step-graph crashed in a GPU test "
-                "(illegal memory access, docs/pretraining.md); checkpoint often (--save-every) or use --eval-every 0"
-            )
         if self.step_graph:
             check_capturable(self.optimizer)
             use_tensor_lr(self.optimizer)  # after the scheduler: its base rates stay floats, its fills never sync
@@ -295,6 +290,17 @@ class Trainer:
         self.history.append(record)
         return record
 
+    def _eval_forward(self, batch: dict[str, torch.Tensor]):
+        """The forward of an evaluation batch. A whole-model compile ("model", "model-cudagraphs",
+        "model-step-graph") is left out: the no-grad graph it would compile is a second compilation for a few
+        batches, and with FlexAttention in bf16 that graph's attention kernel hit an illegal memory access on an
+        H100 (torch 2.11; benchmarks/results/raw/session7/call1_diag_flex_eval.log) where the training graph and
+        eager code run fine. ``forward`` is the module's own code, not the graph ``Module.compile`` installed."""
+        if self.cfg.compile in WHOLE_MODEL_COMPILES:
+            return self.model.forward(**batch)
+        self._begin_graph_iteration()
+        return self.train_model(**batch)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean forecast (AR) loss over ``eval_batches`` held-out batches, averaged over ranks."""
@@ -305,9 +311,8 @@ class Trainer:
         total = torch.zeros((), device=self.ctx.device)
         for _ in range(self.cfg.eval_batches):
             batch = self._to_device(stream.next_batch())
-            self._begin_graph_iteration()
             with self._autocast():
-                total += self.train_model(**batch).ar_loss.float()
+                total += self._eval_forward(batch).ar_loss.float()
         self.model.train()
         return all_reduce_sum(total, self.ctx).item() / (self.cfg.eval_batches * self.ctx.world_size)
 
