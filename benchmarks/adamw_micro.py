@@ -1,0 +1,126 @@
+"""AdamW update of a whole model on the GPU: torch's fused kernel against one Triton launch per tensor.
+
+Both run replayed from a CUDA graph (how ``--compile model-step-graph`` runs them), on the parameters of a
+preset, bf16 weights (``speed.py``'s training step) and fp32 weights (the trainer's master weights). Device
+time per update from CUDA events, median of replays; "TB/s" counts each tensor read and written once.
+
+    python3 benchmarks/adamw_micro.py [--size large] [--reps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from timemoe_forecaster.config import TimeMoEConfig
+from timemoe_forecaster.model.modeling import TimeMoEForPrediction
+from timemoe_forecaster.train.optim import param_groups
+
+LR, BETAS, EPS, WD = 1e-3, (0.9, 0.95), 1e-8, 0.1
+
+
+def graph_time(fn, reps: int) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph (after eager warm-up on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def triton_update(params, grads, states, lr, step, block: int, warps: int):
+    import triton
+
+    from timemoe_forecaster.train.adamw_kernels import adamw_update
+
+    def run():
+        step.add_(1)
+        for p, g, (m, v, wd) in zip(params, grads, states):
+            n = p.numel()
+            adamw_update[(triton.cdiv(n, block),)](
+                p, g, m, v, lr, step, step, n, BETAS[0], BETAS[1], EPS, wd, HAS_FOUND_INF=False, BLOCK=block,
+                num_warps=warps,
+            )  # fmt: skip
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", default="large")
+    parser.add_argument("--reps", type=int, default=30)
+    args = parser.parse_args()
+    config = TimeMoEConfig.from_preset(args.size)
+    records = []
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(0)
+        model = TimeMoEForPrediction(config).to("cuda", dtype)
+        groups = param_groups(model, WD)
+        params = [p for g in groups for p in g["params"]]
+        decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        numel = sum(p.numel() for p in params)
+        moved = numel * dtype.itemsize * 7  # read p, g, m, v; write p, m, v
+        start = [p.detach().clone() for p in params]
+
+        torch_opt = torch.optim.AdamW(groups, lr=torch.tensor(LR, device="cuda"), betas=BETAS, eps=EPS, fused=True,
+                                      capturable=True)  # fmt: skip
+        ms = graph_time(torch_opt.step, args.reps)
+        records.append({"dtype": str(dtype), "impl": "torch-fused", "ms": ms, "tb_s": moved / ms / 1e9,
+                        "tensors": len(params), "numel": numel})  # fmt: skip
+        print(json.dumps(records[-1]), flush=True)
+        for block, warps in ((1024, 4), (2048, 8), (4096, 8), (8192, 16)):
+            with torch.no_grad():
+                for p, s in zip(params, start):
+                    p.copy_(s)
+            states = [(torch.zeros_like(p), torch.zeros_like(p), decay[id(p)]) for p in params]
+            step, lr = torch.zeros((), device="cuda"), torch.tensor(LR, device="cuda")
+            fn = triton_update(params, [p.grad for p in params], states, lr, step, block, warps)
+            ms = graph_time(fn, args.reps)
+            rec = {"dtype": str(dtype), "impl": f"triton-per-tensor block={block} warps={warps}", "ms": ms,
+                   "tb_s": moved / ms / 1e9, "tensors": len(params), "numel": numel}  # fmt: skip
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+        # Agreement: 5 updates from the same start with torch (fresh state) and with triton.
+        results = []
+        for impl in ("torch", "triton"):
+            with torch.no_grad():
+                for p, s in zip(params, start):
+                    p.copy_(s)
+            if impl == "torch":
+                opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
+                for _ in range(5):
+                    opt.step()
+            else:
+                states = [(torch.zeros_like(p), torch.zeros_like(p), decay[id(p)]) for p in params]
+                step, lr = torch.zeros((), device="cuda"), torch.tensor(LR, device="cuda")
+                fn = triton_update(params, [p.grad for p in params], states, lr, step, 4096, 8)
+                for _ in range(5):
+                    fn()
+            results.append([p.detach().float().clone() for p in params])
+        worst = max(((a - b).abs().max() / (a - s.float()).abs().max().clamp_min(1e-12)).item()
+                    for a, b, s in zip(results[0], results[1], start))  # fmt: skip
+        print(json.dumps({"dtype": str(dtype), "max_diff_over_update": worst}), flush=True)
+        del model, groups, params, torch_opt, start, results
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
