@@ -1,6 +1,9 @@
 """Isolate the illegal memory access seen in ``evaluate()`` under flex in bf16 (session 6, call 11).
 
 Each case runs in its own process (a CUDA fault poisons the context), all at once; prints one line per case.
+Since session 7 ``evaluate()`` runs the model's own forward under a whole-model compile, so the trainer's cases
+pass; the ``*-compiled-eval`` cases still send evaluation batches through the compiled model's no-grad graph
+(what crashed with torch 2.11), to check whether a newer torch has fixed it.
     python3 benchmarks/tools/diag_flex_eval.py [--cases a,b] [--timeout 240]
 """
 
@@ -14,6 +17,8 @@ import time
 
 CASES = {
     # name: (compile, dtype, train steps before evaluating, inductor config overrides, keep sm90 tiles)
+    "model-bf16-compiled-eval": ("model", "bf16", 2, {}, True),
+    "model-fp32-compiled-eval": ("model", "fp32", 2, {}, True),
     "eager-bf16": (False, "bf16", 2, {}, True),
     "model-bf16": ("model", "bf16", 2, {}, True),
     "model-bf16-eval-first": ("model", "bf16", 0, {}, True),
@@ -50,6 +55,8 @@ def run_case(name: str) -> dict:
         cfg, ctx, build_model(cfg, ctx.device), [stream],
         eval_stream=lambda: make_stream(open_data(cfg.data, 99), cfg, 0, 1, 99),
     )  # fmt: skip
+    if name.endswith("-compiled-eval"):  # the compiled graph itself, as evaluate() ran it before session 7
+        trainer._eval_forward = lambda batch: trainer.train_model(**batch)
     losses = [trainer.train_step(prefetch=False)["loss"] for _ in range(steps)]
     evals = [trainer.evaluate()]
     losses += [trainer.train_step(prefetch=False)["loss"] for _ in range(2)]
