@@ -131,7 +131,7 @@ def profile_steps(trainer: Trainer, path: Path, steps: int = 3) -> float:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             trainer.train_step()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=400, max_name_column_width=70)
     path.write_text(table)
     busy_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
     return busy_us / steps / 1e3
@@ -224,7 +224,14 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--profile", action="store_true", help="kernel tables of each setting (after timing)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, eager settings: check the script")
+    parser.add_argument(
+        "--clip-pass", action="store_true", help="baseline: clip with clip_grad_norm_'s own pass over the gradients"
+    )
     args = parser.parse_args(argv)
+    if args.clip_pass:  # how the trainer clipped before session 7 (the fused update now applies the factor)
+        Trainer._clip_gradients = lambda self: torch.nn.utils.clip_grad_norm_(
+            self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:

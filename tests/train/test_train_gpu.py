@@ -54,3 +54,27 @@ def test_compile_and_activation_checkpointing_match_eager():
     compiled, trainer = one_step_loss(gpu_config(dtype="fp32", compile=True, activation_checkpointing=True))
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert all("_checkpoint_wrapped_module" not in k for k in trainer.model.state_dict())
+
+
+@pytest.mark.parametrize("grad_clip", [0.05, 0.0])
+def test_clipping_inside_the_fused_update_equals_clip_grad_norm(grad_clip):
+    # The fused AdamW divides the gradients by the clipping factor as it reads them (no separate pass over them);
+    # the foreach AdamW steps after clip_grad_norm_. Two steps from the same start must agree, clipped or not.
+    results = []
+    for fused in (True, False):
+        cfg = gpu_config(dtype="fp32", fused=fused, grad_clip=grad_clip, lr=1e-2)
+        _, trainer = one_step_loss(cfg)
+        record = trainer.train_step(prefetch=False)
+        assert trainer.update_before_sync == fused
+        params = list(trainer.model.parameters())
+        # The first moment holds the clipped gradients themselves (Adam's update alone hides a common scale).
+        moments = [trainer.optimizer.state[p]["exp_avg"].clone() for p in params]
+        results.append((record["grad_norm"], [p.detach().clone() for p in params], moments))
+    (norm_fused, fused_params, fused_m), (norm_plain, plain_params, plain_m) = results
+    assert norm_fused == pytest.approx(norm_plain, rel=1e-4)
+    if grad_clip:
+        assert norm_plain > 2 * grad_clip  # the clip was active
+    for a, b in zip(fused_params, plain_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(fused_m, plain_m, strict=True):  # tiny values: compare whole tensors
+        assert ((a - b).norm() / b.norm().clamp_min(1e-30)).item() < 1e-3
