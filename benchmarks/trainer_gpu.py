@@ -78,9 +78,11 @@ def time_trainer(
     host = {"fetch": [], "prepare": []}  # host time of the data pipeline, per call
     trainer._fetch = _timed(trainer._fetch, host["fetch"])
     trainer._prepare = _timed(trainer._prepare, host["prepare"])
+    # As Trainer.run does: under the step graph each call enqueues the next step before reading its own results.
+    launch = trainer.step_graph and LAUNCH_AHEAD
     t0 = time.perf_counter()
     for _ in range(warmup):
-        trainer.train_step()
+        trainer.train_step(launch_next=launch)
     warmup_s = time.perf_counter() - t0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -89,14 +91,16 @@ def time_trainer(
     host["prepare"].clear()
     for _ in range(steps):
         t = time.perf_counter()
-        record = trainer.train_step()  # ends with the step's host sync (loss, norm, token count)
+        record = trainer.train_step(launch_next=launch)  # ends with the step's host sync (loss, norm, tokens)
         times.append(time.perf_counter() - t)
         tokens.append(record["tokens"])
         losses.append(record["loss"])
     step_s = statistics.median(times)
     fetch_ms = statistics.median(host["fetch"]) * 1e3 if host["fetch"] else None
     prepare_ms = statistics.median(host["prepare"]) * 1e3 if host["prepare"] else None
-    busy_ms = profile_steps(trainer, profile_to) if profile_to is not None else None
+    busy_ms = profile_steps(trainer, profile_to, launch=launch) if profile_to is not None else None
+    if trainer._launched is not None:
+        trainer.train_step()  # the step enqueued ahead
     trainer.close()  # stops the data thread
     positions = batch * length
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
@@ -114,6 +118,9 @@ def time_trainer(
     }  # fmt: skip
 
 
+LAUNCH_AHEAD = True  # --no-launch-ahead turns it off
+
+
 def _timed(fn, into: list):
     def wrapper(*args, **kwargs):
         t = time.perf_counter()
@@ -124,13 +131,13 @@ def _timed(fn, into: list):
     return wrapper
 
 
-def profile_steps(trainer: Trainer, path: Path, steps: int = 3) -> float:
+def profile_steps(trainer: Trainer, path: Path, steps: int = 3, launch: bool = False) -> float:
     """Kernel table of a few more steps; returns the GPU's busy time per step (sum of kernel times)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            trainer.train_step()
+            trainer.train_step(launch_next=launch)
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=400, max_name_column_width=70)
     path.write_text(table)
     busy_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
@@ -227,7 +234,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--clip-pass", action="store_true", help="baseline: clip with clip_grad_norm_'s own pass over the gradients"
     )
+    parser.add_argument(
+        "--no-launch-ahead", action="store_true", help="baseline: step graph without enqueueing the next step early"
+    )
     args = parser.parse_args(argv)
+    global LAUNCH_AHEAD
+    LAUNCH_AHEAD = not args.no_launch_ahead
     if args.clip_pass:  # how the trainer clipped before session 7 (the fused update now applies the factor)
         Trainer._clip_gradients = lambda self: torch.nn.utils.clip_grad_norm_(
             self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")

@@ -206,3 +206,46 @@ def test_the_step_graph_accumulates_micro_batches_like_the_compiled_model():
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2)
     assert graphed._graphed is not None and graphed._graphed.graph is not None
+
+
+@needs_gpu
+def test_launching_the_next_step_ahead_trains_the_same(tmp_path):
+    # launch_next enqueues step k+1 before step k's results are read: same steps, same records, same weights.
+    plain, ahead = gpu_trainer("model-step-graph"), gpu_trainer("model-step-graph")
+    for k in range(8):  # 3 eager, 1 recorded, then replays; the last call consumes the step launched ahead
+        a = plain.train_step()
+        b = ahead.train_step(launch_next=k < 7)
+        assert (ahead._launched is not None) == (4 <= k < 7)  # only once the graph is recorded
+        assert b["step"] == a["step"] and b["tokens"] == a["tokens"] and b["lr"] == pytest.approx(a["lr"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2)
+        if ahead._launched is not None:
+            with pytest.raises(RuntimeError, match="already enqueued"):
+                ahead.save()
+    for pa, pb in zip(plain.model.parameters(), ahead.model.parameters(), strict=True):
+        torch.testing.assert_close(pb, pa, rtol=1e-3, atol=1e-5)
+
+
+@needs_gpu
+def test_the_training_loop_launches_ahead_between_evaluations_and_checkpoints(tmp_path):
+    # run() launches ahead except before an evaluation, a checkpoint or the end: its records, evaluations and
+    # checkpoint must match the plain compiled model's.
+    histories = {}
+    for mode in ("model", "model-step-graph"):
+        cfg_changes = dict(max_steps=10, eval_every=5, eval_batches=1, save_every=5, output_dir=str(tmp_path / mode))
+        trainer = gpu_trainer(mode, **cfg_changes)
+        trainer.eval_stream = lambda cfg=trainer.cfg: make_stream(open_data(cfg.data, 99), cfg, 0, 1, 99)
+        histories[mode] = trainer.run()
+    plain, graphed = histories["model"], histories["model-step-graph"]
+    assert [r["step"] for r in graphed] == list(range(1, 11))
+    for a, b in zip(plain, graphed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b.get("eval_loss") == pytest.approx(a.get("eval_loss"), rel=1e-3)
+    # The checkpoint at step 5 was written after a step launched ahead (step 5 itself): resuming from it must
+    # continue with the same batches and weights.
+    checkpoint = tmp_path / "model-step-graph" / "checkpoints" / "step_00000005"
+    resumed = gpu_trainer("model-step-graph", max_steps=10, output_dir=str(tmp_path / "resumed"))
+    resumed.load(checkpoint)
+    again = resumed.run()
+    assert [r["step"] for r in again] == list(range(6, 11))
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in graphed[5:]], rel=1e-3)

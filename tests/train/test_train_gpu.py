@@ -59,22 +59,18 @@ def test_compile_and_activation_checkpointing_match_eager():
 @pytest.mark.parametrize("grad_clip", [0.05, 0.0])
 def test_clipping_inside_the_fused_update_equals_clip_grad_norm(grad_clip):
     # The fused AdamW divides the gradients by the clipping factor as it reads them (no separate pass over them);
-    # the foreach AdamW steps after clip_grad_norm_. Two steps from the same start must agree, clipped or not.
+    # the foreach AdamW steps after clip_grad_norm_. After one step from the same start both moments hold the
+    # clipped gradients (the update itself would hide a common scale: Adam divides it out).
     results = []
     for fused in (True, False):
-        cfg = gpu_config(dtype="fp32", fused=fused, grad_clip=grad_clip, lr=1e-2)
-        _, trainer = one_step_loss(cfg)
-        record = trainer.train_step(prefetch=False)
+        _, trainer = one_step_loss(gpu_config(dtype="fp32", fused=fused, grad_clip=grad_clip))
         assert trainer.update_before_sync == fused
-        params = list(trainer.model.parameters())
-        # The first moment holds the clipped gradients themselves (Adam's update alone hides a common scale).
-        moments = [trainer.optimizer.state[p]["exp_avg"].clone() for p in params]
-        results.append((record["grad_norm"], [p.detach().clone() for p in params], moments))
-    (norm_fused, fused_params, fused_m), (norm_plain, plain_params, plain_m) = results
+        states = [trainer.optimizer.state[p] for p in trainer.model.parameters()]
+        results.append((trainer.history[-1]["grad_norm"], [(s["exp_avg"], s["exp_avg_sq"]) for s in states]))
+    (norm_fused, fused_moments), (norm_plain, plain_moments) = results
     assert norm_fused == pytest.approx(norm_plain, rel=1e-4)
     if grad_clip:
         assert norm_plain > 2 * grad_clip  # the clip was active
-    for a, b in zip(fused_params, plain_params, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    for a, b in zip(fused_m, plain_m, strict=True):  # tiny values: compare whole tensors
-        assert ((a - b).norm() / b.norm().clamp_min(1e-30)).item() < 1e-3
+    for pair_fused, pair_plain in zip(fused_moments, plain_moments, strict=True):
+        for a, b in zip(pair_fused, pair_plain):  # tiny values: compare whole tensors
+            assert ((a - b).norm() / b.norm().clamp_min(1e-30)).item() < 1e-4

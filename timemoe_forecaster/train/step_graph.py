@@ -107,6 +107,11 @@ class GraphedStep:
         self._signature: tuple | None = None
         self._stream = torch.cuda.Stream()
 
+    @property
+    def recorded(self) -> bool:
+        """Whether the graph exists, so that calls replay it."""
+        return self.graph is not None
+
     def __call__(self, inputs: Any) -> Any:
         self.calls += 1
         if self.graph is not None:
