@@ -73,13 +73,14 @@ def time_trainer(
     device: str = "cuda",
     profile_to: Path | None = None,
     prefetch: str = "off",
+    launch_ahead: bool = True,
 ) -> dict:
     trainer = build_trainer(size, backend, compile, length, batch, device, prefetch)
     host = {"fetch": [], "prepare": []}  # host time of the data pipeline, per call
     trainer._fetch = _timed(trainer._fetch, host["fetch"])
     trainer._prepare = _timed(trainer._prepare, host["prepare"])
     # As Trainer.run does: under the step graph each call enqueues the next step before reading its own results.
-    launch = trainer.step_graph and LAUNCH_AHEAD
+    launch = trainer.step_graph and launch_ahead
     t0 = time.perf_counter()
     for _ in range(warmup):
         trainer.train_step(launch_next=launch)
@@ -116,9 +117,6 @@ def time_trainer(
         "warmup_s": warmup_s, "losses": losses, "steps": steps, "status": "ok",
         "gpu_busy_ms_per_step": busy_ms, "host_fetch_ms": fetch_ms, "host_prepare_ms": prepare_ms,
     }  # fmt: skip
-
-
-LAUNCH_AHEAD = True  # --no-launch-ahead turns it off
 
 
 def _timed(fn, into: list):
@@ -238,8 +236,6 @@ def main(argv=None) -> None:
         "--no-launch-ahead", action="store_true", help="baseline: step graph without enqueueing the next step early"
     )
     args = parser.parse_args(argv)
-    global LAUNCH_AHEAD
-    LAUNCH_AHEAD = not args.no_launch_ahead
     if args.clip_pass:  # how the trainer clipped before session 7 (the fused update now applies the factor)
         Trainer._clip_gradients = lambda self: torch.nn.utils.clip_grad_norm_(
             self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -282,7 +278,7 @@ def main(argv=None) -> None:
             rows.append(
                 time_trainer(
                     args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to,
-                    prefetch=prefetch,
+                    prefetch=prefetch, launch_ahead=not args.no_launch_ahead,
                 )
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
