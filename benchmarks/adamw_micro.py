@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import triton
 import triton.language as tl
 
+from benchmarks.timing import time_cuda
 from timemoe_forecaster.config import TimeMoEConfig
 from timemoe_forecaster.model.modeling import TimeMoEForPrediction
 from timemoe_forecaster.train.optim import param_groups
@@ -81,15 +81,7 @@ def graph_time(fn, reps: int) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return time_cuda(graph.replay, warmup=0, reps=reps)["ms_median"]
 
 
 def triton_update(params, grads, states, lr, step, block: int, warps: int):
