@@ -74,8 +74,13 @@ def time_trainer(
     profile_to: Path | None = None,
     prefetch: str = "off",
     launch_ahead: bool = True,
+    clip_pass: bool = False,
 ) -> dict:
     trainer = build_trainer(size, backend, compile, length, batch, device, prefetch)
+    if clip_pass:  # how the trainer clipped before session 7 (the fused update now applies the factor)
+        trainer._clip_gradients = lambda: torch.nn.utils.clip_grad_norm_(
+            trainer.params, trainer.cfg.grad_clip if trainer.cfg.grad_clip > 0 else float("inf")
+        )
     host = {"fetch": [], "prepare": []}  # host time of the data pipeline, per call
     trainer._fetch = _timed(trainer._fetch, host["fetch"])
     trainer._prepare = _timed(trainer._prepare, host["prepare"])
@@ -236,10 +241,6 @@ def main(argv=None) -> None:
         "--no-launch-ahead", action="store_true", help="baseline: step graph without enqueueing the next step early"
     )
     args = parser.parse_args(argv)
-    if args.clip_pass:  # how the trainer clipped before session 7 (the fused update now applies the factor)
-        Trainer._clip_gradients = lambda self: torch.nn.utils.clip_grad_norm_(
-            self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
@@ -278,7 +279,7 @@ def main(argv=None) -> None:
             rows.append(
                 time_trainer(
                     args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to,
-                    prefetch=prefetch, launch_ahead=not args.no_launch_ahead,
+                    prefetch=prefetch, launch_ahead=not args.no_launch_ahead, clip_pass=args.clip_pass,
                 )
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
