@@ -51,7 +51,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROUPS = ("base", "large", "ultra", "dense")
 # Re-measurements of parts of a group, each with the model size it runs.
-EXTRA_GROUPS = {"base-forecast": "base", "large-forecast": "large", "long-forecast": "base", "large-train": "large"}
+EXTRA_GROUPS = {
+    "base-forecast": "base",
+    "large-forecast": "large",
+    "long-forecast": "base",
+    "large-train": "large",
+    "base-train": "base",
+}
+TRAIN_ONLY_GROUPS = ("large-train", "base-train")  # the reference and our fastest training set-ups only
 LR = 1e-4
 
 
@@ -107,6 +114,7 @@ def make_plan(smoke: bool) -> Plan:
                 "ultra": [("bf16", 1)],
                 "dense": [("bf16", 4)],
                 "large-train": [("bf16", 2)],
+                "base-train": [("bf16", 4)],
             },
         )
     small = dict(horizon_lengths=[1, 8, 32, 64], max_position_embeddings=4096, num_experts=4, num_attention_heads=2)
@@ -136,6 +144,7 @@ def make_plan(smoke: bool) -> Plan:
             "ultra": [("bf16", 1)],
             "dense": [("bf16", 2)],
             "large-train": [("bf16", 2)],
+            "base-train": [("bf16", 2)],
         },
         reps_train=(1, 2),
         reps_ref_train=(1, 2),
@@ -522,7 +531,7 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             infer_cases(runner, size, config, dtype_name, ref, ours, plan.infer.get(group, []), ivariants)
             for _, batch in [t for t in plan.train.get(group, []) if t[0] == dtype_name]:
                 variants = list(TRAIN_VARIANTS)
-                if group == "large-train":  # the fastest set-ups, with kernel profiles
+                if group in TRAIN_ONLY_GROUPS:  # the fastest set-ups, with kernel profiles
                     fastest = runner.train_variants or ("compiled-model+step-graph", "compiled-model+cudagraphs",
                                                         "compiled-model")  # fmt: skip
                     variants = [v for v in TRAIN_VARIANTS + EXTRA_TRAIN_VARIANTS if v[0] in fastest]
@@ -614,7 +623,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for --cpu")
     parser.add_argument("--profile-dir", type=Path, default=None, help="write kernel profiles of base cases here")
     parser.add_argument("--profile-rows", type=int, default=30, help="kernels listed per profile")
-    parser.add_argument("--train-variants", default="", help="large-train only: comma-separated variant names")
+    parser.add_argument(
+        "--train-variants", default="", help="large-train/base-train only: comma-separated variant names"
+    )
     parser.add_argument("--command", default=None, help="with --report: the command that produced the records")
     parser.add_argument("--note", default=None, help="with --report: a line for the report (e.g. the commit measured)")
     args = parser.parse_args(argv)
