@@ -12,6 +12,9 @@ import pandas as pd
 
 from . import preprocess
 
+# pandas 3 copies lazily (copy-on-write) and deprecates the ``copy`` keyword of ``astype``.
+_PANDAS_COPIES_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
+
 
 class SeriesSet:
     """Every (instance, column) of a frame as a 1-D array, instance-major."""
@@ -32,7 +35,7 @@ def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataF
             )
     if len(y) == 0:
         raise ValueError("y is empty; pass a series with at least 2 observed points")
-    frame = y.astype(np.float64, copy=copy)
+    frame = y.astype(np.float64) if _PANDAS_COPIES_ON_WRITE else y.astype(np.float64, copy=copy)
     if np.isinf(frame.to_numpy()).any():
         raise ValueError("y holds inf values; replace them by NaN (treated as missing) or finite numbers")
     if not require_points:
