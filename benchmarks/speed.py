@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -379,8 +380,7 @@ def infer_cases(runner: Runner, size, config, dtype_name, ref, ours, cases, vari
 
 
 def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_ours, variants):
-    """Reference step (``make_ref`` gives the model, or None), then each of our variants:
-    (name, activation checkpointing, compile, lean optimizer, MoE dispatch)."""
+    """Reference step (``make_ref`` gives the model, or None), then each of our ``TrainVariant``s."""
     plan, device = runner.plan, runner.plan.device
     dtype, seq = DTYPES[dtype_name], plan.seq_len
     data = random_batch(batch, seq, device, dtype)
@@ -397,7 +397,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         ref.zero_grad(set_to_none=True)
         del opt, fn, ref
         free_memory()
-    for name, checkpointing, compile_parts, lean, dispatch in variants:
+    for name, checkpointing, compile_parts, lean, dispatch, attention in variants:
         step_graph = bool(compile_parts) and compile_parts.startswith("model-step-graph")
         if step_graph and device != "cuda":
             runner.emit({"impl": "ours", "variant": name, **base, "status": "skipped (CUDA graphs need a GPU)"})
@@ -405,7 +405,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         model = make_ours()
         model.set_moe_dispatch(dispatch)
         loss_fn = ours_loss
-        if name.endswith("+flex"):
+        if attention == "flex":
             from timemoe_forecaster.model.attention import prepare_flex_tiles
 
             model.set_attn_backend("flex")
@@ -508,19 +508,30 @@ def infer_variants(plan: Plan):
     return variants
 
 
-TRAIN_VARIANTS = [  # name, activation checkpointing, compile, lean optimizer, MoE dispatch
-    ("eager", False, None, False, "auto"),
-    ("compiled-model+cudagraphs", False, "model-cudagraphs", False, "auto"),
-    ("compiled-model+step-graph", False, "model-step-graph", False, "auto"),
-    ("compiled-model", False, "model", False, "auto"),
-    ("compiled-blocks", False, "blocks", False, "auto"),
+class TrainVariant(NamedTuple):
+    """One of our training set-ups. ``attention`` "flex" passes the rows with an all-ones attention mask, which
+    gives FlexAttention a causal block mask (plain causal rows take SDPA whatever the backend): the same loss."""
+
+    name: str
+    checkpointing: bool
+    compile: str | None
+    lean_optimizer: bool
+    moe_dispatch: str
+    attention: str = "sdpa"
+
+
+TRAIN_VARIANTS = [
+    TrainVariant("eager", False, None, False, "auto"),
+    TrainVariant("compiled-model+cudagraphs", False, "model-cudagraphs", False, "auto"),
+    TrainVariant("compiled-model+step-graph", False, "model-step-graph", False, "auto"),
+    TrainVariant("compiled-model", False, "model", False, "auto"),
+    TrainVariant("compiled-blocks", False, "blocks", False, "auto"),
 ]
 # Only on request (--train-variants): experiments, not part of the standing table.
 EXTRA_TRAIN_VARIANTS = [
-    ("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto"),
-    # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the plain causal rows: the rows are passed
-    # with an all-ones attention mask, which gives the flex backend a causal block mask (same loss).
-    ("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto"),
+    TrainVariant("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto"),
+    # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
+    TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
 PROFILED_TRAIN = {
@@ -556,9 +567,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
                 if group in TRAIN_ONLY_GROUPS:  # the fastest set-ups, with kernel profiles
                     fastest = runner.train_variants or ("compiled-model+step-graph", "compiled-model+cudagraphs",
                                                         "compiled-model")  # fmt: skip
-                    variants = [v for v in TRAIN_VARIANTS + EXTRA_TRAIN_VARIANTS if v[0] in fastest]
+                    variants = [v for v in TRAIN_VARIANTS + EXTRA_TRAIN_VARIANTS if v.name in fastest]
                 if group == "base":
-                    variants.append(("eager-loop-dispatch", False, None, False, "loop"))
+                    variants.append(TrainVariant("eager-loop-dispatch", False, None, False, "loop"))
                 make = lambda d=dtype: load_ours(workdir, d, device)  # noqa: E731
                 ours.to("cpu")
                 train_case(runner, size, config, dtype_name, batch, lambda r=ref: r, make, variants)
@@ -593,9 +604,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             return ref
 
         ultra_variants = [
-            ("ckpt+compiled-blocks+fused-adamw", True, "blocks", False, "auto"),
-            ("ckpt+compiled-blocks+lean-adamw", True, "blocks", True, "auto"),
-            ("compiled-blocks+fused-adamw", False, "blocks", False, "auto"),
+            TrainVariant("ckpt+compiled-blocks+fused-adamw", True, "blocks", False, "auto"),
+            TrainVariant("ckpt+compiled-blocks+lean-adamw", True, "blocks", True, "auto"),
+            TrainVariant("compiled-blocks+fused-adamw", False, "blocks", False, "auto"),
         ]
         for _, batch in plan.train[group]:
             train_case(runner, size, config, "bf16", batch, make_ref, make_ours, ultra_variants)

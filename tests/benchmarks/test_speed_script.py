@@ -11,18 +11,12 @@ pytest.importorskip("sktime")
 pytest.importorskip("transformers")
 
 from benchmarks import speed  # noqa: E402
-from timemoe_forecaster import TimeMoEForPrediction  # noqa: E402
-from timemoe_forecaster.config import TimeMoEConfig  # noqa: E402
+from tests.helpers import make_model  # noqa: E402
 
 
 def test_masked_training_loss_equals_the_plain_one():
     # The flex training variant passes an all-ones attention mask: it must time the same loss.
-    torch.manual_seed(0)
-    config = TimeMoEConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_experts=4,
-        horizon_lengths=[1, 8, 32, 64],
-    )  # fmt: skip
-    model = TimeMoEForPrediction(config)
+    model = make_model()
     batch = speed.random_batch(2, 64, "cpu", torch.float32)
     plain = speed.ours_loss(model, batch)
     model.set_attn_backend("flex")  # on a CPU the masked rows take SDPA with the dense mask
