@@ -458,17 +458,37 @@ class GraphedForecast:
         return self.fast(context, horizon)
 
 
-# Compiled-block forecasting variants of the base and large ctx-512 cases: (name, MoE dispatch,
-# forecast keyword arguments, CUDA graph). The first is the library's default path; the last is
-# session 2's set-up.
+class InferVariant(NamedTuple):
+    """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
+    replays it, and the two fusions of session 10 (on by default; off for the A/B)."""
+
+    name: str
+    dispatch: str
+    kwargs: dict
+    graph: bool
+    fuse_shared_expert: bool = True
+    fuse_qkv: bool = True
+
+
+# Compiled-block forecasting variants of the base and large ctx-512 cases. The first is the library's
+# default path; the last is session 2's set-up.
 COMPILED_INFER_VARIANTS = [
-    ("compiled-blocks", "auto", {}, False),
-    ("compiled-blocks + CUDA graph", "auto", {}, True),
-    ("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
-    ("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
-    ("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
-    ("compiled-blocks, grouped MoE, one batch", "grouped", {"max_batch_tokens": None}, False),
+    InferVariant("compiled-blocks", "auto", {}, False),
+    InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
+    InferVariant("compiled-blocks + CUDA graph, shared expert on cuBLAS", "auto", {}, True, fuse_shared_expert=False),
+    InferVariant("compiled-blocks + CUDA graph, separate q k v GEMMs", "auto", {}, True, fuse_qkv=False),
+    InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
+    InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
+    InferVariant("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
+    InferVariant("compiled-blocks, grouped MoE, one batch", "grouped", {"max_batch_tokens": None}, False),
 ]
+
+
+def set_fusions(model, fuse_shared_expert: bool, fuse_qkv: bool) -> None:
+    for layer in model.model.layers:
+        layer.self_attn.fuse_qkv = fuse_qkv
+        if hasattr(layer.ffn_layer, "fuse_shared_expert"):
+            layer.ffn_layer.fuse_shared_expert = fuse_shared_expert
 
 
 def infer_variants(plan: Plan):
@@ -491,18 +511,20 @@ def infer_variants(plan: Plan):
             graphed.fast.clear()
         prepare_blocks(model, False, "blocks", plan.compile_backend)
         try:
-            for name, dispatch, kwargs, graph in COMPILED_INFER_VARIANTS if every else COMPILED_INFER_VARIANTS[:1]:
-                if graph and plan.device != "cuda":
+            for variant in COMPILED_INFER_VARIANTS if every else COMPILED_INFER_VARIANTS[:1]:
+                if variant.graph and plan.device != "cuda":
                     continue
-                model.set_moe_dispatch(dispatch)
-                if graph:
-                    graphed = GraphedForecast(model, **kwargs)
-                    yield name, graphed, {}
+                model.set_moe_dispatch(variant.dispatch)
+                set_fusions(model, variant.fuse_shared_expert, variant.fuse_qkv)
+                if variant.graph:
+                    graphed = GraphedForecast(model, **variant.kwargs)
+                    yield variant.name, graphed, {}
                     graphed.fast.clear()
                 else:
-                    yield name, model, kwargs
+                    yield variant.name, model, variant.kwargs
         finally:
             model.set_moe_dispatch("auto")
+            set_fusions(model, True, True)
             uncompile_blocks(model)
 
     return variants
@@ -540,7 +562,8 @@ PROFILED_TRAIN = {
     "compiled-model+step-graph",
     "compiled-model-autotune+step-graph",
 }
-PROFILED_INFER = {"compiled-blocks + CUDA graph"}  # at h 96 and h 720
+# at h 96 and h 720
+PROFILED_INFER = {"compiled-blocks + CUDA graph", "compiled-blocks + CUDA graph, shared expert on cuBLAS"}
 
 
 def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:

@@ -112,6 +112,11 @@ class TimeMoEForecaster(BaseForecaster):
         "fit_is_empty": False,
     }
 
+    # sktime would also keep its own copy of y in ``_y``; this forecaster keeps its context itself
+    # (``_context``) and updates it natively, so that copy would only double the memory of a fitted
+    # forecaster. Saying so also silences sktime 1.2's FutureWarning about this config's default.
+    _config = {"remember_data": False}
+
     def __init__(
         self,
         model_path=None,
@@ -140,6 +145,9 @@ class TimeMoEForecaster(BaseForecaster):
         self.seed = seed
         self.progress = progress
         super().__init__()
+        # sktime creates these only when remember_data is on at construction; a user may turn it on
+        # later with set_config, and sktime then expects them to exist.
+        self._y = self._X = None
 
     def __post_init__(self):
         preprocess.check_scaling(self.scaling)

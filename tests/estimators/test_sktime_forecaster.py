@@ -189,6 +189,24 @@ def test_update_extends_the_context(checkpoint):
     assert f.cutoff[0] == y.index[-1]
 
 
+def test_y_is_kept_once_and_sktime_does_not_warn_about_remember_data(checkpoint, recwarn):
+    """The forecaster keeps its own context, so sktime's copy of y is switched off (and its warning with it);
+    update still extends the context, also inside evaluate's update strategy."""
+    from sktime.forecasting.model_evaluation import evaluate
+    from sktime.split import ExpandingWindowSplitter
+
+    y = load_airline()
+    f = forecaster(checkpoint).fit(y.iloc[:120])
+    assert not [w for w in recwarn if "remember_data" in str(w.message)]
+    assert f._y is None and len(f._context) == 120
+    f.update(y.iloc[120:], update_params=False)
+    assert len(f._context) == len(y)
+    cv = ExpandingWindowSplitter(initial_window=100, step_length=20, fh=[1, 2])
+    by_update = evaluate(forecaster(checkpoint), cv, y, strategy="update", return_data=False)
+    by_refit = evaluate(forecaster(checkpoint), cv, y, strategy="refit", return_data=False)
+    np.testing.assert_allclose(by_update.iloc[:, 0], by_refit.iloc[:, 0], rtol=1e-6)
+
+
 def test_context_length_none_truncates_with_a_warning(caplog):
     y = pd.Series(np.sin(np.arange(200) / 7))
     config = {"preset": "tiny", "max_position_embeddings": 64}

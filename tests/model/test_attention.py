@@ -180,3 +180,31 @@ def test_rotary_angles_are_one_opaque_op_under_compile_and_equal_eager_ones():
     cos_e, sin_e = rotary(positions, torch.float32)
     assert torch.equal(cos_c, cos_e) and torch.equal(sin_c, sin_e)
     assert cos_e.shape == (2, 12, 16) and torch.allclose(cos_e[0, 3, 0], torch.cos(torch.tensor(3.0)))
+
+
+@pytest.mark.parametrize("num_kv_heads", [2, 1])
+def test_one_qkv_gemm_without_autograd_equals_three_and_training_keeps_three(num_kv_heads):
+    model = make_model(num_key_value_heads=num_kv_heads)
+    with torch.no_grad():  # the biases start at zero: give them values so that their concatenation counts
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.3)
+    x = rows()
+    with torch.no_grad():
+        fused = model(x).hidden_states
+        forecast = model.forecast(x, 12)
+        for layer in model.model.layers:
+            layer.self_attn.fuse_qkv = False
+        separate = model(x).hidden_states
+        assert torch.allclose(fused, separate, atol=1e-5)
+        assert torch.allclose(forecast, model.forecast(x, 12), atol=1e-5)
+    calls = []
+    handle = model.model.layers[0].self_attn.k_proj.register_forward_hook(lambda *_: calls.append(1))
+    for layer in model.model.layers:
+        layer.self_attn.fuse_qkv = True
+    with torch.no_grad():
+        model(x)  # one GEMM: k_proj's module is not called
+    assert calls == []
+    model(x)  # with autograd: k_proj runs as its own module
+    handle.remove()
+    assert calls == [1]

@@ -123,7 +123,13 @@ expected = layer._loop(x, weights, experts)
 got = layer._fused(x, weights, experts)
 err = ((got - expected).abs().max() / expected.abs().max()).item()
 assert err < 1e-5, err
-print("max relative error", err)
+# The shared expert as one expert holding every token, its sigmoid gate as the per-row weight.
+gate = torch.sigmoid(layer.shared_expert_gate(x))
+want_shared = gate * layer.shared_expert(x)
+got_shared = layer._fused_shared(x, gate.squeeze(-1))
+err_shared = ((got_shared - want_shared).abs().max() / want_shared.abs().max()).item()
+assert err_shared < 1e-5, err_shared
+print("max relative error", err, err_shared)
 """
 
 
@@ -164,8 +170,11 @@ def test_fused_dispatch_equals_grouped_on_gpu(top_k):
     with torch.no_grad():
         want, _ = grouped(x)
         got, _ = fused(x)
-    err = ((got.float() - want.float()).norm() / want.float().norm()).item()
-    assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
+        fused.fuse_shared_expert = False  # the routed experts fused, the shared expert on cuBLAS
+        got_unfused_shared, _ = fused(x)
+    for out in (got, got_unfused_shared):
+        err = ((out.float() - want.float()).norm() / want.float().norm()).item()
+        assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
 
 
 def test_set_moe_dispatch_switches_every_layer_and_refuses_unknown_names():

@@ -292,6 +292,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, kv, bias=True)
         self.v_proj = nn.Linear(h, kv, bias=True)
         self.o_proj = nn.Linear(h, h, bias=False)
+        # Forecasting runs q, k and v as one GEMM (see ``_qkv``); False keeps three (the benchmarks' A/B switch).
+        self.fuse_qkv = True
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k and v of every position. Without autograd (forecasting) as one GEMM on the concatenated
+        weights (under a megabyte to copy, against one wide GEMM instead of three narrow ones); training
+        keeps three, so that the weight gradients need no split."""
+        if not self.fuse_qkv or torch.is_grad_enabled():
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        layers = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = torch.cat([layer.bias for layer in layers])
+        return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
     def forward(
         self,
@@ -305,11 +318,13 @@ class Attention(nn.Module):
         cache for) all S positions, but only the last position queries: [B, 1, H]."""
         b, s, _ = x.shape
         cos, sin = rope
-        x_q = x[:, -1:] if last_only else x
-        s_q = x_q.shape[1]
-        q = self.q_proj(x_q).view(b, s_q, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, S_q, D]
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
+        if last_only:
+            s_q, q, k, v = 1, self.q_proj(x[:, -1:]), self.k_proj(x), self.v_proj(x)
+        else:
+            s_q, (q, k, v) = s, self._qkv(x)
+        q = q.view(b, s_q, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, S_q, D]
+        k = k.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
+        v = v.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
         q = apply_rotary(q, cos[:, -s_q:], sin[:, -s_q:])
         k = apply_rotary(k, cos, sin)
         if cache is not None:
