@@ -169,10 +169,10 @@ def test_fused_dispatch_equals_grouped_on_gpu(top_k):
     x = torch.randn(3, 1000, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         want, _ = grouped(x)
-        got, _ = fused(x)
-        fused.fuse_shared_expert = False  # the routed experts fused, the shared expert on cuBLAS
-        got_unfused_shared, _ = fused(x)
-    for out in (got, got_unfused_shared):
+        got, _ = fused(x)  # the routed experts fused, the shared expert on cuBLAS
+        fused.fuse_shared_expert = True
+        got_fused_shared, _ = fused(x)
+    for out in (got, got_fused_shared):
         err = ((out.float() - want.float()).norm() / want.float().norm()).item()
         assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
 
