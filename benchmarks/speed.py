@@ -461,14 +461,12 @@ class GraphedForecast:
 
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
-    replays it, and the two fusions tried in session 10 (the library's defaults: shared expert on cuBLAS, one
-    q/k/v GEMM)."""
+    replays it, and whether q, k and v run as one GEMM (the library's default since session 10)."""
 
     name: str
     dispatch: str
     kwargs: dict
     graph: bool
-    fuse_shared_expert: bool = False
     fuse_qkv: bool = True
 
 
@@ -477,7 +475,6 @@ class InferVariant(NamedTuple):
 COMPILED_INFER_VARIANTS = [
     InferVariant("compiled-blocks", "auto", {}, False),
     InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
-    InferVariant("compiled-blocks + CUDA graph, shared expert fused", "auto", {}, True, fuse_shared_expert=True),
     InferVariant("compiled-blocks + CUDA graph, separate q k v GEMMs", "auto", {}, True, fuse_qkv=False),
     InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
     InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
@@ -486,11 +483,9 @@ COMPILED_INFER_VARIANTS = [
 ]
 
 
-def set_fusions(model, fuse_shared_expert: bool, fuse_qkv: bool) -> None:
+def set_fuse_qkv(model, fuse_qkv: bool) -> None:
     for layer in model.model.layers:
         layer.self_attn.fuse_qkv = fuse_qkv
-        if hasattr(layer.ffn_layer, "fuse_shared_expert"):
-            layer.ffn_layer.fuse_shared_expert = fuse_shared_expert
 
 
 def infer_variants(plan: Plan):
@@ -517,7 +512,7 @@ def infer_variants(plan: Plan):
                 if variant.graph and plan.device != "cuda":
                     continue
                 model.set_moe_dispatch(variant.dispatch)
-                set_fusions(model, variant.fuse_shared_expert, variant.fuse_qkv)
+                set_fuse_qkv(model, variant.fuse_qkv)
                 if variant.graph:
                     graphed = GraphedForecast(model, **variant.kwargs)
                     yield variant.name, graphed, {}
@@ -526,7 +521,7 @@ def infer_variants(plan: Plan):
                     yield variant.name, model, variant.kwargs
         finally:
             model.set_moe_dispatch("auto")
-            set_fusions(model, False, True)
+            set_fuse_qkv(model, True)
             uncompile_blocks(model)
 
     return variants

@@ -123,13 +123,7 @@ expected = layer._loop(x, weights, experts)
 got = layer._fused(x, weights, experts)
 err = ((got - expected).abs().max() / expected.abs().max()).item()
 assert err < 1e-5, err
-# The shared expert as one expert holding every token, its sigmoid gate as the per-row weight.
-gate = torch.sigmoid(layer.shared_expert_gate(x))
-want_shared = gate * layer.shared_expert(x)
-got_shared = layer._fused_shared(x, gate.squeeze(-1))
-err_shared = ((got_shared - want_shared).abs().max() / want_shared.abs().max()).item()
-assert err_shared < 1e-5, err_shared
-print("max relative error", err, err_shared)
+print("max relative error", err)
 """
 
 
@@ -169,12 +163,9 @@ def test_fused_dispatch_equals_grouped_on_gpu(top_k):
     x = torch.randn(3, 1000, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         want, _ = grouped(x)
-        got, _ = fused(x)  # the routed experts fused, the shared expert on cuBLAS
-        fused.fuse_shared_expert = True
-        got_fused_shared, _ = fused(x)
-    for out in (got, got_fused_shared):
-        err = ((out.float() - want.float()).norm() / want.float().norm()).item()
-        assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
+        got, _ = fused(x)
+    err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+    assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
 
 
 def test_set_moe_dispatch_switches_every_layer_and_refuses_unknown_names():

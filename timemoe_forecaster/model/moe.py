@@ -124,10 +124,6 @@ class SparseExpertsLayer(nn.Module):
         self.w_down_EHF = nn.Parameter(torch.empty(e, h, f))
         self.shared_expert = GatedMLP(h, config.intermediate_size, config.hidden_act)
         self.shared_expert_gate = nn.Linear(h, 1, bias=False)
-        # True runs the shared expert through the fused Triton kernels too (``_fused_shared``). Off: on an
-        # H200 the base forecast lost 3-9% with it (cuBLAS's GEMMs beat the saved SwiGLU pass); kept as the
-        # benchmarks' A/B switch (docs/performance.md).
-        self.fuse_shared_expert = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, h = x.shape
@@ -137,12 +133,8 @@ class SparseExpertsLayer(nn.Module):
         weights_TK = weights_TK.to(x.dtype)
         compute_dtype = _compute_dtype(x_TH)
         if self._use_fused(x_TH, compute_dtype):
-            x_c = x_TH.to(compute_dtype)
-            routed_TH = self._fused(x_c, weights_TK.to(compute_dtype), experts_TK).to(x_TH.dtype)
-            if self.fuse_shared_expert:
-                gate_T = torch.sigmoid(self.shared_expert_gate(x_TH)).squeeze(-1)
-                shared_TH = self._fused_shared(x_c, gate_T.to(compute_dtype)).to(x_TH.dtype)
-                return (routed_TH + shared_TH).view(b, s, h), router_logits_TE
+            routed_TH = self._fused(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
+            routed_TH = routed_TH.to(x_TH.dtype)
         elif self._use_grouped(x_TH, compute_dtype):
             routed_TH = self._grouped(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
             routed_TH = routed_TH.to(x_TH.dtype)
@@ -217,21 +209,6 @@ class SparseExpertsLayer(nn.Module):
         act_AF = fused_moe.expert_swiglu(x_TH, order_A, offsets_E, w_gate_up, self.top_k)
         y_AH = fused_moe.expert_down(act_AF, order_A, offsets_E, w_down, weights_TK.reshape(-1))
         return y_AH.view(-1, self.top_k, y_AH.shape[-1]).sum(dim=1)  # [T, H]
-
-    def _fused_shared(self, x_TH, gate_T) -> torch.Tensor:
-        """gate * shared_expert(x) through the fused kernels, as one expert that holds every token.
-
-        cuBLAS runs the gate and up GEMMs, then a separate kernel reads both outputs back for the SwiGLU
-        and another multiplies by the sigmoid gate; here the SwiGLU happens on the GEMM's tile and the
-        gate is the down kernel's per-row weight, so neither intermediate makes a round trip through memory.
-        """
-        t = x_TH.shape[0]
-        rows_T = torch.arange(t, device=x_TH.device)  # already "sorted": one expert, token order
-        group_end = torch.full((1,), t, device=x_TH.device, dtype=torch.int32)
-        mlp = self.shared_expert
-        w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(x_TH.dtype)[None]  # [1, 2I, H]
-        act_TI = fused_moe.expert_swiglu(x_TH, rows_T, group_end, w_gate_up, 1)
-        return fused_moe.expert_down(act_TI, rows_T, group_end, mlp.down_proj.weight.to(x_TH.dtype)[None], gate_T)
 
     def _grouped(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
         """Sort assignments by expert, run all experts as one grouped GEMM, permute back and combine."""
