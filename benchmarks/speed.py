@@ -18,6 +18,7 @@ Results: ``benchmarks/results/speed.json`` (records) and ``speed.md`` (tables wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -398,39 +400,47 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         ref.zero_grad(set_to_none=True)
         del opt, fn, ref
         free_memory()
-    for name, checkpointing, compile_parts, lean, dispatch, attention in variants:
-        step_graph = bool(compile_parts) and compile_parts.startswith("model-step-graph")
-        if step_graph and device != "cuda":
-            runner.emit({"impl": "ours", "variant": name, **base, "status": "skipped (CUDA graphs need a GPU)"})
-            continue
-        model = make_ours()
-        model.set_moe_dispatch(dispatch)
-        loss_fn = ours_loss
-        if attention == "flex":
-            from timemoe_forecaster.model.attention import prepare_flex_tiles
+    for variant in variants:
+        with separate_projections(variant.separate_proj):
+            train_variant(runner, size, variant, base, data, tokens, flops, make_ours)
 
-            model.set_attn_backend("flex")
-            prepare_flex_tiles(device)  # a compiled model only reads the tile table
-            loss_fn = ours_loss_masked
-        prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
-        graphed = None
-        opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
-        fn = train_step_fn(loss_fn, model, opt, data)
-        if step_graph:
-            from timemoe_forecaster.train.step_graph import GraphedStep, check_capturable
 
-            check_capturable(opt)
-            graphed = GraphedStep(fn)
-            fn = lambda g=graphed: g(data)  # noqa: E731
-        need = 120 if compile_parts else 30
-        record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
-                                "tokens_per_s", need_s=need)  # fmt: skip
-        if runner.profile_dir and record.get("status") == "ok" and name in PROFILED_TRAIN:
-            path = runner.profile_dir / f"profile_train_{size}_{name.replace('+', '_')}.txt"
-            profile_to_file(fn, path, rows=runner.profile_rows)
-        del model, opt, fn
-        graphed = None  # a graphed step holds the model and its graph's memory pool
-        free_memory()
+def train_variant(runner: Runner, size, variant: TrainVariant, base, data, tokens, flops, make_ours) -> None:
+    """Build, prepare and time one of our training set-ups (``train_case``'s loop body)."""
+    plan, device = runner.plan, runner.plan.device
+    name, checkpointing, compile_parts, lean, dispatch, attention, _ = variant
+    step_graph = bool(compile_parts) and compile_parts.startswith("model-step-graph")
+    if step_graph and device != "cuda":
+        runner.emit({"impl": "ours", "variant": name, **base, "status": "skipped (CUDA graphs need a GPU)"})
+        return
+    model = make_ours()
+    model.set_moe_dispatch(dispatch)
+    loss_fn = ours_loss
+    if attention == "flex":
+        from timemoe_forecaster.model.attention import prepare_flex_tiles
+
+        model.set_attn_backend("flex")
+        prepare_flex_tiles(device)  # a compiled model only reads the tile table
+        loss_fn = ours_loss_masked
+    prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
+    graphed = None
+    opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
+    fn = train_step_fn(loss_fn, model, opt, data)
+    if step_graph:
+        from timemoe_forecaster.train.step_graph import GraphedStep, check_capturable
+
+        check_capturable(opt)
+        graphed = GraphedStep(fn)
+        fn = lambda g=graphed: g(data)  # noqa: E731
+    need = 120 if compile_parts else 30
+    record = runner.measure(fn, plan.reps_train, {"impl": "ours", "variant": name, **base}, tokens, flops,
+                            "tokens_per_s", need_s=need)  # fmt: skip
+    if runner.profile_dir and record.get("status") == "ok" and name in PROFILED_TRAIN:
+        path = runner.profile_dir / f"profile_train_{size}_{name.replace('+', '_')}.txt"
+        profile_to_file(fn, path, rows=runner.profile_rows)
+    del model, opt, fn
+    graphed = None  # a graphed step holds the model and its graph's memory pool
+    free_memory()
 
 
 def profile_to_file(fn, path: Path, warmup: int = 2, rows: int = 30) -> None:
@@ -459,15 +469,45 @@ class GraphedForecast:
         return self.fast(context, horizon)
 
 
+@contextlib.contextmanager
+def separate_projections(enabled: bool = True):
+    """A/B switch for the joined linears (session 11): while on, q, k, v and each gate/up pair of the shared
+    expert (or dense FFN) run as separate GEMMs on row slices of the joined weights, as they did when they
+    were separate parameters (three and two GEMMs forward, as many backward, and the sum of their input
+    gradients). Models compiled inside must run inside: the compiled code keeps what it traced."""
+    if not enabled:
+        yield
+        return
+    from timemoe_forecaster.model.attention import Attention
+    from timemoe_forecaster.model.layers import GatedMLP
+
+    def project_qkv(self, x):
+        weights = self.qkv_proj.weight.split(self.qkv_sizes)
+        return tuple(F.linear(x, w, b) for w, b in zip(weights, self.qkv_proj.bias.split(self.qkv_sizes)))
+
+    def gated_mlp(self, x):
+        w_gate, w_up = self.gate_up_proj.weight.chunk(2)
+        return self.down_proj(self.act(F.linear(x, w_gate)) * F.linear(x, w_up))
+
+    saved = Attention._project_qkv, GatedMLP.forward
+    Attention._project_qkv, GatedMLP.forward = project_qkv, gated_mlp
+    torch._dynamo.reset()  # no compiled code from before may serve the switched methods
+    try:
+        yield
+    finally:
+        Attention._project_qkv, GatedMLP.forward = saved
+        torch._dynamo.reset()
+
+
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
-    replays it, and whether q, k and v run as one GEMM (the library's default since session 10)."""
+    replays it, and whether the joined linears run as separate GEMMs (``separate_projections``)."""
 
     name: str
     dispatch: str
     kwargs: dict
     graph: bool
-    fuse_qkv: bool = True
+    separate_proj: bool = False
 
 
 # Compiled-block forecasting variants of the base and large ctx-512 cases. The first is the library's
@@ -475,17 +515,14 @@ class InferVariant(NamedTuple):
 COMPILED_INFER_VARIANTS = [
     InferVariant("compiled-blocks", "auto", {}, False),
     InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
-    InferVariant("compiled-blocks + CUDA graph, separate q k v GEMMs", "auto", {}, True, fuse_qkv=False),
+    InferVariant(
+        "compiled-blocks + CUDA graph, separate q k v and gate up GEMMs", "auto", {}, True, separate_proj=True
+    ),
     InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
     InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
     InferVariant("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
     InferVariant("compiled-blocks, grouped MoE, one batch", "grouped", {"max_batch_tokens": None}, False),
 ]
-
-
-def set_fuse_qkv(model, fuse_qkv: bool) -> None:
-    for layer in model.model.layers:
-        layer.self_attn.fuse_qkv = fuse_qkv
 
 
 def infer_variants(plan: Plan):
@@ -512,16 +549,15 @@ def infer_variants(plan: Plan):
                 if variant.graph and plan.device != "cuda":
                     continue
                 model.set_moe_dispatch(variant.dispatch)
-                set_fuse_qkv(model, variant.fuse_qkv)
-                if variant.graph:
-                    graphed = GraphedForecast(model, **variant.kwargs)
-                    yield variant.name, graphed, {}
-                    graphed.fast.clear()
-                else:
-                    yield variant.name, model, variant.kwargs
+                with separate_projections(variant.separate_proj):
+                    if variant.graph:
+                        graphed = GraphedForecast(model, **variant.kwargs)
+                        yield variant.name, graphed, {}
+                        graphed.fast.clear()
+                    else:
+                        yield variant.name, model, variant.kwargs
         finally:
             model.set_moe_dispatch("auto")
-            set_fuse_qkv(model, True)
             uncompile_blocks(model)
 
     return variants
@@ -537,6 +573,7 @@ class TrainVariant(NamedTuple):
     lean_optimizer: bool
     moe_dispatch: str
     attention: str = "sdpa"
+    separate_proj: bool = False  # the joined linears as separate GEMMs (``separate_projections``)
 
 
 TRAIN_VARIANTS = [
@@ -551,6 +588,10 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto"),
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
+    # Session 11's A/B: q/k/v and the shared expert's gate/up as separate GEMMs, as before they were joined.
+    TrainVariant(
+        "compiled-model+step-graph+separate-proj", False, "model-step-graph", False, "auto", separate_proj=True
+    ),  # fmt: skip
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
 PROFILED_TRAIN = {
@@ -558,6 +599,7 @@ PROFILED_TRAIN = {
     "compiled-model",
     "compiled-model+step-graph",
     "compiled-model-autotune+step-graph",
+    "compiled-model+step-graph+separate-proj",
 }
 # At h 96 and h 720: 2 files more, within the device's 8 returned files for the base group. (Session 10's
 # profile of the three-q/k/v-GEMM variant is committed under results/raw/session10/call2/.)

@@ -1,8 +1,10 @@
 """Checkpoints in the official layout: config.json + model.safetensors (or shards + index).
 
-Internally the routed experts of a layer are stacked ``[E, …]``; on disk they are the official
-per-expert keys ``model.layers.{l}.ffn_layer.experts.{e}.{gate,up,down}_proj.weight``. Loading never
-executes code from the checkpoint: safetensors, or ``torch.load(weights_only=True)`` for ``.bin``.
+Internally the routed experts of a layer are stacked ``[E, …]``, and q/k/v and the gate/up pairs of
+the shared expert (or dense FFN) are each one joined ``nn.Linear``; on disk they are the official keys:
+``model.layers.{l}.ffn_layer.experts.{e}.{gate,up,down}_proj.weight``, ``self_attn.{q,k,v}_proj.*`` and
+``{gate,up}_proj.weight``. Loading never executes code from the checkpoint: safetensors, or
+``torch.load(weights_only=True)`` for ``.bin``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ _STACKED = {"w_gate_up_EGH": ("gate_proj", "up_proj"), "w_down_EHF": ("down_proj
 _OFFICIAL_EXPERT = re.compile(
     r"^(model\.layers\.\d+\.ffn_layer)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$"
 )
+# Internal joined linears -> the official linears whose rows they hold, in order (weight and bias alike).
+_JOINED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_OFFICIAL_PART = {part: joined for joined, parts in _JOINED.items() for part in parts}
 
 
 class CheckpointError(ValueError):
@@ -39,25 +44,61 @@ class CheckpointError(ValueError):
 
 
 # Key mapping ---------------------------------------------------------------------------------
+def _joined_sizes(joined: str, rows: int, inputs: int) -> list[int]:
+    """Rows of each official part of a joined linear: q maps hidden to hidden and k, v share the rest
+    (grouped-query attention makes them narrower than q); gate and up are halves."""
+    if joined == "qkv_proj":
+        return [inputs, (rows - inputs) // 2, (rows - inputs) // 2]
+    return [rows // 2, rows // 2]
+
+
 def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Internal names -> official names (stacked experts split per expert)."""
+    """Internal names -> official names (stacked experts split per expert, joined linears split)."""
     out = {}
     for key, tensor in state_dict.items():
         prefix, _, leaf = key.rpartition(".")
+        module_prefix, _, module = prefix.rpartition(".")
         if leaf in _STACKED:
             projections = _STACKED[leaf]
             for e in range(tensor.shape[0]):
                 for proj, part in zip(projections, tensor[e].chunk(len(projections), dim=0), strict=True):
                     out[f"{prefix}.experts.{e}.{proj}.weight"] = part
+        elif module in _JOINED:
+            inputs = state_dict[f"{prefix}.weight"].shape[1]  # a bias takes its sizes from its weight
+            parts = tensor.split(_joined_sizes(module, tensor.shape[0], inputs), dim=0)
+            for proj, part in zip(_JOINED[module], parts, strict=True):
+                out[f"{module_prefix}.{proj}.{leaf}"] = part
         else:
             out[key] = tensor
     return out
 
 
-def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official names -> internal names (per-expert tensors stacked in expert order)."""
-    out, experts = {}, {}
+def _join_linears(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official q/k/v and gate/up linears (weights and biases) -> the joined internal tensors."""
+    out, parts = {}, {}
     for key, tensor in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        module_prefix, _, module = prefix.rpartition(".")
+        if module in _OFFICIAL_PART and ".experts." not in key:
+            parts.setdefault((module_prefix, _OFFICIAL_PART[module], leaf), {})[module] = tensor
+        else:
+            out[key] = tensor
+    for (module_prefix, joined, leaf), found in parts.items():
+        for proj in _JOINED[joined]:
+            if proj not in found:
+                raise CheckpointError(f"missing key {module_prefix}.{proj}.{leaf}")
+        tensors = [found[proj] for proj in _JOINED[joined]]
+        if len({tensor.shape[1:] for tensor in tensors}) != 1:
+            shapes = ", ".join(f"{proj}: {tuple(t.shape)}" for proj, t in zip(_JOINED[joined], tensors, strict=True))
+            raise CheckpointError(f"{module_prefix}: {leaf} shapes that do not fit together ({shapes})")
+        out[f"{module_prefix}.{joined}.{leaf}"] = torch.cat(tensors, dim=0)
+    return out
+
+
+def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official names -> internal names (per-expert tensors stacked in expert order, linears joined)."""
+    out, experts = {}, {}
+    for key, tensor in _join_linears(state_dict).items():
         match = _OFFICIAL_EXPERT.match(key)
         if match is None:
             out[key] = tensor
@@ -279,6 +320,9 @@ def load_pretrained(
 
 def to_official_name(key: str) -> str:
     prefix, _, leaf = key.rpartition(".")
-    if leaf not in _STACKED:
-        return key
-    return " + ".join(f"{prefix}.experts.*.{proj}.weight" for proj in _STACKED[leaf])
+    module_prefix, _, module = prefix.rpartition(".")
+    if leaf in _STACKED:
+        return " + ".join(f"{prefix}.experts.*.{proj}.weight" for proj in _STACKED[leaf])
+    if module in _JOINED:
+        return " + ".join(f"{module_prefix}.{proj}.{leaf}" for proj in _JOINED[module])
+    return key

@@ -46,3 +46,36 @@ def test_base_train_group_times_the_reference_and_the_chosen_variants(tmp_path):
     speed.main(["--report", "--jsonl", str(records_path), "--out", str(tmp_path)])  # the driver's last step
     table = (tmp_path / "speed.md").read_text()
     assert "| train base bf16, seq 64, batch 2 |" in table
+
+
+def test_separate_projections_switch_runs_the_same_function_as_separate_gemms_and_restores():
+    from timemoe_forecaster.model.attention import Attention
+    from timemoe_forecaster.model.layers import GatedMLP
+
+    model = make_model()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.bias.normal_(0.0, 0.3)
+    batch = speed.random_batch(2, 32, "cpu", torch.float32)
+    joined_loss = speed.ours_loss(model, batch)
+    joined_loss.backward()
+    joined_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    calls = []
+    joined = [layer.self_attn.qkv_proj for layer in model.model.layers]
+    joined += [layer.ffn_layer.shared_expert.gate_up_proj for layer in model.model.layers]
+    hooks = [module.register_forward_hook(lambda *_: calls.append(1)) for module in joined]
+    methods = Attention._project_qkv, GatedMLP.forward
+    with speed.separate_projections():
+        separate_loss = speed.ours_loss(model, batch)
+        separate_loss.backward()
+    assert calls == []  # neither joined module ran as one GEMM
+    assert (Attention._project_qkv, GatedMLP.forward) == methods
+    torch.testing.assert_close(separate_loss, joined_loss, rtol=1e-5, atol=1e-6)
+    for name, param in model.named_parameters():
+        if name in joined_grads:
+            torch.testing.assert_close(param.grad, joined_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    speed.ours_loss(model, batch)
+    assert calls  # switched back: the joined modules run again
+    for hook in hooks:
+        hook.remove()

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import make_model
 from timemoe_forecaster.model.modeling import build_attention_mask, positions_from_seq_ids
@@ -183,28 +184,30 @@ def test_rotary_angles_are_one_opaque_op_under_compile_and_equal_eager_ones():
 
 
 @pytest.mark.parametrize("num_kv_heads", [2, 1])
-def test_one_qkv_gemm_without_autograd_equals_three_and_training_keeps_three(num_kv_heads):
-    model = make_model(num_key_value_heads=num_kv_heads)
-    with torch.no_grad():  # the biases start at zero: give them values so that their concatenation counts
+def test_joined_qkv_equals_the_three_official_projections_in_every_path(num_kv_heads):
+    from timemoe_forecaster.checkpoint import to_official
+
+    model = make_model(num_key_value_heads=num_kv_heads).eval()
+    with torch.no_grad():  # the biases start at zero: give them values so that their split counts
         for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0.0, 0.3)
-    x = rows()
+            layer.self_attn.qkv_proj.bias.normal_(0.0, 0.3)
+    official = to_official(model.state_dict())
+    attn, x = model.model.layers[0].self_attn, torch.randn(3, 10, model.config.hidden_size)
+    prefix = "model.layers.0.self_attn"
+    q, k, v = (F.linear(x, official[f"{prefix}.{p}_proj.weight"], official[f"{prefix}.{p}_proj.bias"]) for p in "qkv")
+    kv = num_kv_heads * model.config.head_dim
+    assert k.shape[-1] == v.shape[-1] == kv <= q.shape[-1]  # GQA (1 kv head) and MHA
     with torch.no_grad():
-        fused = model(x).hidden_states
-        forecast = model.forecast(x, 12)
-        for layer in model.model.layers:
-            layer.self_attn.fuse_qkv = False
-        separate = model(x).hidden_states
-        assert torch.allclose(fused, separate, atol=1e-5)
-        assert torch.allclose(forecast, model.forecast(x, 12), atol=1e-5)
-    calls = []
-    handle = model.model.layers[0].self_attn.k_proj.register_forward_hook(lambda *_: calls.append(1))
-    for layer in model.model.layers:
-        layer.self_attn.fuse_qkv = True
+        joined = attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1)
+        last_q, last_k, last_v = attn._last_q_kv(x)
+    for got, want in zip(joined, (q, k, v), strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(last_q, q[:, -1:], atol=1e-6)
+    assert torch.allclose(last_k, k, atol=1e-6) and torch.allclose(last_v, v, atol=1e-6)
+    # The whole model: the last-position path (forecasting) agrees with the full forward.
+    rows_ = rows(3, 20)[..., None]
+    positions = torch.arange(20).expand(3, 20)
     with torch.no_grad():
-        model(x)  # one GEMM: k_proj's module is not called
-    assert calls == []
-    model(x)  # with autograd: k_proj runs as its own module
-    handle.remove()
-    assert calls == [1]
+        full, _ = model.model(rows_, positions, build_attention_mask(None, None, 20))
+        last, _ = model.model(rows_, positions, build_attention_mask(None, None, 20), last_only=True)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)

@@ -1,4 +1,4 @@
-"""Training checkpoints written before gate and up were one expert parameter still resume."""
+"""Training checkpoints written before parameters were joined (expert gate/up, q/k/v, shared gate/up) still resume."""
 
 from __future__ import annotations
 
@@ -21,18 +21,31 @@ def trained_optimizer():
     return model, optimizer
 
 
-def as_written_before(state: dict) -> dict:
-    """The same optimizer state in the old layout: separate gate and up entries, named as back then."""
+def as_written_before(state: dict, config: TimeMoEConfig) -> dict:
+    """The same optimizer state in the old layouts, named as back then: separate expert gate and up
+    entries (before session 6), separate q/k/v and shared-expert gate/up entries (before session 11)."""
+    h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
+    splits = {  # new leaf -> (old leaves, sizes along the joined dim or None for halves, dim)
+        "w_gate_up_EGH": (["w_gate_EFH", "w_up_EFH"], None, 1),
+        "qkv_proj.weight": (["q_proj.weight", "k_proj.weight", "v_proj.weight"], [h, kv, kv], 0),
+        "qkv_proj.bias": (["q_proj.bias", "k_proj.bias", "v_proj.bias"], [h, kv, kv], 0),
+        "gate_up_proj.weight": (["gate_proj.weight", "up_proj.weight"], None, 0),
+    }
     per_param, names = {}, {}
     for key, value in state["state"].items():
-        if key.endswith(".w_gate_up_EGH"):
-            prefix = key[: -len("w_gate_up_EGH")]
-            gate = {n: t.chunk(2, dim=1)[0].clone() if t.dim() == 3 else t.clone() for n, t in value.items()}
-            up = {n: t.chunk(2, dim=1)[1].clone() if t.dim() == 3 else t.clone() for n, t in value.items()}
-            per_param[prefix + "w_gate_EFH"], per_param[prefix + "w_up_EFH"] = gate, up
-            names[key] = [prefix + "w_gate_EFH", prefix + "w_up_EFH"]
-        else:
+        leaf = next((leaf for leaf in splits if key.endswith("." + leaf)), None)
+        if leaf is None:
             per_param[key] = value
+            continue
+        prefix, (old_leaves, sizes, dim) = key[: -len(leaf)], splits[leaf]
+        for i, old in enumerate(old_leaves):
+            per_param[prefix + old] = {
+                n: (t.split(sizes, dim) if sizes else t.chunk(len(old_leaves), dim))[i].clone()
+                if t.dim()
+                else t.clone()
+                for n, t in value.items()
+            }
+        names[key] = [prefix + old for old in old_leaves]
     groups = [{**g, "params": [n for p in g["params"] for n in names.get(p, [p])]} for g in state["param_groups"]]
     return {"state": per_param, "param_groups": groups}
 
@@ -40,8 +53,9 @@ def as_written_before(state: dict) -> dict:
 def test_an_old_optimizer_state_is_joined_into_the_current_layout():
     model, optimizer = trained_optimizer()
     current = get_optimizer_state_dict(model, optimizer)
-    old = as_written_before(current)
-    assert any(k.endswith("w_up_EFH") for k in old["state"])
+    old = as_written_before(current, model.config)
+    for leaf in ("w_up_EFH", "self_attn.k_proj.bias", "shared_expert.up_proj.weight"):
+        assert any(k.endswith(leaf) for k in old["state"]), leaf
     upgraded = upgrade_optimizer_state(old)
     assert upgraded["state"].keys() == current["state"].keys()
     for key, value in current["state"].items():

@@ -277,7 +277,12 @@ def check_backend(name: str) -> str:
 
 
 class Attention(nn.Module):
-    """Multi-head (grouped-query) self-attention: q/k/v projections with bias, o without."""
+    """Multi-head (grouped-query) self-attention: q/k/v projections with bias, o without.
+
+    q, k and v are one ``nn.Linear`` (``qkv_proj``: q's rows, then k's, then v's), so every forward
+    and backward runs one GEMM where three narrow ones ran before, and no per-call copy of weights is
+    needed. ``checkpoint.py`` maps it to and from the official ``q_proj``/``k_proj``/``v_proj`` keys.
+    """
 
     def __init__(self, config: TimeMoEConfig, layer_idx: int, backend: str = "sdpa") -> None:
         super().__init__()
@@ -288,23 +293,21 @@ class Attention(nn.Module):
         self.dropout = config.attention_dropout
         self.backend = check_backend(backend)
         h, kv = config.hidden_size, self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(h, h, bias=True)
-        self.k_proj = nn.Linear(h, kv, bias=True)
-        self.v_proj = nn.Linear(h, kv, bias=True)
+        self.qkv_sizes = (self.num_heads * self.head_dim, kv, kv)
+        self.qkv_proj = nn.Linear(h, sum(self.qkv_sizes), bias=True)
         self.o_proj = nn.Linear(h, h, bias=False)
-        # Forecasting runs q, k and v as one GEMM (see ``_qkv``); False keeps three (the benchmarks' A/B switch).
-        self.fuse_qkv = True
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k and v of every position. Without autograd (forecasting) as one GEMM on the concatenated
-        weights (under a megabyte to copy, against one wide GEMM instead of three narrow ones); training
-        keeps three, so that the weight gradients need no split."""
-        if not self.fuse_qkv or torch.is_grad_enabled():
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        layers = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = torch.cat([layer.bias for layer in layers])
-        return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k and v of every position: one GEMM, split into views."""
+        return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+
+    def _last_q_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q of the last position only, k and v of all: two GEMMs on row slices of ``qkv_proj`` (views)."""
+        q_rows = self.qkv_sizes[0]
+        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
+        q = F.linear(x[:, -1:], weight[:q_rows], bias[:q_rows])
+        k, v = F.linear(x, weight[q_rows:], bias[q_rows:]).split(self.qkv_sizes[1:], dim=-1)
+        return q, k, v
 
     def forward(
         self,
@@ -319,9 +322,9 @@ class Attention(nn.Module):
         b, s, _ = x.shape
         cos, sin = rope
         if last_only:
-            s_q, q, k, v = 1, self.q_proj(x[:, -1:]), self.k_proj(x), self.v_proj(x)
+            s_q, (q, k, v) = 1, self._last_q_kv(x)
         else:
-            s_q, (q, k, v) = s, self._qkv(x)
+            s_q, (q, k, v) = s, self._project_qkv(x)
         q = q.view(b, s_q, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, S_q, D]
         k = k.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]
         v = v.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, G, S, D]

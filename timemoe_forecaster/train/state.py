@@ -130,32 +130,42 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-# Before session 6 the routed experts' gate and up projections were two parameters; now one ([E, 2F, H]).
-_OLD_GATE, _OLD_UP, _GATE_UP = "w_gate_EFH", "w_up_EFH", "w_gate_up_EGH"
+# Parameters that were several once and are one now, as (old names, new name, the dim they join along),
+# matched at the end of a parameter's name. Before session 6 the routed experts' gate and up were two
+# parameters; before session 11 q/k/v and the shared expert's (or dense FFN's) gate and up were too.
+_JOINS = (
+    (("w_gate_EFH", "w_up_EFH"), "w_gate_up_EGH", 1),
+    (("q_proj.weight", "k_proj.weight", "v_proj.weight"), "qkv_proj.weight", 0),
+    (("q_proj.bias", "k_proj.bias", "v_proj.bias"), "qkv_proj.bias", 0),
+    (("gate_proj.weight", "up_proj.weight"), "gate_up_proj.weight", 0),
+)
 
 
 def upgrade_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer state dict (keyed by parameter names) written before gate and up were one parameter, joined
-    the way the model now stores them: per-element states concatenated along dim 1, the step count kept."""
-    per_param = state.get("state", {})
-    old_gates = [k for k in per_param if k.endswith("." + _OLD_GATE)]
-    if not old_gates:
+    """An optimizer state dict (keyed by parameter names) written before some parameters were joined, in the
+    layout the model has now: per-element states concatenated the way the parameters are, the step kept."""
+    per_param = dict(state.get("state", {}))
+    renamed: dict[str, str | None] = {}
+    for old_leaves, new_leaf, dim in _JOINS:
+        for first_key in [k for k in per_param if k.endswith("." + old_leaves[0])]:
+            prefix = first_key[: -len(old_leaves[0])]
+            old_keys = [prefix + leaf for leaf in old_leaves]
+            if not all(key in per_param for key in old_keys):
+                continue  # a frozen part has no state: nothing that could be joined
+            parts = [per_param.pop(key) for key in old_keys]
+            per_param[prefix + new_leaf] = {
+                name: torch.cat([part[name] for part in parts], dim=dim) if value.dim() > 0 else value
+                for name, value in parts[0].items()
+            }
+            renamed.update(dict.fromkeys(old_keys[1:]))
+            renamed[old_keys[0]] = prefix + new_leaf
+    if not renamed:
         return state
-    per_param = dict(per_param)
-    renamed = {}
-    for gate_key in old_gates:
-        prefix = gate_key[: -len(_OLD_GATE)]
-        up_key, new_key = prefix + _OLD_UP, prefix + _GATE_UP
-        gate, up = per_param.pop(gate_key), per_param.pop(up_key)
-        per_param[new_key] = {
-            name: torch.cat([value, up[name]], dim=1) if value.dim() == 3 else value for name, value in gate.items()
-        }
-        renamed[gate_key], renamed[up_key] = new_key, None
     groups = []
     for group in state.get("param_groups", []):
         params = [renamed.get(p, p) for p in group["params"] if renamed.get(p, p) is not None]
         groups.append({**group, "params": params})
-    log.info("upgraded %d expert optimizer states from separate gate and up projections", len(old_gates))
+    log.info("upgraded %d optimizer states to joined parameters", len(renamed))
     return {**state, "state": per_param, "param_groups": groups}
 
 
