@@ -470,12 +470,12 @@ class GraphedForecast:
 
 
 @contextlib.contextmanager
-def separate_projections(enabled: bool = True):
-    """A/B switch for the joined linears (session 11): while on, q, k, v and each gate/up pair of the shared
-    expert (or dense FFN) run as separate GEMMs on row slices of the joined weights, as they did when they
-    were separate parameters (three and two GEMMs forward, as many backward, and the sum of their input
-    gradients). Models compiled inside must run inside: the compiled code keeps what it traced."""
-    if not enabled:
+def separate_projections(which: str | None = "qkv+gate_up"):
+    """A/B switch for the joined linears (session 11): while on, q, k, v ("qkv") and/or each gate/up pair of
+    the shared expert or dense FFN ("gate_up") run as separate GEMMs on row slices of the joined weights, as
+    they did when they were separate parameters (three or two GEMMs forward, as many backward, and the sum of
+    their input gradients). Models compiled inside must run inside: the compiled code keeps what it traced."""
+    if not which:
         yield
         return
     from timemoe_forecaster.model.attention import Attention
@@ -490,7 +490,10 @@ def separate_projections(enabled: bool = True):
         return self.down_proj(self.act(F.linear(x, w_gate)) * F.linear(x, w_up))
 
     saved = Attention._project_qkv, GatedMLP.forward
-    Attention._project_qkv, GatedMLP.forward = project_qkv, gated_mlp
+    if "qkv" in which.split("+"):
+        Attention._project_qkv = project_qkv
+    if "gate_up" in which.split("+"):
+        GatedMLP.forward = gated_mlp
     torch._dynamo.reset()  # no compiled code from before may serve the switched methods
     try:
         yield
@@ -507,7 +510,7 @@ class InferVariant(NamedTuple):
     dispatch: str
     kwargs: dict
     graph: bool
-    separate_proj: bool = False
+    separate_proj: str | None = None  # ``separate_projections``'s argument
 
 
 # Compiled-block forecasting variants of the base and large ctx-512 cases. The first is the library's
@@ -516,8 +519,9 @@ COMPILED_INFER_VARIANTS = [
     InferVariant("compiled-blocks", "auto", {}, False),
     InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
     InferVariant(
-        "compiled-blocks + CUDA graph, separate q k v and gate up GEMMs", "auto", {}, True, separate_proj=True
+        "compiled-blocks + CUDA graph, separate q k v and gate up GEMMs", "auto", {}, True, separate_proj="qkv+gate_up"
     ),
+    InferVariant("compiled-blocks + CUDA graph, separate gate up GEMMs", "auto", {}, True, separate_proj="gate_up"),
     InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
     InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
     InferVariant("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
@@ -573,7 +577,7 @@ class TrainVariant(NamedTuple):
     lean_optimizer: bool
     moe_dispatch: str
     attention: str = "sdpa"
-    separate_proj: bool = False  # the joined linears as separate GEMMs (``separate_projections``)
+    separate_proj: str | None = None  # joined linears run as separate GEMMs: ``separate_projections``'s argument
 
 
 TRAIN_VARIANTS = [
@@ -588,10 +592,13 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto"),
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
-    # Session 11's A/B: q/k/v and the shared expert's gate/up as separate GEMMs, as before they were joined.
-    TrainVariant(
-        "compiled-model+step-graph+separate-proj", False, "model-step-graph", False, "auto", separate_proj=True
-    ),  # fmt: skip
+    # Session 11's A/B: q/k/v and/or the shared expert's gate/up as separate GEMMs, as before they were joined.
+    *(
+        TrainVariant(
+            f"compiled-model+step-graph+separate-{tag}", False, "model-step-graph", False, "auto", separate_proj=which
+        )  # fmt: skip
+        for tag, which in (("proj", "qkv+gate_up"), ("qkv", "qkv"), ("gate-up", "gate_up"))
+    ),
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
 PROFILED_TRAIN = {
