@@ -401,7 +401,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         del opt, fn, ref
         free_memory()
     for variant in variants:
-        with separate_projections(variant.separate_proj):
+        with forced_qkv_gemms(variant.qkv_gemms):
             train_variant(runner, size, variant, base, data, tokens, flops, make_ours)
 
 
@@ -470,47 +470,41 @@ class GraphedForecast:
 
 
 @contextlib.contextmanager
-def separate_projections(which: str | None = "qkv+gate_up"):
-    """A/B switch for the joined linears (session 11): while on, q, k, v ("qkv") and/or each gate/up pair of
-    the shared expert or dense FFN ("gate_up") run as separate GEMMs on row slices of the joined weights, as
-    they did when they were separate parameters (three or two GEMMs forward, as many backward, and the sum of
-    their input gradients). Models compiled inside must run inside: the compiled code keeps what it traced."""
-    if not which:
+def forced_qkv_gemms(count: int | None):
+    """A/B switch for the q/k/v projection (session 11): while on, it runs as one GEMM (``count=1``) or as
+    three on row slices of the joined weight (``count=3``) whether autograd is on or not; the library runs
+    one without autograd and three with (``Attention``). Models compiled inside must run inside: the
+    compiled code keeps what it traced."""
+    if count is None:
         yield
         return
     from timemoe_forecaster.model.attention import Attention
-    from timemoe_forecaster.model.layers import GatedMLP
 
     def project_qkv(self, x):
+        if count == 1:
+            return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
         weights = self.qkv_proj.weight.split(self.qkv_sizes)
         return tuple(F.linear(x, w, b) for w, b in zip(weights, self.qkv_proj.bias.split(self.qkv_sizes)))
 
-    def gated_mlp(self, x):
-        w_gate, w_up = self.gate_up_proj.weight.chunk(2)
-        return self.down_proj(self.act(F.linear(x, w_gate)) * F.linear(x, w_up))
-
-    saved = Attention._project_qkv, GatedMLP.forward
-    if "qkv" in which.split("+"):
-        Attention._project_qkv = project_qkv
-    if "gate_up" in which.split("+"):
-        GatedMLP.forward = gated_mlp
-    torch._dynamo.reset()  # no compiled code from before may serve the switched methods
+    saved = Attention._project_qkv
+    Attention._project_qkv = project_qkv
+    torch._dynamo.reset()  # no compiled code from before may serve the switched method
     try:
         yield
     finally:
-        Attention._project_qkv, GatedMLP.forward = saved
+        Attention._project_qkv = saved
         torch._dynamo.reset()
 
 
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
-    replays it, and whether the joined linears run as separate GEMMs (``separate_projections``)."""
+    replays it, and how many GEMMs the q/k/v projection runs as (``forced_qkv_gemms``; None: the library's choice)."""
 
     name: str
     dispatch: str
     kwargs: dict
     graph: bool
-    separate_proj: str | None = None  # ``separate_projections``'s argument
+    qkv_gemms: int | None = None
 
 
 # Compiled-block forecasting variants of the base and large ctx-512 cases. The first is the library's
@@ -518,10 +512,7 @@ class InferVariant(NamedTuple):
 COMPILED_INFER_VARIANTS = [
     InferVariant("compiled-blocks", "auto", {}, False),
     InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
-    InferVariant(
-        "compiled-blocks + CUDA graph, separate q k v and gate up GEMMs", "auto", {}, True, separate_proj="qkv+gate_up"
-    ),
-    InferVariant("compiled-blocks + CUDA graph, separate gate up GEMMs", "auto", {}, True, separate_proj="gate_up"),
+    InferVariant("compiled-blocks + CUDA graph, separate q k v GEMMs", "auto", {}, True, qkv_gemms=3),
     InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
     InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
     InferVariant("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
@@ -553,7 +544,7 @@ def infer_variants(plan: Plan):
                 if variant.graph and plan.device != "cuda":
                     continue
                 model.set_moe_dispatch(variant.dispatch)
-                with separate_projections(variant.separate_proj):
+                with forced_qkv_gemms(variant.qkv_gemms):
                     if variant.graph:
                         graphed = GraphedForecast(model, **variant.kwargs)
                         yield variant.name, graphed, {}
@@ -577,7 +568,7 @@ class TrainVariant(NamedTuple):
     lean_optimizer: bool
     moe_dispatch: str
     attention: str = "sdpa"
-    separate_proj: str | None = None  # joined linears run as separate GEMMs: ``separate_projections``'s argument
+    qkv_gemms: int | None = None  # ``forced_qkv_gemms``; None: the library's three
 
 
 TRAIN_VARIANTS = [
@@ -592,13 +583,8 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto"),
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
-    # Session 11's A/B: q/k/v and/or the shared expert's gate/up as separate GEMMs, as before they were joined.
-    *(
-        TrainVariant(
-            f"compiled-model+step-graph+separate-{tag}", False, "model-step-graph", False, "auto", separate_proj=which
-        )  # fmt: skip
-        for tag, which in (("proj", "qkv+gate_up"), ("qkv", "qkv"), ("gate-up", "gate_up"))
-    ),
+    # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).
+    TrainVariant("compiled-model+step-graph+one-qkv-gemm", False, "model-step-graph", False, "auto", qkv_gemms=1),
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
 PROFILED_TRAIN = {
@@ -606,7 +592,7 @@ PROFILED_TRAIN = {
     "compiled-model",
     "compiled-model+step-graph",
     "compiled-model-autotune+step-graph",
-    "compiled-model+step-graph+separate-proj",
+    "compiled-model+step-graph+one-qkv-gemm",
 }
 # At h 96 and h 720: 2 files more, within the device's 8 returned files for the base group. (Session 10's
 # profile of the three-q/k/v-GEMM variant is committed under results/raw/session10/call2/.)

@@ -1,10 +1,9 @@
 """Checkpoints in the official layout: config.json + model.safetensors (or shards + index).
 
-Internally the routed experts of a layer are stacked ``[E, …]``, and q/k/v and the gate/up pairs of
-the shared expert (or dense FFN) are each one joined ``nn.Linear``; on disk they are the official keys:
-``model.layers.{l}.ffn_layer.experts.{e}.{gate,up,down}_proj.weight``, ``self_attn.{q,k,v}_proj.*`` and
-``{gate,up}_proj.weight``. Loading never executes code from the checkpoint: safetensors, or
-``torch.load(weights_only=True)`` for ``.bin``.
+Internally the routed experts of a layer are stacked ``[E, …]`` and q/k/v are one joined ``nn.Linear``;
+on disk they are the official keys ``model.layers.{l}.ffn_layer.experts.{e}.{gate,up,down}_proj.weight``
+and ``model.layers.{l}.self_attn.{q,k,v}_proj.{weight,bias}``. Loading never executes code from the
+checkpoint: safetensors, or ``torch.load(weights_only=True)`` for ``.bin``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ _OFFICIAL_EXPERT = re.compile(
     r"^(model\.layers\.\d+\.ffn_layer)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$"
 )
 # Internal joined linears -> the official linears whose rows they hold, in order (weight and bias alike).
-_JOINED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_JOINED = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}
 _OFFICIAL_PART = {part: joined for joined, parts in _JOINED.items() for part in parts}
 
 
@@ -44,12 +43,10 @@ class CheckpointError(ValueError):
 
 
 # Key mapping ---------------------------------------------------------------------------------
-def _joined_sizes(joined: str, rows: int, inputs: int) -> list[int]:
-    """Rows of each official part of a joined linear: q maps hidden to hidden and k, v share the rest
-    (grouped-query attention makes them narrower than q); gate and up are halves."""
-    if joined == "qkv_proj":
-        return [inputs, (rows - inputs) // 2, (rows - inputs) // 2]
-    return [rows // 2, rows // 2]
+def _qkv_sizes(rows: int, inputs: int) -> list[int]:
+    """Rows of q, k and v in a joined q/k/v linear: q maps hidden to hidden, k and v share the rest
+    (grouped-query attention makes them narrower than q)."""
+    return [inputs, (rows - inputs) // 2, (rows - inputs) // 2]
 
 
 def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -65,7 +62,7 @@ def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                     out[f"{prefix}.experts.{e}.{proj}.weight"] = part
         elif module in _JOINED:
             inputs = state_dict[f"{prefix}.weight"].shape[1]  # a bias takes its sizes from its weight
-            parts = tensor.split(_joined_sizes(module, tensor.shape[0], inputs), dim=0)
+            parts = tensor.split(_qkv_sizes(tensor.shape[0], inputs), dim=0)
             for proj, part in zip(_JOINED[module], parts, strict=True):
                 out[f"{module_prefix}.{proj}.{leaf}"] = part
         else:
@@ -74,12 +71,12 @@ def to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _join_linears(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official q/k/v and gate/up linears (weights and biases) -> the joined internal tensors."""
+    """Official q/k/v linears (weights and biases) -> the joined internal tensors."""
     out, parts = {}, {}
     for key, tensor in state_dict.items():
         prefix, _, leaf = key.rpartition(".")
         module_prefix, _, module = prefix.rpartition(".")
-        if module in _OFFICIAL_PART and ".experts." not in key:
+        if module in _OFFICIAL_PART:
             parts.setdefault((module_prefix, _OFFICIAL_PART[module], leaf), {})[module] = tensor
         else:
             out[key] = tensor

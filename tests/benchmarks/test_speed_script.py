@@ -48,34 +48,34 @@ def test_base_train_group_times_the_reference_and_the_chosen_variants(tmp_path):
     assert "| train base bf16, seq 64, batch 2 |" in table
 
 
-def test_separate_projections_switch_runs_the_same_function_as_separate_gemms_and_restores():
+@pytest.mark.parametrize("count", [1, 3])
+def test_qkv_gemm_switch_runs_the_same_function_with_the_forced_gemm_count_and_restores(count):
     from timemoe_forecaster.model.attention import Attention
-    from timemoe_forecaster.model.layers import GatedMLP
 
     model = make_model()
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.qkv_proj.bias.normal_(0.0, 0.3)
     batch = speed.random_batch(2, 32, "cpu", torch.float32)
-    joined_loss = speed.ours_loss(model, batch)
-    joined_loss.backward()
-    joined_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    default_loss = speed.ours_loss(model, batch)
+    default_loss.backward()
+    default_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     calls = []
-    joined = [layer.self_attn.qkv_proj for layer in model.model.layers]
-    joined += [layer.ffn_layer.shared_expert.gate_up_proj for layer in model.model.layers]
-    hooks = [module.register_forward_hook(lambda *_: calls.append(1)) for module in joined]
-    methods = Attention._project_qkv, GatedMLP.forward
-    with speed.separate_projections():
-        separate_loss = speed.ours_loss(model, batch)
-        separate_loss.backward()
-    assert calls == []  # neither joined module ran as one GEMM
-    assert (Attention._project_qkv, GatedMLP.forward) == methods
-    torch.testing.assert_close(separate_loss, joined_loss, rtol=1e-5, atol=1e-6)
+    hooks = [layer.self_attn.qkv_proj.register_forward_hook(lambda *_: calls.append(1)) for layer in model.model.layers]
+    method = Attention._project_qkv
+    with speed.forced_qkv_gemms(count):
+        forced_loss = speed.ours_loss(model, batch)  # with autograd: the library itself runs three
+        forced_loss.backward()
+        assert len(calls) == (len(model.model.layers) if count == 1 else 0)
+        calls.clear()
+        with torch.no_grad():  # without autograd the library runs one
+            speed.ours_loss(model, batch)
+        assert len(calls) == (len(model.model.layers) if count == 1 else 0)
+    assert Attention._project_qkv is method
+    torch.testing.assert_close(forced_loss, default_loss, rtol=1e-5, atol=1e-6)
     for name, param in model.named_parameters():
-        if name in joined_grads:
-            torch.testing.assert_close(param.grad, joined_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-    speed.ours_loss(model, batch)
-    assert calls  # switched back: the joined modules run again
+        if name in default_grads:
+            torch.testing.assert_close(param.grad, default_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     for hook in hooks:
         hook.remove()

@@ -211,3 +211,12 @@ def test_joined_qkv_equals_the_three_official_projections_in_every_path(num_kv_h
         full, _ = model.model(rows_, positions, build_attention_mask(None, None, 20))
         last, _ = model.model(rows_, positions, build_attention_mask(None, None, 20), last_only=True)
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
+    # Forecasting runs q/k/v as one GEMM (the joined module), training as three on slices of its weight.
+    calls = []
+    hook = attn.qkv_proj.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(rows_[..., 0])
+    assert calls == [1]
+    model(rows_[..., 0]).hidden_states.sum().backward()
+    hook.remove()
+    assert calls == [1] and attn.qkv_proj.weight.grad is not None and attn.qkv_proj.bias.grad.abs().sum() > 0

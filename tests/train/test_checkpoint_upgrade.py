@@ -1,4 +1,4 @@
-"""Training checkpoints written before parameters were joined (expert gate/up, q/k/v, shared gate/up) still resume."""
+"""Training checkpoints written before parameters were joined (expert gate/up, q/k/v) still resume."""
 
 from __future__ import annotations
 
@@ -23,13 +23,12 @@ def trained_optimizer():
 
 def as_written_before(state: dict, config: TimeMoEConfig) -> dict:
     """The same optimizer state in the old layouts, named as back then: separate expert gate and up
-    entries (before session 6), separate q/k/v and shared-expert gate/up entries (before session 11)."""
+    entries (before session 6), separate q, k and v entries (before session 11)."""
     h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
     splits = {  # new leaf -> (old leaves, sizes along the joined dim or None for halves, dim)
         "w_gate_up_EGH": (["w_gate_EFH", "w_up_EFH"], None, 1),
         "qkv_proj.weight": (["q_proj.weight", "k_proj.weight", "v_proj.weight"], [h, kv, kv], 0),
         "qkv_proj.bias": (["q_proj.bias", "k_proj.bias", "v_proj.bias"], [h, kv, kv], 0),
-        "gate_up_proj.weight": (["gate_proj.weight", "up_proj.weight"], None, 0),
     }
     per_param, names = {}, {}
     for key, value in state["state"].items():
@@ -54,7 +53,7 @@ def test_an_old_optimizer_state_is_joined_into_the_current_layout():
     model, optimizer = trained_optimizer()
     current = get_optimizer_state_dict(model, optimizer)
     old = as_written_before(current, model.config)
-    for leaf in ("w_up_EFH", "self_attn.k_proj.bias", "shared_expert.up_proj.weight"):
+    for leaf in ("w_up_EFH", "self_attn.k_proj.bias", "self_attn.v_proj.weight"):
         assert any(k.endswith(leaf) for k in old["state"]), leaf
     upgraded = upgrade_optimizer_state(old)
     assert upgraded["state"].keys() == current["state"].keys()

@@ -279,9 +279,15 @@ def check_backend(name: str) -> str:
 class Attention(nn.Module):
     """Multi-head (grouped-query) self-attention: q/k/v projections with bias, o without.
 
-    q, k and v are one ``nn.Linear`` (``qkv_proj``: q's rows, then k's, then v's), so every forward
-    and backward runs one GEMM where three narrow ones ran before, and no per-call copy of weights is
-    needed. ``checkpoint.py`` maps it to and from the official ``q_proj``/``k_proj``/``v_proj`` keys.
+    q, k and v are one ``nn.Linear`` (``qkv_proj``: q's rows, then k's, then v's); ``checkpoint.py`` maps it
+    to and from the official ``q_proj``/``k_proj``/``v_proj`` keys. How it runs depends on autograd, by
+    measurement (H200, same runs, ``benchmarks/results/raw/session11/``):
+
+    - without autograd (forecasting) as one GEMM: base h 96 forecasts 1.4% faster than with three;
+    - with autograd (training) as three GEMMs on row slices of the weight: base training 1.0-1.6% faster
+      than with one (two pairs in one run). One GEMM's backward needs the three output gradients side by
+      side, and the kernel torch.compile generates for that (rotary backward, transposes and concatenation
+      fused) took 131 us per layer, where the separate gradients' kernels took 9-15 us each.
     """
 
     def __init__(self, config: TimeMoEConfig, layer_idx: int, backend: str = "sdpa") -> None:
@@ -298,8 +304,12 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(h, h, bias=False)
 
     def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k and v of every position: one GEMM, split into views."""
-        return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        """q, k and v of every position: one GEMM without autograd, three with (see the class docstring)."""
+        if not torch.is_grad_enabled():
+            return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        weights = self.qkv_proj.weight.split(self.qkv_sizes)
+        biases = self.qkv_proj.bias.split(self.qkv_sizes)
+        return tuple(F.linear(x, w, b) for w, b in zip(weights, biases, strict=True))
 
     def _last_q_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q of the last position only, k and v of all: two GEMMs on row slices of ``qkv_proj`` (views)."""

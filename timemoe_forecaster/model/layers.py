@@ -98,22 +98,17 @@ class InputEmbedding(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """SwiGLU feed-forward block: down(act(gate(x)) * up(x)). Used as shared expert and dense FFN.
-
-    Gate and up are one ``nn.Linear`` (``gate_up_proj``: the gate's rows, then up's), one GEMM forward
-    and one for the input's gradient instead of two and a sum; ``checkpoint.py`` maps it to and from
-    the official ``gate_proj``/``up_proj`` keys.
-    """
+    """SwiGLU feed-forward block: down(act(gate(x)) * up(x)). Used as shared expert and dense FFN."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
         self.act = ACTIVATIONS[hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class OutputHead(nn.Module):

@@ -132,12 +132,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 # Parameters that were several once and are one now, as (old names, new name, the dim they join along),
 # matched at the end of a parameter's name. Before session 6 the routed experts' gate and up were two
-# parameters; before session 11 q/k/v and the shared expert's (or dense FFN's) gate and up were too.
+# parameters; before session 11 q, k and v were three.
 _JOINS = (
     (("w_gate_EFH", "w_up_EFH"), "w_gate_up_EGH", 1),
     (("q_proj.weight", "k_proj.weight", "v_proj.weight"), "qkv_proj.weight", 0),
     (("q_proj.bias", "k_proj.bias", "v_proj.bias"), "qkv_proj.bias", 0),
-    (("gate_proj.weight", "up_proj.weight"), "gate_up_proj.weight", 0),
 )
 
 
