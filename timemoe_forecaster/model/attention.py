@@ -285,9 +285,10 @@ class Attention(nn.Module):
 
     - without autograd (forecasting) as one GEMM: base h 96 forecasts 1.4% faster than with three;
     - with autograd (training) as three GEMMs on row slices of the weight: base training 1.0-1.6% faster
-      than with one (two pairs in one run), large 1.8%. One GEMM's backward needs the three output gradients side by
-      side, and the kernel torch.compile generates for that (rotary backward, transposes and concatenation
-      fused) took 131 us per layer, where the separate gradients' kernels took 9-15 us each.
+      than with one (two pairs in one run), large 1.8%. One GEMM's backward needs the three output
+      gradients side by side, and the kernel torch.compile generates for that (rotary backward,
+      transposes and concatenation fused) took 131 us per layer, where the separate gradients' kernels
+      took 9-15 us each.
     """
 
     def __init__(self, config: TimeMoEConfig, layer_idx: int, backend: str = "sdpa") -> None:
