@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -408,23 +407,23 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
 def train_variant(runner: Runner, size, variant: TrainVariant, base, data, tokens, flops, make_ours) -> None:
     """Build, prepare and time one of our training set-ups (``train_case``'s loop body)."""
     plan, device = runner.plan, runner.plan.device
-    name, checkpointing, compile_parts, lean, dispatch, attention, _ = variant
+    name, compile_parts = variant.name, variant.compile
     step_graph = bool(compile_parts) and compile_parts.startswith("model-step-graph")
     if step_graph and device != "cuda":
         runner.emit({"impl": "ours", "variant": name, **base, "status": "skipped (CUDA graphs need a GPU)"})
         return
     model = make_ours()
-    model.set_moe_dispatch(dispatch)
+    model.set_moe_dispatch(variant.moe_dispatch)
     loss_fn = ours_loss
-    if attention == "flex":
+    if variant.attention == "flex":
         from timemoe_forecaster.model.attention import prepare_flex_tiles
 
         model.set_attn_backend("flex")
         prepare_flex_tiles(device)  # a compiled model only reads the tile table
         loss_fn = ours_loss_masked
-    prepare_blocks(model.train(), checkpointing, compile_parts, plan.compile_backend)
+    prepare_blocks(model.train(), variant.checkpointing, compile_parts, plan.compile_backend)
     graphed = None
-    opt = ours_optimizer(model, lean, fused_ok=device == "cuda", capturable=step_graph)
+    opt = ours_optimizer(model, variant.lean_optimizer, fused_ok=device == "cuda", capturable=step_graph)
     fn = train_step_fn(loss_fn, model, opt, data)
     if step_graph:
         from timemoe_forecaster.train.step_graph import GraphedStep, check_capturable
@@ -480,14 +479,8 @@ def forced_qkv_gemms(count: int | None):
         return
     from timemoe_forecaster.model.attention import Attention
 
-    def project_qkv(self, x):
-        if count == 1:
-            return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
-        weights = self.qkv_proj.weight.split(self.qkv_sizes)
-        return tuple(F.linear(x, w, b) for w, b in zip(weights, self.qkv_proj.bias.split(self.qkv_sizes)))
-
     saved = Attention._project_qkv
-    Attention._project_qkv = project_qkv
+    Attention._project_qkv = {1: Attention._qkv_one_gemm, 3: Attention._qkv_three_gemms}[count]
     torch._dynamo.reset()  # no compiled code from before may serve the switched method
     try:
         yield

@@ -306,8 +306,12 @@ class Attention(nn.Module):
 
     def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k and v of every position: one GEMM without autograd, three with (see the class docstring)."""
-        if not torch.is_grad_enabled():
-            return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        return self._qkv_three_gemms(x) if torch.is_grad_enabled() else self._qkv_one_gemm(x)
+
+    def _qkv_one_gemm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+
+    def _qkv_three_gemms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weights = self.qkv_proj.weight.split(self.qkv_sizes)
         biases = self.qkv_proj.bias.split(self.qkv_sizes)
         return tuple(F.linear(x, w, b) for w, b in zip(weights, biases, strict=True))
