@@ -400,7 +400,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         del opt, fn, ref
         free_memory()
     for variant in variants:
-        with forced_qkv_gemms(variant.qkv_gemms):
+        with forced_qkv_gemms(variant.qkv_gemms), swapped_aux_loss(variant.aux_loss):
             train_variant(runner, size, variant, base, data, tokens, flops, make_ours)
 
 
@@ -489,6 +489,26 @@ def forced_qkv_gemms(count: int | None):
         torch._dynamo.reset()
 
 
+@contextlib.contextmanager
+def swapped_aux_loss(name: str):
+    """A/B switch for the load-balancing loss (session 12): "candidate" runs ``aux_loss_micro``'s candidate
+    formula in the model's loss instead of ``moe.load_balancing_loss``; "library" changes nothing."""
+    if name == "library":
+        yield
+        return
+    from benchmarks.aux_loss_micro import candidate_load_balancing_loss
+    from timemoe_forecaster.model import modeling
+
+    saved = modeling.load_balancing_loss
+    modeling.load_balancing_loss = {"candidate": candidate_load_balancing_loss}[name]
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        modeling.load_balancing_loss = saved
+        torch._dynamo.reset()
+
+
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
     replays it, and how many GEMMs the q/k/v projection runs as (``forced_qkv_gemms``; None: the library's choice)."""
@@ -562,6 +582,7 @@ class TrainVariant(NamedTuple):
     moe_dispatch: str
     attention: str = "sdpa"
     qkv_gemms: int | None = None  # ``forced_qkv_gemms``; None: the library's three
+    aux_loss: str = "library"  # ``swapped_aux_loss``
 
 
 TRAIN_VARIANTS = [
@@ -578,6 +599,10 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
     # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).
     TrainVariant("compiled-model+step-graph+one-qkv-gemm", False, "model-step-graph", False, "auto", qkv_gemms=1),
+    # Session 12's A/B: the load-balancing loss by aux_loss_micro's candidate formula.
+    TrainVariant(
+        "compiled-model+step-graph+candidate-aux", False, "model-step-graph", False, "auto", aux_loss="candidate"
+    ),  # fmt: skip
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
 PROFILED_TRAIN = {
@@ -586,6 +611,7 @@ PROFILED_TRAIN = {
     "compiled-model+step-graph",
     "compiled-model-autotune+step-graph",
     "compiled-model+step-graph+one-qkv-gemm",
+    "compiled-model+step-graph+candidate-aux",
 }
 # At h 96 and h 720: 2 files more, within the device's 8 returned files for the base group. (Session 10's
 # profile of the three-q/k/v-GEMM variant is committed under results/raw/session10/call2/.)

@@ -79,3 +79,29 @@ def test_qkv_gemm_switch_runs_the_same_function_with_the_forced_gemm_count_and_r
             torch.testing.assert_close(param.grad, default_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     for hook in hooks:
         hook.remove()
+
+
+def test_aux_loss_switch_runs_the_candidate_in_the_model_loss_with_the_same_value_and_restores():
+    from benchmarks import aux_loss_micro
+    from timemoe_forecaster.model import modeling
+
+    model = make_model()
+    batch = speed.random_batch(2, 32, "cpu", torch.float32)
+    default_loss = speed.ours_loss(model, batch)
+    library = modeling.load_balancing_loss
+    calls = []
+    candidate = aux_loss_micro.candidate_load_balancing_loss
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return candidate(*args, **kwargs)
+
+    aux_loss_micro.candidate_load_balancing_loss = counted
+    try:
+        with speed.swapped_aux_loss("candidate"):
+            swapped_loss = speed.ours_loss(model, batch)
+    finally:
+        aux_loss_micro.candidate_load_balancing_loss = candidate
+    assert calls == [1]
+    assert modeling.load_balancing_loss is library
+    torch.testing.assert_close(swapped_loss, default_loss, rtol=1e-5, atol=1e-6)
