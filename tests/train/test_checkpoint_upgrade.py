@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -73,3 +74,12 @@ def test_a_current_optimizer_state_is_left_alone():
     model, optimizer = trained_optimizer()
     current = get_optimizer_state_dict(model, optimizer)
     assert upgrade_optimizer_state(current) is current
+
+
+def test_an_old_state_with_a_frozen_part_of_a_join_is_refused_by_name():
+    model, optimizer = trained_optimizer()
+    old = as_written_before(get_optimizer_state_dict(model, optimizer), model.config)
+    frozen = next(k for k in old["state"] if k.endswith("layers.0.self_attn.q_proj.weight"))
+    del old["state"][frozen]  # q frozen, k and v trained: no moments for q
+    with pytest.raises(ValueError, match=r"qkv_proj\.weight.*no optimizer state for .*q_proj\.weight.*init_from"):
+        upgrade_optimizer_state(old)

@@ -142,15 +142,23 @@ _JOINS = (
 
 def upgrade_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
     """An optimizer state dict (keyed by parameter names) written before some parameters were joined, in the
-    layout the model has now: per-element states concatenated the way the parameters are, the step kept."""
+    layout the model has now: per-element states concatenated the way the parameters are, the step kept.
+    Raises ValueError when only some parts of a joined parameter have state (a part was frozen)."""
     per_param = dict(state.get("state", {}))
     renamed: dict[str, str | None] = {}
     for old_leaves, new_leaf, dim in _JOINS:
-        for first_key in [k for k in per_param if k.endswith("." + old_leaves[0])]:
-            prefix = first_key[: -len(old_leaves[0])]
+        prefixes = {k[: -len(leaf)] for k in per_param for leaf in old_leaves if k.endswith("." + leaf)}
+        for prefix in sorted(prefixes):
             old_keys = [prefix + leaf for leaf in old_leaves]
-            if not all(key in per_param for key in old_keys):
-                continue  # a frozen part has no state: nothing that could be joined
+            missing = [key for key in old_keys if key not in per_param]
+            if missing:
+                # A part frozen when the checkpoint was written has no moments; the joined parameter
+                # needs them for every part, and inventing zeros would silently change the update.
+                raise ValueError(
+                    f"cannot resume this optimizer state: {prefix + new_leaf} joins {', '.join(old_keys)}, "
+                    f"but the checkpoint has no optimizer state for {', '.join(missing)} (frozen when it was "
+                    "written?). Start from its weights with a fresh optimizer instead (init_from)."
+                )
             parts = [per_param.pop(key) for key in old_keys]
             per_param[prefix + new_leaf] = {
                 name: torch.cat([part[name] for part in parts], dim=dim) if value.dim() > 0 else value
