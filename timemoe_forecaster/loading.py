@@ -28,12 +28,25 @@ PLACEHOLDER_MARK = "UNTRAINED PLACEHOLDER"
 
 
 def resolve_device(device) -> torch.device:
+    """``device`` as a torch.device; "auto" (or None) picks the GPU when there is one. A device that this
+    machine lacks is refused here, by name, not later by torch from deep inside the model's first move."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r}, but PyTorch sees no CUDA GPU here; use device='auto' or 'cpu'")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device={device!r}, but PyTorch sees only {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}, but the MPS backend is not available here; use device='auto' or 'cpu'")
+    return resolved
 
 
 def resolve_dtype(dtype) -> torch.dtype:

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("sktime")
 
@@ -371,6 +372,23 @@ def test_bad_parameters_are_clear_errors(tmp_path):
         TimeMoEForecaster(fine_tune=10)
     with pytest.raises(ValueError, match="unknown fine-tuning setting"):
         TimeMoEForecaster(config=TINY, fine_tune={"stepz": 3}).fit(y)
+
+
+def missing_cuda_device() -> str:
+    """A CUDA device this machine lacks: "cuda" without a GPU, one past the last GPU with one."""
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+def test_a_device_the_machine_lacks_is_a_clear_error():
+    from timemoe_forecaster.loading import resolve_device
+
+    device = missing_cuda_device()
+    with pytest.raises(ValueError, match=rf"device='{device}', but PyTorch sees (no|only)"):
+        resolve_device(device)
+    with pytest.raises(ValueError, match="sees (no|only)"):
+        TimeMoEForecaster(config=TINY, device=device).fit(load_airline())
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_compiling_the_fitted_model_keeps_the_forecasts(checkpoint):
