@@ -7,8 +7,12 @@ took 0.68 ms of a 32.4 ms step: ``gatherTopK`` (torch.topk over every layer's ro
 numbers, 0.36 ms), both far slower than the bytes they read. The candidate picks the top k by row-wise maxima
 (``moe.route``, as the forward already does) and counts the choices in two reduction stages (chunks of rows,
 then the chunks), so that no kernel reduces 200k rows into 16 outputs alone. Same value (checked first, and
-on the CPU by ``tests/benchmarks/test_aux_loss_micro.py``). Not measured yet: the library keeps its formula
-until this script has run on a GPU.
+on the CPU by ``tests/benchmarks/test_aux_loss_micro.py``).
+
+Measured in session 12 on an H200 (``benchmarks/results/raw/session12/README.md``): 0.96 against 1.12 ms on
+base's shapes, 1.27 against 0.95 ms on large's; in the whole training step (speed.py's variant
+``compiled-model+step-graph+candidate-aux``) −0.1% on base and +0.7% on large, within the spread between
+runs. Not adopted: the library keeps its shorter formula.
 
 Both run compiled (as the training step runs them), forward and backward (the gradient reaches the router
 probabilities), on random router logits of a preset's training shapes. Device time per call from CUDA

@@ -599,7 +599,7 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
     # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).
     TrainVariant("compiled-model+step-graph+one-qkv-gemm", False, "model-step-graph", False, "auto", qkv_gemms=1),
-    # Session 12's A/B: the load-balancing loss by aux_loss_micro's candidate formula.
+    # Session 12's A/B: the load-balancing loss by aux_loss_micro's candidate formula (no gain; not adopted).
     TrainVariant(
         "compiled-model+step-graph+candidate-aux", False, "model-step-graph", False, "auto", aux_loss="candidate"
     ),  # fmt: skip
