@@ -602,7 +602,7 @@ EXTRA_TRAIN_VARIANTS = [
     # Session 12's A/B: the load-balancing loss by aux_loss_micro's candidate formula (no gain; not adopted).
     TrainVariant(
         "compiled-model+step-graph+candidate-aux", False, "model-step-graph", False, "auto", aux_loss="candidate"
-    ),  # fmt: skip
+    ),
 ]
 # Kernel profiles of base cases (4 files: the device returns at most 8 with the results and the log).
 PROFILED_TRAIN = {
