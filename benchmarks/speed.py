@@ -469,6 +469,20 @@ class GraphedForecast:
 
 
 @contextlib.contextmanager
+def swapped_attribute(owner, name: str, value):
+    """``owner.name`` is ``value`` inside, restored after: the benchmarks' A/B switches. Dynamo's caches are
+    reset on the way in and out, because compiled code keeps what it traced."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+        torch._dynamo.reset()
+
+
+@contextlib.contextmanager
 def forced_qkv_gemms(count: int | None):
     """A/B switch for the q/k/v projection (session 11): while on, it runs as one GEMM (``count=1``) or as
     three on row slices of the joined weight (``count=3``) whether autograd is on or not; the library runs
@@ -479,14 +493,9 @@ def forced_qkv_gemms(count: int | None):
         return
     from timemoe_forecaster.model.attention import Attention
 
-    saved = Attention._project_qkv
-    Attention._project_qkv = {1: Attention._qkv_one_gemm, 3: Attention._qkv_three_gemms}[count]
-    torch._dynamo.reset()  # no compiled code from before may serve the switched method
-    try:
+    method = {1: Attention._qkv_one_gemm, 3: Attention._qkv_three_gemms}[count]
+    with swapped_attribute(Attention, "_project_qkv", method):
         yield
-    finally:
-        Attention._project_qkv = saved
-        torch._dynamo.reset()
 
 
 @contextlib.contextmanager
@@ -499,14 +508,8 @@ def swapped_aux_loss(name: str):
     from benchmarks.aux_loss_micro import candidate_load_balancing_loss
     from timemoe_forecaster.model import modeling
 
-    saved = modeling.load_balancing_loss
-    modeling.load_balancing_loss = {"candidate": candidate_load_balancing_loss}[name]
-    torch._dynamo.reset()
-    try:
+    with swapped_attribute(modeling, "load_balancing_loss", {"candidate": candidate_load_balancing_loss}[name]):
         yield
-    finally:
-        modeling.load_balancing_loss = saved
-        torch._dynamo.reset()
 
 
 class InferVariant(NamedTuple):

@@ -37,9 +37,9 @@ def resolve_device(device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
     if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
+        if not torch.cuda.is_available():
             raise ValueError(f"device={device!r}, but PyTorch sees no CUDA GPU here; use device='auto' or 'cpu'")
+        count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise ValueError(
                 f"device={device!r}, but PyTorch sees only {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}"
