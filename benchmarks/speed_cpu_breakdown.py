@@ -2,7 +2,8 @@
 
 Times (2 threads, fp32, the embedded default as the estimators load it) an fp32 GEMM of the shapes the
 model runs, one decoder layer's FFN (whole, shared expert, routed experts through the grouped GEMM) on a
-512-point prefill, and SDPA at that length with and without the causal mask. Medians of perf_counter
+512-point prefill, SDPA at that length with and without the causal mask, and the whole decoder on rows of
+512, 64 and 1 points. Medians of perf_counter
 loops; writes nothing, prints a table.
 
     python benchmarks/speed_cpu_breakdown.py
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import time_cpu  # noqa: E402
 from timemoe_forecaster.loading import load_model  # noqa: E402
+from timemoe_forecaster.model.modeling import build_attention_mask  # noqa: E402
 from timemoe_forecaster.model.moe import route  # noqa: E402
 
 
@@ -57,11 +59,19 @@ def main() -> None:
         rows.append(("SDPA 512 queries, causal", us, attn_flops / us / 1e3))
         us = median_us(lambda: F.scaled_dot_product_attention(q, kk, v))
         rows.append(("SDPA 512 queries, not causal", us, attn_flops / us / 1e3))
+        # The whole decoder (last layer on the last point only, as a forecast runs it) on rows of n points: the
+        # 1-point row is almost all fixed cost per pass; a forecast of h 96 runs a 512-point and a 64-point pass.
+        for points in (512, 64, 1):
+            row = torch.randn(1, points, config.input_size)
+            positions = torch.arange(points).expand(1, points)
+            mask = build_attention_mask(None, None, points)
+            us = median_us(lambda r=row, p=positions, m=mask: model.model(r, p, m, last_only=True), reps=50)
+            rows.append((f"decoder pass on a {points}-point row, no cache", us, None))
     print(f"torch {torch.__version__}, 2 threads")
     print("| what | median µs | GFLOP/s |")
     print("|---|---|---|")
     for what, us, gflops in rows:
-        print(f"| {what} | {us:,.0f} | {gflops:.0f} |")
+        print(f"| {what} | {us:,.0f} | {'–' if gflops is None else f'{gflops:.0f}'} |")
 
 
 if __name__ == "__main__":
