@@ -195,7 +195,8 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
     - "model": the whole model with its losses, one graph forward and one backward;
     - "model-cudagraphs": the same, replayed as CUDA graphs (``mode="reduce-overhead"``);
     - "model-step-graph": compiled as "model"; ``train_case`` then records the whole step, optimizer
-      included, as one CUDA graph (``GraphedStep``).
+      included, as one CUDA graph (``GraphedStep``); "-autotune" and "-coordesc" add inductor's tuning
+      options (EXTRA_TRAIN_VARIANTS).
     """
     blocks = model.model.layers
     if checkpointing:
@@ -213,6 +214,8 @@ def prepare_blocks(model: TimeMoEForPrediction, checkpointing: bool, compile_par
         model.compile(backend=backend)
     elif compile_parts == "model-step-graph-autotune":  # inductor's GEMM autotuning (Triton templates vs aten)
         model.compile(backend=backend, options={"max_autotune": True, "max_autotune_gemm_backends": "ATEN,TRITON"})
+    elif compile_parts == "model-step-graph-coordesc":  # inductor's own kernels' tiles tuned by coordinate descent
+        model.compile(backend=backend, options={"coordinate_descent_tuning": True})
     elif compile_parts == "model-cudagraphs":
         model.compile(backend=backend, **({"mode": "reduce-overhead"} if backend == "inductor" else {}))
     return model
@@ -598,6 +601,9 @@ TRAIN_VARIANTS = [
 # Only on request (--train-variants): experiments, not part of the standing table.
 EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model-autotune+step-graph", False, "model-step-graph-autotune", False, "auto"),
+    # Session 13: the generated element-wise and reduction kernels (SwiGLU, norms, rotary, their backwards) tuned
+    # one tile parameter at a time; session 7's autotune variant tuned GEMMs and pointwise tiles, not this.
+    TrainVariant("compiled-model-coordesc+step-graph", False, "model-step-graph-coordesc", False, "auto"),
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
     # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).
@@ -613,6 +619,7 @@ PROFILED_TRAIN = {
     "compiled-model",
     "compiled-model+step-graph",
     "compiled-model-autotune+step-graph",
+    "compiled-model-coordesc+step-graph",
     "compiled-model+step-graph+one-qkv-gemm",
     "compiled-model+step-graph+candidate-aux",
 }
