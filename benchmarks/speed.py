@@ -693,6 +693,9 @@ def run_group(group: str, plan: Plan, runner: Runner, workdir: Path) -> None:
             TrainVariant("ckpt+compiled-blocks+lean-adamw", True, "blocks", True, "auto"),
             TrainVariant("compiled-blocks+fused-adamw", False, "blocks", False, "auto"),
         ]
+        if runner.train_variants:  # --train-variants picks among these and the base/large set-ups
+            known = ultra_variants + TRAIN_VARIANTS + EXTRA_TRAIN_VARIANTS
+            ultra_variants = [v for v in known if v.name in runner.train_variants]
         for _, batch in plan.train[group]:
             train_case(runner, size, config, "bf16", batch, make_ref, make_ours, ultra_variants)
 
