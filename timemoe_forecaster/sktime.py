@@ -294,8 +294,9 @@ class TimeMoEForecaster(BaseForecaster):
     # Horizons and indices -----------------------------------------------------------------------
     def _plan(self, fh):
         """Series to forecast, the horizon step of every output point per series [N, m], and the index."""
-        series = split_series(self._context)
         cutoff, fh = self._cutoff_and_fh(fh)
+        context = self._context_until(cutoff)
+        series = split_series(context)
         rel = fh.to_relative(cutoff)
         rel_steps = np.asarray(rel.to_numpy(), dtype=np.int64)
         if (rel_steps <= 0).any():
@@ -307,7 +308,33 @@ class TimeMoEForecaster(BaseForecaster):
         fh_abs = fh.to_absolute_index(cutoff)
         offsets = self._end_offsets(series.ends, cutoff)  # steps between each instance's end and the cutoff
         steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
-        return series, steps, output_index(self._context.index, series.keys, fh_abs)
+        return series, steps, output_index(context.index, series.keys, fh_abs)
+
+    def _context_until(self, cutoff) -> pd.DataFrame:
+        """The stored data up to and including the cutoff.
+
+        The cutoff can lie before the end of the stored data: ``update_predict`` and the other moving-cutoff
+        methods replay windows of data already seen, moving the cutoff back. The forecast then starts at the
+        cutoff and must not see later points (NaiveForecaster and the other sktime forecasters behave so)."""
+        times = self._context.index.get_level_values(-1)
+        after = times > cutoff[0]
+        if not after.any():
+            return self._context
+        context = self._context[~after]
+        if self._context.index.nlevels > 1:
+            instances = self._context.index.droplevel(-1).unique()
+            kept = context.index.droplevel(-1).unique() if len(context) else instances[:0]
+            missing = instances.difference(kept)
+            if len(missing):
+                raise ValueError(
+                    f"the cutoff {cutoff[0]} lies before the first point of instance(s) {list(missing)[:5]} of y; "
+                    "there is nothing to forecast them from"
+                )
+        elif context.empty:
+            raise ValueError(
+                f"the cutoff {cutoff[0]} lies before the first point of y; there is nothing to forecast from"
+            )
+        return context
 
     def _cutoff_and_fh(self, fh):
         """The cutoff with a frequency; sktime leaves it unset for panels of unequal length."""

@@ -190,6 +190,40 @@ def test_update_extends_the_context(checkpoint):
     assert f.cutoff[0] == y.index[-1]
 
 
+def test_a_cutoff_moved_back_forecasts_from_the_cutoff_with_nothing_after_it(checkpoint):
+    # update_predict replays windows of data already seen: sktime moves the cutoff back before each predict.
+    from sktime.forecasting.model_selection import ExpandingWindowSplitter
+
+    y = load_airline()
+    f = forecaster(checkpoint).fit(y, fh=[1, 2, 3])
+    cv = ExpandingWindowSplitter(fh=[1, 2], initial_window=120, step_length=10)
+    replayed = f.update_predict(y, cv=cv)
+    cutoffs = [y.index[119], y.index[129], y.index[139]]
+    assert list(replayed.columns) == cutoffs
+    for cutoff in cutoffs:
+        fresh = forecaster(checkpoint).fit(y.loc[:cutoff]).predict(fh=[1, 2])
+        np.testing.assert_allclose(replayed[cutoff].dropna().to_numpy(), fresh.to_numpy(), rtol=1e-6)
+    # The same through update with older data, on a panel and in the intervals.
+    data = panel(n_instances=3, length=40)
+    g = forecaster(checkpoint).fit(data)
+    g.update(data[data.index.get_level_values("t") <= 30], update_params=False)
+    assert g.cutoff[0] == 30
+    expected = forecaster(checkpoint).fit(data[data.index.get_level_values("t") <= 30])
+    pd.testing.assert_frame_equal(g.predict(fh=[1, 2]), expected.predict(fh=[1, 2]))
+    pd.testing.assert_frame_equal(g.predict_interval(fh=[1, 2]), expected.predict_interval(fh=[1, 2]))
+
+
+def test_a_cutoff_before_an_instance_starts_is_a_clear_error(checkpoint):
+    data = panel(n_instances=2, length=40)
+    late = data.xs("s1", level="id", drop_level=False)
+    late.index = late.index.set_levels(late.index.levels[1] + 20, level="t", verify_integrity=False)
+    data = pd.concat([data.xs("s0", level="id", drop_level=False), late])
+    f = forecaster(checkpoint).fit(data)
+    f.update(data[data.index.get_level_values("t") <= 10], update_params=False)
+    with pytest.raises(ValueError, match="before the first point of instance"):
+        f.predict(fh=[1])
+
+
 def test_y_is_kept_once_and_sktime_does_not_warn_about_remember_data(checkpoint, recwarn):
     """The forecaster keeps its own context, so sktime's copy of y is switched off (and its warning with it);
     update still extends the context, also inside evaluate's update strategy."""
