@@ -146,7 +146,9 @@ def train_config_from_args(args: argparse.Namespace):
 
 # forecast ---------------------------------------------------------------------------------------
 def load_series(dataset: str, column: str | None = None):
-    """A pandas Series: sktime's airline data (or the bundled copy) or one column of a CSV."""
+    """A pandas Series: sktime's airline data (or the bundled copy) or one column of a CSV, indexed by the
+    CSV's date column when it has one."""
+    import numpy as np
     import pandas as pd
 
     if dataset == "airline":
@@ -172,7 +174,29 @@ def load_series(dataset: str, column: str | None = None):
     values = pd.to_numeric(frame[column], errors="coerce")
     if values.notna().sum() < 2:
         raise ValueError(f"column {column!r} of {path} has fewer than two numeric values")
+    times = _time_column(frame, exclude=column)
+    if times is not None:  # print the forecast against dates that continue the file's own
+        order = np.argsort(times.to_numpy(), kind="stable")
+        values = pd.Series(values.to_numpy()[order], index=pd.DatetimeIndex(times.to_numpy()[order]))
     return values.rename(column)
+
+
+def _time_column(frame, exclude: str):
+    """The first text column whose every value reads as a date or time, parsed; None if there is none."""
+    import warnings
+
+    import pandas as pd
+
+    for name in frame.columns:
+        column = frame[name]
+        if name == exclude or pd.api.types.is_numeric_dtype(column) or column.isna().any():
+            continue
+        with warnings.catch_warnings():  # "could not infer format": the next columns are tried
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(column, errors="coerce")
+        if parsed.notna().all() and parsed.is_unique:
+            return parsed
+    return None
 
 
 def run_forecast(args: argparse.Namespace) -> int:
@@ -210,10 +234,19 @@ def run_forecast(args: argparse.Namespace) -> int:
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
     for t, v in zip(index[-args.show :], values[-args.show :]):
-        print(f"{'observed':>10} {str(t):>20} {v:>24.4f}")
+        print(f"{'observed':>10} {_time_text(t):>20} {v:>24.4f}")
     for t, v in zip(future, pred):
-        print(f"{'forecast':>10} {str(t):>20} {v:>24.4f}")
+        print(f"{'forecast':>10} {_time_text(t):>20} {v:>24.4f}")
     return 0
+
+
+def _time_text(t) -> str:
+    """Dates at midnight without their 00:00:00."""
+    import pandas as pd
+
+    if isinstance(t, pd.Timestamp) and t == t.normalize():
+        return str(t.date())
+    return str(t)
 
 
 def _future_index(index, horizon: int) -> list:

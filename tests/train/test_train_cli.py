@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -43,6 +44,20 @@ def test_pretrain_then_finetune_then_forecast(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rows(text, "forecast") == 5 and rows(text, "observed") == 3
     assert "1961-01" in text and "UNTRAINED" not in text
+
+
+def test_forecast_of_a_csv_with_a_date_column_continues_its_dates(tmp_path, capsys):
+    csv = tmp_path / "d.csv"
+    days = pd.date_range("2024-01-01", periods=40, freq="D")
+    # Rows out of order and a text column besides the dates: the dates are found and sorted.
+    lines = [f"{d.date()},site{i % 3},{10 + i % 7}" for i, d in enumerate(days)]
+    csv.write_text("day,site,load\n" + "\n".join(lines[20:] + lines[:20]) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    observed = [line.split() for line in out.splitlines() if line.strip().startswith("observed")]
+    forecast = [line.split() for line in out.splitlines() if line.strip().startswith("forecast")]
+    assert observed == [["observed", "2024-02-09", f"{10 + 39 % 7:.4f}"]]
+    assert [row[1] for row in forecast] == ["2024-02-10", "2024-02-11"]
 
 
 def test_forecast_with_default_and_placeholder_models(tmp_path, capsys):
