@@ -168,3 +168,21 @@ def test_compiling_the_torch_model_keeps_the_forecasts(checkpoint, airline):
         uncompile_blocks(m.torch_model)
     np.testing.assert_allclose(got.values(), expected.values(), rtol=1e-4)
     assert got.time_index.equals(expected.time_index)
+
+
+def test_darts_conformal_wrapper_gives_intervals_around_our_point_forecast(checkpoint, airline):
+    pytest.importorskip("pytorch_lightning")  # darts imports it for its conformal models
+    from darts.models import ConformalNaiveModel
+
+    m = model(checkpoint).fit(airline)
+    conformal = ConformalNaiveModel(m, quantiles=[0.1, 0.5, 0.9])
+    history = airline[:-12]
+    bands = conformal.predict(6, series=history, predict_likelihood_parameters=True)
+    lower, median, upper = (bands.values()[:, j] for j in range(3))
+    np.testing.assert_allclose(median, m.predict(6, series=history).values()[:, 0], rtol=1e-6)
+    assert (lower < median).all() and (median < upper).all()
+    # Calibrated on our own errors: the symmetric half-width at step 1 is the 80% quantile of the absolute
+    # errors of our 1-step forecasts over the history (darts' calibration set, all cut-offs it allows).
+    past = m.historical_forecasts(history, start=48, forecast_horizon=1, retrain=False, last_points_only=True)
+    errors = np.abs(history.slice_intersect(past).values()[:, 0] - past.values()[:, 0])
+    assert errors.min() < upper[0] - median[0] < errors.max()
