@@ -50,6 +50,7 @@ def rolling_residuals(
     scaling: str = "standard",
     batch_size: int = 64,
     device=None,
+    progress: bool = False,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Per series, normalised residuals [W, L] (NaN where the target lies beyond the history or is
     missing), and the scale [N] they were divided by (that of the series' final context)."""
@@ -66,7 +67,9 @@ def rolling_residuals(
         for t in calibration_cutoffs(c.size, horizon, num_windows):
             contexts.append(c[max(0, t - context_length) : t])  # history before cut-off t
             jobs.append((i, t))
-    preds = forecast_contexts(model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device)
+    preds = forecast_contexts(
+        model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress
+    )
     out = [np.full((0, horizon), np.nan) for _ in series]
     rows_of: dict[int, list[np.ndarray]] = {}
     steps = np.arange(horizon)

@@ -71,7 +71,8 @@ class TimeMoEModel(GlobalForecastingModel):
         seed
             Seed of a fresh preset model and of fine-tuning.
         progress
-            Progress bar while fine-tuning.
+            Progress bar while fine-tuning, and while a forecast (``predict``, ``historical_forecasts``) takes
+            more than one batch of ``batch_size`` series; darts' ``verbose=True`` shows the latter too.
         add_encoders
             Not supported (the model takes no covariates); must be None.
 
@@ -205,6 +206,7 @@ class TimeMoEModel(GlobalForecastingModel):
             scaling=self.scaling,
             batch_size=self.batch_size,
             device=next(model.parameters()).device,
+            progress=self.progress or bool(verbose),
         )  # [sum of components, n]
         out, row = [], 0
         for s in series_list:
@@ -273,7 +275,7 @@ class TimeMoEModel(GlobalForecastingModel):
                 jobs.append(cut)
         points = preprocess.forecast_series(
             model, contexts, forecast_horizon, context_length=length, scaling=self.scaling,
-            batch_size=self.batch_size, device=next(model.parameters()).device,
+            batch_size=self.batch_size, device=next(model.parameters()).device, progress=self.progress or bool(verbose),
         )  # fmt: skip
         out, row, job = [], 0, 0
         for s, count in zip(series, np.diff(np.r_[0, cum_lengths])):

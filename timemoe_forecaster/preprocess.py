@@ -141,11 +141,13 @@ def forecast_contexts(
     scaling: str = "standard",
     batch_size: int = 64,
     device=None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Forecast ``horizon`` points after every (already prepared) context; returns [N, L] float64.
 
     Contexts are sorted by length so that chunks carry little padding, scaled one by one,
-    forecast in chunks of ``batch_size`` and mapped back to their own scale.
+    forecast in chunks of ``batch_size`` and mapped back to their own scale. ``progress``: a progress
+    bar over the chunks when there is more than one (a large panel on a CPU takes minutes).
     """
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
@@ -159,7 +161,8 @@ def forecast_contexts(
     loc, scale, constant = scale_stats(contexts, scaling)
     order = np.argsort([c.size for c in contexts], kind="stable")
     todo = [i for i in order if not constant[i]]
-    for start in range(0, len(todo), batch_size):
+    starts = range(0, len(todo), batch_size)
+    for start in _progress_bar(starts, enabled=progress, desc="forecast"):
         rows = todo[start : start + batch_size]
         batch = pad_left([((contexts[i] - loc[i]) / scale[i]) for i in rows])
         pred = model.forecast(batch.context.to(device) if device else batch.context, int(horizon), batch.attention_mask)
@@ -172,6 +175,15 @@ def forecast_contexts(
     return out
 
 
+def _progress_bar(chunks: range, enabled: bool, desc: str):
+    """tqdm over ``chunks`` when enabled and there is more than one; the plain range otherwise."""
+    if not enabled or len(chunks) < 2:
+        return chunks
+    from tqdm.auto import tqdm
+
+    return tqdm(chunks, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
 def forecast_series(
     model,
     series: list[np.ndarray],
@@ -182,6 +194,7 @@ def forecast_series(
     batch_size: int = 64,
     device=None,
     names: list[str] | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Forecast ``horizon`` points after each raw series (NaN allowed); returns [N, L] float64.
 
@@ -190,4 +203,6 @@ def forecast_series(
     limit = model.config.max_position_embeddings
     length = check_context_length(context_length, limit)
     contexts = prepare(series, length, names)
-    return forecast_contexts(model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device)
+    return forecast_contexts(
+        model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress
+    )

@@ -63,7 +63,8 @@ class TimeMoEForecaster(BaseForecaster):
     seed : int, default=0
         Seed for a fresh preset model and for fine-tuning.
     progress : bool, default=False
-        Show a progress bar while fine-tuning or pretraining.
+        Show a progress bar while fine-tuning or pretraining, and while forecasting (intervals included)
+        takes more than one batch of ``batch_size`` series.
 
     Notes
     -----
@@ -247,6 +248,7 @@ class TimeMoEForecaster(BaseForecaster):
             batch_size=self.batch_size,
             device=self._device(),
             names=series.names,
+            progress=self.progress,
         )
         values = np.take_along_axis(points, steps - 1, axis=1)  # [N, m]
         return pd.DataFrame(to_rows(values, series.num_columns), index=index, columns=self._context.columns)
@@ -264,6 +266,7 @@ class TimeMoEForecaster(BaseForecaster):
             batch_size=self.batch_size,
             device=self._device(),
             names=series.names,
+            progress=self.progress,
         )
         residuals, scale = self._residuals(series.values, horizon, length)
         offsets = residual_offsets(residuals, alpha, horizon) * scale[:, None, None]  # [N, H, Q]
@@ -286,6 +289,7 @@ class TimeMoEForecaster(BaseForecaster):
             scaling=self.scaling,
             batch_size=self.batch_size,
             device=self._device(),
+            progress=self.progress,
         )
 
     def _device(self):

@@ -186,3 +186,15 @@ def test_darts_conformal_wrapper_gives_intervals_around_our_point_forecast(check
     past = m.historical_forecasts(history, start=48, forecast_horizon=1, retrain=False, last_points_only=True)
     errors = np.abs(history.slice_intersect(past).values()[:, 0] - past.values()[:, 0])
     assert errors.min() < upper[0] - median[0] < errors.max()
+
+
+def test_progress_or_verbose_show_forecast_batches(checkpoint, airline, capsys):
+    many = [airline[:-k] for k in (1, 2, 3)]
+    model(checkpoint, batch_size=2, progress=True).fit(airline).predict(3, series=many)
+    assert "forecast:" in capsys.readouterr().err
+    quiet = model(checkpoint, batch_size=2).fit(airline)
+    quiet.predict(3, series=many)
+    assert "forecast:" not in capsys.readouterr().err
+    quiet.predict(3, series=many, verbose=True)
+    quiet.historical_forecasts(airline, start=0.9, forecast_horizon=2, retrain=False, verbose=True)
+    assert capsys.readouterr().err.count("forecast:") >= 2

@@ -110,3 +110,16 @@ def test_missing_values_inside_equal_interpolated_input(model):
         preprocess.forecast_series(model, [np.r_[np.nan, np.nan, gappy]], 4),
         preprocess.forecast_series(model, [filled], 4),
     )
+
+
+def test_progress_bar_over_forecast_batches_only_when_asked_and_more_than_one(model, capsys):
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=30).cumsum() for _ in range(5)]
+    quiet = preprocess.forecast_series(model, series, 4, batch_size=2)
+    assert "forecast:" not in capsys.readouterr().err
+    shown = preprocess.forecast_series(model, series, 4, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "forecast:" in err and "0/3" in err  # 5 series in batches of 2
+    np.testing.assert_array_equal(quiet, shown)
+    preprocess.forecast_series(model, series, 4, batch_size=8, progress=True)  # one batch: no bar
+    assert "forecast:" not in capsys.readouterr().err

@@ -213,6 +213,18 @@ def test_a_cutoff_moved_back_forecasts_from_the_cutoff_with_nothing_after_it(che
     pd.testing.assert_frame_equal(g.predict_interval(fh=[1, 2]), expected.predict_interval(fh=[1, 2]))
 
 
+def test_progress_shows_forecast_batches_of_predict_and_intervals(checkpoint, capsys):
+    data = panel(n_instances=3, length=40)
+    f = forecaster(checkpoint, batch_size=2, progress=True).fit(data)
+    capsys.readouterr()
+    f.predict(fh=[1, 2])
+    assert "forecast:" in capsys.readouterr().err
+    f.predict_interval(fh=[1, 2])  # the calibration forecasts too
+    assert "forecast:" in capsys.readouterr().err
+    forecaster(checkpoint, batch_size=2).fit(data).predict(fh=[1, 2])
+    assert "forecast:" not in capsys.readouterr().err
+
+
 def test_a_cutoff_before_an_instance_starts_is_a_clear_error(checkpoint):
     data = panel(n_instances=2, length=40)
     late = data.xs("s1", level="id", drop_level=False)
