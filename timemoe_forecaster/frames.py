@@ -23,6 +23,46 @@ class SeriesSet:
         self.values, self.keys, self.ends, self.names, self.num_columns = values, keys, ends, names, num_columns
 
 
+def _regular_range(times: pd.Index, freq) -> pd.Index | None:
+    """Every time point from the first of ``times`` to the last at ``freq``; None if ``times`` are not on
+    that grid (then nothing can be said about gaps)."""
+    if isinstance(times, pd.PeriodIndex):
+        full = pd.period_range(times[0], times[-1], freq=times.freq)
+    elif isinstance(times, pd.DatetimeIndex) and freq is not None:
+        full = pd.date_range(times[0], times[-1], freq=freq)
+    else:
+        return None
+    return full if times.isin(full).all() else None
+
+
+def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
+    """Rows of NaN where a regular time index skips points, per instance, and how many were added.
+
+    A series whose PeriodIndex (or DatetimeIndex of frequency ``freq``) skips months, days, ... is a series
+    with missing values there, not a shorter series: the model reads positions, so skipped points would
+    silently join the values around them. The NaN rows are then filled like any other missing value.
+    """
+    times = frame.index.get_level_values(-1)
+    freq = freq if freq is not None else getattr(times, "freq", None)
+    if frame.index.nlevels == 1:
+        full = _regular_range(times, freq)
+        if full is None or len(full) == len(times):
+            return frame, 0
+        return frame.reindex(full.rename(frame.index.name)), len(full) - len(times)
+    parts, added = [], 0
+    for key, group in frame.groupby(level=list(range(frame.index.nlevels - 1)), sort=False):
+        own = group.index.get_level_values(-1)
+        full = _regular_range(own, freq)
+        if full is not None and len(full) != len(own):
+            key = key if isinstance(key, tuple) else (key,)
+            arrays = [np.repeat(np.array([k], dtype=object), len(full)) for k in key]
+            levels = [pd.Index(a).astype(frame.index.levels[j].dtype) for j, a in enumerate(arrays)]
+            group = group.reindex(pd.MultiIndex.from_arrays([*levels, full], names=frame.index.names))
+            added += len(full) - len(own)
+        parts.append(group)
+    return (pd.concat(parts), added) if added else (frame, 0)
+
+
 def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
     """A validated float64 copy of ``y`` (numeric, no inf, at least 2 observations per series)."""
     if not isinstance(y, pd.DataFrame):

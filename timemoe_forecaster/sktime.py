@@ -16,7 +16,7 @@ from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
 
 from . import preprocess
 from .conformal import residual_offsets, rolling_residuals
-from .frames import checked_frame, output_index, split_series, steps_between, to_rows
+from .frames import checked_frame, fill_time_gaps, output_index, split_series, steps_between, to_rows
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class TimeMoEForecaster(BaseForecaster):
     # sktime hooks -------------------------------------------------------------------------------
     def _pretrain(self, y, X=None, fh=None):
         """Train a private copy of the model on every series of the panel ``y``."""
-        frame = checked_frame(y)
+        frame = self._without_time_gaps(checked_frame(y))
         self.pretrained_model_, self.pretrain_result_ = self._train(
             self._base_model(), frame, self._pretrain_settings()
         )
@@ -201,7 +201,7 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _fit(self, y, X=None, fh=None):
         """Store a copy of ``y`` as context; fine-tune a private copy of the model if asked to."""
-        self._context = checked_frame(y)
+        self._context = self._without_time_gaps(checked_frame(y))
         model = self._base_model()
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
@@ -214,9 +214,17 @@ class TimeMoEForecaster(BaseForecaster):
         new = checked_frame(y, require_points=False)
         merged = pd.concat([self._context, new])
         merged = merged[~merged.index.duplicated(keep="last")].sort_index()
-        self._context = checked_frame(merged, copy=False)
+        self._context = self._without_time_gaps(checked_frame(merged, copy=False))
         self._check_lengths()
         return self
+
+    def _without_time_gaps(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with NaN rows where its regular time index skips points (``fill_time_gaps``), with a warning."""
+        cutoff = getattr(self, "_cutoff", None)  # its freq, when y's own DatetimeIndex has lost it
+        frame, added = fill_time_gaps(frame, freq=getattr(cutoff, "freq", None))
+        if added:
+            log.warning("y's time index skips %d point(s) of its frequency; they are treated as missing values", added)
+        return frame
 
     def _check_lengths(self):
         limit = self.model_.config.max_position_embeddings
@@ -352,7 +360,8 @@ class TimeMoEForecaster(BaseForecaster):
         freq = pd.infer_freq(times) if len(times) >= 3 else None
         if freq is None:
             raise ValueError(
-                "cannot infer the frequency of y's DatetimeIndex; give y a regular DatetimeIndex with a freq"
+                "cannot infer the frequency of y's DatetimeIndex (irregular, or with skipped points); give y a "
+                "regular DatetimeIndex with a freq, e.g. y.asfreq('D'), which marks skipped points as missing"
             )
         cutoff = pd.DatetimeIndex(cutoff, freq=freq)
         return cutoff, ForecastingHorizon(fh.to_pandas(), is_relative=fh.is_relative, freq=freq)

@@ -170,6 +170,31 @@ def test_missing_values_are_interpolated(checkpoint):
     assert TimeMoEForecaster.get_class_tag("capability:missing_values") is True
 
 
+def test_skipped_time_points_are_missing_values_not_a_shorter_series(checkpoint, caplog):
+    y = load_airline()
+    missing = y.copy()
+    missing.iloc[100:110] = np.nan
+    expected = forecaster(checkpoint).fit(missing).predict(fh=[1, 2])
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        skipped = forecaster(checkpoint).fit(y.drop(y.index[100:110])).predict(fh=[1, 2])
+    pd.testing.assert_series_equal(skipped, expected)
+    assert "skips 10 point(s)" in caplog.text
+    # The same when update leaves a gap, with a DatetimeIndex whose freq the merge loses.
+    yd = y.to_timestamp()
+    yd.index.freq = "MS"
+    updated = forecaster(checkpoint).fit(yd.iloc[:100]).update(yd.iloc[110:120]).predict(fh=[1])
+    np.testing.assert_allclose(updated, forecaster(checkpoint).fit(missing.iloc[:120]).predict(fh=[1]), rtol=1e-6)
+    # Per instance in a panel (integer time indices are left as they are: their step is not known).
+    data = panel(n_instances=2, length=30)
+    data.index = data.index.set_levels(pd.period_range("2001-01", periods=30, freq="M"), level="t")
+    holes = data.copy()
+    holes.iloc[[4, 5, 40]] = np.nan
+    pd.testing.assert_frame_equal(
+        forecaster(checkpoint).fit(data.drop(data.index[[4, 5, 40]])).predict(fh=[1]),
+        forecaster(checkpoint).fit(holes).predict(fh=[1]),
+    )
+
+
 def test_user_data_is_never_modified(checkpoint):
     y = load_airline()
     y.iloc[5] = np.nan
