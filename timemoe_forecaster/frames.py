@@ -35,6 +35,25 @@ def _regular_range(times: pd.Index, freq) -> pd.Index | None:
     return full if times.isin(full).all() else None
 
 
+def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
+    """Fast check that no instance skips a point, where the time points are integers apart: periods, and
+    fixed-size frequencies (days, hours, ...). False means "not known", and the slower check runs."""
+    if isinstance(times, pd.PeriodIndex):
+        ticks = pd.Series(times.asi8, index=frame.index)
+    elif isinstance(times, pd.DatetimeIndex) and freq is not None:
+        try:
+            step = pd.tseries.frequencies.to_offset(freq).nanos  # months, weeks, ...: not a fixed size
+        except ValueError:
+            return False
+        ticks = pd.Series(times.as_unit("ns").asi8 // step, index=frame.index)  # pandas 3 defaults to us
+    else:
+        return False
+    if frame.index.nlevels == 1:
+        return bool(ticks.iloc[-1] - ticks.iloc[0] + 1 == len(ticks))
+    spans = ticks.groupby(level=list(range(frame.index.nlevels - 1)), sort=False).agg(["min", "max", "size"])
+    return bool((spans["max"] - spans["min"] + 1 == spans["size"]).all())
+
+
 def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
     """Rows of NaN where a regular time index skips points, per instance, and how many were added.
 
@@ -44,6 +63,8 @@ def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
     """
     times = frame.index.get_level_values(-1)
     freq = freq if freq is not None else getattr(times, "freq", None)
+    if _evenly_filled(frame, times, freq):
+        return frame, 0
     if frame.index.nlevels == 1:
         full = _regular_range(times, freq)
         if full is None or len(full) == len(times):

@@ -123,3 +123,25 @@ def test_progress_bar_over_forecast_batches_only_when_asked_and_more_than_one(mo
     np.testing.assert_array_equal(quiet, shown)
     preprocess.forecast_series(model, series, 4, batch_size=8, progress=True)  # one batch: no bar
     assert "forecast:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("freq", ["h", "D", "MS"])
+def test_fill_time_gaps_inserts_missing_rows_per_instance_and_leaves_full_frames_alone(freq):
+    import pandas as pd
+
+    from timemoe_forecaster.frames import fill_time_gaps
+
+    times = pd.date_range("2021-01-01", periods=12, freq=freq)
+    index = pd.MultiIndex.from_product([["a", "b"], times], names=["id", "t"])
+    frame = pd.DataFrame({"v": np.arange(24.0)}, index=index)
+    same, added = fill_time_gaps(frame, freq=freq)
+    assert same is frame and added == 0
+    holed = frame.drop(index[[3, 4, 20]])  # two points of "a", one of "b"
+    filled, added = fill_time_gaps(holed, freq=freq)
+    assert added == 3 and filled.index.equals(frame.index)
+    assert filled["v"].isna().to_numpy().nonzero()[0].tolist() == [3, 4, 20]
+    single, added = fill_time_gaps(holed.xs("a", level="id"), freq=freq)
+    assert added == 2 and len(single) == 12
+    # Not on the frequency's grid: nothing can be said about gaps, the frame stays as it is.
+    odd = frame.xs("a", level="id").set_axis(times + pd.Timedelta(minutes=7) * np.arange(12))
+    assert fill_time_gaps(odd, freq=freq)[1] == 0
