@@ -103,10 +103,10 @@ def order_by_expert(experts_A: torch.Tensor, num_experts: int) -> tuple[torch.Te
 
 class SparseExpertsLayer(nn.Module):
     # Without autograd, the shared expert runs on at most this many rows at a time (None: all at once). Its
-    # gate, up and activation outputs ([rows, intermediate] each) are the largest transients of a forecast's
-    # prefill; in blocks they stop growing with the prefill chunk. An experiment, off by default: session 13
-    # prepared it to let larger prefill chunks (``max_batch_tokens``) fit the memory target; not yet measured on
-    # a GPU (``benchmarks/speed.py``'s variant "..., shared expert in 2^16-row blocks").
+    # gate, up and activation outputs ([rows, intermediate] each) are, by our count, the largest transients of a
+    # GPU forecast's prefill; in blocks they stop growing with the prefill chunk. An experiment, off by default:
+    # session 13 prepared it to let larger prefill chunks (``max_batch_tokens``) fit the memory target; not yet
+    # measured on a GPU (``benchmarks/speed.py``'s variant "..., shared expert in 2^16-row blocks").
     shared_expert_rows: int | None = None
 
     def __init__(self, config: TimeMoEConfig, dispatch: str = "auto") -> None:
