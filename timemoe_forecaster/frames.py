@@ -76,9 +76,7 @@ def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
         full = _regular_range(own, freq)
         if full is not None and len(full) != len(own):
             key = key if isinstance(key, tuple) else (key,)
-            arrays = [np.repeat(np.array([k], dtype=object), len(full)) for k in key]
-            levels = [pd.Index(a).astype(frame.index.levels[j].dtype) for j, a in enumerate(arrays)]
-            group = group.reindex(pd.MultiIndex.from_arrays([*levels, full], names=frame.index.names))
+            group = group.reindex(output_index(frame.index, [key], full))  # the instance's key on every time point
             added += len(full) - len(own)
         parts.append(group)
     return (pd.concat(parts), added) if added else (frame, 0)

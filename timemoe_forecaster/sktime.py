@@ -246,8 +246,27 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _predict(self, fh, X=None):
         series, steps, index = self._plan(fh)
+        points = self._point_forecasts(series, int(steps.max()))
+        values = np.take_along_axis(points, steps - 1, axis=1)  # [N, m]
+        return pd.DataFrame(to_rows(values, series.num_columns), index=index, columns=self._context.columns)
+
+    def _predict_quantiles(self, fh, X, alpha):
+        series, steps, index = self._plan(fh)
         horizon = int(steps.max())
-        points = preprocess.forecast_series(
+        points = self._point_forecasts(series, horizon)
+        residuals, scale = self._residuals(series.values, horizon, self._context_points())
+        offsets = residual_offsets(residuals, alpha, horizon) * scale[:, None, None]  # [N, H, Q]
+        quantiles = points[:, :, None] + offsets  # [N, H, Q]
+        picked = np.take_along_axis(quantiles, (steps - 1)[:, :, None], axis=1)  # [N, m, Q]
+        columns = pd.MultiIndex.from_product([self._context.columns, list(alpha)])
+        blocks = [to_rows(picked[:, :, j], series.num_columns) for j in range(len(alpha))]
+        # column order: for each variable, all alphas
+        data = np.stack(blocks, axis=-1).reshape(len(index), -1)  # [rows, C * Q]
+        return pd.DataFrame(data, index=index, columns=columns)
+
+    def _point_forecasts(self, series, horizon: int) -> np.ndarray:
+        """The model's forecasts of every (instance, column) of ``series``, ``horizon`` steps: [N, horizon]."""
+        return preprocess.forecast_series(
             self.model_,
             series.values,
             horizon,
@@ -258,33 +277,6 @@ class TimeMoEForecaster(BaseForecaster):
             names=series.names,
             progress=self.progress,
         )
-        values = np.take_along_axis(points, steps - 1, axis=1)  # [N, m]
-        return pd.DataFrame(to_rows(values, series.num_columns), index=index, columns=self._context.columns)
-
-    def _predict_quantiles(self, fh, X, alpha):
-        series, steps, index = self._plan(fh)
-        horizon = int(steps.max())
-        length = self._context_points()
-        points = preprocess.forecast_series(
-            self.model_,
-            series.values,
-            horizon,
-            context_length=length,
-            scaling=self.scaling,
-            batch_size=self.batch_size,
-            device=self._device(),
-            names=series.names,
-            progress=self.progress,
-        )
-        residuals, scale = self._residuals(series.values, horizon, length)
-        offsets = residual_offsets(residuals, alpha, horizon) * scale[:, None, None]  # [N, H, Q]
-        quantiles = points[:, :, None] + offsets  # [N, H, Q]
-        picked = np.take_along_axis(quantiles, (steps - 1)[:, :, None], axis=1)  # [N, m, Q]
-        columns = pd.MultiIndex.from_product([self._context.columns, list(alpha)])
-        blocks = [to_rows(picked[:, :, j], series.num_columns) for j in range(len(alpha))]
-        # column order: for each variable, all alphas
-        data = np.stack(blocks, axis=-1).reshape(len(index), -1)  # [rows, C * Q]
-        return pd.DataFrame(data, index=index, columns=columns)
 
     def _residuals(self, values, horizon: int, length: int):
         # Recomputed per call: predict-like methods must not change the estimator's state.
