@@ -45,21 +45,31 @@ SETTINGS = [
     ("sdpa", False),
     ("varlen", "model"),
 ]
-BATCH = {"base": 4, "large": 2, "small": 8}
+BATCH = {"base": 4, "large": 2, "ultra": 1, "small": 8}
 
 
 def build_trainer(
-    size: str, backend: str, compile, length: int, batch: int, device: str = "cuda", prefetch: str = "off"
+    size: str,
+    backend: str,
+    compile,
+    length: int,
+    batch: int,
+    device: str = "cuda",
+    prefetch: str = "off",
+    **options,
 ) -> Trainer:
-    """A Trainer as ``timemoe pretrain`` builds one, on packed synthetic rows of one process."""
+    """A Trainer as ``timemoe pretrain`` builds one, on packed synthetic rows of one process.
+
+    ``options``: further ``TrainConfig`` fields (``activation_checkpointing``, ``optim_dtype``, ``grad_accum``)."""
     cfg = TrainConfig(
         config=size, data=["synthetic"], output_dir=None, max_steps=10**6, batch_size=batch, max_length=length,
         progress=False, device=device, attn_backend=backend, compile=compile, log_every=10**6,
-        data_prefetch=prefetch,
+        data_prefetch=prefetch, **options,
     )  # fmt: skip
     ctx = DistContext(device=torch.device(device))
-    stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
-    return Trainer(cfg, ctx, build_model(cfg, ctx.device), [stream])
+    data = open_data(cfg.data, cfg.seed)
+    streams = [make_stream(data, cfg, shard, cfg.grad_accum, cfg.seed) for shard in range(cfg.grad_accum)]
+    return Trainer(cfg, ctx, build_model(cfg, ctx.device), streams)
 
 
 def time_trainer(
@@ -75,8 +85,9 @@ def time_trainer(
     prefetch: str = "off",
     launch_ahead: bool = True,
     clip_pass: bool = False,
+    **options,
 ) -> dict:
-    trainer = build_trainer(size, backend, compile, length, batch, device, prefetch)
+    trainer = build_trainer(size, backend, compile, length, batch, device, prefetch, **options)
     if clip_pass:  # how the trainer clipped before session 7 (the fused update now applies the factor)
         trainer._clip_gradients = lambda: torch.nn.utils.clip_grad_norm_(
             trainer.params, trainer.cfg.grad_clip if trainer.cfg.grad_clip > 0 else float("inf")
@@ -108,11 +119,13 @@ def time_trainer(
     if trainer._launched is not None:
         trainer.train_step()  # the step enqueued ahead
     trainer.close()  # stops the data thread
-    positions = batch * length
+    positions = batch * length * trainer.cfg.grad_accum
     flops = positions * model_flops_per_token(trainer.model.config, length, training=True)
     return {
         "impl": "ours (Trainer)", "size": size, "attn_backend": backend, "compile": compile or "off",
         "data_prefetch": trainer.data_prefetch,
+        "activation_checkpointing": trainer.cfg.activation_checkpointing, "optim_dtype": trainer.cfg.optim_dtype,
+        "grad_accum": trainer.cfg.grad_accum,
         "seq_len": length, "batch": batch, "step_ms_median": step_s * 1e3, "step_ms_min": min(times) * 1e3,
         "positions_per_s": positions / step_s, "real_tokens_per_s": statistics.mean(tokens) / step_s,
         "tflops": flops / step_s / 1e12,
@@ -240,6 +253,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--no-launch-ahead", action="store_true", help="baseline: step graph without enqueueing the next step early"
     )
+    # The trainer's memory options (every setting), e.g. ultra as docs/pretraining.md recommends it on 80 GB.
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--optim-dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = "cpu" if args.smoke else "cuda"
@@ -280,6 +297,8 @@ def main(argv=None) -> None:
                 time_trainer(
                     args.size, backend, compile, args.length, batch, args.warmup, args.steps, device, profile_to,
                     prefetch=prefetch, launch_ahead=not args.no_launch_ahead, clip_pass=args.clip_pass,
+                    activation_checkpointing=args.activation_checkpointing, optim_dtype=args.optim_dtype,
+                    grad_accum=args.grad_accum,
                 )
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failing setting must not hide the others
