@@ -515,19 +515,6 @@ def swapped_aux_loss(name: str):
         yield
 
 
-@contextlib.contextmanager
-def shared_expert_blocks(rows: int | None):
-    """A/B switch for session 13's lever: the shared expert in blocks of ``rows`` rows when forecasting
-    (``SparseExpertsLayer.shared_expert_rows``); None changes nothing."""
-    if rows is None:
-        yield
-        return
-    from timemoe_forecaster.model.moe import SparseExpertsLayer
-
-    with swapped_attribute(SparseExpertsLayer, "shared_expert_rows", rows):
-        yield
-
-
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
     replays it, and how many GEMMs the q/k/v projection runs as (``forced_qkv_gemms``; None: the library's choice)."""
@@ -537,7 +524,6 @@ class InferVariant(NamedTuple):
     kwargs: dict
     graph: bool
     qkv_gemms: int | None = None
-    shared_expert_rows: int | None = None  # ``SparseExpertsLayer.shared_expert_rows`` (session 13's lever)
 
 
 # Compiled-block forecasting variants of the base and large ctx-512 cases. The first is the library's
@@ -547,15 +533,8 @@ COMPILED_INFER_VARIANTS = [
     InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
     InferVariant("compiled-blocks + CUDA graph, separate q k v GEMMs", "auto", {}, True, qkv_gemms=3),
     InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
-    # Session 13's lever, not yet measured: if the prefill's peak is the shared expert's activations, blocks of
-    # 2^16 rows should keep 2^17-token chunks within the h 720 memory target, and 2^17 could become the default.
-    InferVariant(
-        "compiled-blocks + CUDA graph, 2^17 tokens, shared expert in 2^16-row blocks",
-        "auto",
-        {"max_batch_tokens": 2**17},
-        True,
-        shared_expert_rows=2**16,
-    ),
+    # Not listed: session 14 measured the shared expert in 2^16-row blocks at 2^17 tokens (commit 2f2e220,
+    # raw/session14/call1): h 720 still peaked at 0.52 of the reference's memory and h 96 ran 0.9% slower.
     InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
     InferVariant("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
     InferVariant("compiled-blocks, grouped MoE, one batch", "grouped", {"max_batch_tokens": None}, False),
@@ -586,7 +565,7 @@ def infer_variants(plan: Plan):
                 if variant.graph and plan.device != "cuda":
                     continue
                 model.set_moe_dispatch(variant.dispatch)
-                with forced_qkv_gemms(variant.qkv_gemms), shared_expert_blocks(variant.shared_expert_rows):
+                with forced_qkv_gemms(variant.qkv_gemms):
                     if variant.graph:
                         graphed = GraphedForecast(model, **variant.kwargs)
                         yield variant.name, graphed, {}

@@ -193,7 +193,18 @@ def _prefetch(row: dict) -> str:
     return row.get("data_prefetch") or ("thread" if row.get("data_thread") else "off")
 
 
-def _ms(value) -> str:
+def _options_line(rows: list[dict]) -> list[str]:
+    ours = next((r for r in rows if r.get("grad_accum") is not None), None)
+    if ours is None:
+        return []
+    return [
+        "",
+        f"Options: activation checkpointing {'on' if ours['activation_checkpointing'] else 'off'}, "
+        f"optimizer states {ours['optim_dtype']}, {ours['grad_accum']} micro-batch(es) per step.",
+    ]
+
+
+def _one_decimal(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
@@ -203,19 +214,22 @@ def markdown(rows: list[dict], device: str, peak_tflops: float | None = None) ->
     lines = [
         f"# The trainer on {device}",
         "",
-        "Median step over the timed steps after warm-up; positions = batch x length (what the reference rows "
-        "count); real tokens exclude padding. Ours: autocast bf16 with fp32 master weights and fused AdamW "
-        "(the trainer's defaults on a GPU); reference: bf16 parameters, plain AdamW, one random batch. "
-        f"MFU: model FLOPs per second over the bf16 matmul peak ({peak}).",
+        "Median step over the timed steps after warm-up; positions = batch x length x micro-batches per step "
+        "(what the reference rows count); real tokens exclude padding. Ours: the trainer's defaults on a GPU "
+        "(autocast bf16 with fp32 master weights and fused AdamW) unless the options below say otherwise; "
+        "reference: bf16 parameters, plain AdamW, one random batch. "
+        f"MFU: model FLOPs per second over the bf16 matmul peak ({peak}). Peak GiB is the most allocated "
+        "after warm-up, which misses what a CUDA graph keeps in its private pool; reserved GiB includes it.",
+        *_options_line(rows),
         "",
         "| impl | attention | compile | prefetch | step ms | positions/s | real tokens/s | vs reference | MFU "
-        "| peak GiB | warm-up s | GPU busy ms/step | data fetch ms | prepare ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak GiB | reserved GiB | warm-up s | GPU busy ms/step | data fetch ms | prepare ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
             head = f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {_prefetch(r)} | {r['status']} |"
-            lines.append(head + " |" * 9)
+            lines.append(head + " |" * 10)
             continue
         ratio = f"{r['positions_per_s'] / ref['positions_per_s']:.1f}×" if ref and r is not ref else "–"
         mfu = f"{r['tflops'] / peak_tflops:.1%}" if peak_tflops and r.get("tflops") else "–"
@@ -223,8 +237,9 @@ def markdown(rows: list[dict], device: str, peak_tflops: float | None = None) ->
             f"| {r['impl']} | {r['attn_backend']} | {r['compile']} | {_prefetch(r)} | "
             f"{r['step_ms_median']:.1f} | "
             f"{r['positions_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {ratio} | {mfu} | {r['peak_gib']:.1f} | "
-            f"{r.get('warmup_s', 0):.0f} | {_ms(r.get('gpu_busy_ms_per_step'))} | {_ms(r.get('host_fetch_ms'))} | "
-            f"{_ms(r.get('host_prepare_ms'))} |"
+            f"{_one_decimal(r.get('reserved_gib'))} | {r.get('warmup_s', 0):.0f} | "
+            + " | ".join(_one_decimal(r.get(k)) for k in ("gpu_busy_ms_per_step", "host_fetch_ms", "host_prepare_ms"))
+            + " |"
         )
     return "\n".join(lines) + "\n"
 

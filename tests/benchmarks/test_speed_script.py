@@ -105,19 +105,3 @@ def test_aux_loss_switch_runs_the_candidate_in_the_model_loss_with_the_same_valu
     assert calls == [1]
     assert modeling.load_balancing_loss is library
     torch.testing.assert_close(swapped_loss, default_loss, rtol=1e-5, atol=1e-6)
-
-
-def test_shared_expert_switch_sets_the_row_blocks_and_restores():
-    from timemoe_forecaster.model.moe import SparseExpertsLayer
-
-    model = make_model()
-    context = torch.randn(3, 40)
-    expected = model.forecast(context, 8)
-    assert SparseExpertsLayer.shared_expert_rows is None
-    with speed.shared_expert_blocks(16):
-        assert SparseExpertsLayer.shared_expert_rows == 16
-        blocked = model.forecast(context, 8)  # 120-row prefill: 8 blocks per layer
-    assert SparseExpertsLayer.shared_expert_rows is None
-    torch.testing.assert_close(blocked, expected, rtol=1e-5, atol=1e-6)
-    with speed.shared_expert_blocks(None):
-        assert SparseExpertsLayer.shared_expert_rows is None

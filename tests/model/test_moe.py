@@ -190,21 +190,3 @@ def test_counting_order_equals_a_stable_sort(assignments, num_experts):
     ids = torch.arange(num_experts)
     assert torch.equal(group_end_E, torch.searchsorted(sorted_A, ids, right=True).to(torch.int32))
     assert group_end_E.dtype == torch.int32
-
-
-def test_shared_expert_in_row_blocks_only_without_autograd_and_same_output():
-    layer = make_layer("loop")
-    x = torch.randn(2, 5, 8)
-    with torch.no_grad():
-        whole, _ = layer(x)
-    calls = []
-    layer.shared_expert.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    layer.shared_expert_rows = 3  # the class default is None: all rows at once
-    with torch.no_grad():
-        blocked, _ = layer(x)
-    assert calls == [3, 3, 3, 1]  # 10 rows
-    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
-    calls.clear()
-    trained, _ = layer(x)  # autograd on: training keeps one GEMM per weight
-    assert calls == [10] and trained.requires_grad
-    torch.testing.assert_close(trained.detach(), whole, rtol=0, atol=1e-6)

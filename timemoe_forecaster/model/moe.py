@@ -102,13 +102,6 @@ def order_by_expert(experts_A: torch.Tensor, num_experts: int) -> tuple[torch.Te
 
 
 class SparseExpertsLayer(nn.Module):
-    # Without autograd, the shared expert runs on at most this many rows at a time (None: all at once). Its
-    # gate, up and activation outputs ([rows, intermediate] each) are, by our count, the largest transients of a
-    # GPU forecast's prefill; in blocks they stop growing with the prefill chunk. An experiment, off by default:
-    # session 13 prepared it to let larger prefill chunks (``max_batch_tokens``) fit the memory target; not yet
-    # measured on a GPU (``benchmarks/speed.py``'s variant "..., shared expert in 2^16-row blocks").
-    shared_expert_rows: int | None = None
-
     def __init__(self, config: TimeMoEConfig, dispatch: str = "auto") -> None:
         super().__init__()
         if dispatch not in DISPATCH_MODES:
@@ -147,14 +140,8 @@ class SparseExpertsLayer(nn.Module):
             routed_TH = routed_TH.to(x_TH.dtype)
         else:
             routed_TH = self._loop(x_TH, weights_TK, experts_TK)
-        return (routed_TH + self._shared(x_TH)).view(b, s, h), router_logits_TE
-
-    def _shared(self, x_TH: torch.Tensor) -> torch.Tensor:
-        """The shared expert behind its sigmoid gate; in row blocks without autograd (``shared_expert_rows``)."""
-        rows = self.shared_expert_rows
-        if rows is not None and not torch.is_grad_enabled() and x_TH.shape[0] > rows:
-            return torch.cat([self._shared(block) for block in x_TH.split(rows)])
-        return torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
+        shared_TH = torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
+        return (routed_TH + shared_TH).view(b, s, h), router_logits_TE
 
     def _use_fused(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
         if self.dispatch not in ("auto", "fused"):
