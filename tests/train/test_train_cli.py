@@ -156,3 +156,29 @@ def test_airline_without_sktime_reads_the_bundled_copy(monkeypatch):
     bundled = load_series("airline")
     assert len(bundled) == 144 and str(bundled.index[0]) == "1949-01"
     assert (bundled.to_numpy() == with_sktime.to_numpy()).all()
+
+
+def documented_train_commands() -> list[list[str]]:
+    """The full ``pretrain``/``finetune`` commands in docs/pretraining.md's code blocks, as argument lists."""
+    import shlex
+
+    text = (ROOT / "docs" / "pretraining.md").read_text()
+    blocks = text.split("```")[1::2]  # the insides of the fenced blocks
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for command in ("pretrain", "finetune"):
+                if command in words and "..." not in words:  # "timemoe pretrain ... --resume" is a sketch
+                    commands.append(words[words.index(command) :])
+    return commands
+
+
+def test_every_documented_train_command_makes_a_valid_config():
+    commands = documented_train_commands()
+    # the tiny, base, base-step-graph, ultra, two torchrun and the finetune examples at least
+    assert len(commands) >= 6 and any("model-step-graph" in c and "ultra" in c for c in commands)
+    parser = build_parser()
+    for words in commands:
+        config = train_config_from_args(parser.parse_args(words))  # TrainConfig validates flag combinations
+        assert config.config or config.init_from, words
