@@ -113,3 +113,122 @@ def test_chunking_does_not_change_the_update():
             opt.zero_grad()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(a, b)
+
+
+# The fused Triton update (``sr_adamw_kernels``), run on the CPU by triton's interpreter in a child process
+# (triton reads TRITON_INTERPRET at import) and on a GPU by the marked test below.
+_FUSED_SR_ADAMW_CHECK = r"""
+import torch
+from tests.helpers import make_model
+from timemoe_forecaster.train.optim import StochasticRoundingAdamW, param_groups
+
+device = "{device}"
+torch.manual_seed(0)
+
+# fp32 tensors are not rounded: the update equals torch's AdamW, weight decay and bias correction included.
+ref, ours = make_model().to(device), make_model().to(device)
+opt_ref = torch.optim.AdamW(param_groups(ref, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+opt_ours = StochasticRoundingAdamW(param_groups(ours, 0.1), lr=1e-2, fused=True)
+x = torch.randn(2, 32, device=device)
+for _ in range(3):
+    for model, opt in ((ref, opt_ref), (ours, opt_ours)):
+        model(x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def bf16_neighbours(x):
+    # the bf16 values either side of fp32 x: truncated toward zero, and one step further out
+    low = x.view(torch.int32).bitwise_and(-65536)
+    return low.view(torch.float32), (low + 65536).view(torch.float32)
+
+
+def one_step(seed, step_before=0, start=None):
+    w = torch.nn.Parameter((torch.randn(4099, device=device) if start is None else start).to(torch.bfloat16))
+    opt = StochasticRoundingAdamW([{{"params": [w], "weight_decay": 0.1}}], lr=1e-3, seed=seed, fused=True)
+    w.grad = torch.linspace(-2, 2, 4099, device=device).to(torch.bfloat16)
+    if step_before:
+        opt.state[w]["step"] = torch.tensor(float(step_before))
+        opt.state[w]["exp_avg"] = torch.zeros_like(w)
+        opt.state[w]["exp_avg_sq"] = torch.zeros_like(w)
+    before = w.detach().float().clone()
+    opt.step()
+    return before, w.detach(), opt.state[w]
+
+# bf16: every stored value is one of the two bf16 neighbours of the exact fp32 result.
+torch.manual_seed(1)
+before, after, state = one_step(seed=3)
+g = torch.linspace(-2, 2, 4099, device=device).to(torch.bfloat16).float()
+m, v = 0.1 * g, 0.05 * g * g
+exact = before * (1 - 1e-3 * 0.1) - (1e-3 / 0.1) * m / ((v / 0.05).sqrt() + 1e-8)
+for stored, expected in ((after, exact), (state["exp_avg"], m), (state["exp_avg_sq"], v)):
+    low, high = bf16_neighbours(expected)
+    s = stored.float()
+    assert bool(((s == low) | (s == high)).all()), "a value left its two bf16 neighbours"
+assert after.dtype == torch.bfloat16 and state["exp_avg"].dtype == torch.bfloat16
+
+# Unbiased: an update far below bf16's resolution at 1.0 (2**-8 below) moves the weights by the update on average.
+p = torch.nn.Parameter(torch.ones(200_000, device=device, dtype=torch.bfloat16))
+opt = StochasticRoundingAdamW([{{"params": [p], "weight_decay": 0.0}}], lr=1e-4, fused=True)
+p.grad = torch.ones_like(p)
+opt.step()
+mean_change = p.float().mean().item() - 1.0
+assert abs(mean_change + 1e-4) < 1e-5, mean_change
+assert set(p.float().unique().tolist()) == {{1.0 - 2**-8, 1.0}}
+
+# The noise is fixed by (seed, step): a replay is identical, another seed or step draws other numbers.
+start = torch.randn(4099, device=device)
+a = one_step(seed=5, start=start)[1]
+b = one_step(seed=5, start=start)[1]
+c = one_step(seed=6, start=start)[1]
+d = one_step(seed=5, step_before=7, start=start)[1]
+assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
+print("fused stochastic-rounding AdamW checks passed")
+"""
+
+
+def _run_fused_check(device: str, interpret: bool) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if interpret else {})}
+    root = Path(__file__).resolve().parents[2]
+    script = _FUSED_SR_ADAMW_CHECK.format(device=device)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checks passed" in done.stdout
+
+
+def test_fused_stochastic_rounding_adamw_in_the_interpreter():
+    pytest.importorskip("triton")
+    _run_fused_check("cpu", interpret=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_stochastic_rounding_adamw_on_gpu():
+    pytest.importorskip("triton")
+    _run_fused_check("cuda", interpret=False)
+
+
+def test_fused_update_is_chosen_only_where_it_runs(monkeypatch):
+    from timemoe_forecaster.train import optim
+
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+    p.grad = torch.ones_like(p)
+    monkeypatch.setattr(optim, "TRITON_AVAILABLE", True)
+    assert not StochasticRoundingAdamW([p])._runs_fused(p)  # default: CPU tensors take the chunked path
+    assert not StochasticRoundingAdamW([p], fused=False)._runs_fused(p)
+    assert StochasticRoundingAdamW([p], fused=True)._runs_fused(p)  # forced: the interpreter's way
+    half = torch.nn.Parameter(torch.zeros(4, dtype=torch.float16))
+    half.grad = torch.ones_like(half)
+    with pytest.raises(ValueError, match="contiguous bf16 or fp32"):
+        StochasticRoundingAdamW([half], fused=True)._runs_fused(half)
+    monkeypatch.setattr(optim, "TRITON_AVAILABLE", False)
+    with pytest.raises(RuntimeError, match="needs triton"):
+        StochasticRoundingAdamW([p], fused=True)
+    assert not StochasticRoundingAdamW([p])._runs_fused(p)

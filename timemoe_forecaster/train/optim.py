@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from ..model.fused_moe import TRITON_AVAILABLE
+
 OPTIM_DTYPES = ("fp32", "bf16")
 
 
@@ -86,30 +88,78 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     ~25 small kernels per tensor, which made the step of the 2.4B ``ultra`` model 20x slower than fused
     AdamW). The rounding noise comes from a generator reseeded from (seed, step, rank) at every step, so
     a resumed run draws the same numbers as an uninterrupted one without extra state.
+
+    ``fused``: one Triton kernel per tensor does the whole update and the rounding (``sr_adamw_kernels``),
+    its noise seeded the same way plus the tensor's place. None (the default) uses it for contiguous bf16
+    or fp32 tensors on a GPU when triton is installed, and the chunked path for everything else. The two
+    paths draw different noise, so switch neither in the middle of a run that must replay exactly.
     """
 
     def __init__(
-        self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, seed: int = 0, chunk_numel: int = 1 << 26
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.95),
+        eps: float = 1e-8,
+        seed: int = 0,
+        chunk_numel: int = 1 << 26,
+        fused: bool | None = None,
     ) -> None:
         if lr < 0 or eps <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid AdamW hyper-parameters lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0, seed=seed))
         self.chunk_numel = int(chunk_numel)
+        if fused and not TRITON_AVAILABLE:
+            raise RuntimeError("StochasticRoundingAdamW(fused=True) needs triton, which is not installed")
+        self.fused = fused
 
-    def _chunks(self, group: dict) -> list[tuple[int, list[torch.Tensor]]]:
+    def _count_step(self, param: torch.Tensor) -> int:
+        """Create the parameter's state on its first update, count this update and return the count."""
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        state["step"] += 1
+        return int(state["step"].item())
+
+    def _runs_fused(self, param: torch.Tensor) -> bool:
+        if self.fused is False or (self.fused is None and not TRITON_AVAILABLE):
+            return False
+        local, grad = _local(param), _local(param.grad)
+        fits = local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and grad.is_contiguous()
+        if self.fused:  # asked for: the CPU interpreter (TRITON_INTERPRET=1) runs it too, as the tests do
+            if not fits:
+                raise ValueError(f"fused=True updates contiguous bf16 or fp32 tensors, got {local.dtype}")
+            return True
+        return fits and local.is_cuda
+
+    def _fused_update(self, param, lr, beta1, beta2, eps, weight_decay, step: int, seed: int) -> None:
+        """One tensor's AdamW update and rounding in one Triton launch (``sr_adamw_kernels``)."""
+        import triton
+
+        from .sr_adamw_kernels import sr_adamw_update
+
+        state = self.state[param]
+        p, grad = _local(param), _local(param.grad)
+        exp_avg, exp_avg_sq = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+        n, block = p.numel(), 1024
+        if n == 0:
+            return
+        sr_adamw_update[(triton.cdiv(n, block),)](
+            p, grad, exp_avg, exp_avg_sq, n,
+            lr, beta1, beta2, eps, 1 - lr * weight_decay, lr / (1 - beta1**step), 1 - beta2**step, seed,
+            ROUND=p.dtype == torch.bfloat16, BLOCK=block,
+        )  # fmt: skip
+
+    def _chunks(self, group: dict, skip: set[int] = frozenset()) -> list[tuple[int, list[torch.Tensor]]]:
         """(step, params) runs of this group's parameters with gradients: same step, device and dtype."""
         chunks: list[tuple[int, list[torch.Tensor]]] = []
         size = 0
         for param in group["params"]:
-            if param.grad is None:
+            if param.grad is None or id(param) in skip:
                 continue
-            state = self.state[param]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(param)
-                state["exp_avg_sq"] = torch.zeros_like(param)
-            state["step"] += 1
-            step, local = int(state["step"].item()), _local(param)
+            step, local = self._count_step(param), _local(param)
             if chunks:
                 last_step, last = chunks[-1]
                 head = _local(last[0])
@@ -130,10 +180,16 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 loss = closure()
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         generators: dict[torch.device, torch.Generator] = {}
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
             lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            for step, params in self._chunks(group):
+            fused = [x for x in group["params"] if x.grad is not None and self._runs_fused(x)]
+            for place, param in enumerate(fused):
+                step = self._count_step(param)
+                seed = _stream_seed(group["seed"], step, rank, index, place)
+                self._fused_update(param, lr, beta1, beta2, eps, wd, step, seed)
+            fused_ids = {id(x) for x in fused}
+            for step, params in self._chunks(group, skip=fused_ids):
                 p = [_local(x) for x in params]
                 exp_avg = [_local(self.state[x]["exp_avg"]) for x in params]
                 exp_avg_sq = [_local(self.state[x]["exp_avg_sq"]) for x in params]
@@ -155,6 +211,12 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                     sizes = [t.numel() for t in targets]
                     torch._foreach_copy_(targets, [r.view_as(t) for r, t in zip(rounded.split(sizes), targets)])
         return loss
+
+
+def _stream_seed(seed: int, step: int, rank: int, group: int, place: int) -> int:
+    """A Philox seed per (run seed, step, rank, group, tensor): fixed by the run's state, so resumes replay."""
+    mixed = (((seed * 1_000_003 + step) * 4099 + rank) * 131 + group) * 1_000_033 + place
+    return mixed % (2**31 - 1)
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
