@@ -71,13 +71,14 @@ def test_stochastic_rounding_is_unbiased_and_picks_neighbours():
     assert neg.float().mean().item() == pytest.approx(-value.item(), abs=2e-5)
 
 
-def test_stochastic_rounding_adamw_matches_torch_adamw_in_fp32():
+def assert_matches_torch_adamw_in_fp32(device: str = "cpu", **options) -> None:
+    """Three steps on fp32 weights (nothing to round) equal torch's AdamW, weight decay and bias correction included."""
     torch.manual_seed(0)
-    ref = make_model()
-    ours = make_model()
+    ref = make_model().to(device)
+    ours = make_model().to(device)
     opt_ref = torch.optim.AdamW(param_groups(ref, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
-    opt_ours = StochasticRoundingAdamW(param_groups(ours, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
-    x = torch.randn(2, 32)
+    opt_ours = StochasticRoundingAdamW(param_groups(ours, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, **options)
+    x = torch.randn(2, 32, device=device)
     for _ in range(3):
         for model, opt in ((ref, opt_ref), (ours, opt_ours)):
             model(x, labels=x).loss.backward()
@@ -85,6 +86,10 @@ def test_stochastic_rounding_adamw_matches_torch_adamw_in_fp32():
             opt.zero_grad()
     for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_stochastic_rounding_adamw_matches_torch_adamw_in_fp32():
+    assert_matches_torch_adamw_in_fp32(fused=False)
 
 
 def test_bf16_optimizer_keeps_small_updates_in_expectation():
@@ -119,24 +124,11 @@ def test_chunking_does_not_change_the_update():
 # (triton reads TRITON_INTERPRET at import) and on a GPU by the marked test below.
 _FUSED_SR_ADAMW_CHECK = r"""
 import torch
-from tests.helpers import make_model
-from timemoe_forecaster.train.optim import StochasticRoundingAdamW, param_groups
+from tests.train.test_train_optim import assert_matches_torch_adamw_in_fp32
+from timemoe_forecaster.train.optim import StochasticRoundingAdamW
 
 device = "{device}"
-torch.manual_seed(0)
-
-# fp32 tensors are not rounded: the update equals torch's AdamW, weight decay and bias correction included.
-ref, ours = make_model().to(device), make_model().to(device)
-opt_ref = torch.optim.AdamW(param_groups(ref, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
-opt_ours = StochasticRoundingAdamW(param_groups(ours, 0.1), lr=1e-2, fused=True)
-x = torch.randn(2, 32, device=device)
-for _ in range(3):
-    for model, opt in ((ref, opt_ref), (ours, opt_ours)):
-        model(x, labels=x).loss.backward()
-        opt.step()
-        opt.zero_grad()
-for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+assert_matches_torch_adamw_in_fp32(device, fused=True)
 
 
 def bf16_neighbours(x):
