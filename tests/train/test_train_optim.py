@@ -215,7 +215,11 @@ def test_fused_update_is_chosen_only_where_it_runs(monkeypatch):
     monkeypatch.setattr(optim, "TRITON_AVAILABLE", True)
     assert not StochasticRoundingAdamW([p])._runs_fused(p)  # default: CPU tensors take the chunked path
     assert not StochasticRoundingAdamW([p], fused=False)._runs_fused(p)
+    with pytest.raises(ValueError, match="Triton kernel on a GPU"):
+        StochasticRoundingAdamW([p], fused=True)._runs_fused(p)  # forced on a CPU tensor
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert StochasticRoundingAdamW([p], fused=True)._runs_fused(p)  # forced: the interpreter's way
+    assert build_optimizer(torch.nn.Linear(2, 2), 1e-3, optim_dtype="bf16", fused=False).fused is False
     half = torch.nn.Parameter(torch.zeros(4, dtype=torch.float16))
     half.grad = torch.ones_like(half)
     with pytest.raises(ValueError, match="contiguous bf16 or fp32"):

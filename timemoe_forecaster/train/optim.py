@@ -13,6 +13,7 @@ Two optimizer settings (``TrainConfig.optim_dtype``):
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -46,8 +47,10 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW over ``param_groups``; ``optim_dtype="bf16"`` gives :class:`StochasticRoundingAdamW`.
 
-    ``fused=None`` uses the fused CUDA kernel when every parameter is on a GPU. ``capturable=True`` keeps
-    the step count on the device so the update can be recorded in a CUDA graph (``step_graph.py``).
+    ``fused=None`` uses the fused CUDA kernel when every parameter is on a GPU (for ``"bf16"``: the Triton update
+    of :class:`StochasticRoundingAdamW` on GPU tensors when triton is installed); False never does.
+    ``capturable=True`` keeps the step count on the device so the update can be recorded in a CUDA graph
+    (``step_graph.py``).
     """
     if optim_dtype not in OPTIM_DTYPES:
         raise ValueError(f"optim_dtype must be one of {OPTIM_DTYPES}, got {optim_dtype!r}")
@@ -55,7 +58,7 @@ def build_optimizer(
     if optim_dtype == "bf16":
         if capturable:
             raise ValueError("capturable=True needs optim_dtype='fp32' (torch's AdamW)")
-        return StochasticRoundingAdamW(groups, lr=lr, betas=betas, eps=eps, seed=seed)
+        return StochasticRoundingAdamW(groups, lr=lr, betas=betas, eps=eps, seed=seed, fused=fused)
     if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"])
     extra = {"capturable": True} if capturable else {}
@@ -128,9 +131,14 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
             return False
         local, grad = _local(param), _local(param.grad)
         fits = local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and grad.is_contiguous()
-        if self.fused:  # asked for: the CPU interpreter (TRITON_INTERPRET=1) runs it too, as the tests do
+        if self.fused:  # asked for: on a GPU, or on the CPU under triton's interpreter (as the tests run it)
             if not fits:
                 raise ValueError(f"fused=True updates contiguous bf16 or fp32 tensors, got {local.dtype}")
+            if not local.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError(
+                    f"fused=True runs the bf16 AdamW update as a Triton kernel on a GPU; this parameter is on "
+                    f"{local.device} (use fused=None or False there)"
+                )
             return True
         return fits and local.is_cuda
 
