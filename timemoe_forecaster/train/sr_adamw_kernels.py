@@ -50,7 +50,8 @@ def sr_adamw_update(
     m = m + (1.0 - beta1) * (g - m)
     v = beta2 * v + (1.0 - beta2) * g * g
     p = p * decay - step_size * m / (tl.sqrt(v / bias2) + eps)
-    # Three independent 32-bit draws per element (the fourth is unused); the offset keeps elements apart.
+    # Three independent 32-bit draws per element (the fourth is unused); the offset keeps elements apart (in
+    # tensors under 2^32 elements, which every preset's are).
     r_p, r_m, r_v, _ = tl.randint4x(seed, offsets.to(tl.uint32))
     _store_rounded(param_ptr, offsets, mask, p, r_p.to(tl.uint32), ROUND)
     _store_rounded(exp_avg_ptr, offsets, mask, m, r_m.to(tl.uint32), ROUND)
