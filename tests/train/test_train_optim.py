@@ -92,11 +92,18 @@ def test_stochastic_rounding_adamw_matches_torch_adamw_in_fp32():
     assert_matches_torch_adamw_in_fp32(fused=False)
 
 
-def test_bf16_optimizer_keeps_small_updates_in_expectation():
+def test_bf16_optimizer_keeps_small_updates_in_expectation(caplog):
     # A plain bf16 update w - 1e-4 would round back to w = 1.0 every time; stochastic rounding moves on average.
     p = torch.nn.Parameter(torch.ones(20_000, dtype=torch.bfloat16))
     opt = StochasticRoundingAdamW([{"params": [p], "weight_decay": 0.0}], lr=1e-4)
     p.grad = torch.ones_like(p)
+    with caplog.at_level("INFO", logger="timemoe_forecaster.train.optim"):
+        opt.step()
+        opt.step()
+        opt.step()  # the update path is logged once, on the first step
+    assert [r.getMessage() for r in caplog.records] == ["bf16 AdamW, group 0: 0 tensors fused (Triton), 1 chunked"]
+    p.data.fill_(1.0)
+    opt = StochasticRoundingAdamW([{"params": [p], "weight_decay": 0.0}], lr=1e-4)
     opt.step()
     assert p.dtype == torch.bfloat16 and opt.state[p]["exp_avg"].dtype == torch.bfloat16
     assert p.float().mean().item() == pytest.approx(1.0 - 1e-4, abs=2e-5)

@@ -12,6 +12,7 @@ Two optimizer settings (``TrainConfig.optim_dtype``):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -21,6 +22,7 @@ from torch import nn
 from ..model.fused_moe import TRITON_AVAILABLE
 
 OPTIM_DTYPES = ("fp32", "bf16")
+log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -115,6 +117,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         if fused and not TRITON_AVAILABLE:
             raise RuntimeError("StochasticRoundingAdamW(fused=True) needs triton, which is not installed")
         self.fused = fused
+        self._path_logged = False
 
     def _count_step(self, param: torch.Tensor) -> int:
         """Create the parameter's state on its first update, count this update and return the count."""
@@ -197,6 +200,9 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 seed = _stream_seed(group["seed"], step, rank, index, place)
                 self._fused_update(param, lr, beta1, beta2, eps, wd, step, seed)
             fused_ids = {id(x) for x in fused}
+            if not self._path_logged:  # which update path the run got: the fused one is ~12x faster on a GPU
+                chunked = sum(x.grad is not None and id(x) not in fused_ids for x in group["params"])
+                log.info("bf16 AdamW, group %d: %d tensors fused (Triton), %d chunked", index, len(fused), chunked)
             for step, params in self._chunks(group, skip=fused_ids):
                 p = [_local(x) for x in params]
                 exp_avg = [_local(self.state[x]["exp_avg"]) for x in params]
@@ -218,6 +224,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                     stochastic_round_(rounded, values, gen)
                     sizes = [t.numel() for t in targets]
                     torch._foreach_copy_(targets, [r.view_as(t) for r, t in zip(rounded.split(sizes), targets)])
+        self._path_logged = True
         return loss
 
 
