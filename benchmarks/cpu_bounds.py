@@ -2,8 +2,10 @@
 
 1. fp32 GEMM rate on 1 and 2 threads (is MKL at the cores' peak?);
 2. where one forecast's time goes, by op (torch.profiler over 20 forecasts, 2 threads);
-3. interleaved A/B rounds in one process, medians of 30 forecasts per round: the grouped MoE dispatch against the
-   loop, and eager against compiled blocks (``compile_blocks``; its compile time is printed).
+3. interleaved A/B rounds in one process, medians of 30 forecasts per round: ``model.forecast`` under its own
+   ``no_grad`` against the same under ``torch.inference_mode`` (how ``preprocess`` runs CPU forecasts since
+   session 14), then, under inference mode, the grouped MoE dispatch against the loop and eager against compiled
+   blocks (``compile_blocks``; its compile time is printed).
 
     python -m benchmarks.cpu_bounds [--rounds 5] [--skip-compile]
 """
@@ -55,15 +57,22 @@ def profile_by_op(model, context) -> None:
 
 def ab_rounds(setups: dict, context, rounds: int) -> None:
     medians = {name: [] for name in setups}
-    with torch.inference_mode():
-        for r in range(rounds):
-            for name in setups if r % 2 == 0 else reversed(list(setups)):
-                run = setups[name]
-                medians[name].append(time_cpu(run, warmup=3, reps=30)["ms_median"])
+    for r in range(rounds):
+        for name in setups if r % 2 == 0 else reversed(list(setups)):
+            run = setups[name]
+            medians[name].append(time_cpu(run, warmup=3, reps=30)["ms_median"])
     for name, values in medians.items():
         ordered = sorted(values)
         print(f"{name}: round medians {', '.join(f'{v:.1f}' for v in values)} ms; "
               f"median of rounds {ordered[len(ordered) // 2]:.1f}")  # fmt: skip
+
+
+def in_inference_mode(forecast):
+    def run():
+        with torch.inference_mode():
+            return forecast()
+
+    return run
 
 
 def main() -> None:
@@ -76,10 +85,15 @@ def main() -> None:
     context = torch.randn(1, CONTEXT, generator=torch.Generator().manual_seed(0)).cumsum(-1)
     profile_by_op(model, context)
 
+    forecast = lambda: model.forecast(context, HORIZON)  # noqa: E731
+    setups = {"no_grad (the model's own)": forecast,
+              "inference_mode (preprocess on the CPU)": in_inference_mode(forecast)}  # fmt: skip
+    ab_rounds(setups, context, args.rounds)
+
     looped = load_model(None, device="cpu")
     looped.set_moe_dispatch("loop")
-    setups = {"grouped dispatch": lambda: model.forecast(context, HORIZON), "loop dispatch": lambda: looped.forecast(
-        context, HORIZON)}  # fmt: skip
+    setups = {"grouped dispatch": in_inference_mode(forecast),
+              "loop dispatch": in_inference_mode(lambda: looped.forecast(context, HORIZON))}  # fmt: skip
     ab_rounds(setups, context, args.rounds)
     if args.skip_compile:
         return
@@ -88,8 +102,8 @@ def main() -> None:
     with torch.inference_mode():
         compiled.forecast(context, HORIZON)
     print(f"compile_blocks: first forecast (compilation) {time.perf_counter() - start:.0f} s")
-    setups = {"eager": lambda: model.forecast(context, HORIZON), "compiled blocks": lambda: compiled.forecast(
-        context, HORIZON)}  # fmt: skip
+    setups = {"eager": in_inference_mode(forecast),
+              "compiled blocks": in_inference_mode(lambda: compiled.forecast(context, HORIZON))}  # fmt: skip
     ab_rounds(setups, context, args.rounds)
 
 

@@ -145,3 +145,28 @@ def test_fill_time_gaps_inserts_missing_rows_per_instance_and_leaves_full_frames
     # Not on the frequency's grid: nothing can be said about gaps, the frame stays as it is.
     odd = frame.xs("a", level="id").set_axis(times + pd.Timedelta(minutes=7) * np.arange(12))
     assert fill_time_gaps(odd, freq=freq)[1] == 0
+
+
+def test_cpu_forecasts_skip_autograd_and_leave_the_model_trainable(monkeypatch):
+    import contextlib
+
+    model = make_model(seed=3)  # its own: this test trains it
+    seen = []
+    original = model.forecast
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forecast", spy)
+    preprocess.forecast_series(model, [np.sin(np.arange(40.0))], 5)
+    preprocess.forecast_series(model, [np.sin(np.arange(40.0))], 5, device="cpu")
+    assert seen == [True, True]
+    monkeypatch.undo()
+    # Nothing the forecast left behind is an inference tensor that a later training step would need.
+    x = torch.randn(2, 32)
+    model.train()
+    model(x, labels=x).loss.backward()
+    assert any(p.grad is not None for p in model.parameters())
+    # On a GPU the model's own no_grad stays: a CUDA-graph forecaster's buffers must stay writable outside.
+    assert isinstance(preprocess._without_autograd("cuda:0"), contextlib.nullcontext)
