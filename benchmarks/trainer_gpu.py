@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timemoe_forecaster.model.modeling import model_flops_per_token  # noqa: E402
 from timemoe_forecaster.train.parallel import DistContext  # noqa: E402
-from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data  # noqa: E402
+from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, open_data, rank_streams  # noqa: E402
 
 log = logging.getLogger("trainer_gpu")
 
@@ -67,8 +67,7 @@ def build_trainer(
         data_prefetch=prefetch, **options,
     )  # fmt: skip
     ctx = DistContext(device=torch.device(device))
-    data = open_data(cfg.data, cfg.seed)
-    streams = [make_stream(data, cfg, shard, cfg.grad_accum, cfg.seed) for shard in range(cfg.grad_accum)]
+    streams = rank_streams(open_data(cfg.data, cfg.seed), cfg, rank=0, world_size=1)
     return Trainer(cfg, ctx, build_model(cfg, ctx.device), streams)
 
 

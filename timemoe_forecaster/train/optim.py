@@ -159,7 +159,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
             return
         sr_adamw_update[(triton.cdiv(n, block),)](
             p, grad, exp_avg, exp_avg_sq, n,
-            lr, beta1, beta2, eps, 1 - lr * weight_decay, lr / (1 - beta1**step), 1 - beta2**step, seed,
+            beta1, beta2, eps, 1 - lr * weight_decay, lr / (1 - beta1**step), 1 - beta2**step, seed,
             ROUND=p.dtype == torch.bfloat16, BLOCK=block,
         )  # fmt: skip
 
@@ -210,7 +210,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 device = p[0].device
                 if device not in generators:
                     generators[device] = torch.Generator(device=device)
-                    generators[device].manual_seed((group["seed"] * 1_000_003 + step) * 4099 + rank)
+                    generators[device].manual_seed(_step_seed(group["seed"], step, rank))
                 gen = generators[device]
                 grad = _flat([_local(x.grad) for x in params])
                 m = _flat(exp_avg).lerp_(grad, 1 - beta1)
@@ -228,10 +228,14 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         return loss
 
 
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """The rounding noise's seed at one step of one rank: fixed by the run's state, so resumes replay."""
+    return (seed * 1_000_003 + step) * 4099 + rank
+
+
 def _stream_seed(seed: int, step: int, rank: int, group: int, place: int) -> int:
-    """A Philox seed per (run seed, step, rank, group, tensor): fixed by the run's state, so resumes replay."""
-    mixed = (((seed * 1_000_003 + step) * 4099 + rank) * 131 + group) * 1_000_033 + place
-    return mixed % (2**31 - 1)
+    """The fused path's Philox seed: the step's seed, told apart per group and tensor (31 bits for Triton)."""
+    return ((_step_seed(seed, step, rank) * 131 + group) * 1_000_033 + place) % (2**31 - 1)
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:

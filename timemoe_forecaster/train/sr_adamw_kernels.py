@@ -30,7 +30,6 @@ def sr_adamw_update(
     exp_avg_ptr,
     exp_avg_sq_ptr,
     n_elements,
-    lr,
     beta1,
     beta2,
     eps,

@@ -506,6 +506,14 @@ class Trainer:
         return self.history
 
 
+def rank_streams(sources, cfg: TrainConfig, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s ``grad_accum`` training streams: micro-batch ``a`` draws from shard ``rank * grad_accum + a``
+    of ``world_size * grad_accum`` (see the module docstring)."""
+    num_shards = world_size * cfg.grad_accum
+    shards = range(rank * cfg.grad_accum, (rank + 1) * cfg.grad_accum)
+    return [make_stream(sources, cfg, s, num_shards, cfg.seed, cfg.data_weights) for s in shards]
+
+
 def _plain_scheduler_state(scheduler) -> dict:
     """The scheduler's state with its last rates as floats (they are device tensors under step_graph)."""
     state = scheduler.state_dict()
@@ -570,9 +578,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         sources = open_data(cfg.data, cfg.seed)
         if cfg.data_weights is not None and len(cfg.data_weights) != len(sources):
             raise ValueError(f"--data-weights has {len(cfg.data_weights)} value(s) for {len(sources)} data source(s)")
-        num_shards = ctx.world_size * cfg.grad_accum
-        shards = range(ctx.rank * cfg.grad_accum, (ctx.rank + 1) * cfg.grad_accum)
-        streams = [make_stream(sources, cfg, s, num_shards, cfg.seed, cfg.data_weights) for s in shards]
+        streams = rank_streams(sources, cfg, ctx.rank, ctx.world_size)
         eval_sources = open_data(cfg.eval_data or cfg.data, cfg.seed + EVAL_SEED_OFFSET) if cfg.eval_every else None
         eval_weights = cfg.data_weights if cfg.eval_data is None else None
 
