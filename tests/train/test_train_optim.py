@@ -184,6 +184,80 @@ b = one_step(seed=5, start=start)[1]
 c = one_step(seed=6, start=start)[1]
 d = one_step(seed=5, step_before=7, start=start)[1]
 assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
+
+
+def fp32_twins(**options):
+    # two identical fp32 parameters with identical gradients, each with its own fused optimizer
+    torch.manual_seed(2)
+    start, grad = torch.randn(1000, device=device), torch.randn(1000, device=device)
+    twins = []
+    for _ in range(2):
+        w = torch.nn.Parameter(start.clone())
+        w.grad = grad.clone()
+        twins.append((w, StochasticRoundingAdamW([{{"params": [w], "weight_decay": 0.1}}], lr=1e-2, fused=True)))
+    return twins
+
+# The step count lives on the parameter's device; a tensor learning rate gives what the same float gives.
+(w1, o1), (w2, o2) = fp32_twins()
+o2.param_groups[0]["lr"] = torch.tensor(1e-2, device=device)
+for _ in range(3):
+    o1.step()
+    o2.step()
+assert torch.equal(w1, w2) and o1.state[w1]["step"].device == w1.device and float(o1.state[w1]["step"]) == 3.0
+assert o1.defaults["fused"] and not o1.defaults["capturable"]
+
+# grad_scale divides the gradient as the kernel reads it (halving is exact, so the results are equal).
+(w1, o1), (w2, o2) = fp32_twins()
+o1.grad_scale = torch.tensor(2.0, device=device)
+w2.grad.div_(2)
+o1.step()
+o2.step()
+assert torch.equal(w1, w2)
+
+# found_inf: a nonzero flag leaves weights, moments and the step count alone; zero updates as usual.
+(w1, o1), (w2, o2) = fp32_twins()
+o1.step()
+before = (w1.detach().clone(), o1.state[w1]["exp_avg"].clone(), o1.state[w1]["step"].clone())
+o1.found_inf = torch.tensor(1.0, device=device)
+o1.step()
+assert torch.equal(w1, before[0]) and torch.equal(o1.state[w1]["exp_avg"], before[1])
+assert torch.equal(o1.state[w1]["step"], before[2])
+o1.found_inf = torch.tensor(0.0, device=device)
+o1.step()
+o2.step()
+o2.step()
+assert torch.equal(w1, w2)
+
+if device == "cuda":
+    # capturable: the update recorded in a CUDA graph and replayed equals eager steps (noise included), and a
+    # tensor learning rate changed between replays is read by each replay.
+    torch.manual_seed(3)
+    start = torch.randn(5000, device=device).to(torch.bfloat16)
+    grads = [torch.randn(5000, device=device, dtype=torch.bfloat16) for _ in range(6)]
+    runs = []
+    for graphed in (False, True):
+        w = torch.nn.Parameter(start.clone())
+        w.grad = torch.zeros_like(w)
+        opt = StochasticRoundingAdamW([{{"params": [w], "weight_decay": 0.1}}], lr=1e-3, fused=True, capturable=True)
+        opt.param_groups[0]["lr"] = torch.tensor(1e-3, device=device)
+        w.grad.copy_(grads[0])
+        opt.step()  # creates the state outside the graph
+        graph = None
+        if graphed:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+                opt.step()
+            torch.cuda.current_stream().wait_stream(stream)
+        for k, g in enumerate(grads[1:]):
+            w.grad.copy_(g)
+            opt.param_groups[0]["lr"].fill_(1e-3 * (k + 2))
+            graph.replay() if graphed else opt.step()
+        torch.cuda.synchronize()
+        runs.append((w.detach().clone(), opt.state[w]["exp_avg"].clone(), float(opt.state[w]["step"])))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1]), "replay differs"
+    assert runs[0][2] == runs[1][2] == 6.0
 print("fused stochastic-rounding AdamW checks passed")
 """
 
@@ -212,6 +286,33 @@ def test_fused_stochastic_rounding_adamw_in_the_interpreter():
 def test_fused_stochastic_rounding_adamw_on_gpu():
     pytest.importorskip("triton")
     _run_fused_check("cuda", interpret=False)
+
+
+def test_seed_parts_give_the_stream_seed_of_every_step():
+    from timemoe_forecaster.train.optim import _seed_parts, _stream_seed
+
+    for seed, rank, group, place in ((0, 0, 0, 0), (12345, 3, 1, 417), (2**40, 7, 0, 9)):
+        base, per_step = _seed_parts(seed, rank, group, place)
+        assert 0 <= base < 2**31 - 1 and 0 <= per_step < 2**31 - 1
+        for step in (1, 2, 1000, 2**30):
+            assert (base + step * per_step) % (2**31 - 1) == _stream_seed(seed, step, rank, group, place)
+
+
+def test_capturable_bf16_optimizer_needs_the_fused_update_everywhere():
+    with pytest.raises(ValueError, match="capturable=True needs the fused Triton update"):
+        build_optimizer(make_model(), lr=1e-3, optim_dtype="bf16", capturable=True)  # CPU parameters
+    opt = build_optimizer(make_model(), lr=1e-3, optim_dtype="bf16")
+    assert not opt.defaults["fused"] and not opt.defaults["capturable"]
+
+
+def test_chunked_path_refuses_device_side_clipping_and_skips():
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    p.grad = torch.ones_like(p)
+    opt = StochasticRoundingAdamW([p], lr=1e-3)
+    opt.found_inf = torch.tensor(0.0)
+    with pytest.raises(ValueError, match="need the fused update"):
+        opt.step()
+    assert not opt.state[p], "nothing may be counted or changed before the refusal"
 
 
 def test_fused_update_is_chosen_only_where_it_runs(monkeypatch):

@@ -18,7 +18,7 @@ DTYPES = ("auto", "bf16", "fp32")
 # model with its losses, or the whole model replayed as CUDA graphs (needs static shapes: unpacked rows
 # or the flex attention backend).
 # "model-step-graph" compiles the whole model and records each training step (forward, backward, clipping,
-# AdamW) as one CUDA graph: no host work between the pieces (one GPU, one process, fused fp32 AdamW).
+# AdamW) as one CUDA graph: no host work between the pieces (one GPU, one process, a fused AdamW).
 COMPILE_MODES = ("blocks", "model", "model-cudagraphs", "model-step-graph")
 WHOLE_MODEL_COMPILES = ("model", "model-cudagraphs", "model-step-graph")  # one graph of the whole forward
 
@@ -123,9 +123,9 @@ class TrainConfig:
             f"compile={self.compile!r} needs static shapes: packed rows need --attn-backend flex (or use --no-pack)",
         )
         need(
-            not (self.compile == "model-step-graph" and (self.optim_dtype != "fp32" or self.fused is False)),
-            "compile='model-step-graph' records the update too: it needs the fused fp32 AdamW "
-            "(--optim-dtype fp32, --fused not false)",
+            not (self.compile == "model-step-graph" and self.fused is False),
+            "compile='model-step-graph' records the update too: it needs a fused AdamW (torch's for --optim-dtype "
+            "fp32, the Triton one for bf16); --fused must not be false",
         )
         need(
             not (self.compile == "model-step-graph" and self.dtype == "fp32"),

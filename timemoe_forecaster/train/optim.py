@@ -52,15 +52,15 @@ def build_optimizer(
     ``fused=None`` uses the fused CUDA kernel when every parameter is on a GPU (for ``"bf16"``: the Triton update
     of :class:`StochasticRoundingAdamW` on GPU tensors when triton is installed); False never does.
     ``capturable=True`` keeps the step count on the device so the update can be recorded in a CUDA graph
-    (``step_graph.py``).
+    (``step_graph.py``); with ``"bf16"`` that needs the Triton update for every parameter.
     """
     if optim_dtype not in OPTIM_DTYPES:
         raise ValueError(f"optim_dtype must be one of {OPTIM_DTYPES}, got {optim_dtype!r}")
     groups = param_groups(model, weight_decay)
     if optim_dtype == "bf16":
-        if capturable:
-            raise ValueError("capturable=True needs optim_dtype='fp32' (torch's AdamW)")
-        return StochasticRoundingAdamW(groups, lr=lr, betas=betas, eps=eps, seed=seed, fused=fused)
+        return StochasticRoundingAdamW(
+            groups, lr=lr, betas=betas, eps=eps, seed=seed, fused=fused, capturable=capturable
+        )
     if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"])
     extra = {"capturable": True} if capturable else {}
@@ -98,6 +98,14 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     its noise seeded the same way plus the tensor's place. None (the default) uses it for contiguous bf16
     or fp32 tensors on a GPU when triton is installed, and the chunked path for everything else. The two
     paths draw different noise, so switch neither in the middle of a run that must replay exactly.
+
+    The fused path keeps each tensor's step count on its device and reads the learning rate from there too
+    (a tensor rate as ``step_graph.use_tensor_lr`` makes, or a device copy of a float one), so it never
+    waits for the GPU. When every parameter takes it, ``defaults["fused"]`` is True and, as for torch's fused
+    AdamW, the optimizer honours ``grad_scale`` (gradients divided by it: clipping without a pass of its own)
+    and ``found_inf`` (nonzero: the step is skipped on the device), both device scalars set as attributes by
+    the caller. ``capturable=True`` asks for that and says so to ``step_graph.check_capturable``: the whole
+    update can then be recorded in a CUDA graph.
     """
 
     def __init__(
@@ -109,6 +117,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         seed: int = 0,
         chunk_numel: int = 1 << 26,
         fused: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         if lr < 0 or eps <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid AdamW hyper-parameters lr={lr}, betas={betas}, eps={eps}")
@@ -118,22 +127,59 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
             raise RuntimeError("StochasticRoundingAdamW(fused=True) needs triton, which is not installed")
         self.fused = fused
         self._path_logged = False
+        self._lr_buffers: dict[tuple[int, torch.device], torch.Tensor] = {}  # device copies of float rates
+        every = [p for group in self.param_groups for p in group["params"]]
+        on_device = bool(every) and all(self._fusable(p) for p in every)
+        if capturable and not on_device:
+            raise ValueError(
+                "capturable=True needs the fused Triton update for every parameter: triton installed, fused not "
+                "False, and each parameter a contiguous bf16 or fp32 tensor on a GPU"
+            )
+        self._flags = {"fused": on_device, "capturable": bool(capturable)}
+        for group in self.param_groups:
+            group.update(self._flags)
+        self.defaults.update(self._flags)
 
-    def _count_step(self, param: torch.Tensor) -> int:
-        """Create the parameter's state on its first update, count this update and return the count."""
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a saved state; whether the update runs fused (and may be recorded) stays this process's, not the
+        saving run's (the groups' ``fused``/``capturable`` describe where the parameters live now)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.update(self._flags)
+
+    def _state(self, param: torch.Tensor, step_on_device: bool) -> dict:
+        """The parameter's state, created on its first update; the fused path keeps the step on the device."""
         state = self.state[param]
+        device = _local(param).device if step_on_device else torch.device("cpu")
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=device)
             state["exp_avg"] = torch.zeros_like(param)
             state["exp_avg_sq"] = torch.zeros_like(param)
+        elif state["step"].device != device:  # a loaded state, or a switch of paths
+            state["step"] = state["step"].to(device)
+        return state
+
+    def _count_step(self, param: torch.Tensor) -> int:
+        """The chunked path's count: this update counted on the host, and returned."""
+        state = self._state(param, step_on_device=False)
         state["step"] += 1
         return int(state["step"].item())
+
+    def _fusable(self, param: torch.Tensor) -> bool:
+        """Whether the fused update will take this parameter (its gradient is checked at each step)."""
+        if self.fused is False or not TRITON_AVAILABLE:
+            return False
+        local = _local(param)
+        on_gpu = local.is_cuda or (self.fused and os.environ.get("TRITON_INTERPRET") == "1")
+        return local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and on_gpu
 
     def _runs_fused(self, param: torch.Tensor) -> bool:
         if self.fused is False or (self.fused is None and not TRITON_AVAILABLE):
             return False
         local, grad = _local(param), _local(param.grad)
         fits = local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and grad.is_contiguous()
+        if self.defaults.get("fused") and not fits:  # promised to update on the device (found_inf, graphs)
+            raise ValueError(f"the fused bf16 AdamW update needs contiguous gradients; got strides {grad.stride()}")
         if self.fused:  # asked for: on a GPU, or on the CPU under triton's interpreter (as the tests run it)
             if not fits:
                 raise ValueError(f"fused=True updates contiguous bf16 or fp32 tensors, got {local.dtype}")
@@ -145,23 +191,43 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
             return True
         return fits and local.is_cuda
 
-    def _fused_update(self, param, lr, beta1, beta2, eps, weight_decay, step: int, seed: int) -> None:
-        """One tensor's AdamW update and rounding in one Triton launch (``sr_adamw_kernels``)."""
+    def _lr_tensor(self, group: dict, index: int, device: torch.device) -> torch.Tensor:
+        """The group's learning rate as an fp32 scalar on ``device``: its own tensor, or a buffer filled with the
+        float (a fill, not a host copy, so a recorded update stays recordable; it then keeps the recorded value)."""
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            return lr if lr.device == device and lr.dtype == torch.float32 else lr.to(device, torch.float32)
+        key = (index, device)
+        if key not in self._lr_buffers:
+            self._lr_buffers[key] = torch.empty((), dtype=torch.float32, device=device)
+        return self._lr_buffers[key].fill_(float(lr))
+
+    def _fused_step(self, group: dict, index: int, params: list[torch.Tensor], rank: int) -> None:
+        """AdamW and rounding for ``params``, one Triton launch per tensor (``sr_adamw_kernels``); no host sync."""
         import triton
 
         from .sr_adamw_kernels import sr_adamw_update
 
-        state = self.state[param]
-        p, grad = _local(param), _local(param.grad)
-        exp_avg, exp_avg_sq = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
-        n, block = p.numel(), 1024
-        if n == 0:
-            return
-        sr_adamw_update[(triton.cdiv(n, block),)](
-            p, grad, exp_avg, exp_avg_sq, n,
-            beta1, beta2, eps, 1 - lr * weight_decay, lr / (1 - beta1**step), 1 - beta2**step, seed,
-            ROUND=p.dtype == torch.bfloat16, BLOCK=block,
-        )  # fmt: skip
+        states = [self._state(x, step_on_device=True) for x in params]
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        steps = [s["step"] for s in states]
+        # A skipped step is not counted (as torch's fused AdamW does); the increment stays on the device.
+        torch._foreach_add_(steps, 1.0 if found_inf is None else [1.0 - found_inf.float()] * len(steps))
+        beta1, beta2 = group["betas"]
+        for place, (param, state) in enumerate(zip(params, states)):
+            p, grad = _local(param), _local(param.grad)
+            n, block = p.numel(), 1024
+            if n == 0:
+                continue
+            lr = self._lr_tensor(group, index, p.device)
+            base, per_step = _seed_parts(group["seed"], rank, index, place)
+            sr_adamw_update[(triton.cdiv(n, block),)](
+                p, grad, _local(state["exp_avg"]), _local(state["exp_avg_sq"]), lr, state["step"],
+                lr if grad_scale is None else grad_scale, lr if found_inf is None else found_inf, n,
+                beta1, beta2, group["eps"], group["weight_decay"], base, per_step,
+                HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+                ROUND=p.dtype == torch.bfloat16, BLOCK=block,
+            )  # fmt: skip
 
     def _chunks(self, group: dict, skip: set[int] = frozenset()) -> list[tuple[int, list[torch.Tensor]]]:
         """(step, params) runs of this group's parameters with gradients: same step, device and dtype."""
@@ -193,16 +259,21 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         generators: dict[torch.device, torch.Generator] = {}
         for index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            wd, eps = group["weight_decay"], group["eps"]
             fused = [x for x in group["params"] if x.grad is not None and self._runs_fused(x)]
-            for place, param in enumerate(fused):
-                step = self._count_step(param)
-                seed = _stream_seed(group["seed"], step, rank, index, place)
-                self._fused_update(param, lr, beta1, beta2, eps, wd, step, seed)
             fused_ids = {id(x) for x in fused}
+            chunked = sum(x.grad is not None and id(x) not in fused_ids for x in group["params"])
+            if chunked and (
+                getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
+            ):
+                raise ValueError("grad_scale and found_inf need the fused update for every parameter")
             if not self._path_logged:  # which update path the run got: the fused one is ~12x faster on a GPU
-                chunked = sum(x.grad is not None and id(x) not in fused_ids for x in group["params"])
                 log.info("bf16 AdamW, group %d: %d tensors fused (Triton), %d chunked", index, len(fused), chunked)
+            if fused:
+                self._fused_step(group, index, fused, rank)
+            if not chunked:
+                continue
+            lr = float(group["lr"])  # the chunked path computes on the host's numbers
             for step, params in self._chunks(group, skip=fused_ids):
                 p = [_local(x) for x in params]
                 exp_avg = [_local(self.state[x]["exp_avg"]) for x in params]
@@ -233,9 +304,20 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4099 + rank
 
 
+_SEED_MODULUS = 2**31 - 1  # Triton's Philox seeds are taken as 31-bit here
+
+
 def _stream_seed(seed: int, step: int, rank: int, group: int, place: int) -> int:
     """The fused path's Philox seed: the step's seed, told apart per group and tensor (31 bits for Triton)."""
-    return ((_step_seed(seed, step, rank) * 131 + group) * 1_000_033 + place) % (2**31 - 1)
+    return ((_step_seed(seed, step, rank) * 131 + group) * 1_000_033 + place) % _SEED_MODULUS
+
+
+def _seed_parts(seed: int, rank: int, group: int, place: int) -> tuple[int, int]:
+    """:func:`_stream_seed` is linear in the step: (base + step * per_step) mod 2^31 - 1. The kernel gets the two
+    parts and reads the step on the device, so a recorded update draws each replay's own noise."""
+    base = _stream_seed(seed, 0, rank, group, place)
+    per_step = (4099 * 131 * 1_000_033) % _SEED_MODULUS
+    return base, per_step
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:

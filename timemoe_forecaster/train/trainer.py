@@ -105,8 +105,8 @@ class Trainer:
         # FSDP2 computes in bf16 through its mixed-precision policy; everything else uses autocast.
         self.autocast = bf16 and not self.fsdp and cfg.optim_dtype != "bf16"
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
-        # The whole step as one CUDA graph (``step_graph.py``): one process on a GPU, fused AdamW with its state
-        # and learning rate on the device.
+        # The whole step as one CUDA graph (``step_graph.py``): one process on a GPU, a fused AdamW with its state
+        # and learning rate on the device (torch's for fp32 states, the Triton update for bf16).
         self.step_graph = cfg.compile == "model-step-graph"
         if self.step_graph and (not on_gpu or ctx.world_size > 1):
             raise ValueError(
@@ -130,10 +130,11 @@ class Trainer:
         if self.step_graph:
             check_capturable(self.optimizer)
             use_tensor_lr(self.optimizer)  # after the scheduler: its base rates stay floats, its fills never sync
-        # A fused AdamW skips a non-finite step on the device (``found_inf``, what AMP's GradScaler uses), so the
-        # update can be launched before the step's host sync: the GPU goes from backward straight into it instead
-        # of idling while the host launches it after the sync (4.6 ms of host time per base step in a profile,
-        # benchmarks/results/trainer.md). Other optimizers (bf16, foreach, FSDP2's DTensors) step after the sync.
+        # A fused AdamW (torch's, or the bf16 Triton update when every parameter takes it) skips a non-finite step
+        # on the device (``found_inf``, what AMP's GradScaler uses), so the update can be launched before the
+        # step's host sync: the GPU goes from backward straight into it instead of idling while the host launches
+        # it after the sync (4.6 ms of host time per base step in a profile, benchmarks/results/trainer.md).
+        # Other optimizers (the chunked bf16 path, foreach, FSDP2's DTensors) step after the sync.
         self.update_before_sync = bool(self.optimizer.defaults.get("fused")) and not self.fsdp
         self.step = 0
         self.history: list[dict[str, Any]] = []
