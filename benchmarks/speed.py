@@ -515,19 +515,6 @@ def swapped_aux_loss(name: str):
         yield
 
 
-@contextlib.contextmanager
-def fused_shared_expert(on: bool):
-    """A/B switch for ``SparseExpertsLayer.fused_shared_expert`` (session 15): the shared expert through the fused
-    MoE kernels where the routed experts take them. Models compiled inside must run inside."""
-    if not on:
-        yield
-        return
-    from timemoe_forecaster.model.moe import SparseExpertsLayer
-
-    with swapped_attribute(SparseExpertsLayer, "fused_shared_expert", True):
-        yield
-
-
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
     replays it, and how many GEMMs the q/k/v projection runs as (``forced_qkv_gemms``; None: the library's choice)."""
@@ -537,7 +524,6 @@ class InferVariant(NamedTuple):
     kwargs: dict
     graph: bool
     qkv_gemms: int | None = None
-    fused_shared: bool = False  # ``fused_shared_expert``
 
 
 # Compiled-block forecasting variants of the base and large ctx-512 cases. The first is the library's
@@ -547,19 +533,12 @@ COMPILED_INFER_VARIANTS = [
     InferVariant("compiled-blocks + CUDA graph", "auto", {}, True),
     InferVariant("compiled-blocks + CUDA graph, separate q k v GEMMs", "auto", {}, True, qkv_gemms=3),
     InferVariant("compiled-blocks + CUDA graph, 2^17 tokens", "auto", {"max_batch_tokens": 2**17}, True),
-    # Not listed: session 15 measured the default's 2^16-token chunks with one pass caching up to 2^20 positions
-    # (commit 1ee1b27, raw/session15/call1): base h 96 5,215 against 5,185 series/s for the default and 5,355 for
-    # 2^17 tokens, so the chunk size, not the split into two passes, is what 2^17 gains.
-    InferVariant("compiled-blocks + CUDA graph, fused shared expert", "auto", {}, True, fused_shared=True),
-    InferVariant(
-        "compiled-blocks + CUDA graph, fused shared expert, 2^17 tokens",
-        "auto",
-        {"max_batch_tokens": 2**17},
-        True,
-        fused_shared=True,
-    ),
     # Not listed: session 14 measured the shared expert in 2^16-row blocks at 2^17 tokens (commit 2f2e220,
     # raw/session14/call1): h 720 still peaked at 0.52 of the reference's memory and h 96 ran 0.9% slower.
+    # Not listed, session 15 (raw/session15): one pass caching up to 2^20 positions at the default's 2^16-token
+    # chunks (commit 1ee1b27, call 1) gave base h 96 5,215 against 5,185 series/s for the default and 5,355 for
+    # 2^17 tokens: the chunk size, not the split into two passes, is what 2^17 gains. The shared expert through the
+    # fused MoE kernels (commit 6191b45, call 3) ran 3% slower at h 96 and h 720 and saved 0.13 GiB at 2^17.
     InferVariant("compiled-blocks + CUDA graph, one batch", "auto", {"max_batch_tokens": None}, True),
     InferVariant("compiled-blocks, one batch", "auto", {"max_batch_tokens": None}, False),
     InferVariant("compiled-blocks, grouped MoE, one batch", "grouped", {"max_batch_tokens": None}, False),
@@ -590,7 +569,7 @@ def infer_variants(plan: Plan):
                 if variant.graph and plan.device != "cuda":
                     continue
                 model.set_moe_dispatch(variant.dispatch)
-                with forced_qkv_gemms(variant.qkv_gemms), fused_shared_expert(variant.fused_shared):
+                with forced_qkv_gemms(variant.qkv_gemms):
                     if variant.graph:
                         graphed = GraphedForecast(model, **variant.kwargs)
                         yield variant.name, graphed, {}

@@ -123,11 +123,7 @@ expected = layer._loop(x, weights, experts)
 got = layer._fused(x, weights, experts)
 err = ((got - expected).abs().max() / expected.abs().max()).item()
 assert err < 1e-5, err
-# The shared expert through the same kernels (one expert, every token, its sigmoid gate as the weight).
-want = torch.sigmoid(layer.shared_expert_gate(x)) * layer.shared_expert(x)
-shared_err = ((layer._fused_shared(x) - want).abs().max() / want.abs().max()).item()
-assert shared_err < 1e-5, shared_err
-print("max relative error", err, shared_err)
+print("max relative error", err)
 """
 
 
@@ -153,10 +149,9 @@ def test_fused_dispatch_is_refused_where_it_cannot_run():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("top_k, fused_shared", [(1, False), (2, False), (2, True)])
-def test_fused_dispatch_equals_grouped_on_gpu(top_k, fused_shared, monkeypatch):
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_fused_dispatch_equals_grouped_on_gpu(top_k):
     pytest.importorskip("triton")
-    monkeypatch.setattr(SparseExpertsLayer, "fused_shared_expert", fused_shared)
     torch.manual_seed(0)
     config = TimeMoEConfig.from_preset("base", num_hidden_layers=1, num_experts_per_tok=top_k)
     grouped = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)

@@ -102,12 +102,6 @@ def order_by_expert(experts_A: torch.Tensor, num_experts: int) -> tuple[torch.Te
 
 
 class SparseExpertsLayer(nn.Module):
-    # Whether the fused path (CUDA inference in bf16/fp16) runs the shared expert through the same two Triton
-    # kernels, as one expert that every token goes to, weighted by its sigmoid gate: only silu(gate) * up is
-    # written ([T, intermediate]), where cuBLAS GEMMs write the gate and the up outputs as well before
-    # combining them (0.75 GiB at a 2^17-token prefill chunk of the base model, benchmarks/forecast_memory.py).
-    fused_shared_expert = False
-
     def __init__(self, config: TimeMoEConfig, dispatch: str = "auto") -> None:
         super().__init__()
         if dispatch not in DISPATCH_MODES:
@@ -138,8 +132,7 @@ class SparseExpertsLayer(nn.Module):
         weights_TK, experts_TK = route(router_logits_TE, self.top_k)
         weights_TK = weights_TK.to(x.dtype)
         compute_dtype = _compute_dtype(x_TH)
-        fused = self._use_fused(x_TH, compute_dtype)
-        if fused:
+        if self._use_fused(x_TH, compute_dtype):
             routed_TH = self._fused(x_TH.to(compute_dtype), weights_TK.to(compute_dtype), experts_TK)
             routed_TH = routed_TH.to(x_TH.dtype)
         elif self._use_grouped(x_TH, compute_dtype):
@@ -147,10 +140,7 @@ class SparseExpertsLayer(nn.Module):
             routed_TH = routed_TH.to(x_TH.dtype)
         else:
             routed_TH = self._loop(x_TH, weights_TK, experts_TK)
-        if fused and self.fused_shared_expert:
-            shared_TH = self._fused_shared(x_TH.to(compute_dtype)).to(x_TH.dtype)
-        else:
-            shared_TH = torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
+        shared_TH = torch.sigmoid(self.shared_expert_gate(x_TH)) * self.shared_expert(x_TH)
         return (routed_TH + shared_TH).view(b, s, h), router_logits_TE
 
     def _use_fused(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
@@ -219,16 +209,6 @@ class SparseExpertsLayer(nn.Module):
         act_AF = fused_moe.expert_swiglu(x_TH, order_A, offsets_E, w_gate_up, self.top_k)
         y_AH = fused_moe.expert_down(act_AF, order_A, offsets_E, w_down, weights_TK.reshape(-1))
         return y_AH.view(-1, self.top_k, y_AH.shape[-1]).sum(dim=1)  # [T, H]
-
-    def _fused_shared(self, x_TH: torch.Tensor) -> torch.Tensor:
-        """sigmoid(gate(x)) * shared_expert(x) through the fused kernels: one expert, every token in order."""
-        mlp = self.shared_expert
-        order_T = torch.arange(x_TH.shape[0], device=x_TH.device)
-        group_end_1 = (order_T[-1:] + 1).to(torch.int32)  # the one group ends at T (the kernels skip T = 0)
-        w_gate_up_1GH = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(x_TH.dtype)[None]
-        act_TF = fused_moe.expert_swiglu(x_TH, order_T, group_end_1, w_gate_up_1GH, 1)
-        gate_T = torch.sigmoid(self.shared_expert_gate(x_TH)).reshape(-1)
-        return fused_moe.expert_down(act_TF, order_T, group_end_1, mlp.down_proj.weight.to(x_TH.dtype)[None], gate_T)
 
     def _grouped(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
         """Sort assignments by expert, run all experts as one grouped GEMM, permute back and combine."""
