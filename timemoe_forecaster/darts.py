@@ -59,7 +59,8 @@ class TimeMoEModel(GlobalForecastingModel):
         dtype
             Weights' dtype; None is float32.
         batch_size
-            Series (components) per forward pass.
+            Series (components) per forward pass. A chunk that runs out of GPU memory is retried in halves,
+            with a warning.
         fine_tune
             None: zero-shot, ``fit`` only validates. A dict of settings of
             ``timemoe_forecaster.train.finetune.train_on_series`` (``steps`` or ``epochs``, ``lr``,

@@ -148,7 +148,9 @@ def forecast_contexts(
 
     Contexts are sorted by length so that chunks carry little padding, scaled one by one,
     forecast in chunks of ``batch_size`` and mapped back to their own scale. ``progress``: a progress
-    bar over the chunks when there is more than one (a large panel on a CPU takes minutes).
+    bar over the series when there is more than one chunk (a large panel on a CPU takes minutes).
+    A chunk that runs out of GPU memory is retried in halves, and the remaining chunks keep the smaller
+    size (a warning says so), so a batch size too large for the GPU costs time, not the forecast.
     """
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
@@ -162,19 +164,45 @@ def forecast_contexts(
     loc, scale, constant = scale_stats(contexts, scaling)
     order = np.argsort([c.size for c in contexts], kind="stable")
     todo = [i for i in order if not constant[i]]
-    starts = range(0, len(todo), batch_size)
-    for start in _progress_bar(starts, enabled=progress, desc="forecast"):
-        rows = todo[start : start + batch_size]
-        batch = pad_left([((contexts[i] - loc[i]) / scale[i]) for i in rows])
-        context = batch.context.to(device) if device else batch.context
-        with _without_autograd(device):
-            pred = model.forecast(context, int(horizon), batch.attention_mask).double().cpu().numpy()  # [B, L]
-        out[rows] = pred * scale[rows, None] + loc[rows, None]
+    size, start = int(batch_size), 0
+    with _progress_bar(len(todo), enabled=progress and len(todo) > size, desc="forecast") as bar:
+        while start < len(todo):
+            rows = todo[start : start + size]
+            batch = pad_left([((contexts[i] - loc[i]) / scale[i]) for i in rows])
+            try:
+                context = batch.context.to(device) if device else batch.context
+                with _without_autograd(device):
+                    pred = model.forecast(context, int(horizon), batch.attention_mask).double().cpu().numpy()  # [B, L]
+            except torch.OutOfMemoryError as err:
+                size = _smaller_batch(len(rows), batch.context.shape[1], int(horizon), err)
+                continue
+            out[rows] = pred * scale[rows, None] + loc[rows, None]
+            start += len(rows)
+            bar.update(len(rows))
     # A constant context is forecast as that constant (no spread to scale by).
     out[constant] = np.array([contexts[i][-1] for i in np.flatnonzero(constant)])[:, None]
     if not np.isfinite(out).all():
         log.warning("the model returned non-finite forecasts for %d series", int((~np.isfinite(out)).any(1).sum()))
     return out
+
+
+def _smaller_batch(rows: int, context_length: int, horizon: int, err: Exception) -> int:
+    """The chunk size to retry with after ``rows`` series ran out of GPU memory (half), or a clear error for one."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give back what the failed attempt cached before trying again
+    if rows == 1:
+        raise MemoryError(
+            f"one series (context of {context_length} points, horizon {horizon}) does not fit in GPU memory; use a "
+            "shorter context_length, a smaller horizon or model, or forecast on the CPU"
+        ) from err
+    size = rows // 2
+    log.warning(
+        "out of GPU memory forecasting %d series at once; retrying %d at a time (pass a smaller batch_size to "
+        "skip the failed attempts)",
+        rows,
+        size,
+    )
+    return size
 
 
 def _without_autograd(device) -> contextlib.AbstractContextManager:
@@ -187,13 +215,18 @@ def _without_autograd(device) -> contextlib.AbstractContextManager:
     return torch.inference_mode() if on_cpu else contextlib.nullcontext()
 
 
-def _progress_bar(chunks: range, enabled: bool, desc: str):
-    """tqdm over ``chunks`` when enabled and there is more than one; the plain range otherwise."""
-    if not enabled or len(chunks) < 2:
-        return chunks
+def _progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar over ``total`` items when enabled, else a stand-in whose ``update`` does nothing."""
+    if not enabled:
+        return contextlib.nullcontext(_NoBar())
     from tqdm.auto import tqdm
 
-    return tqdm(chunks, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit="series", dynamic_ncols=True, leave=False)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
 def forecast_series(

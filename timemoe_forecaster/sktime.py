@@ -46,7 +46,8 @@ class TimeMoEForecaster(BaseForecaster):
     dtype : str, torch.dtype or None, default=None
         Weights' dtype; None is float32.
     batch_size : int, default=64
-        Series per forward pass (panels and channels are chunked, not looped over).
+        Series per forward pass (panels and channels are chunked, not looped over). A chunk that runs out of
+        GPU memory is retried in halves, with a warning.
     fine_tune : dict or None, default=None
         None: zero-shot. A dict fine-tunes a private copy of the model on ``y`` in ``fit`` with these
         settings of ``timemoe_forecaster.train.finetune.train_on_series``: ``steps`` or ``epochs``

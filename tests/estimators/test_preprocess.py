@@ -119,10 +119,49 @@ def test_progress_bar_over_forecast_batches_only_when_asked_and_more_than_one(mo
     assert "forecast:" not in capsys.readouterr().err
     shown = preprocess.forecast_series(model, series, 4, batch_size=2, progress=True)
     err = capsys.readouterr().err
-    assert "forecast:" in err and "0/3" in err  # 5 series in batches of 2
+    assert "forecast:" in err and "0/5" in err  # 5 series, in batches of 2
     np.testing.assert_array_equal(quiet, shown)
     preprocess.forecast_series(model, series, 4, batch_size=8, progress=True)  # one batch: no bar
     assert "forecast:" not in capsys.readouterr().err
+
+
+def _out_of_memory_above(model, monkeypatch, limit: int) -> list[int]:
+    """Make ``model.forecast`` raise torch's out-of-memory error for batches of more than ``limit`` series (as a
+    GPU would); returns the batch sizes it was called with."""
+    import torch
+
+    calls, real = [], model.forecast
+
+    def forecast(context, horizon, attention_mask=None):
+        calls.append(context.shape[0])
+        if context.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        return real(context, horizon, attention_mask)
+
+    monkeypatch.setattr(model, "forecast", forecast)
+    return calls
+
+
+def test_a_batch_out_of_gpu_memory_is_retried_in_halves_and_later_batches_stay_small(model, monkeypatch, caplog):
+    rng = np.random.default_rng(1)
+    series = [rng.normal(size=n).cumsum() for n in (30, 30, 30, 30, 30, 30, 25)]  # one shorter: padding
+    expected = preprocess.forecast_series(model, series, 4, batch_size=8)
+    calls = _out_of_memory_above(model, monkeypatch, limit=3)
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.preprocess"):
+        got = preprocess.forecast_series(model, series, 4, batch_size=8)
+    assert calls == [7, 3, 3, 1]  # 7 fails, then halves: 3, 3 and the last one
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of GPU memory forecasting 7 series at once; retrying 3 at a time (pass a smaller batch_size to "
+        "skip the failed attempts)"
+    ]
+
+
+def test_one_series_out_of_gpu_memory_is_a_clear_error(model, monkeypatch):
+    _out_of_memory_above(model, monkeypatch, limit=0)
+    with pytest.raises(MemoryError, match="one series .* does not fit in GPU memory") as info:
+        preprocess.forecast_series(model, [np.arange(30.0), np.arange(30.0) + 1], 4, batch_size=2)
+    assert "out of memory" in str(info.value.__cause__)
 
 
 @pytest.mark.parametrize("freq", ["h", "D", "MS"])
