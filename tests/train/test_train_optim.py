@@ -327,6 +327,13 @@ def test_fused_update_is_chosen_only_where_it_runs(monkeypatch):
         StochasticRoundingAdamW([p], fused=True)._runs_fused(p)  # forced on a CPU tensor
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert StochasticRoundingAdamW([p], fused=True)._runs_fused(p)  # forced: the interpreter's way
+    # Every parameter fused (what found_inf and CUDA graphs rely on): a gradient it cannot take is an error.
+    w = torch.nn.Parameter(torch.zeros(2, 4))
+    w.grad = torch.ones(4, 2).t()
+    on_device = StochasticRoundingAdamW([w], fused=True)
+    assert on_device.defaults["fused"]
+    with pytest.raises(ValueError, match="gradient has strides"):
+        on_device._runs_fused(w)
     assert build_optimizer(torch.nn.Linear(2, 2), 1e-3, optim_dtype="bf16", fused=False).fused is False
     half = torch.nn.Parameter(torch.zeros(4, dtype=torch.float16))
     half.grad = torch.ones_like(half)

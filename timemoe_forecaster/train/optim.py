@@ -179,7 +179,10 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         local, grad = _local(param), _local(param.grad)
         fits = local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and grad.is_contiguous()
         if self.defaults.get("fused") and not fits:  # promised to update on the device (found_inf, graphs)
-            raise ValueError(f"the fused bf16 AdamW update needs contiguous gradients; got strides {grad.stride()}")
+            raise ValueError(
+                "the fused bf16 AdamW update needs contiguous bf16 or fp32 tensors and gradients; got a "
+                f"{local.dtype} tensor whose gradient has strides {grad.stride()}"
+            )
         if self.fused:  # asked for: on a GPU, or on the CPU under triton's interpreter (as the tests run it)
             if not fits:
                 raise ValueError(f"fused=True updates contiguous bf16 or fp32 tensors, got {local.dtype}")
