@@ -125,8 +125,23 @@ def chunk_rows(batch: int, tokens_per_row: int, max_batch_tokens: int | None) ->
 
 # A forecast pass holds the KV cache of all its rows: up to this many times ``max_batch_tokens``
 # cached positions (beyond it the rows are split into passes; decode steps stay large enough to keep
-# a GPU busy, which the host-bound decode of long horizons needs).
+# a GPU busy, which the host-bound decode of long horizons needs) ...
 CACHE_CHUNKS = 8
+# ... and at most this many bytes of keys and values per ``max_batch_tokens`` token: 16 GiB at the default.
+# Base in bf16 stays under it (18 KiB per position: 2^19 positions take 9 GiB); large in bf16 (36 KiB) passes
+# 466k positions instead of 2^19, which splits none of the benchmark's batches differently; a model with a wide
+# cache splits into more passes instead of filling the GPU (ultra caches 144 KiB per position in bf16, so 2^19
+# positions took 72 GiB).
+CACHE_BYTES_PER_TOKEN = 2**18
+
+
+def cache_positions_per_pass(model: TimeMoEForPrediction, dtype: torch.dtype, max_batch_tokens: int | None):
+    """How many positions (rows x cached length) one forecast pass may cache; None: no limit."""
+    if max_batch_tokens is None:
+        return None
+    c = model.config
+    per_position = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * dtype.itemsize
+    return max(1, min(CACHE_CHUNKS * max_batch_tokens, CACHE_BYTES_PER_TOKEN * max_batch_tokens // per_position))
 
 
 @torch.no_grad()
@@ -144,7 +159,8 @@ def forecast(
 
     ``max_batch_tokens`` bounds memory, not results (rows are independent): the prefill runs on at
     most that many context points (rows x S) at a time, and one pass of prefill plus decode steps
-    caches at most ``CACHE_CHUNKS`` times as many positions (rows x (S + fed-back points)). None runs
+    caches at most ``CACHE_CHUNKS`` times as many positions (rows x (S + fed-back points)) and at most
+    ``CACHE_BYTES_PER_TOKEN`` times as many bytes of keys and values (16 GiB at the default). None runs
     the whole batch at once.
     """
     x, valid = prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens)
@@ -201,7 +217,7 @@ def run_forecast(model, x: torch.Tensor, valid: torch.Tensor | None, horizon: in
     """The forecast proper on prepared inputs (no host sync: ``cuda_graphs`` captures it whole)."""
     steps = head_schedule(model.config.horizon_lengths, horizon)
     cached = x.shape[1] + sum(kept for _, kept in steps[:-1])
-    cache_budget = None if max_batch_tokens is None else CACHE_CHUNKS * max_batch_tokens
+    cache_budget = cache_positions_per_pass(model, x.dtype, max_batch_tokens)
     parts = [
         _forecast_rows(model, x[a:z], None if valid is None else valid[a:z], steps, max_batch_tokens)
         for a, z in chunk_rows(x.shape[0], cached, cache_budget)

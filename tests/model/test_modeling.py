@@ -74,6 +74,33 @@ def test_chunked_forecast_equals_the_whole_batch_at_once(with_padding):
         model.forecast(context, 40, max_batch_tokens=0)
 
 
+def test_a_pass_caches_at_most_its_byte_budget_of_keys_and_values(monkeypatch):
+    from timemoe_forecaster import TimeMoEForPrediction
+    from timemoe_forecaster import forecast as forecast_module
+    from timemoe_forecaster.config import TimeMoEConfig
+
+    def per_pass(size, dtype, tokens=2**16):
+        with torch.device("meta"):
+            model = TimeMoEForPrediction(TimeMoEConfig.from_preset(size))
+        return forecast_module.cache_positions_per_pass(model, dtype, tokens)
+
+    assert per_pass("base", torch.bfloat16) == 8 * 2**16  # 18 KiB per position: the positions bound holds
+    assert per_pass("ultra", torch.bfloat16) == 2**34 // (36 * 2 * 1024 * 2)  # 144 KiB per position: 16 GiB
+    assert per_pass("ultra", torch.float32) == 2**34 // (36 * 2 * 1024 * 4)
+    assert per_pass("base", torch.float32, None) is None
+    # A model whose cache outgrows the budget splits the rows into more passes; the forecasts stay the same.
+    model = make_model()
+    context = torch.randn(7, 20)
+    whole = model.forecast(context, 40, max_batch_tokens=None)
+    passes = []
+    real = forecast_module._forecast_rows
+    monkeypatch.setattr(forecast_module, "_forecast_rows", lambda m, x, *a: passes.append(len(x)) or real(m, x, *a))
+    monkeypatch.setattr(forecast_module, "CACHE_BYTES_PER_TOKEN", 1)  # one row per pass
+    split = model.forecast(context, 40, max_batch_tokens=120)
+    assert passes == [1] * 7
+    assert torch.allclose(whole, split, atol=1e-5)
+
+
 def test_forecast_runs_in_eval_mode_and_restores_every_modules_mode():
     model = make_model(attention_dropout=0.5)
     context = torch.randn(2, 16)

@@ -29,8 +29,9 @@ HUBER_DELTA = 2.0  # paper section 3.2
 
 
 # Forecasting runs the prefill on at most this many context points (rows x context) at a time, and
-# caches at most 8 times as many positions per pass (forecast.CACHE_CHUNKS): memory stays bounded
-# whatever the batch, while each chunk still fills a GPU.
+# caches at most 8 times as many positions per pass (forecast.CACHE_CHUNKS) and at most 2^18 bytes of keys
+# and values per point (forecast.CACHE_BYTES_PER_TOKEN): memory stays bounded whatever the batch and the model
+# size, while each chunk still fills a GPU.
 DEFAULT_MAX_BATCH_TOKENS = 2**16
 
 
