@@ -216,17 +216,10 @@ def _without_autograd(device) -> contextlib.AbstractContextManager:
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
-    """A tqdm bar over ``total`` items when enabled, else a stand-in whose ``update`` does nothing."""
-    if not enabled:
-        return contextlib.nullcontext(_NoBar())
+    """A tqdm bar over ``total`` items; a disabled one (its ``update`` does nothing) unless ``enabled``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="series", dynamic_ncols=True, leave=False)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
+    return tqdm(total=total, desc=desc, unit="series", dynamic_ncols=True, leave=False, disable=not enabled)
 
 
 def forecast_series(

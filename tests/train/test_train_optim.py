@@ -289,13 +289,13 @@ def test_fused_stochastic_rounding_adamw_on_gpu():
 
 
 def test_seed_parts_give_the_stream_seed_of_every_step():
-    from timemoe_forecaster.train.optim import _seed_parts, _stream_seed
+    from timemoe_forecaster.train.optim import _SEED_PER_STEP, _stream_seed
 
     for seed, rank, group, place in ((0, 0, 0, 0), (12345, 3, 1, 417), (2**40, 7, 0, 9)):
-        base, per_step = _seed_parts(seed, rank, group, place)
-        assert 0 <= base < 2**31 - 1 and 0 <= per_step < 2**31 - 1
+        base = _stream_seed(seed, 0, rank, group, place)
+        assert 0 <= base < 2**31 - 1 and 0 <= _SEED_PER_STEP < 2**31 - 1
         for step in (1, 2, 1000, 2**30):
-            assert (base + step * per_step) % (2**31 - 1) == _stream_seed(seed, step, rank, group, place)
+            assert (base + step * _SEED_PER_STEP) % (2**31 - 1) == _stream_seed(seed, step, rank, group, place)
 
 
 def test_capturable_bf16_optimizer_needs_the_fused_update_everywhere():

@@ -174,25 +174,24 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         return local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and on_gpu
 
     def _runs_fused(self, param: torch.Tensor) -> bool:
+        """Whether this step updates ``param`` with the fused kernel; an error where it was asked for
+        (``fused=True``) or promised (``defaults["fused"]``: found_inf, CUDA graphs) and cannot run."""
         if self.fused is False or (self.fused is None and not TRITON_AVAILABLE):
             return False
         local, grad = _local(param), _local(param.grad)
-        fits = local.dtype in (torch.bfloat16, torch.float32) and local.is_contiguous() and grad.is_contiguous()
-        if self.defaults.get("fused") and not fits:  # promised to update on the device (found_inf, graphs)
+        if self._fusable(param) and grad.is_contiguous():
+            return True
+        if not (self.fused or self.defaults.get("fused")):
+            return False
+        if local.dtype not in (torch.bfloat16, torch.float32) or not (local.is_contiguous() and grad.is_contiguous()):
             raise ValueError(
                 "the fused bf16 AdamW update needs contiguous bf16 or fp32 tensors and gradients; got a "
                 f"{local.dtype} tensor whose gradient has strides {grad.stride()}"
             )
-        if self.fused:  # asked for: on a GPU, or on the CPU under triton's interpreter (as the tests run it)
-            if not fits:
-                raise ValueError(f"fused=True updates contiguous bf16 or fp32 tensors, got {local.dtype}")
-            if not local.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-                raise ValueError(
-                    f"fused=True runs the bf16 AdamW update as a Triton kernel on a GPU; this parameter is on "
-                    f"{local.device} (use fused=None or False there)"
-                )
-            return True
-        return fits and local.is_cuda
+        raise ValueError(
+            f"fused=True runs the bf16 AdamW update as a Triton kernel on a GPU; this parameter is on "
+            f"{local.device} (use fused=None or False there)"
+        )
 
     def _lr_tensor(self, group: dict, index: int, device: torch.device) -> torch.Tensor:
         """The group's learning rate as an fp32 scalar on ``device``: its own tensor, or a buffer filled with the
@@ -217,17 +216,20 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         # A skipped step is not counted (as torch's fused AdamW does); the increment stays on the device.
         torch._foreach_add_(steps, 1.0 if found_inf is None else [1.0 - found_inf.float()] * len(steps))
         beta1, beta2 = group["betas"]
+        lrs: dict[torch.device, torch.Tensor] = {}  # one rate tensor per device and step, not per tensor
         for place, (param, state) in enumerate(zip(params, states)):
             p, grad = _local(param), _local(param.grad)
             n, block = p.numel(), 1024
             if n == 0:
                 continue
-            lr = self._lr_tensor(group, index, p.device)
-            base, per_step = _seed_parts(group["seed"], rank, index, place)
+            if p.device not in lrs:
+                lrs[p.device] = self._lr_tensor(group, index, p.device)
+            lr = lrs[p.device]
             sr_adamw_update[(triton.cdiv(n, block),)](
                 p, grad, _local(state["exp_avg"]), _local(state["exp_avg_sq"]), lr, state["step"],
                 lr if grad_scale is None else grad_scale, lr if found_inf is None else found_inf, n,
-                beta1, beta2, group["eps"], group["weight_decay"], base, per_step,
+                beta1, beta2, group["eps"], group["weight_decay"],
+                _stream_seed(group["seed"], 0, rank, index, place), _SEED_PER_STEP,
                 HAS_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
                 ROUND=p.dtype == torch.bfloat16, BLOCK=block,
             )  # fmt: skip
@@ -308,19 +310,14 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 _SEED_MODULUS = 2**31 - 1  # Triton's Philox seeds are taken as 31-bit here
+# :func:`_stream_seed` is linear in the step: the seed at step t is (its value at step 0 + t * this) mod 2^31 - 1.
+# The kernel gets both numbers and reads t on the device, so a recorded update draws each replay's own noise.
+_SEED_PER_STEP = (4099 * 131 * 1_000_033) % _SEED_MODULUS
 
 
 def _stream_seed(seed: int, step: int, rank: int, group: int, place: int) -> int:
     """The fused path's Philox seed: the step's seed, told apart per group and tensor (31 bits for Triton)."""
     return ((_step_seed(seed, step, rank) * 131 + group) * 1_000_033 + place) % _SEED_MODULUS
-
-
-def _seed_parts(seed: int, rank: int, group: int, place: int) -> tuple[int, int]:
-    """:func:`_stream_seed` is linear in the step: (base + step * per_step) mod 2^31 - 1. The kernel gets the two
-    parts and reads the step on the device, so a recorded update draws each replay's own noise."""
-    base = _stream_seed(seed, 0, rank, group, place)
-    per_step = (4099 * 131 * 1_000_033) % _SEED_MODULUS
-    return base, per_step
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -41,7 +41,7 @@ def sr_adamw_update(
     beta2,
     eps,
     weight_decay,
-    seed_base,  # the Philox seed is (seed_base + step * seed_per_step) mod (2^31 - 1): ``optim._seed_parts``
+    seed_base,  # the Philox seed is (seed_base + step * seed_per_step) mod (2^31 - 1): ``optim._SEED_PER_STEP``
     seed_per_step,
     HAS_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
