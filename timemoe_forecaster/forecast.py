@@ -40,7 +40,11 @@ class LayerKVCache:
 
 
 class KVCache:
-    """Preallocated keys and values of every layer; ``length`` counts the positions filled so far."""
+    """Preallocated keys and values of every layer; ``length`` counts the positions filled so far.
+
+    Left uninitialised: attention reads only the filled positions (``LayerKVCache.update``), and
+    zero-filling took 1.6% of a base h 96 forecast on the GPU (48 fill kernels of 67 us replayed in
+    every CUDA graph, session 11's profile)."""
 
     def __init__(self, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int, dtype, device):
         shape = (batch, num_kv_heads, max_len, head_dim)
@@ -48,8 +52,8 @@ class KVCache:
         self.layers = [
             LayerKVCache(
                 self.fill,
-                torch.zeros(shape, dtype=dtype, device=device),
-                torch.zeros(shape, dtype=dtype, device=device),
+                torch.empty(shape, dtype=dtype, device=device),
+                torch.empty(shape, dtype=dtype, device=device),
             )
             for _ in range(num_layers)
         ]

@@ -46,6 +46,33 @@ def test_left_padded_batch_equals_each_row_alone():
     assert torch.allclose(together[1], model.forecast(b[None], 70)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_forecasts_never_read_unwritten_cache_positions(monkeypatch, with_padding):
+    # The cache is allocated uninitialised; poisoned with NaN, no forecast may change (chunked prefill,
+    # several passes, left padding and decode steps all included).
+    from timemoe_forecaster import forecast as forecast_module
+
+    model = make_model()
+    context = torch.randn(5, 20)
+    mask = None
+    if with_padding:
+        mask = torch.ones(5, 20, dtype=torch.long)
+        mask[1, :7] = 0
+    expected = model.forecast(context, 75, attention_mask=mask, max_batch_tokens=40)
+    real_init = forecast_module.KVCache.__init__
+
+    def poisoned_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        for layer in self.layers:
+            layer.k.fill_(float("nan"))
+            layer.v.fill_(float("nan"))
+
+    monkeypatch.setattr(forecast_module.KVCache, "__init__", poisoned_init)
+    got = model.forecast(context, 75, attention_mask=mask, max_batch_tokens=40)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, expected)
+
+
 def test_chunk_rows_covers_the_batch_in_even_chunks_within_the_budget():
     assert chunk_rows(10, 7, None) == [(0, 10)]
     assert chunk_rows(10, 7, 10**6) == [(0, 10)]

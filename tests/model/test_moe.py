@@ -104,19 +104,24 @@ def test_load_balancing_loss_mask_equals_loss_on_kept_tokens():
 
 
 _INTERPRETED_FUSED_CHECK = """
+import sys
+
 import torch
 from timemoe_forecaster import TimeMoEConfig
+from timemoe_forecaster.model import fused_moe
 from timemoe_forecaster.model.moe import SparseExpertsLayer, route
 
+fused_moe.COLS_FASTEST = sys.argv[1] == "cols-fastest"
 torch.manual_seed(0)
-# Widths that are not multiples of the tiles, 200 tokens (tiles cut inside groups) and one expert
-# that receives no token.
-config = TimeMoEConfig.from_preset("tiny", hidden_size=40, intermediate_size=144, num_experts=5)
+# Widths that are not multiples of the tiles and span several column tiles (hidden 200, expert width
+# 300), 200 tokens (tiles cut inside groups) and one expert that receives no token.
+config = TimeMoEConfig.from_preset("tiny", hidden_size=200, intermediate_size=600, num_experts=5)
+assert config.expert_size == 300
 layer = SparseExpertsLayer(config, "loop")
 with torch.no_grad():
     for p in layer.parameters():
         p.normal_(0.0, 0.3)
-x = torch.randn(200, 40)
+x = torch.randn(200, 200)
 weights, experts = route(torch.randn(200, 5), 2)
 experts[experts == 3] = 4
 expected = layer._loop(x, weights, experts)
@@ -127,16 +132,18 @@ print("max relative error", err)
 """
 
 
-def test_fused_triton_experts_equal_the_loop_in_the_interpreter():
+@pytest.mark.parametrize("tile_order", ["cols-fastest", "rows-fastest"])
+def test_fused_triton_experts_equal_the_loop_in_the_interpreter(tile_order):
     """The Triton kernels run on CPU under TRITON_INTERPRET=1 (in a child process: triton reads the
-    variable at import)."""
+    variable at import), in both launch orders of their tiles."""
     pytest.importorskip("triton")
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", _INTERPRETED_FUSED_CHECK], env=env, capture_output=True, text=True)
+    command = [sys.executable, "-c", _INTERPRETED_FUSED_CHECK, tile_order]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "max relative error" in done.stdout
 

@@ -53,12 +53,21 @@ def _rows_bucket(rows: int) -> int:
     return min(max(1 << (rows - 1).bit_length(), 1 << 12), 1 << 20)
 
 
-def _grid(triton, rows: int, cols: int, num_experts: int):
-    # Cutting each group into tiles wastes at most one partial tile per expert.
-    return lambda meta: (
-        triton.cdiv(rows, meta["BLOCK_M"]) + num_experts,
-        triton.cdiv(cols, meta["BLOCK_N"]),
-    )
+# Column tiles of one row tile run side by side, so the gathered rows are read from HBM once
+# (``fused_moe_kernels.tile_coords``; benchmarks/fused_moe_micro.py times both orders).
+COLS_FASTEST = True
+
+
+def launch_grid(triton, rows: int, cols: int, num_experts: int, cols_fastest: bool):
+    """The kernels' launch grid for ``rows`` sorted assignments and ``cols`` output columns."""
+
+    def grid(meta):
+        # Cutting each group into tiles wastes at most one partial tile per expert.
+        row_tiles = triton.cdiv(rows, meta["BLOCK_M"]) + num_experts
+        col_tiles = triton.cdiv(cols, meta["BLOCK_N"])
+        return (row_tiles * col_tiles,) if cols_fastest else (row_tiles, col_tiles)
+
+    return grid
 
 
 @torch.library.custom_op("timemoe::expert_swiglu", mutates_args=())
@@ -78,10 +87,10 @@ def expert_swiglu(
     f = g // 2
     out_AF = torch.empty(order_A.shape[0], f, dtype=x_TH.dtype, device=x_TH.device)
     if order_A.shape[0]:
-        swiglu_kernel[_grid(triton, order_A.shape[0], f, e)](
+        swiglu_kernel[launch_grid(triton, order_A.shape[0], f, e, COLS_FASTEST)](
             x_TH, order_A, group_end_E, w_gate_up_EGH.contiguous(), out_AF,
             _rows_bucket(order_A.shape[0]),
-            H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e,
+            H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST,
         )  # fmt: skip
     return out_AF
 
@@ -104,10 +113,10 @@ def expert_down(
     e, h, f = w_down_EHF.shape
     out_AH = torch.empty(order_A.shape[0], h, dtype=act_AF.dtype, device=act_AF.device)
     if order_A.shape[0]:
-        down_kernel[_grid(triton, order_A.shape[0], h, e)](
+        down_kernel[launch_grid(triton, order_A.shape[0], h, e, COLS_FASTEST)](
             act_AF.contiguous(), order_A, group_end_E, w_down_EHF.contiguous(), weights_A.contiguous(), out_AH,
             _rows_bucket(order_A.shape[0]),
-            H=h, F=f, NUM_EXPERTS=e,
+            H=h, F=f, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST,
         )  # fmt: skip
     return out_AH
 

@@ -17,10 +17,31 @@ CONFIGS = [
         (64, 128, 64, 4, 4),
         (128, 128, 32, 8, 4),
         (128, 256, 64, 8, 3),
+        (128, 128, 64, 8, 4),
+        (128, 128, 64, 4, 3),
+        (256, 128, 64, 8, 3),
+        (128, 64, 128, 4, 3),
+        (256, 64, 64, 8, 4),
     ]
 ]
 if os.environ.get("TRITON_INTERPRET") == "1":
     CONFIGS = CONFIGS[:1]  # the CPU interpreter (used by the tests) cannot benchmark configurations
+
+
+@triton.jit
+def tile_coords(N: tl.constexpr, BLOCK_N: tl.constexpr, COLS_FASTEST: tl.constexpr):
+    """(row tile, column tile) of this program.
+
+    With ``COLS_FASTEST`` the launch is one-dimensional and consecutive programs take the column tiles
+    of one row tile, so the programs resident at the same time read the same gathered rows: each row
+    comes from HBM about once and from L2 for the other column tiles. Otherwise (a 2-D launch, rows
+    fastest) every column tile re-reads all the rows, whose working set (2^17 rows of 768 bytes for the
+    base model's prefill) is larger than L2."""
+    if COLS_FASTEST:
+        col_tiles: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+        pid = tl.program_id(0)
+        return pid // col_tiles, pid % col_tiles
+    return tl.program_id(0), tl.program_id(1)
 
 
 @triton.jit
@@ -56,15 +77,17 @@ def swiglu_kernel(
     F: tl.constexpr,
     TOP_K: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
+    COLS_FASTEST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    expert, start, stop = tile_of(tl.program_id(0), group_end_ptr, NUM_EXPERTS, BLOCK_M)
+    row_tile, col_tile = tile_coords(F, BLOCK_N, COLS_FASTEST)
+    expert, start, stop = tile_of(row_tile, group_end_ptr, NUM_EXPERTS, BLOCK_M)
     rows = start + tl.arange(0, BLOCK_M)
     row_ok = rows < stop
     token = (tl.load(order_ptr + rows, mask=row_ok, other=0) // TOP_K).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < F
     w_base = expert.to(tl.int64) * 2 * F * H
     gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -95,14 +118,16 @@ def down_kernel(
     H: tl.constexpr,
     F: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
+    COLS_FASTEST: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    expert, start, stop = tile_of(tl.program_id(0), group_end_ptr, NUM_EXPERTS, BLOCK_M)
+    row_tile, col_tile = tile_coords(H, BLOCK_N, COLS_FASTEST)
+    expert, start, stop = tile_of(row_tile, group_end_ptr, NUM_EXPERTS, BLOCK_M)
     rows = start + tl.arange(0, BLOCK_M)
     row_ok = rows < stop
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < H
     w_base = expert.to(tl.int64) * H * F
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

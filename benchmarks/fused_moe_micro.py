@@ -1,0 +1,180 @@
+"""Microbenchmark of the fused routed-expert kernels at forecasting shapes (GPU only).
+
+The two Triton kernels of ``model/fused_moe.py`` took 32% of the base h 96 forecast's GPU time in
+session 11's profile (swiglu 42.4 ms, down 20.2 ms of 196). This times them, side by side in one run:
+
+* the tile order of session 15 (a 2-D launch, row tiles fastest: every column tile re-reads all the
+  gathered rows) against column tiles fastest (``fused_moe_kernels.tile_coords``);
+* session 15's five autotuning configurations against the library's current list;
+* the grouped-GEMM path (``torch._grouped_mm``, gather, SwiGLU, permutation back) as the baseline.
+
+Every variant's output is checked against the library's before it is timed. Shapes: the base and
+large models' prefill chunk (2^16 tokens, top-2: 2^17 assignments) and the base decode step of
+512 series (2^15 tokens).
+
+    python benchmarks/fused_moe_micro.py --out DIR      # DIR/fused_moe_micro.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.timing import environment, time_cuda  # noqa: E402
+from timemoe_forecaster.config import TimeMoEConfig  # noqa: E402
+from timemoe_forecaster.model import fused_moe  # noqa: E402
+from timemoe_forecaster.model.moe import SparseExpertsLayer, route  # noqa: E402
+
+SESSION15_CONFIGS = 5  # the first five entries of fused_moe_kernels.CONFIGS were the whole list until session 16
+LAUNCHES = 10  # kernel launches between two CUDA events (each launch is 0.1-0.4 ms of GPU work)
+
+
+def make_case(size: str, tokens: int, device) -> dict:
+    """A layer of ``size`` with random weights and a routing from its own router on random tokens."""
+    config = TimeMoEConfig.from_preset(size, num_hidden_layers=1)
+    layer = SparseExpertsLayer(config, "fused").to(device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0.0, 0.05)
+    x_TH = torch.randn(tokens, config.hidden_size, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        weights_TK, experts_TK = route(layer.gate(x_TH), layer.top_k)
+        order_A, group_end_E = layer._sort_by_expert(experts_TK)
+    return {
+        "size": size,
+        "tokens": tokens,
+        "layer": layer,
+        "x_TH": x_TH,
+        "weights_A": weights_TK.to(torch.bfloat16).reshape(-1),
+        "experts_TK": experts_TK,
+        "order_A": order_A,
+        "group_end_E": group_end_E,
+    }
+
+
+def kernel_runner(triton, kernels, configs, cols_fastest: bool):
+    """Both kernels behind their own autotuner over ``configs``, launched in the given tile order."""
+    key = ["H", "F", "ROWS_BUCKET"]
+    swiglu = triton.autotune(configs=configs, key=key)(kernels.swiglu_kernel.fn)
+    down = triton.autotune(configs=configs, key=key)(kernels.down_kernel.fn)
+
+    def run_swiglu(case):
+        layer, order_A = case["layer"], case["order_A"]
+        e, g, h = layer.w_gate_up_EGH.shape
+        out_AF = torch.empty(order_A.shape[0], g // 2, dtype=torch.bfloat16, device=order_A.device)
+        swiglu[fused_moe.launch_grid(triton, order_A.shape[0], g // 2, e, cols_fastest)](
+            case["x_TH"], order_A, case["group_end_E"], layer.w_gate_up_EGH, out_AF,
+            fused_moe._rows_bucket(order_A.shape[0]),
+            H=h, F=g // 2, TOP_K=layer.top_k, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest,
+        )  # fmt: skip
+        return out_AF
+
+    def run_down(case, act_AF):
+        layer, order_A = case["layer"], case["order_A"]
+        e, h, f = layer.w_down_EHF.shape
+        out_AH = torch.empty(order_A.shape[0], h, dtype=torch.bfloat16, device=order_A.device)
+        down[fused_moe.launch_grid(triton, order_A.shape[0], h, e, cols_fastest)](
+            act_AF, order_A, case["group_end_E"], layer.w_down_EHF, case["weights_A"], out_AH,
+            fused_moe._rows_bucket(order_A.shape[0]),
+            H=h, F=f, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest,
+        )  # fmt: skip
+        return out_AH
+
+    return run_swiglu, run_down, swiglu, down
+
+
+def describe(config) -> str:
+    """An autotuning configuration in one short word: BLOCK_MxBLOCK_NxBLOCK_K, warps, stages."""
+    kw = config.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+
+
+def flops(case) -> tuple[float, float]:
+    """GEMM FLOPs of the gate-and-up kernel and of the down kernel."""
+    e, g, h = case["layer"].w_gate_up_EGH.shape
+    a = case["order_A"].shape[0]
+    return 2.0 * a * h * g, 2.0 * a * h * (g // 2)
+
+
+def timed(fn) -> float:
+    """Median microseconds per call over ``LAUNCHES`` back-to-back calls."""
+    stats = time_cuda(lambda: [fn() for _ in range(LAUNCHES)], warmup=3, reps=20)
+    return stats["ms_median"] * 1e3 / LAUNCHES
+
+
+@torch.no_grad()
+def measure_case(case: dict, variants: dict, rows: list, lines: list) -> None:
+    """Check every variant against the library's kernels, then time it; append JSON rows and table lines."""
+    layer, order_A, group_end_E, weights_A = case["layer"], case["order_A"], case["group_end_E"], case["weights_A"]
+    gate_up_flops, down_flops = flops(case)
+    want_act = fused_moe.expert_swiglu(case["x_TH"], order_A, group_end_E, layer.w_gate_up_EGH, layer.top_k)
+    want_y = fused_moe.expert_down(want_act, order_A, group_end_E, layer.w_down_EHF, weights_A)
+    weights_TK = weights_A.view(case["tokens"], -1)
+    us = timed(lambda: layer._grouped(case["x_TH"], weights_TK, case["experts_TK"]))
+    label = f"{case['size']}, {case['tokens']} tokens ({order_A.shape[0]} assignments)"
+    rows.append({"case": label, "variant": "grouped GEMMs (torch._grouped_mm), whole layer", "us_total": us})
+    lines.append(f"| {label} | grouped GEMMs, whole routed layer | – | – | {us:.1f} | – |")
+    print(lines[-1], flush=True)
+    for name, (run_swiglu, run_down, swiglu, down) in variants.items():
+        act = run_swiglu(case)
+        y = run_down(case, act)
+        assert torch.allclose(act.float(), want_act.float(), rtol=2e-2, atol=2e-2), name
+        assert torch.allclose(y.float(), want_y.float(), rtol=2e-2, atol=2e-2), name
+        us_swiglu = timed(lambda run=run_swiglu: run(case))
+        us_down = timed(lambda run=run_down, act=act: run(case, act))
+        row = {
+            "case": label,
+            "variant": name,
+            "us_swiglu": us_swiglu,
+            "us_down": us_down,
+            "us_total": us_swiglu + us_down,
+            "tflops_swiglu": gate_up_flops / us_swiglu / 1e6,
+            "tflops_down": down_flops / us_down / 1e6,
+            "config_swiglu": describe(swiglu.best_config),
+            "config_down": describe(down.best_config),
+        }
+        rows.append(row)
+        lines.append(
+            f"| {label} | {name} | {us_swiglu:.1f} ({row['tflops_swiglu']:.0f} TFLOP/s) | "
+            f"{us_down:.1f} ({row['tflops_down']:.0f} TFLOP/s) | {us_swiglu + us_down:.1f} | "
+            f"{row['config_swiglu']} / {row['config_down']} |"
+        )
+        print(lines[-1], flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    import triton
+
+    from timemoe_forecaster.model import fused_moe_kernels as kernels
+
+    device = torch.device("cuda")
+    old_configs = kernels.CONFIGS[:SESSION15_CONFIGS]
+    variants = {
+        "rows fastest, session-15 configs": kernel_runner(triton, kernels, old_configs, False),
+        "cols fastest, session-15 configs": kernel_runner(triton, kernels, old_configs, True),
+        "cols fastest, current configs (library)": kernel_runner(triton, kernels, kernels.CONFIGS, True),
+    }
+    rows, lines = [], []
+    for size, tokens in [("base", 2**16), ("base", 2**15), ("large", 2**16)]:
+        measure_case(make_case(size, tokens, device), variants, rows, lines)
+        torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fused_moe_micro.json").write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
+    header = [
+        "| case | variant | swiglu us | down us | total us | configs (swiglu / down) |",
+        "|---|---|---|---|---|---|",
+    ]
+    (args.out / "fused_moe_micro.md").write_text("\n".join(header + lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
