@@ -5,7 +5,8 @@ session 11's profile (swiglu 42.4 ms, down 20.2 ms of 196). This times them, sid
 
 * the tile order of session 15 (a 2-D launch, row tiles fastest: every column tile re-reads all the
   gathered rows) against column tiles fastest (``fused_moe_kernels.tile_coords``);
-* session 15's five autotuning configurations against the library's current list;
+* gate and up as two products of width F per step, or one of width 2F on interleaved weight rows
+  (``ONE_DOT``);
 * the grouped-GEMM path (``torch._grouped_mm``, gather, SwiGLU, permutation back) as the baseline.
 
 Every variant's output is checked against the library's before it is timed. Shapes: the base and
@@ -31,7 +32,6 @@ from timemoe_forecaster.config import TimeMoEConfig  # noqa: E402
 from timemoe_forecaster.model import fused_moe  # noqa: E402
 from timemoe_forecaster.model.moe import SparseExpertsLayer, route  # noqa: E402
 
-SESSION15_CONFIGS = 5  # the first five entries of fused_moe_kernels.CONFIGS were the whole list until session 16
 LAUNCHES = 10  # kernel launches between two CUDA events (each launch is 0.1-0.4 ms of GPU work)
 
 
@@ -58,8 +58,10 @@ def make_case(size: str, tokens: int, device) -> dict:
     }
 
 
-def kernel_runner(triton, kernels, configs, cols_fastest: bool):
-    """Both kernels behind their own autotuner over ``configs``, launched in the given tile order."""
+def kernel_runner(triton, kernels, cols_fastest: bool, one_dot: bool):
+    """Both kernels behind their own autotuners, launched in the given tile order, with gate and up as
+    one interleaved product or two."""
+    configs = kernels.CONFIGS
     key = ["H", "F", "ROWS_BUCKET"]
     swiglu = triton.autotune(configs=configs, key=key)(kernels.swiglu_kernel.fn)
     down = triton.autotune(configs=configs, key=key)(kernels.down_kernel.fn)
@@ -71,7 +73,7 @@ def kernel_runner(triton, kernels, configs, cols_fastest: bool):
         swiglu[fused_moe.launch_grid(triton, order_A.shape[0], g // 2, e, cols_fastest)](
             case["x_TH"], order_A, case["group_end_E"], layer.w_gate_up_EGH, out_AF,
             fused_moe._rows_bucket(order_A.shape[0]),
-            H=h, F=g // 2, TOP_K=layer.top_k, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest,
+            H=h, F=g // 2, TOP_K=layer.top_k, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest, ONE_DOT=one_dot,
         )  # fmt: skip
         return out_AF
 
@@ -157,11 +159,10 @@ def main() -> None:
     from timemoe_forecaster.model import fused_moe_kernels as kernels
 
     device = torch.device("cuda")
-    old_configs = kernels.CONFIGS[:SESSION15_CONFIGS]
     variants = {
-        "rows fastest, session-15 configs": kernel_runner(triton, kernels, old_configs, False),
-        "cols fastest, session-15 configs": kernel_runner(triton, kernels, old_configs, True),
-        "cols fastest, current configs (library)": kernel_runner(triton, kernels, kernels.CONFIGS, True),
+        "rows fastest, two dots (session 15)": kernel_runner(triton, kernels, False, False),
+        "cols fastest, two dots": kernel_runner(triton, kernels, True, False),
+        "cols fastest, one dot": kernel_runner(triton, kernels, True, True),
     }
     rows, lines = [], []
     for size, tokens in [("base", 2**16), ("base", 2**15), ("large", 2**16)]:
