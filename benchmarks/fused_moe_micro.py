@@ -5,8 +5,6 @@ session 11's profile (swiglu 42.4 ms, down 20.2 ms of 196). This times them, sid
 
 * the tile order of session 15 (a 2-D launch, row tiles fastest: every column tile re-reads all the
   gathered rows) against column tiles fastest (``fused_moe_kernels.tile_coords``);
-* gate and up as two products of width F per step, or one of width 2F on interleaved weight rows
-  (``ONE_DOT``);
 * the grouped-GEMM path (``torch._grouped_mm``, gather, SwiGLU, permutation back) as the baseline.
 
 Every variant's output is checked against the library's before it is timed. Shapes: the base and
@@ -14,6 +12,13 @@ large models' prefill chunk (2^16 tokens, top-2: 2^17 assignments) and the base 
 512 series (2^15 tokens).
 
     python benchmarks/fused_moe_micro.py --out DIR      # DIR/fused_moe_micro.{json,md}
+
+Session 16 on an H200 (raw: results/raw/session16/call1-2): column tiles fastest took the base prefill
+chunk's two kernels from 631-636 to 550-573 us (down kernel 208-212 -> 159-167 us), large's from 2,007-2,041
+to 1,827-1,834; five more autotuning configurations won nowhere and were dropped (call 1); gate and up as
+one interleaved product (now the only form) took the swiglu kernel from 391 to 374 us on base, 1,223 to
+1,210 on large (call 2). The grouped-GEMM path took 1,668-1,705 us (base) and 3,600-3,620 (large) for the
+whole routed layer.
 """
 
 from __future__ import annotations
@@ -58,9 +63,8 @@ def make_case(size: str, tokens: int, device) -> dict:
     }
 
 
-def kernel_runner(triton, kernels, cols_fastest: bool, one_dot: bool):
-    """Both kernels behind their own autotuners, launched in the given tile order, with gate and up as
-    one interleaved product or two."""
+def kernel_runner(triton, kernels, cols_fastest: bool):
+    """Both kernels behind their own autotuners, launched in the given tile order."""
     configs = kernels.CONFIGS
     key = ["H", "F", "ROWS_BUCKET"]
     swiglu = triton.autotune(configs=configs, key=key)(kernels.swiglu_kernel.fn)
@@ -73,7 +77,7 @@ def kernel_runner(triton, kernels, cols_fastest: bool, one_dot: bool):
         swiglu[fused_moe.launch_grid(triton, order_A.shape[0], g // 2, e, cols_fastest)](
             case["x_TH"], order_A, case["group_end_E"], layer.w_gate_up_EGH, out_AF,
             fused_moe._rows_bucket(order_A.shape[0]),
-            H=h, F=g // 2, TOP_K=layer.top_k, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest, ONE_DOT=one_dot,
+            H=h, F=g // 2, TOP_K=layer.top_k, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest,
         )  # fmt: skip
         return out_AF
 
@@ -160,9 +164,8 @@ def main() -> None:
 
     device = torch.device("cuda")
     variants = {
-        "rows fastest, two dots (session 15)": kernel_runner(triton, kernels, False, False),
-        "cols fastest, two dots": kernel_runner(triton, kernels, True, False),
-        "cols fastest, one dot": kernel_runner(triton, kernels, True, True),
+        "rows fastest (session 15's order)": kernel_runner(triton, kernels, False),
+        "cols fastest (library)": kernel_runner(triton, kernels, True),
     }
     rows, lines = [], []
     for size, tokens in [("base", 2**16), ("base", 2**15), ("large", 2**16)]:

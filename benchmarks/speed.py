@@ -61,6 +61,7 @@ EXTRA_GROUPS = {
     "large-train": "large",
     "base-train": "base",
     "base-forecast-h96": "base",
+    "base-forecast-h720": "base",
 }
 TRAIN_ONLY_GROUPS = ("large-train", "base-train")  # the reference and our fastest training set-ups only
 LR = 1e-4
@@ -110,6 +111,7 @@ def make_plan(smoke: bool) -> Plan:
                 "dense": [("bf16", 512, 96, 1024)],
                 "base-forecast": [("bf16", 512, 96, 1024), ("bf16", 512, 720, 256), ("fp32", 512, 96, 1024)],
                 "base-forecast-h96": [("bf16", 512, 96, 1024)],
+                "base-forecast-h720": [("bf16", 512, 720, 256)],
                 "large-forecast": [("bf16", 512, 96, 1024)],
                 "long-forecast": [("bf16", 4096, 96, 16), ("bf16", 4096, 96, 64)],
             },
@@ -141,6 +143,7 @@ def make_plan(smoke: bool) -> Plan:
             "dense": [("bf16", 32, 96, 4)],
             "base-forecast": [("bf16", 32, 96, 4)],
             "base-forecast-h96": [("bf16", 32, 96, 4)],
+            "base-forecast-h720": [("bf16", 32, 720, 2)],
             "large-forecast": [("bf16", 32, 96, 4)],
             "long-forecast": [("bf16", 64, 96, 4)],
         },

@@ -56,8 +56,6 @@ def _rows_bucket(rows: int) -> int:
 # Column tiles of one row tile run side by side, so the gathered rows are read from HBM once
 # (``fused_moe_kernels.tile_coords``; benchmarks/fused_moe_micro.py times both orders).
 COLS_FASTEST = True
-# Gate and up as one interleaved product in ``swiglu_kernel`` (measured against two in fused_moe_micro.py).
-ONE_DOT = False
 
 
 def launch_grid(triton, rows: int, cols: int, num_experts: int, cols_fastest: bool):
@@ -92,7 +90,7 @@ def expert_swiglu(
         swiglu_kernel[launch_grid(triton, order_A.shape[0], f, e, COLS_FASTEST)](
             x_TH, order_A, group_end_E, w_gate_up_EGH.contiguous(), out_AF,
             _rows_bucket(order_A.shape[0]),
-            H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST, ONE_DOT=ONE_DOT,
+            H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST,
         )  # fmt: skip
     return out_AF
 
