@@ -7,14 +7,16 @@ took 15% of a forecast on an H100 and moved only memory (docs/performance.md). T
 the same work in two passes:
 
 * ``expert_swiglu``: for each tile of assignments sorted by expert, gather the tokens' rows, run the
-  gate and the up GEMM of that expert on the same loaded rows, and write ``silu(gate) * up`` once.
+  gate and the up GEMM of that expert as one product on interleaved weight rows, and write
+  ``silu(gate) * up`` once.
 * ``expert_down``: the down GEMM, with each output row written straight to its assignment's place
   in token order and multiplied by its routing weight, so the caller only sums the k rows per token.
 
 Tiles never straddle two experts: tile ``m`` belongs to the expert whose group holds it once every
 group is cut into tiles of ``BLOCK_M`` rows, which each program works out from the group ends
-(eight loads), so no host sync and no extra launch is needed. Accumulation is fp32; the result is
-rounded once (the grouped path rounds the gate and up outputs before the SwiGLU).
+(eight loads), so no host sync and no extra launch is needed. The column tiles of one row tile are
+launched next to each other, so the gathered rows are read from HBM about once. Accumulation is fp32;
+the result is rounded once (the grouped path rounds the gate and up outputs before the SwiGLU).
 
 Both are ``torch.library`` custom ops so that ``torch.compile`` calls them as opaque kernels.
 Shape legend as in ``moe.py``: T tokens, H hidden, E experts, K top-k, F expert width, A = T·K.
