@@ -46,6 +46,16 @@ def test_left_padded_batch_equals_each_row_alone():
     assert torch.allclose(together[1], model.forecast(b[None], 70)[0], atol=1e-5)
 
 
+def contexts_and_mask(rows: int, length: int, padded: dict[int, int] | None):
+    """Random contexts [rows, length] and, given {row: points}, a mask that left-pads those rows (else None)."""
+    mask = None
+    if padded:
+        mask = torch.ones(rows, length, dtype=torch.long)
+        for row, points in padded.items():
+            mask[row, :points] = 0
+    return torch.randn(rows, length), mask
+
+
 @pytest.mark.parametrize("with_padding", [False, True])
 def test_forecasts_never_read_unwritten_cache_positions(monkeypatch, with_padding):
     # The cache is allocated uninitialised; poisoned with NaN, no forecast may change (chunked prefill,
@@ -53,11 +63,7 @@ def test_forecasts_never_read_unwritten_cache_positions(monkeypatch, with_paddin
     from timemoe_forecaster import forecast as forecast_module
 
     model = make_model()
-    context = torch.randn(5, 20)
-    mask = None
-    if with_padding:
-        mask = torch.ones(5, 20, dtype=torch.long)
-        mask[1, :7] = 0
+    context, mask = contexts_and_mask(5, 20, {1: 7} if with_padding else None)
     expected = model.forecast(context, 75, attention_mask=mask, max_batch_tokens=40)
     real_init = forecast_module.KVCache.__init__
 
@@ -85,12 +91,7 @@ def test_chunk_rows_covers_the_batch_in_even_chunks_within_the_budget():
 @pytest.mark.parametrize("with_padding", [False, True])
 def test_chunked_forecast_equals_the_whole_batch_at_once(with_padding):
     model = make_model()
-    context = torch.randn(7, 20)
-    mask = None
-    if with_padding:
-        mask = torch.ones(7, 20, dtype=torch.long)
-        mask[2, :9] = 0
-        mask[5, :3] = 0
+    context, mask = contexts_and_mask(7, 20, {2: 9, 5: 3} if with_padding else None)
     whole = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=None)
     # 120: prefill in chunks of 4 and 3 rows, one pass. 20: prefill row by row; 40 = 32 + 8 feeds back
     # 32 points, so 52 cached positions per row and passes of at most 160 / 52 -> 3 rows.
