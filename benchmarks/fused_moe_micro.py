@@ -12,6 +12,7 @@ large models' prefill chunk (2^16 tokens, top-2: 2^17 assignments) and the base 
 512 series (2^15 tokens).
 
     python benchmarks/fused_moe_micro.py --out DIR      # DIR/fused_moe_micro.{json,md}
+    TRITON_INTERPRET=1 python benchmarks/fused_moe_micro.py --smoke --out DIR   # the code paths on the CPU
 
 Session 16 on an H200 (raw: results/raw/session16/call1-2): column tiles fastest took the base prefill
 chunk's two kernels from 631-636 to 550-573 us (down kernel 208-212 -> 159-167 us), large's from 2,007-2,041
@@ -32,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.timing import environment, time_cuda  # noqa: E402
+from benchmarks.timing import environment, time_cpu, time_cuda  # noqa: E402
 from timemoe_forecaster.config import TimeMoEConfig  # noqa: E402
 from timemoe_forecaster.model import fused_moe  # noqa: E402
 from timemoe_forecaster.model.moe import SparseExpertsLayer, route  # noqa: E402
@@ -40,9 +41,9 @@ from timemoe_forecaster.model.moe import SparseExpertsLayer, route  # noqa: E402
 LAUNCHES = 10  # kernel launches between two CUDA events (each launch is 0.1-0.4 ms of GPU work)
 
 
-def make_case(size: str, tokens: int, device) -> dict:
+def make_case(size: str, tokens: int, device, **overrides) -> dict:
     """A layer of ``size`` with random weights and a routing from its own router on random tokens."""
-    config = TimeMoEConfig.from_preset(size, num_hidden_layers=1)
+    config = TimeMoEConfig.from_preset(size, num_hidden_layers=1, **overrides)
     layer = SparseExpertsLayer(config, "fused").to(device=device, dtype=torch.bfloat16)
     with torch.no_grad():
         for p in layer.parameters():
@@ -114,15 +115,20 @@ def timed(fn) -> float:
     return stats["ms_median"] * 1e3 / LAUNCHES
 
 
+def timed_once_on_cpu(fn) -> float:
+    """--smoke: one call on the CPU (the Triton interpreter), microseconds not worth reading."""
+    return time_cpu(fn, 0, 1)["ms_median"] * 1e3
+
+
 @torch.no_grad()
-def measure_case(case: dict, variants: dict, rows: list, lines: list) -> None:
+def measure_case(case: dict, variants: dict, rows: list, lines: list, timer=timed) -> None:
     """Check every variant against the library's kernels, then time it; append JSON rows and table lines."""
     layer, order_A, group_end_E, weights_A = case["layer"], case["order_A"], case["group_end_E"], case["weights_A"]
     gate_up_flops, down_flops = flops(case)
     want_act = fused_moe.expert_swiglu(case["x_TH"], order_A, group_end_E, layer.w_gate_up_EGH, layer.top_k)
     want_y = fused_moe.expert_down(want_act, order_A, group_end_E, layer.w_down_EHF, weights_A)
     weights_TK = weights_A.view(case["tokens"], -1)
-    us = timed(lambda: layer._grouped(case["x_TH"], weights_TK, case["experts_TK"]))
+    us = timer(lambda: layer._grouped(case["x_TH"], weights_TK, case["experts_TK"]))
     label = f"{case['size']}, {case['tokens']} tokens ({order_A.shape[0]} assignments)"
     rows.append({"case": label, "variant": "grouped GEMMs (torch._grouped_mm), whole layer", "us_total": us})
     lines.append(f"| {label} | grouped GEMMs, whole routed layer | – | – | {us:.1f} | – |")
@@ -132,8 +138,8 @@ def measure_case(case: dict, variants: dict, rows: list, lines: list) -> None:
         y = run_down(case, act)
         assert torch.allclose(act.float(), want_act.float(), rtol=2e-2, atol=2e-2), name
         assert torch.allclose(y.float(), want_y.float(), rtol=2e-2, atol=2e-2), name
-        us_swiglu = timed(lambda run=run_swiglu: run(case))
-        us_down = timed(lambda run=run_down, act=act: run(case, act))
+        us_swiglu = timer(lambda run=run_swiglu: run(case))
+        us_down = timer(lambda run=run_down, act=act: run(case, act))
         row = {
             "case": label,
             "variant": name,
@@ -157,19 +163,24 @@ def measure_case(case: dict, variants: dict, rows: list, lines: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU; needs TRITON_INTERPRET=1")
     args = parser.parse_args()
     import triton
 
     from timemoe_forecaster.model import fused_moe_kernels as kernels
 
-    device = torch.device("cuda")
     variants = {
         "rows fastest (session 15's order)": kernel_runner(triton, kernels, False),
         "cols fastest (library)": kernel_runner(triton, kernels, True),
     }
     rows, lines = [], []
-    for size, tokens in [("base", 2**16), ("base", 2**15), ("large", 2**16)]:
-        measure_case(make_case(size, tokens, device), variants, rows, lines)
+    if args.smoke:
+        # Widths over one tile (hidden 200, expert width 288: rows of 16-byte multiples for the grouped GEMMs),
+        # so both launch orders cut columns.
+        case = make_case("tiny", 300, torch.device("cpu"), hidden_size=200, intermediate_size=576)
+        measure_case(case, variants, rows, lines, timer=timed_once_on_cpu)
+    for size, tokens in [] if args.smoke else [("base", 2**16), ("base", 2**15), ("large", 2**16)]:
+        measure_case(make_case(size, tokens, torch.device("cuda")), variants, rows, lines)
         torch.cuda.empty_cache()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fused_moe_micro.json").write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
