@@ -25,6 +25,7 @@ whole routed layer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -64,36 +65,15 @@ def make_case(size: str, tokens: int, device, **overrides) -> dict:
     }
 
 
-def kernel_runner(triton, kernels, cols_fastest: bool):
-    """Both kernels behind their own autotuners, launched in the given tile order."""
-    configs = kernels.CONFIGS
-    key = ["H", "F", "ROWS_BUCKET"]
-    swiglu = triton.autotune(configs=configs, key=key)(kernels.swiglu_kernel.fn)
-    down = triton.autotune(configs=configs, key=key)(kernels.down_kernel.fn)
-
-    def run_swiglu(case):
-        layer, order_A = case["layer"], case["order_A"]
-        e, g, h = layer.w_gate_up_EGH.shape
-        out_AF = torch.empty(order_A.shape[0], g // 2, dtype=torch.bfloat16, device=order_A.device)
-        swiglu[fused_moe.launch_grid(triton, order_A.shape[0], g // 2, e, cols_fastest)](
-            case["x_TH"], order_A, case["group_end_E"], layer.w_gate_up_EGH, out_AF,
-            fused_moe._rows_bucket(order_A.shape[0]),
-            H=h, F=g // 2, TOP_K=layer.top_k, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest,
-        )  # fmt: skip
-        return out_AF
-
-    def run_down(case, act_AF):
-        layer, order_A = case["layer"], case["order_A"]
-        e, h, f = layer.w_down_EHF.shape
-        out_AH = torch.empty(order_A.shape[0], h, dtype=torch.bfloat16, device=order_A.device)
-        down[fused_moe.launch_grid(triton, order_A.shape[0], h, e, cols_fastest)](
-            act_AF, order_A, case["group_end_E"], layer.w_down_EHF, case["weights_A"], out_AH,
-            fused_moe._rows_bucket(order_A.shape[0]),
-            H=h, F=f, NUM_EXPERTS=e, COLS_FASTEST=cols_fastest,
-        )  # fmt: skip
-        return out_AH
-
-    return run_swiglu, run_down, swiglu, down
+@contextlib.contextmanager
+def tile_order(cols_fastest: bool):
+    """The library's kernels launched in the given tile order (the autotuners key on it: each order tunes its own)."""
+    saved = fused_moe.COLS_FASTEST
+    fused_moe.COLS_FASTEST = cols_fastest
+    try:
+        yield
+    finally:
+        fused_moe.COLS_FASTEST = saved
 
 
 def describe(config) -> str:
@@ -122,7 +102,9 @@ def timed_once_on_cpu(fn) -> float:
 
 @torch.no_grad()
 def measure_case(case: dict, variants: dict, rows: list, lines: list, timer=timed) -> None:
-    """Check every variant against the library's kernels, then time it; append JSON rows and table lines."""
+    """Check every tile order against the library's default, then time it; append JSON rows and table lines."""
+    from timemoe_forecaster.model import fused_moe_kernels as kernels
+
     layer, order_A, group_end_E, weights_A = case["layer"], case["order_A"], case["group_end_E"], case["weights_A"]
     gate_up_flops, down_flops = flops(case)
     want_act = fused_moe.expert_swiglu(case["x_TH"], order_A, group_end_E, layer.w_gate_up_EGH, layer.top_k)
@@ -133,13 +115,20 @@ def measure_case(case: dict, variants: dict, rows: list, lines: list, timer=time
     rows.append({"case": label, "variant": "grouped GEMMs (torch._grouped_mm), whole layer", "us_total": us})
     lines.append(f"| {label} | grouped GEMMs, whole routed layer | – | – | {us:.1f} | – |")
     print(lines[-1], flush=True)
-    for name, (run_swiglu, run_down, swiglu, down) in variants.items():
-        act = run_swiglu(case)
-        y = run_down(case, act)
-        assert torch.allclose(act.float(), want_act.float(), rtol=2e-2, atol=2e-2), name
-        assert torch.allclose(y.float(), want_y.float(), rtol=2e-2, atol=2e-2), name
-        us_swiglu = timer(lambda run=run_swiglu: run(case))
-        us_down = timer(lambda run=run_down, act=act: run(case, act))
+    for name, cols_fastest in variants.items():
+        with tile_order(cols_fastest):
+            act = fused_moe.expert_swiglu(case["x_TH"], order_A, group_end_E, layer.w_gate_up_EGH, layer.top_k)
+            config_swiglu = describe(kernels.swiglu_kernel.best_config)
+            y = fused_moe.expert_down(act, order_A, group_end_E, layer.w_down_EHF, weights_A)
+            config_down = describe(kernels.down_kernel.best_config)
+            assert torch.allclose(act.float(), want_act.float(), rtol=2e-2, atol=2e-2), name
+            assert torch.allclose(y.float(), want_y.float(), rtol=2e-2, atol=2e-2), name
+            us_swiglu = timer(
+                lambda: fused_moe.expert_swiglu(case["x_TH"], order_A, group_end_E, layer.w_gate_up_EGH, layer.top_k)
+            )
+            us_down = timer(
+                lambda act=act: fused_moe.expert_down(act, order_A, group_end_E, layer.w_down_EHF, weights_A)
+            )
         row = {
             "case": label,
             "variant": name,
@@ -148,8 +137,8 @@ def measure_case(case: dict, variants: dict, rows: list, lines: list, timer=time
             "us_total": us_swiglu + us_down,
             "tflops_swiglu": gate_up_flops / us_swiglu / 1e6,
             "tflops_down": down_flops / us_down / 1e6,
-            "config_swiglu": describe(swiglu.best_config),
-            "config_down": describe(down.best_config),
+            "config_swiglu": config_swiglu,
+            "config_down": config_down,
         }
         rows.append(row)
         lines.append(
@@ -165,14 +154,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU; needs TRITON_INTERPRET=1")
     args = parser.parse_args()
-    import triton
-
-    from timemoe_forecaster.model import fused_moe_kernels as kernels
-
-    variants = {
-        "rows fastest (session 15's order)": kernel_runner(triton, kernels, False),
-        "cols fastest (library)": kernel_runner(triton, kernels, True),
-    }
+    variants = {"rows fastest (session 15's order)": False, "cols fastest (library)": True}
     rows, lines = [], []
     if args.smoke:
         # Widths over one tile (hidden 200, expert width 288: rows of 16-byte multiples for the grouped GEMMs),

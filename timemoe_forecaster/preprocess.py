@@ -188,8 +188,6 @@ def forecast_contexts(
 
 def _smaller_batch(rows: int, context_length: int, horizon: int, err: Exception) -> int:
     """The chunk size to retry with after ``rows`` series ran out of GPU memory (half), or a clear error for one."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # give back what the failed attempt cached before trying again
     if rows == 1:
         raise MemoryError(
             f"one series (context of {context_length} points, horizon {horizon}) does not fit in GPU memory; use a "

@@ -59,7 +59,7 @@ def tile_of(pid_m, group_end_ptr, NUM_EXPERTS: tl.constexpr, BLOCK_M: tl.constex
     return expert, start, stop
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET"])
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET", "COLS_FASTEST"])
 @triton.jit
 def swiglu_kernel(
     x_ptr,  # [T, H] tokens
@@ -106,7 +106,7 @@ def swiglu_kernel(
     tl.store(out_ptr + out_offsets, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET"])
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET", "COLS_FASTEST"])
 @triton.jit
 def down_kernel(
     act_ptr,  # [A, F] sorted rows

@@ -176,8 +176,6 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     def _runs_fused(self, param: torch.Tensor) -> bool:
         """Whether this step updates ``param`` with the fused kernel; an error where it was asked for
         (``fused=True``) or promised (``defaults["fused"]``: found_inf, CUDA graphs) and cannot run."""
-        if self.fused is False or (self.fused is None and not TRITON_AVAILABLE):
-            return False
         local, grad = _local(param), _local(param.grad)
         if self._fusable(param) and grad.is_contiguous():
             return True
