@@ -1,4 +1,4 @@
-"""Microbenchmark of the fused routed-expert kernels at forecasting shapes (GPU only).
+"""Microbenchmark of the fused routed-expert kernels at forecasting shapes (on a GPU; --smoke: the CPU).
 
 The two Triton kernels of ``model/fused_moe.py`` took 32% of the base h 96 forecast's GPU time in
 session 11's profile (swiglu 42.4 ms, down 20.2 ms of 196). This times them, side by side in one run:
