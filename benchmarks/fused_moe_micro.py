@@ -120,7 +120,7 @@ def measure_case(case: dict, variants: dict, rows: list, lines: list, timer=time
             act = fused_moe.expert_swiglu(case["x_TH"], order_A, group_end_E, layer.w_gate_up_EGH, layer.top_k)
             config_swiglu = describe(kernels.swiglu_kernel.best_config)
             y = fused_moe.expert_down(act, order_A, group_end_E, layer.w_down_EHF, weights_A)
-            config_down = describe(kernels.down_kernel.best_config)
+            config_down = describe(kernels.rows_kernel.best_config)
             assert torch.allclose(act.float(), want_act.float(), rtol=2e-2, atol=2e-2), name
             assert torch.allclose(y.float(), want_y.float(), rtol=2e-2, atol=2e-2), name
             us_swiglu = timer(

@@ -613,6 +613,8 @@ EXTRA_TRAIN_VARIANTS = [
     # Session 13: the generated element-wise and reduction kernels (SwiGLU, norms, rotary, their backwards) tuned
     # one tile parameter at a time; session 7's autotune variant tuned GEMMs and pointwise tiles, not this.
     TrainVariant("compiled-model-coordesc+step-graph", False, "model-step-graph-coordesc", False, "auto"),
+    # Session 17: the routed experts through the fused Triton kernels forward and backward (fused_moe.routed_experts).
+    TrainVariant("compiled-model+step-graph+fused-moe", False, "model-step-graph", False, "fused"),
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
     # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).
@@ -631,6 +633,7 @@ PROFILED_TRAIN = {
     "compiled-model-coordesc+step-graph",
     "compiled-model+step-graph+one-qkv-gemm",
     "compiled-model+step-graph+candidate-aux",
+    "compiled-model+step-graph+fused-moe",
 }
 # At h 96 and h 720: 2 files more, within the device's 8 returned files for the base group. (Session 10's
 # profile of the three-q/k/v-GEMM variant is committed under results/raw/session10/call2/.)

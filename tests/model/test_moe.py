@@ -148,6 +148,78 @@ def test_fused_triton_experts_equal_the_loop_in_the_interpreter(tile_order):
     assert "max relative error" in done.stdout
 
 
+_INTERPRETED_FUSED_TRAINING_CHECK = """
+import sys
+
+import torch
+import triton.runtime.interpreter as interpreter
+from timemoe_forecaster import TimeMoEConfig
+from timemoe_forecaster.model import fused_moe
+from timemoe_forecaster.model.moe import SparseExpertsLayer, route
+
+_patch = interpreter._patch_lang_tensor
+
+
+def _patch_with_loop_bounds(tensor, scope):
+    # triton 3.6's interpreter holds scalars derived from program ids as 1-element arrays, which ``range``
+    # refuses as loop bounds (the weight-gradient kernel's bounds come from the group ends); compiled
+    # kernels have no such limit.
+    _patch(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+
+interpreter._patch_lang_tensor = _patch_with_loop_bounds
+top_k, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "split":
+    fused_moe._multiprocessors = lambda device: 64  # too few tiles: each expert's rows cut in shares
+torch.manual_seed(0)
+config = TimeMoEConfig.from_preset("tiny", hidden_size=200, intermediate_size=600, num_experts=5,
+                                   num_experts_per_tok=top_k)
+layer = SparseExpertsLayer(config, "loop")
+with torch.no_grad():
+    for p in layer.parameters():
+        p.normal_(0.0, 0.3)
+x = torch.randn(200, 200)
+weights, experts = route(torch.randn(200, 5), top_k)
+experts[experts == 3] = 4  # an expert with no token
+grad_out = torch.randn(200, 200)
+
+
+def forward_backward(path):
+    layer.zero_grad()
+    x_leaf, weights_leaf = x.clone().requires_grad_(), weights.clone().requires_grad_()
+    out = path(x_leaf, weights_leaf, experts)
+    (out * grad_out).sum().backward()
+    return [out, x_leaf.grad, weights_leaf.grad, layer.w_gate_up_EGH.grad, layer.w_down_EHF.grad]
+
+
+fused = torch.compile(layer._fused, fullgraph=True) if mode == "compiled" else layer._fused
+want = forward_backward(layer._loop)
+got = forward_backward(fused)
+for name, g, w in zip(["output", "x", "routing weights", "w_gate_up", "w_down"], got, want):
+    err = ((g - w).abs().max() / w.abs().max()).item()
+    assert err < 1e-5, (name, err)
+print("all within 1e-5")
+"""
+
+
+@pytest.mark.parametrize("top_k,mode", [(2, "eager"), (1, "eager"), (2, "split"), (2, "compiled")])
+def test_fused_triton_training_equals_the_loop_in_the_interpreter(top_k, mode):
+    """Forward and every gradient (input, routing weights, both expert weights) of the training kernels
+    against the loop's autograd; "split" cuts the weight gradients along the rows, "compiled" runs them
+    inside torch.compile (the step graph's set-up)."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-c", _INTERPRETED_FUSED_TRAINING_CHECK, str(top_k), mode]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "all within 1e-5" in done.stdout
+
+
 def test_fused_dispatch_is_refused_where_it_cannot_run():
     layer = make_layer("fused")
     with pytest.raises(RuntimeError, match="fused MoE dispatch"):
@@ -173,6 +245,37 @@ def test_fused_dispatch_equals_grouped_on_gpu(top_k):
         got, _ = fused(x)
     err = ((got.float() - want.float()).norm() / want.float().norm()).item()
     assert err < 1e-2, err  # bf16: the fused path rounds once, the grouped path three times
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_training_equals_grouped_on_gpu(compiled):
+    """bf16 forward and gradients of the fused training kernels against the grouped GEMMs, at the base
+    model's widths (autotuned tiles, several row buckets)."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    config = TimeMoEConfig.from_preset("base", num_hidden_layers=1)
+    grouped = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)
+    with torch.no_grad():
+        for p in grouped.parameters():
+            p.normal_(0.0, 0.05)
+    fused = SparseExpertsLayer(config, "fused").cuda().to(torch.bfloat16)
+    fused.load_state_dict(grouped.state_dict())
+    x = torch.randn(2, 3000, config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    grad_out = torch.randn_like(x)
+
+    def forward_backward(layer):
+        x_leaf = x.clone().requires_grad_()
+        run = torch.compile(layer) if compiled else layer
+        out, _ = run(x_leaf)
+        (out * grad_out).sum().backward()
+        return [out, x_leaf.grad] + [p.grad for p in layer.parameters()]
+
+    names = ["output", "x"] + [name for name, _ in grouped.named_parameters()]
+    for name, got, want in zip(names, forward_backward(fused), forward_backward(grouped)):
+        err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+        assert err < 2e-2, (name, err)  # bf16; the fused path rounds fewer intermediates
 
 
 def test_set_moe_dispatch_switches_every_layer_and_refuses_unknown_names():

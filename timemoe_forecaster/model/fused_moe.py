@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the routed experts at inference (no autograd).
+"""Fused Triton kernels for the routed experts, forward and backward.
 
 The grouped-GEMM path (``moe.SparseExpertsLayer._grouped``) makes five passes over the expert
 activations: gather the tokens, gate GEMM, up GEMM, SwiGLU, down GEMM, then a permutation back.
@@ -18,7 +18,13 @@ group is cut into tiles of ``BLOCK_M`` rows, which each program works out from t
 launched next to each other, so the gathered rows are read from HBM about once. Accumulation is fp32;
 the result is rounded once (the grouped path rounds the gate and up outputs before the SwiGLU).
 
-Both are ``torch.library`` custom ops so that ``torch.compile`` calls them as opaque kernels.
+For training, ``routed_experts`` runs the same two kernels unweighted (the caller weights and sums
+the k rows of a token, so autograd gives the routing weights' gradient), keeps gate and up for the
+backward, and has a backward of four kernels: the down projection's input gradient with the SwiGLU
+backward in its epilogue (the activation gradient is never written), the input gradient of gate and
+up written to the assignments' places, and each expert's two weight gradients as sums over its rows.
+
+All are ``torch.library`` custom ops so that ``torch.compile`` calls them as opaque kernels.
 Shape legend as in ``moe.py``: T tokens, H hidden, E experts, K top-k, F expert width, A = T·K.
 """
 
@@ -47,7 +53,7 @@ def _kernels():
             "model.set_moe_dispatch('grouped') to run the experts without them"
         ) from err
 
-    return triton, fused_moe_kernels.swiglu_kernel, fused_moe_kernels.down_kernel
+    return triton, fused_moe_kernels
 
 
 def _rows_bucket(rows: int) -> int:
@@ -61,7 +67,7 @@ COLS_FASTEST = True
 
 
 def launch_grid(triton, rows: int, cols: int, num_experts: int, cols_fastest: bool):
-    """The kernels' launch grid for ``rows`` sorted assignments and ``cols`` output columns."""
+    """The row kernels' launch grid for ``rows`` sorted assignments and ``cols`` output columns."""
 
     def grid(meta):
         # Cutting each group into tiles wastes at most one partial tile per expert.
@@ -70,6 +76,63 @@ def launch_grid(triton, rows: int, cols: int, num_experts: int, cols_fastest: bo
         return (row_tiles * col_tiles,) if cols_fastest else (row_tiles, col_tiles)
 
     return grid
+
+
+def _swiglu(x_TH, order_A, group_end_E, w_gate_up_EGH, top_k, save_gate_up: bool):
+    """[A, F] SwiGLU outputs of the sorted rows, and their [A, 2F] gate and up (None unless saved)."""
+    triton, kernels = _kernels()
+    e, g, h = w_gate_up_EGH.shape
+    a = order_A.shape[0]
+    act_AF = x_TH.new_empty(a, g // 2)
+    gate_up_AG = x_TH.new_empty(a, g) if save_gate_up else None
+    if a:
+        kernels.swiglu_kernel[launch_grid(triton, a, g // 2, e, COLS_FASTEST)](
+            x_TH.contiguous(), order_A, group_end_E, w_gate_up_EGH.contiguous(), act_AF,
+            act_AF if gate_up_AG is None else gate_up_AG, _rows_bucket(a),
+            H=h, F=g // 2, TOP_K=top_k, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST, SAVE_GATE_UP=save_gate_up,
+        )  # fmt: skip
+    return act_AF, gate_up_AG
+
+
+def _rows_times_expert(in_AK, order_A, group_end_E, w_EKN, weights_A=None, transposed=False):
+    """[A, N] in assignment order: each sorted row times its expert's matrix (``w_EKN`` [E, K, N], or
+    [E, N, K] used transposed), times its routing weight when ``weights_A`` is given."""
+    triton, kernels = _kernels()
+    e = w_EKN.shape[0]
+    n, k = w_EKN.shape[1:] if transposed else w_EKN.shape[2:0:-1]
+    a = order_A.shape[0]
+    out_AN = in_AK.new_empty(a, n)
+    if a:
+        kernels.rows_kernel[launch_grid(triton, a, n, e, COLS_FASTEST)](
+            in_AK.contiguous(), order_A, group_end_E, w_EKN.contiguous(),
+            in_AK if weights_A is None else weights_A.contiguous(), out_AN, _rows_bucket(a),
+            K=k, N=n, W_STRIDE_K=1 if transposed else n, W_STRIDE_N=k if transposed else 1,
+            NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST, WEIGHTED=weights_A is not None,
+        )  # fmt: skip
+    return out_AN
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def _weight_grad(left, right, order_A, group_end_E, left_div: int, right_div: int, dtype) -> torch.Tensor:
+    """[E, M, N]: for each expert, the sum over its sorted rows r of left[r]^T right[r] (rows picked as
+    ``weight_grad_kernel``'s LEFT_DIV / RIGHT_DIV say)."""
+    triton, kernels = _kernels()
+    e, m, n, a = group_end_E.shape[0], left.shape[1], right.shape[1], order_A.shape[0]
+    # Experts x 128-wide tiles is all the parallelism there is; when it is under two waves of the GPU, each
+    # expert's rows are cut in shares summed afterwards (fp32) rather than leave multiprocessors idle.
+    tiles = e * triton.cdiv(m, 128) * triton.cdiv(n, 128)
+    split = max(1, min(8, triton.cdiv(2 * _multiprocessors(left.device), tiles)))
+    out = left.new_empty(split, e, m, n, dtype=dtype if split == 1 else torch.float32)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), e, split)  # noqa: E731
+    kernels.weight_grad_kernel[grid](
+        left.contiguous(), right.contiguous(), order_A, group_end_E, out, _rows_bucket(max(a, 1)),
+        M=m, N=n, LEFT_DIV=left_div, RIGHT_DIV=right_div, NUM_EXPERTS=e, SPLIT=split,
+    )  # fmt: skip
+    return out[0] if split == 1 else out.sum(dim=0).to(dtype)
 
 
 @torch.library.custom_op("timemoe::expert_swiglu", mutates_args=())
@@ -83,18 +146,7 @@ def expert_swiglu(
     """silu(x W_gate^T) * (x W_up^T) per expert, for the token of each sorted assignment: [A, F].
 
     ``w_gate_up_EGH`` [E, 2F, H] holds each expert's gate rows, then its up rows."""
-    triton, swiglu_kernel, _ = _kernels()
-    x_TH = x_TH.contiguous()
-    e, g, h = w_gate_up_EGH.shape
-    f = g // 2
-    out_AF = torch.empty(order_A.shape[0], f, dtype=x_TH.dtype, device=x_TH.device)
-    if order_A.shape[0]:
-        swiglu_kernel[launch_grid(triton, order_A.shape[0], f, e, COLS_FASTEST)](
-            x_TH, order_A, group_end_E, w_gate_up_EGH.contiguous(), out_AF,
-            _rows_bucket(order_A.shape[0]),
-            H=h, F=f, TOP_K=top_k, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST,
-        )  # fmt: skip
-    return out_AF
+    return _swiglu(x_TH, order_A, group_end_E, w_gate_up_EGH, top_k, save_gate_up=False)[0]
 
 
 @expert_swiglu.register_fake
@@ -111,16 +163,7 @@ def expert_down(
     weights_A: torch.Tensor,
 ) -> torch.Tensor:
     """weight * (act W_down^T) per expert, each row written to its assignment's place: [A, H]."""
-    triton, _, down_kernel = _kernels()
-    e, h, f = w_down_EHF.shape
-    out_AH = torch.empty(order_A.shape[0], h, dtype=act_AF.dtype, device=act_AF.device)
-    if order_A.shape[0]:
-        down_kernel[launch_grid(triton, order_A.shape[0], h, e, COLS_FASTEST)](
-            act_AF.contiguous(), order_A, group_end_E, w_down_EHF.contiguous(), weights_A.contiguous(), out_AH,
-            _rows_bucket(order_A.shape[0]),
-            H=h, F=f, NUM_EXPERTS=e, COLS_FASTEST=COLS_FASTEST,
-        )  # fmt: skip
-    return out_AH
+    return _rows_times_expert(act_AF, order_A, group_end_E, w_down_EHF, weights_A, transposed=True)
 
 
 @expert_down.register_fake
@@ -128,8 +171,96 @@ def _(act_AF, order_A, group_end_E, w_down_EHF, weights_A):
     return act_AF.new_empty(order_A.shape[0], w_down_EHF.shape[1])
 
 
-def usable(x: torch.Tensor, *params: torch.Tensor) -> bool:
-    """Whether the kernels can run here: CUDA, no gradient wanted, triton present (the caller checks
-    that the matmuls run in one of ``FUSED_DTYPES``)."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-    return x.is_cuda and not needs_grad and TRITON_AVAILABLE
+@torch.library.custom_op("timemoe::experts_forward", mutates_args=())
+def experts_forward(
+    x_TH: torch.Tensor,
+    order_A: torch.Tensor,
+    group_end_E: torch.Tensor,
+    w_gate_up_EGH: torch.Tensor,
+    w_down_EHF: torch.Tensor,
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unweighted expert outputs in assignment order [A, H], with what the backward needs: the SwiGLU
+    outputs [A, F] and the gate and up outputs [A, 2F] of the sorted rows."""
+    act_AF, gate_up_AG = _swiglu(x_TH, order_A, group_end_E, w_gate_up_EGH, top_k, save_gate_up=True)
+    return _rows_times_expert(act_AF, order_A, group_end_E, w_down_EHF, transposed=True), act_AF, gate_up_AG
+
+
+@experts_forward.register_fake
+def _(x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, top_k):
+    a, (_, g, h) = order_A.shape[0], w_gate_up_EGH.shape
+    return x_TH.new_empty(a, h), x_TH.new_empty(a, g // 2), x_TH.new_empty(a, g)
+
+
+@torch.library.custom_op("timemoe::experts_backward", mutates_args=())
+def experts_backward(
+    grad_AH: torch.Tensor,
+    x_TH: torch.Tensor,
+    order_A: torch.Tensor,
+    group_end_E: torch.Tensor,
+    w_gate_up_EGH: torch.Tensor,
+    w_down_EHF: torch.Tensor,
+    act_AF: torch.Tensor,
+    gate_up_AG: torch.Tensor,
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of x [T, H], the gate-and-up weights [E, 2F, H] and the down weights [E, H, F], given the
+    gradient of ``experts_forward``'s unweighted outputs (assignment order)."""
+    triton, kernels = _kernels()
+    e, h, f = w_down_EHF.shape
+    a = order_A.shape[0]
+    grad_AH = grad_AH.contiguous()
+    grad_gate_up_AG = torch.empty_like(gate_up_AG)
+    if a:
+        kernels.swiglu_grad_kernel[launch_grid(triton, a, f, e, True)](
+            grad_AH, order_A, group_end_E, w_down_EHF.contiguous(), gate_up_AG.contiguous(), grad_gate_up_AG,
+            _rows_bucket(a), H=h, F=f, NUM_EXPERTS=e,
+        )  # fmt: skip
+    grad_x_AH = _rows_times_expert(grad_gate_up_AG, order_A, group_end_E, w_gate_up_EGH)
+    grad_x_TH = grad_x_AH.view(-1, top_k, h).sum(dim=1) if top_k > 1 else grad_x_AH
+    grad_w_down = _weight_grad(grad_AH, act_AF, order_A, group_end_E, 1, 0, w_down_EHF.dtype)
+    grad_w_gate_up = _weight_grad(grad_gate_up_AG, x_TH, order_A, group_end_E, 0, top_k, w_gate_up_EGH.dtype)
+    return grad_x_TH.to(x_TH.dtype), grad_w_gate_up, grad_w_down
+
+
+@experts_backward.register_fake
+def _(grad_AH, x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, act_AF, gate_up_AG, top_k):
+    return torch.empty_like(x_TH), torch.empty_like(w_gate_up_EGH), torch.empty_like(w_down_EHF)
+
+
+class _RoutedExperts(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, top_k):
+        y_AH, act_AF, gate_up_AG = experts_forward(x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, top_k)
+        ctx.save_for_backward(x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, act_AF, gate_up_AG)
+        ctx.top_k = top_k
+        return y_AH
+
+    @staticmethod
+    def backward(ctx, grad_AH):
+        grads = experts_backward(grad_AH, *ctx.saved_tensors, ctx.top_k)
+        grad_x, grad_w_gate_up, grad_w_down = grads
+        return grad_x, None, None, grad_w_gate_up, grad_w_down, None
+
+
+def routed_experts(
+    x_TH: torch.Tensor,
+    order_A: torch.Tensor,
+    group_end_E: torch.Tensor,
+    w_gate_up_EGH: torch.Tensor,
+    w_down_EHF: torch.Tensor,
+    top_k: int,
+) -> torch.Tensor:
+    """Unweighted expert outputs [A, H] in assignment order (token * K + slot), differentiable in x and
+    both weights: the training form of ``expert_swiglu`` + ``expert_down``."""
+    return _RoutedExperts.apply(x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, top_k)
+
+
+# Whether ``dispatch="auto"`` trains through ``routed_experts`` (an explicit "fused" always does).
+TRAIN_BY_DEFAULT = False
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernels can run here: CUDA and triton present (the caller checks that the matmuls run
+    in one of ``FUSED_DTYPES``)."""
+    return x.is_cuda and TRITON_AVAILABLE

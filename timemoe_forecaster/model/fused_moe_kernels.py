@@ -1,5 +1,11 @@
 """Triton kernels behind ``fused_moe`` (imported only where triton is installed).
 
+Forward: ``swiglu_kernel`` (gathered rows through an expert's gate and up projections and SwiGLU) and
+``rows_kernel`` (sorted rows through one expert matrix, written to their assignments' places), which
+also serves the backward's input gradient. Backward: ``swiglu_grad_kernel`` (the down projection's
+input gradient with the SwiGLU backward as its epilogue) and ``weight_grad_kernel`` (each expert's
+weight gradient, a sum over that expert's rows).
+
 Kernels are module-level functions because triton resolves the functions a kernel calls through
 its module's globals.
 """
@@ -59,20 +65,29 @@ def tile_of(pid_m, group_end_ptr, NUM_EXPERTS: tl.constexpr, BLOCK_M: tl.constex
     return expert, start, stop
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET", "COLS_FASTEST"])
+@triton.jit
+def load_rows(ptr, row_index, row_ok, WIDTH: tl.constexpr, cols, col_ok):
+    """Tile [len(row_index), len(cols)] of a row-major [*, WIDTH] matrix, zero where masked."""
+    offsets = row_index.to(tl.int64)[:, None] * WIDTH + cols[None, :]
+    return tl.load(ptr + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET", "COLS_FASTEST", "SAVE_GATE_UP"])
 @triton.jit
 def swiglu_kernel(
     x_ptr,  # [T, H] tokens
     order_ptr,  # [A] assignment index (token * K + slot) of each sorted row
     group_end_ptr,  # [E] end row of each expert's group
     w_gate_up_ptr,  # [E, 2F, H]: each expert's gate rows, then its up rows
-    out_ptr,  # [A, F]
+    out_ptr,  # [A, F] silu(gate) * up, sorted rows
+    gate_up_ptr,  # [A, 2F] gate, then up, before the SwiGLU (written only with SAVE_GATE_UP, for the backward)
     ROWS_BUCKET,  # power of two near A, for the autotuner alone: a prefill and a decode step differ
     H: tl.constexpr,
     F: tl.constexpr,
     TOP_K: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
     COLS_FASTEST: tl.constexpr,
+    SAVE_GATE_UP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -81,7 +96,7 @@ def swiglu_kernel(
     expert, start, stop = tile_of(row_tile, group_end_ptr, NUM_EXPERTS, BLOCK_M)
     rows = start + tl.arange(0, BLOCK_M)
     row_ok = rows < stop
-    token = (tl.load(order_ptr + rows, mask=row_ok, other=0) // TOP_K).to(tl.int64)
+    token = tl.load(order_ptr + rows, mask=row_ok, other=0) // TOP_K
     cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < F
     w_base = expert.to(tl.int64) * 2 * F * H
@@ -96,52 +111,157 @@ def swiglu_kernel(
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
-        a = tl.load(x_ptr + token[:, None] * H + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        a = load_rows(x_ptr, token, row_ok, H, ks, k_ok)
         w_offsets = w_base + w_rows[None, :] * H + ks[:, None]  # [BLOCK_K, 2 * BLOCK_N]: W^T
         w = tl.load(w_gate_up_ptr + w_offsets, mask=k_ok[:, None] & pair_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc)
     gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
     act = gate * tl.sigmoid(gate) * up
+    mask = row_ok[:, None] & col_ok[None, :]
     out_offsets = rows.to(tl.int64)[:, None] * F + cols[None, :]
-    tl.store(out_ptr + out_offsets, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(out_ptr + out_offsets, act.to(out_ptr.dtype.element_ty), mask=mask)
+    if SAVE_GATE_UP:
+        saved_offsets = rows.to(tl.int64)[:, None] * 2 * F + cols[None, :]
+        tl.store(gate_up_ptr + saved_offsets, gate.to(gate_up_ptr.dtype.element_ty), mask=mask)
+        tl.store(gate_up_ptr + saved_offsets + F, up.to(gate_up_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET", "COLS_FASTEST"])
+@triton.autotune(configs=CONFIGS, key=["K", "N", "W_STRIDE_K", "ROWS_BUCKET", "COLS_FASTEST", "WEIGHTED"])
 @triton.jit
-def down_kernel(
-    act_ptr,  # [A, F] sorted rows
+def rows_kernel(
+    in_ptr,  # [A, K] sorted rows
     order_ptr,  # [A]
     group_end_ptr,  # [E]
-    w_down_ptr,  # [E, H, F]
-    weight_ptr,  # [A] routing weight of each assignment, in assignment (token-major) order
-    out_ptr,  # [A, H] in assignment order
+    w_ptr,  # [E, K, N] or [E, N, K] (the strides say which)
+    weight_ptr,  # [A] routing weight of each assignment, in assignment (token-major) order (read if WEIGHTED)
+    out_ptr,  # [A, N] in assignment order
     ROWS_BUCKET,
-    H: tl.constexpr,
-    F: tl.constexpr,
+    K: tl.constexpr,
+    N: tl.constexpr,
+    W_STRIDE_K: tl.constexpr,  # N for an [E, K, N] weight (the input gradient), 1 for [E, N, K] (the forward)
+    W_STRIDE_N: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
     COLS_FASTEST: tl.constexpr,
+    WEIGHTED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    row_tile, col_tile = tile_coords(H, BLOCK_N, COLS_FASTEST)
+    """out[assignment of row] = (weight *) in[row] @ W[expert of row]: the down projection forward, and the
+    gate and up projections' input gradient in the backward."""
+    row_tile, col_tile = tile_coords(N, BLOCK_N, COLS_FASTEST)
     expert, start, stop = tile_of(row_tile, group_end_ptr, NUM_EXPERTS, BLOCK_M)
     rows = start + tl.arange(0, BLOCK_M)
     row_ok = rows < stop
     cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < H
-    w_base = expert.to(tl.int64) * H * F
+    col_ok = cols < N
+    w_base = expert.to(tl.int64) * K * N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, F, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < F
-        a_offsets = rows.to(tl.int64)[:, None] * F + ks[None, :]
-        a = tl.load(act_ptr + a_offsets, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w_offsets = w_base + cols[None, :] * F + ks[:, None]  # [BLOCK_K, BLOCK_N]: W^T
-        w = tl.load(w_down_ptr + w_offsets, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        k_ok = ks < K
+        a = load_rows(in_ptr, rows, row_ok, K, ks, k_ok)
+        w_offsets = w_base + ks[:, None] * W_STRIDE_K + cols[None, :] * W_STRIDE_N  # [BLOCK_K, BLOCK_N]
+        w = tl.load(w_ptr + w_offsets, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc)
     dest = tl.load(order_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    weight = tl.load(weight_ptr + dest, mask=row_ok, other=0.0).to(tl.float32)
-    out = acc * weight[:, None]
-    out_offsets = dest[:, None] * H + cols[None, :]
-    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    if WEIGHTED:
+        acc = acc * tl.load(weight_ptr + dest, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    out_offsets = dest[:, None] * N + cols[None, :]
+    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET"])
+@triton.jit
+def swiglu_grad_kernel(
+    grad_out_ptr,  # [A, H] gradient of the unweighted expert outputs, assignment order
+    order_ptr,  # [A]
+    group_end_ptr,  # [E]
+    w_down_ptr,  # [E, H, F]
+    gate_up_ptr,  # [A, 2F] sorted rows, saved by the forward
+    grad_gate_up_ptr,  # [A, 2F] sorted rows: gradient of gate, then of up
+    ROWS_BUCKET,
+    H: tl.constexpr,
+    F: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """grad_act = grad_out[assignment of row] @ W_down[expert], then through SwiGLU to gate and up, in
+    registers: the activation gradient is never written (the grouped path writes and re-reads it)."""
+    row_tile, col_tile = tile_coords(F, BLOCK_N, True)
+    expert, start, stop = tile_of(row_tile, group_end_ptr, NUM_EXPERTS, BLOCK_M)
+    rows = start + tl.arange(0, BLOCK_M)
+    row_ok = rows < stop
+    src = tl.load(order_ptr + rows, mask=row_ok, other=0)
+    cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < F
+    w_base = expert.to(tl.int64) * H * F
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        a = load_rows(grad_out_ptr, src, row_ok, H, ks, k_ok)
+        w_offsets = w_base + ks[:, None] * F + cols[None, :]  # [BLOCK_K, BLOCK_N]: W as stored
+        w = tl.load(w_down_ptr + w_offsets, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    gate = load_rows(gate_up_ptr, rows, row_ok, 2 * F, cols, col_ok).to(tl.float32)
+    up = load_rows(gate_up_ptr + F, rows, row_ok, 2 * F, cols, col_ok).to(tl.float32)
+    sig = tl.sigmoid(gate)
+    grad_gate = acc * up * sig * (1.0 + gate * (1.0 - sig))  # d silu(g) / dg = s (1 + g (1 - s))
+    grad_up = acc * gate * sig
+    mask = row_ok[:, None] & col_ok[None, :]
+    offsets = rows.to(tl.int64)[:, None] * 2 * F + cols[None, :]
+    tl.store(grad_gate_up_ptr + offsets, grad_gate.to(grad_gate_up_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_gate_up_ptr + offsets + F, grad_up.to(grad_gate_up_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=CONFIGS, key=["M", "N", "ROWS_BUCKET", "SPLIT"])
+@triton.jit
+def weight_grad_kernel(
+    left_ptr,  # [*, M]
+    right_ptr,  # [*, N]
+    order_ptr,  # [A]
+    group_end_ptr,  # [E]
+    out_ptr,  # [SPLIT, E, M, N]
+    ROWS_BUCKET,
+    M: tl.constexpr,
+    N: tl.constexpr,
+    LEFT_DIV: tl.constexpr,  # 0: row r of left is sorted row r; d > 0: it is row order[r] // d
+    RIGHT_DIV: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """out[split, e] = sum over a 1/SPLIT share of expert e's sorted rows r of left[r]^T right[r]: one
+    expert's weight gradient, cut along the rows when the experts alone give too few tiles to fill the GPU
+    (the caller sums the shares)."""
+    n_tiles: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    tile, expert, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ms = (tile // n_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ns = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = ms < M, ns < N
+    start = tl.where(expert > 0, tl.load(group_end_ptr + tl.maximum(expert - 1, 0)), 0).to(tl.int32)
+    stop = tl.load(group_end_ptr + expert).to(tl.int32)
+    share = tl.cdiv(tl.cdiv(stop - start, SPLIT), BLOCK_K) * BLOCK_K
+    lo = start + split * share
+    hi = tl.minimum(lo + share, stop)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(lo, hi, BLOCK_K):
+        rows = r0 + tl.arange(0, BLOCK_K)
+        row_ok = rows < hi
+        left_rows = rows
+        if LEFT_DIV:
+            left_rows = tl.load(order_ptr + rows, mask=row_ok, other=0) // LEFT_DIV
+        right_rows = rows
+        if RIGHT_DIV:
+            right_rows = tl.load(order_ptr + rows, mask=row_ok, other=0) // RIGHT_DIV
+        left = load_rows(left_ptr, left_rows, row_ok, M, ms, m_ok)  # [BLOCK_K, BLOCK_M]
+        right = load_rows(right_ptr, right_rows, row_ok, N, ns, n_ok)  # [BLOCK_K, BLOCK_N]
+        acc = tl.dot(tl.trans(left), right, acc)
+    out_base = (split * NUM_EXPERTS + expert).to(tl.int64) * M * N
+    offsets = out_base + ms.to(tl.int64)[:, None] * N + ns[None, :]
+    tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])

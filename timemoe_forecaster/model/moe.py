@@ -7,8 +7,9 @@ by side so that both are one GEMM; ``checkpoint.py`` maps them to and from the o
 
 Three dispatch paths compute the same function: ``loop`` (one matmul per expert, the readable
 reference), ``grouped`` (tokens sorted by expert, ``torch._grouped_mm`` over the groups) and, for
-inference on CUDA in bf16/fp16, ``fused`` (two Triton kernels, ``fused_moe.py``). ``auto`` picks
-fused when it can run, else grouped when it can, else loop.
+CUDA in bf16/fp16, ``fused`` (Triton kernels, ``fused_moe.py``: two forward, four backward). ``auto``
+picks fused when it can run (for training only if ``fused_moe.TRAIN_BY_DEFAULT``), else grouped when it
+can, else loop.
 
 Shape legend: T tokens (B·S), H hidden, E experts, K top-k, F expert width, G = 2F (gate and up),
 A = T·K assignments.
@@ -147,15 +148,15 @@ class SparseExpertsLayer(nn.Module):
         if self.dispatch not in ("auto", "fused"):
             return False
         ok = (
-            self.hidden_act == "silu"
-            and compute_dtype in fused_moe.FUSED_DTYPES
-            and fused_moe.usable(x_TH, self.w_gate_up_EGH, self.w_down_EHF)
+            self.hidden_act == "silu" and compute_dtype in fused_moe.FUSED_DTYPES and fused_moe.usable(x_TH)
         )  # checked on the dtype the matmuls run in, as for the grouped path
         if self.dispatch == "fused" and not ok:
-            raise RuntimeError(
-                "fused MoE dispatch needs CUDA, triton, bf16/fp16, SiLU experts and no gradient (inference)"
-            )
-        return ok
+            raise RuntimeError("fused MoE dispatch needs CUDA, triton, bf16/fp16 and SiLU experts")
+        return ok and (self.dispatch == "fused" or fused_moe.TRAIN_BY_DEFAULT or not self._needs_grad(x_TH))
+
+    def _needs_grad(self, x_TH: torch.Tensor) -> bool:
+        wanted = x_TH.requires_grad or self.w_gate_up_EGH.requires_grad or self.w_down_EHF.requires_grad
+        return torch.is_grad_enabled() and wanted
 
     def _use_grouped(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
         if self.dispatch == "loop":
@@ -202,10 +203,14 @@ class SparseExpertsLayer(nn.Module):
         return order_A, torch.searchsorted(sorted_A, expert_ids_E, right=True).to(torch.int32)
 
     def _fused(self, x_TH, weights_TK, experts_TK) -> torch.Tensor:
-        """The grouped path's function in two Triton kernels (``fused_moe``): SwiGLU experts on gathered
-        rows, then the down projection written weighted to token order; each token sums its k rows."""
+        """The grouped path's function in Triton kernels (``fused_moe``): SwiGLU experts on gathered rows,
+        then the down projection written to token order; each token sums its k weighted rows."""
         order_A, offsets_E = self._sort_by_expert(experts_TK)
         w_gate_up, w_down = (w.to(x_TH.dtype) for w in (self.w_gate_up_EGH, self.w_down_EHF))
+        if self._needs_grad(x_TH):
+            y_AH = fused_moe.routed_experts(x_TH, order_A, offsets_E, w_gate_up, w_down, self.top_k)
+            y_TKH = y_AH.view(-1, self.top_k, y_AH.shape[-1])
+            return (y_TKH * weights_TK[..., None]).sum(dim=1).to(x_TH.dtype)  # as the grouped path's end
         act_AF = fused_moe.expert_swiglu(x_TH, order_A, offsets_E, w_gate_up, self.top_k)
         y_AH = fused_moe.expert_down(act_AF, order_A, offsets_E, w_down, weights_TK.reshape(-1))
         return y_AH.view(-1, self.top_k, y_AH.shape[-1]).sum(dim=1)  # [T, H]
