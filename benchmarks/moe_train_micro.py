@@ -30,10 +30,13 @@ from timemoe_forecaster import TimeMoEConfig
 from timemoe_forecaster.model.moe import SparseExpertsLayer, route
 
 SHAPES = {"base": 4 * 4096, "large": 2 * 4096}  # tokens per training step (speed.py's train cases)
+# "balanced": a random router on random inputs (near-even groups); "two experts": every token to the same two,
+# which is how the randomly initialised base model routes in every layer (pointwise inputs look alike).
+ROUTINGS = ("balanced", "two experts")
 DISPATCHES = ("grouped", "fused")
 
 
-def make_case(size: str, tokens: int, seed: int = 0) -> dict:
+def make_case(size: str, tokens: int, routing: str, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     config = TimeMoEConfig.from_preset(size, num_hidden_layers=1)
     layer = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)
@@ -42,8 +45,11 @@ def make_case(size: str, tokens: int, seed: int = 0) -> dict:
             p.normal_(0.0, 0.02)
     x_TH = torch.randn(tokens, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     weights_TK, experts_TK = route(layer.gate(x_TH), config.num_experts_per_tok)
+    if routing == "two experts":  # as the randomly initialised models of speed.py route (every layer)
+        experts_TK = torch.arange(config.num_experts_per_tok, device="cuda").expand_as(experts_TK).contiguous()
     return {
         "size": size,
+        "routing": routing,
         "layer": layer,
         "x_TH": x_TH,
         "weights_TK": weights_TK.to(torch.bfloat16),
@@ -95,8 +101,8 @@ def main() -> None:
             "|---|---|---|---|---|---|",
         ],
     )
-    for size in args.sizes.split(","):
-        case = make_case(size, SHAPES[size])
+    for size, routing in [(size, routing) for size in args.sizes.split(",") for routing in ROUTINGS]:
+        case = make_case(size, SHAPES[size], routing)
         want = forward_backward(case, "grouped")
         for dispatch in DISPATCHES:
             got = forward_backward(case, dispatch)
@@ -104,10 +110,11 @@ def main() -> None:
             assert max(errors) < 2e-2, (size, dispatch, errors)
             us, kernels = device_time(lambda c=case, d=dispatch: forward_backward(c, d))
             wall_us = time_cuda(lambda c=case, d=dispatch: forward_backward(c, d), warmup=3, reps=20)["ms_median"] * 1e3
-            row = {"size": size, "tokens": SHAPES[size], "dispatch": dispatch, "device_us": us, "wall_us": wall_us,
-                   "tflops": case["flops"] / us / 1e6, "max_rel_err": max(errors), "kernels": kernels}  # fmt: skip
+            row = {"size": size, "routing": routing, "tokens": SHAPES[size], "dispatch": dispatch, "device_us": us,
+                   "wall_us": wall_us, "tflops": case["flops"] / us / 1e6, "max_rel_err": max(errors),
+                   "kernels": kernels}  # fmt: skip
             rows.append(row)
-            lines.append(f"| {size}, {SHAPES[size]} tokens | {dispatch} | {us:.0f} | {row['tflops']:.0f} | "
+            lines.append(f"| {size}, {SHAPES[size]} tokens, {routing} | {dispatch} | {us:.0f} | {row['tflops']:.0f} | "
                          f"{wall_us:.0f} | {max(errors):.1e} |")  # fmt: skip
             print(lines[-1], "\n   ", kernels, flush=True)
     (args.out / "moe_train_micro.json").write_text(json.dumps(rows, indent=1))

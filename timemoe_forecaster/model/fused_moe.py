@@ -112,6 +112,9 @@ def _rows_times_expert(in_AK, order_A, group_end_E, w_EKN, weights_A=None, trans
     return out_AN
 
 
+MIN_WEIGHT_GRAD_CHUNK = 256  # rows; shorter chunks would write more fp32 shares than they save in balance
+
+
 @functools.cache
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
@@ -122,17 +125,24 @@ def _weight_grad(left, right, order_A, group_end_E, left_div: int, right_div: in
     ``weight_grad_kernel``'s LEFT_DIV / RIGHT_DIV say)."""
     triton, kernels = _kernels()
     e, m, n, a = group_end_E.shape[0], left.shape[1], right.shape[1], order_A.shape[0]
-    # Experts x 128-wide tiles is all the parallelism there is; when it is under two waves of the GPU, each
-    # expert's rows are cut in shares summed afterwards (fp32) rather than leave multiprocessors idle.
-    tiles = e * triton.cdiv(m, 128) * triton.cdiv(n, 128)
-    split = max(1, min(8, triton.cdiv(2 * _multiprocessors(left.device), tiles)))
-    out = left.new_empty(split, e, m, n, dtype=dtype if split == 1 else torch.float32)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), e, split)  # noqa: E731
+    # Chunks short enough that two waves of 128-wide output tiles fill the GPU even when one expert holds
+    # every row; an expert of one chunk is written directly, longer ones go through fp32 shares.
+    tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+    chunk = tiles * a // (2 * _multiprocessors(left.device))
+    chunk = min(max(1 << max(chunk, 1).bit_length() - 1, MIN_WEIGHT_GRAD_CHUNK), 1 << 16)
+    chunks = triton.cdiv(a, chunk) + e  # as the row tiles: at most one partial chunk per expert
+    out = left.new_empty(e, m, n, dtype=dtype)
+    partial = left.new_empty(chunks, m, n, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), chunks)  # noqa: E731
     kernels.weight_grad_kernel[grid](
-        left.contiguous(), right.contiguous(), order_A, group_end_E, out, _rows_bucket(max(a, 1)),
-        M=m, N=n, LEFT_DIV=left_div, RIGHT_DIV=right_div, NUM_EXPERTS=e, SPLIT=split,
+        left.contiguous(), right.contiguous(), order_A, group_end_E, out, partial, _rows_bucket(max(a, 1)),
+        M=m, N=n, LEFT_DIV=left_div, RIGHT_DIV=right_div, NUM_EXPERTS=e, CHUNK=chunk,
     )  # fmt: skip
-    return out[0] if split == 1 else out.sum(dim=0).to(dtype)
+    block = 1024
+    kernels.weight_grad_sum_kernel[(triton.cdiv(m * n, block), e)](
+        partial, group_end_E, out, MN=m * n, NUM_EXPERTS=e, CHUNK=chunk, BLOCK=block
+    )
+    return out
 
 
 @torch.library.custom_op("timemoe::expert_swiglu", mutates_args=())

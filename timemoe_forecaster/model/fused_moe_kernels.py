@@ -217,40 +217,40 @@ def swiglu_grad_kernel(
     tl.store(grad_gate_up_ptr + offsets + F, grad_up.to(grad_gate_up_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=CONFIGS, key=["M", "N", "ROWS_BUCKET", "SPLIT"])
+@triton.autotune(configs=CONFIGS, key=["M", "N", "ROWS_BUCKET", "CHUNK"])
 @triton.jit
 def weight_grad_kernel(
     left_ptr,  # [*, M]
     right_ptr,  # [*, N]
     order_ptr,  # [A]
     group_end_ptr,  # [E]
-    out_ptr,  # [SPLIT, E, M, N]
+    out_ptr,  # [E, M, N]: written here for an expert whose rows fit in one chunk
+    partial_ptr,  # [chunks, M, N] fp32: one sum per chunk, for experts of several chunks
     ROWS_BUCKET,
     M: tl.constexpr,
     N: tl.constexpr,
     LEFT_DIV: tl.constexpr,  # 0: row r of left is sorted row r; d > 0: it is row order[r] // d
     RIGHT_DIV: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
-    SPLIT: tl.constexpr,
+    CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """out[split, e] = sum over a 1/SPLIT share of expert e's sorted rows r of left[r]^T right[r]: one
-    expert's weight gradient, cut along the rows when the experts alone give too few tiles to fill the GPU
-    (the caller sums the shares)."""
+    """Sum over one chunk of an expert's sorted rows r of left[r]^T right[r]: a share of that expert's weight
+    gradient. Chunks are cut in each group like the row tiles, CHUNK rows long, so the work spreads over the
+    GPU however the router splits the tokens (at random initialisation it sends nearly all to two experts)."""
     n_tiles: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
-    tile, expert, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tile, chunk = tl.program_id(0), tl.program_id(1)
+    expert, start, stop = tile_of(chunk, group_end_ptr, NUM_EXPERTS, CHUNK)
+    group_start = tl.where(expert > 0, tl.load(group_end_ptr + tl.maximum(expert - 1, 0)), 0).to(tl.int32)
+    chunks_of_expert = (stop - group_start + CHUNK - 1) // CHUNK
+    hi = tl.minimum(start + CHUNK, stop)
     ms = (tile // n_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
     ns = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = ms < M, ns < N
-    start = tl.where(expert > 0, tl.load(group_end_ptr + tl.maximum(expert - 1, 0)), 0).to(tl.int32)
-    stop = tl.load(group_end_ptr + expert).to(tl.int32)
-    share = tl.cdiv(tl.cdiv(stop - start, SPLIT), BLOCK_K) * BLOCK_K
-    lo = start + split * share
-    hi = tl.minimum(lo + share, stop)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r0 in range(lo, hi, BLOCK_K):
+    for r0 in range(start, hi, BLOCK_K):
         rows = r0 + tl.arange(0, BLOCK_K)
         row_ok = rows < hi
         left_rows = rows
@@ -262,6 +262,45 @@ def weight_grad_kernel(
         left = load_rows(left_ptr, left_rows, row_ok, M, ms, m_ok)  # [BLOCK_K, BLOCK_M]
         right = load_rows(right_ptr, right_rows, row_ok, N, ns, n_ok)  # [BLOCK_K, BLOCK_N]
         acc = tl.dot(tl.trans(left), right, acc)
-    out_base = (split * NUM_EXPERTS + expert).to(tl.int64) * M * N
-    offsets = out_base + ms.to(tl.int64)[:, None] * N + ns[None, :]
-    tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    used = start < stop  # the launch has a chunk or so per expert to spare
+    mask = m_ok[:, None] & n_ok[None, :] & used
+    offsets = ms.to(tl.int64)[:, None] * N + ns[None, :]
+    if chunks_of_expert == 1:
+        tl.store(out_ptr + expert.to(tl.int64) * M * N + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(partial_ptr + chunk.to(tl.int64) * M * N + offsets, acc, mask=mask)
+
+
+@triton.jit
+def weight_grad_sum_kernel(
+    partial_ptr,  # [chunks, M * N] fp32
+    group_end_ptr,  # [E]
+    out_ptr,  # [E, M * N]
+    MN: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """out[e] = the sum of expert e's chunk shares, in chunk order (deterministic), for experts of several
+    chunks; zero for an expert with no row; experts of one chunk were written by ``weight_grad_kernel``."""
+    block, expert = tl.program_id(0), tl.program_id(1)
+    first = expert * 0
+    count = expert * 0
+    chunks_before = expert * 0
+    group_start = expert * 0
+    for e in tl.static_range(NUM_EXPERTS):
+        group_end = tl.load(group_end_ptr + e).to(tl.int32)
+        n_chunks = (group_end - group_start + CHUNK - 1) // CHUNK
+        first = tl.where(expert == e, chunks_before, first)
+        count = tl.where(expert == e, n_chunks, count)
+        chunks_before += n_chunks
+        group_start = group_end
+    offsets = block * BLOCK + tl.arange(0, BLOCK)
+    ok = offsets < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    share_ptr = partial_ptr + first.to(tl.int64) * MN
+    for _ in range(0, count):
+        acc += tl.load(share_ptr + offsets, mask=ok, other=0.0)
+        share_ptr += MN
+    out_offsets = expert.to(tl.int64) * MN + offsets
+    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=ok & (count != 1))
