@@ -27,13 +27,15 @@ import torch
 
 from benchmarks.timing import time_cuda
 from timemoe_forecaster import TimeMoEConfig
+from timemoe_forecaster.model import fused_moe
 from timemoe_forecaster.model.moe import SparseExpertsLayer, route
 
 SHAPES = {"base": 4 * 4096, "large": 2 * 4096}  # tokens per training step (speed.py's train cases)
 # "balanced": a random router on random inputs (near-even groups); "two experts": every token to the same two,
 # which is how the randomly initialised base model routes in every layer (pointwise inputs look alike).
 ROUTINGS = ("balanced", "two experts")
-DISPATCHES = ("grouped", "fused")
+# "fused, prefetch": swiglu_grad_kernel loads gate and up ahead of its product (fused_moe.SWIGLU_GRAD_PREFETCH).
+DISPATCHES = ("grouped", "fused", "fused, prefetch")
 
 
 def make_case(size: str, tokens: int, routing: str, seed: int = 0) -> dict:
@@ -62,11 +64,12 @@ def make_case(size: str, tokens: int, routing: str, seed: int = 0) -> dict:
 def forward_backward(case: dict, dispatch: str):
     """One training pass of the routed experts; returns the output and the gradients it made."""
     layer = case["layer"]
-    layer.dispatch = dispatch
+    layer.dispatch = dispatch.split(",")[0]
+    fused_moe.SWIGLU_GRAD_PREFETCH = dispatch.endswith("prefetch")
     layer.zero_grad(set_to_none=True)
     x = case["x_TH"].detach().requires_grad_()
     weights = case["weights_TK"].detach().requires_grad_()
-    path = layer._fused if dispatch == "fused" else layer._grouped
+    path = layer._fused if layer.dispatch == "fused" else layer._grouped
     out = path(x, weights, case["experts_TK"])
     out.backward(case["grad_TH"])
     return [out, x.grad, weights.grad, layer.w_gate_up_EGH.grad, layer.w_down_EHF.grad]

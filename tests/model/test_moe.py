@@ -170,6 +170,7 @@ def _patch_with_loop_bounds(tensor, scope):
 
 interpreter._patch_lang_tensor = _patch_with_loop_bounds
 top_k, mode = int(sys.argv[1]), sys.argv[2]
+fused_moe.SWIGLU_GRAD_PREFETCH = mode == "prefetch"
 if mode == "chunks":  # weight gradients from several chunks per expert, summed by the second kernel
     fused_moe.MIN_WEIGHT_GRAD_CHUNK = 64
     fused_moe._multiprocessors = lambda device: 64
@@ -206,11 +207,12 @@ print("all within 1e-5")
 """
 
 
-@pytest.mark.parametrize("top_k,mode", [(2, "eager"), (1, "eager"), (2, "chunks"), (2, "compiled")])
+@pytest.mark.parametrize("top_k,mode", [(2, "eager"), (1, "eager"), (2, "chunks"), (2, "prefetch"), (2, "compiled")])
 def test_fused_triton_training_equals_the_loop_in_the_interpreter(top_k, mode):
     """Forward and every gradient (input, routing weights, both expert weights) of the training kernels
-    against the loop's autograd; "chunks" sums weight gradients over several row chunks per expert, "compiled" runs them
-    inside torch.compile (the step graph's set-up)."""
+    against the loop's autograd. "chunks" sums weight gradients over several row chunks per expert,
+    "prefetch" loads gate and up early in the SwiGLU gradient kernel, "compiled" runs them inside
+    torch.compile (the step graph's set-up)."""
     pytest.importorskip("triton")
     import os
     import subprocess

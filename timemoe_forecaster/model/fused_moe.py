@@ -112,6 +112,8 @@ def _rows_times_expert(in_AK, order_A, group_end_E, w_EKN, weights_A=None, trans
     return out_AN
 
 
+# Whether swiglu_grad_kernel loads gate and up before its product (benchmarks/moe_train_micro.py times both).
+SWIGLU_GRAD_PREFETCH = False
 MIN_WEIGHT_GRAD_CHUNK = 256  # rows; shorter chunks would write more fp32 shares than they save in balance
 
 
@@ -224,7 +226,7 @@ def experts_backward(
     if a:
         kernels.swiglu_grad_kernel[launch_grid(triton, a, f, e, True)](
             grad_AH, order_A, group_end_E, w_down_EHF.contiguous(), gate_up_AG.contiguous(), grad_gate_up_AG,
-            _rows_bucket(a), H=h, F=f, NUM_EXPERTS=e,
+            _rows_bucket(a), H=h, F=f, NUM_EXPERTS=e, PREFETCH=SWIGLU_GRAD_PREFETCH,
         )  # fmt: skip
     grad_x_AH = _rows_times_expert(grad_gate_up_AG, order_A, group_end_E, w_gate_up_EGH)
     grad_x_TH = grad_x_AH.view(-1, top_k, h).sum(dim=1) if top_k > 1 else grad_x_AH

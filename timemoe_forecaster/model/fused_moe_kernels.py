@@ -171,7 +171,7 @@ def rows_kernel(
     tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET"])
+@triton.autotune(configs=CONFIGS, key=["H", "F", "ROWS_BUCKET", "PREFETCH"])
 @triton.jit
 def swiglu_grad_kernel(
     grad_out_ptr,  # [A, H] gradient of the unweighted expert outputs, assignment order
@@ -184,6 +184,7 @@ def swiglu_grad_kernel(
     H: tl.constexpr,
     F: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
+    PREFETCH: tl.constexpr,  # load gate and up before the product, so their latency hides behind it
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -198,6 +199,9 @@ def swiglu_grad_kernel(
     cols = col_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < F
     w_base = expert.to(tl.int64) * H * F
+    if PREFETCH:
+        gate_in = load_rows(gate_up_ptr, rows, row_ok, 2 * F, cols, col_ok)
+        up_in = load_rows(gate_up_ptr + F, rows, row_ok, 2 * F, cols, col_ok)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -206,8 +210,10 @@ def swiglu_grad_kernel(
         w_offsets = w_base + ks[:, None] * F + cols[None, :]  # [BLOCK_K, BLOCK_N]: W as stored
         w = tl.load(w_down_ptr + w_offsets, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc)
-    gate = load_rows(gate_up_ptr, rows, row_ok, 2 * F, cols, col_ok).to(tl.float32)
-    up = load_rows(gate_up_ptr + F, rows, row_ok, 2 * F, cols, col_ok).to(tl.float32)
+    if not PREFETCH:
+        gate_in = load_rows(gate_up_ptr, rows, row_ok, 2 * F, cols, col_ok)
+        up_in = load_rows(gate_up_ptr + F, rows, row_ok, 2 * F, cols, col_ok)
+    gate, up = gate_in.to(tl.float32), up_in.to(tl.float32)
     sig = tl.sigmoid(gate)
     grad_gate = acc * up * sig * (1.0 + gate * (1.0 - sig))  # d silu(g) / dg = s (1 + g (1 - s))
     grad_up = acc * gate * sig
