@@ -231,6 +231,17 @@ def test_fused_dispatch_is_refused_where_it_cannot_run():
         layer(torch.randn(2, 3, layer.gate.in_features))  # CPU, fp32, gradient wanted
 
 
+def grouped_and_fused_layers(config):
+    """Two bf16 CUDA layers with the same random weights, one per dispatch."""
+    grouped = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)
+    with torch.no_grad():
+        for p in grouped.parameters():
+            p.normal_(0.0, 0.05)
+    fused = SparseExpertsLayer(config, "fused").cuda().to(torch.bfloat16)
+    fused.load_state_dict(grouped.state_dict())
+    return grouped, fused
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -238,12 +249,7 @@ def test_fused_dispatch_equals_grouped_on_gpu(top_k):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     config = TimeMoEConfig.from_preset("base", num_hidden_layers=1, num_experts_per_tok=top_k)
-    grouped = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)
-    with torch.no_grad():
-        for p in grouped.parameters():
-            p.normal_(0.0, 0.05)
-    fused = SparseExpertsLayer(config, "fused").cuda().to(torch.bfloat16)
-    fused.load_state_dict(grouped.state_dict())
+    grouped, fused = grouped_and_fused_layers(config)
     x = torch.randn(3, 1000, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         want, _ = grouped(x)
@@ -261,12 +267,7 @@ def test_fused_training_equals_grouped_on_gpu(compiled):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     config = TimeMoEConfig.from_preset("base", num_hidden_layers=1)
-    grouped = SparseExpertsLayer(config, "grouped").cuda().to(torch.bfloat16)
-    with torch.no_grad():
-        for p in grouped.parameters():
-            p.normal_(0.0, 0.05)
-    fused = SparseExpertsLayer(config, "fused").cuda().to(torch.bfloat16)
-    fused.load_state_dict(grouped.state_dict())
+    grouped, fused = grouped_and_fused_layers(config)
     x = torch.randn(2, 3000, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     grad_out = torch.randn_like(x)
 

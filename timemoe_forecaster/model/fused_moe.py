@@ -112,8 +112,9 @@ def _rows_times_expert(in_AK, order_A, group_end_E, w_EKN, weights_A=None, trans
     return out_AN
 
 
-# Whether swiglu_grad_kernel loads gate and up before its product (benchmarks/moe_train_micro.py times both).
-SWIGLU_GRAD_PREFETCH = False
+# Whether swiglu_grad_kernel loads gate and up before its product: 162 -> 148 us per call at the base model's
+# training shapes on an H200 (benchmarks/moe_train_micro.py, session 17 call 3; large's shapes not timed).
+SWIGLU_GRAD_PREFETCH = True
 MIN_WEIGHT_GRAD_CHUNK = 256  # rows; shorter chunks would write more fp32 shares than they save in balance
 
 
@@ -268,7 +269,9 @@ def routed_experts(
     return _RoutedExperts.apply(x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, top_k)
 
 
-# Whether ``dispatch="auto"`` trains through ``routed_experts`` (an explicit "fused" always does).
+# Whether ``dispatch="auto"`` trains through ``routed_experts`` (an explicit "fused" always does). Off: on an
+# H200 the fused step was 4.4% faster for base (expert width 768) but 8% slower for large (1536), where
+# torch._grouped_mm's CUTLASS kernels beat these Triton ones (docs/performance.md, session 17).
 TRAIN_BY_DEFAULT = False
 
 

@@ -170,7 +170,8 @@ class TimeMoEForPrediction(nn.Module):
 
     ``attn_backend``: "sdpa" (default), "eager", "varlen", "flex" or "flash_attn".
     ``moe_dispatch``: "auto" (fused Triton kernels for CUDA inference in bf16/fp16, else the grouped GEMM
-    where it runs, else the loop), "fused", "grouped" or "loop".
+    where it runs, else the loop), "fused" (the Triton kernels for training too: faster for base's narrow
+    experts, slower for large's, docs/performance.md), "grouped" or "loop".
     """
 
     def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:
