@@ -225,6 +225,19 @@ def test_fused_triton_training_equals_the_loop_in_the_interpreter(top_k, mode):
     assert "all within 1e-5" in done.stdout
 
 
+def test_a_trainable_router_alone_needs_the_experts_backward():
+    """The routing weights multiply the experts' outputs, so a trainable router needs the training kernels
+    even with x and the experts frozen (the inference kernels have no backward)."""
+    layer = make_layer("fused")
+    x = torch.randn(5, layer.gate.in_features)
+    layer.requires_grad_(False)
+    assert not layer._needs_grad(x)
+    layer.gate.weight.requires_grad_(True)
+    assert layer._needs_grad(x)
+    with torch.no_grad():
+        assert not layer._needs_grad(x)
+
+
 def test_fused_dispatch_is_refused_where_it_cannot_run():
     layer = make_layer("fused")
     with pytest.raises(RuntimeError, match="fused MoE dispatch"):

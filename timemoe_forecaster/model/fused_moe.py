@@ -113,13 +113,15 @@ def _rows_times_expert(in_AK, order_A, group_end_E, w_EKN, weights_A=None, trans
 
 
 # Whether swiglu_grad_kernel loads gate and up before its product: 162 -> 148 us per call at the base model's
-# training shapes on an H200 (benchmarks/moe_train_micro.py, session 17 call 3; large's shapes not timed).
+# training shapes on an H200, balanced routing, 160 -> 147 with two experts (benchmarks/moe_train_micro.py,
+# session 17 call 3; large's shapes not timed).
 SWIGLU_GRAD_PREFETCH = True
 MIN_WEIGHT_GRAD_CHUNK = 256  # rows; shorter chunks would write more fp32 shares than they save in balance
 
 
 @functools.cache
 def _multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 8 stands in for the CPU (triton's interpreter)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
@@ -233,7 +235,7 @@ def experts_backward(
     grad_x_TH = grad_x_AH.view(-1, top_k, h).sum(dim=1) if top_k > 1 else grad_x_AH
     grad_w_down = _weight_grad(grad_AH, act_AF, order_A, group_end_E, 1, 0, w_down_EHF.dtype)
     grad_w_gate_up = _weight_grad(grad_gate_up_AG, x_TH, order_A, group_end_E, 0, top_k, w_gate_up_EGH.dtype)
-    return grad_x_TH.to(x_TH.dtype), grad_w_gate_up, grad_w_down
+    return grad_x_TH, grad_w_gate_up, grad_w_down
 
 
 @experts_backward.register_fake
@@ -251,8 +253,7 @@ class _RoutedExperts(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_AH):
-        grads = experts_backward(grad_AH, *ctx.saved_tensors, ctx.top_k)
-        grad_x, grad_w_gate_up, grad_w_down = grads
+        grad_x, grad_w_gate_up, grad_w_down = experts_backward(grad_AH, *ctx.saved_tensors, ctx.top_k)
         return grad_x, None, None, grad_w_gate_up, grad_w_down, None
 
 

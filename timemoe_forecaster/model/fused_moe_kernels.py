@@ -223,6 +223,23 @@ def swiglu_grad_kernel(
     tl.store(grad_gate_up_ptr + offsets + F, grad_up.to(grad_gate_up_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def expert_chunks(expert, group_end_ptr, NUM_EXPERTS: tl.constexpr, CHUNK: tl.constexpr):
+    """Index of the first chunk of ``expert`` and how many it has, chunks cut as ``tile_of`` cuts tiles."""
+    first = expert * 0
+    count = expert * 0
+    chunks_before = expert * 0
+    group_start = expert * 0
+    for e in tl.static_range(NUM_EXPERTS):
+        group_end = tl.load(group_end_ptr + e).to(tl.int32)
+        n_chunks = (group_end - group_start + CHUNK - 1) // CHUNK
+        first = tl.where(expert == e, chunks_before, first)
+        count = tl.where(expert == e, n_chunks, count)
+        chunks_before += n_chunks
+        group_start = group_end
+    return first, count
+
+
 @triton.autotune(configs=CONFIGS, key=["M", "N", "ROWS_BUCKET", "CHUNK"])
 @triton.jit
 def weight_grad_kernel(
@@ -249,8 +266,7 @@ def weight_grad_kernel(
     n_tiles: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     tile, chunk = tl.program_id(0), tl.program_id(1)
     expert, start, stop = tile_of(chunk, group_end_ptr, NUM_EXPERTS, CHUNK)
-    group_start = tl.where(expert > 0, tl.load(group_end_ptr + tl.maximum(expert - 1, 0)), 0).to(tl.int32)
-    chunks_of_expert = (stop - group_start + CHUNK - 1) // CHUNK
+    _, chunks_of_expert = expert_chunks(expert, group_end_ptr, NUM_EXPERTS, CHUNK)
     hi = tl.minimum(start + CHUNK, stop)
     ms = (tile // n_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
     ns = (tile % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -290,17 +306,7 @@ def weight_grad_sum_kernel(
     """out[e] = the sum of expert e's chunk shares, in chunk order (deterministic), for experts of several
     chunks; zero for an expert with no row; experts of one chunk were written by ``weight_grad_kernel``."""
     block, expert = tl.program_id(0), tl.program_id(1)
-    first = expert * 0
-    count = expert * 0
-    chunks_before = expert * 0
-    group_start = expert * 0
-    for e in tl.static_range(NUM_EXPERTS):
-        group_end = tl.load(group_end_ptr + e).to(tl.int32)
-        n_chunks = (group_end - group_start + CHUNK - 1) // CHUNK
-        first = tl.where(expert == e, chunks_before, first)
-        count = tl.where(expert == e, n_chunks, count)
-        chunks_before += n_chunks
-        group_start = group_end
+    first, count = expert_chunks(expert, group_end_ptr, NUM_EXPERTS, CHUNK)
     offsets = block * BLOCK + tl.arange(0, BLOCK)
     ok = offsets < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)

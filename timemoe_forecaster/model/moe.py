@@ -155,8 +155,10 @@ class SparseExpertsLayer(nn.Module):
         return ok and (self.dispatch == "fused" or fused_moe.TRAIN_BY_DEFAULT or not self._needs_grad(x_TH))
 
     def _needs_grad(self, x_TH: torch.Tensor) -> bool:
-        wanted = x_TH.requires_grad or self.w_gate_up_EGH.requires_grad or self.w_down_EHF.requires_grad
-        return torch.is_grad_enabled() and wanted
+        """Whether autograd needs the routed experts' backward: the router counts too (its routing weights
+        multiply the experts' outputs), even when x and the experts are frozen."""
+        params = (self.gate.weight, self.w_gate_up_EGH, self.w_down_EHF)
+        return torch.is_grad_enabled() and (x_TH.requires_grad or any(p.requires_grad for p in params))
 
     def _use_grouped(self, x_TH: torch.Tensor, compute_dtype: torch.dtype) -> bool:
         if self.dispatch == "loop":
