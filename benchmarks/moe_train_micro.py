@@ -7,7 +7,12 @@ plus about 1.7 ms of SwiGLU passes and the gathers around them. This times one l
 large (batch 2 x 4096), for each dispatch:
 
 * ``grouped``: gather, grouped GEMMs, SwiGLU, grouped GEMM, permutation back, autograd's backward;
-* ``fused``: ``fused_moe.routed_experts``, two Triton kernels forward and four backward.
+* ``grouped, compiled``: the same under ``torch.compile`` (SwiGLU and its backward fused, as in the
+  compiled training step, which the eager row overstates);
+* ``fused``: ``fused_moe.routed_experts``, two Triton kernels forward and four backward;
+* ``fused, more tile shapes``: the same with ``EXTRA_CONFIGS`` added to the kernels' autotuning (session 18:
+  at large's widths the Triton kernels ran slower than torch._grouped_mm's CUTLASS ones); the configurations
+  picked are printed and saved.
 
 Every dispatch is first checked against ``grouped`` (output and all gradients, bf16 tolerance). Device
 time per pass comes from the profiler (the sum of the kernels, so host gaps do not count) with the
@@ -27,15 +32,53 @@ import torch
 
 from benchmarks.timing import time_cuda
 from timemoe_forecaster import TimeMoEConfig
-from timemoe_forecaster.model import fused_moe
 from timemoe_forecaster.model.moe import SparseExpertsLayer, route
 
 SHAPES = {"base": 4 * 4096, "large": 2 * 4096}  # tokens per training step (speed.py's train cases)
 # "balanced": a random router on random inputs (near-even groups); "two experts": every token to the same two,
 # which is how the randomly initialised base model routes in every layer (pointwise inputs look alike).
 ROUTINGS = ("balanced", "two experts")
-# "fused, prefetch": swiglu_grad_kernel loads gate and up ahead of its product (fused_moe.SWIGLU_GRAD_PREFETCH).
-DISPATCHES = ("grouped", "fused", "fused, prefetch")
+DISPATCHES = ("grouped", "grouped, compiled", "fused", "fused, more tile shapes")
+# Tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) tried on top of fused_moe_kernels.CONFIGS.
+EXTRA_CONFIGS = [
+    (128, 128, 64, 4, 4),
+    (128, 128, 64, 8, 4),
+    (128, 128, 64, 8, 5),
+    (256, 128, 64, 8, 3),
+    (128, 256, 64, 8, 4),
+    (64, 256, 64, 4, 4),
+    (256, 64, 64, 8, 4),
+    (128, 64, 128, 4, 3),
+]
+
+
+def tuned_kernels():
+    from timemoe_forecaster.model import fused_moe_kernels as kernels
+
+    names = ("swiglu_kernel", "rows_kernel", "swiglu_grad_kernel", "weight_grad_kernel")
+    return {name: getattr(kernels, name) for name in names}, kernels
+
+
+def set_tile_shapes(more: bool) -> None:
+    """The library's autotuning configurations, or those plus EXTRA_CONFIGS; earlier choices are forgotten."""
+    import triton
+
+    tuned, kernels = tuned_kernels()
+    extra = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+        for bm, bn, bk, w, st in EXTRA_CONFIGS
+    ]
+    for kernel in tuned.values():
+        kernel.configs = list(kernels.CONFIGS) + (extra if more else [])
+        kernel.cache.clear()
+
+
+def picked_tile_shapes() -> dict:
+    """Per kernel, the configuration the autotuner picked for each key it met."""
+    return {
+        name: {str(key): str(config) for key, config in kernel.cache.items()}
+        for name, kernel in tuned_kernels()[0].items()
+    }
 
 
 def make_case(size: str, tokens: int, routing: str, seed: int = 0) -> dict:
@@ -65,11 +108,12 @@ def forward_backward(case: dict, dispatch: str):
     """One training pass of the routed experts; returns the output and the gradients it made."""
     layer = case["layer"]
     layer.dispatch = dispatch.split(",")[0]
-    fused_moe.SWIGLU_GRAD_PREFETCH = dispatch.endswith("prefetch")
     layer.zero_grad(set_to_none=True)
     x = case["x_TH"].detach().requires_grad_()
     weights = case["weights_TK"].detach().requires_grad_()
     path = layer._fused if layer.dispatch == "fused" else layer._grouped
+    if dispatch.endswith("compiled"):
+        path = case.setdefault("compiled", torch.compile(layer._grouped, dynamic=False))
     out = path(x, weights, case["experts_TK"])
     out.backward(case["grad_TH"])
     return [out, x.grad, weights.grad, layer.w_gate_up_EGH.grad, layer.w_down_EHF.grad]
@@ -95,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", default="base,large")
+    parser.add_argument("--routings", default=",".join(ROUTINGS))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, lines = (
@@ -104,10 +149,13 @@ def main() -> None:
             "|---|---|---|---|---|---|",
         ],
     )
-    for size, routing in [(size, routing) for size in args.sizes.split(",") for routing in ROUTINGS]:
+    routings = args.routings.split(",")
+    for size, routing in [(size, routing) for size in args.sizes.split(",") for routing in routings]:
         case = make_case(size, SHAPES[size], routing)
         want = forward_backward(case, "grouped")
         for dispatch in DISPATCHES:
+            if dispatch.startswith("fused"):
+                set_tile_shapes(more=dispatch.endswith("more tile shapes"))
             got = forward_backward(case, dispatch)
             errors = [((g.float() - w.float()).norm() / w.float().norm()).item() for g, w in zip(got, want)]
             assert max(errors) < 2e-2, (size, dispatch, errors)
@@ -120,6 +168,9 @@ def main() -> None:
             lines.append(f"| {size}, {SHAPES[size]} tokens, {routing} | {dispatch} | {us:.0f} | {row['tflops']:.0f} | "
                          f"{wall_us:.0f} | {max(errors):.1e} |")  # fmt: skip
             print(lines[-1], "\n   ", kernels, flush=True)
+            if dispatch.startswith("fused"):
+                row["tile_shapes"] = picked_tile_shapes()
+                print("    tile shapes:", row["tile_shapes"], flush=True)
     (args.out / "moe_train_micro.json").write_text(json.dumps(rows, indent=1))
     (args.out / "moe_train_micro.md").write_text("\n".join(lines) + "\n")
 

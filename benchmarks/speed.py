@@ -615,6 +615,8 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model-coordesc+step-graph", False, "model-step-graph-coordesc", False, "auto"),
     # Session 17: the routed experts through the fused Triton kernels forward and backward (fused_moe.routed_experts).
     TrainVariant("compiled-model+step-graph+fused-moe", False, "model-step-graph", False, "fused"),
+    # Session 18: the grouped GEMMs whatever the width, the A/B of auto's width rule (fused_moe.TRAIN_MAX_EXPERT_SIZE).
+    TrainVariant("compiled-model+step-graph+grouped-moe", False, "model-step-graph", False, "grouped"),
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
     # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).

@@ -270,10 +270,11 @@ def routed_experts(
     return _RoutedExperts.apply(x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, top_k)
 
 
-# Whether ``dispatch="auto"`` trains through ``routed_experts`` (an explicit "fused" always does). Off: on an
-# H200 the fused step was 4.4% faster for base (expert width 768) but 8% slower for large (1536), where
-# torch._grouped_mm's CUTLASS kernels beat these Triton ones (docs/performance.md, session 17).
-TRAIN_BY_DEFAULT = False
+# The widest experts (F) that ``dispatch="auto"`` trains through ``routed_experts``; an explicit "fused" always
+# does. On an H200 the fused step was faster for base (F = 768: +4.4% in session 17, sessions 17-18 in
+# docs/performance.md) but 8% slower for large (F = 1536), where torch._grouped_mm's CUTLASS kernels beat these
+# Triton ones. Wider experts (large, ultra) train through the grouped GEMMs.
+TRAIN_MAX_EXPERT_SIZE = 1024
 
 
 def usable(x: torch.Tensor) -> bool:

@@ -169,9 +169,10 @@ class TimeMoEForPrediction(nn.Module):
     """Time-MoE with one linear forecast head per horizon length.
 
     ``attn_backend``: "sdpa" (default), "eager", "varlen", "flex" or "flash_attn".
-    ``moe_dispatch``: "auto" (fused Triton kernels for CUDA inference in bf16/fp16, else the grouped GEMM
-    where it runs, else the loop), "fused" (the Triton kernels for training too: faster for base's narrow
-    experts, slower for large's, docs/performance.md), "grouped" or "loop".
+    ``moe_dispatch``: "auto" (fused Triton kernels on CUDA in bf16/fp16 for inference, and for training when
+    the experts are at most ``fused_moe.TRAIN_MAX_EXPERT_SIZE`` wide; else the grouped GEMM where it runs, else
+    the loop), "fused" (the Triton kernels whatever the width: faster for base's experts, slower for large's,
+    docs/performance.md), "grouped" or "loop".
     """
 
     def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:

@@ -8,8 +8,8 @@ by side so that both are one GEMM; ``checkpoint.py`` maps them to and from the o
 Three dispatch paths compute the same function: ``loop`` (one matmul per expert, the readable
 reference), ``grouped`` (tokens sorted by expert, ``torch._grouped_mm`` over the groups) and, for
 CUDA in bf16/fp16, ``fused`` (Triton kernels, ``fused_moe.py``: two forward, four backward). ``auto``
-picks fused when it can run (for training only if ``fused_moe.TRAIN_BY_DEFAULT``), else grouped when it
-can, else loop.
+picks fused when it can run (for training only for experts at most ``fused_moe.TRAIN_MAX_EXPERT_SIZE`` wide),
+else grouped when it can, else loop.
 
 Shape legend: T tokens (B·S), H hidden, E experts, K top-k, F expert width, G = 2F (gate and up),
 A = T·K assignments.
@@ -152,7 +152,8 @@ class SparseExpertsLayer(nn.Module):
         )  # checked on the dtype the matmuls run in, as for the grouped path
         if self.dispatch == "fused" and not ok:
             raise RuntimeError("fused MoE dispatch needs CUDA, triton, bf16/fp16 and SiLU experts")
-        return ok and (self.dispatch == "fused" or fused_moe.TRAIN_BY_DEFAULT or not self._needs_grad(x_TH))
+        narrow = self.w_down_EHF.shape[2] <= fused_moe.TRAIN_MAX_EXPERT_SIZE
+        return ok and (self.dispatch == "fused" or narrow or not self._needs_grad(x_TH))
 
     def _needs_grad(self, x_TH: torch.Tensor) -> bool:
         """Whether autograd needs the routed experts' backward: the router counts too (its routing weights
