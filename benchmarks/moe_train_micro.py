@@ -68,8 +68,9 @@ def set_tile_shapes(more: bool) -> None:
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
         for bm, bn, bk, w, st in EXTRA_CONFIGS
     ]
-    for kernel in tuned.values():
-        kernel.configs = list(kernels.CONFIGS) + (extra if more else [])
+    for name, kernel in tuned.items():
+        library = kernels.WEIGHT_GRAD_CONFIGS if name == "weight_grad_kernel" else kernels.CONFIGS
+        kernel.configs = list(library) + (extra if more else [])
         kernel.cache.clear()
 
 
