@@ -406,7 +406,7 @@ def train_case(runner: Runner, size, config, dtype_name, batch, make_ref, make_o
         del opt, fn, ref
         free_memory()
     for variant in variants:
-        with forced_qkv_gemms(variant.qkv_gemms), swapped_aux_loss(variant.aux_loss):
+        with forced_qkv_gemms(variant.qkv_gemms), swapped_aux_loss(variant.aux_loss), forced_routing(variant.routing):
             train_variant(runner, size, variant, base, data, tokens, flops, make_ours)
 
 
@@ -518,6 +518,31 @@ def swapped_aux_loss(name: str):
         yield
 
 
+def balanced_route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``moe.route``'s outputs with the experts dealt round-robin (token t takes experts t*k .. t*k+k-1, modulo E):
+    every expert gets the same number of rows, as a trained, load-balanced router gives them. The weights are
+    the router's probabilities of those experts, so the router still gets a gradient."""
+    probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)  # [T, E]
+    t, e = probs.shape
+    slots = torch.arange(t, device=probs.device)[:, None] * top_k + torch.arange(top_k, device=probs.device)
+    experts = slots % e  # [T, K]
+    return probs.gather(-1, experts), experts
+
+
+@contextlib.contextmanager
+def forced_routing(name: str):
+    """A/B switch for the routing (session 18): "balanced" deals the experts round-robin (``balanced_route``);
+    "router" changes nothing. Randomly initialised models send nearly every token to two experts
+    (benchmarks/routing_balance.py), trained ones spread them."""
+    if name == "router":
+        yield
+        return
+    from timemoe_forecaster.model import moe
+
+    with swapped_attribute(moe, "route", {"balanced": balanced_route}[name]):
+        yield
+
+
 class InferVariant(NamedTuple):
     """A compiled-block forecasting set-up: MoE dispatch, ``forecast`` keyword arguments, whether a CUDA graph
     replays it, and how many GEMMs the q/k/v projection runs as (``forced_qkv_gemms``; None: the library's choice)."""
@@ -598,6 +623,7 @@ class TrainVariant(NamedTuple):
     attention: str = "sdpa"
     qkv_gemms: int | None = None  # ``forced_qkv_gemms``; None: the library's three
     aux_loss: str = "library"  # ``swapped_aux_loss``
+    routing: str = "router"  # ``forced_routing``
 
 
 TRAIN_VARIANTS = [
@@ -617,6 +643,18 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model+step-graph+fused-moe", False, "model-step-graph", False, "fused"),
     # Session 18: the grouped GEMMs whatever the width, the A/B of auto's width rule (fused_moe.TRAIN_MAX_EXPERT_SIZE).
     TrainVariant("compiled-model+step-graph+grouped-moe", False, "model-step-graph", False, "grouped"),
+    # The same A/B with the experts dealt evenly, as a trained router spreads the tokens (forced_routing).
+    TrainVariant(
+        "compiled-model+step-graph+balanced-routing", False, "model-step-graph", False, "auto", routing="balanced"
+    ),
+    TrainVariant(
+        "compiled-model+step-graph+grouped-moe+balanced-routing",
+        False,
+        "model-step-graph",
+        False,
+        "grouped",
+        routing="balanced",
+    ),  # fmt: skip
     # FlexAttention instead of SDPA (cuDNN on an H100/H200) for the causal rows.
     TrainVariant("compiled-model+step-graph+flex", False, "model-step-graph", False, "auto", attention="flex"),
     # Session 11's A/B: q/k/v as one GEMM in training too (the library runs three there).
