@@ -43,8 +43,8 @@ _HELP = {
     "model-cudagraphs (the same replayed as CUDA graphs: --no-pack or --attn-backend flex), "
     "model-step-graph (each whole step, AdamW included, one CUDA graph: one GPU, same shape rules), off",
     "attn_backend": "sdpa, eager, varlen (packed rows on CUDA), flex (packed rows, static shapes) or flash_attn",
-    "moe_dispatch": "auto, grouped, loop or fused (Triton kernels; in training faster for base-width experts, slower "
-    "for large's: docs/performance.md)",
+    "moe_dispatch": "auto (fused Triton kernels on CUDA; in training only for experts up to 1024 wide, as base's), "
+    "grouped, loop or fused (the kernels at any width: slower for large's experts, docs/performance.md)",
     "fsdp": "FSDP2 sharding under torchrun: true, false or auto (>= 1B parameters)",
     "device": "cpu, cuda or cuda:N (default: this process's GPU if any)",
     "save_every": "checkpoint every N steps (0 = only at the end)",

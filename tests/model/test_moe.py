@@ -187,11 +187,16 @@ experts[experts == 3] = 4  # an expert with no token
 if mode == "chunks":
     experts[:150] = torch.tensor([0, 1])  # skewed, as a router at random initialisation: 3 chunks each
 grad_out = torch.randn(200, 200)
+if mode == "frozen experts":  # e.g. fine-tuning around them: their weight gradients are never computed
+    layer.requires_grad_(False)
+weight_grads = []
+_weight_grad = fused_moe._weight_grad
+fused_moe._weight_grad = lambda *args: weight_grads.append(args[-1]) or _weight_grad(*args)
 
 
 def forward_backward(path):
     layer.zero_grad()
-    x_leaf, weights_leaf = x.clone().requires_grad_(), weights.clone().requires_grad_()
+    x_leaf, weights_leaf = x.clone().requires_grad_(mode != "frozen x"), weights.clone().requires_grad_()
     out = path(x_leaf, weights_leaf, experts)
     (out * grad_out).sum().backward()
     return [out, x_leaf.grad, weights_leaf.grad, layer.w_gate_up_EGH.grad, layer.w_down_EHF.grad]
@@ -201,18 +206,34 @@ fused = torch.compile(layer._fused, fullgraph=True) if mode == "compiled" else l
 want = forward_backward(layer._loop)
 got = forward_backward(fused)
 for name, g, w in zip(["output", "x", "routing weights", "w_gate_up", "w_down"], got, want):
+    if w is None:  # frozen: no gradient either way
+        assert g is None, name
+        continue
     err = ((g - w).abs().max() / w.abs().max()).item()
     assert err < 1e-5, (name, err)
+assert len(weight_grads) == (0 if mode == "frozen experts" else 2), weight_grads
 print("all within 1e-5")
 """
 
 
-@pytest.mark.parametrize("top_k,mode", [(2, "eager"), (1, "eager"), (2, "chunks"), (2, "prefetch"), (2, "compiled")])
+@pytest.mark.parametrize(
+    "top_k,mode",
+    [
+        (2, "eager"),
+        (1, "eager"),
+        (2, "chunks"),
+        (2, "prefetch"),
+        (2, "compiled"),
+        (2, "frozen experts"),
+        (2, "frozen x"),
+    ],
+)
 def test_fused_triton_training_equals_the_loop_in_the_interpreter(top_k, mode):
     """Forward and every gradient (input, routing weights, both expert weights) of the training kernels
     against the loop's autograd. "chunks" sums weight gradients over several row chunks per expert,
     "prefetch" loads gate and up early in the SwiGLU gradient kernel, "compiled" runs them inside
-    torch.compile (the step graph's set-up)."""
+    torch.compile (the step graph's set-up). "frozen experts" and "frozen x": only the gradients autograd
+    asks for are computed (no weight-gradient kernel for frozen experts)."""
     pytest.importorskip("triton")
     import os
     import subprocess

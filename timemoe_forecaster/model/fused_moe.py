@@ -218,29 +218,42 @@ def experts_backward(
     act_AF: torch.Tensor,
     gate_up_AG: torch.Tensor,
     top_k: int,
+    need_x: bool,
+    need_w_gate_up: bool,
+    need_w_down: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of x [T, H], the gate-and-up weights [E, 2F, H] and the down weights [E, H, F], given the
-    gradient of ``experts_forward``'s unweighted outputs (assignment order)."""
+    gradient of ``experts_forward``'s unweighted outputs (assignment order). A gradient not needed (frozen
+    experts, or an input that wants none) is not computed: an empty tensor stands in its place."""
     triton, kernels = _kernels()
     e, h, f = w_down_EHF.shape
     a = order_A.shape[0]
     grad_AH = grad_AH.contiguous()
-    grad_gate_up_AG = torch.empty_like(gate_up_AG)
-    if a:
-        kernels.swiglu_grad_kernel[launch_grid(triton, a, f, e, True)](
-            grad_AH, order_A, group_end_E, w_down_EHF.contiguous(), gate_up_AG.contiguous(), grad_gate_up_AG,
-            _rows_bucket(a), H=h, F=f, NUM_EXPERTS=e, PREFETCH=SWIGLU_GRAD_PREFETCH,
-        )  # fmt: skip
-    grad_x_AH = _rows_times_expert(grad_gate_up_AG, order_A, group_end_E, w_gate_up_EGH)
-    grad_x_TH = grad_x_AH.view(-1, top_k, h).sum(dim=1) if top_k > 1 else grad_x_AH
-    grad_w_down = _weight_grad(grad_AH, act_AF, order_A, group_end_E, 1, 0, w_down_EHF.dtype)
-    grad_w_gate_up = _weight_grad(grad_gate_up_AG, x_TH, order_A, group_end_E, 0, top_k, w_gate_up_EGH.dtype)
+    grad_x_TH, grad_w_gate_up, grad_w_down = (x_TH.new_empty(0) for _ in range(3))  # distinct: outputs never alias
+    if need_x or need_w_gate_up:
+        grad_gate_up_AG = torch.empty_like(gate_up_AG)
+        if a:
+            kernels.swiglu_grad_kernel[launch_grid(triton, a, f, e, True)](
+                grad_AH, order_A, group_end_E, w_down_EHF.contiguous(), gate_up_AG.contiguous(), grad_gate_up_AG,
+                _rows_bucket(a), H=h, F=f, NUM_EXPERTS=e, PREFETCH=SWIGLU_GRAD_PREFETCH,
+            )  # fmt: skip
+        if need_x:
+            grad_x_AH = _rows_times_expert(grad_gate_up_AG, order_A, group_end_E, w_gate_up_EGH)
+            grad_x_TH = grad_x_AH.view(-1, top_k, h).sum(dim=1) if top_k > 1 else grad_x_AH
+        if need_w_gate_up:
+            grad_w_gate_up = _weight_grad(grad_gate_up_AG, x_TH, order_A, group_end_E, 0, top_k, w_gate_up_EGH.dtype)
+    if need_w_down:
+        grad_w_down = _weight_grad(grad_AH, act_AF, order_A, group_end_E, 1, 0, w_down_EHF.dtype)
     return grad_x_TH, grad_w_gate_up, grad_w_down
 
 
 @experts_backward.register_fake
-def _(grad_AH, x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, act_AF, gate_up_AG, top_k):
-    return torch.empty_like(x_TH), torch.empty_like(w_gate_up_EGH), torch.empty_like(w_down_EHF)
+def _(grad_AH, x_TH, order_A, group_end_E, w_gate_up_EGH, w_down_EHF, act_AF, gate_up_AG, top_k, need_x,
+      need_w_gate_up, need_w_down):  # fmt: skip
+    def maybe(need: bool, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(like) if need else x_TH.new_empty(0)
+
+    return maybe(need_x, x_TH), maybe(need_w_gate_up, w_gate_up_EGH), maybe(need_w_down, w_down_EHF)
 
 
 class _RoutedExperts(torch.autograd.Function):
@@ -253,7 +266,10 @@ class _RoutedExperts(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_AH):
-        grad_x, grad_w_gate_up, grad_w_down = experts_backward(grad_AH, *ctx.saved_tensors, ctx.top_k)
+        need_x, _, _, need_w_gate_up, need_w_down, _ = ctx.needs_input_grad
+        needs = (need_x, need_w_gate_up, need_w_down)
+        grads = experts_backward(grad_AH, *ctx.saved_tensors, ctx.top_k, *needs)
+        grad_x, grad_w_gate_up, grad_w_down = (grad if need else None for grad, need in zip(grads, needs))
         return grad_x, None, None, grad_w_gate_up, grad_w_down, None
 
 
