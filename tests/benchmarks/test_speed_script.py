@@ -105,3 +105,34 @@ def test_aux_loss_switch_runs_the_candidate_in_the_model_loss_with_the_same_valu
     assert calls == [1]
     assert modeling.load_balancing_loss is library
     torch.testing.assert_close(swapped_loss, default_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_balanced_routing_switch_deals_every_expert_the_same_rows_inside_the_model_and_restores():
+    from timemoe_forecaster.model import moe
+
+    model = make_model()
+    top_k, num_experts = model.config.num_experts_per_tok, model.config.num_experts
+    batch = speed.random_batch(2, 32, "cpu", torch.float32)
+    chosen = []
+    hooks = [
+        layer.ffn_layer.gate.register_forward_hook(lambda mod, inp, out: chosen.append(moe.route(out, top_k)))
+        for layer in model.model.layers
+    ]
+    library = moe.route
+    with torch.no_grad():
+        router_loss = speed.ours_loss(model, batch)
+    chosen.clear()
+    with speed.forced_routing("balanced"):
+        loss = speed.ours_loss(model, batch)
+        loss.backward()
+    assert moe.route is library
+    assert not torch.allclose(loss, router_loss)  # the layers took the dealt experts, not the router's
+    for hook in hooks:
+        hook.remove()
+    assert len(chosen) == len(model.model.layers)
+    for weights_TK, experts_TK in chosen:
+        counts = torch.bincount(experts_TK.reshape(-1), minlength=num_experts)
+        assert counts.max() - counts.min() <= 1  # 2 x 32 tokens x k slots dealt round-robin
+        assert (experts_TK[:, 0] != experts_TK[:, -1]).all() or top_k == 1  # k distinct experts per token
+        assert weights_TK.shape == experts_TK.shape and (weights_TK > 0).all()
+    assert model.model.layers[0].ffn_layer.gate.weight.grad is not None  # the router still learns
