@@ -259,15 +259,15 @@ def test_a_trainable_router_alone_needs_the_experts_backward():
         assert not layer._needs_grad(x)
 
 
-@pytest.mark.parametrize("expert_size, trains_fused", [(768, True), (1536, False)])
-def test_auto_trains_narrow_experts_through_the_fused_kernels(monkeypatch, expert_size, trains_fused):
+@pytest.mark.parametrize("preset, trains_fused", [("base", True), ("large", False), ("ultra", False)])
+def test_auto_trains_narrow_experts_through_the_fused_kernels(monkeypatch, preset, trains_fused):
     """``auto`` takes the fused kernels for inference at any width, for training only up to
-    TRAIN_MAX_EXPERT_SIZE (they beat the grouped GEMMs at base's width, not at large's)."""
+    TRAIN_MAX_EXPERT_SIZE: they beat the grouped GEMMs at base's expert width, not at large's."""
     from timemoe_forecaster.model import fused_moe
 
     monkeypatch.setattr(fused_moe, "usable", lambda x: True)  # as on a CUDA machine with triton
-    assert fused_moe.TRAIN_MAX_EXPERT_SIZE == 1024
-    layer = make_layer("auto", intermediate_size=2 * expert_size, num_experts_per_tok=2)
+    expert_size = TimeMoEConfig.from_preset(preset).expert_size
+    layer = make_layer("auto", intermediate_size=2 * expert_size, num_experts_per_tok=2)  # tiny, that wide
     assert layer.w_down_EHF.shape[2] == expert_size
     x = torch.randn(5, layer.gate.in_features)
     assert layer._use_fused(x, torch.bfloat16) is trains_fused
