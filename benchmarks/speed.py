@@ -643,6 +643,9 @@ EXTRA_TRAIN_VARIANTS = [
     TrainVariant("compiled-model+step-graph+fused-moe", False, "model-step-graph", False, "fused"),
     # Session 18: the grouped GEMMs whatever the width, the A/B of auto's width rule (fused_moe.TRAIN_MAX_EXPERT_SIZE).
     TrainVariant("compiled-model+step-graph+grouped-moe", False, "model-step-graph", False, "grouped"),
+    # Session 19: the same A/B without torch.compile (the trainer's default), where every kernel is launched
+    # from Python: "eager" takes auto's fused kernels for base.
+    TrainVariant("eager+grouped-moe", False, None, False, "grouped"),
     # The same A/B with the experts dealt evenly, as a trained router spreads the tokens (forced_routing).
     TrainVariant(
         "compiled-model+step-graph+balanced-routing", False, "model-step-graph", False, "auto", routing="balanced"
@@ -674,6 +677,7 @@ PROFILED_TRAIN = {
     "compiled-model+step-graph+one-qkv-gemm",
     "compiled-model+step-graph+candidate-aux",
     "compiled-model+step-graph+fused-moe",
+    "compiled-model+step-graph+grouped-moe",
 }
 # At h 96 and h 720: 2 files more, within the device's 8 returned files for the base group. (Session 10's
 # profile of the three-q/k/v-GEMM variant is committed under results/raw/session10/call2/.)
