@@ -9,7 +9,10 @@ large (batch 2 x 4096), for each dispatch:
 * ``grouped``: gather, grouped GEMMs, SwiGLU, grouped GEMM, permutation back, autograd's backward;
 * ``grouped, compiled``: the same under ``torch.compile`` (SwiGLU and its backward fused, as in the
   compiled training step, which the eager row overstates);
-* ``fused``: ``fused_moe.routed_experts``, two Triton kernels forward and four backward;
+* ``fused``: ``fused_moe.routed_experts``, two Triton kernels forward and four backward, eager (so the
+  weighted sum over k, its backward and the counting sort run as separate ATen kernels);
+* ``fused, compiled``: the same under ``torch.compile``, which fuses that glue as the compiled step does
+  (session 19: without this row the layer alone seemed to disagree with the whole steps);
 * ``fused, more tile shapes``: the same with ``EXTRA_CONFIGS`` added to the kernels' autotuning (session 18:
   at large's widths the Triton kernels ran slower than torch._grouped_mm's CUTLASS ones); the configurations
   picked are printed and saved.
@@ -38,7 +41,7 @@ SHAPES = {"base": 4 * 4096, "large": 2 * 4096}  # tokens per training step (spee
 # "balanced": a random router on random inputs (near-even groups); "two experts": every token to the same two,
 # which is how the randomly initialised base model routes in every layer (pointwise inputs look alike).
 ROUTINGS = ("balanced", "two experts")
-DISPATCHES = ("grouped", "grouped, compiled", "fused", "fused, more tile shapes")
+DISPATCHES = ("grouped", "grouped, compiled", "fused", "fused, compiled", "fused, more tile shapes")
 # Tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) tried on top of fused_moe_kernels.CONFIGS.
 EXTRA_CONFIGS = [
     (128, 128, 64, 4, 4),
@@ -102,7 +105,8 @@ def make_case(size: str, tokens: int, routing: str, seed: int = 0) -> dict:
         "experts_TK": experts_TK,
         "grad_TH": torch.randn_like(x_TH),
         # Wrapped once here (compiled on first call): wrapping on every pass would add host time to the wall timings.
-        "grouped_compiled": torch.compile(layer._grouped, dynamic=False),
+        "grouped, compiled": torch.compile(layer._grouped, dynamic=False),
+        "fused, compiled": torch.compile(layer._fused, dynamic=False),
         "flops": 3 * 2.0 * tokens * config.num_experts_per_tok * config.hidden_size * 3 * config.expert_size,
     }
 
@@ -114,8 +118,8 @@ def forward_backward(case: dict, dispatch: str):
     layer.zero_grad(set_to_none=True)
     x = case["x_TH"].detach().requires_grad_()
     weights = case["weights_TK"].detach().requires_grad_()
-    paths = {"grouped": layer._grouped, "grouped, compiled": case["grouped_compiled"]}
-    path = layer._fused if layer.dispatch == "fused" else paths[dispatch]
+    paths = {"grouped": layer._grouped, "fused": layer._fused, "fused, more tile shapes": layer._fused}
+    path = case[dispatch] if dispatch.endswith("compiled") else paths[dispatch]
     out = path(x, weights, case["experts_TK"])
     out.backward(case["grad_TH"])
     return [out, x.grad, weights.grad, layer.w_gate_up_EGH.grad, layer.w_down_EHF.grad]
@@ -142,6 +146,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", default="base,large")
     parser.add_argument("--routings", default=",".join(ROUTINGS))
+    parser.add_argument("--dispatches", default=";".join(DISPATCHES), help="';'-separated, from DISPATCHES")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, lines = (
@@ -151,11 +156,14 @@ def main() -> None:
             "|---|---|---|---|---|---|",
         ],
     )
-    routings = args.routings.split(",")
+    routings, dispatches = args.routings.split(","), args.dispatches.split(";")
+    unknown = set(dispatches) - set(DISPATCHES)
+    if unknown:
+        parser.error(f"unknown dispatches {sorted(unknown)}; choose from {DISPATCHES}")
     for size, routing in [(size, routing) for size in args.sizes.split(",") for routing in routings]:
         case = make_case(size, SHAPES[size], routing)
         want = forward_backward(case, "grouped")
-        for dispatch in DISPATCHES:
+        for dispatch in dispatches:
             if dispatch.startswith("fused"):
                 set_tile_shapes(more=dispatch.endswith("more tile shapes"))
             got = forward_backward(case, dispatch)

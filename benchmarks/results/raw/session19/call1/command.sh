@@ -3,7 +3,7 @@
 # (compile-once form), AdamW micro on large's parameters.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
-{ echo "commit $(git rev-parse HEAD 2>/dev/null || echo $COMMIT)"; nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader; } > $OUT/gpu.txt
+{ echo "commit $COMMIT"; nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader; } > $OUT/gpu.txt
 t0=$(date +%s)
 timeout 200 python3 -m pytest -v -m gpu tests/model/test_moe.py -p no:cacheprovider -rs 2>&1 \
   | grep -E "PASS|FAIL|ERROR|passed|failed|Error|assert" > $OUT/gpu_tests.log

@@ -3,7 +3,7 @@
 # with kernel profiles of both compiled steps.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
-{ echo "commit $(git rev-parse HEAD 2>/dev/null || echo $COMMIT)"; nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader; } > $OUT/gpu.txt
+{ echo "commit $COMMIT"; nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader; } > $OUT/gpu.txt
 t0=$(date +%s)
 mkdir -p $OUT/prof
 timeout 560 python3 benchmarks/speed.py --groups base-train --budget-s 550 --profile-dir $OUT/prof --profile-rows 60 \
