@@ -287,9 +287,10 @@ def routed_experts(
 
 
 # The widest experts (F) that ``dispatch="auto"`` trains through ``routed_experts``; an explicit "fused" always
-# does. Whole training steps on an H200 (docs/performance.md, sessions 17-18): for base (F = 768) 7.8% faster than
-# the grouped GEMMs with the randomly initialised router, as fast with balanced routing; for large (F = 1536) 8%
-# slower, where torch._grouped_mm's CUTLASS kernels beat these Triton ones. Wider experts take the grouped GEMMs.
+# does. Whole training steps on an H200 (docs/performance.md, sessions 17-19): for base (F = 768) 7.8-8.2% faster
+# than the grouped GEMMs with the randomly initialised router, as fast with balanced routing, and 17% faster in eager
+# steps (no torch.compile); for large (F = 1536) 8% slower, where torch._grouped_mm's CUTLASS kernels beat these
+# Triton ones. Wider experts take the grouped GEMMs.
 TRAIN_MAX_EXPERT_SIZE = 1024
 
 
