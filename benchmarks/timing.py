@@ -72,21 +72,15 @@ def time_cpu(fn: Callable[[], object], warmup: int, reps: int) -> dict:
     return {"ms_median": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "reps": reps}
 
 
-def matmul_peak_tflops(n: int = 8192, reps: int = 30, rounds: int = 3, warmup_s: float = 1.0) -> float:
-    """Measured bf16 ceiling: the best of ``rounds`` median rates of an n x n x n product on random data
-    (never zeros), after ``warmup_s`` seconds of back-to-back products.
+def matmul_peak_tflops(n: int = 8192, reps: int = 30) -> float:
+    """Measured bf16 ceiling: median rate of an n x n x n product on random data (never zeros).
 
-    Five warm-up products (session 20 and before) left the first measurement after a machine started
-    up to 6% below later ones (734 against 761-781 TFLOP/s on one H200), which inflated that group's MFU.
+    It moves by a few per cent between calls on one machine (session 20: 734-790 TFLOP/s on an H200); a
+    second of warm-up and the best of three medians did not narrow that, so MFU figures carry the noise.
     """
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < warmup_s:
-        for _ in range(10):
-            torch.mm(a, b)
-        torch.cuda.synchronize()
-    best_ms = min(time_cuda(lambda: torch.mm(a, b), warmup=1, reps=reps)["ms_median"] for _ in range(rounds))
-    return 2 * n**3 / (best_ms * 1e-3) / 1e12
+    stats = time_cuda(lambda: torch.mm(a, b), warmup=5, reps=reps)
+    return 2 * n**3 / (stats["ms_median"] * 1e-3) / 1e12
 
 
 def forecast_flops(config: TimeMoEConfig, batch: int, context: int, horizon: int) -> float:
