@@ -212,12 +212,31 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _update(self, y, X=None, update_params=True):
         """Extend the stored context with ``y`` (newer values win); the model is not retrained."""
-        new = checked_frame(y, require_points=False)
+        new = self._columns_as_fitted(checked_frame(y, require_points=False))
         merged = pd.concat([self._context, new])
         merged = merged[~merged.index.duplicated(keep="last")].sort_index()
         self._context = self._without_time_gaps(checked_frame(merged, copy=False))
         self._check_lengths()
         return self
+
+    def _columns_as_fitted(self, new: pd.DataFrame) -> pd.DataFrame:
+        """``update``'s data under the fitted data's column names.
+
+        A univariate series is the same variable whatever its name (sktime itself drops the name of a renamed
+        series). With several variables the new data may hold some of them (the others hold their last value);
+        a variable that fit did not see is dropped with a warning: it has no history to forecast from, and by
+        the time ``_update`` runs sktime has already moved the cutoff, so an error here would leave the context
+        behind the cutoff.
+        """
+        fitted = list(self._context.columns)
+        if list(new.columns) == fitted:
+            return new
+        if len(fitted) == 1 and len(new.columns) == 1:
+            return new.set_axis(fitted, axis=1)
+        unknown = [c for c in new.columns if c not in fitted]
+        if unknown:
+            log.warning("update's y has variable(s) %s that fit did not see (fitted on %s); ignored", unknown, fitted)
+        return new.drop(columns=unknown)
 
     def _without_time_gaps(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with NaN rows where its regular time index skips points (``fill_time_gaps``), with a warning."""

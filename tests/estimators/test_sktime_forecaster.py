@@ -477,3 +477,26 @@ def test_compiling_the_fitted_model_keeps_the_forecasts(checkpoint):
         uncompile_blocks(forecaster.model_)
     np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-4)
     assert got.index.equals(expected.index)
+
+
+def test_update_with_an_unnamed_series_extends_the_context(checkpoint):
+    # sktime drops the name of a renamed univariate series; the new points are the same variable.
+    y = load_airline()
+    f = forecaster(checkpoint).fit(y.iloc[:120])
+    f.update(pd.Series(y.iloc[120:].to_numpy(), index=y.index[120:]), update_params=False)
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), forecaster(checkpoint).fit(y).predict(fh=[1, 2]), rtol=1e-6)
+
+
+def test_update_of_some_variables_holds_the_others_and_ignores_unknown_ones(checkpoint, caplog):
+    y = load_airline()
+    both = pd.DataFrame({"a": y.to_numpy(), "b": y.to_numpy()[::-1].copy()}, index=y.index)
+    f = forecaster(checkpoint).fit(both.iloc[:140])
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.update(both.iloc[140:][["a"]].assign(c=1.0), update_params=False)
+    assert "['c']" in caplog.text and "ignored" in caplog.text
+    held = both.iloc[:144].copy()
+    held.loc[held.index[140:], "b"] = both["b"].iloc[139]  # b holds its last value
+    expected = forecaster(checkpoint).fit(held).predict(fh=[1, 2])
+    got = f.predict(fh=[1, 2])
+    assert list(got.columns) == ["a", "b"]
+    np.testing.assert_allclose(got[["a", "b"]], expected, rtol=1e-6)
