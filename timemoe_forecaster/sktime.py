@@ -367,8 +367,9 @@ class TimeMoEForecaster(BaseForecaster):
             return cutoff, fh
         times = self._context.index.get_level_values(-1)
         if self._context.index.nlevels > 1:
-            first = self._context.index.droplevel(-1)[0]
-            times = self._context.xs(first, level=list(range(self._context.index.nlevels - 1))).index
+            first = self._context.index.droplevel(-1)[0]  # a scalar for (instance, time), a tuple for deeper levels
+            key = first if isinstance(first, tuple) else (first,)
+            times = self._context.xs(key, level=list(range(self._context.index.nlevels - 1))).index
         freq = pd.infer_freq(times) if len(times) >= 3 else None
         if freq is None:
             raise ValueError(
