@@ -82,6 +82,29 @@ def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
     return (pd.concat(parts), added) if added else (frame, 0)
 
 
+def inferred_freq(frame: pd.DataFrame) -> str | None:
+    """The frequency of a DatetimeIndex time level that carries none, or None.
+
+    Inferred per instance, from the first one regular enough to tell: a panel's time level mixes its
+    instances' times, and one instance with skipped points must not hide the others' frequency.
+    """
+    times = frame.index.get_level_values(-1)
+    if not isinstance(times, pd.DatetimeIndex):
+        return None
+    if times.freq is not None:
+        return times.freqstr
+    if frame.index.nlevels == 1:
+        candidates = [times]
+    else:
+        candidates = (
+            g.index.get_level_values(-1) for _, g in frame.groupby(level=list(range(frame.index.nlevels - 1)))
+        )
+    for own in candidates:
+        if len(own) >= 3 and (freq := pd.infer_freq(own)) is not None:
+            return freq
+    return None
+
+
 def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
     """A validated float64 copy of ``y`` (numeric, no inf, at least 2 observations per series)."""
     if not isinstance(y, pd.DataFrame):

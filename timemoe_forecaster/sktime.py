@@ -16,7 +16,15 @@ from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
 
 from . import preprocess
 from .conformal import residual_offsets, rolling_residuals
-from .frames import checked_frame, fill_time_gaps, output_index, split_series, steps_between, to_rows
+from .frames import (
+    checked_frame,
+    fill_time_gaps,
+    inferred_freq,
+    output_index,
+    split_series,
+    steps_between,
+    to_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +195,8 @@ class TimeMoEForecaster(BaseForecaster):
     # sktime hooks -------------------------------------------------------------------------------
     def _pretrain(self, y, X=None, fh=None):
         """Train a private copy of the model on every series of the panel ``y``."""
-        frame = self._without_time_gaps(checked_frame(y))
+        frame = checked_frame(y)
+        frame = self._without_time_gaps(frame, inferred_freq(frame))
         self.pretrained_model_, self.pretrain_result_ = self._train(
             self._base_model(), frame, self._pretrain_settings()
         )
@@ -202,7 +211,10 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _fit(self, y, X=None, fh=None):
         """Store a copy of ``y`` as context; fine-tune a private copy of the model if asked to."""
-        self._context = self._without_time_gaps(checked_frame(y))
+        frame = checked_frame(y)
+        # Remembered for later updates: one that skips points in every instance leaves nothing to infer it from.
+        self._freq = inferred_freq(frame)
+        self._context = self._without_time_gaps(frame, self._freq)
         model = self._base_model()
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
@@ -215,7 +227,7 @@ class TimeMoEForecaster(BaseForecaster):
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
         merged = pd.concat([self._context, new])
         merged = merged[~merged.index.duplicated(keep="last")].sort_index()
-        self._context = self._without_time_gaps(checked_frame(merged, copy=False))
+        self._context = self._without_time_gaps(checked_frame(merged, copy=False), getattr(self, "_freq", None))
         self._check_lengths()
         return self
 
@@ -238,10 +250,13 @@ class TimeMoEForecaster(BaseForecaster):
             log.warning("update's y has variable(s) %s that fit did not see (fitted on %s); ignored", unknown, fitted)
         return new.drop(columns=unknown)
 
-    def _without_time_gaps(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``frame`` with NaN rows where its regular time index skips points (``fill_time_gaps``), with a warning."""
+    def _without_time_gaps(self, frame: pd.DataFrame, freq=None) -> pd.DataFrame:
+        """``frame`` with NaN rows where its regular time index skips points (``fill_time_gaps``), with a warning.
+
+        ``freq``: the time index's frequency where neither the index nor sktime's cutoff carries one (sktime
+        leaves it unset for panels of unequal length)."""
         cutoff = getattr(self, "_cutoff", None)  # its freq, when y's own DatetimeIndex has lost it
-        frame, added = fill_time_gaps(frame, freq=getattr(cutoff, "freq", None))
+        frame, added = fill_time_gaps(frame, freq=getattr(cutoff, "freq", None) or freq)
         if added:
             log.warning("y's time index skips %d point(s) of its frequency; they are treated as missing values", added)
         return frame
@@ -365,12 +380,7 @@ class TimeMoEForecaster(BaseForecaster):
         cutoff = self.cutoff
         if not isinstance(cutoff, pd.DatetimeIndex) or cutoff.freq is not None:
             return cutoff, fh
-        times = self._context.index.get_level_values(-1)
-        if self._context.index.nlevels > 1:
-            first = self._context.index.droplevel(-1)[0]  # a scalar for (instance, time), a tuple for deeper levels
-            key = first if isinstance(first, tuple) else (first,)
-            times = self._context.xs(key, level=list(range(self._context.index.nlevels - 1))).index
-        freq = pd.infer_freq(times) if len(times) >= 3 else None
+        freq = getattr(self, "_freq", None) or inferred_freq(self._context)
         if freq is None:
             raise ValueError(
                 "cannot infer the frequency of y's DatetimeIndex (irregular, or with skipped points); give y a "

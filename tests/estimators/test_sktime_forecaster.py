@@ -509,3 +509,44 @@ def test_update_of_some_variables_holds_the_others_and_ignores_unknown_ones(chec
     got = f.predict(fh=[1, 2])
     assert list(got.columns) == ["a", "b"]
     np.testing.assert_allclose(got[["a", "b"]], expected, rtol=1e-6)
+
+
+def hourly_panel(lengths, gap_in=None):
+    """(instance, time) panel with a DatetimeIndex of hourly points; ``gap_in`` skips two points of that instance."""
+    frames = []
+    for i, n in enumerate(lengths):
+        times = pd.date_range("2000-01-01", periods=n, freq="h")
+        values = np.sin(np.arange(n) / 3.0) + i
+        if i == gap_in:
+            times, values = times.delete([5, 6]), np.delete(values, [5, 6])
+        index = pd.MultiIndex.from_product([[f"s{i}"], times], names=["id", "t"])
+        frames.append(pd.DataFrame({"v": values}, index=index))
+    return pd.concat(frames)
+
+
+def test_ragged_datetime_panel_fills_skipped_points_at_fit(checkpoint, caplog):
+    # sktime gives a ragged panel a cutoff without freq; the frequency comes from the instances themselves.
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f = forecaster(checkpoint).fit(hourly_panel([30, 35, 40], gap_in=1))
+    assert "skips 2 point(s)" in caplog.text
+    filled = hourly_panel([30, 35, 40])
+    filled.loc[("s1", filled.loc["s1"].index[5:7]), "v"] = np.nan
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), forecaster(checkpoint).fit(filled).predict(fh=[1, 2]), rtol=1e-6)
+
+
+def test_update_after_a_gap_in_a_ragged_datetime_panel(checkpoint):
+    # Each instance gets one point an hour after the panel's last time: the shorter ones skip points to get there,
+    # so no instance's times stay regular; the frequency inferred at fit still places the forecasts.
+    y = hourly_panel([30, 35, 40])
+    f = forecaster(checkpoint).fit(y)
+    last = y.index.get_level_values(-1).max()
+    step = last + pd.Timedelta(hours=1)
+    new = pd.DataFrame({"v": [9.0, 9.0, 9.0]}, index=pd.MultiIndex.from_product([["s0", "s1", "s2"], [step]]))
+    f.update(new, update_params=False)
+    pred = f.predict(fh=[1, 2])
+    assert set(pred.index.get_level_values(-1)) == {step + pd.Timedelta(hours=1), step + pd.Timedelta(hours=2)}
+    # s0 is now its 30 points, NaN up to the new point (interpolated), then the new point.
+    s0 = pd.concat([y.loc["s0"], pd.DataFrame({"v": [9.0]}, index=[step])]).asfreq("h")
+    np.testing.assert_allclose(
+        pred.loc["s0"].to_numpy(), forecaster(checkpoint).fit(s0).predict(fh=[1, 2]).to_numpy(), rtol=1e-5
+    )
