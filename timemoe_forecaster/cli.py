@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train.trainer import train
 
         result = train(cfg)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         if args.verbose:
             raise
         parser.exit(2, f"timemoe {args.command}: error: {err}\n")

@@ -46,6 +46,21 @@ def test_pretrain_then_finetune_then_forecast(tmp_path, capsys):
     assert "1961-01" in text and "UNTRAINED" not in text
 
 
+def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_path, capsys):
+    # Interleaved runs would keep the earlier run's higher steps, so a later --resume continued the wrong one.
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(out), "--save-every", "2"]
+    assert main([*args, "--max-steps", "4"]) == 0
+    before = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    with pytest.raises(SystemExit):
+        main([*args, "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and "step_00000004" in err and "--resume" in err
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == before  # nothing touched
+    assert main([*args, "--max-steps", "6", "--resume"]) == 0
+    assert "trained 6 steps" in capsys.readouterr().out
+
+
 def test_forecast_of_a_csv_with_a_date_column_continues_its_dates(tmp_path, capsys):
     csv = tmp_path / "d.csv"
     days = pd.date_range("2024-01-01", periods=40, freq="D")

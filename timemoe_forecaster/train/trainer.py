@@ -564,11 +564,29 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
         return TimeMoEForPrediction(config, attn_backend=cfg.attn_backend, moe_dispatch=cfg.moe_dispatch)
 
 
+def refuse_to_mix_runs(cfg: TrainConfig) -> None:
+    """A fresh run must not write into a directory that holds another run's checkpoints.
+
+    The two would interleave: pruning keeps the highest step numbers, so the earlier run's checkpoints would
+    survive the new run's and a later ``--resume`` would continue the wrong one, and the final model would be
+    replaced. Nothing is deleted here; the error says how to go on.
+    """
+    if cfg.resume or cfg.output_dir is None:
+        return
+    latest = ckpt.latest_checkpoint(cfg.output_dir)
+    if latest is not None:
+        raise FileExistsError(
+            f"{cfg.output_dir} already holds checkpoints of an earlier run (latest: {latest.name}); pass --resume "
+            "(resume=True) to continue it, or choose another --output-dir"
+        )
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain or fine-tune as ``cfg`` says, on one process or under torchrun.
 
     Returns {"steps", "final_loss", "losses", "output_dir", "checkpoint"} (losses of this process's run).
     """
+    refuse_to_mix_runs(cfg)
     with distributed_context(cfg.device) as ctx:
         model = build_model(cfg, ctx.device)
         if cfg.max_length > model.config.max_position_embeddings:
