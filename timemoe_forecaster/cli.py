@@ -185,18 +185,16 @@ def load_series(dataset: str, column: str | None = None):
 
 def _time_column(frame, exclude: str):
     """The first text column whose every value reads as a date or time, parsed; None if there is none."""
-    import warnings
-
     import pandas as pd
+
+    from .data.frames import parse_times
 
     for name in frame.columns:
         column = frame[name]
         if name == exclude or pd.api.types.is_numeric_dtype(column) or column.isna().any():
             continue
-        with warnings.catch_warnings():  # "could not infer format": the next columns are tried
-            warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(column, errors="coerce")
-        if parsed.notna().all() and parsed.is_unique:
+        parsed = parse_times(column)
+        if parsed is not None and parsed.is_unique:
             return parsed
     return None
 

@@ -146,6 +146,32 @@ def test_date_and_index_columns_are_skipped_but_other_text_is_an_error(tmp_path)
     _same(_all(src), [np.arange(1, 6, dtype=np.float32)])
 
 
+@pytest.mark.parametrize("fmt", ["%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y-%m-%d"])
+def test_long_format_reads_text_dates_in_one_consistent_format(tmp_path, fmt):
+    # Day-first dates read value by value would put 01.02 (as January 2) before 13.01 and reorder rows.
+    dates = pd.date_range("2020-01-01", periods=60, freq="D")
+    df = pd.DataFrame({"unique_id": "a", "date": dates.strftime(fmt), "value": np.arange(60.0)})
+    df.sample(frac=1.0, random_state=1).to_csv(tmp_path / "long.csv", index=False)
+    _same(_all(open_source(tmp_path / "long.csv")), [np.arange(60, dtype=np.float32)])
+
+
+def test_long_format_with_unreadable_times_keeps_file_order(tmp_path, caplog):
+    df = pd.DataFrame({"unique_id": "a", "date": ["b", "a", "c"], "value": [1.0, 2.0, 3.0]})
+    df.to_csv(tmp_path / "long.csv", index=False)
+    with caplog.at_level("WARNING"):
+        _same(_all(open_source(tmp_path / "long.csv")), [np.array([1, 2, 3], dtype=np.float32)])
+    assert "file order" in caplog.text
+
+
+def test_integer_time_columns_of_a_wide_table_are_not_series(tmp_path):
+    days = pd.date_range("2020-01-01", periods=30, freq="D")
+    load = np.linspace(0, 1, 30, dtype=np.float32)
+    pd.DataFrame({"date": days.strftime("%Y%m%d").astype(int), "load": load}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"timestamp": days.astype("int64") // 10**9, "load": load}).to_csv(tmp_path / "b.csv", index=False)
+    for name in ("a.csv", "b.csv"):
+        _same(_all(open_source(tmp_path / name)), [load])
+
+
 @pytest.mark.parametrize("content", ["", "a,b\n"])
 def test_empty_files_are_rejected(tmp_path, content):
     path = tmp_path / "empty.csv"

@@ -8,10 +8,14 @@ an error that names it, because silently dropping data hides mistakes.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 ID_NAMES = ("unique_id", "item_id", "series_id", "ts_id", "id", "series", "key")
 VALUE_NAMES = ("value", "target", "y", "values")
@@ -101,7 +105,8 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         return True
     if pd.api.types.is_integer_dtype(col):
         values = col.to_numpy()
-        if lname in DATE_PART_NAMES:
+        # yyyymmdd integers and epoch seconds under a time name are the time axis, not a series.
+        if lname in DATE_PART_NAMES or lname in TIME_NAMES:
             return True
         counter = values.size > 1 and bool((np.diff(values) == 1).all())
         return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
@@ -111,12 +116,43 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         sample = col.dropna().astype(str).head(20)
         if sample.empty or sample.str.fullmatch(r"[-+]?[\d.eE]+").all():
             return False
-        try:
-            parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
-        except (TypeError, ValueError):
-            return False
-        return bool(parsed.notna().all())
+        return parse_times(sample) is not None
+    if pd.api.types.is_float_dtype(col) and lname in TIME_NAMES:
+        values = col.to_numpy()
+        return values.size > 1 and bool(np.isfinite(values).all() and (np.diff(values) > 0).all())
     return False
+
+
+def parse_times(col: pd.Series) -> pd.Series | None:
+    """Text dates read in one format for the whole column, or None when no single format reads them all.
+
+    Reading each value on its own would take 01.02.2020 as January 2 and 13.02.2020 as February 13 in
+    the same column and silently reorder the rows. So pandas infers one format from the first value;
+    month-first and day-first are both tried, and when both read every value differently, the reading
+    with the more regular spacing wins (month-first on a tie, as pandas does).
+    """
+    text = col.astype(str).str.strip()
+    readings = []
+    for dayfirst in (False, True):
+        with warnings.catch_warnings():  # "could not infer format" / "dayfirst ignored": we check the result
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                parsed = pd.to_datetime(text, errors="coerce", dayfirst=dayfirst)
+            except (TypeError, ValueError, OverflowError):
+                continue
+        if len(parsed) and parsed.notna().all():
+            readings.append(parsed)
+    if not readings:
+        return None
+    if len(readings) == 2 and not readings[0].equals(readings[1]):
+        return min(readings, key=_irregularity)
+    return readings[0]
+
+
+def _irregularity(times: pd.Series) -> int:
+    # Distinct gaps between the sorted times: a daily series read the wrong way round has many.
+    values = np.unique(times.to_numpy(dtype="datetime64[ns]").astype(np.int64))
+    return int(np.unique(np.diff(values)).size)
 
 
 def _wide(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
@@ -187,10 +223,16 @@ def _long(
     if time_col is not None:
         t = df[time_col]
         if not pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_datetime64_any_dtype(t):
-            parsed = pd.to_datetime(t, errors="coerce", format="mixed")
-            t = parsed if parsed.notna().all() else t
-        frame["t"] = t.to_numpy()
-        frame = frame.sort_values(["t"], kind="stable")
+            t = parse_times(t)
+            if t is None:
+                log.warning(
+                    "%s: time column %r does not read as dates in one format; rows are kept in file order",
+                    where,
+                    time_col,
+                )
+        if t is not None:
+            frame["t"] = t.to_numpy()
+            frame = frame.sort_values(["t"], kind="stable")
     series, names = [], []
     for key, group in frame.groupby("id", sort=False):
         series.append(group["v"].to_numpy(dtype=np.float32))
