@@ -9,9 +9,10 @@ series' final context, so they are comparable across series.
 For a level q and horizon step h, the offset added to the point forecast is the conformal quantile
 of that series' residuals at step h: the k-th smallest of n, k = ceil((n + 1) q) for q >= 0.5 and
 k = floor((n + 1) q) for q < 0.5 (the finite-sample split-conformal rule, one-sided at each end).
-When a series has fewer residuals than the level needs (n < max(q, 1 - q) / min(q, 1 - q)), the
-residuals of all series and channels at that step are pooled. If even the pool is too small, the
-most extreme residual is used and a warning is logged.
+When a series has fewer residuals than its most demanding level needs (n < max(q, 1 - q) /
+min(q, 1 - q)), the residuals of all series and channels at that step serve all its levels. If even
+the pool is too small for a level, a normal approximation widens it and a warning is logged; steps
+with no residuals at all reuse the last step that has them, widened (see ``residual_offsets``).
 
 Shape legend: N series, W cut-offs, L horizon, Q quantile levels.
 """
@@ -61,7 +62,8 @@ def rolling_residuals(
         raw.append(x[start:])  # targets: original values, NaN stays missing
         clean.append(fill_missing(x))
         finals.append(clean[-1][-context_length:])
-    _, final_scale, _ = scale_stats(finals, scaling)
+    # Standard scale even when the model sees raw values: residuals of series of different size are pooled.
+    _, final_scale, _ = scale_stats(finals, "standard")
     contexts = []
     for i, c in enumerate(clean):
         for t in calibration_cutoffs(c.size, horizon, num_windows):
@@ -104,25 +106,85 @@ def conformal_quantiles(residuals: np.ndarray, q: float) -> tuple[np.ndarray, np
 
 
 def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.ndarray:
-    """Normalised offsets [N, L, Q]: per series where enough residuals exist, else pooled per step."""
+    """Normalised offsets [N, L, Q], non-decreasing in the level.
+
+    Per series and step, one set of residuals serves every level: the series' own when it holds
+    enough for the most demanding level, else those of all series at that step (choosing per level
+    would let quantiles cross and a 95% interval fall inside the 80% one). A level beyond what the
+    set resolves gets the wider of the most extreme residual and a normal quantile of the set's
+    root-mean-square (one residual would otherwise give an interval of zero width). Steps that no
+    series has residuals for (horizons longer than half the history) take the last step that has
+    them, widened by the square root of the step ratio, as a random walk's errors grow.
+    """
     levels = [float(q) for q in levels]
+    n_series = len(residuals)
     width = max([r.shape[0] for r in residuals] + [0])
-    stacked = np.full((width, len(residuals), horizon), np.nan)  # [W, N, L]
+    stacked = np.full((width, n_series, horizon), np.nan)  # [W, N, L]
     for i, r in enumerate(residuals):
         stacked[: r.shape[0], i] = r
     counts = np.count_nonzero(~np.isnan(stacked), axis=0)  # [N, L]
-    pooled_all = stacked.reshape(width * len(residuals), horizon)  # [W*N, L]
-    offsets = np.empty((len(residuals), horizon, len(levels)))
-    warned = False
+    pooled_all = stacked.reshape(width * n_series, horizon)[:, None, :]  # [W*N, 1, L]
+    use_own = counts >= max(_needed(q) for q in levels)  # [N, L]
+    offsets = np.empty((n_series, horizon, len(levels)))
+    clipped_any = False
     for j, q in enumerate(levels):
-        own, _ = conformal_quantiles(stacked, q)  # [N, L]
-        pooled, clipped = conformal_quantiles(pooled_all, q)  # [L]
-        use_own = counts >= _needed(q)
-        offsets[:, :, j] = np.where(use_own, own, np.nan_to_num(pooled)[None, :])
-        warned = warned or bool((clipped[None, :] & ~use_own).any())
-    if warned:
+        own = _quantile_or_normal(stacked, q)
+        pooled = _quantile_or_normal(pooled_all, q)
+        offsets[:, :, j] = np.where(use_own, own[0], pooled[0])
+        clipped_any = clipped_any or bool(np.where(use_own, own[1], pooled[1]).any())
+    # Monotone in the level even where the normal fallback meets an order statistic.
+    order = np.argsort(levels, kind="stable")
+    offsets[:, :, order] = np.sort(offsets[:, :, order], axis=-1)
+    offsets = _extend_to_uncovered_steps(offsets, counts.sum(axis=0) > 0)
+    if clipped_any:
         log.warning(
-            "too few calibration residuals for some quantile levels even after pooling series; "
-            "the most extreme residual was used (intervals may under-cover). Use more history or series"
+            "too few calibration residuals for some quantile levels even after pooling series; those levels "
+            "use a normal approximation of the residuals (intervals may under-cover). Use more history, "
+            "series or conformal_windows"
         )
     return offsets
+
+
+def _quantile_or_normal(residuals: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal quantile of residuals [W, N, L] at level q, or where its rank is out of range the
+    wider of the extreme residual and z_q times the root-mean-square: (values [N, L], clipped [N, L])."""
+    values, clipped = conformal_quantiles(residuals, q)
+    present = np.count_nonzero(~np.isnan(residuals), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms = np.sqrt(np.nansum(residuals**2, axis=0) / present)  # NaN where there are none
+    normal = _normal_quantile(q) * rms
+    wider = np.maximum(values, normal) if q >= 0.5 else np.minimum(values, normal)
+    return np.where(clipped, wider, values), clipped & ~np.isnan(values)
+
+
+def _normal_quantile(q: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(min(max(q, 1e-12), 1 - 1e-12))
+
+
+def _extend_to_uncovered_steps(offsets: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Steps without residuals [L] take offsets [N, L, Q] of the nearest earlier covered step."""
+    if covered.all():
+        return offsets
+    if not covered.any():
+        raise ValueError(
+            "no calibration residuals: every series is too short to forecast from inside its own history; "
+            "prediction intervals need at least a few points more than the horizon"
+        )
+    steps = np.arange(covered.size)
+    last = np.maximum.accumulate(np.where(covered, steps, -1))  # covered step at or before each step
+    source = np.where(last >= 0, last, np.argmax(covered))  # steps before the first covered take it
+    growth = np.sqrt((steps + 1) / (source + 1))
+    out = offsets[:, source] * growth[None, :, None]
+    log.warning(
+        "no calibration residuals for horizon steps %s; their intervals are those of step %d widened by "
+        "sqrt(step ratio). Store more history for calibrated intervals that far ahead",
+        _step_ranges(steps[~covered] + 1),
+        int(source[~covered][0]) + 1,
+    )
+    return out
+
+
+def _step_ranges(steps: np.ndarray) -> str:
+    return f"{steps[0]}-{steps[-1]}" if steps.size > 1 else str(steps[0])

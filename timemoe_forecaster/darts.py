@@ -95,6 +95,9 @@ class TimeMoEModel(GlobalForecastingModel):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if fine_tune is not None and not isinstance(fine_tune, dict):
             raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
+        from .loading import check_seed
+
+        check_seed(seed)
         self.model_path = model_path
         self.config = config
         self.context_length = context_length

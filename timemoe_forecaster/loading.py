@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_pretrained, resolve_directory
@@ -104,6 +105,12 @@ def split_config(config) -> tuple[str | None, dict[str, Any]]:
     raise TypeError(f"config must be None, a preset name or a dict of overrides, got {type(config).__name__}")
 
 
+def check_seed(seed) -> None:
+    """A seed is a non-negative integer (what ``torch.manual_seed`` and numpy both accept)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dtype=None) -> TimeMoEForPrediction:
     """The model for an estimator (in eval mode, on ``device``).
 
@@ -111,6 +118,7 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
     or ``{"preset": "tiny", ...}``) with ``model_path=None``: a fresh model initialised from ``seed``.
     Other dict keys override the checkpoint's config where that keeps the weight shapes.
     """
+    check_seed(seed)
     preset, overrides = split_config(config)
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
     if preset is not None:

@@ -25,6 +25,7 @@ from .frames import (
     steps_between,
     to_rows,
 )
+from .loading import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ class TimeMoEForecaster(BaseForecaster):
     horizon step asked for), with the same context length and scaling as the final forecast. The
     signed residuals of step h, divided by the scale of the final context, give the conformal
     quantile (rank ceil((n+1)q) above the median, floor((n+1)q) below), which is scaled back and added
-    to the point forecast. Series with too few residuals for a level use the residuals of all series
-    and channels at that step.
+    to the point forecast. Series with too few residuals for their most demanding level use the
+    residuals of all series and channels at that step for every level, so quantiles never cross.
 
     ``update`` extends the stored context without retraining. In-sample forecasts are not supported.
 
@@ -167,6 +168,7 @@ class TimeMoEForecaster(BaseForecaster):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.context_length is not None:
             preprocess.check_context_length(self.context_length, 1 << 62)
+        check_seed(self.seed)
         for name in ("fine_tune", "pretrain_settings"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
@@ -336,6 +338,7 @@ class TimeMoEForecaster(BaseForecaster):
         cutoff, fh = self._cutoff_and_fh(fh)
         context = self._context_until(cutoff)
         series = split_series(context)
+        fh = self._timedelta_fh_as_times(fh, cutoff)
         rel = fh.to_relative(cutoff)
         rel_steps = np.asarray(rel.to_numpy(), dtype=np.int64)
         if (rel_steps <= 0).any():
@@ -348,6 +351,28 @@ class TimeMoEForecaster(BaseForecaster):
         offsets = self._end_offsets(series.ends, cutoff)  # steps between each instance's end and the cutoff
         steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
         return series, steps, output_index(context.index, series.keys, fh_abs)
+
+    @staticmethod
+    def _timedelta_fh_as_times(fh, cutoff):
+        """A relative fh of durations (``pd.to_timedelta([1, 2], unit="D")``) as the absolute times it
+        names; read as integers its nanoseconds would be taken for billions of steps."""
+        values = fh.to_pandas()
+        if not (fh.is_relative and isinstance(values, pd.TimedeltaIndex)):
+            return fh
+        freq = getattr(cutoff, "freq", None)
+        if not isinstance(cutoff, pd.DatetimeIndex) or freq is None:
+            raise ValueError(
+                "fh is given as durations (Timedelta), which needs y to have a DatetimeIndex with a frequency; "
+                "pass fh as integer steps instead"
+            )
+        times = cutoff[0] + values
+        grid = pd.date_range(cutoff[0], times.max(), freq=freq) if (values > pd.Timedelta(0)).all() else None
+        if grid is None or not times.isin(grid).all():
+            raise ValueError(
+                f"fh durations {list(values.astype(str))[:5]} are not positive whole multiples of y's frequency "
+                f"{freq.freqstr} after the end of y; pass fh as integer steps instead"
+            )
+        return ForecastingHorizon(pd.DatetimeIndex(times), is_relative=False, freq=freq)
 
     def _context_until(self, cutoff) -> pd.DataFrame:
         """The stored data up to and including the cutoff.

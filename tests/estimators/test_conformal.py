@@ -46,3 +46,47 @@ def test_rolling_residuals_match_direct_forecasts():
     row = list(conformal.calibration_cutoffs(60, 3, 4)).index(t)
     np.testing.assert_allclose(residuals[0][row] * scale[0], x[t : t + 3] - direct, rtol=1e-5, atol=1e-6)
     assert np.isnan(residuals[0][-1, 1:]).all()  # last cut-off: only step 1 lies inside the history
+
+
+def test_quantiles_never_cross_whichever_residuals_each_series_holds():
+    # A series choosing its own residuals for one level and the pool for another let the 95% interval
+    # fall inside the 80% one; all levels of a series and step now come from one set.
+    rng = np.random.default_rng(0)
+    levels = [0.975, 0.025, 0.1, 0.9, 0.5]
+    for trial in range(20):
+        residuals = []
+        for _ in range(4):
+            r = rng.normal(scale=10.0 ** rng.integers(-1, 2), size=(int(rng.integers(1, 45)), 3))
+            r[rng.random(r.shape) < 0.2] = np.nan
+            residuals.append(r)
+        offsets = conformal.residual_offsets(residuals, levels, horizon=3)
+        ordered = offsets[:, :, np.argsort(levels)]
+        assert (np.diff(ordered, axis=-1) >= 0).all(), trial
+
+
+def test_one_residual_still_gives_an_interval_of_nonzero_width(caplog):
+    with caplog.at_level("WARNING"):
+        offsets = conformal.residual_offsets([np.array([[0.5]])], [0.1, 0.9], horizon=1)
+    z = 1.2815515655446004  # standard normal quantile at 0.9
+    np.testing.assert_allclose(offsets[0, 0], [-z * 0.5, z * 0.5])
+    assert "normal approximation" in caplog.text
+
+
+def test_steps_without_residuals_reuse_the_last_covered_step_widened(caplog):
+    rich = np.full((21, 3), np.nan)
+    rich[:, 0] = np.linspace(-1, 1, 21)  # residuals at step 1 only
+    with caplog.at_level("WARNING"):
+        offsets = conformal.residual_offsets([rich], [0.1, 0.9], horizon=3)
+    np.testing.assert_allclose(offsets[0, 1], offsets[0, 0] * np.sqrt(2))
+    np.testing.assert_allclose(offsets[0, 2], offsets[0, 0] * np.sqrt(3))
+    assert np.abs(offsets[0, 2]).min() > 0
+    assert "steps 2-3" in caplog.text
+
+
+def test_residuals_are_normalised_even_when_the_model_sees_raw_values():
+    # Pooling raw residuals of a series near 5 with those of one near 5000 would give the small
+    # series the big one's interval width.
+    model = make_model(seed=4)
+    x = np.sin(np.arange(60) / 5) * 300 + 5000
+    _, scale = conformal.rolling_residuals(model, [x], 3, context_length=32, num_windows=4, scaling="none")
+    np.testing.assert_allclose(scale, [x[-32:].std()])

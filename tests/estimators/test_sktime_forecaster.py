@@ -452,6 +452,21 @@ def test_bad_parameters_are_clear_errors(tmp_path):
         TimeMoEForecaster(fine_tune=10)
     with pytest.raises(ValueError, match="unknown fine-tuning setting"):
         TimeMoEForecaster(config=TINY, fine_tune={"stepz": 3}).fit(y)
+    for seed in ("x", None, 1.5, -1, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            TimeMoEForecaster(config=TINY, seed=seed)
+
+
+def test_a_relative_fh_of_durations_is_read_in_steps_of_the_frequency(checkpoint):
+    # Read as integers, one day of nanoseconds would be an 86-trillion-step forecast that never returns.
+    y = pd.Series(np.sin(np.arange(50) / 3) + 10, index=pd.date_range("2024-01-01", periods=50, freq="D"))
+    f = forecaster(checkpoint).fit(y)
+    by_duration = f.predict(ForecastingHorizon(pd.to_timedelta([1, 3], unit="D"), is_relative=True))
+    pd.testing.assert_series_equal(by_duration, f.predict(fh=[1, 3]))
+    quantiles = f.predict_quantiles(ForecastingHorizon(pd.to_timedelta([2], unit="D"), is_relative=True))
+    assert list(quantiles.index) == [pd.Timestamp("2024-02-21")]
+    with pytest.raises(ValueError, match="not positive whole multiples of y's frequency D"):
+        f.predict(ForecastingHorizon(pd.to_timedelta([12], unit="h"), is_relative=True))
 
 
 def missing_cuda_device() -> str:
