@@ -191,17 +191,22 @@ class TimeMoEModel(GlobalForecastingModel):
             raise ValueError("TimeMoEModel is deterministic: predict_likelihood_parameters is not supported")
         if past_covariates is not None or future_covariates is not None:
             raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
+        if kwargs:  # a misspelt `series=` would otherwise silently forecast the training series
+            raise TypeError(f"TimeMoEModel.predict got unexpected arguments {sorted(kwargs)}")
         if series is None:
-            if self.training_series is None:
+            if not self._fit_called:
                 raise ValueError(
-                    "pass `series` to predict(): the model was fit on several series (or not on one series)"
+                    "this TimeMoEModel is not fitted: call fit(series) first, or pass `series` to predict()"
                 )
+            if self.training_series is None:
+                raise ValueError("pass `series` to predict(): the model was fit on several series")
             series = self.training_series
         super().predict(n, series, num_samples=num_samples, verbose=verbose, show_warnings=show_warnings)
         single = isinstance(series, TimeSeries)
         series_list = _as_list(series)
         values = _component_arrays(series_list)
         model = self._load()
+        self._warn_if_truncated(series_list, model)
         points = preprocess.forecast_series(
             model,
             values,
@@ -218,6 +223,18 @@ class TimeMoEModel(GlobalForecastingModel):
             row += s.n_components
             out.append(self._build_forecast_series(block.astype(s.dtype, copy=False), input_series=s))
         return out[0] if single else out
+
+    def _warn_if_truncated(self, series_list: list[TimeSeries], model) -> None:
+        limit = model.config.max_position_embeddings
+        longest = max(len(s) for s in series_list)
+        if self.context_length is None and longest > limit:
+            log.warning(
+                "series has up to %d points but the model takes at most %d; the most recent %d points of each "
+                "series are used (set context_length to silence this)",
+                longest,
+                limit,
+                limit,
+            )
 
     # Historical forecasts: every cut-off of every series in one batched call -------------------------
     def _check_optimizable_historical_forecasts(self, retrain) -> bool:
@@ -267,17 +284,23 @@ class TimeMoEModel(GlobalForecastingModel):
         bounds, cum_lengths = _process_predict_start_points_bounds(series, np.array(bounds), stride)
         model = self._load()
         length = preprocess.check_context_length(self.context_length, model.config.max_position_embeddings)
-        contexts, jobs = [], []
-        for s, (left, right) in zip(series, bounds):
-            values = preprocess.as_float_array(s.values(copy=False))  # [T, C]
-            # Without gaps the last `length` points suffice; with gaps each prefix is filled on its own
-            # (trailing NaN hold the last value), exactly as predict() on the truncated series.
-            window = length if not np.isnan(values).any() else None
-            for cut in range(left, right + 1, stride):
-                lo = 0 if window is None else max(0, cut - window)
-                contexts.extend(values[lo:cut, c] for c in range(values.shape[1]))
-                jobs.append(cut)
-        points = preprocess.forecast_series(
+        self._warn_if_truncated(series, model)
+        contexts, jobs, usable = [], [], []
+        for idx, (s, (left, right)) in enumerate(zip(series, bounds)):
+            values = preprocess.as_float_array(s.values(copy=False), name=f"series {idx}")  # [T, C]
+            cuts = np.arange(left, right + 1, stride)
+            enough = _enough_history(s, values, cuts, idx)
+            observed_at = [np.flatnonzero(~np.isnan(values[:, c])) for c in range(values.shape[1])]
+            for cut, ok in zip(cuts, enough):
+                if ok:
+                    contexts.extend(
+                        _context_window(values[:, c], observed_at[c], cut, length) for c in range(values.shape[1])
+                    )
+                usable.extend([ok] * values.shape[1])
+                jobs.append(int(cut))
+        usable = np.asarray(usable, dtype=bool)
+        points = np.full((usable.size, forecast_horizon), np.nan)  # [jobs * C, L]; NaN: too little history
+        points[usable] = preprocess.forecast_series(
             model, contexts, forecast_horizon, context_length=length, scaling=self.scaling,
             batch_size=self.batch_size, device=next(model.parameters()).device, progress=self.progress or bool(verbose),
         )  # fmt: skip
@@ -340,7 +363,9 @@ class TimeMoEModel(GlobalForecastingModel):
 
     @property
     def _min_context(self) -> int:
-        return self.context_length or preprocess.MIN_OBSERVED
+        # The fewest points a forecast needs; context_length is an upper bound, and shorter
+        # histories are forecast from what they have (as predict() does).
+        return preprocess.MIN_OBSERVED
 
     @property
     def extreme_lags(self):
@@ -362,6 +387,53 @@ def _model_from_weights(config: dict, state: dict, device, dtype):
         model = TimeMoEForPrediction(TimeMoEConfig.from_dict(config))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, assign=True)
     return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).requires_grad_(False).eval()
+
+
+def _context_window(values: np.ndarray, observed_at: np.ndarray, cut: int, length: int) -> np.ndarray:
+    """The points of ``values[:cut]`` that predict() on the truncated series would use, as a copy.
+
+    The last ``length`` points, reaching back to the last observation before them when they start in
+    a gap (interpolating across it, or holding it over trailing NaN, needs that value) and to at least
+    ``MIN_OBSERVED`` observations; nothing older changes the filled values of the last ``length``.
+    A copy, so that thousands of cut-offs never hold whole prefixes. ``observed_at``: indices of the
+    observed points of ``values``, sorted.
+    """
+    lo = max(0, cut - length)
+    if lo > 0 and np.isnan(values[lo]):
+        before = int(np.searchsorted(observed_at, lo)) - 1  # last observation before lo
+        lo = int(observed_at[before]) if before >= 0 else lo
+    count = int(np.searchsorted(observed_at, cut))  # observations before the cut-off
+    if count >= preprocess.MIN_OBSERVED:
+        lo = min(lo, int(observed_at[count - preprocess.MIN_OBSERVED]))
+    return values[lo:cut].copy()
+
+
+def _enough_history(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx: int) -> np.ndarray:
+    """Which cut-offs leave every component enough observed points to forecast from [F].
+
+    Cut-offs inside leading missing values get NaN forecasts, as darts' own models give there (a
+    panel's series may start at different times); a warning names the series and where it can start.
+    """
+    observed = np.cumsum(~np.isnan(values), axis=0)  # [T, C] observed points up to each time
+    need = preprocess.MIN_OBSERVED
+    counts = np.where(cuts > 0, observed[np.maximum(cuts, 1) - 1].min(axis=1), 0)
+    enough = counts >= need
+    if not enough.all():
+        first = np.flatnonzero((observed >= need).all(axis=1))
+        where = (
+            f"the first usable start is {s.time_index[first[0] + 1]}"
+            if first.size and first[0] + 1 < len(s)
+            else ("it never has enough")
+        )
+        log.warning(
+            "series %d: %d historical forecast(s) start with fewer than %d observed points (leading missing "
+            "values) and are NaN; %s",
+            idx,
+            int((~enough).sum()),
+            need,
+            where,
+        )
+    return enough
 
 
 def _as_list(series) -> list[TimeSeries]:

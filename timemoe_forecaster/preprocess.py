@@ -130,7 +130,9 @@ def prepare(series: list[np.ndarray], max_length: int, names: list[str] | None =
     out = []
     for i, s in enumerate(series):
         name = names[i] if names is not None else f"series {i}"
-        out.append(fill_missing(np.asarray(s, dtype=np.float64), name)[-max_length:])
+        filled = fill_missing(np.asarray(s, dtype=np.float64), name)
+        # A copy, not a view: a view would keep the whole filled series alive with every context.
+        out.append(filled[-max_length:].copy() if filled.size > max_length else filled)
     return out
 
 

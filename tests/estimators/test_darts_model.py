@@ -198,3 +198,63 @@ def test_progress_or_verbose_show_forecast_batches(checkpoint, airline, capsys):
     quiet.predict(3, series=many, verbose=True)
     quiet.historical_forecasts(airline, start=0.9, forecast_horizon=2, retrain=False, verbose=True)
     assert capsys.readouterr().err.count("forecast:") >= 2
+
+
+def test_long_gaps_with_a_short_context_match_the_one_by_one_path(checkpoint, airline):
+    # Windows of 8 points that start inside (or lie wholly inside) 10-point gaps: the batched path copies
+    # only the window plus the last observation before it, and must fill it exactly as predict() does.
+    m = model(checkpoint, context_length=8).fit(airline)
+    values = airline.values().copy()
+    values[np.arange(len(values)) % 25 >= 15] = np.nan
+    gappy = airline.with_values(values)
+    kwargs = dict(start=30, forecast_horizon=2, retrain=False, last_points_only=True)
+    sizes = []
+    original = preprocess.forecast_series
+    try:
+        preprocess.forecast_series = lambda model, contexts, *a, **k: (
+            sizes.extend(map(len, contexts)) or original(model, contexts, *a, **k)
+        )
+        fast = m.historical_forecasts(gappy, **kwargs)
+    finally:
+        preprocess.forecast_series = original
+    assert 0 < max(sizes) <= 8 + 10 + 1  # not whole prefixes: memory stays linear in the cut-offs
+    slow = m.historical_forecasts(gappy, enable_optimization=False, **kwargs)
+    np.testing.assert_allclose(fast.values(), slow.values(), rtol=1e-5)
+
+
+def test_historical_forecasts_inside_leading_missing_values_are_nan(checkpoint, airline, caplog):
+    values = airline.values().copy()
+    values[:20] = np.nan
+    late = airline.with_values(values)
+    m = model(checkpoint).fit(airline)
+    with caplog.at_level("WARNING"):
+        hist = m.historical_forecasts([airline, late], start=10, forecast_horizon=1, retrain=False)
+    assert np.isfinite(hist[0].values()).all()
+    late_values = hist[1].values()[:, 0]
+    assert np.isnan(late_values[:12]).all() and np.isfinite(late_values[12:]).all()  # cut-offs 10..21
+    assert "series 1: 12 historical forecast(s)" in caplog.text and str(airline.time_index[22]) in caplog.text
+    direct = m.predict(1, series=late[:40])
+    np.testing.assert_allclose(hist[1][late.time_index[40]].values(), direct.values(), rtol=1e-6)
+
+
+def test_context_length_caps_the_history_but_is_not_a_minimum(checkpoint, airline):
+    m = model(checkpoint, context_length=48).fit(airline)
+    hist = m.historical_forecasts(airline, start=5, forecast_horizon=1, retrain=False)
+    assert hist.start_time() == airline.time_index[5]
+    np.testing.assert_allclose(hist.values()[0], m.predict(1, series=airline[:5]).values()[0], rtol=1e-6)
+
+
+def test_a_misspelt_predict_argument_and_an_unfitted_model_are_clear_errors(checkpoint, airline):
+    m = model(checkpoint).fit(airline)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['serie'\]"):
+        m.predict(3, serie=airline[:50])
+    with pytest.raises(ValueError, match="not fitted"):
+        model(checkpoint).predict(3)
+
+
+def test_a_series_longer_than_the_model_takes_is_truncated_with_a_warning(airline, caplog):
+    m = TimeMoEModel(config={"preset": "tiny", "max_position_embeddings": 64}, device="cpu").fit(airline)
+    with caplog.at_level("WARNING"):
+        pred = m.predict(2)
+    assert "takes at most 64" in caplog.text
+    np.testing.assert_allclose(pred.values(), m.predict(2, series=airline[-64:]).values(), rtol=1e-6)
