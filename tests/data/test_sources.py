@@ -192,6 +192,16 @@ def test_empty_jsonl_and_bad_records(tmp_path):
         open_source(tmp_path / "text.jsonl")
 
 
+def test_a_json_file_of_one_flat_list_is_one_series(tmp_path):
+    (tmp_path / "flat.json").write_text("[1, 2.5, null, 4]")
+    _same(_all(open_source(tmp_path / "flat.json")), [np.array([1, 2.5, np.nan, 4], dtype=np.float32)])
+    (tmp_path / "nested.json").write_text("[[1, 2], [3, 4, 5]]")
+    assert [len(s) for s in _all(open_source(tmp_path / "nested.json"))] == [2, 3]
+    (tmp_path / "mixed.json").write_text("[1, [2, 3]]")
+    with pytest.raises(ValueError, match="item 0: expected a list of numbers"):
+        open_source(tmp_path / "mixed.json")
+
+
 def test_truncated_bin_and_bad_meta(series, tmp_path):
     folder = write_binary_dataset(series, tmp_path / "t", num_files=2)
     name = sorted(json.loads((folder / "meta.json").read_text())["files"])[-1]

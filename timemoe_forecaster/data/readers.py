@@ -69,6 +69,10 @@ def _record_values(rec: Any, where: str) -> np.ndarray:
         raise ValueError(f"{where}: values are not all numbers or null") from None
 
 
+def _is_number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
     series = []
     with _open_text(path, compressed) as fh:
@@ -78,6 +82,8 @@ def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} is not valid JSON ({err})") from None
             records = data if isinstance(data, list) else [data]
+            if records and all(_is_number_or_null(v) for v in records):
+                records = [records]  # a flat list of numbers is one series, not one series per number
             series = [_record_values(r, f"{path} item {k}") for k, r in enumerate(records)]
         else:
             for lineno, line in enumerate(fh, 1):
