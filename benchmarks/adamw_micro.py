@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-from benchmarks.timing import time_cuda
-from timemoe_forecaster.config import TimeMoEConfig
-from timemoe_forecaster.model.modeling import TimeMoEForPrediction
-from timemoe_forecaster.train.optim import param_groups
+# The repository root, so that ``from benchmarks...`` works when run as ``python benchmarks/adamw_micro.py`` too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import time_cuda  # noqa: E402
+from timemoe_forecaster.config import TimeMoEConfig  # noqa: E402
+from timemoe_forecaster.model.modeling import TimeMoEForPrediction  # noqa: E402
+from timemoe_forecaster.train.optim import param_groups  # noqa: E402
 
 LR, BETAS, EPS, WD = 1e-3, (0.9, 0.95), 1e-8, 0.1
 
@@ -102,6 +107,8 @@ def main() -> None:
     parser.add_argument("--size", default="large")
     parser.add_argument("--reps", type=int, default=30)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU")
     config = TimeMoEConfig.from_preset(args.size)
     records = []
     for dtype in (torch.bfloat16, torch.float32):

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.timing import time_cuda
-from timemoe_forecaster.model.moe import order_by_expert
+# The repository root, so that ``from benchmarks...`` works when run as ``python benchmarks/moe_grouped_micro.py`` too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import time_cuda  # noqa: E402
+from timemoe_forecaster.model.moe import order_by_expert  # noqa: E402
 
 
 def routed_offsets(assignments: int, experts: int, device) -> torch.Tensor:
@@ -42,6 +46,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1536)
     parser.add_argument("--experts", type=int, default=8)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU")
     dev, bf16 = torch.device("cuda"), torch.bfloat16
     a, h, f, e = args.assignments, args.hidden, args.width, args.experts
     offs = routed_offsets(a, e, dev)

@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from benchmarks.timing import time_cuda
-from timemoe_forecaster import TimeMoEConfig
-from timemoe_forecaster.model.moe import SparseExpertsLayer, route
+# The repository root, so that ``from benchmarks...`` works when run as ``python benchmarks/moe_train_micro.py`` too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import time_cuda  # noqa: E402
+from timemoe_forecaster import TimeMoEConfig  # noqa: E402
+from timemoe_forecaster.model.moe import SparseExpertsLayer, route  # noqa: E402
 
 SHAPES = {"base": 4 * 4096, "large": 2 * 4096}  # tokens per training step (speed.py's train cases)
 # "balanced": a random router on random inputs (near-even groups); "two experts": every token to the same two,
@@ -148,6 +152,8 @@ def main() -> None:
     parser.add_argument("--routings", default=",".join(ROUTINGS))
     parser.add_argument("--dispatches", default=";".join(DISPATCHES), help="';'-separated, from DISPATCHES")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
     rows, lines = (
         [],

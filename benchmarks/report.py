@@ -5,6 +5,7 @@ Usage: python benchmarks/report.py [out folder] (leaderboard.py calls it at the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -186,5 +187,18 @@ def render(out: str | Path) -> None:
         pass
 
 
+def main(argv: list[str] | None = None) -> None:
+    # argparse, not sys.argv[1]: "--help" used to be taken for the results folder.
+    default = Path(__file__).resolve().parent / "results"
+    parser = argparse.ArgumentParser(description="Render leaderboard.md and the PNGs of a leaderboard run.")
+    parser.add_argument(
+        "out", nargs="?", type=Path, default=default, help="folder holding leaderboard.csv (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if not args.out.is_dir():
+        parser.error(f"{args.out} is not a folder; pass the folder of a leaderboard run (leaderboard.csv)")
+    render(args.out)
+
+
 if __name__ == "__main__":
-    render(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results")
+    main()

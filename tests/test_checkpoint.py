@@ -145,3 +145,47 @@ def test_unreachable_hub_id_says_how_to_pass_a_directory(monkeypatch):
 def test_embedded_default_loads_offline():
     model = TimeMoEForPrediction.from_pretrained(None)
     assert model.forecast(torch.randn(1, 32), 5).shape == (1, 5)
+
+
+def test_an_existing_file_is_named_as_a_file_not_a_missing_directory(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="is a file; expected a checkpoint directory") as info:
+        TimeMoEForPrediction.from_pretrained(tmp_path / "model.safetensors")
+    assert "does not exist" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "nonsense", torch.int32])
+def test_a_non_float_dtype_is_refused_before_loading(tmp_path, dtype):
+    # 'int8' failed deep inside load_state_dict, 'nonsense' with an AttributeError on the torch module.
+    make_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="floating-point torch dtype"):
+        TimeMoEForPrediction.from_pretrained(tmp_path, dtype=dtype)
+    loaded = TimeMoEForPrediction.from_pretrained(tmp_path, dtype="bfloat16")  # names of float dtypes still work
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+
+
+def test_a_missing_path_that_looks_local_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    hub = types.ModuleType("huggingface_hub")
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append(repo_id)
+        raise OSError("offline\nsecond line of a long hub message")
+
+    hub.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for typo in ("./typo", "../typo", "./runs/x", "data/missing.csv", "models/typo", "~/no-such-dir-here/x"):
+        with pytest.raises(CheckpointError, match="does not exist locally"):
+            TimeMoEForPrediction.from_pretrained(typo)
+    assert asked == []
+    # Shaped like a hub id with nothing local around it: asked on the hub, and the error says both.
+    with pytest.raises(CheckpointError) as info:
+        TimeMoEForPrediction.from_pretrained("owner/model-1.0")
+    assert asked == ["owner/model-1.0"]
+    message = str(info.value)
+    assert "is not a local directory" in message and "check its spelling" in message and "\n" not in message

@@ -250,9 +250,14 @@ def resolve_directory(path_or_hub_id, revision: str | None = None) -> Path:
     path = Path(os.path.expanduser(str(path_or_hub_id)))
     if path.is_dir():
         return path
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)) is not None and not path.exists()
-    if not looks_like_hub_id:
-        raise CheckpointError(f"checkpoint directory {str(path_or_hub_id)!r} does not exist")
+    if path.exists():
+        raise CheckpointError(
+            f"{str(path_or_hub_id)!r} is a file; expected a checkpoint directory holding config.json and "
+            f"model.safetensors (perhaps its folder, {str(path.parent)!r})"
+        )
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)) is not None
+    if not looks_like_hub_id or _looks_local(str(path_or_hub_id)):
+        raise CheckpointError(f"checkpoint directory {str(path_or_hub_id)!r} does not exist locally")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -265,11 +270,27 @@ def resolve_directory(path_or_hub_id, revision: str | None = None) -> Path:
             str(path_or_hub_id), revision=revision, allow_patterns=["config.json", "*.safetensors", SAFE_INDEX]
         )
     except Exception as err:  # noqa: BLE001 - network and hub errors vary by version
+        first_line = (str(err).strip().splitlines() or [""])[0]  # hub errors run over several lines
         raise CheckpointError(
-            f"could not fetch {path_or_hub_id!r} from the hub ({type(err).__name__}: {err}). Offline? Download "
-            "it elsewhere and pass the local directory (config.json + model.safetensors) instead"
+            f"{str(path_or_hub_id)!r} is not a local directory (nothing at {str(path.absolute())!r}), and fetching "
+            f"it as a hub id failed ({type(err).__name__}: {first_line}). If it is a local path, check its "
+            "spelling; if it is on the hub and you are offline, download it elsewhere and pass the local directory"
         ) from None
     return Path(local)
+
+
+# Suffixes of files, never of a hub repository's name: "data/x.csv" is a mistyped path, not a hub id.
+_FILE_SUFFIXES = {".csv", ".tsv", ".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".parquet"}
+
+
+def _looks_local(text: str) -> bool:
+    """Whether a missing ``owner/name`` path was meant as a local path rather than a hub id: it starts like a path
+    (./, ../, /, ~), ends in a file suffix, or its parent folder exists here (``runs/typo`` with ``runs/`` present).
+    Hub names may hold dots ("model-1.0"), so only known file suffixes count."""
+    if text.startswith(("./", "../", "/", "~", ".\\", "..\\")):
+        return True
+    path = Path(text)
+    return path.suffix.lower() in _FILE_SUFFIXES or (path.parent.is_dir() and str(path.parent) not in ("", "."))
 
 
 def load_pretrained(
@@ -281,14 +302,16 @@ def load_pretrained(
     **model_kwargs,
 ) -> TimeMoEForPrediction:
     """Build the model on the meta device and load the weights into it (no double allocation)."""
+    if dtype is not None:  # checked before any download or read: 'int8' failed deep in load_state_dict
+        from .loading import resolve_dtype
+
+        dtype = resolve_dtype(dtype)
     directory = resolve_directory(path_or_hub_id, revision)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{config_path} is missing")
     config = TimeMoEConfig.from_json_file(config_path)
     state = from_official(read_weights(directory))
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.replace("torch.", ""))
     with torch.device("meta"):
         model = model_cls(config, **model_kwargs)
     expected = model.state_dict()

@@ -32,6 +32,8 @@ _HELP = {
     "max_length": "tokens (points) per row",
     "min_length": "shortest training window, in points",
     "pack": "pack several series per row (--no-pack: one window per row, padded)",
+    "quality_filter": "drop mostly-zero or constant stretches of file data (Time-MoE's filter); "
+    "--no-quality-filter keeps them, e.g. for intermittent demand",
     "data_prefetch": "draw the next batches in the background while the GPU trains (auto = a process on a GPU)",
     "min_lr_ratio": "final lr of the cosine schedule as a fraction of --lr",
     "betas": "AdamW betas",
@@ -64,6 +66,16 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
 
 
 def _floats(text: str) -> list[float]:
@@ -128,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
     fc.add_argument("--horizon", type=int, default=12)
     fc.add_argument("--context-length", type=int, default=512, help="at most this many last points as context")
-    fc.add_argument("--show", type=int, default=6, help="last observations to print")
+    fc.add_argument("--show", type=_non_negative_int, default=6, help="last observations to print (0 = none)")
     return parser
 
 
@@ -233,7 +245,8 @@ def run_forecast(args: argparse.Namespace) -> int:
     index = series.index[: len(values)]
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
-    for t, v in zip(index[-args.show :], values[-args.show :]):
+    first_shown = len(values) - min(args.show, len(values))  # not values[-show:]: -0 would print them all
+    for t, v in zip(index[first_shown:], values[first_shown:]):
         print(f"{'observed':>10} {_time_text(t):>20} {v:>24.4f}")
     for t, v in zip(future, pred):
         print(f"{'forecast':>10} {_time_text(t):>20} {v:>24.4f}")
@@ -286,15 +299,31 @@ def main(argv: list[str] | None = None) -> int:
         from .train.trainer import train
 
         result = train(cfg)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
         if args.verbose:
             raise
-        parser.exit(2, f"timemoe {args.command}: error: {err}\n")
+        parser.exit(2, f"timemoe {args.command}: error: {_error_text(err)}\n")
     if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['output_dir']}"
-        )
+        if not result["losses"]:  # resumed at --max-steps: there is no loss of this run to report
+            print(
+                f"nothing to train: the run in {result['output_dir']} was already complete at step {result['steps']} "
+                "(pass a larger --max-steps with --resume to train on)"
+            )
+        else:
+            print(
+                f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; "
+                f"model in {result['output_dir']}"
+            )
     return 0
+
+
+def _error_text(err: Exception) -> str:
+    """The one-line message of an error. A bare missing-module error (one our code did not reword) names the
+    package to install, since an optional dependency (pyarrow, triton, flash_attn, ...) is the usual cause."""
+    if isinstance(err, ModuleNotFoundError) and err.name and str(err).startswith("No module named"):
+        package = err.name.split(".")[0]
+        return f"the optional package {package!r} is not installed ({err}); install it: pip install {package}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,24 @@ def test_unknown_inputs_name_the_fix(tmp_path):
         open_source(np.zeros((2, 2, 2)))
     with pytest.raises(IndexError):
         open_source(np.zeros((2, 3)))[2]
+
+
+@pytest.mark.parametrize(
+    "values, standardise, match",
+    [
+        ([1.0, 2.0, np.nan, 4.0], False, "NaN/inf"),
+        ([1.0, np.inf], False, "NaN/inf"),
+        ([1.0, 3e9], False, "outside the range of int32"),
+        ([1.0, 2.5], False, "non-whole"),
+        ([1.0, 2.0, 3.0], True, "standardise=True"),
+    ],
+)
+def test_integer_binary_dtype_refuses_values_it_cannot_hold(tmp_path, values, standardise, match):
+    # NaN was cast to -2147483648 and then read back and trained on as an ordinary value.
+    folder = tmp_path / "ints"
+    with pytest.raises(ValueError, match=match) as info:
+        write_binary_dataset([np.array(values)], folder, dtype="int32", standardise=standardise)
+    assert "float32" in str(info.value)
+    assert not folder.exists()  # nothing half-written
+    whole = write_binary_dataset([np.array([1.0, -2.0, 300.0])], folder, dtype="int16")
+    np.testing.assert_array_equal(open_source(whole)[0], [1.0, -2.0, 300.0])

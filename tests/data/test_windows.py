@@ -135,3 +135,18 @@ def test_sampler_arguments_are_checked():
         WindowSampler(src, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="min_length"):
         WindowSampler(src, min_length=1)
+
+
+def test_low_quality_error_names_the_cli_flag():
+    zeros = ArraySource([np.zeros(200)], name="zeros")
+    with pytest.raises(ValueError, match="--no-quality-filter"):
+        WindowSampler(zeros, max_tries=5).sample()
+
+
+def test_overlapping_shards_are_reported_once(caplog):
+    # The trainer builds a fresh evaluation sampler at every evaluation; each repeated the same warning.
+    src = ArraySource([np.arange(50.0)], name="one-series-overlap-test")
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        for _ in range(3):
+            WindowSampler(src, rank=1, world_size=2)
+    assert sum("shards overlap" in r.getMessage() for r in caplog.records) == 1

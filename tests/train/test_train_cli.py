@@ -115,9 +115,11 @@ def test_flags_map_one_to_one_onto_train_config():
             "false",
             "--data-prefetch",
             "process",
+            "--no-quality-filter",
         ]
     )
     cfg = train_config_from_args(args)
+    assert cfg.quality_filter is False
     assert cfg.data == ["a.csv", "synthetic"] and cfg.data_weights == [1.0, 3.0]
     assert cfg.betas == (0.8, 0.9) and cfg.fsdp is True and cfg.pack is False and cfg.fused is False
     assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16" and cfg.data_prefetch == "process"
@@ -140,6 +142,9 @@ def test_flags_map_one_to_one_onto_train_config():
         (["pretrain", "--config", "nope", "--max-steps", "1"], "neither a preset"),
         (["pretrain", "--data", "/no/such/file.csv", "--max-steps", "1"], "file.csv"),
         (["finetune", "--model", "/no/such/dir", "--max-steps", "1"], "does not exist"),
+        (["finetune", "--model", "./runs/typo", "--max-steps", "1"], "does not exist locally"),
+        (["pretrain", "--device", "tpu", "--max-steps", "1"], "device must be cpu, cuda or cuda:N"),
+        (["pretrain", "--data-weights", "inf", "--max-steps", "1"], "finite positive"),
     ],
 )
 def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
@@ -148,6 +153,51 @@ def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_forecast_show_zero_prints_no_observations_and_negative_is_refused(capsys):
+    # --show 0 used to print the whole history (values[-0:]), and a negative count all but its first points.
+    assert main(["forecast", "--horizon", "2", "--show", "0"]) == 0
+    text = capsys.readouterr().out
+    assert rows(text, "observed") == 0 and rows(text, "forecast") == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--horizon", "2", "--show", "-3"])
+    assert exit_info.value.code == 2
+    assert "--show: expected a whole number >= 0, got -3" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    def no_engine(*args, **kwargs):  # what pandas raises without pyarrow and fastparquet
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow', 'fastparquet'.\nmore lines")
+
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    (tmp_path / "d.parquet").write_bytes(b"PAR1xxPAR1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", *FAST, "--data", str(tmp_path / "d.parquet"), "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "pip install pyarrow" in err
+
+    import timemoe_forecaster.train.trainer as trainer
+
+    def missing(cfg):  # any other optional module missing somewhere in training
+        raise ModuleNotFoundError("No module named 'flash_attn'", name="flash_attn")
+
+    monkeypatch.setattr(trainer, "train", missing)
+    with pytest.raises(SystemExit):
+        main(["pretrain", *FAST, "--output-dir", str(tmp_path / "run2")])
+    assert "pip install flash_attn" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_so_instead_of_a_nan_loss(tmp_path, capsys):
+    args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(tmp_path), "--max-steps", "2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete at step 2" in out and "nan" not in out
 
 
 def test_module_entry_point_runs():

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from timemoe_forecaster import TimeMoEForPrediction
 from timemoe_forecaster.train import state as ckpt
 from timemoe_forecaster.train.metrics import read_metrics
+from timemoe_forecaster.train.optim import WarmupCosine
 from timemoe_forecaster.train.parallel import DistContext, parallelize
 from timemoe_forecaster.train.trainer import TrainConfig, Trainer, build_model, make_stream, open_data, train
 
@@ -307,6 +309,42 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path):
     assert not (tmp_path / "model.safetensors").exists()  # not finished: no final model yet
 
 
+def test_resume_follows_the_new_schedule_and_optimizer_settings(tmp_path, caplog):
+    # The checkpoint's scheduler used to come back whole: a run resumed with a larger --max-steps and another --lr
+    # stayed at the old run's final rate while train_config.json recorded the new settings.
+    train(small_config(tmp_path, max_steps=3, lr=1e-2, warmup_steps=0))
+    resumed = small_config(tmp_path, max_steps=6, lr=5e-2, warmup_steps=2, weight_decay=0.2, resume=True)
+    with caplog.at_level(logging.INFO, logger="timemoe_forecaster.train.trainer"):
+        result = train(resumed)
+    assert result["steps"] == 6 and len(result["losses"]) == 3
+    schedule = WarmupCosine(2, 6, resumed.min_lr_ratio)  # the new schedule, from the checkpoint's step 3 on
+    rates = {r["step"]: r["lr"] for r in read_metrics(tmp_path)}
+    assert [rates[s] for s in (4, 5, 6)] == pytest.approx([5e-2 * schedule(s - 1) for s in (4, 5, 6)])
+    assert rates[6] == pytest.approx(5e-2 * resumed.min_lr_ratio)  # ends where the new schedule ends
+    recorded = json.loads((tmp_path / "train_config.json").read_text())
+    assert (recorded["lr"], recorded["max_steps"], recorded["weight_decay"]) == (5e-2, 6, 0.2)
+    groups = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.2]  # the new decay, on matrices only
+    assert "max_steps 3 -> 6" in caplog.text and "lr 0.01 -> 0.05" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(seed=1), "--seed 0"),
+        (dict(optim_dtype="bf16"), "--optim-dtype fp32"),
+        (dict(config="small"), "different model"),
+        (dict(max_steps=1), "past --max-steps 1"),
+    ],
+)
+def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, changes, match):
+    # These failed deep inside torch (a KeyError, a size mismatch) or were silently not what the run recorded.
+    train(small_config(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match=match) as info:
+        train(small_config(tmp_path, resume=True, **changes))
+    assert "--init-from" in str(info.value) or "--max-steps above 2" in str(info.value)
+
+
 def test_resume_with_other_shard_count_is_refused(tmp_path):
     train(small_config(tmp_path, max_steps=2, save_every=1))
     with pytest.raises(ValueError, match="grad-accum"):
@@ -326,11 +364,39 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(data=[]), "data"),
         (dict(resume=True, output_dir=None), "resume"),
         (dict(betas=(0.9, 1.5)), "betas"),
+        (dict(data_weights=[float("inf")]), "finite positive"),  # was "Probabilities contain NaN" when drawing
+        (dict(data_weights=[float("nan")]), "finite positive"),
+        (dict(device="tpu"), "device must be cpu, cuda or cuda:N"),  # was torch's long RuntimeError
+        (dict(device="cuda:x"), "device must be cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_config_values(changes, match):
     with pytest.raises(ValueError, match=match):
         small_config(**changes)
+
+
+def test_a_multivariate_model_config_is_refused_before_training(tmp_path):
+    # input_size 2 used to fail inside the first matrix product: "mat1 and mat2 shapes cannot be multiplied".
+    from timemoe_forecaster import TimeMoEConfig
+
+    config = TimeMoEConfig.from_preset("tiny").replace(input_size=2)
+    config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(ValueError, match="input_size 2.*univariate"):
+        train(small_config(config=str(tmp_path / "config.json"), max_steps=1))
+    with pytest.raises(ValueError, match="univariate"):  # also for code that builds a Trainer itself
+        Trainer(small_config(max_steps=1), DistContext(), TimeMoEForPrediction(config), [None])
+
+
+def test_quality_filter_can_be_turned_off(tmp_path):
+    # Intermittent demand (two values in three are zero) is all "low quality"; the error named an option that the
+    # CLI and TrainConfig lacked.
+    values = np.zeros((3, 600), np.float32)
+    values[:, ::3] = np.random.default_rng(0).random((3, 200))
+    np.save(tmp_path / "intermittent.npy", values)
+    data = [str(tmp_path / "intermittent.npy")]
+    with pytest.raises(ValueError, match="--no-quality-filter"):
+        train(small_config(data=data, max_steps=1))
+    assert train(small_config(data=data, max_steps=2, quality_filter=False))["steps"] == 2
 
 
 def test_bad_run_arguments(tmp_path):

@@ -132,6 +132,29 @@ def _check_bin_file(path: Path, num_points: int, dtype: np.dtype) -> None:
         )
 
 
+def _check_storable_as_integers(x: np.ndarray, dtype: np.dtype, name: str, standardised: bool) -> None:
+    """Refuse values an integer dtype would silently change. A cast turns NaN/inf into the dtype's minimum
+    (-2147483648 for int32), which readers then return, and the sampler trains on, as an ordinary value (it
+    splits series only at NaN/inf); values out of range wrap around, and fractions are cut off."""
+    hint = "write it with dtype='float32' (or 'float16')"
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} NaN/inf value(s), which integer dtype {dtype.name} cannot store (the cast "
+            f"would turn them into {np.iinfo(dtype).min}, trained on as data); {hint}, which keeps gaps as NaN, or "
+            "split the series at its non-finite values and write the pieces"
+        )
+    info = np.iinfo(dtype)
+    if x.size and (x.min() < info.min or x.max() > info.max):
+        raise ValueError(
+            f"{name} holds values from {x.min()} to {x.max()}, outside the range of {dtype.name} "
+            f"[{info.min}, {info.max}]; {hint}"
+        )
+    if not np.array_equal(x, np.round(x)):
+        cause = " (standardise=True makes them)" if standardised else ""
+        raise ValueError(f"{name} holds non-whole values{cause} that {dtype.name} would cut off; {hint}")
+
+
 def write_binary_dataset(
     series: Sequence[Any] | SeriesSource,
     folder: str | Path,
@@ -145,7 +168,6 @@ def write_binary_dataset(
     (readers return the original values). Returns the folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     np_dtype = np.dtype(dtype)
     if num_files < 1:
         raise ValueError(f"num_files must be >= 1, got {num_files}")
@@ -160,9 +182,12 @@ def write_binary_dataset(
             std = std if std > 0 else 1.0
             x = (x - mean) / std
             entry.update(mean=mean, std=std)
+        if np.issubdtype(np_dtype, np.integer):
+            _check_storable_as_integers(x, np_dtype, f"series {k}", standardise)
         arrays.append(x.astype(np_dtype))
         scales.append(entry)
         offset += int(x.shape[0])
+    folder.mkdir(parents=True, exist_ok=True)  # only once every series is known to fit the dtype
     flat = np.concatenate(arrays) if arrays else np.zeros(0, np_dtype)
     names = sorted(f"data-{i + 1}-of-{num_files}.bin" for i in range(num_files))
     bounds = np.linspace(0, flat.shape[0], num_files + 1).astype(np.int64)

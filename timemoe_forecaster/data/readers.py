@@ -18,8 +18,11 @@ def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
     if fmt in (".parquet", ".pq"):
         try:
             df = pd.read_parquet(path)
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow ({err})") from None
+        except ImportError:  # pandas' own message spans several lines and names two engines
+            raise ImportError(
+                f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
+                "pip install pyarrow (or convert the file to CSV)"
+            ) from None
     else:
         try:
             df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")

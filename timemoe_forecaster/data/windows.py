@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 QUALITY_BLOCK = 128
 QUALITY_THRESHOLD = 0.2
 STD_FLOOR = 1e-5
+# (source, series, rank, ranks) whose overlapping shards were already reported: the trainer builds a fresh sampler
+# for every evaluation, which repeated the same warning each time.
+_OVERLAP_WARNED: set[tuple[str, int, int, int]] = set()
 
 
 def _zero_ratios(blocks: np.ndarray) -> np.ndarray:
@@ -134,13 +137,16 @@ class WindowSampler:
         n = len(src)
         first, stride = self.rank, self.world_size
         if n <= self.rank:
-            logger.warning(
-                "source %r has %d series, fewer than %d ranks: rank %d reads all of them (shards overlap)",
-                src.name,
-                n,
-                self.world_size,
-                self.rank,
-            )
+            key = (str(src.name), n, self.rank, self.world_size)
+            if key not in _OVERLAP_WARNED:
+                _OVERLAP_WARNED.add(key)
+                logger.warning(
+                    "source %r has %d series, fewer than %d ranks: rank %d reads all of them (shards overlap)",
+                    src.name,
+                    n,
+                    self.world_size,
+                    self.rank,
+                )
             first, stride = 0, 1
         all_lengths = src.lengths() if self.series_weighting == "length" else None
         if all_lengths is None:
@@ -196,7 +202,8 @@ class WindowSampler:
         raise ValueError(
             f"no usable window in {self.max_tries} draws from {[s.name for s in self.sources]}: series are shorter "
             f"than min_length={self.min_length}, all non-finite, or low quality (mostly constant or zero). "
-            "Lower min_length, or pass quality_filter=False."
+            "Lower min_length (CLI: --min-length), or turn the quality filter off with quality_filter=False "
+            "(CLI: --no-quality-filter)."
         )
 
     def __iter__(self) -> Iterator[np.ndarray]:

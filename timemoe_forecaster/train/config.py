@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class TrainConfig:
     max_length: int = 512
     min_length: int = 17  # shortest window kept (points)
     pack: bool = True
+    quality_filter: bool = True  # drop mostly-zero/constant stretches of file data (off for intermittent demand)
     data_prefetch: str = "auto"  # draw the next batches in the background: off, thread, process (auto: on GPU)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -142,7 +144,16 @@ class TrainConfig:
             f"data must list at least one spec ('synthetic' or a path), got {self.data!r}",
         )
         if self.data_weights is not None:
-            need(all(w > 0 for w in self.data_weights), f"data_weights must be positive, got {self.data_weights}")
+            # inf or nan would pass "> 0" checks yet turn the mixture probabilities into NaN when normalised.
+            need(
+                all(math.isfinite(w) and w > 0 for w in self.data_weights),
+                f"data_weights must be finite positive numbers, got {self.data_weights}",
+            )
+        # Checked here, not when the device is first used: torch's own error for "tpu" is a long traceback.
+        need(
+            self.device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)) is not None,
+            f"device must be cpu, cuda or cuda:N (or left unset for this process's GPU if any), got {self.device!r}",
+        )
         need(not (self.resume and self.output_dir is None), "resume needs an output_dir holding checkpoints")
         need(not (self.save_every and self.output_dir is None), "save_every needs an output_dir")
 

@@ -339,10 +339,17 @@ class WarmupCosine:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr_ratio: float
+    optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr_ratio: float, start_step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The warmup-cosine schedule of ``optimizer``'s peak rates (each group's ``initial_lr`` when ``start_step`` >
+    0, else its ``lr``), positioned at ``start_step``: the groups get that step's rates. A resumed run builds it
+    anew at the checkpoint's step, so a changed --lr, --warmup-steps or --max-steps takes effect from there."""
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, max_steps, min_lr_ratio))
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    schedule = WarmupCosine(warmup_steps, max_steps, min_lr_ratio)
+    # LambdaLR steps once on construction: last_epoch=start_step - 1 leaves it at start_step (-1 = fresh).
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=start_step - 1)

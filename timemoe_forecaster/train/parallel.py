@@ -59,7 +59,10 @@ def pick_device(device: str | torch.device | None, local_rank: int = 0) -> torch
     """``None``/"auto": this rank's GPU when CUDA is available, else the CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:  # torch lists every backend it knows in a long message
+        raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' was requested but CUDA is not available; use --device cpu")

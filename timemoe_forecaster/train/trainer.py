@@ -70,6 +70,7 @@ def make_stream(sources, cfg: TrainConfig, shard: int, num_shards: int, seed: in
         seed=seed,
         rank=shard,
         world_size=num_shards,
+        quality_filter=cfg.quality_filter,
     )
     return PackedBatchStream(sampler, batch_size=cfg.batch_size, max_length=cfg.max_length, pack=cfg.pack)
 
@@ -85,6 +86,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, model: TimeMoEForPrediction, streams, eval_stream=None):
         if len(streams) != cfg.grad_accum:
             raise ValueError(f"expected {cfg.grad_accum} training streams (one per micro-batch), got {len(streams)}")
+        require_univariate(model.config, "the model")
         self.cfg, self.ctx, self.model, self.streams, self.eval_stream = cfg, ctx, model, streams, eval_stream
         on_gpu = ctx.device.type == "cuda"
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_gpu)
@@ -434,14 +436,24 @@ class Trainer:
                 f"{path} was written by a run with world_size × grad_accum = {trainer_state['num_shards']} data "
                 f"shards; this run has {num_shards}. Resume with the same number of processes × --grad-accum."
             )
+        check_resumable(path, saved["config"], trainer_state, self.model.config, self.cfg)
         opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
         dtype = next(self.model.parameters()).dtype
         set_model_state_dict(self.model, {k: v.to(dtype) for k, v in saved["model"].items()}, options=opts)
         with float_learning_rates(self.optimizer):
+            # This run's optimizer settings, before the checkpoint's param_groups replace them.
+            fresh = [{k: g[k] for k in RESUMED_GROUP_SETTINGS if k in g} for g in self.optimizer.param_groups]
             set_optimizer_state_dict(self.model, self.optimizer, saved["optimizer"], options=opts)
+            # The checkpoint gives the moments and the step count; the peak rate, decay, betas, eps and schedule
+            # come from this run's config (what train_config.json records), not the checkpoint's old settings.
+            for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
+                group.update(settings)
+                group["lr"] = group["initial_lr"]  # the peak rate, scaled to the resumed step's by the schedule
+            cfg = self.cfg
+            step = int(trainer_state["scheduler"]["last_epoch"])
+            self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio, step)
         self._graphed = None  # the optimizer's state tensors were replaced: record the step again
         self._launched = None
-        self.scheduler.load_state_dict(trainer_state["scheduler"])
         first = self.ctx.rank * self.cfg.grad_accum
         self.close()  # a data worker drawing from the old positions must not run on
         for stream, state in zip(self.streams, trainer_state["data"][first : first + self.cfg.grad_accum]):
@@ -515,6 +527,50 @@ def rank_streams(sources, cfg: TrainConfig, rank: int, world_size: int) -> list:
     return [make_stream(sources, cfg, s, num_shards, cfg.seed, cfg.data_weights) for s in shards]
 
 
+# Optimizer group settings a resumed run takes from its own config rather than from the checkpoint.
+RESUMED_GROUP_SETTINGS = ("lr", "initial_lr", "weight_decay", "betas", "eps")
+# Settings a checkpoint fixes: its optimizer state has the layout of one optim_dtype, and its data and random
+# streams go on from where the first run's seed put them.
+FIXED_ON_RESUME = ("optim_dtype", "seed")
+
+
+def check_resumable(path, saved_config, trainer_state: dict, model_config, cfg: TrainConfig) -> None:
+    """Refuse (ValueError) a resume this run's settings cannot honour; log at INFO the settings that changed.
+
+    Changed learning-rate, schedule and optimizer settings are honoured (the schedule is rebuilt at the
+    checkpoint's step); a different model, optim_dtype or seed, or a --max-steps below the checkpoint's step,
+    cannot be, and training on would record one thing in train_config.json and do another."""
+    step = int(trainer_state["step"])
+    arch = {k: v for k, v in saved_config.to_dict().items() if k not in ("extra", "use_cache")}
+    ours = {k: v for k, v in model_config.to_dict().items() if k not in ("extra", "use_cache")}
+    differ = [f"{k} {arch[k]} vs {ours.get(k)}" for k in arch if arch[k] != ours.get(k)]
+    if differ:
+        raise ValueError(
+            f"{path} holds a different model than this run builds ({', '.join(differ)}); resume with the --config "
+            f"(or --model) of the run that wrote it, or start a new run from its weights with --init-from {path}"
+        )
+    old = json.loads(trainer_state.get("train_config") or "{}")  # older checkpoints may lack it
+    new = json.loads(json.dumps(cfg.to_dict()))  # through JSON, as the old one was: tuples become lists
+    for name in FIXED_ON_RESUME:
+        if name in old and old[name] != new[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{path} was written with {flag} {old[name]}, this run has {flag} {new[name]}: a resumed run cannot "
+                f"change it. Resume with {flag} {old[name]}, or start a new run from its weights with "
+                f"--init-from {path}"
+            )
+    if step > cfg.max_steps:
+        raise ValueError(
+            f"{path} is at step {step}, past --max-steps {cfg.max_steps}; pass a --max-steps above {step} to train on"
+        )
+    changed = [f"{k} {old[k]} -> {new[k]}" for k in new if k in old and k != "resume" and old[k] != new[k]]
+    if changed:
+        log.info("resuming at step %d with changed settings: %s", step, "; ".join(changed))
+    schedule = ("lr", "min_lr_ratio", "warmup_steps", "max_steps")
+    if any(k in old and old[k] != new[k] for k in schedule):
+        log.info("the learning-rate schedule follows the new settings from step %d on", step)
+
+
 def _plain_scheduler_state(scheduler) -> dict:
     """The scheduler's state with its last rates as floats (they are device tensors under step_graph)."""
     state = scheduler.state_dict()
@@ -548,17 +604,31 @@ def resolve_prefetch(mode: str, device: torch.device) -> str:
     return "process" if "fork" in multiprocessing.get_all_start_methods() else "thread"
 
 
+def require_univariate(config, where: str) -> None:
+    """Training windows are univariate (one value per time step); a model reading several values per step would
+    fail deep inside its first matrix product, so say so before anything is built or read."""
+    if config.input_size != 1:
+        raise ValueError(
+            f"{where} has input_size {config.input_size}, but training feeds univariate series (one value per "
+            "time step). Train with input_size 1: each column of a table (each row of an array) is read as a "
+            "series of its own, so a multivariate data set trains channel by channel"
+        )
+
+
 def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
     """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32."""
     if cfg.init_from is not None:
-        return TimeMoEForPrediction.from_pretrained(
+        model = TimeMoEForPrediction.from_pretrained(
             cfg.init_from,
             dtype=torch.float32,
             device=device,
             attn_backend=cfg.attn_backend,
             moe_dispatch=cfg.moe_dispatch,
         )
+        require_univariate(model.config, f"the model {cfg.init_from}")
+        return model
     config = resolve_config(cfg.config)
+    require_univariate(config, f"the model config {cfg.config!r}")
     torch.manual_seed(cfg.seed)
     with torch.device(device):
         return TimeMoEForPrediction(config, attn_backend=cfg.attn_backend, moe_dispatch=cfg.moe_dispatch)

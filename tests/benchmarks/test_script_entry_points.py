@@ -1,0 +1,41 @@
+"""Benchmark scripts run as files (``python benchmarks/NAME.py``), as their docstrings say, not only with ``-m``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_MICROS = ("adamw_micro", "moe_grouped_micro", "moe_train_micro")
+
+
+def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    script = ROOT / "benchmarks" / f"{name}.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("name", GPU_MICROS)
+def test_gpu_micro_benchmarks_start_as_files(name, tmp_path):
+    # They imported ``benchmarks.timing`` without the repository root on sys.path: ModuleNotFoundError.
+    if name == "adamw_micro":
+        pytest.importorskip("triton")
+    done = run_script(name, "--help", cwd=tmp_path)  # from elsewhere too: the path comes from the file
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+    if not torch.cuda.is_available():  # without a GPU: one argparse line, not a traceback
+        args = ("--out", str(tmp_path / "out")) if name != "adamw_micro" else ()
+        done = run_script(name, *args)
+        assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_report_parses_its_arguments(tmp_path):
+    # "--help" used to be taken for the results folder: FileNotFoundError '--help/leaderboard.md'.
+    done = run_script("report", "--help")
+    assert done.returncode == 0 and "usage:" in done.stdout and not (ROOT / "--help").exists()
+    done = run_script("report", str(tmp_path / "missing"))
+    assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
