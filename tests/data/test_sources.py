@@ -254,3 +254,14 @@ def test_integer_binary_dtype_refuses_values_it_cannot_hold(tmp_path, values, st
     assert not folder.exists()  # nothing half-written
     whole = write_binary_dataset([np.array([1.0, -2.0, 300.0])], folder, dtype="int16")
     np.testing.assert_array_equal(open_source(whole)[0], [1.0, -2.0, 300.0])
+
+
+def test_float16_binary_dtype_refuses_values_beyond_its_range(tmp_path):
+    # 70000 would be stored as inf, which readers treat as missing: a silent loss of data.
+    with pytest.raises(ValueError, match="beyond float16's largest 65504"):
+        write_binary_dataset([np.array([1.0, 70000.0])], tmp_path / "f16", dtype="float16")
+    assert not (tmp_path / "f16").exists()
+    kept = write_binary_dataset([np.array([1.0, 70000.0])], tmp_path / "std", dtype="float16", standardise=True)
+    np.testing.assert_allclose(open_source(kept)[0], [1.0, 70000.0], rtol=1e-3)
+    nan_ok = write_binary_dataset([np.array([1.0, np.nan, 2.0])], tmp_path / "nan", dtype="float16")
+    assert np.isnan(open_source(nan_ok)[0][1])

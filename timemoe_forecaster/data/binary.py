@@ -155,6 +155,17 @@ def _check_storable_as_integers(x: np.ndarray, dtype: np.dtype, name: str, stand
         raise ValueError(f"{name} holds non-whole values{cause} that {dtype.name} would cut off; {hint}")
 
 
+def _check_in_float_range(x: np.ndarray, dtype: np.dtype, name: str) -> None:
+    """float16 tops out at 65504: larger values would be stored as inf, which training skips as missing."""
+    biggest = float(np.finfo(dtype).max)
+    finite = x[np.isfinite(x)]
+    if finite.size and np.abs(finite).max() > biggest:
+        raise ValueError(
+            f"{name} holds values up to {np.abs(finite).max():.6g}, beyond {dtype.name}'s largest {biggest:.6g} "
+            "(they would be stored as inf); pass standardise=True, or a wider dtype such as float32"
+        )
+
+
 def write_binary_dataset(
     series: Sequence[Any] | SeriesSource,
     folder: str | Path,
@@ -184,6 +195,10 @@ def write_binary_dataset(
             entry.update(mean=mean, std=std)
         if np.issubdtype(np_dtype, np.integer):
             _check_storable_as_integers(x, np_dtype, f"series {k}", standardise)
+        elif np.issubdtype(np_dtype, np.floating):
+            _check_in_float_range(x, np_dtype, f"series {k}")
+        else:
+            raise ValueError(f"dtype must be a float or integer type, got {np_dtype.name}")
         arrays.append(x.astype(np_dtype))
         scales.append(entry)
         offset += int(x.shape[0])
