@@ -98,7 +98,9 @@ def conformal_quantiles(residuals: np.ndarray, q: float) -> tuple[np.ndarray, np
     """
     r = np.sort(residuals, axis=0)  # NaN sort last
     n = np.count_nonzero(~np.isnan(residuals), axis=0)
-    k = np.ceil((n + 1) * q) if q >= 0.5 else np.floor((n + 1) * q)
+    # The tolerance keeps float noise from moving the rank: sktime asks coverage 0.8 as 0.5 - 0.4 =
+    # 0.09999999999999998, and floor(10 * that) would be 0 instead of 1.
+    k = np.ceil((n + 1) * q - 1e-9) if q >= 0.5 else np.floor((n + 1) * q + 1e-9)
     clipped = (k > n) | (k < 1)
     idx = (np.clip(k, 1, np.maximum(n, 1)) - 1).astype(np.int64)
     values = np.take_along_axis(r, idx[None], axis=0)[0] if r.shape[0] else np.full(n.shape, np.nan)

@@ -163,6 +163,24 @@ def test_long_format_with_unreadable_times_keeps_file_order(tmp_path, caplog):
     assert "file order" in caplog.text
 
 
+def test_long_format_with_and_without_a_time_of_day_is_still_sorted(tmp_path):
+    df = pd.DataFrame(
+        {"unique_id": "a", "date": ["2020-01-02", "2020-01-01 12:00", "2020-01-01"], "value": [2.0, 1, 0]}
+    )
+    df.to_csv(tmp_path / "long.csv", index=False)
+    _same(_all(open_source(tmp_path / "long.csv")), [np.array([0, 1, 2], dtype=np.float32)])
+
+
+def test_columns_the_user_names_are_series_whatever_their_name(tmp_path):
+    df = pd.DataFrame({"time": [5, 3, 8], "period": [1, 2, 3], "v": [1.0, 2, 3]})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    # 'time' is not increasing, so it is data; 'period' counts up under a time name, so it is the time axis...
+    _same(_all(open_source(tmp_path / "t.csv")), [np.array([5, 3, 8], dtype=np.float32), np.array([1, 2, 3], "f4")])
+    # ...unless named explicitly.
+    src = open_source(f"{tmp_path / 't.csv'}#columns=period")
+    _same(_all(src), [np.array([1, 2, 3], dtype=np.float32)])
+
+
 def test_integer_time_columns_of_a_wide_table_are_not_series(tmp_path):
     days = pd.date_range("2020-01-01", periods=30, freq="D")
     load = np.linspace(0, 1, 30, dtype=np.float32)

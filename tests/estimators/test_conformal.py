@@ -90,3 +90,14 @@ def test_residuals_are_normalised_even_when_the_model_sees_raw_values():
     x = np.sin(np.arange(60) / 5) * 300 + 5000
     _, scale = conformal.rolling_residuals(model, [x], 3, context_length=32, num_windows=4, scaling="none")
     np.testing.assert_allclose(scale, [x[-32:].std()])
+
+
+def test_float_noise_in_a_level_does_not_move_the_rank():
+    # sktime asks coverage 0.8 as 0.5 - 0.4 = 0.09999999999999998; floor(10 * that) must still be rank 1.
+    r = np.arange(1.0, 10.0)[:, None]
+    exact, clipped_exact = conformal.conformal_quantiles(r, 0.1)
+    noisy, clipped_noisy = conformal.conformal_quantiles(r, 0.5 - 0.4)
+    assert exact[0] == noisy[0] == 1.0 and not clipped_exact[0] and not clipped_noisy[0]
+    np.testing.assert_array_equal(
+        conformal.residual_offsets([r], [0.5 - 0.4, 0.5 + 0.4], 1), conformal.residual_offsets([r], [0.1, 0.9], 1)
+    )

@@ -143,7 +143,7 @@ def test_flags_map_one_to_one_onto_train_config():
         (["pretrain", "--data", "/no/such/file.csv", "--max-steps", "1"], "file.csv"),
         (["finetune", "--model", "/no/such/dir", "--max-steps", "1"], "does not exist"),
         (["finetune", "--model", "./runs/typo", "--max-steps", "1"], "does not exist locally"),
-        (["pretrain", "--device", "tpu", "--max-steps", "1"], "device must be cpu, cuda or cuda:N"),
+        (["pretrain", "--device", "tpu", "--max-steps", "1"], "device must be cpu, cuda, cuda:N or mps"),
         (["pretrain", "--data-weights", "inf", "--max-steps", "1"], "finite positive"),
     ],
 )

@@ -366,8 +366,8 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(betas=(0.9, 1.5)), "betas"),
         (dict(data_weights=[float("inf")]), "finite positive"),  # was "Probabilities contain NaN" when drawing
         (dict(data_weights=[float("nan")]), "finite positive"),
-        (dict(device="tpu"), "device must be cpu, cuda or cuda:N"),  # was torch's long RuntimeError
-        (dict(device="cuda:x"), "device must be cpu, cuda or cuda:N"),
+        (dict(device="tpu"), "device must be cpu, cuda, cuda:N or mps"),  # was torch's long RuntimeError
+        (dict(device="cuda:x"), "device must be cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_bad_config_values(changes, match):

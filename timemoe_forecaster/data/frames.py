@@ -53,13 +53,15 @@ def frame_to_series(
     if columns:
         _require(df, columns, where, "columns")
         df = df[list(columns)]
+
     if orient == "rows":
         return _rows(df, where)
     if orient != "columns":
         raise ValueError(f"orient must be 'columns' (one column per series) or 'rows', got {orient!r}")
     if isinstance(df.index, pd.MultiIndex):
         return _panel(df, where)
-    return _wide(df, where)
+    # Columns the user names are series, whatever their name or values suggest.
+    return _wide(df, where, skip_dates=not columns)
 
 
 def _lower(name: Any) -> str:
@@ -105,8 +107,11 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         return True
     if pd.api.types.is_integer_dtype(col):
         values = col.to_numpy()
+        if lname in DATE_PART_NAMES:
+            return True
+        increasing = values.size > 1 and bool((np.diff(values) > 0).all())
         # yyyymmdd integers and epoch seconds under a time name are the time axis, not a series.
-        if lname in DATE_PART_NAMES or lname in TIME_NAMES:
+        if lname in TIME_NAMES and increasing:
             return True
         counter = values.size > 1 and bool((np.diff(values) == 1).all())
         return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
@@ -143,6 +148,17 @@ def parse_times(col: pd.Series) -> pd.Series | None:
         if len(parsed) and parsed.notna().all():
             readings.append(parsed)
     if not readings:
+        # Neither one format reads every value (dates with and without a time of day, say): read each
+        # value on its own, ISO 8601 first. Day-first dates never get here: the day-first pass reads them.
+        for fmt in ("ISO8601", "mixed"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                try:
+                    parsed = pd.to_datetime(text, errors="coerce", format=fmt)
+                except (TypeError, ValueError, OverflowError):
+                    continue
+            if len(parsed) and parsed.notna().all():
+                return parsed
         return None
     if len(readings) == 2 and not readings[0].equals(readings[1]):
         return min(readings, key=_irregularity)
@@ -155,13 +171,13 @@ def _irregularity(times: pd.Series) -> int:
     return int(np.unique(np.diff(values)).size)
 
 
-def _wide(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
+def _wide(df: pd.DataFrame, where: str, skip_dates: bool = True) -> tuple[list[np.ndarray], list[str]]:
     series, names = [], []
     for name in df.columns:
         col = df[name]
         if isinstance(col, pd.DataFrame):
             raise ValueError(f"{where}: column name {name!r} appears more than once; rename the duplicates")
-        if _is_date_or_index(col, name):
+        if skip_dates and _is_date_or_index(col, name):
             continue
         series.append(_numeric(col, where, str(name)))
         names.append(str(name))

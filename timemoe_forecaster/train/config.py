@@ -151,8 +151,8 @@ class TrainConfig:
             )
         # Checked here, not when the device is first used: torch's own error for "tpu" is a long traceback.
         need(
-            self.device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)) is not None,
-            f"device must be cpu, cuda or cuda:N (or left unset for this process's GPU if any), got {self.device!r}",
+            self.device is None or re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)) is not None,
+            f"device must be cpu, cuda, cuda:N or mps (or unset for this process's GPU if any), got {self.device!r}",
         )
         need(not (self.resume and self.output_dir is None), "resume needs an output_dir holding checkpoints")
         need(not (self.save_every and self.output_dir is None), "save_every needs an output_dir")
