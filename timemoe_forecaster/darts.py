@@ -449,8 +449,15 @@ def _component_arrays(series_list: list[TimeSeries]) -> list[np.ndarray]:
     """Every component of every series as a validated float64 array (NaN allowed, inf not)."""
     out = []
     for k, s in enumerate(series_list):
-        values = preprocess.as_float_array(s.values(copy=False), name=f"series {k}")  # [T, C]
+        # Errors name the series by its place in a list, and by its time span, which also tells a cut-off
+        # of darts' one-by-one historical forecasts apart from the whole series.
+        where = (
+            f"series {k} ({s.start_time()} to {s.end_time()})"
+            if len(series_list) > 1
+            else (f"the series ({s.start_time()} to {s.end_time()})")
+        )
+        values = preprocess.as_float_array(s.values(copy=False), name=where)  # [T, C]
         for c, name in enumerate(s.components):
-            preprocess.fill_missing(values[:, c], name=f"series {k}, component {name!r}")  # validates
+            preprocess.fill_missing(values[:, c], name=f"{where}, component {name!r}")  # validates
             out.append(values[:, c])
     return out

@@ -235,6 +235,9 @@ def test_historical_forecasts_inside_leading_missing_values_are_nan(checkpoint, 
     assert "series 1: 12 historical forecast(s)" in caplog.text and str(airline.time_index[22]) in caplog.text
     direct = m.predict(1, series=late[:40])
     np.testing.assert_allclose(hist[1][late.time_index[40]].values(), direct.values(), rtol=1e-6)
+    # darts' one-by-one path calls predict() on each truncated series: the error gives that series' span.
+    with pytest.raises(ValueError, match=rf"the series \({late.start_time()} to {late.time_index[9]}\)"):
+        m.historical_forecasts(late, start=10, forecast_horizon=1, retrain=False, enable_optimization=False)
 
 
 def test_context_length_caps_the_history_but_is_not_a_minimum(checkpoint, airline):
