@@ -65,7 +65,7 @@ def test_bad_arguments(kwargs, error, match):
 
 
 def test_bad_series():
-    with pytest.raises(ValueError, match="two consecutive finite"):
+    with pytest.raises(ValueError, match="two finite values close enough"):
         train_on_series(make_model(), [np.array([np.nan, 1.0, np.nan])], steps=1)
     with pytest.raises(TypeError, match="list of 1-D"):
         train_on_series(make_model(), "not a series", steps=1)
@@ -89,3 +89,35 @@ def test_fine_tuning_draws_its_windows_in_the_training_loop(monkeypatch):
     monkeypatch.setattr(finetune, "Trainer", RecordingTrainer)
     train_on_series(make_model(), [sine()], steps=2, batch_size=4, max_length=64)
     assert seen == ["off"]
+
+
+def test_pieces_fill_short_gaps_split_at_long_ones_and_are_standardised():
+    from timemoe_forecaster.train.finetune import MAX_FILLED_GAP, _segments
+
+    every_other = np.full(40, np.nan)
+    every_other[::2] = np.arange(20.0)  # observed every other day: no two consecutive finite values
+    (piece,) = _segments([every_other])
+    assert piece.size == 39 and np.isfinite(piece).all()
+    long_gap = np.r_[np.arange(10.0), np.full(MAX_FILLED_GAP + 1, np.nan), np.arange(5.0)]
+    assert [p.size for p in _segments([long_gap])] == [10, 5]
+    short_gap = np.r_[np.arange(10.0), np.full(MAX_FILLED_GAP, np.nan), np.arange(5.0)]
+    assert [p.size for p in _segments([short_gap])] == [10 + MAX_FILLED_GAP + 5]
+    for p in _segments([sine(100) * 1e-7, sine(100) + 1e8]):
+        assert p.dtype == np.float32 and abs(p.mean()) < 1e-5 and abs(p.std() - 1) < 1e-4
+
+
+def test_fine_tuning_is_equivariant_to_level_and_scale():
+    # float32 steps by 8 at a level of 1e8, and windows with a spread under 1e-5 met an absolute std floor:
+    # both trained on other shapes than the same series at unit scale.
+    y = sine(200)
+    losses = [
+        train_on_series(make_model(), [y * a + b], steps=2, batch_size=4, max_length=32, seed=1)["losses"]
+        for a, b in [(1.0, 0.0), (1.0, 1e8), (1e-7, 0.0)]
+    ]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-4)
+
+
+def test_a_max_length_under_16_trains():
+    result = train_on_series(make_model(), [sine(100)], steps=1, batch_size=2, max_length=8)
+    assert result["steps"] == 1

@@ -23,10 +23,18 @@ log = logging.getLogger(__name__)
 DEFAULT_STEPS = 100
 
 
-def _segments(series) -> list[np.ndarray]:
-    """Finite runs (split at NaN/inf) of every series, as float32."""
-    from ..data import split_at_nonfinite
+# Interior gaps up to this many points are interpolated, as forecasting fills them; longer ones split the
+# series, so that training never sees long straight lines that are not in the data.
+MAX_FILLED_GAP = 32
 
+
+def _segments(series) -> list[np.ndarray]:
+    """Training pieces of every series as float32, each standardised by its own mean and std.
+
+    Standardising in float64 before the cast keeps what float32 would lose: a series at a level of 1e8
+    steps by 8 in float32, and one with a spread of 1e-7 falls under the windows' absolute std floor.
+    Fine-tuning then sees the same shapes whatever the series' level and scale, as forecasting does.
+    """
     if isinstance(series, np.ndarray) and series.ndim == 1:
         series = [series]
     if not isinstance(series, (list, tuple)) or not series:
@@ -34,15 +42,42 @@ def _segments(series) -> list[np.ndarray]:
     segments = []
     for k, s in enumerate(series):
         try:
-            x = np.asarray(s, dtype=np.float32)
+            x = np.asarray(s, dtype=np.float64)
         except (TypeError, ValueError):
             raise TypeError(f"series {k} is not numeric; pass 1-D arrays of floats") from None
         if x.ndim != 1:
             raise ValueError(f"series {k} must be 1-D, got shape {x.shape}")
-        segments.extend(split_at_nonfinite(x, min_length=2))
+        segments.extend(_standardised(piece) for piece in _pieces(x))
     if not segments:
-        raise ValueError("no series has two consecutive finite values: nothing to fine-tune on")
+        raise ValueError("no series has two finite values close enough together: nothing to fine-tune on")
     return segments
+
+
+def _pieces(x: np.ndarray) -> list[np.ndarray]:
+    """Runs of ``x`` between gaps longer than MAX_FILLED_GAP, shorter gaps interpolated; >= 2 observations each."""
+    finite = np.isfinite(x)
+    observed = np.flatnonzero(finite)
+    if observed.size < 2:
+        return []
+    breaks = np.flatnonzero(np.diff(observed) > MAX_FILLED_GAP + 1)  # a long gap after observed[b]
+    starts = np.r_[observed[0], observed[breaks + 1]]
+    stops = np.r_[observed[breaks], observed[-1]] + 1
+    pieces = []
+    for lo, hi in zip(starts, stops):
+        piece = x[lo:hi]
+        ok = np.isfinite(piece)
+        if ok.sum() < 2:
+            continue
+        if not ok.all():
+            positions = np.arange(piece.size)
+            piece = np.interp(positions, positions[ok], piece[ok])
+        pieces.append(piece)
+    return pieces
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    std = float(x.std())
+    return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 def _check_count(name: str, value) -> None:
@@ -103,7 +138,8 @@ def train_on_series(
         max_steps=int(steps),
         batch_size=batch_size,
         max_length=max_length,
-        min_length=max(2, min(17, max(len(s) for s in segments))),
+        # 17 points (16 of context) by default, fewer when max_length or the series allow no more.
+        min_length=max(2, min(17, max_length + 1, max(len(s) for s in segments))),
         lr=lr,
         weight_decay=weight_decay,
         warmup_steps=min(warmup_steps, int(steps)),
