@@ -189,3 +189,27 @@ def test_a_missing_path_that_looks_local_is_not_looked_up_on_the_hub(tmp_path, m
     assert asked == ["owner/model-1.0"]
     message = str(info.value)
     assert "is not a local directory" in message and "check its spelling" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("size, message", [(0, "at least 1 byte"), (-5, "at least 1 byte"), ([1], "bytes or a string")])
+def test_a_shard_size_that_makes_no_sense_is_refused(tmp_path, size, message):
+    with pytest.raises(ValueError, match=message):
+        make_model().save_pretrained(tmp_path, max_shard_size=size)
+
+
+def test_a_float_shard_size_is_bytes(tmp_path):
+    make_model().save_pretrained(tmp_path, max_shard_size=4e3)
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    assert torch.equal(
+        TimeMoEForPrediction.from_pretrained(tmp_path).forecast(torch.ones(1, 8), 2).isfinite(),
+        torch.ones(1, 2, dtype=torch.bool),
+    )
+
+
+def test_a_device_the_machine_lacks_is_refused_before_reading_weights(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(ValueError, match="sees (no|only)"):
+        TimeMoEForPrediction.from_pretrained(tmp_path, device=missing)
+    with pytest.raises(ValueError, match="device must be"):
+        TimeMoEForPrediction.from_pretrained(tmp_path, device="gpu")

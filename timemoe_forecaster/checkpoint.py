@@ -125,14 +125,22 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 # Saving --------------------------------------------------------------------------------------
 def _parse_size(size: int | str | None) -> int | None:
-    if size is None or isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read shard size {size!r}; use bytes or e.g. '16MiB', '2GB'")
-    unit = (match.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
-    return int(float(match.group(1)) * scale)
+    if size is None:
+        return None
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        value = size
+    elif isinstance(size, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, re.IGNORECASE)
+        if not match:
+            raise ValueError(f"cannot read shard size {size!r}; use bytes or e.g. '16MiB', '2GB'")
+        unit = (match.group(2) or "B").upper()
+        scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+        value = float(match.group(1)) * scale
+    else:
+        raise ValueError(f"max_shard_size must be bytes or a string such as '16MiB', got {size!r}")
+    if not value >= 1:  # 0 or less wrote one file per tensor
+        raise ValueError(f"max_shard_size must be at least 1 byte, got {size!r}")
+    return int(value)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -306,6 +314,10 @@ def load_pretrained(
         from .loading import resolve_dtype
 
         dtype = resolve_dtype(dtype)
+    if device is not None:  # likewise: torch's own error for a missing GPU came after every weight was read
+        from .loading import resolve_device
+
+        device = resolve_device(device)
     directory = resolve_directory(path_or_hub_id, revision)
     config_path = directory / "config.json"
     if not config_path.exists():

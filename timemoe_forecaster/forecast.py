@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from .model.modeling import DEFAULT_MAX_BATCH_TOKENS, TimeMoEForPrediction, build_attention_mask
@@ -92,7 +93,7 @@ def head_schedule(horizon_lengths: list[int], horizon: int) -> list[tuple[int, i
 def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: int, attention_mask):
     if not isinstance(context, torch.Tensor):
         raise TypeError(f"context must be a torch.Tensor, got {type(context).__name__}")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     c = model.config.input_size
     expected = "[batch, length]" if c == 1 else f"[batch, length, {c}]"
@@ -168,6 +169,7 @@ def forecast(
     the whole batch at once.
     """
     x, valid = prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens)
+    horizon = int(horizon)  # a numpy integer is fine too
     with eval_mode(model):
         out = run_forecast(model, x, valid, horizon, max_batch_tokens)
     return finish_output(out, context)
@@ -204,6 +206,13 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
         valid = attention_mask.to(device=param.device).bool()
         if not bool(valid.any(dim=1).all()):
             raise ValueError("every row of attention_mask needs at least one real (1) position")
+        # Padding goes on the left: the forecast continues the last position, which right padding (or a
+        # hole inside a row) would make a padded one, giving another forecast without an error.
+        if not bool((valid.int().cummax(dim=1).values.bool() == valid).all()):
+            raise ValueError(
+                "attention_mask must pad on the left only: in each row, zeros before the first 1 and only 1s "
+                "after it (for gaps inside a series, fill them first)"
+            )
         x = x.masked_fill(~valid[..., None], 0.0)
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):

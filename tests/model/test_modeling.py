@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -155,6 +156,15 @@ def test_forecast_is_deterministic_and_shaped():
     out = model.forecast(context, 13)
     assert out.shape == (4, 13) and out.dtype == torch.float32
     assert torch.equal(out, model.forecast(context, 13))
+    assert torch.equal(out, model.forecast(context, np.int64(13)))  # numpy integers are horizons too
+
+
+def test_a_float64_model_forecasts_like_the_float32_one():
+    # The grouped expert kernel takes no float64; a model.double() now falls back to the loop.
+    model = make_model()
+    context = torch.randn(3, 20)
+    expected = model.forecast(context, 5)
+    torch.testing.assert_close(model.double().forecast(context, 5), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -166,6 +176,9 @@ def test_forecast_is_deterministic_and_shaped():
         (dict(context=torch.tensor([[1.0, float("nan"), 2.0]]), horizon=3), "NaN"),
         (dict(context=torch.randint(0, 5, (2, 5)), horizon=3), "floating"),
         (dict(context=torch.randn(1, 5000), horizon=3), "limit"),
+        # Right padding and holes made the forecast continue a padded position, with no error.
+        (dict(context=torch.randn(1, 4), horizon=3, attention_mask=torch.tensor([[1, 1, 1, 0]])), "left only"),
+        (dict(context=torch.randn(1, 4), horizon=3, attention_mask=torch.tensor([[0, 1, 0, 1]])), "left only"),
     ],
 )
 def test_bad_forecast_input_gives_clear_errors(kwargs, message):

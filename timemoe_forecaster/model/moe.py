@@ -170,7 +170,10 @@ class SparseExpertsLayer(nn.Module):
         size = compute_dtype.itemsize
         aligned = all((n * size) % 16 == 0 for n in self.w_down_EHF.shape[1:])
         bf16_only = x_TH.is_cuda or torch.compiler.is_compiling()
-        dtype_ok = compute_dtype == torch.bfloat16 or not bf16_only
+        # On the CPU the kernel takes fp32/bf16/fp16 but not float64 (a user's model.double()).
+        dtype_ok = compute_dtype == torch.bfloat16 or (
+            not bf16_only and compute_dtype in (torch.float32, torch.float16)
+        )
         ok = available and aligned and dtype_ok
         if self.dispatch == "grouped" and not ok:
             raise RuntimeError("grouped MoE dispatch is not available for this device, dtype or width")
