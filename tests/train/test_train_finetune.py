@@ -121,3 +121,10 @@ def test_fine_tuning_is_equivariant_to_level_and_scale():
 def test_a_max_length_under_16_trains():
     result = train_on_series(make_model(), [sine(100)], steps=1, batch_size=2, max_length=8)
     assert result["steps"] == 1
+
+
+def test_the_default_max_length_fits_a_small_model():
+    from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+    small = TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny", max_position_embeddings=64))
+    assert train_on_series(small, [sine(300)], steps=1, batch_size=2)["steps"] == 1  # 512 would exceed 64

@@ -93,7 +93,7 @@ def train_on_series(
     epochs: int | None = None,
     lr: float = 1e-4,
     batch_size: int = 16,
-    max_length: int = 512,
+    max_length: int | None = None,
     weight_decay: float = 0.1,
     warmup_steps: int = 0,
     min_lr_ratio: float = 0.1,
@@ -115,6 +115,8 @@ def train_on_series(
     if steps is not None and epochs is not None:
         raise ValueError("pass either steps or epochs, not both")
     _check_count("batch_size", batch_size)
+    if max_length is None:  # 512, or the whole window a smaller model takes
+        max_length = min(512, model.config.max_position_embeddings)
     _check_count("max_length", max_length)
     if max_length > model.config.max_position_embeddings:
         raise ValueError(
