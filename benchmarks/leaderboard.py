@@ -40,6 +40,17 @@ QUICK = {"datasets": ["ETTh1"], "horizons": [96, 192], "channels": 2, "max_windo
 CHUNK = 4096  # windows gathered at once per channel (the model batches inside)
 
 
+def positive_int(text: str) -> int:
+    """A count flag: 0 or less used to mean "all" or "one" silently (--max-windows 0 ran every window)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", help=f"comma list of {', '.join(BASELINES + ('timemoe',))} (default: per setting)")
@@ -51,33 +62,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label", help="board name of the Time-MoE model (default: from --model-path)")
     p.add_argument("--context-length", help="one length, or four for 96,192,336,720 (default 512,1024,2048,3072)")
     p.add_argument(
-        "--normalize-window", action="store_true", help="standardise each context (default: off, as run_eval.py)"
+        "--normalize-window",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise each context by its own mean and std (default: on for the embedded default, which was "
+        "trained so; off for other checkpoints, as run_eval.py)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="Time-MoE dtype (default fp32)")
-    p.add_argument("--batch-size", type=int, default=256, help="Time-MoE windows per forward")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="Time-MoE windows per forward")
     p.add_argument(
-        "--batch-tokens", type=int, help="cap on windows x context per forward (long contexts get fewer windows)"
+        "--batch-tokens",
+        type=positive_int,
+        help="cap on windows x context per forward (long contexts get fewer windows)",
     )
-    p.add_argument("--max-windows", type=int, help="cap on test windows per channel for every model (evenly spaced)")
-    p.add_argument("--channels", type=int, help="use only the first N channels of each dataset")
-    p.add_argument("--stats-windows", type=int, default=50, help="windows per channel for AutoETS/AutoTheta/AutoARIMA")
-    p.add_argument("--stats-lookback", type=int, default=512)
-    p.add_argument("--jobs", type=int, default=1, help="processes for the statsforecast fits")
-    p.add_argument("--darts-windows", type=int, default=1000, help="test windows per channel for darts models")
-    p.add_argument("--darts-lookback", type=int, default=512)
-    p.add_argument("--darts-epochs", type=int, default=2)
-    p.add_argument("--darts-samples", type=int, default=7000, help="training windows per epoch (all channels)")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="Time-MoE full-shot epochs (paper: one)")
-    p.add_argument("--finetune-steps", type=int, help="Time-MoE full-shot steps (overrides epochs)")
+    p.add_argument(
+        "--max-windows", type=positive_int, help="cap on test windows per channel for every model (evenly spaced)"
+    )
+    p.add_argument("--channels", type=positive_int, help="use only the first N channels of each dataset")
+    p.add_argument(
+        "--stats-windows", type=positive_int, default=50, help="windows per channel for AutoETS/AutoTheta/AutoARIMA"
+    )
+    p.add_argument("--stats-lookback", type=positive_int, default=512)
+    p.add_argument("--jobs", type=positive_int, default=1, help="processes for the statsforecast fits")
+    p.add_argument("--darts-windows", type=positive_int, default=1000, help="test windows per channel for darts models")
+    p.add_argument("--darts-lookback", type=positive_int, default=512)
+    p.add_argument("--darts-epochs", type=positive_int, default=2)
+    p.add_argument("--darts-samples", type=positive_int, default=7000, help="training windows per epoch (all channels)")
+    p.add_argument("--finetune-epochs", type=positive_int, default=1, help="Time-MoE full-shot epochs (paper: one)")
+    p.add_argument("--finetune-steps", type=positive_int, help="Time-MoE full-shot steps (overrides epochs)")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
-    p.add_argument("--finetune-rounds", type=int, default=1, help="rounds of fine-tuning, each scored on val")
+    p.add_argument("--finetune-rounds", type=positive_int, default=1, help="rounds of fine-tuning, each scored on val")
     p.add_argument(
-        "--finetune-val-windows", type=int, default=32, help="validation windows per channel and horizon (selection)"
+        "--finetune-val-windows",
+        type=positive_int,
+        default=32,
+        help="validation windows per channel and horizon (selection)",
     )
-    p.add_argument("--finetune-batch-size", type=int, default=16)
-    p.add_argument("--finetune-max-length", type=int, default=512)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--finetune-batch-size", type=positive_int, default=16)
+    p.add_argument("--finetune-max-length", type=positive_int, default=512)
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--data-dir", help="folder with the benchmark CSVs (default: ../shared/data/benchmark)")
     p.add_argument("--out", help="output folder (default benchmarks/results, or benchmarks/results/quick with --quick)")
     p.add_argument("--quick", action="store_true", help="ETTh1, h 96/192, 2 channels, 16 windows: a CI smoke run")
@@ -164,6 +188,7 @@ def build_timemoe(args, plan):
         context_lengths=context_lengths(args.context_length),
         normalize_window=args.normalize_window,
         max_windows=plan["max_windows"],
+        horizons=plan["horizons"],
         finetune=finetune,
         label=args.label,
         seed=args.seed,

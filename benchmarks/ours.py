@@ -41,13 +41,26 @@ def torch_dtype(name: str | None):
     raise ValueError(f"unknown dtype {name!r}; choose from {DTYPES}")
 
 
-def model_label(model_path: str | None, preset: str | None = None) -> str:
-    """Board name of a checkpoint: Time-MoE[default], Time-MoE[<folder name>] or Time-MoE[preset:tiny]."""
+def default_normalize_window(model_path: str | None, preset: str | None = None) -> bool:
+    """The embedded default was trained on standardised windows and is evaluated so (the model card's cells);
+    other checkpoints as the official run_eval.py does, on the dataset-scaled values."""
+    return model_path is None and not preset
+
+
+def model_label(model_path: str | None, preset: str | None = None, normalize_window: bool | None = None) -> str:
+    """Board name of a checkpoint: Time-MoE[default], Time-MoE[<folder name>] or Time-MoE[preset:tiny],
+    with the window setting appended where it is not the model's default, so that the two settings are
+    separate cells (a rerun with the other setting must not be skipped as already done)."""
     if preset:
-        return f"Time-MoE[preset:{preset}]"
-    if model_path is None:
-        return "Time-MoE[default]"
-    return f"Time-MoE[{Path(str(model_path).rstrip('/')).name or model_path}]"
+        name = f"preset:{preset}"
+    elif model_path is None:
+        name = "default"
+    else:
+        name = Path(str(model_path).rstrip("/")).name or str(model_path)
+    usual = default_normalize_window(model_path, preset)
+    if normalize_window is not None and normalize_window != usual:
+        name += ", window-normalised" if normalize_window else ", raw windows"
+    return f"Time-MoE[{name}]"
 
 
 class TimeMoERunner:
@@ -66,8 +79,9 @@ class TimeMoERunner:
         batch_size: int = 256,
         batch_tokens: int | None = None,
         context_lengths: dict[int, int] | None = None,
-        normalize_window: bool = False,
+        normalize_window: bool | None = None,
         max_windows: int | None = None,
+        horizons: list[int] | None = None,
         finetune: dict | None = None,
         label: str | None = None,
         seed: int = 0,
@@ -84,8 +98,11 @@ class TimeMoERunner:
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         self.context_lengths = dict(DEFAULT_CONTEXT if context_lengths is None else context_lengths)
+        if normalize_window is None:
+            normalize_window = default_normalize_window(model_path, preset)
         self.normalize_window = normalize_window
         self.max_windows = max_windows
+        self.horizons = list(HORIZONS if horizons is None else horizons)  # those scored on val when fine-tuning
         self.finetune = {
             "epochs": 1,
             "batch_size": 16,
@@ -95,7 +112,7 @@ class TimeMoERunner:
             "val_windows": 32,
             **(finetune or {}),
         }
-        self.name = label or model_label(model_path, preset)
+        self.name = label or model_label(model_path, preset, normalize_window)
         self.seed = seed
         self._base = None
         self._model = None
@@ -187,9 +204,9 @@ class TimeMoERunner:
         self._tuned_on = data.name
 
     def _score_candidates(self, data) -> dict[int, list[float]]:
-        """Validation MSE of every candidate at every protocol horizon whose windows fit in the split."""
+        """Validation MSE of every candidate at every horizon of this run whose windows fit in the split."""
         scores = {}
-        for horizon in HORIZONS:
+        for horizon in self.horizons:
             length = self.context_length(horizon)
             first, last = max(data.train_end, length), data.test_start - horizon  # label starts
             if last < first:

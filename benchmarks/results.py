@@ -72,7 +72,7 @@ class ResultStore:
 
     def add_example(self, dataset: str, model: str, setting: str, example: dict) -> None:
         entry = self.examples.setdefault(dataset, {})
-        same_window = entry.get("start") == example["start"] and entry.get("horizon") == example["horizon"]
+        same_window = all(entry.get(k) == example[k] for k in ("channel", "start", "horizon"))
         if not same_window:  # a different window (channel subset, horizon): start the plot afresh
             entry.clear()
             entry.update({k: example[k] for k in ("channel", "start", "horizon", "history", "truth")})

@@ -246,7 +246,54 @@ def test_cli_passes_the_full_shot_and_batching_options_to_the_runner():
         ["--setting", "full-shot", "--models", "timemoe", "--preset", "tiny", "--finetune-steps", "7",
          "--finetune-rounds", "3", "--finetune-val-windows", "5", "--batch-tokens", "1000"]
     )  # fmt: skip
-    runner = leaderboard.build_timemoe(args, {"max_windows": None})
+    runner = leaderboard.build_timemoe(args, {"max_windows": None, "horizons": [96, 336]})
     assert runner.finetune["steps"] == 7 and runner.finetune["epochs"] is None
     assert runner.finetune["rounds"] == 3 and runner.finetune["val_windows"] == 5
     assert runner.windows_per_batch(512) == 1 and runner.windows_per_batch(100) == 10
+    assert runner.horizons == [96, 336]
+
+
+@pytest.mark.parametrize("flag", ["--max-windows", "--channels", "--finetune-rounds", "--finetune-val-windows"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_count_flags_refuse_zero_and_negatives(flag, value, capsys):
+    # --max-windows 0 ran every window, --channels -1 dropped OT, --finetune-rounds 0 ran one round.
+    leaderboard = importlib.import_module("leaderboard")
+    with pytest.raises(SystemExit):
+        leaderboard.parse_args([flag, value])
+    assert "expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_the_embedded_default_is_window_normalised_unless_asked_and_the_label_says_so():
+    ours = importlib.import_module("ours")
+    leaderboard = importlib.import_module("leaderboard")
+    plan = {"max_windows": None, "horizons": [96]}
+    runner = leaderboard.build_timemoe(leaderboard.parse_args(["--models", "timemoe"]), plan)
+    assert runner.normalize_window and runner.name == "Time-MoE[default]"  # the model card's cells
+    raw = leaderboard.build_timemoe(leaderboard.parse_args(["--no-normalize-window"]), plan)
+    assert not raw.normalize_window and raw.name == "Time-MoE[default, raw windows]"  # a cell of its own
+    tiny = leaderboard.build_timemoe(leaderboard.parse_args(["--preset", "tiny"]), plan)
+    assert not tiny.normalize_window and tiny.name == "Time-MoE[preset:tiny]"  # run_eval.py's setting
+    assert ours.model_label("/ckpt/base", None, True) == "Time-MoE[base, window-normalised]"
+
+
+def test_full_shot_scores_only_the_horizons_of_the_run():
+    ours = importlib.import_module("ours")
+    data, _ = _etth_like()
+    runner = ours.TimeMoERunner(
+        preset="tiny",
+        setting="full-shot",
+        horizons=[96],
+        context_lengths={96: 128, 192: 128, 336: 128, 720: 128},
+        finetune={"steps": 1, "rounds": 1, "max_length": 64, "batch_size": 4, "val_windows": 2},
+    )
+    runner.prepare(data, 96)
+    assert set(runner.train_info["val_mse"]) == {"96"}
+
+
+def test_a_forecast_plot_never_mixes_channels(tmp_path):
+    store = results.ResultStore(tmp_path)
+    window = {"start": 10, "horizon": 2, "history": [0.0], "truth": [1.0, 2.0], "forecast": [1.0, 1.0]}
+    store.add_example("ETTh1", "A", "zero-shot", {**window, "channel": "HULL"})
+    store.add_example("ETTh1", "B", "zero-shot", {**window, "channel": "OT"})
+    entry = results.ResultStore(tmp_path).examples["ETTh1"]
+    assert entry["channel"] == "OT" and list(entry["forecasts"]) == ["B (zero-shot)"]
