@@ -208,6 +208,14 @@ def _time_column(frame, exclude: str):
         parsed = parse_times(column)
         if parsed is not None and parsed.is_unique:
             return parsed
+        if parsed is not None:
+            twice = parsed[parsed.duplicated()].iloc[0]
+            log.warning(
+                "column %r reads as dates but %s appears more than once; rows are kept in file order and the "
+                "forecast is numbered, not dated (remove the duplicate rows to get dates)",
+                name,
+                twice,
+            )
     return None
 
 

@@ -75,6 +75,16 @@ def test_forecast_of_a_csv_with_a_date_column_continues_its_dates(tmp_path, caps
     assert [row[1] for row in forecast] == ["2024-02-10", "2024-02-11"]
 
 
+def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_path, capsys, caplog):
+    csv = tmp_path / "d.csv"
+    days = [d.date() for d in pd.date_range("2024-01-01", periods=20, freq="D")]
+    days[5] = days[4]
+    csv.write_text("day,load\n" + "\n".join(f"{d},{i}" for i, d in enumerate(days)) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
+    assert "2024-01-05" in caplog.text and "more than once" in caplog.text
+
+
 def test_forecast_with_default_and_placeholder_models(tmp_path, capsys):
     csv = tmp_path / "s.csv"
     csv.write_text("t,a,b\n" + "".join(f"{i},{i % 7},{(i % 5) * 2.0}\n" for i in range(60)))
