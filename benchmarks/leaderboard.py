@@ -28,6 +28,8 @@ from baselines import BASELINES, make_baseline  # noqa: E402
 from protocol import DATASETS, DEFAULT_CONTEXT, HORIZONS, PooledMetrics, load_dataset  # noqa: E402
 from results import ResultStore  # noqa: E402
 
+from timemoe_forecaster.cli import whole_number_at_least  # noqa: E402
+
 log = logging.getLogger("leaderboard")
 
 ZERO_SHOT = ("naive", "seasonal_naive", "autoets", "autotheta", "autoarima", "timemoe")
@@ -40,15 +42,8 @@ QUICK = {"datasets": ["ETTh1"], "horizons": [96, 192], "channels": 2, "max_windo
 CHUNK = 4096  # windows gathered at once per channel (the model batches inside)
 
 
-def positive_int(text: str) -> int:
-    """A count flag: 0 or less used to mean "all" or "one" silently (--max-windows 0 ran every window)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+# Count flags: 0 or less used to mean "all" or "one" silently (--max-windows 0 ran every window).
+positive_int = whole_number_at_least(1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

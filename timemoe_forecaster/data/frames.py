@@ -137,32 +137,27 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     with the more regular spacing wins (month-first on a tie, as pandas does).
     """
     text = col.astype(str).str.strip()
-    readings = []
-    for dayfirst in (False, True):
-        with warnings.catch_warnings():  # "could not infer format" / "dayfirst ignored": we check the result
-            warnings.simplefilter("ignore", UserWarning)
-            try:
-                parsed = pd.to_datetime(text, errors="coerce", dayfirst=dayfirst)
-            except (TypeError, ValueError, OverflowError):
-                continue
-        if len(parsed) and parsed.notna().all():
-            readings.append(parsed)
+    readings = [_read_every_value(text, dayfirst=first) for first in (False, True)]
+    readings = [r for r in readings if r is not None]
     if not readings:
         # Neither one format reads every value (dates with and without a time of day, say): read each
         # value on its own, ISO 8601 first. Day-first dates never get here: the day-first pass reads them.
-        for fmt in ("ISO8601", "mixed"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                try:
-                    parsed = pd.to_datetime(text, errors="coerce", format=fmt)
-                except (TypeError, ValueError, OverflowError):
-                    continue
-            if len(parsed) and parsed.notna().all():
-                return parsed
-        return None
+        iso = _read_every_value(text, format="ISO8601")
+        return iso if iso is not None else _read_every_value(text, format="mixed")
     if len(readings) == 2 and not readings[0].equals(readings[1]):
         return min(readings, key=_irregularity)
     return readings[0]
+
+
+def _read_every_value(text: pd.Series, **options) -> pd.Series | None:
+    """``pd.to_datetime(text, **options)`` if it reads every value, else None."""
+    with warnings.catch_warnings():  # "could not infer format" / "dayfirst ignored": the result is checked
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            parsed = pd.to_datetime(text, errors="coerce", **options)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return parsed if len(parsed) and parsed.notna().all() else None
 
 
 def _irregularity(times: pd.Series) -> int:
