@@ -310,14 +310,12 @@ def load_pretrained(
     **model_kwargs,
 ) -> TimeMoEForPrediction:
     """Build the model on the meta device and load the weights into it (no double allocation)."""
-    if dtype is not None:  # checked before any download or read: 'int8' failed deep in load_state_dict
-        from .loading import resolve_dtype
+    from .loading import resolve_device, resolve_dtype  # loading imports this module
 
-        dtype = resolve_dtype(dtype)
-    if device is not None:  # likewise: torch's own error for a missing GPU came after every weight was read
-        from .loading import resolve_device
-
-        device = resolve_device(device)
+    # Checked before any download or read: 'int8' failed deep in load_state_dict, and torch's own error for
+    # a missing GPU came after every weight was read.
+    dtype = resolve_dtype(dtype) if dtype is not None else None
+    device = resolve_device(device) if device is not None else None
     directory = resolve_directory(path_or_hub_id, revision)
     config_path = directory / "config.json"
     if not config_path.exists():

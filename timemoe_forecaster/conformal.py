@@ -129,9 +129,10 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     use_own = counts >= max(_needed(q) for q in levels)  # [N, L]
     offsets = np.empty((n_series, horizon, len(levels)))
     clipped_any = False
+    own_rms, pooled_rms = _root_mean_square(stacked), _root_mean_square(pooled_all)  # the same for every level
     for j, q in enumerate(levels):
-        own = _quantile_or_normal(stacked, q)
-        pooled = _quantile_or_normal(pooled_all, q)
+        own = _quantile_or_normal(stacked, own_rms, q)
+        pooled = _quantile_or_normal(pooled_all, pooled_rms, q)
         offsets[:, :, j] = np.where(use_own, own[0], pooled[0])
         clipped_any = clipped_any or bool(np.where(use_own, own[1], pooled[1]).any())
     # Monotone in the level even where the normal fallback meets an order statistic.
@@ -147,13 +148,17 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     return offsets
 
 
-def _quantile_or_normal(residuals: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
-    """Conformal quantile of residuals [W, N, L] at level q, or where its rank is out of range the
-    wider of the extreme residual and z_q times the root-mean-square: (values [N, L], clipped [N, L])."""
-    values, clipped = conformal_quantiles(residuals, q)
+def _root_mean_square(residuals: np.ndarray) -> np.ndarray:
+    """Along axis 0 of residuals [W, ...], NaN where there are none."""
     present = np.count_nonzero(~np.isnan(residuals), axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rms = np.sqrt(np.nansum(residuals**2, axis=0) / present)  # NaN where there are none
+        return np.sqrt(np.nansum(residuals**2, axis=0) / present)
+
+
+def _quantile_or_normal(residuals: np.ndarray, rms: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal quantile of residuals [W, N, L] at level q, or where its rank is out of range the
+    wider of the extreme residual and z_q times their root-mean-square ``rms`` [N, L]: (values, clipped)."""
+    values, clipped = conformal_quantiles(residuals, q)
     normal = _normal_quantile(q) * rms
     wider = np.maximum(values, normal) if q >= 0.5 else np.minimum(values, normal)
     return np.where(clipped, wider, values), clipped & ~np.isnan(values)

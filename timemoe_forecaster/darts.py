@@ -423,7 +423,7 @@ def _enough_history(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx: in
         where = (
             f"the first usable start is {s.time_index[first[0] + 1]}"
             if first.size and first[0] + 1 < len(s)
-            else ("it never has enough")
+            else "it never has enough"
         )
         log.warning(
             "series %d: %d historical forecast(s) start with fewer than %d observed points (leading missing "
@@ -454,7 +454,7 @@ def _component_arrays(series_list: list[TimeSeries]) -> list[np.ndarray]:
         where = (
             f"series {k} ({s.start_time()} to {s.end_time()})"
             if len(series_list) > 1
-            else (f"the series ({s.start_time()} to {s.end_time()})")
+            else f"the series ({s.start_time()} to {s.end_time()})"
         )
         values = preprocess.as_float_array(s.values(copy=False), name=where)  # [T, C]
         for c, name in enumerate(s.components):

@@ -204,11 +204,14 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     valid = None
     if attention_mask is not None:
         valid = attention_mask.to(device=param.device).bool()
-        if not bool(valid.any(dim=1).all()):
-            raise ValueError("every row of attention_mask needs at least one real (1) position")
         # Padding goes on the left: the forecast continues the last position, which right padding (or a
-        # hole inside a row) would make a padded one, giving another forecast without an error.
-        if not bool((valid.int().cummax(dim=1).values.bool() == valid).all()):
+        # hole inside a row) would make a padded one, giving another forecast without an error. Both checks
+        # come back from the GPU in one transfer.
+        left_only = (valid.int().cummax(dim=1).values.bool() == valid).all()
+        has_real, left_only = torch.stack([valid.any(dim=1).all(), left_only]).tolist()
+        if not has_real:
+            raise ValueError("every row of attention_mask needs at least one real (1) position")
+        if not left_only:
             raise ValueError(
                 "attention_mask must pad on the left only: in each row, zeros before the first 1 and only 1s "
                 "after it (for gaps inside a series, fill them first)"

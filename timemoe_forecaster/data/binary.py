@@ -159,9 +159,10 @@ def _check_in_float_range(x: np.ndarray, dtype: np.dtype, name: str) -> None:
     """float16 tops out at 65504: larger values would be stored as inf, which training skips as missing."""
     biggest = float(np.finfo(dtype).max)
     finite = x[np.isfinite(x)]
-    if finite.size and np.abs(finite).max() > biggest:
+    largest = float(np.abs(finite).max()) if finite.size else 0.0
+    if largest > biggest:
         raise ValueError(
-            f"{name} holds values up to {np.abs(finite).max():.6g}, beyond {dtype.name}'s largest {biggest:.6g} "
+            f"{name} holds values up to {largest:.6g}, beyond {dtype.name}'s largest {biggest:.6g} "
             "(they would be stored as inf); pass standardise=True, or a wider dtype such as float32"
         )
 

@@ -53,7 +53,6 @@ def frame_to_series(
     if columns:
         _require(df, columns, where, "columns")
         df = df[list(columns)]
-
     if orient == "rows":
         return _rows(df, where)
     if orient != "columns":
@@ -105,13 +104,15 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         return True
     if isinstance(col.dtype, pd.PeriodDtype):
         return True
+    if lname in TIME_NAMES and pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        # yyyymmdd numbers and epoch seconds under a time name are the time axis, not a series, when they
+        # increase; other numbers under such a name are data.
+        values = col.to_numpy(dtype=np.float64)
+        if values.size > 1 and bool(np.isfinite(values).all() and (np.diff(values) > 0).all()):
+            return True
     if pd.api.types.is_integer_dtype(col):
         values = col.to_numpy()
         if lname in DATE_PART_NAMES:
-            return True
-        increasing = values.size > 1 and bool((np.diff(values) > 0).all())
-        # yyyymmdd integers and epoch seconds under a time name are the time axis, not a series.
-        if lname in TIME_NAMES and increasing:
             return True
         counter = values.size > 1 and bool((np.diff(values) == 1).all())
         return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
@@ -122,9 +123,6 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         if sample.empty or sample.str.fullmatch(r"[-+]?[\d.eE]+").all():
             return False
         return parse_times(sample) is not None
-    if pd.api.types.is_float_dtype(col) and lname in TIME_NAMES:
-        values = col.to_numpy()
-        return values.size > 1 and bool(np.isfinite(values).all() and (np.diff(values) > 0).all())
     return False
 
 

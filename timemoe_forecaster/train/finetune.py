@@ -54,25 +54,19 @@ def _segments(series) -> list[np.ndarray]:
 
 
 def _pieces(x: np.ndarray) -> list[np.ndarray]:
-    """Runs of ``x`` between gaps longer than MAX_FILLED_GAP, shorter gaps interpolated; >= 2 observations each."""
-    finite = np.isfinite(x)
-    observed = np.flatnonzero(finite)
+    """Runs of ``x`` between gaps longer than MAX_FILLED_GAP, shorter gaps filled as forecasting fills them
+    (``preprocess.fill_missing``); each holds at least 2 observations."""
+    from ..preprocess import fill_missing
+
+    x = np.where(np.isfinite(x), x, np.nan)  # inf is missing too
+    observed = np.flatnonzero(~np.isnan(x))
     if observed.size < 2:
         return []
     breaks = np.flatnonzero(np.diff(observed) > MAX_FILLED_GAP + 1)  # a long gap after observed[b]
     starts = np.r_[observed[0], observed[breaks + 1]]
     stops = np.r_[observed[breaks], observed[-1]] + 1
-    pieces = []
-    for lo, hi in zip(starts, stops):
-        piece = x[lo:hi]
-        ok = np.isfinite(piece)
-        if ok.sum() < 2:
-            continue
-        if not ok.all():
-            positions = np.arange(piece.size)
-            piece = np.interp(positions, positions[ok], piece[ok])
-        pieces.append(piece)
-    return pieces
+    # A run starts and ends with an observation, so two points or more means two observations or more.
+    return [fill_missing(x[lo:hi]) for lo, hi in zip(starts, stops) if hi - lo >= 2]
 
 
 def _standardised(x: np.ndarray) -> np.ndarray:
