@@ -9,13 +9,16 @@ Examples (from the repository root):
 
 Each (dataset, setting, model, horizon) cell is appended to <out>/leaderboard.csv as soon as it is done, and
 a rerun skips the cells already there (resumable); <out>/cells.jsonl keeps every cell's settings and the
-command. leaderboard.md and the PNGs are re-rendered at the end (report.py).
+command. A rerun whose window, channel or model settings differ from the ones a cell was made with stops
+before running anything and names the differences: pass --rerun to replace those cells, or use another --out.
+leaderboard.md and the PNGs are re-rendered at the end (report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -101,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="output folder (default benchmarks/results, or benchmarks/results/quick with --quick)")
     p.add_argument("--quick", action="store_true", help="ETTh1, h 96/192, 2 channels, 16 windows: a CI smoke run")
     p.add_argument("--no-report", action="store_true", help="skip leaderboard.md and the PNGs")
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run the planned cells again even where <out> holds them, replacing the old results",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -156,6 +164,82 @@ def resolve(args) -> dict:
         "max_windows": args.max_windows or (QUICK["max_windows"] if quick else None),
         "out": out,
     }
+
+
+STATS_MODELS = ("autoets", "autotheta", "autoarima")
+DARTS_MODELS = ("dlinear", "nlinear", "tide", "tsmixer", "nhits")
+
+
+def cell_scope(args, plan: dict, key: str) -> dict:
+    """The settings that change a cell's numbers for model ``key`` (not device, batch size or progress), so a
+    rerun can tell an old cell made differently from one it may skip."""
+    cap = plan["max_windows"]
+
+    def capped(n):
+        return n if cap is None else min(n, cap)
+
+    scope = {"max_windows": cap, "channels": plan["channels"], "seed": args.seed}
+    if key == "timemoe":
+        scope.update(
+            model_path=args.model_path,
+            preset=args.preset,
+            dtype=args.dtype or "fp32",
+            context_length=context_lengths(args.context_length),
+        )
+        if args.setting == "full-shot":
+            scope["finetune"] = {
+                k: getattr(args, f"finetune_{k}")
+                for k in ("epochs", "steps", "lr", "rounds", "val_windows", "batch_size", "max_length")
+            }
+    elif key in STATS_MODELS:
+        scope.update(stats_windows=capped(4 if args.quick else args.stats_windows), stats_lookback=args.stats_lookback)
+    elif key in DARTS_MODELS:
+        scope.update(
+            darts_windows=capped(args.darts_windows),
+            darts_lookback=args.darts_lookback,
+            darts_epochs=1 if args.quick else args.darts_epochs,
+            darts_samples=256 if args.quick else args.darts_samples,
+        )
+    return scope
+
+
+def recorded_scope(command: str | None, key: str) -> dict | None:
+    """The scope of a cell rebuilt from the command cells.jsonl recorded for it (None when that command no
+    longer parses: such cells are trusted as they are)."""
+    if not command:
+        return None
+    words = shlex.split(command)
+    argv = words[2:] if len(words) >= 2 and words[1].endswith("leaderboard.py") else words
+    try:
+        old = _parse_quietly(argv)
+        return cell_scope(old, resolve(old), key)
+    except (SystemExit, ValueError):
+        return None
+
+
+def _parse_quietly(argv: list[str]) -> argparse.Namespace:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return parse_args(argv)
+
+
+def stale_cells(args, plan: dict, store: ResultStore, labels: dict[str, str]) -> list[str]:
+    """The planned cells that <out> holds but made with other settings, each with what differs."""
+    stale = []
+    for name in plan["datasets"]:
+        for key in plan["models"]:
+            scope = cell_scope(args, plan, key)
+            for horizon in plan["horizons"]:
+                if not store.has(name, args.setting, labels[key], horizon):
+                    continue
+                old = recorded_scope(store.command_of(name, args.setting, labels[key], horizon), key)
+                if old is None or old == scope:
+                    continue
+                diff = ", ".join(f"{k} {old.get(k)!r} (now {v!r})" for k, v in scope.items() if old.get(k) != v)
+                stale.append(f"{name} {labels[key]} h={horizon}: {diff}")
+    return stale
 
 
 def build_timemoe(args, plan):
@@ -257,17 +341,24 @@ def run(args) -> Path:
     total = len(plan["datasets"]) * len(plan["models"]) * len(plan["horizons"])
     from tqdm import tqdm
 
+    labels = {key: timemoe.name if key == "timemoe" else _baseline_name(key) for key in plan["models"]}
+    if not args.rerun:
+        stale = stale_cells(args, plan, store, labels)
+        if stale:
+            shown = "; ".join(stale[:4]) + (f"; and {len(stale) - 4} more" if len(stale) > 4 else "")
+            raise ValueError(
+                f"{store.csv_path} already holds {len(stale)} of these cells made with other settings: {shown}. "
+                "Pass --rerun to replace them, or choose another --out"
+            )
     bar = tqdm(total=total, desc="cells", disable=args.no_progress, file=sys.stderr)
-    command = "python benchmarks/leaderboard.py " + " ".join(getattr(args, "_argv", []))
+    command = "python benchmarks/leaderboard.py " + shlex.join(getattr(args, "_argv", []))
     for name in plan["datasets"]:
         data = None
         for key in plan["models"]:
             forecaster = None
             for horizon in plan["horizons"]:
-                label = timemoe.name if key == "timemoe" else None
-                if label is None:
-                    label = _baseline_name(key)
-                if store.has(name, args.setting, label, horizon):
+                label = labels[key]
+                if store.has(name, args.setting, label, horizon) and not args.rerun:
                     bar.update(1)
                     continue
                 if data is None:

@@ -40,6 +40,14 @@ class ResultStore:
                     if row["source"] == "ran" and row["horizon"] != "avg":
                         self.rows[self._key(row["dataset"], row["setting"], row["model"], row["horizon"])] = row
         self.examples = json.loads(self.examples_path.read_text()) if self.examples_path.exists() else {}
+        self.commands: dict[tuple[str, str, str, str], str] = {}  # the latest command of each cell
+        if self.cells_path.exists():
+            for line in self.cells_path.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    key = self._key(rec.get("dataset"), rec.get("setting"), rec.get("model"), rec.get("horizon"))
+                    if rec.get("command"):
+                        self.commands[key] = rec["command"]
 
     @staticmethod
     def _key(dataset, setting, model, horizon) -> tuple[str, str, str, str]:
@@ -47,6 +55,10 @@ class ResultStore:
 
     def has(self, dataset: str, setting: str, model: str, horizon: int) -> bool:
         return self._key(dataset, setting, model, horizon) in self.rows
+
+    def command_of(self, dataset: str, setting: str, model: str, horizon: int) -> str | None:
+        """The command line that made this cell, as cells.jsonl recorded it (None if it has none)."""
+        return self.commands.get(self._key(dataset, setting, model, horizon))
 
     def add(self, dataset: str, setting: str, model: str, horizon: int, cell: dict, details: dict) -> None:
         row = {
@@ -61,6 +73,8 @@ class ResultStore:
             "seconds": f"{cell['seconds']:.1f}",
         }
         self.rows[self._key(dataset, setting, model, horizon)] = row
+        if details.get("command"):
+            self.commands[self._key(dataset, setting, model, horizon)] = details["command"]
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         record = {"dataset": dataset, "setting": setting, "model": model, "horizon": horizon, "time": now, **details}
         with self.cells_path.open("a") as f:

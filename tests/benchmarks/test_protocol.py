@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -297,3 +298,49 @@ def test_a_forecast_plot_never_mixes_channels(tmp_path):
     store.add_example("ETTh1", "B", "zero-shot", {**window, "channel": "OT"})
     entry = results.ResultStore(tmp_path).examples["ETTh1"]
     assert entry["channel"] == "OT" and list(entry["forecasts"]) == ["B (zero-shot)"]
+
+
+def _synthetic_etth1(directory: Path) -> Path:
+    """An ETTh1.csv of sine channels with the real file's length (the protocol's borders are fixed)."""
+    t = np.arange(17420)
+    frame = pd.DataFrame(
+        {
+            "date": pd.date_range("2016-07-01", periods=len(t), freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+            "HUFL": np.sin(2 * np.pi * t / 24),
+            "OT": np.cos(2 * np.pi * t / 24) + 0.001 * t,
+        }
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(directory / "ETTh1.csv", index=False)
+    return directory
+
+
+def test_a_rerun_with_other_settings_stops_instead_of_skipping_the_old_cells(tmp_path, capsys):
+    # Cells made with --max-windows 4 used to be skipped as done by a run asking for 8 windows, so the
+    # board silently kept the 4-window numbers.
+    leaderboard = importlib.import_module("leaderboard")
+    data = _synthetic_etth1(tmp_path / "data")
+    out = tmp_path / "out"
+    base = ["--datasets", "ETTh1", "--horizons", "96", "--models", "naive,seasonal_naive", "--data-dir", str(data)]
+    base += ["--out", str(out), "--no-progress", "--no-report"]
+    assert leaderboard.main(base + ["--max-windows", "4"]) == 0
+    first = read_csv_rows(out)
+    assert {r["windows"] for r in first} == {"8"}  # 2 channels x 4 windows
+
+    assert leaderboard.main(base + ["--max-windows", "4"]) == 0  # same settings: resumes, runs nothing
+    assert len((out / "cells.jsonl").read_text().splitlines()) == 2
+
+    capsys.readouterr()
+    assert leaderboard.main(base + ["--max-windows", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "ETTh1 Naive h=96" in err and "max_windows 4 (now 8)" in err and "--rerun" in err
+    assert read_csv_rows(out) == first  # nothing ran, nothing replaced
+
+    assert leaderboard.main(base + ["--max-windows", "8", "--rerun"]) == 0
+    assert {r["windows"] for r in read_csv_rows(out)} == {"16"}
+    assert leaderboard.main(base + ["--max-windows", "8"]) == 0  # the replaced cells now match
+
+
+def read_csv_rows(out: Path) -> list[dict]:
+    with (out / "leaderboard.csv").open() as f:
+        return [r for r in csv.DictReader(f) if r["source"] == "ran"]
