@@ -107,6 +107,29 @@ def test_stream_state_round_trip_continues_identically(tmp_path):
         assert all(torch.equal(got[k], want[k]) for k in KEYS)
 
 
+def test_a_stream_resumed_with_a_smaller_max_length_cuts_the_waiting_windows_to_fit(caplog):
+    # Windows left over by a run with max_length 64 used to wait forever in a resumed run with 24: first_fit
+    # never placed them, and their tokens counted as data in every batch, so batches came out short of windows.
+    stream = _stream(pack=True, fill_gaps=False)
+    while not any(w.shape[0] - 1 > 24 for w in stream.leftover):
+        stream.next_batch()
+    state = stream.state_dict()
+    long = [w for w in state["leftover"] if w.shape[0] - 1 > 24]
+    assert long, "the test needs waiting windows longer than the new max_length"
+    resumed = _stream(pack=True, max_length=24, fill_gaps=False)
+    with caplog.at_level("INFO", logger="timemoe_forecaster.data.packing"):
+        resumed.load_state_dict(state)
+    assert f"{len(long)} waiting windows were longer than max_length=24" in caplog.text
+    assert resumed.leftover and all(w.shape[0] - 1 <= 24 for w in resumed.leftover)
+    assert all(w.shape[0] >= resumed.sampler.min_length for w in resumed.leftover)
+    for w in resumed.leftover:  # every piece is a standardised window again
+        assert abs(float(w.mean())) < 1e-4 and abs(float(w.std()) - 1.0) < 1e-3
+    for _ in range(3):
+        batch = resumed.next_batch()
+        assert batch["labels"].shape == (3, 24)
+        assert batch["attention_mask"].float().mean() > 0.6  # rows are filled, not starved by unplaceable windows
+
+
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "varlen"])
 def test_packed_batch_loss_equals_unpacked_loss(backend):
     torch.manual_seed(0)

@@ -8,12 +8,15 @@ Padding sits at the end of a row with ``seq_ids`` -1, ``attention_mask`` 0 and `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .windows import WindowSampler, standardise
+
+log = logging.getLogger(__name__)
 
 
 def _tokens(window: np.ndarray) -> int:
@@ -203,6 +206,22 @@ class PackedBatchStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        leftover = state["leftover"]
-        self.leftover = [np.asarray(w.numpy() if torch.is_tensor(w) else w, dtype=np.float32) for w in leftover]
+        leftover = [np.asarray(w.numpy() if torch.is_tensor(w) else w, dtype=np.float32) for w in state["leftover"]]
+        # A run resumed with a smaller max_length: waiting windows longer than a row would never be placed
+        # (and would count as data in every batch), so cut them to fit, as _fill cuts a window at a row's end.
+        self.leftover = [piece for w in leftover for piece in self._cut_to_fit(w)]
+        too_long = sum(_tokens(w) > self.max_length for w in leftover)
+        if too_long:
+            log.info("%d waiting windows were longer than max_length=%d; cut to fit", too_long, self.max_length)
         self.num_batches = int(state["num_batches"])
+
+    def _cut_to_fit(self, window: np.ndarray) -> list[np.ndarray]:
+        """``window`` as pieces of at most ``max_length`` tokens, each standardised again; short tails dropped."""
+        if _tokens(window) <= self.max_length:
+            return [window]
+        pieces = []
+        for start in range(0, _tokens(window), self.max_length):
+            piece = window[start : start + self.max_length + 1]  # neighbours share one point: label, then input
+            if piece.shape[0] >= self.sampler.min_length:
+                pieces.append(standardise(piece, self.sampler.std_floor))
+        return pieces
