@@ -25,8 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
+
+# The repository root, so that ``from benchmarks...`` works when run as a file too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F
 
 from timemoe_forecaster.config import TimeMoEConfig

@@ -7,16 +7,21 @@
    session 14), then, under inference mode, the grouped MoE dispatch against the loop and eager against compiled
    blocks (``compile_blocks``; its compile time is printed).
 
-    python -m benchmarks.cpu_bounds [--rounds 5] [--skip-compile]
+    python benchmarks/cpu_bounds.py [--rounds 5] [--skip-compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+# The repository root, so that ``from benchmarks...`` works when run as a file too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import time_cpu
 from timemoe_forecaster.compile import compile_blocks

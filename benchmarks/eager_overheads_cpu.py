@@ -5,7 +5,7 @@ compile the experts' assignments are ordered by a counting sort (``moe.order_by_
 as shipped (the op, ``torch.sort`` on the CPU), with the op's body called as plain code instead, and with the
 counting sort forced into eager code, in interleaved rounds in one process:
 
-    python -m benchmarks.eager_overheads_cpu [--threads 2] [--rounds 5]
+    python benchmarks/eager_overheads_cpu.py [--threads 2] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
+from pathlib import Path
 from unittest import mock
 
 import torch
+
+# The repository root, so that ``from benchmarks...`` works when run as a file too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import time_cpu
 from timemoe_forecaster.checkpoint import default_checkpoint

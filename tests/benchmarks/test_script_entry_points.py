@@ -39,3 +39,11 @@ def test_report_parses_its_arguments(tmp_path):
     assert done.returncode == 0 and "usage:" in done.stdout and not (ROOT / "--help").exists()
     done = run_script("report", str(tmp_path / "missing"))
     assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ("cpu_bounds", "eager_overheads_cpu", "aux_loss_micro"))
+def test_cpu_benchmarks_start_as_files(name, tmp_path):
+    # cpu_bounds and eager_overheads_cpu imported ``benchmarks.timing`` at the top and ran only with ``-m``.
+    done = run_script(name, "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
