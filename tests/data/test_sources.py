@@ -13,6 +13,7 @@ from timemoe_forecaster.data import (
     BinarySource,
     ConcatSource,
     SeriesSource,
+    frames,
     open_source,
     open_sources,
     split_at_nonfinite,
@@ -161,6 +162,19 @@ def test_long_format_with_unreadable_times_keeps_file_order(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         _same(_all(open_source(tmp_path / "long.csv")), [np.array([1, 2, 3], dtype=np.float32)])
     assert "file order" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["%G-W%V", "%GW%V", "%G-W%V-%u"])
+def test_long_format_reads_iso_week_dates(tmp_path, fmt):
+    # pandas reads no ISO week string, so shuffled rows used to stay in file order (with a warning).
+    weeks = pd.date_range("2020-11-30", periods=12, freq="W-MON")  # across 2020-W53 into 2021
+    df = pd.DataFrame({"unique_id": "a", "date": weeks.strftime(fmt), "value": np.arange(12.0)})
+    df.sample(frac=1.0, random_state=3).to_csv(tmp_path / "long.csv", index=False)
+    _same(_all(open_source(tmp_path / "long.csv")), [np.arange(12, dtype=np.float32)])
+    assert frames.parse_times(pd.Series(["2020-W53", "2021-W01-3"])).tolist() == [
+        pd.Timestamp("2020-12-28"),
+        pd.Timestamp("2021-01-06"),
+    ]
 
 
 def test_long_format_with_and_without_a_time_of_day_is_still_sorted(tmp_path):

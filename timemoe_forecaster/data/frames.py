@@ -135,6 +135,9 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     with the more regular spacing wins (month-first on a tie, as pandas does).
     """
     text = col.astype(str).str.strip()
+    weeks = _iso_weeks(text)
+    if weeks is not None:
+        return weeks
     readings = [_read_every_value(text, dayfirst=first) for first in (False, True)]
     readings = [r for r in readings if r is not None]
     if not readings:
@@ -145,6 +148,21 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     if len(readings) == 2 and not readings[0].equals(readings[1]):
         return min(readings, key=_irregularity)
     return readings[0]
+
+
+_ISO_WEEK = r"^(\d{4})-?W(\d{2})(?:-?([1-7]))?$"
+
+
+def _iso_weeks(text: pd.Series) -> pd.Series | None:
+    """ISO 8601 week dates (2020-W03, 2020W03, 2020-W03-2) as the Monday (or given weekday) of that week, or None
+    if any value is not one. pandas reads none of them, and as text W52 of 2020 sorts after W01 of 2021 only by luck.
+    """
+    parts = text.str.extract(_ISO_WEEK)
+    if not len(text) or parts[0].isna().any():
+        return None
+    iso = parts[0] + "-W" + parts[1] + "-" + parts[2].fillna("1")
+    parsed = pd.to_datetime(iso, format="%G-W%V-%u", errors="coerce")
+    return parsed if parsed.notna().all() else None
 
 
 def _read_every_value(text: pd.Series, **options) -> pd.Series | None:
