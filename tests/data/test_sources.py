@@ -164,6 +164,17 @@ def test_long_format_with_unreadable_times_keeps_file_order(tmp_path, caplog):
     assert "file order" in caplog.text
 
 
+def test_year_first_dates_are_never_read_day_first(tmp_path):
+    # Month-start ISO dates (all days <= 12) read day-first look daily, so that reading won: 2021-02-01 became
+    # January 2; with days 1, 5 and 10 of each month the rows were even reordered.
+    monthly = pd.Series(pd.date_range("2021-01-01", periods=12, freq="MS").astype(str))
+    assert frames.parse_times(monthly).tolist() == list(pd.date_range("2021-01-01", periods=12, freq="MS"))
+    dates = [f"{y}-{m:02d}-{d:02d}" for y in (2021, 2022) for m in range(1, 13) for d in (1, 5, 10)]
+    df = pd.DataFrame({"unique_id": "a", "timestamp": dates, "value": np.arange(72.0)})
+    df.sample(frac=1.0, random_state=0).to_csv(tmp_path / "long.csv", index=False)
+    _same(_all(open_source(tmp_path / "long.csv")), [np.arange(72, dtype=np.float32)])
+
+
 @pytest.mark.parametrize("fmt", ["%G-W%V", "%GW%V", "%G-W%V-%u"])
 def test_long_format_reads_iso_week_dates(tmp_path, fmt):
     # pandas reads no ISO week string, so shuffled rows used to stay in file order (with a warning).

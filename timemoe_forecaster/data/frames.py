@@ -138,6 +138,12 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     weeks = _iso_weeks(text)
     if weeks is not None:
         return weeks
+    if text.str.match(_YEAR_FIRST).all():
+        # A leading four-digit year is year-month-day (ISO 8601) and nothing else: the day-first pass reads
+        # 2021-02-01 as January 2, and for month-start data that reading even looks more regular.
+        iso = _read_every_value(text, format="ISO8601")
+        if iso is not None:
+            return iso
     readings = [_read_every_value(text, dayfirst=first) for first in (False, True)]
     readings = [r for r in readings if r is not None]
     if not readings:
@@ -150,6 +156,7 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     return readings[0]
 
 
+_YEAR_FIRST = r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])"
 _ISO_WEEK = r"^(\d{4})-?W(\d{2})(?:-?([1-7]))?$"
 
 
