@@ -145,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     fine.set_defaults(output_dir="runs/finetune", lr=1e-4)
     fc = sub.add_parser("forecast", help="zero-shot forecast of one series")
     fc.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the embedded model)")
-    fc.add_argument("--dataset", default="airline", help="'airline' or a CSV path")
+    fc.add_argument(
+        "--dataset",
+        default="airline",
+        help="'airline' or a CSV, TSV or parquet file; missing values in the context are interpolated",
+    )
     fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
     fc.add_argument("--horizon", type=int, default=12)
     fc.add_argument("--context-length", type=int, default=512, help="at most this many last points as context")
@@ -183,10 +187,16 @@ def load_series(dataset: str, column: str | None = None):
             frame = pd.read_csv(AIRLINE_CSV)
             index = pd.PeriodIndex(frame["Period"], freq="M")
             return pd.Series(frame["Passengers"].to_numpy(float), index=index, name="Number of airline passengers")
+    from .data.readers import read_frame
+    from .data.sources import TABULAR_SUFFIXES, _suffixes
+
     path = Path(dataset)
-    if not path.exists():
-        raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV file")
-    frame = pd.read_csv(path)
+    if not path.is_file():
+        raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV, TSV or parquet file")
+    fmt = _suffixes(path)[0]
+    if fmt not in TABULAR_SUFFIXES:
+        raise ValueError(f"--dataset {path}: expected a CSV, TSV or parquet file (got the suffix {fmt or 'none'!r})")
+    frame = read_frame(path, fmt)
     if column is None:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         if not numeric:
@@ -235,6 +245,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_directory
     from .config import TimeMoEConfig
     from .model import TimeMoEForPrediction
+    from .preprocess import fill_missing
 
     if args.horizon < 1 or args.context_length < 2:
         raise ValueError("--horizon must be >= 1 and --context-length >= 2")
@@ -247,18 +258,25 @@ def run_forecast(args: argparse.Namespace) -> int:
     values = series.to_numpy(dtype=float)
     last_finite = np.flatnonzero(np.isfinite(values))
     values = values[: last_finite[-1] + 1] if last_finite.size else values
+    infinite = np.flatnonzero(np.isinf(values))
+    if infinite.size:
+        where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
+        raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
     context = values[-min(args.context_length, model.config.max_position_embeddings) :]
-    finite = np.isfinite(context)
-    mean, std = context[finite].mean(), max(context[finite].std(), 1e-8)
-    scaled = torch.tensor(np.where(finite, (context - mean) / std, 0.0), dtype=torch.float32)[None]
-    mask = torch.tensor(finite, dtype=torch.long)[None] if not finite.all() else None
-    pred = model.forecast(scaled, args.horizon, attention_mask=mask)[0].double().numpy() * std + mean
+    missing = int(np.isnan(context).sum())
+    # Gaps are interpolated, as the estimators do: the model takes left padding only, not holes in a row.
+    context = fill_missing(context, name=f"the context of {args.dataset}")
+    mean, std = context.mean(), max(context.std(), 1e-8)
+    scaled = torch.tensor((context - mean) / std, dtype=torch.float32)[None]
+    pred = model.forecast(scaled, args.horizon)[0].double().numpy() * std + mean
 
     name = series.name or "value"
     print(f"model: {directory}" + (f"  [{status}]" if status else ""))
     if "UNTRAINED" in status.upper():
         print("WARNING: this checkpoint is an UNTRAINED PLACEHOLDER with random weights: the forecast is meaningless.")
     print(f"series: {args.dataset} / {name}, {len(values)} points, context {len(context)}, horizon {args.horizon}")
+    if missing:
+        print(f"({missing} missing values in the context were interpolated; leading ones dropped)")
     index = series.index[: len(values)]
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")

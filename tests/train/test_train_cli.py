@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -83,6 +84,49 @@ def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_pat
     with caplog.at_level("WARNING"):
         assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
     assert "2024-01-05" in caplog.text and "more than once" in caplog.text
+
+
+def _forecast_lines(out: str) -> list[float]:
+    return [float(line.split()[-1]) for line in out.splitlines() if line.strip().startswith("forecast")]
+
+
+def test_forecast_of_a_series_with_gaps_interpolates_them(tmp_path, capsys):
+    # A gap inside the context went to the model as an attention mask with holes, which it refuses: the CLI
+    # failed with an error about attention_mask, a flag the user never passed.
+    values = 10 + np.sin(np.arange(100) / 5)
+    filled = tmp_path / "filled.csv"
+    pd.DataFrame({"v": values}).to_csv(filled, index=False)
+    holes = values.copy()
+    holes[[40, 60, 61]] = np.nan
+    gappy = tmp_path / "gappy.csv"
+    pd.DataFrame({"v": holes}).to_csv(gappy, index=False)
+    assert main(["forecast", "--dataset", str(gappy), "--horizon", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 missing values in the context were interpolated" in out
+    # The holes are on a smooth curve: linear interpolation restores it closely, and so the forecast.
+    assert main(["forecast", "--dataset", str(filled), "--horizon", "3"]) == 0
+    np.testing.assert_allclose(_forecast_lines(out), _forecast_lines(capsys.readouterr().out), atol=0.05)
+    holes[70] = np.inf
+    pd.DataFrame({"v": holes}).to_csv(gappy, index=False)
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(gappy), "--horizon", "3"])
+    assert "1 infinite values (at 70)" in capsys.readouterr().err
+
+
+def test_forecast_reads_tsv_and_refuses_other_formats(tmp_path, capsys):
+    # Every file was read as a CSV: a .tsv had "no numeric column", a parquet file a UnicodeDecodeError.
+    frame = pd.DataFrame({"day": pd.date_range("2024-01-01", periods=30).astype(str), "v": np.arange(30.0) % 7})
+    frame.to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    assert main(["forecast", "--dataset", str(tmp_path / "s.tsv"), "--horizon", "2"]) == 0
+    tsv = capsys.readouterr().out
+    assert main(["forecast", "--dataset", str(tmp_path / "s.csv"), "--horizon", "2"]) == 0
+    assert tsv.split("\n")[2:] == capsys.readouterr().out.split("\n")[2:]  # the same but for the file name
+    assert "2024-01-31" in tsv
+    (tmp_path / "s.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(tmp_path / "s.xlsx")])
+    assert "expected a CSV, TSV or parquet file" in capsys.readouterr().err
 
 
 def test_forecast_with_default_and_placeholder_models(tmp_path, capsys):

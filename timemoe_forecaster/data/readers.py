@@ -13,6 +13,12 @@ from .frames import frame_to_series
 
 
 def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
+    series, _ = frame_to_series(read_frame(path, fmt), str(path), **opts)
+    return series
+
+
+def read_frame(path: Path, fmt: str):
+    """The DataFrame of a CSV, TSV or parquet file (``fmt``: its suffix, without a compression suffix)."""
     import pandas as pd
 
     if fmt in (".parquet", ".pq"):
@@ -28,8 +34,7 @@ def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
             df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path} is empty (no header, no rows)") from None
-    series, _ = frame_to_series(df, str(path), **opts)
-    return series
+    return df
 
 
 def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.ndarray]]:
