@@ -344,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"nothing to train: the run in {result['output_dir']} was already complete at step {result['steps']} "
                 "(pass a larger --max-steps with --resume to train on)"
             )
+        elif not result["finished"]:  # stopped by --time-limit: a checkpoint, no final model yet
+            where = result["checkpoint"] or "no checkpoint (no --output-dir)"
+            print(
+                f"time limit reached: trained {result['steps']} of {cfg.max_steps} steps, last loss "
+                f"{result['final_loss']:.4f}; no final model yet, checkpoint {where} (train on with --resume)"
+            )
         else:
             print(
                 f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; "

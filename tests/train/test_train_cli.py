@@ -62,6 +62,16 @@ def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_pa
     assert "trained 6 steps" in capsys.readouterr().out
 
 
+def test_a_time_limited_run_points_at_its_checkpoint_not_at_a_model(tmp_path, capsys):
+    # It printed "model in <dir>" although only a checkpoint was there: from_pretrained(<dir>) then failed.
+    args = ["pretrain", "--config", "tiny", "--data", "synthetic", "--max-steps", "1000", "--batch-size", "2"]
+    args += ["--max-length", "32", "--output-dir", str(tmp_path), "--time-limit", "1e-9", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "time limit reached: trained 1 of 1000 steps" in out and "step_00000001" in out and "--resume" in out
+    assert "model in" not in out and not (tmp_path / "model.safetensors").exists()
+
+
 def test_forecast_of_a_csv_with_a_date_column_continues_its_dates(tmp_path, capsys):
     csv = tmp_path / "d.csv"
     days = pd.date_range("2024-01-01", periods=40, freq="D")

@@ -303,10 +303,24 @@ def test_bf16_optimizer_setting_trains_on_cpu(tmp_path):
 
 
 def test_time_limit_stops_with_a_checkpoint(tmp_path):
-    result = train(small_config(tmp_path, max_steps=50, time_limit=1e-9))
+    result = train(small_config(tmp_path, max_steps=50, time_limit=1e-9, log_every=10))
     assert result["steps"] == 1  # the limit is checked as each step starts: already passed at step 1
+    assert result["finished"] is False
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]  # logged although off the --log-every grid
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000001"
     assert not (tmp_path / "model.safetensors").exists()  # not finished: no final model yet
+
+
+def test_resume_survives_a_metrics_line_cut_short(tmp_path, caplog):
+    # A run killed while writing metrics.jsonl left half a record; every --resume then failed on it with
+    # "Expecting ',' delimiter" although the checkpoint was intact.
+    assert train(small_config(tmp_path, max_steps=2))["finished"] is True
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "loss": 0.5')
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.train.metrics"):
+        result = train(small_config(tmp_path, max_steps=4, resume=True))
+    assert result["steps"] == 4 and "line 3 is not a whole JSON record" in caplog.text
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
 
 
 def test_resume_follows_the_new_schedule_and_optimizer_settings(tmp_path, caplog):

@@ -67,11 +67,24 @@ class MetricsWriter:
 
 def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
     path = Path(directory) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [record for _, record in _records(path)] if path.exists() else []
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each line of ``path`` that parses; a line cut short by a killed run is skipped."""
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not a whole JSON record (a run killed while writing it?): skipped", path, number)
+    return out
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [line for line, record in _records(path) if record.get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -491,7 +491,8 @@ class Trainer:
                 window.append(record)
                 metrics.advance()
                 evaluated = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == until)
-                if self.step % cfg.log_every == 0 or self.step == until or evaluated:
+                # A time-limited stop logs the steps since the last line too: they would be lost otherwise.
+                if self.step % cfg.log_every == 0 or self.step == until or evaluated or record["time_up"]:
                     if ctx.device.type == "cuda":
                         torch.cuda.synchronize(ctx.device)
                     out = _summarise(window, meter.rate(), self.step)
@@ -654,7 +655,8 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain or fine-tune as ``cfg`` says, on one process or under torchrun.
 
-    Returns {"steps", "final_loss", "losses", "output_dir", "checkpoint"} (losses of this process's run).
+    Returns {"steps", "finished", "final_loss", "losses", "output_dir", "checkpoint"} (losses of this process's
+    run; ``finished``: max_steps reached and the final model written, else stopped by the time limit).
     """
     refuse_to_mix_runs(cfg)
     with distributed_context(cfg.device) as ctx:
@@ -689,6 +691,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         losses = [r["loss"] for r in history]
         return {
             "steps": trainer.step,
+            "finished": trainer.step == cfg.max_steps,  # False when stopped by the time limit
             "final_loss": losses[-1] if losses else float("nan"),
             "losses": losses,
             "output_dir": cfg.output_dir,
