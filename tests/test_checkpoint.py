@@ -55,6 +55,21 @@ def test_sharded_save_and_load(tmp_path):
     assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
 
 
+def test_a_shard_index_cannot_reach_outside_the_checkpoint(tmp_path):
+    # The index's file names were joined to the folder unchecked: "../other/..." loaded another folder's weights.
+    make_model().save_pretrained(tmp_path / "other", max_shard_size="4KiB")
+    model = make_model()
+    model.save_pretrained(tmp_path / "ckpt", max_shard_size="4KiB")
+    index_path = tmp_path / "ckpt" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    key = next(iter(index["weight_map"]))
+    for outside in (f"../other/{index['weight_map'][key]}", str(tmp_path / "other" / index["weight_map"][key])):
+        index["weight_map"][key] = outside
+        index_path.write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match="outside the checkpoint"):
+            TimeMoEForPrediction.from_pretrained(tmp_path / "ckpt")
+
+
 def test_load_with_dtype_and_device(tmp_path):
     make_model().save_pretrained(tmp_path)
     model = TimeMoEForPrediction.from_pretrained(str(tmp_path), dtype="bfloat16", device="cpu")

@@ -1,8 +1,9 @@
 """Model configuration: the official Time-MoE ``config.json`` as a dataclass, plus named presets.
 
 Field names are the official config.json keys, so one object reads and writes checkpoints that other
-Time-MoE implementations produce. Keys we do not know (``auto_map``, ``architectures``…) are kept in
-``extra`` and written back unchanged; nothing in them is ever imported or executed.
+Time-MoE implementations produce. Keys we do not know (``auto_map``…) are kept in ``extra`` and written back
+unchanged; nothing in them is ever imported or executed. Keys that describe the file rather than the model
+(``architectures``, ``torch_dtype``, ``transformers_version``) are written afresh on save.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class TimeMoEConfig:
         # Keys that describe the file rather than the model; written afresh on save.
         for key in ("model_type", "transformers_version", "torch_dtype", "architectures"):
             values.pop(key, None)
-        extra.update(values)  # auto_map, architectures, … kept verbatim, never executed
+        extra.update(values)  # auto_map, … kept verbatim, never executed
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
