@@ -8,7 +8,7 @@ peak-memory reset, CUDA events around every repetition, medians.
     python benchmarks/speed.py                    # GPU: every group (one process each), then the report
     python benchmarks/speed.py --groups base      # some groups only
     python benchmarks/speed.py --groups base-forecast,large-forecast   # re-measure the forecasting cases
-    python benchmarks/speed.py --smoke            # every code path on the CPU with tiny models, seconds
+    python benchmarks/speed.py --smoke            # every code path on the CPU with tiny models, a few minutes
     python benchmarks/speed.py --cpu              # CPU section: end-to-end forecast on this machine
     python benchmarks/speed.py --report --jsonl F # rebuild speed.json/speed.md from a records file
 

@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="train a model from scratch (or from --init-from)")
     _add_train_flags(pre)
     fine = sub.add_parser("finetune", help="continue training a checkpoint on your data")
-    fine.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors) to start from")
+    fine.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory (config.json + safetensors) or hub id (owner/name) to start from",
+    )
     _add_train_flags(fine, skip=("config", "init_from"))
     fine.set_defaults(output_dir="runs/finetune", lr=1e-4)
     fc = sub.add_parser("forecast", help="zero-shot forecast of one series")
