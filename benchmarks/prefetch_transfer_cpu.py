@@ -9,6 +9,7 @@ worker has the next batch ready, as during a GPU step. CPU only, a few seconds:
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def time_gets(cfg: TrainConfig, steps: int = 40, step_s: float = 0.03) -> list[f
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     pool = tempfile.mkdtemp()
     write_binary_dataset([SyntheticSource(seed=0)[i] for i in range(300)], pool, num_files=1)
     cfg = TrainConfig(config="base", max_length=4096, batch_size=4, data=[pool])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_MICROS = ("adamw_micro", "moe_grouped_micro", "moe_train_micro")
+GPU_MICROS = ("adamw_micro", "moe_grouped_micro", "moe_train_micro", "trainer_gpu_gaps")
 
 
 def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -27,7 +27,7 @@ def test_gpu_micro_benchmarks_start_as_files(name, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
     if not torch.cuda.is_available():  # without a GPU: one argparse line, not a traceback
-        args = ("--out", str(tmp_path / "out")) if name != "adamw_micro" else ()
+        args = ("--out", str(tmp_path / "out")) if name in ("moe_grouped_micro", "moe_train_micro") else ()
         done = run_script(name, *args)
         assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "out").exists()
@@ -41,7 +41,7 @@ def test_report_parses_its_arguments(tmp_path):
     assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("name", ("cpu_bounds", "eager_overheads_cpu", "aux_loss_micro"))
+@pytest.mark.parametrize("name", ("cpu_bounds", "eager_overheads_cpu", "aux_loss_micro", "prefetch_transfer_cpu"))
 def test_cpu_benchmarks_start_as_files(name, tmp_path):
     # cpu_bounds and eager_overheads_cpu imported ``benchmarks.timing`` at the top and ran only with ``-m``.
     done = run_script(name, "--help", cwd=tmp_path)
