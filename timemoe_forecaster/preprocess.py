@@ -98,8 +98,12 @@ def scale_stats(contexts: list[np.ndarray], scaling: str) -> tuple[np.ndarray, n
     constant = np.array([np.ptp(c) == 0 for c in contexts], dtype=bool)
     if scaling == "none":
         return np.zeros(n), np.ones(n), constant
-    loc = np.array([c.mean() for c in contexts])
-    scale = np.array([c.std() for c in contexts])
+    # Mean and std of c / max|c|, scaled back: c.std() squares the values, which overflows above ~1e154 (scale
+    # inf, forecasts -inf) and underflows below ~1e-154 (scale 0, the context cast to float32 zeros).
+    peak = np.array([np.abs(c).max() if c.size else 0.0 for c in contexts])
+    unit = np.where(constant | (peak == 0), 1.0, peak)
+    loc = np.array([(c / u).mean() * u for c, u in zip(contexts, unit)])
+    scale = np.array([(c / u).std() * u for c, u in zip(contexts, unit)])
     scale[constant | (scale == 0)] = 1.0
     return loc, scale, constant
 
@@ -164,6 +168,8 @@ def forecast_contexts(
     if n == 0:
         return out
     loc, scale, constant = scale_stats(contexts, scaling)
+    if scaling == "none":
+        _check_raw_range(contexts)
     order = np.argsort([c.size for c in contexts], kind="stable")
     todo = [i for i in order if not constant[i]]
     size, start = int(batch_size), 0
@@ -183,9 +189,32 @@ def forecast_contexts(
             bar.update(len(rows))
     # A constant context is forecast as that constant (no spread to scale by).
     out[constant] = np.array([contexts[i][-1] for i in np.flatnonzero(constant)])[:, None]
-    if not np.isfinite(out).all():
-        log.warning("the model returned non-finite forecasts for %d series", int((~np.isfinite(out)).any(1).sum()))
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:  # finite inputs, so the model overflowed: never hand NaN back as a forecast
+        hint = (
+            "with scaling='none' the values go to the model as they are; use scaling='standard'"
+            if scaling == "none"
+            else "the model's dtype may be too narrow (float16?); forecast in float32 or bfloat16"
+        )
+        raise ValueError(
+            f"the model returned non-finite forecasts for {bad.size} of {n} series (the first: series {bad[0]}, "
+            f"values up to {np.abs(contexts[bad[0]]).max():.3g}); {hint}"
+        )
     return out
+
+
+# Raw values beyond this overflow inside the model: the SwiGLU embedding roughly squares them and RMSNorm squares
+# again, in float32 (max 3.4e38). Measured with the embedded default: 1e9 forecasts, 1e19 gives NaN.
+RAW_VALUE_LIMIT = 1e9
+
+
+def _check_raw_range(contexts: list[np.ndarray]) -> None:
+    peak = max((float(np.abs(c).max()) for c in contexts if c.size), default=0.0)
+    if peak > RAW_VALUE_LIMIT:
+        raise ValueError(
+            f"scaling='none' passes values to the model as they are, and values up to {peak:.3g} overflow it "
+            f"(keep them within ±{RAW_VALUE_LIMIT:.0e}); use scaling='standard'"
+        )
 
 
 def _smaller_batch(rows: int, context_length: int, horizon: int, err: Exception) -> int:

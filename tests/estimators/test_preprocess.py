@@ -81,6 +81,37 @@ def test_forecasts_are_shift_and_scale_equivariant(model):
     assert np.ptp(base, axis=1).min() > 1e-3  # the model really varies over the horizon
 
 
+@pytest.mark.parametrize("factor", [1e-200, 1e200])
+def test_scale_equivariance_holds_at_extreme_magnitudes(model, factor):
+    # The std squared the values: at 1e200 it overflowed (forecasts -inf), at 1e-200 it underflowed to 0, the
+    # scale fell back to 1 and the float32 context became all zeros (forecasts near 0, not near 1e-200 x ...).
+    rng = np.random.default_rng(1)
+    series = [np.sin(np.arange(40) / 3) + rng.normal(0, 0.1, 40) + 5]
+    base = preprocess.forecast_series(model, series, 6)
+    np.testing.assert_allclose(preprocess.forecast_series(model, [factor * s for s in series], 6), factor * base, 1e-4)
+
+
+def test_raw_values_the_model_cannot_hold_are_refused_not_forecast_as_nan(model):
+    # scaling="none" with values of 1e30 gave NaN forecasts (logged only), and predict_interval then claimed the
+    # series were too short; above float32's range the error spoke of NaN or inf the data did not hold.
+    x = np.sin(np.arange(30) / 4) * 1e30
+    x[5] = 2e30
+    with pytest.raises(
+        ValueError, match=r"scaling='none' passes values to the model as they are, and values up to 2e\+30"
+    ):
+        preprocess.forecast_series(model, [x], 4, scaling="none")
+    with pytest.raises(ValueError, match="scaling='none'"):
+        preprocess.forecast_series(model, [x * 1e10], 4, scaling="none")
+
+
+def test_non_finite_model_output_is_an_error(model, monkeypatch):
+    monkeypatch.setattr(
+        model, "forecast", lambda context, horizon, mask=None: torch.full((len(context), horizon), np.nan)
+    )
+    with pytest.raises(ValueError, match="non-finite forecasts for 2 of 2 series.*float16"):
+        preprocess.forecast_series(model, [np.arange(10.0), np.arange(12.0) ** 2], 3)
+
+
 def test_constant_series_forecasts_the_constant(model):
     out = preprocess.forecast_series(model, [np.full(20, 7.5), np.array([np.nan, -2.0, -2.0])], 5)
     np.testing.assert_array_equal(out, [[7.5] * 5, [-2.0] * 5])
