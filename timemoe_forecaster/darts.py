@@ -169,7 +169,10 @@ class TimeMoEModel(GlobalForecastingModel):
             self._model, self.fine_tune_result = train_private_copy(
                 model, values, self.fine_tune, seed=self.seed, progress=self.progress
             )
-        return super().fit(series)
+        from darts.utils.ts_utils import seq2series
+
+        # A list of one series is that series, as darts' own models store it, so predict(n) needs no `series`.
+        return super().fit(seq2series(series))
 
     def predict(
         self,
@@ -196,7 +199,8 @@ class TimeMoEModel(GlobalForecastingModel):
         if series is None:
             if not self._fit_called:
                 raise ValueError(
-                    "this TimeMoEModel is not fitted: call fit(series) first, or pass `series` to predict()"
+                    "this TimeMoEModel is not fitted: call fit(series) first (zero-shot, it only checks the series "
+                    "and loads the model; darts requires it even when predict() gets `series`)"
                 )
             if self.training_series is None:
                 raise ValueError("pass `series` to predict(): the model was fit on several series")
@@ -271,6 +275,8 @@ class TimeMoEModel(GlobalForecastingModel):
             raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
         if predict_likelihood_parameters or num_samples != 1:
             raise ValueError("TimeMoEModel is deterministic: use num_samples=1 and no likelihood parameters")
+        if predict_kwargs:  # as predict() refuses them; this path never calls predict()
+            raise TypeError(f"TimeMoEModel.predict got unexpected arguments {sorted(predict_kwargs)}")
         series = _as_list(series)
         bounds = []
         for idx, s in enumerate(series):

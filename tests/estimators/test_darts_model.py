@@ -251,8 +251,29 @@ def test_a_misspelt_predict_argument_and_an_unfitted_model_are_clear_errors(chec
     m = model(checkpoint).fit(airline)
     with pytest.raises(TypeError, match=r"unexpected arguments \['serie'\]"):
         m.predict(3, serie=airline[:50])
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(ValueError, match="not fitted") as info:
         model(checkpoint).predict(3)
+    assert "pass `series`" not in str(info.value)  # darts refuses an unfitted model even with series=
+    # The batched historical forecasts ignored predict_kwargs; the one-by-one path refused them.
+    for fast in (True, False):
+        with pytest.raises(TypeError, match=r"unexpected arguments \['bogus'\]"):
+            m.historical_forecasts(
+                airline, start=100, retrain=False, predict_kwargs={"bogus": 1}, enable_optimization=fast
+            )
+
+
+def test_a_model_fit_on_a_list_of_one_series_predicts_it_and_ensembles(checkpoint, airline):
+    # fit([s]) left training_series unset, so predict(n) asked for `series` ("fit on several series") and
+    # ConformalNaiveModel around it failed; darts' own models store the one series.
+    from darts.models import ConformalNaiveModel
+
+    alone = model(checkpoint).fit(airline).predict(3)
+    listed = model(checkpoint).fit([airline]).predict(3)
+    np.testing.assert_array_equal(listed.values(), alone.values())
+    conformal = ConformalNaiveModel(model(checkpoint).fit([airline]), quantiles=[0.1, 0.5, 0.9]).predict(3)
+    assert len(conformal) == 3 and conformal.start_time() == alone.start_time()
+    with pytest.raises(ValueError, match="several series"):
+        model(checkpoint).fit([airline, airline]).predict(3)
 
 
 def test_a_series_longer_than_the_model_takes_is_truncated_with_a_warning(airline, caplog):
