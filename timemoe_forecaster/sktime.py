@@ -224,6 +224,18 @@ class TimeMoEForecaster(BaseForecaster):
         self._check_lengths()
         return self
 
+    def update(self, y, X=None, update_params=True):
+        """sktime's ``update``, undone when the new data are refused: sktime moves the cutoff and stores ``y``
+        before ``_update`` checks it, and a later ``predict`` would then forecast from the new cutoff with the
+        old context (an 11-step forecast labelled as a 1-step one)."""
+        saved = {k: getattr(self, k) for k in ("_cutoff", "_y", "_X", "_context") if hasattr(self, k)}
+        try:
+            return super().update(y, X=X, update_params=update_params)
+        except Exception:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            raise
+
     def _update(self, y, X=None, update_params=True):
         """Extend the stored context with ``y`` (newer values win); the model is not retrained."""
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
@@ -348,9 +360,24 @@ class TimeMoEForecaster(BaseForecaster):
                 "Pass steps >= 1"
             )
         fh_abs = fh.to_absolute_index(cutoff)
+        self._check_on_grid(fh_abs, rel_steps, cutoff)
         offsets = self._end_offsets(series.ends, cutoff)  # steps between each instance's end and the cutoff
         steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
         return series, steps, output_index(context.index, series.keys, fh_abs)
+
+    def _check_on_grid(self, fh_abs, rel_steps, cutoff) -> None:
+        """Absolute times must be points of y's time grid: sktime floors an off-grid time to a step, and the
+        forecast would carry the step's value under the off-grid label."""
+        freq = getattr(cutoff, "freq", None) or getattr(self, "_freq", None)
+        if not isinstance(fh_abs, pd.DatetimeIndex) or freq is None or not isinstance(cutoff, pd.DatetimeIndex):
+            return
+        grid = pd.DatetimeIndex([cutoff[0] + int(k) * freq for k in rel_steps])
+        off = fh_abs[fh_abs != grid]
+        if len(off):
+            raise ValueError(
+                f"fh times {[str(t) for t in off[:3]]} are not on y's time grid (frequency {freq.freqstr}, last "
+                f"point {cutoff[0]}); pass times of that grid or integer steps"
+            )
 
     @staticmethod
     def _timedelta_fh_as_times(fh, cutoff):

@@ -469,6 +469,32 @@ def test_a_relative_fh_of_durations_is_read_in_steps_of_the_frequency(checkpoint
         f.predict(ForecastingHorizon(pd.to_timedelta([12], unit="h"), is_relative=True))
 
 
+def test_absolute_times_off_the_series_grid_are_refused(checkpoint):
+    # sktime floors 12:00 to the step before, so the step-5 forecast came back labelled 2024-02-24 12:00.
+    y = pd.Series(np.sin(np.arange(50) / 3) + 10, index=pd.date_range("2024-01-01", periods=50, freq="D"))
+    f = forecaster(checkpoint).fit(y)
+    on_grid = f.predict(ForecastingHorizon(pd.DatetimeIndex(["2024-02-24"]), is_relative=False))
+    assert on_grid.iloc[0] == f.predict(fh=[5]).iloc[0]
+    with pytest.raises(ValueError, match=r"fh times \['2024-02-24 12:00:00'\] are not on y's time grid"):
+        f.predict(ForecastingHorizon(pd.DatetimeIndex(["2024-02-24 12:00"]), is_relative=False))
+
+
+def test_a_refused_update_leaves_the_forecaster_as_it_was(checkpoint):
+    # sktime moves the cutoff before _update checks the data: after a refused update, predict forecast from the
+    # new cutoff with the old context (an 11-step-ahead value labelled as the next month's).
+    y = load_airline()
+    f = forecaster(checkpoint, context_length=48).fit(y.iloc[:100])
+    before = f.predict(fh=[1])
+    bad = y.iloc[100:110].copy()
+    bad.iloc[3] = np.inf
+    with pytest.raises(ValueError, match="inf"):
+        f.update(bad)
+    assert f.cutoff[0] == y.index[99]
+    pd.testing.assert_series_equal(f.predict(fh=[1]), before)
+    f.update(y.iloc[100:110])  # a good update afterwards goes through
+    assert f.cutoff[0] == y.index[109]
+
+
 def missing_cuda_device() -> str:
     """A CUDA device this machine lacks: "cuda" without a GPU, one past the last GPU with one."""
     return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
