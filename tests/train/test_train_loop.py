@@ -382,6 +382,9 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(data_weights=[float("nan")]), "finite positive"),
         (dict(device="tpu"), "device must be cpu, cuda, cuda:N or mps"),  # was torch's long RuntimeError
         (dict(device="cuda:x"), "device must be cpu, cuda, cuda:N or mps"),
+        (dict(lr="x"), "lr must be a number, got 'x'"),  # was "TypeError: must be real number, not str"
+        (dict(weight_decay=None), "weight_decay must be a number"),
+        (dict(betas=("a", 0.9)), "betas must be two numbers"),
     ],
 )
 def test_bad_config_values(changes, match):

@@ -97,6 +97,18 @@ class TrainConfig:
         for name in ("save_every", "eval_every", "warmup_steps", "seed", "keep_checkpoints"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        for f in dataclasses.fields(self):  # numbers first: a string would fail the checks below with a bare TypeError
+            value = getattr(self, f.name)
+            if isinstance(f.default, float):
+                need(
+                    isinstance(value, (int, float)) and not isinstance(value, bool),
+                    f"{f.name} must be a number, got {value!r}",
+                )
+        need(
+            isinstance(self.betas, (tuple, list))
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas),
+            f"betas must be two numbers, got {self.betas!r}",
+        )
         need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
