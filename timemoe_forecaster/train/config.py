@@ -74,7 +74,10 @@ class TrainConfig:
             self.data = [self.data]
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
-        self.betas = tuple(float(b) for b in self.betas)
+        try:
+            self.betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"TrainConfig: betas must be two numbers, got {self.betas!r}") from None
         if isinstance(self.compile, str) and self.compile.lower() in ("true", "on", "false", "off", "none"):
             self.compile = self.compile.lower() in ("true", "on")
         if self.compile is True:
@@ -104,11 +107,6 @@ class TrainConfig:
                     isinstance(value, (int, float)) and not isinstance(value, bool),
                     f"{f.name} must be a number, got {value!r}",
                 )
-        need(
-            isinstance(self.betas, (tuple, list))
-            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas),
-            f"betas must be two numbers, got {self.betas!r}",
-        )
         need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
