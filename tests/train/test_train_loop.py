@@ -323,6 +323,17 @@ def test_resume_survives_a_metrics_line_cut_short(tmp_path, caplog):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
 
 
+def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
+    train(small_config(tmp_path, max_steps=2))
+    final = tmp_path / "model.safetensors"
+    stamp = final.stat().st_mtime_ns
+    assert train(small_config(tmp_path, max_steps=2, resume=True))["losses"] == []
+    assert final.stat().st_mtime_ns == stamp  # nothing trained: the model on disk is the run's final model
+    final.unlink()  # as if the first run died between its last checkpoint and the final save
+    assert train(small_config(tmp_path, max_steps=2, resume=True))["finished"] is True
+    assert final.exists() and TimeMoEForPrediction.from_pretrained(tmp_path) is not None
+
+
 def test_resume_follows_the_new_schedule_and_optimizer_settings(tmp_path, caplog):
     # The checkpoint's scheduler used to come back whole: a run resumed with a larger --max-steps and another --lr
     # stayed at the old run's final rate while train_config.json recorded the new settings.

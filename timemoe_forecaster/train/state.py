@@ -79,6 +79,11 @@ def write_model(directory: Path, config: TimeMoEConfig, state: dict[str, torch.T
     _atomic_file(directory / "config.json", lambda p: config.to_json_file(p, torch_dtype=stored))
 
 
+def has_final_model(directory: str | Path) -> bool:
+    """Whether :func:`write_model` completed in ``directory`` (it writes config.json last)."""
+    return (Path(directory) / "config.json").exists() and (Path(directory) / SAFE_SINGLE).exists()
+
+
 def read_model(directory: Path) -> dict[str, torch.Tensor]:
     """Internal-name state dict of a model directory (as written by :func:`write_model`)."""
     return from_official(read_weights(Path(directory)))
