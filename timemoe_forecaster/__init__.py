@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from .config import PRESETS, TimeMoEConfig
 from .model import TimeMoEForPrediction
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "TimeMoEConfig", "TimeMoEForPrediction", "TimeMoEForecaster", "__version__"]
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):

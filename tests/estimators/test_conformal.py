@@ -101,3 +101,20 @@ def test_float_noise_in_a_level_does_not_move_the_rank():
     np.testing.assert_array_equal(
         conformal.residual_offsets([r], [0.5 - 0.4, 0.5 + 0.4], 1), conformal.residual_offsets([r], [0.1, 0.9], 1)
     )
+
+
+def test_library_warnings_reach_stderr_without_any_logging_set_up():
+    # A NullHandler on the package logger swallowed every warning (intervals that may under-cover, truncated
+    # histories, ...) unless the user had configured logging; now they reach Python's last-resort handler.
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, pandas as pd\n"
+        "from timemoe_forecaster import TimeMoEForecaster\n"
+        "y = pd.Series(np.sin(np.arange(40) / 3) + 5)\n"
+        "TimeMoEForecaster(context_length=32).fit(y).predict_interval(fh=range(1, 40))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no calibration residuals for horizon steps" in done.stderr
