@@ -70,6 +70,21 @@ def test_a_shard_index_cannot_reach_outside_the_checkpoint(tmp_path):
             TimeMoEForPrediction.from_pretrained(tmp_path / "ckpt")
 
 
+def test_shards_that_are_symlinks_load_as_in_the_hub_cache(tmp_path):
+    # huggingface_hub's snapshots/<rev>/ holds symlinks into ../../blobs/: the names are inside the folder
+    # although the files resolve outside it.
+    model = make_model()
+    model.save_pretrained(tmp_path / "saved", max_shard_size="4KiB")
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for i, f in enumerate(sorted((tmp_path / "saved").iterdir())):
+        blob = blobs / f"sha{i}"
+        f.rename(blob)
+        (snapshot / f.name).symlink_to(f"../../blobs/{blob.name}")
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(snapshot))
+
+
 def test_load_with_dtype_and_device(tmp_path):
     make_model().save_pretrained(tmp_path)
     model = TimeMoEForPrediction.from_pretrained(str(tmp_path), dtype="bfloat16", device="cpu")

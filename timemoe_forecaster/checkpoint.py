@@ -228,11 +228,11 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise CheckpointError(f"{directory / SAFE_INDEX} is not a valid shard index: {err}") from None
         state = {}
-        root = directory.resolve()
         for name in files:
             # A shard is a file of this checkpoint: an index naming ../other/model.safetensors (or an absolute
-            # path) would read weights from anywhere on the machine.
-            if not isinstance(name, str) or not (directory / name).resolve().is_relative_to(root):
+            # path) would read weights from anywhere on the machine. The name is checked, not where it resolves:
+            # the hub cache's snapshot files are symlinks into its blobs folder.
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
                 raise CheckpointError(f"{directory / SAFE_INDEX} names a shard outside the checkpoint: {name!r}")
             if not (directory / name).exists():
                 raise CheckpointError(f"shard {directory / name} listed in {SAFE_INDEX} is missing")
