@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -332,6 +333,15 @@ def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_on
     final.unlink()  # as if the first run died between its last checkpoint and the final save
     assert train(small_config(tmp_path, max_steps=2, resume=True))["finished"] is True
     assert final.exists() and TimeMoEForPrediction.from_pretrained(tmp_path) is not None
+    # A run extended to step 4 that died before its final save leaves step 2's model next to step 4's
+    # checkpoint: resuming must write step 4's model, not keep the stale one.
+    step2 = final.read_bytes()
+    with mock.patch.object(Trainer, "save_model", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            train(small_config(tmp_path, max_steps=4, resume=True))
+    assert final.read_bytes() == step2
+    assert train(small_config(tmp_path, max_steps=4, resume=True))["losses"] == []
+    assert final.read_bytes() != step2
 
 
 def test_resume_follows_the_new_schedule_and_optimizer_settings(tmp_path, caplog):

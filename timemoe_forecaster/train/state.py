@@ -79,9 +79,16 @@ def write_model(directory: Path, config: TimeMoEConfig, state: dict[str, torch.T
     _atomic_file(directory / "config.json", lambda p: config.to_json_file(p, torch_dtype=stored))
 
 
-def has_final_model(directory: str | Path) -> bool:
-    """Whether :func:`write_model` completed in ``directory`` (it writes config.json last)."""
-    return (Path(directory) / "config.json").exists() and (Path(directory) / SAFE_SINGLE).exists()
+def has_final_model(directory: str | Path, checkpoint: str | Path | None) -> bool:
+    """Whether :func:`write_model` completed in ``directory`` (it writes config.json last) after ``checkpoint`` was
+    saved: a model older than the checkpoint is an earlier step's, left by a run that died before its final save."""
+    config, weights = Path(directory) / "config.json", Path(directory) / SAFE_SINGLE
+    if not (config.exists() and weights.exists()):
+        return False
+    if checkpoint is None:
+        return True
+    saved = max((f.stat().st_mtime_ns for f in Path(checkpoint).rglob("*") if f.is_file()), default=0)
+    return weights.stat().st_mtime_ns >= saved and config.stat().st_mtime_ns >= saved
 
 
 def read_model(directory: Path) -> dict[str, torch.Tensor]:

@@ -690,7 +690,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             # A resumed run that was already complete trained nothing: its final model is on disk unless the first
             # run died between its last checkpoint and this save. Rewriting it would gather the full state from
             # (FSDP) modules that never ran a step, the one thing such a resume does that no other run does.
-            written = ckpt.has_final_model(cfg.output_dir) if ctx.is_main else None
+            latest = ckpt.latest_checkpoint(cfg.output_dir) if ctx.is_main else None
+            written = ckpt.has_final_model(cfg.output_dir, latest) if ctx.is_main else None
             if history or not all_gather_objects(written, ctx)[0]:
                 trainer.save_model(cfg.output_dir)
         losses = [r["loss"] for r in history]
