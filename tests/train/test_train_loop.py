@@ -406,11 +406,22 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(lr="x"), "lr must be a number, got 'x'"),  # was "TypeError: must be real number, not str"
         (dict(weight_decay=None), "weight_decay must be a number"),
         (dict(betas=("a", 0.9)), "betas must be two numbers"),
+        (dict(seed=True), "seed must be an integer"),  # a bool slipped through as 1
+        (dict(warmup_steps=False), "warmup_steps must be an integer"),
     ],
 )
 def test_bad_config_values(changes, match):
     with pytest.raises(ValueError, match=match):
         small_config(**changes)
+
+
+def test_numpy_scalars_are_accepted_as_plain_numbers(tmp_path):
+    # A grid search hands np.int64 seeds and np.float32 rates: TrainConfig refused them ("seed must be an integer
+    # >= 0, got np.int64(3)"), although the estimators accept such a seed for zero-shot forecasts.
+    cfg = small_config(tmp_path, seed=np.int64(3), batch_size=np.int64(2), lr=np.float32(1e-2), max_steps=np.int32(2))
+    assert (type(cfg.seed), type(cfg.lr)) == (int, float) and cfg.lr == pytest.approx(1e-2)
+    assert train(cfg)["steps"] == 2
+    assert json.loads((tmp_path / "train_config.json").read_text())["seed"] == 3
 
 
 def test_a_multivariate_model_config_is_refused_before_training(tmp_path):

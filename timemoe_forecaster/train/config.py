@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,14 @@ class TrainConfig:
     time_limit: float = 0.0  # seconds; stop (with a checkpoint) when exceeded, 0 = none
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # numpy scalars (a grid search's np.arange) as plain numbers, for JSON
+            value = getattr(self, f.name)
+            if (
+                isinstance(value, numbers.Number)
+                and not isinstance(value, (bool, int, float))
+                and hasattr(value, "item")
+            ):
+                setattr(self, f.name, value.item())
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.eval_data, str):
@@ -99,7 +108,10 @@ class TrainConfig:
             )
         for name in ("save_every", "eval_every", "warmup_steps", "seed", "keep_checkpoints"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"{name} must be an integer >= 0, got {value!r}",
+            )
         for f in dataclasses.fields(self):  # numbers first: a string would fail the checks below with a bare TypeError
             value = getattr(self, f.name)
             if isinstance(f.default, float):
