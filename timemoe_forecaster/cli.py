@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument(
         "--dataset",
         default="airline",
-        help="'airline' or a CSV, TSV or parquet file; missing values in the context are interpolated",
+        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV); gaps are interpolated",
     )
     fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
     fc.add_argument("--horizon", type=int, default=12)
@@ -198,9 +198,7 @@ def load_series(dataset: str, column: str | None = None):
     if not path.is_file():
         raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV, TSV or parquet file")
     fmt = _suffixes(path)[0]
-    if fmt not in TABULAR_SUFFIXES:
-        raise ValueError(f"--dataset {path}: expected a CSV, TSV or parquet file (got the suffix {fmt or 'none'!r})")
-    frame = read_frame(path, fmt)
+    frame = read_frame(path, fmt if fmt in TABULAR_SUFFIXES else ".csv")  # other names (.txt, none): CSV text
     if column is None:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         if not numeric:
@@ -266,10 +264,11 @@ def run_forecast(args: argparse.Namespace) -> int:
     if infinite.size:
         where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
-    context = values[-min(args.context_length, model.config.max_position_embeddings) :]
-    missing = int(np.isnan(context).sum())
-    # Gaps are interpolated, as the estimators do: the model takes left padding only, not holes in a row.
-    context = fill_missing(context, name=f"the context of {args.dataset}")
+    length = min(args.context_length, model.config.max_position_embeddings)
+    missing = int(np.isnan(values[-length:]).sum())
+    # Gaps are interpolated over the whole series (as the estimators do), then the context is cut: the model takes
+    # left padding only, not holes in a row, and a gap at the window's start is bridged from the points before it.
+    context = fill_missing(values, name=f"{args.dataset}")[-length:]
     mean, std = context.mean(), max(context.std(), 1e-8)
     scaled = torch.tensor((context - mean) / std, dtype=torch.float32)[None]
     pred = model.forecast(scaled, args.horizon)[0].double().numpy() * std + mean
@@ -280,7 +279,7 @@ def run_forecast(args: argparse.Namespace) -> int:
         print("WARNING: this checkpoint is an UNTRAINED PLACEHOLDER with random weights: the forecast is meaningless.")
     print(f"series: {args.dataset} / {name}, {len(values)} points, context {len(context)}, horizon {args.horizon}")
     if missing:
-        print(f"({missing} missing values in the context were interpolated; leading ones dropped)")
+        print(f"({missing} missing values in the context were interpolated)")
     index = series.index[: len(values)]
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
