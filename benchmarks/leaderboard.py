@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -178,23 +179,25 @@ def cell_scope(args, plan: dict, key: str) -> dict:
     def capped(n):
         return n if cap is None else min(n, cap)
 
-    scope = {"max_windows": cap, "channels": plan["channels"], "seed": args.seed}
+    scope = {"max_windows": cap, "channels": plan["channels"]}
     if key == "timemoe":
+        from ours import default_normalize_window
+
+        normalize = args.normalize_window
         scope.update(
-            model_path=args.model_path,
+            model_path=os.path.normpath(args.model_path) if args.model_path else None,
             preset=args.preset,
             dtype=args.dtype or "fp32",
             context_length=context_lengths(args.context_length),
+            normalize_window=default_normalize_window(args.model_path, args.preset) if normalize is None else normalize,
         )
         if args.setting == "full-shot":
-            scope["finetune"] = {
-                k: getattr(args, f"finetune_{k}")
-                for k in ("epochs", "steps", "lr", "rounds", "val_windows", "batch_size", "max_length")
-            }
+            scope.update(seed=args.seed, finetune=build_finetune(args))
     elif key in STATS_MODELS:
         scope.update(stats_windows=capped(4 if args.quick else args.stats_windows), stats_lookback=args.stats_lookback)
-    elif key in DARTS_MODELS:
+    elif key in DARTS_MODELS:  # trained from random weights: the seed counts
         scope.update(
+            seed=args.seed,
             darts_windows=capped(args.darts_windows),
             darts_lookback=args.darts_lookback,
             darts_epochs=1 if args.quick else args.darts_epochs,
@@ -208,9 +211,9 @@ def recorded_scope(command: str | None, key: str) -> dict | None:
     longer parses: such cells are trusted as they are)."""
     if not command:
         return None
-    words = shlex.split(command)
-    argv = words[2:] if len(words) >= 2 and words[1].endswith("leaderboard.py") else words
-    try:
+    try:  # commands recorded before shlex.join quoted them may not split (a quote in a path)
+        words = shlex.split(command)
+        argv = words[2:] if len(words) >= 2 and words[1].endswith("leaderboard.py") else words
         old = _parse_quietly(argv)
         return cell_scope(old, resolve(old), key)
     except (SystemExit, ValueError):
@@ -242,9 +245,8 @@ def stale_cells(args, plan: dict, store: ResultStore, labels: dict[str, str]) ->
     return stale
 
 
-def build_timemoe(args, plan):
-    from ours import TimeMoERunner
-
+def build_finetune(args) -> dict:
+    """Time-MoE's full-shot fine-tuning settings, with the --quick default."""
     finetune = {
         "epochs": None if args.finetune_steps else args.finetune_epochs,
         "steps": args.finetune_steps or (2 if args.quick and args.setting == "full-shot" else None),
@@ -256,6 +258,13 @@ def build_timemoe(args, plan):
     }
     if finetune["steps"]:
         finetune["epochs"] = None
+    return finetune
+
+
+def build_timemoe(args, plan):
+    from ours import TimeMoERunner
+
+    finetune = build_finetune(args)
     return TimeMoERunner(
         args.model_path,
         setting=args.setting,
@@ -372,7 +381,8 @@ def run(args) -> Path:
                 cell = run_cell(forecaster, data, horizon, list(range(data.num_channels)))
                 details = {**cell, "settings": forecaster.settings(), "command": command}
                 store.add(name, args.setting, forecaster.name, horizon, cell, details)
-                if horizon == min(plan["horizons"]) and not store.has_example(name, forecaster.name, args.setting):
+                plotted = store.has_example(name, forecaster.name, args.setting) and not args.rerun
+                if horizon == min(plan["horizons"]) and not plotted:
                     store.add_example(name, forecaster.name, args.setting, example_window(forecaster, data, horizon))
                 msg = "%s %s %s h=%d: mse %.4f mae %.4f (%d windows, %.1f s)"
                 log.info(msg, name, args.setting, forecaster.name, horizon, cell["mse"], cell["mae"],

@@ -43,8 +43,11 @@ class ResultStore:
         self.commands: dict[tuple[str, str, str, str], str] = {}  # the latest command of each cell
         if self.cells_path.exists():
             for line in self.cells_path.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
+                try:
+                    rec = json.loads(line) if line.strip() else {}
+                except json.JSONDecodeError:  # a line cut short by a killed run: that cell has no command
+                    continue
+                if rec:
                     key = self._key(rec.get("dataset"), rec.get("setting"), rec.get("model"), rec.get("horizon"))
                     if rec.get("command"):
                         self.commands[key] = rec["command"]

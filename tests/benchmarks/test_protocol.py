@@ -339,6 +339,27 @@ def test_a_rerun_with_other_settings_stops_instead_of_skipping_the_old_cells(tmp
     assert leaderboard.main(base + ["--max-windows", "8", "--rerun"]) == 0
     assert {r["windows"] for r in read_csv_rows(out)} == {"16"}
     assert leaderboard.main(base + ["--max-windows", "8"]) == 0  # the replaced cells now match
+    assert leaderboard.main(base + ["--max-windows", "8", "--seed", "1"]) == 0  # naive models ignore the seed
+
+    # A command recorded before commands were quoted, and a line cut short by a kill, do not stop later runs.
+    cells = out / "cells.jsonl"
+    lines = cells.read_text().splitlines()
+    cells.write_text("\n".join([lines[0].replace("--no-report", "--data-dir /home/o'brien")] + lines[1:]) + '\n{"dat')
+    assert leaderboard.main(base + ["--max-windows", "8"]) == 0
+
+
+def test_the_stale_check_sees_model_settings_and_ignores_spelling(tmp_path):
+    leaderboard = importlib.import_module("leaderboard")
+
+    def scope(*argv):
+        args = leaderboard.parse_args(["--models", "timemoe", *argv])
+        return leaderboard.cell_scope(args, leaderboard.resolve(args), "timemoe")
+
+    assert scope("--model-path", "./ckpt") == scope("--model-path", "ckpt")
+    assert scope() == scope("--normalize-window")  # the embedded default's own setting
+    assert scope() != scope("--no-normalize-window")
+    assert scope("--setting", "full-shot", "--quick")["finetune"]["steps"] == 2
+    assert scope("--setting", "full-shot")["finetune"]["steps"] is None
 
 
 def read_csv_rows(out: Path) -> list[dict]:
