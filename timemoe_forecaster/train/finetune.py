@@ -70,8 +70,12 @@ def _pieces(x: np.ndarray) -> list[np.ndarray]:
 
 
 def _standardised(x: np.ndarray) -> np.ndarray:
-    std = float(x.std())
-    return ((x - x.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    # Divided by max|x| first, as forecasting scales: x.std() squares the values, which overflows above ~1e154
+    # and underflows below ~1e-154, and the piece became all zeros.
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    unit = x / peak if peak > 0 else x
+    std = float(unit.std())
+    return ((unit - unit.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 def _check_count(name: str, value) -> None:
@@ -125,8 +129,14 @@ def train_on_series(
     elif steps is None:
         steps = DEFAULT_STEPS
     _check_count("steps", steps)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            "no parameter of the model requires grad (an estimator's fitted model is shared and frozen): "
+            "fine-tune a copy (loading.private_copy) or call model.requires_grad_(True) first"
+        )
+    from ..loading import resolve_device
+
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     cfg = TrainConfig(
         config="(model)",
         data=["(in-memory series)"],
@@ -134,8 +144,9 @@ def train_on_series(
         max_steps=int(steps),
         batch_size=batch_size,
         max_length=max_length,
-        # 17 points (16 of context) by default, fewer when max_length or the series allow no more.
-        min_length=max(2, min(17, max_length + 1, max(len(s) for s in segments))),
+        # 17 points (16 of context) by default, fewer when max_length or the shortest series allow no more: a
+        # series shorter than min_length is never drawn, so 17 silently left the short members of a panel out.
+        min_length=max(2, min(17, max_length + 1, min(len(s) for s in segments))),
         lr=lr,
         weight_decay=weight_decay,
         warmup_steps=min(warmup_steps, int(steps)),
@@ -149,6 +160,7 @@ def train_on_series(
         # notebook) for a run of ~100 steps. Fine-tuning draws in the training loop, as when it was timed.
         data_prefetch="off",
     )
+    model.to(device)  # only now: a refused setting must leave the caller's model where it was
     # Users' series are kept as they are: no quality filter (intermittent demand is mostly zeros).
     sampler = WindowSampler(
         ArraySource(segments, name="series"),
