@@ -167,6 +167,7 @@ def train_config_from_args(args: argparse.Namespace):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.command == "finetune":
         values["init_from"] = args.model
+        values["config"] = None  # the architecture is the checkpoint's; train_config.json recorded "tiny"
     if values.get("data_weights") is not None:
         values["data_weights"] = [w for group in values["data_weights"] for w in group]
     if values.get("fsdp") in ("true", "false"):

@@ -194,6 +194,7 @@ def test_flags_map_one_to_one_onto_train_config():
     assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16" and cfg.data_prefetch == "process"
     cfg = train_config_from_args(build_parser().parse_args(["finetune", "--model", "some/dir"]))
     assert cfg.init_from == "some/dir" and cfg.lr == 1e-4 and cfg.compile is False
+    assert cfg.config is None  # train_config.json used to record the unused default "tiny"
     compiles = {
         "--compile": "blocks",
         "--compile=model": "model",

@@ -29,7 +29,7 @@ WHOLE_MODEL_COMPILES = ("model", "model-cudagraphs", "model-step-graph")  # one 
 class TrainConfig:
     """Every training setting; each field is one CLI flag (``--max-steps`` for ``max_steps``)."""
 
-    config: str = "tiny"  # preset name or config.json path (ignored with init_from)
+    config: str | None = "tiny"  # preset name or config.json path (None, or ignored, with init_from)
     init_from: str | None = None  # checkpoint directory to start from (fine-tuning)
     data: list[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic" and/or paths
     data_weights: list[float] | None = None  # mixture weight per data source
@@ -119,6 +119,7 @@ class TrainConfig:
                     isinstance(value, (int, float)) and not isinstance(value, bool),
                     f"{f.name} must be a number, got {value!r}",
                 )
+        need(self.config is not None or self.init_from is not None, "give a model: config or init_from")
         need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
