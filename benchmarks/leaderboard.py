@@ -191,8 +191,10 @@ def cell_scope(args, plan: dict, key: str) -> dict:
             context_length=context_lengths(args.context_length),
             normalize_window=default_normalize_window(args.model_path, args.preset) if normalize is None else normalize,
         )
+        if args.preset or args.setting == "full-shot":  # random preset weights and fine-tuning are seeded
+            scope["seed"] = args.seed
         if args.setting == "full-shot":
-            scope.update(seed=args.seed, finetune=build_finetune(args))
+            scope["finetune"] = build_finetune(args)
     elif key in STATS_MODELS:
         scope.update(stats_windows=capped(4 if args.quick else args.stats_windows), stats_lookback=args.stats_lookback)
     elif key in DARTS_MODELS:  # trained from random weights: the seed counts

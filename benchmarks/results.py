@@ -80,8 +80,14 @@ class ResultStore:
             self.commands[self._key(dataset, setting, model, horizon)] = details["command"]
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         record = {"dataset": dataset, "setting": setting, "model": model, "horizon": horizon, "time": now, **details}
+        # After a line cut short by a kill, start a new line: appended to the fragment, this record would be lost.
+        cut = (
+            self.cells_path.exists()
+            and self.cells_path.stat().st_size
+            and not self.cells_path.read_bytes().endswith(b"\n")
+        )
         with self.cells_path.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+            f.write(("\n" if cut else "") + json.dumps(record, default=str) + "\n")
         self.save()
 
     def has_example(self, dataset: str, model: str, setting: str) -> bool:

@@ -63,7 +63,12 @@ def test_a_shard_index_cannot_reach_outside_the_checkpoint(tmp_path):
     index_path = tmp_path / "ckpt" / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     key = next(iter(index["weight_map"]))
-    for outside in (f"../other/{index['weight_map'][key]}", str(tmp_path / "other" / index["weight_map"][key])):
+    escapes = ("/etc/passwd", "\\Windows\\x.safetensors", "C:x.safetensors", "sub/../../x", "..\\x")
+    for outside in (
+        f"../other/{index['weight_map'][key]}",
+        str(tmp_path / "other" / index["weight_map"][key]),
+        *escapes,
+    ):
         index["weight_map"][key] = outside
         index_path.write_text(json.dumps(index))
         with pytest.raises(CheckpointError, match="outside the checkpoint"):

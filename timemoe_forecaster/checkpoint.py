@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from safetensors import SafetensorError
@@ -232,7 +232,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
             # A shard is a file of this checkpoint: an index naming ../other/model.safetensors (or an absolute
             # path) would read weights from anywhere on the machine. The name is checked, not where it resolves:
             # the hub cache's snapshot files are symlinks into its blobs folder.
-            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            if not _inside(name):
                 raise CheckpointError(f"{directory / SAFE_INDEX} names a shard outside the checkpoint: {name!r}")
             if not (directory / name).exists():
                 raise CheckpointError(f"shard {directory / name} listed in {SAFE_INDEX} is missing")
@@ -243,6 +243,14 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / BIN_SINGLE).exists():
         return _read_bin(directory / BIN_SINGLE)
     raise CheckpointError(f"no weights in {directory}: expected {SAFE_SINGLE}, {SAFE_INDEX} or {BIN_SINGLE}")
+
+
+def _inside(name) -> bool:
+    """A relative name with no '..', read the POSIX and the Windows way (a drive or a root escapes there)."""
+    if not isinstance(name, str) or not name:
+        return False
+    windows = PureWindowsPath(name)
+    return not (windows.drive or windows.root or ".." in windows.parts or ".." in PurePosixPath(name).parts)
 
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "default"

@@ -266,7 +266,9 @@ def run_forecast(args: argparse.Namespace) -> int:
         where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
     length = min(args.context_length, model.config.max_position_embeddings)
-    missing = int(np.isnan(values[-length:]).sum())
+    observed = np.flatnonzero(~np.isnan(values))
+    start = int(observed[0]) if observed.size else 0  # leading missing values are dropped, not interpolated
+    missing = int(np.isnan(values[start:][-length:]).sum())
     # Gaps are interpolated over the whole series (as the estimators do), then the context is cut: the model takes
     # left padding only, not holes in a row, and a gap at the window's start is bridged from the points before it.
     context = fill_missing(values, name=f"{args.dataset}")[-length:]

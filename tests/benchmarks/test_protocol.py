@@ -346,6 +346,9 @@ def test_a_rerun_with_other_settings_stops_instead_of_skipping_the_old_cells(tmp
     lines = cells.read_text().splitlines()
     cells.write_text("\n".join([lines[0].replace("--no-report", "--data-dir /home/o'brien")] + lines[1:]) + '\n{"dat')
     assert leaderboard.main(base + ["--max-windows", "8"]) == 0
+    # The next record starts a new line instead of joining the fragment (and being lost with it).
+    assert leaderboard.main(base + ["--max-windows", "8", "--rerun"]) == 0
+    assert "--rerun" in results.ResultStore(out).command_of("ETTh1", "zero-shot", "Naive", 96)
 
 
 def test_the_stale_check_sees_model_settings_and_ignores_spelling(tmp_path):
@@ -356,6 +359,8 @@ def test_the_stale_check_sees_model_settings_and_ignores_spelling(tmp_path):
         return leaderboard.cell_scope(args, leaderboard.resolve(args), "timemoe")
 
     assert scope("--model-path", "./ckpt") == scope("--model-path", "ckpt")
+    assert scope("--preset", "tiny") != scope("--preset", "tiny", "--seed", "1")  # random weights are seeded
+    assert scope() == scope("--seed", "1")  # a checkpoint's zero-shot forecasts are not
     assert scope() == scope("--normalize-window")  # the embedded default's own setting
     assert scope() != scope("--no-normalize-window")
     assert scope("--setting", "full-shot", "--quick")["finetune"]["steps"] == 2

@@ -122,6 +122,10 @@ def test_forecast_of_a_series_with_gaps_interpolates_them(tmp_path, capsys):
     pd.DataFrame({"v": holes}).to_csv(gappy, index=False)
     assert main(["forecast", "--dataset", str(gappy), "--horizon", "3", "--context-length", "2"]) == 0
     assert "1 missing values in the context were interpolated" in capsys.readouterr().out
+    holes[:3] = np.nan  # leading: dropped, not counted as interpolated
+    pd.DataFrame({"v": holes}).to_csv(gappy, index=False)
+    assert main(["forecast", "--dataset", str(gappy), "--horizon", "3"]) == 0
+    assert "(4 missing values in the context were interpolated)" in capsys.readouterr().out
     holes[70] = np.inf
     pd.DataFrame({"v": holes}).to_csv(gappy, index=False)
     with pytest.raises(SystemExit):

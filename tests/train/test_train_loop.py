@@ -418,8 +418,18 @@ def test_bad_config_values(changes, match):
 def test_numpy_scalars_are_accepted_as_plain_numbers(tmp_path):
     # A grid search hands np.int64 seeds and np.float32 rates: TrainConfig refused them ("seed must be an integer
     # >= 0, got np.int64(3)"), although the estimators accept such a seed for zero-shot forecasts.
-    cfg = small_config(tmp_path, seed=np.int64(3), batch_size=np.int64(2), lr=np.float32(1e-2), max_steps=np.int32(2))
-    assert (type(cfg.seed), type(cfg.lr)) == (int, float) and cfg.lr == pytest.approx(1e-2)
+    cfg = small_config(
+        tmp_path,
+        seed=np.int64(3),
+        batch_size=np.int64(2),
+        lr=np.float32(1e-2),
+        max_steps=np.int32(2),
+        data=[FAST_DATA[0], FAST_DATA[0]],
+        data_weights=np.array([1.0, 2.0], dtype=np.float32),
+        pack=np.bool_(True),
+    )
+    assert (type(cfg.seed), type(cfg.lr), type(cfg.pack)) == (int, float, bool) and cfg.lr == pytest.approx(1e-2)
+    assert cfg.data_weights == [1.0, 2.0]
     assert train(cfg)["steps"] == 2
     assert json.loads((tmp_path / "train_config.json").read_text())["seed"] == 3
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .optim import OPTIM_DTYPES
 from .prefetch import PREFETCH_MODES
@@ -71,14 +72,8 @@ class TrainConfig:
     time_limit: float = 0.0  # seconds; stop (with a checkpoint) when exceeded, 0 = none
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # numpy scalars (a grid search's np.arange) as plain numbers, for JSON
-            value = getattr(self, f.name)
-            if (
-                isinstance(value, numbers.Number)
-                and not isinstance(value, (bool, int, float))
-                and hasattr(value, "item")
-            ):
-                setattr(self, f.name, value.item())
+        for f in dataclasses.fields(self):  # numpy values (a grid search's np.arange) as plain ones, for JSON
+            setattr(self, f.name, _plain(getattr(self, f.name)))
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.eval_data, str):
@@ -182,3 +177,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _plain(value):
+    """numpy scalars, arrays and their lists as Python numbers and lists (np.bool_ as bool)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
