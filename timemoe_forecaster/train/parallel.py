@@ -89,6 +89,7 @@ def distributed_context(device: str | torch.device | None = None) -> Iterator[Di
     dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
     try:
         yield DistContext(rank, world_size, local_rank, dev)
+        dist.barrier()  # a normal exit: no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 

@@ -11,6 +11,7 @@ gradient equal to that of one big batch whatever the split.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -688,14 +689,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         history = trainer.run()
         if cfg.output_dir is not None and trainer.step == cfg.max_steps:
             # A resumed run that was already complete trained nothing: its final model is on disk unless the first
-            # run died between its last checkpoint and this save. Rewriting it would gather the full state from
-            # (FSDP) modules that never ran a step, the one thing such a resume does that no other run does.
+            # run died between its last checkpoint and this save, so gathering the full state again is wasted.
             latest = ckpt.latest_checkpoint(cfg.output_dir) if ctx.is_main else None
             written = ckpt.has_final_model(cfg.output_dir, latest) if ctx.is_main else None
             if history or not all_gather_objects(written, ctx)[0]:
                 trainer.save_model(cfg.output_dir)
         losses = [r["loss"] for r in history]
-        return {
+        result = {
             "steps": trainer.step,
             "finished": trainer.step == cfg.max_steps,  # False when stopped by the time limit
             "final_loss": losses[-1] if losses else float("nan"),
@@ -703,3 +703,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "output_dir": cfg.output_dir,
             "checkpoint": str(ckpt.latest_checkpoint(cfg.output_dir)) if cfg.output_dir else None,
         }
+        # Free the model (FSDP's state holds the process group and its pending work) while the group still exists:
+        # otherwise gloo's worker threads died with it at interpreter exit, and one rank in about 20 aborted
+        # ("terminate called without an active exception") after a run that had finished and saved.
+        del trainer, model
+        gc.collect()
+    return result
