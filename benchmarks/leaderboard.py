@@ -17,6 +17,7 @@ leaderboard.md and the PNGs are re-rendered at the end (report.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shlex
@@ -174,12 +175,8 @@ DARTS_MODELS = ("dlinear", "nlinear", "tide", "tsmixer", "nhits")
 def cell_scope(args, plan: dict, key: str) -> dict:
     """The settings that change a cell's numbers for model ``key`` (not device, batch size or progress), so a
     rerun can tell an old cell made differently from one it may skip."""
-    cap = plan["max_windows"]
-
-    def capped(n):
-        return n if cap is None else min(n, cap)
-
-    scope = {"max_windows": cap, "channels": plan["channels"]}
+    options = baseline_options(args, plan)
+    scope = {"max_windows": plan["max_windows"], "channels": plan["channels"]}
     if key == "timemoe":
         from ours import default_normalize_window
 
@@ -196,18 +193,15 @@ def cell_scope(args, plan: dict, key: str) -> dict:
         if args.setting == "full-shot":
             scope["finetune"] = build_finetune(args)
     elif key in STATS_MODELS:
-        scope.update(stats_windows=capped(4 if args.quick else args.stats_windows), stats_lookback=args.stats_lookback)
+        scope.update({k: options[k] for k in ("stats_windows", "stats_lookback")})
     elif key in DARTS_MODELS:  # trained from random weights: the seed counts
         scope.update(
-            seed=args.seed,
-            darts_windows=capped(args.darts_windows),
-            darts_lookback=args.darts_lookback,
-            darts_epochs=1 if args.quick else args.darts_epochs,
-            darts_samples=256 if args.quick else args.darts_samples,
+            {k: options[k] for k in ("seed", "darts_windows", "darts_lookback", "darts_epochs", "darts_samples")}
         )
     return scope
 
 
+@functools.cache  # one parse per distinct command, not one per cell
 def recorded_scope(command: str | None, key: str) -> dict | None:
     """The scope of a cell rebuilt from the command cells.jsonl recorded for it (None when that command no
     longer parses: such cells are trusted as they are)."""
@@ -285,26 +279,27 @@ def build_timemoe(args, plan):
     )
 
 
-def build_baseline(key, data, args, plan):
+def baseline_options(args, plan) -> dict:
+    """The options every baseline is built with (``make_baseline``'s), with the --quick and --max-windows caps."""
     cap = plan["max_windows"]
 
     def capped(n):
         return n if cap is None else min(n, cap)
 
-    return make_baseline(
-        key,
-        data.season,
-        quick=args.quick,
-        max_windows=cap,
-        stats_windows=capped(4 if args.quick else args.stats_windows),
-        stats_lookback=args.stats_lookback,
-        jobs=args.jobs,
-        darts_windows=capped(args.darts_windows),
-        darts_lookback=args.darts_lookback,
-        darts_epochs=1 if args.quick else args.darts_epochs,
-        darts_samples=256 if args.quick else args.darts_samples,
-        seed=args.seed,
-    )
+    return {
+        "max_windows": cap,
+        "stats_windows": capped(4 if args.quick else args.stats_windows),
+        "stats_lookback": args.stats_lookback,
+        "darts_windows": capped(args.darts_windows),
+        "darts_lookback": args.darts_lookback,
+        "darts_epochs": 1 if args.quick else args.darts_epochs,
+        "darts_samples": 256 if args.quick else args.darts_samples,
+        "seed": args.seed,
+    }
+
+
+def build_baseline(key, data, args, plan):
+    return make_baseline(key, data.season, quick=args.quick, jobs=args.jobs, **baseline_options(args, plan))
 
 
 def run_cell(forecaster, data, horizon: int, channels: list[int]) -> dict:

@@ -42,7 +42,11 @@ class ResultStore:
         self.examples = json.loads(self.examples_path.read_text()) if self.examples_path.exists() else {}
         self.commands: dict[tuple[str, str, str, str], str] = {}  # the latest command of each cell
         if self.cells_path.exists():
-            for line in self.cells_path.read_text().splitlines():
+            text = self.cells_path.read_text()
+            if text and not text.endswith("\n"):  # a line cut short by a kill: the next record starts a new line
+                with self.cells_path.open("a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line) if line.strip() else {}
                 except json.JSONDecodeError:  # a line cut short by a killed run: that cell has no command
@@ -80,14 +84,8 @@ class ResultStore:
             self.commands[self._key(dataset, setting, model, horizon)] = details["command"]
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         record = {"dataset": dataset, "setting": setting, "model": model, "horizon": horizon, "time": now, **details}
-        # After a line cut short by a kill, start a new line: appended to the fragment, this record would be lost.
-        cut = (
-            self.cells_path.exists()
-            and self.cells_path.stat().st_size
-            and not self.cells_path.read_bytes().endswith(b"\n")
-        )
         with self.cells_path.open("a") as f:
-            f.write(("\n" if cut else "") + json.dumps(record, default=str) + "\n")
+            f.write(json.dumps(record, default=str) + "\n")
         self.save()
 
     def has_example(self, dataset: str, model: str, setting: str) -> bool:
