@@ -266,12 +266,11 @@ def run_forecast(args: argparse.Namespace) -> int:
         where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
     length = min(args.context_length, model.config.max_position_embeddings)
-    observed = np.flatnonzero(~np.isnan(values))
-    start = int(observed[0]) if observed.size else 0  # leading missing values are dropped, not interpolated
-    missing = int(np.isnan(values[start:][-length:]).sum())
     # Gaps are interpolated over the whole series (as the estimators do), then the context is cut: the model takes
     # left padding only, not holes in a row, and a gap at the window's start is bridged from the points before it.
-    context = fill_missing(values, name=f"{args.dataset}")[-length:]
+    filled = fill_missing(values, name=f"{args.dataset}")  # leading missing values dropped, not interpolated
+    context = filled[-length:]
+    missing = int(np.isnan(values[-len(context) :]).sum())
     mean, std = context.mean(), max(context.std(), 1e-8)
     scaled = torch.tensor((context - mean) / std, dtype=torch.float32)[None]
     pred = model.forecast(scaled, args.horizon)[0].double().numpy() * std + mean

@@ -98,14 +98,20 @@ def scale_stats(contexts: list[np.ndarray], scaling: str) -> tuple[np.ndarray, n
     constant = np.array([np.ptp(c) == 0 for c in contexts], dtype=bool)
     if scaling == "none":
         return np.zeros(n), np.ones(n), constant
-    # Mean and std of c / max|c|, scaled back: c.std() squares the values, which overflows above ~1e154 (scale
-    # inf, forecasts -inf) and underflows below ~1e-154 (scale 0, the context cast to float32 zeros).
-    peak = np.array([np.abs(c).max() if c.size else 0.0 for c in contexts])
-    unit = np.where(constant | (peak == 0), 1.0, peak)
-    loc = np.array([(c / u).mean() * u for c, u in zip(contexts, unit)])
-    scale = np.array([(c / u).std() * u for c, u in zip(contexts, unit)])
+    loc, scale = np.array([mean_std(c) for c in contexts]).reshape(n, 2).T
     scale[constant | (scale == 0)] = 1.0
     return loc, scale, constant
+
+
+def mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of ``x`` at any magnitude: taken of x / max|x| and scaled back, because
+    x.std() squares the values, which overflows above ~1e154 (forecasts -inf) and underflows below ~1e-154
+    (a std of 0, and the series cast to float32 zeros)."""
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak == 0:
+        return 0.0, 0.0
+    unit = x / peak
+    return float(unit.mean()) * peak, float(unit.std()) * peak
 
 
 # Batching ----------------------------------------------------------------------------------

@@ -70,12 +70,10 @@ def _pieces(x: np.ndarray) -> list[np.ndarray]:
 
 
 def _standardised(x: np.ndarray) -> np.ndarray:
-    # Divided by max|x| first, as forecasting scales: x.std() squares the values, which overflows above ~1e154
-    # and underflows below ~1e-154, and the piece became all zeros.
-    peak = float(np.abs(x).max()) if x.size else 0.0
-    unit = x / peak if peak > 0 else x
-    std = float(unit.std())
-    return ((unit - unit.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    from ..preprocess import mean_std  # as forecasting scales: safe at any magnitude
+
+    mean, std = mean_std(x)
+    return ((x - mean) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
 def _check_count(name: str, value) -> None:

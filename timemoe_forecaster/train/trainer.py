@@ -636,6 +636,12 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
         return TimeMoEForPrediction(config, attn_backend=cfg.attn_backend, moe_dispatch=cfg.moe_dispatch)
 
 
+def _final_model_written(output_dir, ctx: DistContext) -> bool:
+    """Rank 0's answer, on every rank: is the final model on disk and newer than the latest checkpoint?"""
+    written = ckpt.has_final_model(output_dir, ckpt.latest_checkpoint(output_dir)) if ctx.is_main else None
+    return bool(all_gather_objects(written, ctx)[0])
+
+
 def refuse_to_mix_runs(cfg: TrainConfig) -> None:
     """A fresh run must not write into a directory that holds another run's checkpoints.
 
@@ -690,9 +696,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.output_dir is not None and trainer.step == cfg.max_steps:
             # A resumed run that was already complete trained nothing: its final model is on disk unless the first
             # run died between its last checkpoint and this save, so gathering the full state again is wasted.
-            latest = ckpt.latest_checkpoint(cfg.output_dir) if ctx.is_main else None
-            written = ckpt.has_final_model(cfg.output_dir, latest) if ctx.is_main else None
-            if history or not all_gather_objects(written, ctx)[0]:
+            if history or not _final_model_written(cfg.output_dir, ctx):
                 trainer.save_model(cfg.output_dir)
         losses = [r["loss"] for r in history]
         result = {
