@@ -708,8 +708,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "checkpoint": str(ckpt.latest_checkpoint(cfg.output_dir)) if cfg.output_dir else None,
         }
         # Free the model (FSDP's state holds the process group and its pending work) while the group still exists:
-        # otherwise gloo's worker threads died with it at interpreter exit, and one rank in about 20 aborted
-        # ("terminate called without an active exception") after a run that had finished and saved.
+        # otherwise gloo's worker threads died with it at interpreter exit, and in 1 of 25 loaded test runs a rank
+        # aborted ("terminate called without an active exception") after a run that had finished and saved.
         del trainer, model
         gc.collect()
     return result
