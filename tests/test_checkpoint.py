@@ -55,6 +55,56 @@ def test_sharded_save_and_load(tmp_path):
     assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
 
 
+def test_saving_again_replaces_our_weight_files_and_keeps_the_users(tmp_path):
+    # The clean-up removed every "model*.safetensors": a user's model_best_epoch3.safetensors was lost.
+    (tmp_path / "model_best_epoch3.safetensors").write_bytes(b"mine")
+    (tmp_path / "model-notes.safetensors").write_bytes(b"mine too")
+    make_model().save_pretrained(tmp_path, max_shard_size="4KiB")
+    model = make_model()
+    model.save_pretrained(tmp_path)  # one file now: the shards and their index must go
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["config.json", "model-notes.safetensors", "model.safetensors", "model_best_epoch3.safetensors"]
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
+    make_model().save_pretrained(tmp_path, max_shard_size="4KiB")  # and back to shards: the single file goes
+    assert not (tmp_path / "model.safetensors").exists() and (tmp_path / "model_best_epoch3.safetensors").exists()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary files left
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    # The old weights were deleted before the new ones were written: a failing write left no weights.
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    import timemoe_forecaster.checkpoint as checkpoint
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        make_model().save_pretrained(tmp_path, max_shard_size="4KiB")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "dtype, stored", [("bfloat16", "bfloat16"), ("torch.float16", "float16"), (torch.float64, "float64")]
+)
+def test_save_dtype_takes_names_as_loading_does(tmp_path, dtype, stored):
+    make_model().save_pretrained(tmp_path, dtype=dtype)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == stored
+    loaded = TimeMoEForPrediction.from_pretrained(tmp_path, dtype=dtype)
+    assert next(loaded.parameters()).dtype == getattr(torch, stored)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, "int8", "float17"])
+def test_save_refuses_a_dtype_it_could_not_load_before_writing(tmp_path, dtype):
+    # torch.int8 was written (and then refused on loading); "bfloat16" was read as a device name.
+    with pytest.raises(ValueError, match="floating-point torch dtype"):
+        make_model().save_pretrained(tmp_path / "ckpt", dtype=dtype)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_a_shard_index_cannot_reach_outside_the_checkpoint(tmp_path):
     # The index's file names were joined to the folder unchecked: "../other/..." loaded another folder's weights.
     make_model().save_pretrained(tmp_path / "other", max_shard_size="4KiB")

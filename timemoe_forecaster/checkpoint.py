@@ -155,23 +155,28 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+# The files a save writes: replaced by the next save, while anything else in the folder is the user's.
+_OUR_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
 def save_pretrained(
     model: TimeMoEForPrediction, directory, max_shard_size: int | str | None = None, dtype=None
 ) -> None:
     """Write config.json and the weights; shards (with an index) when larger than ``max_shard_size``.
 
-    A shard holds whole tensors, so one tensor larger than the limit gets a shard of its own.
+    A shard holds whole tensors, so one tensor larger than the limit gets a shard of its own. The weights
+    are written first and the config last, each file atomically; then the previous save's weight files
+    that this one did not rewrite (a single file, shards, their index) are removed. Other files stay.
     """
+    from .loading import resolve_dtype  # loading imports this module
+
+    dtype = resolve_dtype(dtype) if dtype is not None else None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     state = {k: v.clone() for k, v in to_official(state).items()}  # expert slices become own storage
     stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
-    model.config.to_json_file(directory / "config.json", torch_dtype=stored_dtype)
-    for stale in list(directory.glob("model*.safetensors")) + [directory / SAFE_INDEX]:
-        if stale.exists():
-            stale.unlink()
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key in sorted(state):
@@ -184,16 +189,24 @@ def save_pretrained(
     metadata = {"format": "pt"}
     if len(shards) == 1:
         _atomic_write(directory / SAFE_SINGLE, lambda p: save_file(shards[0], p, metadata=metadata))
-        return
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _atomic_write(directory / name, lambda p, s=shard: save_file(s, p, metadata=metadata))
-        for key, tensor in shard.items():
-            weight_map[key] = name
-            total += tensor.numel() * tensor.element_size()
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        written = {SAFE_SINGLE}
+    else:
+        weight_map, total, written = {}, 0, set()
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _atomic_write(directory / name, lambda p, s=shard: save_file(s, p, metadata=metadata))
+            written.add(name)
+            for key, tensor in shard.items():
+                weight_map[key] = name
+                total += tensor.numel() * tensor.element_size()
+        index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+        _atomic_write(directory / SAFE_INDEX, lambda p: Path(p).write_text(index + "\n"))
+        written.add(SAFE_INDEX)
+    _atomic_write(directory / "config.json", lambda p: model.config.to_json_file(p, torch_dtype=stored_dtype))
+    for path in directory.iterdir():
+        ours = path.name in (SAFE_SINGLE, SAFE_INDEX) or _OUR_SHARD.fullmatch(path.name)
+        if ours and path.name not in written and path.is_file():
+            path.unlink()
 
 
 # Loading -------------------------------------------------------------------------------------
