@@ -52,9 +52,54 @@ def test_missing_keys_take_official_defaults():
     assert config.rms_norm_eps == 1e-6
 
 
+def test_new_attention_heads_bring_their_key_value_heads_unless_grouped():
+    # replace() carried the old derived count over: 8 heads kept 4 key/value heads (silent grouped-query
+    # attention) and 2 heads were refused as "not a multiple of 4".
+    small = TimeMoEConfig.from_preset("small")
+    assert small.replace(num_attention_heads=8).num_key_value_heads == 8
+    assert resolve_config("small", num_attention_heads=2).num_key_value_heads == 2
+    assert resolve_config("small", num_attention_heads=8) == TimeMoEConfig.from_preset("small", num_attention_heads=8)
+    grouped = small.replace(num_key_value_heads=2)
+    assert grouped.replace(num_attention_heads=8).num_key_value_heads == 2
+    assert small.replace(num_attention_heads=8, num_key_value_heads=4).num_key_value_heads == 4
+
+
+def test_the_balance_loss_follows_dense_or_routed_as_in_the_official_config():
+    assert TimeMoEConfig.from_preset("tiny").apply_aux_loss is True
+    assert TimeMoEConfig.from_preset("tiny", use_dense=True).apply_aux_loss is False
+    assert TimeMoEConfig.from_preset("tiny", use_dense=True, apply_aux_loss=True).apply_aux_loss is False
+    assert TimeMoEConfig.from_preset("tiny").replace(use_dense=True).replace(use_dense=False).apply_aux_loss is True
+    no_balance = TimeMoEConfig.from_preset("tiny", apply_aux_loss=False)
+    assert no_balance.apply_aux_loss is False
+    assert no_balance.replace(hidden_size=16).apply_aux_loss is False
+    # Written so that the official loader accepts it: the balance loss on, weighted zero.
+    written = no_balance.to_dict()
+    assert (written["apply_aux_loss"], written["router_aux_loss_factor"]) == (True, 0.0)
+    dense = TimeMoEConfig.from_preset("tiny", use_dense=True).to_dict()
+    assert (dense["use_dense"], dense["apply_aux_loss"]) == (True, False)
+
+
+def test_swish_is_silu():
+    model = TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny", hidden_act="swish"))
+    silu = TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny"))
+    silu.load_state_dict(model.state_dict())
+    context = torch.randn(2, 12)
+    assert torch.equal(model.forecast(context, 9), silu.forecast(context, 9))
+
+
 @pytest.mark.parametrize(
     "field, value",
-    [("hidden_size", 0), ("num_attention_heads", 3), ("horizon_lengths", [8, 1]), ("hidden_act", "tanh")],
+    [
+        ("hidden_size", 0),
+        ("num_attention_heads", 3),
+        ("horizon_lengths", [8, 1]),
+        ("horizon_lengths", None),
+        ("hidden_act", "tanh"),
+        ("rms_norm_eps", None),
+        ("rms_norm_eps", 0.0),
+        ("rope_theta", "1e4"),
+        ("rope_theta", float("nan")),
+    ],
 )
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_TYPE = "time_moe"
-_ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
 @dataclass
@@ -43,18 +43,26 @@ class TimeMoEConfig:
     use_dense: bool = False
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
-    apply_aux_loss: bool = True
+    # None: the official pairing, on for routed experts and off for dense (the official loader refuses others).
+    apply_aux_loss: bool | None = None
     router_aux_loss_factor: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.horizon_lengths is None or isinstance(self.horizon_lengths, (str, bytes)):
+            raise ValueError(
+                f"TimeMoEConfig.horizon_lengths must be a list of positive integers, got {self.horizon_lengths!r}"
+            )
         if isinstance(self.horizon_lengths, int):
             self.horizon_lengths = [self.horizon_lengths]
         self.horizon_lengths = [int(h) for h in self.horizon_lengths]
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        if self.apply_aux_loss is None or self.use_dense:
+            # A dense model has no router, so no balance loss: an explicit True there means nothing.
+            self.apply_aux_loss = not self.use_dense
         self._validate()
 
     def _validate(self) -> None:
@@ -98,6 +106,10 @@ class TimeMoEConfig:
             raise ValueError("TimeMoEConfig.intermediate_size must be at least num_experts_per_tok")
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"TimeMoEConfig.hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"TimeMoEConfig.{name} must be a positive number, got {value!r}")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"TimeMoEConfig.attention_dropout must be in [0, 1), got {self.attention_dropout}")
 
@@ -133,6 +145,9 @@ class TimeMoEConfig:
         for f in dataclasses.fields(self):
             if f.name != "extra":
                 out[f.name] = copy.deepcopy(getattr(self, f.name))
+        if not self.use_dense and not self.apply_aux_loss:
+            # The official loader requires the balance loss on routed experts; a zero factor means the same.
+            out.update(apply_aux_loss=True, router_aux_loss_factor=0.0)
         return out
 
     @classmethod
@@ -161,6 +176,17 @@ class TimeMoEConfig:
         return cls(**{**PRESETS[name], **overrides})
 
     def replace(self, **changes: Any) -> TimeMoEConfig:
+        """A copy with ``changes``. New attention heads keep full multi-head attention (key/value heads follow
+        them) unless the config had grouped-query attention or ``num_key_value_heads`` is changed too; a new
+        ``use_dense`` brings the balance loss's official setting with it unless ``apply_aux_loss`` is given."""
+        if (
+            "num_attention_heads" in changes
+            and "num_key_value_heads" not in changes
+            and self.num_key_value_heads == self.num_attention_heads
+        ):
+            changes["num_key_value_heads"] = None  # derived again in __post_init__
+        if "use_dense" in changes and "apply_aux_loss" not in changes and self.apply_aux_loss != self.use_dense:
+            changes["apply_aux_loss"] = None  # it followed use_dense (the official pairing): let it follow again
         return dataclasses.replace(self, **changes)
 
 

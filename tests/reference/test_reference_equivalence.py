@@ -103,3 +103,24 @@ def test_reference_loads_what_we_save(tmp_path):
     a = again.generate(context.clone(), max_new_tokens=50)[:, -50:]
     b = ref.generate(context.clone(), max_new_tokens=50)[:, -50:]
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "settings", [dict(use_dense=True), dict(apply_aux_loss=False), dict(use_dense=True, apply_aux_loss=True)]
+)
+def test_reference_loads_our_dense_and_no_balance_loss_configs(tmp_path, settings):
+    # The official config asserts use_dense != apply_aux_loss: use_dense alone (apply_aux_loss defaulted to True)
+    # and routed experts without the balance loss were saved in files the reference refused to load.
+    from timemoe_forecaster import TimeMoEConfig
+
+    config = TimeMoEConfig.from_preset("tiny", num_attention_heads=4, hidden_size=16, **settings)
+    torch.manual_seed(0)
+    ours = TimeMoEForPrediction(config).eval()
+    ours.save_pretrained(tmp_path)
+    ref = reference.TimeMoeForPrediction.from_pretrained(tmp_path).eval()
+    context = torch.randn(2, 24)
+    expected = ref.generate(context.clone(), max_new_tokens=40)[:, -40:]
+    assert rel_err(ours.forecast(context, 40), expected) <= 1e-4
+    x, labels = torch.randn(2, 30), torch.randn(2, 30)
+    again = TimeMoEForPrediction.from_pretrained(tmp_path)
+    assert again(x, labels=labels).loss.item() == pytest.approx(ours(x, labels=labels).loss.item(), rel=1e-6)

@@ -12,6 +12,7 @@ from torch import nn
 
 ACTIVATIONS = {
     "silu": F.silu,
+    "swish": F.silu,  # transformers' other name for it
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
