@@ -215,6 +215,36 @@ def test_loss_mask_excludes_points_and_normalizers_rescale():
     assert torch.isclose(doubled, masked_a / 2)
 
 
+def test_left_padding_leaves_the_loss_and_its_point_count_unchanged():
+    # A padded position's 8/32/64-step heads were scored on the first real points: left padding changed the loss.
+    model = make_model()
+    x, labels = torch.randn(2, 20), torch.randn(2, 20)
+    plain = model(x, labels=labels, loss_mask=torch.ones(2, 20)).ar_loss
+
+    def pad(t):
+        return torch.cat([torch.full((2, 10), float("nan")), t], dim=1)  # padding may hold NaN, labels too
+
+    real = torch.cat([torch.zeros(2, 10), torch.ones(2, 20)], dim=1)
+    padded = model(pad(x), attention_mask=real, labels=pad(labels), loss_mask=real).ar_loss
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-7)
+    counts = count_loss_points(model.config.horizon_lengths, pad(labels), real, attention_mask=real)
+    unpadded = count_loss_points(model.config.horizon_lengths, labels, torch.ones(2, 20))
+    assert [int(c) for c in counts] == [int(c) for c in unpadded]
+
+
+def test_nan_labels_under_a_zero_loss_mask_do_not_reach_the_loss():
+    model = make_model()
+    x, labels = torch.randn(1, 20), torch.randn(1, 20)
+    mask = torch.ones(1, 20)
+    mask[0, :5] = 0
+    expected = model(x, labels=labels, loss_mask=mask).ar_loss
+    labels[0, :5] = float("nan")
+    got = model(x, labels=labels, loss_mask=mask)
+    assert torch.isfinite(got.loss) and torch.equal(got.ar_loss, expected)
+    labels[0, 7] = float("nan")  # a NaN that counts still shows
+    assert torch.isnan(model(x, labels=labels, loss_mask=mask).ar_loss)
+
+
 def test_multi_horizon_loss_is_mean_of_per_head_huber():
     labels = torch.randn(1, 6)
     preds = [torch.randn(1, 6, 1), torch.randn(1, 6, 2)]

@@ -266,7 +266,7 @@ class TimeMoEForPrediction(nn.Module):
             return out
         per_head = [head(hidden) for head in self.lm_heads]
         out.predictions = per_head[0]
-        out.ar_loss = multi_horizon_loss(per_head, labels, loss_mask, seq_ids, loss_normalizers)
+        out.ar_loss = multi_horizon_loss(per_head, labels, loss_mask, seq_ids, loss_normalizers, attention_mask)
         out.loss = out.ar_loss
         if self.config.apply_aux_loss and router_logits:
             # Router statistics pool over real tokens only (padding excluded), as the reference does.
@@ -335,11 +335,14 @@ def multi_horizon_loss(
     loss_mask: torch.Tensor | None,
     seq_ids: torch.Tensor | None = None,
     normalizers: list[torch.Tensor] | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Huber loss (delta 2) of every head over its next L points, averaged over heads (paper eq. 9).
 
     As in the official code, points past the end of a row are compared with zero unless a loss mask
     excludes them; with packed rows (seq_ids) a target outside the token's own document never counts.
+    A padded position (attention_mask 0) predicts nothing: with left padding its longer heads would
+    otherwise be scored on the first real points. Labels under weight 0 may hold NaN.
     """
     labels = labels if labels.dim() == 3 else labels.unsqueeze(-1)  # [B, S, C]
     b, s, c = labels.shape
@@ -357,12 +360,15 @@ def multi_horizon_loss(
             same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
             same = same.to(losses.dtype).expand(b, s, horizon, c)
             weight = same if weight is None else weight * same
+        if attention_mask is not None:
+            source = attention_mask.to(losses.dtype)[:, :, None, None].expand(b, s, horizon, c)
+            weight = source if weight is None else weight * source
         if weight is None:
             # A fill, not a host-to-device copy, so the loss can be recorded in a CUDA graph.
             denom = losses.new_full((), float(losses.numel()))
             head_sum = losses.sum()
         else:
-            head_sum = (losses * weight).sum()
+            head_sum = torch.where(weight > 0, losses * weight, 0.0).sum()  # NaN * 0 is NaN
             denom = weight.sum()
         if normalizers is not None:
             denom = normalizers[i]
@@ -375,6 +381,7 @@ def count_loss_points(
     labels: torch.Tensor,
     loss_mask: torch.Tensor | None,
     seq_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Per head, the number of (weighted) points :func:`multi_horizon_loss` averages over."""
     labels = labels if labels.dim() == 3 else labels.unsqueeze(-1)
@@ -388,6 +395,8 @@ def count_loss_points(
         if seq_ids is not None:
             same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
             weight = weight * same.float()
+        if attention_mask is not None:
+            weight = weight * attention_mask.float()[:, :, None, None]
         counts.append(weight.sum())
     return counts
 

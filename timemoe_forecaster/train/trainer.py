@@ -185,7 +185,11 @@ class Trainer:
         horizons = self.model.config.horizon_lengths
         counts = torch.stack(
             [
-                torch.stack(count_loss_points(horizons, b["labels"], b.get("loss_mask"), b.get("seq_ids")))
+                torch.stack(
+                    count_loss_points(
+                        horizons, b["labels"], b.get("loss_mask"), b.get("seq_ids"), b.get("attention_mask")
+                    )
+                )
                 for b in batches
             ]
         ).sum(0)
