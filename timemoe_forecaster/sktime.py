@@ -89,8 +89,9 @@ class TimeMoEForecaster(BaseForecaster):
     horizon step asked for), with the same context length and scaling as the final forecast. The
     signed residuals of step h, divided by the scale of the final context, give the conformal
     quantile (rank ceil((n+1)q) above the median, floor((n+1)q) below), which is scaled back and added
-    to the point forecast. Series with too few residuals for their most demanding level use the
-    residuals of all series and channels at that step for every level, so quantiles never cross.
+    to the point forecast. A series with fewer than 10 residuals at a step uses those of all series
+    and channels there. Quantiles never cross, and a level gives the same interval whichever other
+    levels are asked for with it.
 
     ``update`` extends the stored context without retraining. In-sample forecasts are not supported.
 

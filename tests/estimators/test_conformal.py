@@ -118,3 +118,27 @@ def test_library_warnings_reach_stderr_without_any_logging_set_up():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no calibration residuals for horizon steps" in done.stderr
+
+
+def test_a_level_gives_the_same_offset_whichever_levels_come_with_it():
+    # The set of residuals followed the call's most demanding level: with 20 residuals a 90% interval asked
+    # alone used the series' own, asked with 95% the pool, so the 95% interval could fall inside the 90% one.
+    rng = np.random.default_rng(1)
+    residuals = [rng.normal(scale=s, size=(20, 2)) for s in (0.1, 1.0, 5.0)] + [rng.normal(size=(4, 2))]
+    alone = {q: conformal.residual_offsets(residuals, [q], horizon=2)[..., 0] for q in (0.025, 0.05, 0.95, 0.975)}
+    together = conformal.residual_offsets(residuals, [0.025, 0.05, 0.95, 0.975], horizon=2)
+    for j, q in enumerate((0.025, 0.05, 0.95, 0.975)):
+        np.testing.assert_array_equal(together[..., j], alone[q])
+    assert (alone[0.975] >= alone[0.95]).all() and (alone[0.025] <= alone[0.05]).all()
+
+
+def test_a_well_forecast_series_keeps_its_own_width_next_to_a_badly_forecast_one():
+    # Channels of very different forecast quality: pooling let the badly forecast one set the other's 95%
+    # interval (6x its own in the helper's run). With enough residuals of its own a series is not pooled.
+    rng = np.random.default_rng(2)
+    good, bad = rng.normal(scale=0.1, size=(20, 1)), rng.normal(scale=10.0, size=(20, 1))
+    with_bad = conformal.residual_offsets([good, bad], [0.025, 0.975], horizon=1)[0]
+    alone = conformal.residual_offsets([good], [0.025, 0.975], horizon=1)[0]
+    np.testing.assert_array_equal(with_bad, alone)
+    short = conformal.residual_offsets([good[: conformal.MIN_OWN_RESIDUALS - 1], bad], [0.9], horizon=1)
+    assert short[0, 0, 0] > 1.0  # too few of its own: the pool, bad residuals included
