@@ -8,6 +8,7 @@ put back into the shape sktime expects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -226,16 +227,33 @@ class TimeMoEForecaster(BaseForecaster):
         return self
 
     def update(self, y, X=None, update_params=True):
-        """sktime's ``update``, undone when the new data are refused: sktime moves the cutoff and stores ``y``
-        before ``_update`` checks it, and a later ``predict`` would then forecast from the new cutoff with the
-        old context (an 11-step forecast labelled as a 1-step one)."""
+        """sktime's ``update``, undone when the new data are refused (see ``_undone_on_failure``)."""
+        with self._undone_on_failure():
+            return super().update(y, X=X, update_params=update_params)
+
+    def update_predict_single(self, y=None, fh=None, X=None, update_params=True):
+        """sktime's ``update_predict_single``, undone when the new data are refused."""
+        with self._undone_on_failure():
+            return super().update_predict_single(y=y, fh=fh, X=X, update_params=update_params)
+
+    @contextlib.contextmanager
+    def _undone_on_failure(self):
+        """sktime moves the cutoff and stores ``y`` before ``_update`` checks it; a later ``predict`` would then
+        forecast from the new cutoff with the old context (an 11-step forecast labelled as a 1-step one)."""
         saved = {k: getattr(self, k) for k in ("_cutoff", "_y", "_X", "_context") if hasattr(self, k)}
         try:
-            return super().update(y, X=X, update_params=update_params)
+            yield
         except Exception:
             for name, value in saved.items():
                 setattr(self, name, value)
             raise
+
+    def _update_predict_single(self, y, fh, X=None, update_params=True):
+        # sktime's default calls the public update with the frame already converted to our inner type, which
+        # records a DataFrame as the type of y: this forecast, and every later one, came back as a DataFrame
+        # for a Series y.
+        self._update(y, X, update_params=update_params)
+        return self._predict(fh, X)
 
     def _update(self, y, X=None, update_params=True):
         """Extend the stored context with ``y`` (newer values win); the model is not retrained."""

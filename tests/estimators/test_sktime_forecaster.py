@@ -495,6 +495,24 @@ def test_a_refused_update_leaves_the_forecaster_as_it_was(checkpoint):
     assert f.cutoff[0] == y.index[109]
 
 
+def test_update_predict_single_keeps_a_series_a_series_and_is_undone_when_refused(checkpoint):
+    # sktime's default passed our inner DataFrame to the public update: the forecast, and every later one,
+    # came back as a DataFrame for a Series y.
+    y = load_airline()
+    f = forecaster(checkpoint, context_length=48).fit(y.iloc[:100])
+    got = f.update_predict_single(y.iloc[100:106], fh=[1, 2])
+    assert isinstance(got, pd.Series) and isinstance(f.predict(fh=[1]), pd.Series)
+    expected = forecaster(checkpoint, context_length=48).fit(y.iloc[:106]).predict(fh=[1, 2])
+    pd.testing.assert_series_equal(got, expected)
+    before = f.predict(fh=[1])
+    bad = y.iloc[106:110].copy()
+    bad.iloc[1] = np.inf
+    with pytest.raises(ValueError, match="inf"):
+        f.update_predict_single(bad, fh=[1])
+    assert f.cutoff[0] == y.index[105]
+    pd.testing.assert_series_equal(f.predict(fh=[1]), before)
+
+
 def missing_cuda_device() -> str:
     """A CUDA device this machine lacks: "cuda" without a GPU, one past the last GPU with one."""
     return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
