@@ -11,6 +11,7 @@ one row of a left-padded batch (channel independence), chunked by ``batch_size``
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -109,6 +110,7 @@ class TimeMoEModel(GlobalForecastingModel):
         self.seed = seed
         self.progress = progress
         self._model = None
+        self._saved_weights = None  # a fine-tuned model's (config, weights) from a pickle, built on first use
         self.fine_tune_result = None
 
     # Model ------------------------------------------------------------------------------------
@@ -116,7 +118,12 @@ class TimeMoEModel(GlobalForecastingModel):
         from .loading import load_model
 
         if self._model is None:
-            self._model = load_model(self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype)
+            if getattr(self, "_saved_weights", None) is not None:  # built here, not when unpickled: see load()
+                self._model = _model_from_weights(*self._saved_weights, device=self.device, dtype=self.dtype)
+            else:
+                self._model = load_model(
+                    self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype
+                )
             preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
         return self._model
 
@@ -133,25 +140,42 @@ class TimeMoEModel(GlobalForecastingModel):
     def __getstate__(self):
         state = self.__dict__.copy()
         model = state.pop("_model", None)
+        saved = state.pop("_saved_weights", None)
         if model is not None and self.fine_tune is not None:  # trained weights cannot be reloaded
             weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
             state["_weights"] = (model.config.to_dict(), weights)
+        elif saved is not None:  # unpickled and never used: pass the weights on
+            state["_weights"] = saved
+        # darts' safe loading allow-lists plain values only: a pathlib.Path model_path saved but never loaded.
+        if isinstance(state.get("model_path"), os.PathLike):
+            state["model_path"] = os.fspath(state["model_path"])
+        params = state.get("_model_params")
+        if isinstance(params, dict) and isinstance(params.get("model_path"), os.PathLike):
+            state["_model_params"] = {**params, "model_path": os.fspath(params["model_path"])}
         return state
 
     def __setstate__(self, state):
         weights = state.pop("_weights", None)
         self.__dict__.update(state)
         self._model = None
-        if weights is not None:
-            self._model = _model_from_weights(*weights, device=self.device, dtype=self.dtype)
+        self._saved_weights = weights
 
     @classmethod
-    def load(cls, path, trusted: bool = False, **kwargs):
-        """Load a model saved with :meth:`save` (this class is allow-listed for darts' safe loading)."""
+    def load(cls, path, trusted: bool = False, device=None, **kwargs):
+        """Load a model saved with :meth:`save` (this class is allow-listed for darts' safe loading).
+
+        ``device``: where to put the model instead of the device it was saved with (a model fine-tuned with
+        ``device="cuda"`` loads on a machine without a GPU with ``device="cpu"``), as darts' ``map_location``.
+        """
         from darts.utils.serialization import safe_globals
 
         with safe_globals([TimeMoEModel]):
-            return super().load(path, trusted=trusted, **kwargs)
+            model = super().load(path, trusted=trusted, **kwargs)
+        if device is not None:
+            model.device = device
+            if isinstance(getattr(model, "_model_params", None), dict):
+                model._model_params["device"] = device
+        return model
 
     # darts API ----------------------------------------------------------------------------------
     def fit(self, series, past_covariates=None, future_covariates=None, verbose=None, **kwargs):
@@ -161,7 +185,7 @@ class TimeMoEModel(GlobalForecastingModel):
         if kwargs:
             raise TypeError(f"TimeMoEModel.fit got unexpected arguments {sorted(kwargs)}")
         values = _component_arrays(_as_list(series))
-        self._model = None  # every fit starts from the configured model, so refitting is idempotent
+        self._model = self._saved_weights = None  # every fit starts from the configured model: refits are idempotent
         model = self._load()
         if self.fine_tune is not None:
             from .loading import train_private_copy
@@ -203,14 +227,17 @@ class TimeMoEModel(GlobalForecastingModel):
                     "and loads the model; darts requires it even when predict() gets `series`)"
                 )
             if self.training_series is None:
-                raise ValueError("pass `series` to predict(): the model was fit on several series")
+                raise ValueError(
+                    "pass `series` to predict(): the model was fit on several series, or saved with clean=True"
+                )
             series = self.training_series
         super().predict(n, series, num_samples=num_samples, verbose=verbose, show_warnings=show_warnings)
         single = isinstance(series, TimeSeries)
         series_list = _as_list(series)
         values = _component_arrays(series_list)
         model = self._load()
-        self._warn_if_truncated(series_list, model)
+        if show_warnings:
+            self._warn_if_truncated(max(len(s) for s in series_list), model)
         points = preprocess.forecast_series(
             model,
             values,
@@ -228,9 +255,9 @@ class TimeMoEModel(GlobalForecastingModel):
             out.append(self._build_forecast_series(block.astype(s.dtype, copy=False), input_series=s))
         return out[0] if single else out
 
-    def _warn_if_truncated(self, series_list: list[TimeSeries], model) -> None:
+    def _warn_if_truncated(self, longest: int, model) -> None:
+        """``longest``: the most points of history any forecast has."""
         limit = model.config.max_position_embeddings
-        longest = max(len(s) for s in series_list)
         if self.context_length is None and longest > limit:
             log.warning(
                 "series has up to %d points but the model takes at most %d; the most recent %d points of each "
@@ -275,6 +302,8 @@ class TimeMoEModel(GlobalForecastingModel):
             raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
         if predict_likelihood_parameters or num_samples != 1:
             raise ValueError("TimeMoEModel is deterministic: use num_samples=1 and no likelihood parameters")
+        predict_kwargs = dict(predict_kwargs or {})
+        verbose = predict_kwargs.pop("verbose", verbose)  # darts allows predict()'s own verbose here
         if predict_kwargs:  # as predict() refuses them; this path never calls predict()
             raise TypeError(f"TimeMoEModel.predict got unexpected arguments {sorted(predict_kwargs)}")
         series = _as_list(series)
@@ -287,31 +316,28 @@ class TimeMoEModel(GlobalForecastingModel):
             left = len(s) if first > s.end_time() else s.get_index_at_point(first)
             right = len(s) if last > s.end_time() else s.get_index_at_point(last)
             bounds.append((left, right))
-        bounds, cum_lengths = _process_predict_start_points_bounds(series, np.array(bounds), stride)
+        bounds, _ = _process_predict_start_points_bounds(series, np.array(bounds), stride)
         model = self._load()
         length = preprocess.check_context_length(self.context_length, model.config.max_position_embeddings)
-        self._warn_if_truncated(series, model)
-        contexts, jobs, usable = [], [], []
+        contexts, jobs, counts = [], [], []
         for idx, (s, (left, right)) in enumerate(zip(series, bounds)):
             values = preprocess.as_float_array(s.values(copy=False), name=f"series {idx}")  # [T, C]
-            cuts = np.arange(left, right + 1, stride)
-            enough = _enough_history(s, values, cuts, idx)
+            cuts = _forecastable_cuts(s, values, np.arange(left, right + 1, stride), idx, show_warnings)
             observed_at = [np.flatnonzero(~np.isnan(values[:, c])) for c in range(values.shape[1])]
-            for cut, ok in zip(cuts, enough):
-                if ok:
-                    contexts.extend(
-                        _context_window(values[:, c], observed_at[c], cut, length) for c in range(values.shape[1])
-                    )
-                usable.extend([ok] * values.shape[1])
+            for cut in cuts:
+                contexts.extend(
+                    _context_window(values[:, c], observed_at[c], cut, length) for c in range(values.shape[1])
+                )
                 jobs.append(int(cut))
-        usable = np.asarray(usable, dtype=bool)
-        points = np.full((usable.size, forecast_horizon), np.nan)  # [jobs * C, L]; NaN: too little history
-        points[usable] = preprocess.forecast_series(
+            counts.append(cuts.size)
+        if show_warnings:
+            self._warn_if_truncated(max(jobs), model)
+        points = preprocess.forecast_series(
             model, contexts, forecast_horizon, context_length=length, scaling=self.scaling,
             batch_size=self.batch_size, device=next(model.parameters()).device, progress=self.progress or bool(verbose),
-        )  # fmt: skip
+        )  # fmt: skip  # [jobs * C, L]
         out, row, job = [], 0, 0
-        for s, count in zip(series, np.diff(np.r_[0, cum_lengths])):
+        for s, count in zip(series, counts):
             c = s.n_components
             block = points[row : row + count * c].reshape(count, c, forecast_horizon).transpose(0, 2, 1)  # [F, L, C]
             cuts = jobs[job : job + count]
@@ -414,32 +440,35 @@ def _context_window(values: np.ndarray, observed_at: np.ndarray, cut: int, lengt
     return values[lo:cut].copy()
 
 
-def _enough_history(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx: int) -> np.ndarray:
-    """Which cut-offs leave every component enough observed points to forecast from [F].
+def _forecastable_cuts(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx: int, warn: bool) -> np.ndarray:
+    """The cut-offs that leave every component at least ``MIN_OBSERVED`` observed points to forecast from.
 
-    Cut-offs inside leading missing values get NaN forecasts, as darts' own models give there (a
-    panel's series may start at different times); a warning names the series and where it can start.
+    Earlier ones (inside leading missing values: a panel's series may start at different times) are
+    skipped, as darts moves a ``start`` before a model's first forecastable point forward; their NaN
+    forecasts made every bound of a ConformalNaiveModel built on them NaN. No cut-off left is an error,
+    as in darts.
     """
     observed = np.cumsum(~np.isnan(values), axis=0)  # [T, C] observed points up to each time
     need = preprocess.MIN_OBSERVED
-    counts = np.where(cuts > 0, observed[np.maximum(cuts, 1) - 1].min(axis=1), 0)
-    enough = counts >= need
-    if not enough.all():
-        first = np.flatnonzero((observed >= need).all(axis=1))
-        where = (
-            f"the first usable start is {s.time_index[first[0] + 1]}"
-            if first.size and first[0] + 1 < len(s)
-            else "it never has enough"
+    counts = np.where(cuts > 0, observed[np.clip(cuts, 1, len(values)) - 1].min(axis=1), 0)
+    enough = counts >= need  # non-decreasing along cuts: the skipped ones come first
+    if not enough.any():
+        raise ValueError(
+            f"series {idx}: no historical forecast can start, since no cut-off leaves every component {need} "
+            "observed points (leading missing values); start later or pass a longer series"
         )
+    if warn and not enough.all():
+        first = cuts[enough][0]
+        at = s.time_index[first] if first < len(s) else s.end_time() + (first - len(s) + 1) * s.freq
         log.warning(
-            "series %d: %d historical forecast(s) start with fewer than %d observed points (leading missing "
-            "values) and are NaN; %s",
+            "series %d: the first %d historical forecast(s) would start with fewer than %d observed points "
+            "(leading missing values); starting at %s instead",
             idx,
             int((~enough).sum()),
             need,
-            where,
+            at,
         )
-    return enough
+    return cuts[enough]
 
 
 def _as_list(series) -> list[TimeSeries]:

@@ -130,6 +130,67 @@ def test_save_load_and_untrained_model(checkpoint, airline, tmp_path):
     np.testing.assert_allclose(reloaded.predict(3).values(), tuned.predict(3).values(), rtol=1e-6)
 
 
+def test_a_model_saved_for_a_gpu_loads_on_another_device(checkpoint, airline, tmp_path):
+    # The weights were rebuilt on the saved device while unpickling: a model fine-tuned with device="cuda" could
+    # not be loaded on a machine without one, and load() took no device to put it on instead.
+    settings = {"steps": 1, "batch_size": 2, "max_length": 16, "lr": 1e-2}
+    tuned = model(checkpoint, fine_tune=settings).fit(airline)
+    expected = tuned.predict(3).values()
+    gpu = "cuda:99"  # a device no machine here has
+    tuned.device = gpu
+    tuned._model_params["device"] = gpu
+    tuned.save(str(tmp_path / "gpu.pkl"))
+    on_cpu = TimeMoEModel.load(str(tmp_path / "gpu.pkl"), device="cpu")
+    assert on_cpu.device == "cpu" and on_cpu.model_params["device"] == "cpu"
+    np.testing.assert_allclose(on_cpu.predict(3).values(), expected, rtol=1e-6)
+    as_saved = TimeMoEModel.load(str(tmp_path / "gpu.pkl"))  # loads; only using it needs the device
+    with pytest.raises(ValueError, match="cuda:99"):
+        as_saved.predict(3)
+    as_saved.save(str(tmp_path / "again.pkl"))  # never used: its weights are passed on
+    np.testing.assert_allclose(
+        TimeMoEModel.load(str(tmp_path / "again.pkl"), device="cpu").predict(3).values(), expected, rtol=1e-6
+    )
+
+
+def test_a_path_model_path_saves_and_loads_safely(checkpoint, airline, tmp_path):
+    # A pathlib.Path was pickled as is, which darts' safe loading refuses ("PosixPath is not allow-listed").
+    from pathlib import Path
+
+    m = TimeMoEModel(model_path=Path(checkpoint), context_length=48, device="cpu").fit(airline)
+    m.save(str(tmp_path / "m.pkl"))
+    loaded = TimeMoEModel.load(str(tmp_path / "m.pkl"))
+    np.testing.assert_array_equal(loaded.predict(3).values(), m.predict(3).values())
+
+
+def test_predict_after_a_clean_save_names_the_clean_save(checkpoint, airline, tmp_path):
+    m = model(checkpoint).fit(airline)
+    m.save(str(tmp_path / "clean.pkl"), clean=True)
+    with pytest.raises(ValueError, match="saved with clean=True"):
+        TimeMoEModel.load(str(tmp_path / "clean.pkl")).predict(3)
+
+
+def test_historical_forecasts_take_verbose_in_predict_kwargs_and_warn_only_of_real_truncation(airline, caplog):
+    m = TimeMoEModel(config={"preset": "tiny", "max_position_embeddings": 16}, device="cpu").fit(airline)
+    for fast in (True, False):
+        hist = m.historical_forecasts(
+            airline[:40], start=30, retrain=False, predict_kwargs={"verbose": True}, enable_optimization=fast
+        )
+        assert len(hist) == 10
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # histories of at most 10 points: nothing is cut
+        m.historical_forecasts(airline[:40], start=5, forecast_horizon=30, retrain=False)
+        m.historical_forecasts(airline[:10], start=5, forecast_horizon=3, retrain=False)
+    assert "at most 16" not in caplog.text
+    with caplog.at_level("WARNING"):
+        m.historical_forecasts(airline[:40], start=30, retrain=False)
+    assert "up to 39 points but the model takes at most 16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        m.historical_forecasts(airline[:40], start=30, retrain=False, show_warnings=False)
+        m.predict(2, series=airline[:40], show_warnings=False)
+    assert "at most 16" not in caplog.text
+
+
 def test_bad_input_is_a_clear_error(checkpoint, airline, tmp_path):
     m = model(checkpoint).fit(airline)
     with pytest.raises(ValueError, match="positive integer"):
@@ -222,22 +283,44 @@ def test_long_gaps_with_a_short_context_match_the_one_by_one_path(checkpoint, ai
     np.testing.assert_allclose(fast.values(), slow.values(), rtol=1e-5)
 
 
-def test_historical_forecasts_inside_leading_missing_values_are_nan(checkpoint, airline, caplog):
+def test_historical_forecasts_start_after_leading_missing_values(checkpoint, airline, caplog):
+    # Cut-offs inside leading NaN gave NaN forecasts, and a ConformalNaiveModel calibrated on them gave NaN
+    # bounds at every step. They are skipped now, as darts moves a start before a model's first forecastable
+    # point forward (with a warning that show_warnings=False hides).
     values = airline.values().copy()
     values[:20] = np.nan
     late = airline.with_values(values)
     m = model(checkpoint).fit(airline)
     with caplog.at_level("WARNING"):
         hist = m.historical_forecasts([airline, late], start=10, forecast_horizon=1, retrain=False)
-    assert np.isfinite(hist[0].values()).all()
-    late_values = hist[1].values()[:, 0]
-    assert np.isnan(late_values[:12]).all() and np.isfinite(late_values[12:]).all()  # cut-offs 10..21
-    assert "series 1: 12 historical forecast(s)" in caplog.text and str(airline.time_index[22]) in caplog.text
+    assert hist[0].start_time() == airline.time_index[10] and np.isfinite(hist[0].values()).all()
+    assert hist[1].start_time() == airline.time_index[22]  # cut-off 22: two observed points before it
+    assert hist[1].end_time() == airline.end_time() and np.isfinite(hist[1].values()).all()
+    assert "series 1: the first 12 historical forecast(s)" in caplog.text
+    assert f"starting at {airline.time_index[22]}" in caplog.text
     direct = m.predict(1, series=late[:40])
     np.testing.assert_allclose(hist[1][late.time_index[40]].values(), direct.values(), rtol=1e-6)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        m.historical_forecasts(late, start=10, forecast_horizon=1, retrain=False, show_warnings=False)
+    assert "historical forecast" not in caplog.text
+    with pytest.raises(ValueError, match="series 0: no historical forecast can start"):
+        m.historical_forecasts(late[:21], start=5, forecast_horizon=1, retrain=False)
     # darts' one-by-one path calls predict() on each truncated series: the error gives that series' span.
     with pytest.raises(ValueError, match=rf"the series \({late.start_time()} to {late.time_index[9]}\)"):
         m.historical_forecasts(late, start=10, forecast_horizon=1, retrain=False, enable_optimization=False)
+
+
+def test_conformal_intervals_of_a_series_with_leading_missing_values_are_finite(checkpoint, airline):
+    from darts.models import ConformalNaiveModel
+
+    values = airline.values().copy()
+    values[:10] = np.nan
+    late = airline[:60].with_values(values[:60])
+    conformal = ConformalNaiveModel(model(checkpoint, context_length=32).fit(airline), quantiles=[0.1, 0.5, 0.9])
+    bounds = conformal.predict(3, series=late, predict_likelihood_parameters=True).values()
+    assert bounds.shape == (3, 3) and np.isfinite(bounds).all()
+    assert (bounds[:, 0] <= bounds[:, 1]).all() and (bounds[:, 1] <= bounds[:, 2]).all()
 
 
 def test_context_length_caps_the_history_but_is_not_a_minimum(checkpoint, airline):
