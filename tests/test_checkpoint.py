@@ -213,6 +213,30 @@ def test_safe_bin_checkpoint_loads(tmp_path):
     assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
 
 
+def test_sharded_bin_checkpoint_loads_safely(tmp_path, monkeypatch):
+    # transformers writes pytorch_model-0000i-of-0000n.bin shards with an index when safe_serialization=False;
+    # they were reported as "no weights".
+    model = make_model()
+    model.save_pretrained(tmp_path, max_shard_size="4KiB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    renamed = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        renamed[shard] = shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        torch.save(load_file(tmp_path / shard), tmp_path / renamed[shard])
+        (tmp_path / shard).unlink()
+    (tmp_path / "model.safetensors.index.json").unlink()
+    index["weight_map"] = {k: renamed[v] for k, v in index["weight_map"].items()}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
+    # A shard that is a malicious pickle is refused like a single .bin.
+    monkeypatch.chdir(tmp_path)
+    first = sorted(renamed.values())[0]
+    (tmp_path / first).write_bytes(pickle.dumps({"w": _Exploit()}))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_missing_directory_and_config_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         TimeMoEForPrediction.from_pretrained(tmp_path / "nope" / "deeper")

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
 # Internal stacked expert tensors -> the official per-expert projections they hold, in order along dim 1
 # (``w_gate_up_EGH`` keeps each expert's gate rows, then its up rows).
 _STACKED = {"w_gate_up_EGH": ("gate_proj", "up_proj"), "w_down_EHF": ("down_proj",)}
@@ -235,27 +236,35 @@ def _read_bin(path: Path) -> dict[str, torch.Tensor]:
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory under their official names."""
     if (directory / SAFE_INDEX).exists():
-        try:
-            index = json.loads((directory / SAFE_INDEX).read_text())
-            files = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{directory / SAFE_INDEX} is not a valid shard index: {err}") from None
-        state = {}
-        for name in files:
-            # A shard is a file of this checkpoint: an index naming ../other/model.safetensors (or an absolute
-            # path) would read weights from anywhere on the machine. The name is checked, not where it resolves:
-            # the hub cache's snapshot files are symlinks into its blobs folder.
-            if not _inside(name):
-                raise CheckpointError(f"{directory / SAFE_INDEX} names a shard outside the checkpoint: {name!r}")
-            if not (directory / name).exists():
-                raise CheckpointError(f"shard {directory / name} listed in {SAFE_INDEX} is missing")
-            state.update(_read_safetensors(directory / name))
-        return state
+        return _read_shards(directory, SAFE_INDEX, _read_safetensors)
     if (directory / SAFE_SINGLE).exists():
         return _read_safetensors(directory / SAFE_SINGLE)
+    if (directory / BIN_INDEX).exists():  # transformers' save_pretrained(safe_serialization=False), sharded
+        return _read_shards(directory, BIN_INDEX, _read_bin)
     if (directory / BIN_SINGLE).exists():
         return _read_bin(directory / BIN_SINGLE)
-    raise CheckpointError(f"no weights in {directory}: expected {SAFE_SINGLE}, {SAFE_INDEX} or {BIN_SINGLE}")
+    raise CheckpointError(
+        f"no weights in {directory}: expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}"
+    )
+
+
+def _read_shards(directory: Path, index_name: str, read) -> dict[str, torch.Tensor]:
+    try:
+        index = json.loads((directory / index_name).read_text())
+        files = sorted(set(index["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{directory / index_name} is not a valid shard index: {err}") from None
+    state = {}
+    for name in files:
+        # A shard is a file of this checkpoint: an index naming ../other/model.safetensors (or an absolute
+        # path) would read weights from anywhere on the machine. The name is checked, not where it resolves:
+        # the hub cache's snapshot files are symlinks into its blobs folder.
+        if not _inside(name):
+            raise CheckpointError(f"{directory / index_name} names a shard outside the checkpoint: {name!r}")
+        if not (directory / name).exists():
+            raise CheckpointError(f"shard {directory / name} listed in {index_name} is missing")
+        state.update(read(directory / name))
+    return state
 
 
 def _inside(name) -> bool:

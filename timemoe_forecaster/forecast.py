@@ -112,6 +112,8 @@ def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: i
         raise ValueError(
             f"context length {context.shape[1]} exceeds the model's limit of {limit} points; keep the last {limit}"
         )
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(context.shape[:2]):
         raise ValueError(
             f"attention_mask must have shape {tuple(context.shape[:2])}, got {tuple(attention_mask.shape)}"
@@ -195,7 +197,7 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     valid [B, S] bool or None. Raises ValueError/TypeError naming the problem."""
     _check_inputs(model, context, horizon, attention_mask)
     if max_batch_tokens is not None and (
-        isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1
+        isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, (int, np.integer)) or max_batch_tokens < 1
     ):
         raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
     param = next(model.parameters())

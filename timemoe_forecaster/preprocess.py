@@ -140,7 +140,12 @@ def prepare(series: list[np.ndarray], max_length: int, names: list[str] | None =
     out = []
     for i, s in enumerate(series):
         name = names[i] if names is not None else f"series {i}"
-        filled = fill_missing(np.asarray(s, dtype=np.float64), name)
+        values = np.asarray(s, dtype=np.float64)
+        if values.ndim != 1:
+            raise ValueError(
+                f"{name} must be 1-D (one channel), got shape {values.shape}; pass each channel as its own series"
+            )
+        filled = fill_missing(values, name)
         # A copy, not a view: a view would keep the whole filled series alive with every context.
         out.append(filled[-max_length:].copy() if filled.size > max_length else filled)
     return out

@@ -246,3 +246,9 @@ def test_cpu_forecasts_skip_autograd_and_leave_the_model_trainable(monkeypatch):
     assert any(p.grad is not None for p in model.parameters())
     # On a GPU the model's own no_grad stays: a CUDA-graph forecaster's buffers must stay writable outside.
     assert isinstance(preprocess._without_autograd("cuda:0"), contextlib.nullcontext)
+
+
+def test_a_series_with_several_channels_is_a_clear_error():
+    model = make_model()
+    with pytest.raises(ValueError, match=r"series 1 must be 1-D \(one channel\), got shape \(10, 2\)"):
+        preprocess.forecast_series(model, [np.ones(10), np.ones((10, 2))], 3)

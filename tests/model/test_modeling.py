@@ -101,6 +101,11 @@ def test_chunked_forecast_equals_the_whole_batch_at_once(with_padding):
         assert torch.allclose(whole, chunked, atol=1e-5)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         model.forecast(context, 40, max_batch_tokens=0)
+    # A numpy integer is an integer (as for the horizon); a numpy mask is a clear error, not an AttributeError.
+    np_int = model.forecast(context, 40, attention_mask=mask, max_batch_tokens=np.int64(120))
+    assert torch.equal(np_int, model.forecast(context, 40, attention_mask=mask, max_batch_tokens=120))
+    with pytest.raises(TypeError, match="attention_mask must be a torch.Tensor, got ndarray"):
+        model.forecast(context, 40, attention_mask=np.ones(tuple(context.shape)))
 
 
 def test_a_pass_caches_at_most_its_byte_budget_of_keys_and_values(monkeypatch):
