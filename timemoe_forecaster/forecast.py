@@ -196,9 +196,8 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     """Check the inputs and move them to the model: x [B, S, C] in the model's dtype (padding zeroed),
     valid [B, S] bool or None. Raises ValueError/TypeError naming the problem."""
     _check_inputs(model, context, horizon, attention_mask)
-    if max_batch_tokens is not None and (
-        isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, (int, np.integer)) or max_batch_tokens < 1
-    ):
+    integer = isinstance(max_batch_tokens, (int, np.integer)) and not isinstance(max_batch_tokens, bool)
+    if max_batch_tokens is not None and (not integer or max_batch_tokens < 1):
         raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
     param = next(model.parameters())
     x = context.to(device=param.device, dtype=param.dtype, copy=True)
