@@ -188,6 +188,29 @@ def test_long_format_reads_iso_week_dates(tmp_path, fmt):
     ]
 
 
+def test_local_times_across_a_daylight_saving_change_are_read_as_dates(tmp_path):
+    # Their UTC offsets differ (+01:00, then +02:00), which pandas refuses unless asked for UTC: shuffled rows
+    # of a long table stayed in file order, scrambling the series.
+    local = pd.date_range("2021-03-26", periods=100, freq="h", tz="Europe/Berlin")
+    parsed = frames.parse_times(pd.Series(local.astype(str)))
+    assert parsed is not None and parsed.tolist() == list(local.tz_convert("UTC"))
+    df = pd.DataFrame({"unique_id": "a", "timestamp": local.astype(str), "value": np.arange(100.0)})
+    df.sample(frac=1.0, random_state=1).to_csv(tmp_path / "long.csv", index=False)
+    _same(_all(open_source(tmp_path / "long.csv")), [np.arange(100, dtype=np.float32)])
+
+
+def test_an_unnamed_index_column_is_skipped_after_rows_were_filtered(tmp_path):
+    # pandas' to_csv writes the index under an empty header ("Unnamed: 0"); once rows were filtered it no longer
+    # counts up by 1 and was trained on as a ramp series.
+    df = pd.DataFrame({"load": np.sin(np.arange(300) / 5)})
+    kept = df[df.load > -0.5]
+    kept.to_csv(tmp_path / "filtered.csv")
+    kept.sample(frac=1.0, random_state=0).to_csv(tmp_path / "shuffled.csv")
+    for name in ("filtered.csv", "shuffled.csv"):
+        series = _all(open_source(tmp_path / name))
+        assert len(series) == 1 and series[0].size == len(kept), name
+
+
 def test_long_format_with_and_without_a_time_of_day_is_still_sorted(tmp_path):
     df = pd.DataFrame(
         {"unique_id": "a", "date": ["2020-01-02", "2020-01-01 12:00", "2020-01-01"], "value": [2.0, 1, 0]}

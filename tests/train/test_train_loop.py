@@ -408,6 +408,8 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(betas=("a", 0.9)), "betas must be two numbers"),
         (dict(seed=True), "seed must be an integer"),  # a bool slipped through as 1
         (dict(warmup_steps=False), "warmup_steps must be an integer"),
+        (dict(eps=0.0), "eps must be positive"),  # 0/0 updates made the unused experts NaN, the run "succeeded"
+        (dict(eps=-1.0), "eps must be positive"),
     ],
 )
 def test_bad_config_values(changes, match):
@@ -465,3 +467,47 @@ def test_bad_run_arguments(tmp_path):
         train(small_config(data_weights=[1.0, 2.0]))
     with pytest.raises(ValueError, match="preset"):
         train(small_config(config="no-such-preset"))
+
+
+def test_paths_are_accepted_as_settings(tmp_path):
+    # A pathlib.Path output_dir passed validation, then failed writing train_config.json (not JSON serializable).
+    from pathlib import Path
+
+    cfg = small_config(output_dir=tmp_path / "run", max_steps=1, data=[Path(tmp_path / "x.npy")])
+    assert cfg.output_dir == str(tmp_path / "run") and cfg.data == [str(tmp_path / "x.npy")]
+    np.save(tmp_path / "x.npy", np.sin(np.arange(600, dtype=np.float32) / 7))
+    assert train(cfg)["steps"] == 1
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["output_dir"] == str(tmp_path / "run")
+
+
+def test_unusable_evaluation_data_is_refused_before_training(tmp_path):
+    # It failed at the first evaluation, which comes before that step's checkpoint: every step since the last
+    # checkpoint was lost (all of them, with the same --save-every and --eval-every).
+    np.save(tmp_path / "short.npy", np.arange(5, dtype=np.float32))
+    cfg = small_config(
+        tmp_path / "run", max_steps=4, eval_every=2, save_every=2, eval_data=[str(tmp_path / "short.npy")]
+    )
+    with mock.patch.object(Trainer, "train_step", side_effect=AssertionError("trained")):
+        with pytest.raises(ValueError, match=r"--eval-data \[.*short.npy'\]: "):
+            train(cfg)
+
+
+def test_synthetic_specs_with_options_follow_the_seed_and_evaluate_on_other_series():
+    # Any option on a synthetic spec dropped the run's seed (always seed 0), so --seed changed nothing and the
+    # evaluation drew the training series.
+    from timemoe_forecaster.train.trainer import EVAL_SEED_OFFSET
+
+    for spec, seed, own in (("synthetic", 7, None), ("synthetic#num_series=50", 7, None), ("synthetic:3", 7, 3)):
+        train_source = open_data([spec], seed)[0]
+        eval_source = open_data([spec], seed + EVAL_SEED_OFFSET, EVAL_SEED_OFFSET)[0]
+        assert train_source.seed == (seed if own is None else own)
+        assert eval_source.seed != train_source.seed
+        assert not np.array_equal(train_source[0], eval_source[0])
+    assert open_data(["synthetic#seed=4&max_length=64"], 7)[0].seed == 4
+    kinds = open_data(["synthetic#kinds=arma;seasonal&kind_weights=1;3"], 0)[0]
+    assert kinds.kinds == ("arma", "seasonal") and {kinds.kind(i) for i in range(40)} == {"arma", "seasonal"}
+
+
+def test_fused_dispatch_where_it_cannot_run_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--moe-dispatch fused needs a CUDA device"):
+        train(small_config(moe_dispatch="fused", max_steps=1))

@@ -115,7 +115,11 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         if lname in DATE_PART_NAMES:
             return True
         counter = values.size > 1 and bool((np.diff(values) == 1).all())
-        return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
+        if lname.startswith("unnamed"):
+            # A header left empty: pandas' to_csv writes the index so, and after rows were filtered or shuffled
+            # it is no longer a counter, yet still row labels (distinct integers), never a series.
+            return values.size > 1 and np.unique(values).size == values.size
+        return counter and lname in INDEX_NAMES
     if not pd.api.types.is_numeric_dtype(col):
         if lname in TIME_NAMES:
             return True
@@ -173,13 +177,20 @@ def _iso_weeks(text: pd.Series) -> pd.Series | None:
 
 
 def _read_every_value(text: pd.Series, **options) -> pd.Series | None:
-    """``pd.to_datetime(text, **options)`` if it reads every value, else None."""
+    """``pd.to_datetime(text, **options)`` if it reads every value, else None.
+
+    Times whose UTC offsets differ (local time written across a daylight-saving change: +01:00, then +02:00)
+    are read as UTC: pandas refuses mixed offsets otherwise, and the rows kept file order.
+    """
     with warnings.catch_warnings():  # "could not infer format" / "dayfirst ignored": the result is checked
         warnings.simplefilter("ignore", UserWarning)
         try:
             parsed = pd.to_datetime(text, errors="coerce", **options)
         except (TypeError, ValueError, OverflowError):
-            return None
+            try:
+                parsed = pd.to_datetime(text, errors="coerce", utc=True, **options)
+            except (TypeError, ValueError, OverflowError):
+                return None
     return parsed if len(parsed) and parsed.notna().all() else None
 
 

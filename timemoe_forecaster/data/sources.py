@@ -209,7 +209,8 @@ def _open_one_string(part: str, kwargs: dict) -> SeriesSource:
     return _open_one(path, opts)
 
 
-_LIST_OPTS = ("columns", "exclude")
+_LIST_OPTS = ("columns", "exclude", "kinds")
+_FLOAT_LIST_OPTS = ("kind_weights",)
 _BOOL_OPTS = ("long",)
 _FLOAT_OPTS = ("weight",)
 _INT_OPTS = ("seed", "num_series", "min_length", "max_length")
@@ -224,6 +225,11 @@ def _parse_fragment(fragment: str, part: str) -> dict:
         key = key.strip()
         if key in _LIST_OPTS:
             opts[key] = [v for v in value.split(";") if v]
+        elif key in _FLOAT_LIST_OPTS:
+            try:
+                opts[key] = [float(v) for v in value.split(";") if v]
+            except ValueError:
+                raise ValueError(f"option {key} in {part!r} takes numbers joined by ';', got {value!r}") from None
         elif key in _BOOL_OPTS:
             opts[key] = value.lower() in ("1", "true", "yes")
         elif key in _FLOAT_OPTS:

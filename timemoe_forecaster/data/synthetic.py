@@ -25,6 +25,7 @@ CPU-second. A run that consumes tens of thousands of series per minute needs at 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -79,6 +80,14 @@ class SyntheticSource(SeriesSource):
 
     def __len__(self) -> int:
         return self.num_series
+
+    def with_seed(self, seed: int) -> SyntheticSource:
+        """The same generator settings with another seed (other series)."""
+        out = copy.copy(self)
+        out.seed = int(seed)
+        if self.name == f"synthetic(seed={self.seed})":
+            out.name = f"synthetic(seed={out.seed})"
+        return out
 
     def _plan(self, i: int) -> tuple[np.random.Generator, int, str]:
         rng = np.random.default_rng([self.seed, self._check_index(i)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,7 @@ class TrainConfig:
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"betas must be two values in [0, 1), got {self.betas}",
         )
+        need(math.isfinite(self.eps) and self.eps > 0, f"eps must be positive, got {self.eps}")  # 0: 0/0 updates
         need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
         need(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         need(self.optim_dtype in OPTIM_DTYPES, f"optim_dtype must be one of {OPTIM_DTYPES}, got {self.optim_dtype!r}")
@@ -180,7 +182,10 @@ class TrainConfig:
 
 
 def _plain(value):
-    """numpy scalars, arrays and their lists as Python numbers and lists (np.bool_ as bool)."""
+    """numpy scalars, arrays and their lists as Python numbers and lists (np.bool_ as bool); paths as strings
+    (train_config.json and the checkpoints store the settings as JSON)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

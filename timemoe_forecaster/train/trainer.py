@@ -47,16 +47,29 @@ EVAL_SEED_OFFSET = 1_000_003  # synthetic eval series come from another seed: ne
 
 
 # Data -----------------------------------------------------------------------------------------
-def open_data(specs: list[str], seed: int) -> list:
-    """One SeriesSource per spec (comma-separated specs split further); plain "synthetic" gets ``seed``."""
-    from ..data import open_sources
+def open_data(specs: list[str], seed: int, explicit_seed_offset: int = 0) -> list:
+    """One SeriesSource per spec (comma-separated specs split further).
+
+    A synthetic spec without a seed of its own (``synthetic``, ``synthetic#max_length=513``) gets ``seed``; one
+    with its own (``synthetic:3``, ``synthetic#seed=3``) keeps it, moved by ``explicit_seed_offset`` (evaluation
+    on the training specs moves it, so that it never sees the training series).
+    """
+    from ..data import SyntheticSource, open_sources
 
     sources = []
     for spec in specs:
         for part in (p.strip() for p in spec.split(",") if p.strip()):
-            kwargs = {"seed": seed} if part == "synthetic" else {}
-            sources.extend(open_sources(part, **kwargs))
+            opened = open_sources(part)
+            if isinstance(opened[0], SyntheticSource):
+                own = _names_a_seed(part)
+                opened = [s.with_seed(s.seed + explicit_seed_offset if own else seed) for s in opened]
+            sources.extend(opened)
     return sources
+
+
+def _names_a_seed(part: str) -> bool:
+    base, _, fragment = part.partition("#")
+    return ":" in base or any(item.partition("=")[0].strip() == "seed" for item in fragment.split("&"))
 
 
 def make_stream(sources, cfg: TrainConfig, shard: int, num_shards: int, seed: int, weights=None):
@@ -621,6 +634,39 @@ def require_univariate(config, where: str) -> None:
         )
 
 
+def _check_eval_data(eval_stream, cfg: TrainConfig) -> None:
+    """Draw one evaluation batch before training: unusable evaluation data failed at the first evaluation,
+    which comes before that step's checkpoint, losing every step trained since the last one."""
+    try:
+        eval_stream().next_batch()
+    except ValueError as err:
+        source = f"--eval-data {cfg.eval_data}" if cfg.eval_data is not None else "the evaluation windows of --data"
+        raise ValueError(f"{source}: {err}") from None
+
+
+def _check_fused_dispatch(cfg: TrainConfig, model: TimeMoEForPrediction, device: torch.device) -> None:
+    """``moe_dispatch="fused"`` where its kernels cannot run failed inside the first forward, with a traceback."""
+    from ..model import fused_moe
+
+    if cfg.moe_dispatch != "fused":
+        return
+    missing = [
+        need
+        for need, ok in (
+            ("a CUDA device", device.type == "cuda"),
+            ("triton", fused_moe.TRITON_AVAILABLE),
+            ("bf16 compute (--dtype auto or bf16)", cfg.dtype != "fp32"),
+            ("SiLU experts", model.config.hidden_act in ("silu", "swish")),
+            ("routed experts", not model.config.use_dense),
+        )
+        if not ok
+    ]
+    if missing:
+        raise ValueError(
+            f"--moe-dispatch fused needs {', '.join(missing)}; use auto (fused kernels where they can run) or grouped"
+        )
+
+
 def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
     """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32."""
     if cfg.init_from is not None:
@@ -672,6 +718,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     refuse_to_mix_runs(cfg)
     with distributed_context(cfg.device) as ctx:
         model = build_model(cfg, ctx.device)
+        _check_fused_dispatch(cfg, model, ctx.device)
         if cfg.max_length > model.config.max_position_embeddings:
             raise ValueError(
                 f"max_length {cfg.max_length} exceeds the model's max_position_embeddings "
@@ -681,11 +728,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.data_weights is not None and len(cfg.data_weights) != len(sources):
             raise ValueError(f"--data-weights has {len(cfg.data_weights)} value(s) for {len(sources)} data source(s)")
         streams = rank_streams(sources, cfg, ctx.rank, ctx.world_size)
-        eval_sources = open_data(cfg.eval_data or cfg.data, cfg.seed + EVAL_SEED_OFFSET) if cfg.eval_every else None
+        eval_sources = None
+        if cfg.eval_every:
+            own_offset = EVAL_SEED_OFFSET if cfg.eval_data is None else 0
+            eval_sources = open_data(cfg.eval_data or cfg.data, cfg.seed + EVAL_SEED_OFFSET, own_offset)
         eval_weights = cfg.data_weights if cfg.eval_data is None else None
 
         def eval_stream():
             return make_stream(eval_sources, cfg, ctx.rank, ctx.world_size, cfg.seed + EVAL_SEED_OFFSET, eval_weights)
+
+        if cfg.eval_every:
+            _check_eval_data(eval_stream, cfg)
 
         trainer = Trainer(cfg, ctx, model, streams, eval_stream if cfg.eval_every else None)
         resumed_from = ckpt.latest_checkpoint(cfg.output_dir) if cfg.resume else None
