@@ -116,16 +116,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _csv(value: str | None, default, cast=str) -> list:
+def _csv(value: str | None, default, cast=str, flag: str = "") -> list:
     if not value:
         return list(default)
-    return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    try:
+        items = [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated {cast.__name__} values, got {value!r}") from None
+    if not items:  # "--models ," ran nothing and reported success
+        raise ValueError(f"{flag} lists nothing: {value!r}")
+    return items
 
 
 def context_lengths(value: str | None) -> dict[int, int]:
     if not value:
         return dict(DEFAULT_CONTEXT)
-    parts = [int(v) for v in value.split(",")]
+    parts = _csv(value, (), int, "--context-length")
     if len(parts) == 1:
         return {h: parts[0] for h in HORIZONS}
     if len(parts) != len(HORIZONS):
@@ -136,11 +142,11 @@ def context_lengths(value: str | None) -> dict[int, int]:
 def resolve(args) -> dict:
     """Turn the arguments into the run plan, with the --quick defaults, and validate it."""
     quick = args.quick
-    datasets = _csv(args.datasets, QUICK["datasets"] if quick else DATASETS)
-    horizons = _csv(args.horizons, QUICK["horizons"] if quick else HORIZONS, int)
+    datasets = _csv(args.datasets, QUICK["datasets"] if quick else DATASETS, flag="--datasets")
+    horizons = _csv(args.horizons, QUICK["horizons"] if quick else HORIZONS, int, "--horizons")
     allowed = ZERO_SHOT if args.setting == "zero-shot" else FULL_SHOT
     if args.models:
-        models = _csv(args.models, ())
+        models = _csv(args.models, (), flag="--models")
     elif quick:
         models = ["naive", "seasonal_naive", "timemoe"] if args.setting == "zero-shot" else ["dlinear", "timemoe"]
     else:
@@ -379,7 +385,8 @@ def run(args) -> Path:
                 details = {**cell, "settings": forecaster.settings(), "command": command}
                 store.add(name, args.setting, forecaster.name, horizon, cell, details)
                 plotted = store.has_example(name, forecaster.name, args.setting) and not args.rerun
-                if horizon == min(plan["horizons"]) and not plotted:
+                # Always the shortest protocol horizon (96): a run of other horizons replaced the committed plot.
+                if horizon == min(HORIZONS) and not plotted:
                     store.add_example(name, forecaster.name, args.setting, example_window(forecaster, data, horizon))
                 msg = "%s %s %s h=%d: mse %.4f mae %.4f (%d windows, %.1f s)"
                 log.info(msg, name, args.setting, forecaster.name, horizon, cell["mse"], cell["mae"],

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocol import HORIZONS  # noqa: E402
 from reported import PAPER, STATUS  # noqa: E402
-from results import read_rows  # noqa: E402
+from results import cell_records, read_rows  # noqa: E402
 
 SETTINGS = ("zero-shot", "full-shot")
 PROTOCOL = (
@@ -36,9 +36,8 @@ def _cell_settings(out: Path) -> dict[tuple[str, str, str], dict]:
     path = out / "cells.jsonl"
     found: dict[tuple[str, str, str], dict] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            found[(rec["dataset"], rec["setting"], rec["model"])] = rec
+        for rec in cell_records(path.read_text()):
+            found[(rec.get("dataset"), rec.get("setting"), rec.get("model"))] = rec
     return found
 
 
@@ -197,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.out.is_dir():
         parser.error(f"{args.out} is not a folder; pass the folder of a leaderboard run (leaderboard.csv)")
+    if not (args.out / "leaderboard.csv").exists():  # it wrote an empty leaderboard.md
+        parser.error(f"{args.out} holds no leaderboard.csv; pass the folder of a leaderboard run")
     render(args.out)
 
 

@@ -26,6 +26,19 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def cell_records(text: str) -> list[dict]:
+    """The records of a cells.jsonl text; a line cut short by a killed run is skipped (that cell has no record)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 class ResultStore:
     def __init__(self, out: str | Path):
         self.out = Path(out)
@@ -46,15 +59,10 @@ class ResultStore:
             if text and not text.endswith("\n"):  # a line cut short by a kill: the next record starts a new line
                 with self.cells_path.open("a") as f:
                     f.write("\n")
-            for line in text.splitlines():
-                try:
-                    rec = json.loads(line) if line.strip() else {}
-                except json.JSONDecodeError:  # a line cut short by a killed run: that cell has no command
-                    continue
-                if rec:
-                    key = self._key(rec.get("dataset"), rec.get("setting"), rec.get("model"), rec.get("horizon"))
-                    if rec.get("command"):
-                        self.commands[key] = rec["command"]
+            for rec in cell_records(text):
+                key = self._key(rec.get("dataset"), rec.get("setting"), rec.get("model"), rec.get("horizon"))
+                if rec.get("command"):
+                    self.commands[key] = rec["command"]
 
     @staticmethod
     def _key(dataset, setting, model, horizon) -> tuple[str, str, str, str]:

@@ -185,6 +185,20 @@ def test_cli_rejects_a_model_of_the_other_setting(tmp_path):
     assert leaderboard.main(["--quick", "--models", "dlinear", "--out", str(tmp_path), "--no-progress"]) == 2
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--horizons", "abc"], "--horizons takes comma-separated int values, got 'abc'"),
+        (["--context-length", "x"], "--context-length takes comma-separated int values"),
+        (["--models", ","], "--models lists nothing"),
+    ],
+)
+def test_list_flags_name_themselves_when_unreadable(tmp_path, flags, message, capsys):
+    leaderboard = importlib.import_module("leaderboard")
+    assert leaderboard.main(["--quick", "--out", str(tmp_path), "--no-progress", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_stats_baseline_fits_each_window_once_for_all_horizons():
     pytest.importorskip("statsforecast")
     rng = np.random.default_rng(2)
@@ -349,6 +363,28 @@ def test_a_rerun_with_other_settings_stops_instead_of_skipping_the_old_cells(tmp
     # The next record starts a new line instead of joining the fragment (and being lost with it).
     assert leaderboard.main(base + ["--max-windows", "8", "--rerun"]) == 0
     assert "--rerun" in results.ResultStore(out).command_of("ETTh1", "zero-shot", "Naive", 96)
+
+
+def test_a_run_of_other_horizons_keeps_the_plot_and_a_cut_line_does_not_stop_the_report(tmp_path, capsys):
+    # The plot took the run's shortest horizon: a --rerun of h=336 replaced the committed h=96 plot (and its other
+    # models' forecasts). report.py failed on a cells.jsonl line cut short by a kill, which the runs skip.
+    leaderboard = importlib.import_module("leaderboard")
+    report = importlib.import_module("report")
+    data = _synthetic_etth1(tmp_path / "data")
+    out = tmp_path / "out"
+    base = ["--datasets", "ETTh1", "--data-dir", str(data), "--out", str(out), "--no-progress", "--max-windows", "4"]
+    assert leaderboard.main(base + ["--horizons", "96", "--models", "naive,seasonal_naive", "--no-report"]) == 0
+    plotted = results.ResultStore(out).examples["ETTh1"]
+    assert plotted["horizon"] == 96 and len(plotted["forecasts"]) == 2
+    assert leaderboard.main(base + ["--horizons", "336", "--models", "naive", "--rerun", "--no-report"]) == 0
+    assert results.ResultStore(out).examples["ETTh1"] == plotted
+    with (out / "cells.jsonl").open("a") as f:
+        f.write('{"dataset": "ETTh1", "setting": "zero-sh')
+    report.main([str(out)])
+    assert "Naive" in (out / "leaderboard.md").read_text()
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "data")])
+    assert "holds no leaderboard.csv" in capsys.readouterr().err
 
 
 def test_the_stale_check_sees_model_settings_and_ignores_spelling(tmp_path):
