@@ -3,7 +3,8 @@
 Zero-shot follows the official ``run_eval.py``: the StandardScaler-scaled context goes to the model as is
 (``model.generate`` on ``batch['inputs']``, no per-window re-normalisation) and the forecast is compared with
 the scaled truth. ``normalize_window=True`` instead standardises each context by its own mean and std and
-maps the forecast back (the README's "general purpose" recipe); it is an option, off by default.
+maps the forecast back (the README's "general purpose" recipe): on by default for the embedded default model,
+which was trained on standardised windows, off for other checkpoints (``default_normalize_window``).
 
 Full-shot fine-tunes a deep copy of the model once per dataset with ``train_on_series`` on the train split
 (every channel a series), in ``rounds`` rounds of ``steps`` steps each. After every round, and before the
