@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="base,large")
     parser.add_argument("--reps", type=int, default=50)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU")
     for size in args.sizes.split(","):
         config = TimeMoEConfig.from_preset(size)
         layers, k, e = config.num_hidden_layers, config.num_experts_per_tok, config.num_experts

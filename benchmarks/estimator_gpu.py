@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raw"))
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU")
     warnings.filterwarnings("ignore", category=FutureWarning)
     y = panel(args.series, args.length)
     fh = list(range(1, args.horizon + 1))

@@ -120,6 +120,8 @@ def main(argv=None) -> None:
     p.add_argument("--profile-horizon", type=int, default=720)
     p.add_argument("--trace", default=None, help="BATCH,CTX,HORIZON: per-layer memory trace, then exit")
     args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("this benchmark needs a CUDA GPU")
     if args.trace:
         model = load(args.model)
         b, c, h = (int(v) for v in args.trace.split(","))

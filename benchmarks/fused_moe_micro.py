@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -154,6 +155,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU; needs TRITON_INTERPRET=1")
     args = parser.parse_args()
+    if args.smoke and os.environ.get("TRITON_INTERPRET") != "1":
+        parser.error("--smoke runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1 before starting python")
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU (--smoke runs on the CPU)")
     variants = {"rows fastest (session 15's order)": False, "cols fastest (library)": True}
     rows, lines = [], []
     if args.smoke:

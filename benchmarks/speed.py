@@ -824,6 +824,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.jsonl or args.out / "speed.jsonl"
     if args.report:
+        if not jsonl.exists():
+            parser.error(f"--report rebuilds the tables from a records file, and {jsonl} does not exist; pass --jsonl")
         speed_report.build(jsonl, args.out, args.command or command, note=args.note)
         return
     plan = make_plan(args.smoke)

@@ -29,7 +29,10 @@ def median_us(fn, reps: int = 200, warmup: int = 10) -> float:
     return time_cpu(fn, warmup=warmup, reps=reps)["ms_median"] * 1e3
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     torch.set_num_threads(2)
     rows = []
     for m, k, n in [(512, 128, 512), (512, 512, 128), (1024, 128, 256), (128, 128, 256)]:

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_MICROS = ("adamw_micro", "moe_grouped_micro", "moe_train_micro", "trainer_gpu_gaps")
+GPU_MICROS = (
+    "adamw_micro",
+    "moe_grouped_micro",
+    "moe_train_micro",
+    "trainer_gpu_gaps",
+    "aux_loss_micro",
+    "estimator_gpu",
+    "forecast_scaling",
+    "fused_moe_micro",
+)
 
 
 def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -27,7 +36,8 @@ def test_gpu_micro_benchmarks_start_as_files(name, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
     if not torch.cuda.is_available():  # without a GPU: one argparse line, not a traceback
-        args = ("--out", str(tmp_path / "out")) if name in ("moe_grouped_micro", "moe_train_micro") else ()
+        needs_out = ("moe_grouped_micro", "moe_train_micro", "forecast_scaling", "fused_moe_micro")
+        args = ("--out", str(tmp_path / "out")) if name in needs_out else ()
         done = run_script(name, *args)
         assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "out").exists()
@@ -47,3 +57,11 @@ def test_cpu_benchmarks_start_as_files(name, tmp_path):
     done = run_script(name, "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_cpu_breakdown_answers_help_and_speed_report_needs_its_records(tmp_path):
+    # --help started the whole CPU benchmark; --report without a records file was a FileNotFoundError traceback.
+    done = run_script("speed_cpu_breakdown", "--help")
+    assert done.returncode == 0 and "usage:" in done.stdout
+    done = run_script("speed", "--report", "--jsonl", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
