@@ -10,9 +10,10 @@ For a level q and horizon step h, the offset added to the point forecast is the 
 of that series' residuals at step h: the k-th smallest of n, k = ceil((n + 1) q) for q >= 0.5 and
 k = floor((n + 1) q) for q < 0.5 (the finite-sample split-conformal rule, one-sided at each end).
 A series with fewer than ``MIN_OWN_RESIDUALS`` residuals at a step uses those of all series and
-channels at that step instead. A level beyond what the chosen set resolves is widened by a normal
-approximation and a warning is logged; steps with no residuals at all reuse the last step that has
-them, widened (see ``residual_offsets``).
+channels at that step instead. A level beyond what a series' own residuals resolve borrows the shape
+of all series' residuals (each divided by its own series' root-mean-square); where even that does not
+resolve it, a normal approximation stands in and a warning is logged; steps with no residuals at all
+reuse the last step that has them, widened (see ``residual_offsets``).
 
 Shape legend: N series, W cut-offs, L horizon, Q quantile levels.
 """
@@ -115,9 +116,13 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     least ``MIN_OWN_RESIDUALS``, else those of all series at that step. The set does not depend on the
     levels asked for (choosing by the most demanding level gave a 90% interval that changed with the
     other levels of the call, and a 95% interval inside another call's 90% one), and choosing per level
-    would let quantiles cross within a call. A level beyond what the
-    set resolves gets the wider of the most extreme residual and a normal quantile of the set's
-    root-mean-square (one residual would otherwise give an interval of zero width). Steps that no
+    would let quantiles cross within a call. A level beyond what a series' own residuals resolve (the
+    95% interval needs 39) gets the wider of its most extreme residual and the tail of all series'
+    residuals, each divided by its own series' root-mean-square, times this series' root-mean-square:
+    the pool lends the shape of the errors, never their size, so a badly forecast series does not
+    widen a well forecast one's interval. Where even that pool (or the pooled set of a series with too
+    few residuals) does not resolve a level, a normal quantile of the root-mean-square stands in for
+    it, with a warning (one residual would otherwise give an interval of zero width). Steps that no
     series has residuals for (horizons longer than half the history) take the last step that has
     them, widened by the square root of the step ratio, as a random walk's errors grow.
     """
@@ -133,11 +138,19 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     offsets = np.empty((n_series, horizon, len(levels)))
     clipped_any = False
     own_rms, pooled_rms = _root_mean_square(stacked), _root_mean_square(pooled_all)  # the same for every level
+    with np.errstate(invalid="ignore", divide="ignore"):  # a series forecast exactly (rms 0) lends no shape
+        shapes = (stacked / own_rms[None]).reshape(width * n_series, horizon)[:, None, :]  # [W*N, 1, L]
+    shapes_rms = _root_mean_square(shapes)
     for j, q in enumerate(levels):
-        own = _quantile_or_normal(stacked, own_rms, q)
+        tail_z, tail_normal = _quantile_or_normal(shapes, shapes_rms, q)  # [1, L]
+        own, own_clipped = conformal_quantiles(stacked, q)
+        tail = tail_z[0] * own_rms
+        wider = np.maximum(own, tail) if q >= 0.5 else np.minimum(own, tail)
+        own = np.where(own_clipped, wider, own)
         pooled = _quantile_or_normal(pooled_all, pooled_rms, q)
-        offsets[:, :, j] = np.where(use_own, own[0], pooled[0])
-        clipped_any = clipped_any or bool(np.where(use_own, own[1], pooled[1]).any())
+        offsets[:, :, j] = np.where(use_own, own, pooled[0])
+        normal_used = np.where(use_own, own_clipped & tail_normal[0], pooled[1])
+        clipped_any = clipped_any or bool(normal_used.any())
     # Monotone in the level even where the normal fallback meets an order statistic.
     order = np.argsort(levels, kind="stable")
     offsets[:, :, order] = np.sort(offsets[:, :, order], axis=-1)

@@ -91,7 +91,8 @@ class TimeMoEForecaster(BaseForecaster):
     signed residuals of step h, divided by the scale of the final context, give the conformal
     quantile (rank ceil((n+1)q) above the median, floor((n+1)q) below), which is scaled back and added
     to the point forecast. A series with fewer than 10 residuals at a step uses those of all series
-    and channels there. Quantiles never cross, and a level gives the same interval whichever other
+    and channels there; a level beyond what its own resolve borrows the shape (not the size) of all
+    series' residuals. Quantiles never cross, and a level gives the same interval whichever other
     levels are asked for with it.
 
     ``update`` extends the stored context without retraining. In-sample forecasts are not supported.

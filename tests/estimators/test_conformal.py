@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.helpers import make_model
 from timemoe_forecaster import conformal
@@ -132,13 +133,43 @@ def test_a_level_gives_the_same_offset_whichever_levels_come_with_it():
     assert (alone[0.975] >= alone[0.95]).all() and (alone[0.025] <= alone[0.05]).all()
 
 
-def test_a_well_forecast_series_keeps_its_own_width_next_to_a_badly_forecast_one():
+def test_a_well_forecast_series_keeps_its_own_width_next_to_a_badly_forecast_one(caplog):
     # Channels of very different forecast quality: pooling let the badly forecast one set the other's 95%
-    # interval (6x its own in the helper's run). With enough residuals of its own a series is not pooled.
+    # interval (6x its own in the helper's run). Beyond its own residuals a series borrows only the pool's shape
+    # (residuals divided by their own series' root-mean-square), never its size.
     rng = np.random.default_rng(2)
-    good, bad = rng.normal(scale=0.1, size=(20, 1)), rng.normal(scale=10.0, size=(20, 1))
-    with_bad = conformal.residual_offsets([good, bad], [0.025, 0.975], horizon=1)[0]
-    alone = conformal.residual_offsets([good], [0.025, 0.975], horizon=1)[0]
-    np.testing.assert_array_equal(with_bad, alone)
+    good, bad = rng.normal(scale=0.1, size=(20, 1)), rng.standard_t(3, size=(20, 1))
+    levels = [0.025, 0.975]
+    with caplog.at_level("WARNING"):
+        with_bad = conformal.residual_offsets([good, 100.0 * bad], levels, horizon=1)
+        with_tame_bad = conformal.residual_offsets([good, 0.01 * bad], levels, horizon=1)
+    np.testing.assert_allclose(with_bad[0], with_tame_bad[0], rtol=1e-12)  # the partner's size does not matter
+    np.testing.assert_allclose(with_bad[1], 1e4 * with_tame_bad[1], rtol=1e-12)  # each series keeps its own scale
+    assert abs(with_bad[0, 0, 1]) < 0.5  # about 2 standard deviations of 0.1, not of the partner's errors
+    assert "too few calibration residuals" not in caplog.text  # 40 residuals in the pool resolve 95%
     short = conformal.residual_offsets([good[: conformal.MIN_OWN_RESIDUALS - 1], bad], [0.9], horizon=1)
-    assert short[0, 0, 0] > 1.0  # too few of its own: the pool, bad residuals included
+    assert short[0, 0, 0] > 0.5  # too few of its own: the raw pool, the partner's residuals included
+
+
+def test_a_single_series_beyond_its_residuals_uses_the_normal_tail_with_a_warning(caplog):
+    r = np.random.default_rng(3).normal(size=(20, 1))
+    with caplog.at_level("WARNING"):
+        offsets = conformal.residual_offsets([r], [0.975], horizon=1)
+    rms = float(np.sqrt(np.mean(r**2)))
+    assert offsets[0, 0, 0] == pytest.approx(max(r.max(), 1.959963984540054 * rms), rel=1e-12)
+    assert "too few calibration residuals" in caplog.text
+
+
+def test_borrowed_tails_cover_heavy_tailed_errors_of_series_of_any_scale():
+    # 5 series, 20 residuals each, Student-t(3) errors at scales 0.1..10: the 95% interval needs 39 residuals.
+    # With only a normal tail of each series' own root-mean-square it covered 94.3% here; with the pool's
+    # shape 95.5%.
+    rng = np.random.default_rng(0)
+    hits = total = 0
+    for _ in range(2000):
+        scales = 10.0 ** rng.uniform(-1, 1, 5)
+        offsets = conformal.residual_offsets([s * rng.standard_t(3, size=(20, 1)) for s in scales], [0.025, 0.975], 1)
+        new = scales * rng.standard_t(3, size=5)
+        hits += int(np.sum((new >= offsets[:, 0, 0]) & (new <= offsets[:, 0, 1])))
+        total += 5
+    assert 0.947 <= hits / total <= 0.965, hits / total
