@@ -246,6 +246,8 @@ def test_nan_labels_under_a_zero_loss_mask_do_not_reach_the_loss():
     labels[0, :5] = float("nan")
     got = model(x, labels=labels, loss_mask=mask)
     assert torch.isfinite(got.loss) and torch.equal(got.ar_loss, expected)
+    got.loss.backward()  # the Huber gradient at a NaN target was NaN, and 0 x NaN stayed NaN
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     labels[0, 7] = float("nan")  # a NaN that counts still shows
     assert torch.isnan(model(x, labels=labels, loss_mask=mask).ar_loss)
 

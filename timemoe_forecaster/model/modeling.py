@@ -350,25 +350,29 @@ def multi_horizon_loss(
     for i, pred in enumerate(per_head):
         horizon = pred.shape[-1] // c
         pred_BSLC = pred.view(b, s, horizon, c)
-        target_BSLC = horizon_targets(labels.to(pred.dtype), horizon)
-        losses = F.huber_loss(pred_BSLC.float(), target_BSLC.float(), reduction="none", delta=HUBER_DELTA)
+        target_BSLC = horizon_targets(labels.to(pred.dtype), horizon).float()
         weight = None
         if loss_mask is not None:
             m = loss_mask if loss_mask.dim() == 3 else loss_mask.unsqueeze(-1)
-            weight = horizon_targets(m.to(losses.dtype), horizon)  # [B, S, L, C]
+            weight = horizon_targets(m.float(), horizon)  # [B, S, L, C]
         if seq_ids is not None:
             same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
-            same = same.to(losses.dtype).expand(b, s, horizon, c)
+            same = same.float().expand(b, s, horizon, c)
             weight = same if weight is None else weight * same
         if attention_mask is not None:
-            source = attention_mask.to(losses.dtype)[:, :, None, None].expand(b, s, horizon, c)
+            source = attention_mask.float()[:, :, None, None].expand(b, s, horizon, c)
             weight = source if weight is None else weight * source
+        if weight is not None:
+            # Targets under weight 0 are zeroed, not only their losses: the Huber gradient at a NaN target is
+            # NaN, and 0 x NaN stays NaN in the backward pass.
+            target_BSLC = torch.where(weight > 0, target_BSLC, 0.0)
+        losses = F.huber_loss(pred_BSLC.float(), target_BSLC, reduction="none", delta=HUBER_DELTA)
         if weight is None:
             # A fill, not a host-to-device copy, so the loss can be recorded in a CUDA graph.
             denom = losses.new_full((), float(losses.numel()))
             head_sum = losses.sum()
         else:
-            head_sum = torch.where(weight > 0, losses * weight, 0.0).sum()  # NaN * 0 is NaN
+            head_sum = (losses * weight).sum()
             denom = weight.sum()
         if normalizers is not None:
             denom = normalizers[i]
