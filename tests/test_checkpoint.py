@@ -70,6 +70,38 @@ def test_saving_again_replaces_our_weight_files_and_keeps_the_users(tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary files left
 
 
+def test_a_save_cut_short_after_its_weights_loads_the_new_weights(tmp_path, monkeypatch):
+    # A single-file save over a sharded one removed the old index after writing config.json; cut short there,
+    # the loader (which prefers an index) read the old shards under the new config.
+    make_model(seed=1).save_pretrained(tmp_path, max_shard_size="4KiB")
+    new = make_model(seed=2)
+    import timemoe_forecaster.checkpoint as checkpoint
+
+    def cut_short(self, *args, **kwargs):
+        raise OSError("killed")
+
+    original = checkpoint._atomic_write
+    monkeypatch.setattr(
+        checkpoint,
+        "_atomic_write",
+        lambda path, write: cut_short(path) if path.name == "config.json" else original(path, write),
+    )
+    with pytest.raises(OSError, match="killed"):
+        new.save_pretrained(tmp_path)
+    monkeypatch.undo()
+    assert_same_weights(new, TimeMoEForPrediction.from_pretrained(tmp_path))
+
+
+def test_the_trainers_model_files_replace_an_earlier_sharded_save(tmp_path):
+    from timemoe_forecaster.train import state as train_state
+
+    make_model(seed=1).save_pretrained(tmp_path, max_shard_size="4KiB")
+    model = make_model(seed=2)
+    train_state.write_model(tmp_path, model.config, model.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path))
+
+
 def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     # The old weights were deleted before the new ones were written: a failing write left no weights.
     model = make_model()

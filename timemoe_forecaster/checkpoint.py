@@ -165,24 +165,36 @@ def save_pretrained(
 ) -> None:
     """Write config.json and the weights; shards (with an index) when larger than ``max_shard_size``.
 
-    A shard holds whole tensors, so one tensor larger than the limit gets a shard of its own. The weights
-    are written first and the config last, each file atomically; then the previous save's weight files
-    that this one did not rewrite (a single file, shards, their index) are removed. Other files stay.
+    A shard holds whole tensors, so one tensor larger than the limit gets a shard of its own. See
+    :func:`write_official` for the order of the files.
     """
     from .loading import resolve_dtype  # loading imports this module
 
     dtype = resolve_dtype(dtype) if dtype is not None else None
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     limit = _parse_size(max_shard_size)
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
-    state = {k: v.clone() for k, v in to_official(state).items()}  # expert slices become own storage
+    write_official(directory, model.config, to_official(state), limit)
+
+
+def write_official(
+    directory, config: TimeMoEConfig, state: dict[str, torch.Tensor], max_shard_bytes: int | None = None
+) -> None:
+    """Write ``state`` (official names) and config.json into ``directory``.
+
+    The weights are written first, each file atomically; then a previous save's shard index that this save
+    does not replace is removed (the loader prefers an index to model.safetensors, so an interrupted save
+    would have loaded the old shards under the new config); config.json comes last; then the previous save's
+    other weight files (a single file or shards) go. Any other file in the folder stays.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.clone() for k, v in state.items()}  # expert slices become own storage
     stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key in sorted(state):
         nbytes = state[key].numel() * state[key].element_size()
-        if limit is not None and shards[-1] and size + nbytes > limit:
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][key] = state[key]
@@ -191,6 +203,8 @@ def save_pretrained(
     if len(shards) == 1:
         _atomic_write(directory / SAFE_SINGLE, lambda p: save_file(shards[0], p, metadata=metadata))
         written = {SAFE_SINGLE}
+        if (directory / SAFE_INDEX).is_file():
+            (directory / SAFE_INDEX).unlink()
     else:
         weight_map, total, written = {}, 0, set()
         for i, shard in enumerate(shards):
@@ -203,7 +217,7 @@ def save_pretrained(
         index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
         _atomic_write(directory / SAFE_INDEX, lambda p: Path(p).write_text(index + "\n"))
         written.add(SAFE_INDEX)
-    _atomic_write(directory / "config.json", lambda p: model.config.to_json_file(p, torch_dtype=stored_dtype))
+    _atomic_write(directory / "config.json", lambda p: config.to_json_file(p, torch_dtype=stored_dtype))
     for path in directory.iterdir():
         ours = path.name in (SAFE_SINGLE, SAFE_INDEX) or _OUR_SHARD.fullmatch(path.name)
         if ours and path.name not in written and path.is_file():

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from ..checkpoint import SAFE_SINGLE, from_official, read_weights, to_official
+from ..checkpoint import SAFE_SINGLE, from_official, read_weights, to_official, write_official
 from ..config import TimeMoEConfig
 
 log = logging.getLogger(__name__)
@@ -71,12 +70,8 @@ def _as_tuple(value):
 # Model weights --------------------------------------------------------------------------------
 def write_model(directory: Path, config: TimeMoEConfig, state: dict[str, torch.Tensor], dtype=None) -> None:
     """Write a loadable model directory (config.json + model.safetensors) from a full state dict."""
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
-    tensors = {k: v.clone() for k, v in to_official(tensors).items()}  # expert slices get own storage
-    stored = str(next(iter(tensors.values())).dtype).replace("torch.", "")
-    _atomic_file(directory / SAFE_SINGLE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_file(directory / "config.json", lambda p: config.to_json_file(p, torch_dtype=stored))
+    write_official(directory, config, to_official(tensors))  # replaces an earlier save's shards too
 
 
 def has_final_model(directory: str | Path, checkpoint: str | Path | None) -> bool:
