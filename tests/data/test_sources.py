@@ -209,6 +209,11 @@ def test_an_unnamed_index_column_is_skipped_after_rows_were_filtered(tmp_path):
     for name in ("filtered.csv", "shuffled.csv"):
         series = _all(open_source(tmp_path / name))
         assert len(series) == 1 and series[0].size == len(kept), name
+    # An unnamed column after named ones is data whatever it holds (only a leading one is the written index).
+    frame = pd.DataFrame({"date": pd.date_range("2020", periods=6, freq="D").astype(str), "": [3, 7, 12, 20, 21, 30]})
+    frame["temp"] = np.arange(6.0)
+    frame.to_csv(tmp_path / "inner.csv", index=False)
+    assert len(_all(open_source(tmp_path / "inner.csv"))) == 2
 
 
 def test_long_format_with_and_without_a_time_of_day_is_still_sorted(tmp_path):

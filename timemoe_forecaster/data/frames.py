@@ -98,7 +98,9 @@ def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
     return col.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
-def _is_date_or_index(col: pd.Series, name: Any) -> bool:
+def _is_date_or_index(col: pd.Series, name: Any, leading: bool = False) -> bool:
+    """Whether a column is the time axis or row labels rather than a series. ``leading``: the column comes
+    before any named one (where pandas' ``to_csv`` writes the index)."""
     lname = _lower(name)
     if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
         return True
@@ -115,11 +117,11 @@ def _is_date_or_index(col: pd.Series, name: Any) -> bool:
         if lname in DATE_PART_NAMES:
             return True
         counter = values.size > 1 and bool((np.diff(values) == 1).all())
-        if lname.startswith("unnamed"):
-            # A header left empty: pandas' to_csv writes the index so, and after rows were filtered or shuffled
-            # it is no longer a counter, yet still row labels (distinct integers), never a series.
+        if lname.startswith("unnamed") and leading:
+            # A leading header left empty: pandas' to_csv writes the index so, and after rows were filtered or
+            # shuffled it is no longer a counter, yet still row labels (distinct integers), never a series.
             return values.size > 1 and np.unique(values).size == values.size
-        return counter and lname in INDEX_NAMES
+        return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
     if not pd.api.types.is_numeric_dtype(col):
         if lname in TIME_NAMES:
             return True
@@ -202,11 +204,12 @@ def _irregularity(times: pd.Series) -> int:
 
 def _wide(df: pd.DataFrame, where: str, skip_dates: bool = True) -> tuple[list[np.ndarray], list[str]]:
     series, names = [], []
-    for name in df.columns:
+    for position, name in enumerate(df.columns):
         col = df[name]
         if isinstance(col, pd.DataFrame):
             raise ValueError(f"{where}: column name {name!r} appears more than once; rename the duplicates")
-        if skip_dates and _is_date_or_index(col, name):
+        leading = all(_lower(c).startswith("unnamed") for c in df.columns[: position + 1])
+        if skip_dates and _is_date_or_index(col, name, leading):
             continue
         series.append(_numeric(col, where, str(name)))
         names.append(str(name))
