@@ -75,6 +75,8 @@ def test_the_balance_loss_follows_dense_or_routed_as_in_the_official_config():
     # Written so that the official loader accepts it: the balance loss on, weighted zero.
     written = no_balance.to_dict()
     assert (written["apply_aux_loss"], written["router_aux_loss_factor"]) == (True, 0.0)
+    read_back = TimeMoEConfig.from_dict(written)  # and read back without a balance loss to compute
+    assert read_back.apply_aux_loss is False and read_back.to_dict() == written
     dense = TimeMoEConfig.from_preset("tiny", use_dense=True).to_dict()
     assert (dense["use_dense"], dense["apply_aux_loss"]) == (True, False)
 

@@ -137,6 +137,12 @@ class TimeMoEConfig:
         for key in ("model_type", "transformers_version", "torch_dtype", "architectures"):
             values.pop(key, None)
         extra.update(values)  # auto_map, … kept verbatim, never executed
+        if (
+            not kwargs.get("use_dense", False)
+            and kwargs.get("apply_aux_loss") is True
+            and kwargs.get("router_aux_loss_factor") == 0
+        ):
+            kwargs["apply_aux_loss"] = False  # how to_dict writes "no balance loss": read back, it computes none
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
