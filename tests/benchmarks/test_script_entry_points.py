@@ -36,7 +36,7 @@ def test_gpu_micro_benchmarks_start_as_files(name, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
     if not torch.cuda.is_available():  # without a GPU: one argparse line, not a traceback
-        needs_out = ("moe_grouped_micro", "moe_train_micro", "forecast_scaling", "fused_moe_micro")
+        needs_out = ("moe_grouped_micro", "moe_train_micro", "forecast_scaling", "fused_moe_micro", "estimator_gpu")
         args = ("--out", str(tmp_path / "out")) if name in needs_out else ()
         done = run_script(name, *args)
         assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
