@@ -189,6 +189,8 @@ def _read_every_value(text: pd.Series, **options) -> pd.Series | None:
         try:
             parsed = pd.to_datetime(text, errors="coerce", **options)
         except (TypeError, ValueError, OverflowError):
+            parsed = None  # pandas 3 refuses mixed offsets
+        if parsed is None or not pd.api.types.is_datetime64_any_dtype(parsed):  # pandas 2 gives objects for them
             try:
                 parsed = pd.to_datetime(text, errors="coerce", utc=True, **options)
             except (TypeError, ValueError, OverflowError):
