@@ -120,3 +120,20 @@ def test_fsdp2_equals_one_process_and_resumes_exactly(single, tmp_path):
     torchrun(tmp_path, "--fsdp", "true", "--save-every", "1")
     assert_same(weights(single), weights(tmp_path))
     kill_after_step_2_and_resume(tmp_path, "--fsdp", "true", "--save-every", "1")
+
+
+def test_ddp_with_bf16_optimizer_states_keeps_every_rank_the_same(tmp_path):
+    # The rounding noise was seeded by each rank's own number: under DDP (replicated weights, the same update)
+    # the ranks' copies drifted apart at every step, so the checkpoint (rank 0's) no longer followed the run and
+    # a resume was not exact. Now they round alike, and two processes equal one with accumulation.
+    single = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(**SETTINGS, grad_accum=2, optim_dtype="bf16", output_dir=str(single)))
+    finally:
+        torch.set_num_threads(threads)
+    two = tmp_path / "two"
+    torchrun(two, "--fsdp", "false", "--optim-dtype", "bf16", "--save-every", "1")
+    assert_same(weights(single), weights(two))
+    kill_after_step_2_and_resume(two, "--fsdp", "false", "--optim-dtype", "bf16", "--save-every", "1")

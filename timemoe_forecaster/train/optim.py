@@ -92,7 +92,8 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     flat fp32 buffers, updated with a handful of large kernels and copied back (a per-tensor loop costs
     ~25 small kernels per tensor, which made the step of the 2.4B ``ultra`` model 20x slower than fused
     AdamW). The rounding noise comes from a generator reseeded from (seed, step, rank) at every step, so
-    a resumed run draws the same numbers as an uninterrupted one without extra state.
+    a resumed run draws the same numbers as an uninterrupted one without extra state (the rank only for
+    sharded parameters: replicated ones round alike on every rank, see ``_noise_rank``).
 
     ``fused``: one Triton kernel per tensor does the whole update and the rounding (``sr_adamw_kernels``),
     its noise seeded the same way plus the tensor's place. None (the default) uses it for contiguous bf16
@@ -258,7 +259,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rank = _noise_rank(self.param_groups)
         generators: dict[torch.device, torch.Generator] = {}
         for index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
@@ -300,6 +301,15 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                     torch._foreach_copy_(targets, [r.view_as(t) for r, t in zip(rounded.split(sizes), targets)])
         self._path_logged = True
         return loss
+
+
+def _noise_rank(param_groups) -> int:
+    """The rank that seeds the rounding noise: this process's where it updates a shard of its own (FSDP2's
+    DTensors), else 0. Replicated parameters (DDP) get the same update on every rank and must round it the
+    same way: with each rank's own noise the copies drifted apart at every step, unnoticed, and checkpoints
+    held rank 0's."""
+    sharded = any(hasattr(p, "_local_tensor") for group in param_groups for p in group["params"])
+    return torch.distributed.get_rank() if sharded and torch.distributed.is_initialized() else 0
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
