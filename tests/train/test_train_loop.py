@@ -108,6 +108,9 @@ def test_prefetch_default_is_a_process_on_gpus_and_none_on_cpus():
 
 
 def test_checkpoint_layout_and_pruning(tmp_path):
+    left = tmp_path / "checkpoints" / ".tmp-step_00000002-abc"  # a save killed half-way by an earlier run
+    left.mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"partial")
     train(small_config(tmp_path, max_steps=4, save_every=1, keep_checkpoints=2))
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
     assert kept == ["step_00000003", "step_00000004"]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import SAFE_SINGLE, from_official, read_weights, to_official, write_official
+from ..checkpoint import SAFE_SINGLE, _atomic_write, from_official, read_weights, to_official, write_official
 from ..config import TimeMoEConfig
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_file(root / LATEST, lambda p: Path(p).write_text(name + "\n"))
+    for left in root.glob(".tmp-step_*"):  # saves killed half-way: nothing else ever removes them
+        shutil.rmtree(left, ignore_errors=True)
+    _atomic_write(root / LATEST, lambda p: Path(p).write_text(name + "\n"))
     _prune(root, keep_last, keep=name)
     log.info("saved checkpoint %s", final)
     return final
@@ -209,15 +211,3 @@ def _prune(root: Path, keep_last: int, keep: str) -> None:
     for old in steps[:-keep_last]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_file(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
