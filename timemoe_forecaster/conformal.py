@@ -98,8 +98,16 @@ def conformal_quantiles(residuals: np.ndarray, q: float) -> tuple[np.ndarray, np
 
     Returns (values [...], clipped [...]); clipped marks columns whose rank fell outside 1..n.
     """
-    r = np.sort(residuals, axis=0)  # NaN sort last
-    n = np.count_nonzero(~np.isnan(residuals), axis=0)
+    return _ranked_quantile(_ranked(residuals), q)
+
+
+def _ranked(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals sorted along axis 0 (NaN last) and their counts: sorted once, read at every level."""
+    return np.sort(residuals, axis=0), np.count_nonzero(~np.isnan(residuals), axis=0)
+
+
+def _ranked_quantile(ranked: tuple[np.ndarray, np.ndarray], q: float) -> tuple[np.ndarray, np.ndarray]:
+    r, n = ranked
     # The tolerance keeps float noise from moving the rank: sktime asks coverage 0.8 as 0.5 - 0.4 =
     # 0.09999999999999998, and floor(10 * that) would be 0 instead of 1.
     k = np.ceil((n + 1) * q - 1e-9) if q >= 0.5 else np.floor((n + 1) * q + 1e-9)
@@ -141,15 +149,14 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     with np.errstate(invalid="ignore", divide="ignore"):  # a series forecast exactly (rms 0) lends no shape
         shapes = (stacked / own_rms[None]).reshape(width * n_series, horizon)[:, None, :]  # [W*N, 1, L]
     shapes_rms = _root_mean_square(shapes)
+    own_ranked, shapes_ranked, pooled_ranked = _ranked(stacked), _ranked(shapes), _ranked(pooled_all)
     for j, q in enumerate(levels):
-        tail_z, tail_normal = _quantile_or_normal(shapes, shapes_rms, q)  # [1, L]
-        own, own_clipped = conformal_quantiles(stacked, q)
-        tail = tail_z[0] * own_rms
-        wider = np.maximum(own, tail) if q >= 0.5 else np.minimum(own, tail)
-        own = np.where(own_clipped, wider, own)
-        pooled = _quantile_or_normal(pooled_all, pooled_rms, q)
+        z = _normal_quantile(q)
+        tail_z, tail_normal = _quantile_or(shapes_ranked, q, z * shapes_rms)  # [1, L]
+        own, own_clipped = _quantile_or(own_ranked, q, tail_z[0] * own_rms)
+        pooled, pooled_normal = _quantile_or(pooled_ranked, q, z * pooled_rms)
         offsets[:, :, j] = np.where(use_own, own, pooled[0])
-        normal_used = np.where(use_own, own_clipped & tail_normal[0], pooled[1])
+        normal_used = np.where(use_own, own_clipped & tail_normal[0], pooled_normal[0])
         clipped_any = clipped_any or bool(normal_used.any())
     # Monotone in the level even where the normal fallback meets an order statistic.
     order = np.argsort(levels, kind="stable")
@@ -171,12 +178,11 @@ def _root_mean_square(residuals: np.ndarray) -> np.ndarray:
         return np.sqrt(np.nansum(residuals**2, axis=0) / present)
 
 
-def _quantile_or_normal(residuals: np.ndarray, rms: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
-    """Conformal quantile of residuals [W, N, L] at level q, or where its rank is out of range the
-    wider of the extreme residual and z_q times their root-mean-square ``rms`` [N, L]: (values, clipped)."""
-    values, clipped = conformal_quantiles(residuals, q)
-    normal = _normal_quantile(q) * rms
-    wider = np.maximum(values, normal) if q >= 0.5 else np.minimum(values, normal)
+def _quantile_or(ranked, q: float, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal quantile at level q of ranked residuals (``_ranked`` of [W, N, L]), or where its rank is
+    out of range the wider of the extreme residual and ``fallback`` [N, L]: (values, clipped)."""
+    values, clipped = _ranked_quantile(ranked, q)
+    wider = np.maximum(values, fallback) if q >= 0.5 else np.minimum(values, fallback)
     return np.where(clipped, wider, values), clipped & ~np.isnan(values)
 
 
