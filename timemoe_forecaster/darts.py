@@ -343,7 +343,7 @@ class TimeMoEModel(GlobalForecastingModel):
             cuts = jobs[job : job + count]
             row, job = row + count * c, job + count
             schema = s.schema()
-            starts = [s._time_index[k] if k < len(s) else s.end_time() + (k - len(s) + 1) * s.freq for k in cuts]
+            starts = [_time_at(s, k) for k in cuts]
             if last_points_only:
                 schema["time_freq"] = s.freq * stride
                 out.append(
@@ -440,6 +440,12 @@ def _context_window(values: np.ndarray, observed_at: np.ndarray, cut: int, lengt
     return values[lo:cut].copy()
 
 
+def _time_at(s: TimeSeries, position: int):
+    """The time of ``position`` in ``s``, continuing its frequency past the end (overlap_end's cut-offs). Reads
+    ``_time_index``: the public ``time_index`` copies the whole index, once per cut-off here."""
+    return s._time_index[position] if position < len(s) else s.end_time() + (position - len(s) + 1) * s.freq
+
+
 def _forecastable_cuts(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx: int, warn: bool) -> np.ndarray:
     """The cut-offs that leave every component at least ``MIN_OBSERVED`` observed points to forecast from.
 
@@ -459,7 +465,7 @@ def _forecastable_cuts(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx:
         )
     if warn and not enough.all():
         first = cuts[enough][0]
-        at = s.time_index[first] if first < len(s) else s.end_time() + (first - len(s) + 1) * s.freq
+        at = _time_at(s, first)
         log.warning(
             "series %d: the first %d historical forecast(s) would start with fewer than %d observed points "
             "(leading missing values); starting at %s instead",
