@@ -351,17 +351,7 @@ def multi_horizon_loss(
         horizon = pred.shape[-1] // c
         pred_BSLC = pred.view(b, s, horizon, c)
         target_BSLC = horizon_targets(labels.to(pred.dtype), horizon).float()
-        weight = None
-        if loss_mask is not None:
-            m = loss_mask if loss_mask.dim() == 3 else loss_mask.unsqueeze(-1)
-            weight = horizon_targets(m.float(), horizon)  # [B, S, L, C]
-        if seq_ids is not None:
-            same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
-            same = same.float().expand(b, s, horizon, c)
-            weight = same if weight is None else weight * same
-        if attention_mask is not None:
-            source = attention_mask.float()[:, :, None, None].expand(b, s, horizon, c)
-            weight = source if weight is None else weight * source
+        weight = _target_weights((b, s, horizon, c), loss_mask, seq_ids, attention_mask)
         if weight is not None:
             # Targets under weight 0 are zeroed, not only their losses: the Huber gradient at a NaN target is
             # NaN, and 0 x NaN stays NaN in the backward pass.
@@ -392,17 +382,31 @@ def count_loss_points(
     b, s, c = labels.shape
     counts = []
     for horizon in horizon_lengths:
-        weight = torch.ones(b, s, horizon, c, device=labels.device)
-        if loss_mask is not None:
-            m = loss_mask if loss_mask.dim() == 3 else loss_mask.unsqueeze(-1)
-            weight = weight * horizon_targets(m.float(), horizon)
-        if seq_ids is not None:
-            same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
-            weight = weight * same.float()
-        if attention_mask is not None:
-            weight = weight * attention_mask.float()[:, :, None, None]
-        counts.append(weight.sum())
+        weight = _target_weights((b, s, horizon, c), loss_mask, seq_ids, attention_mask)
+        full = (b, s, horizon, c)  # a 2-D loss mask weighs every channel of a target alike
+        counts.append(
+            weight.expand(full).sum() if weight is not None else labels.new_full((), float(b * s * horizon * c))
+        )
     return counts
+
+
+def _target_weights(shape_BSLC, loss_mask, seq_ids, attention_mask) -> torch.Tensor | None:
+    """The weight [B, S, L, C] of each head target in the loss (None: all count), for the loss and its count:
+    the loss mask at the target, whether the target lies in the position's own packed document, and whether
+    the position itself is real (not padding)."""
+    b, s, horizon, c = shape_BSLC
+    weight = None
+    if loss_mask is not None:
+        m = loss_mask if loss_mask.dim() == 3 else loss_mask.unsqueeze(-1)
+        weight = horizon_targets(m.float(), horizon)  # [B, S, L, C]
+    if seq_ids is not None:
+        same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
+        same = same.float().expand(b, s, horizon, c)
+        weight = same if weight is None else weight * same
+    if attention_mask is not None:
+        source = attention_mask.float()[:, :, None, None].expand(b, s, horizon, c)
+        weight = source if weight is None else weight * source
+    return weight
 
 
 def model_flops_per_token(config: TimeMoEConfig, seq_len: int, training: bool = True) -> float:
