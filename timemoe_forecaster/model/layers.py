@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SILU_NAMES = ("silu", "swish")  # the names of SiLU, which the fused MoE kernels compute
+
 ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,  # transformers' other name for it

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import TimeMoEConfig
 from . import fused_moe
-from .layers import ACTIVATIONS, GatedMLP
+from .layers import ACTIVATIONS, SILU_NAMES, GatedMLP
 
 
 def _grouped_mm_works() -> bool:
@@ -148,7 +148,7 @@ class SparseExpertsLayer(nn.Module):
         if self.dispatch not in ("auto", "fused"):
             return False
         ok = (
-            self.hidden_act in ("silu", "swish") and compute_dtype in fused_moe.FUSED_DTYPES and fused_moe.usable(x_TH)
+            self.hidden_act in SILU_NAMES and compute_dtype in fused_moe.FUSED_DTYPES and fused_moe.usable(x_TH)
         )  # checked on the dtype the matmuls run in, as for the grouped path
         if self.dispatch == "fused" and not ok:
             raise RuntimeError("fused MoE dispatch needs CUDA, triton, bf16/fp16 and SiLU experts")

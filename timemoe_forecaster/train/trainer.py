@@ -647,6 +647,7 @@ def _check_eval_data(eval_stream, cfg: TrainConfig) -> None:
 def _check_fused_dispatch(cfg: TrainConfig, model: TimeMoEForPrediction, device: torch.device) -> None:
     """``moe_dispatch="fused"`` where its kernels cannot run failed inside the first forward, with a traceback."""
     from ..model import fused_moe
+    from ..model.layers import SILU_NAMES
 
     if cfg.moe_dispatch != "fused":
         return
@@ -656,7 +657,7 @@ def _check_fused_dispatch(cfg: TrainConfig, model: TimeMoEForPrediction, device:
             ("a CUDA device", device.type == "cuda"),
             ("triton", fused_moe.TRITON_AVAILABLE),
             ("bf16 compute (--dtype auto or bf16)", cfg.dtype != "fp32"),
-            ("SiLU experts", model.config.hidden_act in ("silu", "swish")),
+            ("SiLU experts", model.config.hidden_act in SILU_NAMES),
             ("routed experts", not model.config.use_dense),
         )
         if not ok
