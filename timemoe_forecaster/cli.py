@@ -248,7 +248,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_directory
     from .config import TimeMoEConfig
     from .model import TimeMoEForPrediction
-    from .preprocess import fill_missing
+    from .preprocess import fill_missing, forecast_series
 
     if args.horizon < 1 or args.context_length < 2:
         raise ValueError("--horizon must be >= 1 and --context-length >= 2")
@@ -271,9 +271,8 @@ def run_forecast(args: argparse.Namespace) -> int:
     filled = fill_missing(values, name=f"{args.dataset}")  # leading missing values dropped, not interpolated
     context = filled[-length:]
     missing = int(np.isnan(values[-len(context) :]).sum())
-    mean, std = context.mean(), max(context.std(), 1e-8)
-    scaled = torch.tensor((context - mean) / std, dtype=torch.float32)[None]
-    pred = model.forecast(scaled, args.horizon)[0].double().numpy() * std + mean
+    # The estimators' path: the same filling and cut, scaling safe at any magnitude, constants without the model.
+    pred = forecast_series(model, [values], args.horizon, context_length=length, names=[str(args.dataset)])[0]
 
     name = series.name or "value"
     print(f"model: {directory}" + (f"  [{status}]" if status else ""))
