@@ -336,3 +336,17 @@ def test_float16_binary_dtype_refuses_values_beyond_its_range(tmp_path):
     np.testing.assert_allclose(open_source(kept)[0], [1.0, 70000.0], rtol=1e-3)
     nan_ok = write_binary_dataset([np.array([1.0, np.nan, 2.0])], tmp_path / "nan", dtype="float16")
     assert np.isnan(open_source(nan_ok)[0][1])
+
+
+def test_float16_binary_dtype_refuses_series_whose_shape_it_would_flatten(tmp_path):
+    # Temperatures in kelvin: float16's step near 290 is 0.25, so a 0.2 K daily swing would be stored flat.
+    kelvin = 290.0 + 0.1 * np.sin(np.arange(200) * 2 * np.pi / 24)
+    with pytest.raises(ValueError, match="series 1 would lose its shape in float16"):
+        write_binary_dataset([np.arange(10.0), kelvin], tmp_path / "f16", dtype="float16")
+    assert not (tmp_path / "f16").exists()
+    kept = write_binary_dataset([kelvin], tmp_path / "std", dtype="float16", standardise=True)
+    restored = open_source(kept)[0]
+    assert np.sqrt(np.mean((restored - kelvin) ** 2)) < 0.01 * kelvin.std()
+    # Whole numbers up to 2048 are exact in float16, and a constant series stays constant.
+    plain = write_binary_dataset([np.arange(100.0), np.full(50, 1234.5)], tmp_path / "ok", dtype="float16")
+    np.testing.assert_array_equal(open_source(plain)[0], np.arange(100.0))

@@ -167,6 +167,29 @@ def _check_in_float_range(x: np.ndarray, dtype: np.dtype, name: str) -> None:
         )
 
 
+# Rounding may cost at most this share of a series' standard deviation (root-mean-square error). float16 keeps
+# 11 significant bits, so a series that varies little around a large level (290.1-290.3 K, spacing 0.25
+# there) would be stored flat; 1% leaves the shape intact while letting any standardised series through.
+MAX_ROUNDING_SHARE = 0.01
+
+
+def _check_precision_kept(x: np.ndarray, stored: np.ndarray, name: str) -> None:
+    """Refuse a float dtype too coarse for the series: its variation would drown in rounding steps."""
+    finite = np.isfinite(x)
+    if finite.sum() < 2:
+        return
+    values = x[finite]
+    spread = float(values.std())
+    if spread == 0.0:
+        return  # a constant stays constant whatever the rounding
+    error = float(np.sqrt(np.mean((stored[finite].astype(np.float64) - values) ** 2)))
+    if error > MAX_ROUNDING_SHARE * spread:
+        raise ValueError(
+            f"{name} would lose its shape in {stored.dtype.name}: rounding errors of {error:.3g} (root mean square) "
+            f"against a standard deviation of {spread:.3g}; pass standardise=True, or a wider dtype such as float32"
+        )
+
+
 def write_binary_dataset(
     series: Sequence[Any] | SeriesSource,
     folder: str | Path,
@@ -200,7 +223,10 @@ def write_binary_dataset(
             _check_in_float_range(x, np_dtype, f"series {k}")
         else:
             raise ValueError(f"dtype must be a float or integer type, got {np_dtype.name}")
-        arrays.append(x.astype(np_dtype))
+        stored = x.astype(np_dtype)
+        if np.issubdtype(np_dtype, np.floating):
+            _check_precision_kept(x, stored, f"series {k}")
+        arrays.append(stored)
         scales.append(entry)
         offset += int(x.shape[0])
     folder.mkdir(parents=True, exist_ok=True)  # only once every series is known to fit the dtype
