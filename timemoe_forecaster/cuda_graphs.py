@@ -54,8 +54,7 @@ class CUDAGraphForecaster:
 
     @torch.no_grad()
     def __call__(self, context: torch.Tensor, horizon: int, attention_mask: torch.Tensor | None = None):
-        x, valid = prepare_inputs(self.model, context, horizon, attention_mask, self.max_batch_tokens)
-        horizon = int(horizon)  # one graph for 8 and np.int64(8)
+        x, valid, horizon = prepare_inputs(self.model, context, horizon, attention_mask, self.max_batch_tokens)
         key = (tuple(x.shape), horizon, valid is not None)
         captured = self._graphs.get(key)
         if captured is None:

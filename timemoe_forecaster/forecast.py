@@ -170,8 +170,7 @@ def forecast(
     ``CACHE_BYTES_PER_TOKEN`` times as many bytes of keys and values (16 GiB at the default). None runs
     the whole batch at once.
     """
-    x, valid = prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens)
-    horizon = int(horizon)  # a numpy integer is fine too
+    x, valid, horizon = prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens)
     with eval_mode(model):
         out = run_forecast(model, x, valid, horizon, max_batch_tokens)
     return finish_output(out, context)
@@ -194,7 +193,8 @@ def eval_mode(model: torch.nn.Module):
 
 def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     """Check the inputs and move them to the model: x [B, S, C] in the model's dtype (padding zeroed),
-    valid [B, S] bool or None. Raises ValueError/TypeError naming the problem."""
+    valid [B, S] bool or None, and the horizon as a Python int (a numpy integer is fine too, and a CUDA
+    graph is keyed on it). Raises ValueError/TypeError naming the problem."""
     _check_inputs(model, context, horizon, attention_mask)
     integer = isinstance(max_batch_tokens, (int, np.integer)) and not isinstance(max_batch_tokens, bool)
     if max_batch_tokens is not None and (not integer or max_batch_tokens < 1):
@@ -221,7 +221,7 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):
         raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
-    return x, valid
+    return x, valid, int(horizon)
 
 
 def finish_output(out: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
