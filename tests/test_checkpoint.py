@@ -1,5 +1,6 @@
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,10 +130,10 @@ def test_save_dtype_takes_names_as_loading_does(tmp_path, dtype, stored):
     assert next(loaded.parameters()).dtype == getattr(torch, stored)
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, "int8", "float17"])
+@pytest.mark.parametrize("dtype", [torch.int8, "int8", "float17", torch.float8_e4m3fn])
 def test_save_refuses_a_dtype_it_could_not_load_before_writing(tmp_path, dtype):
     # torch.int8 was written (and then refused on loading); "bfloat16" was read as a device name.
-    with pytest.raises(ValueError, match="floating-point torch dtype"):
+    with pytest.raises(ValueError, match="dtype must be one of"):
         make_model().save_pretrained(tmp_path / "ckpt", dtype=dtype)
     assert not (tmp_path / "ckpt").exists()
 
@@ -295,11 +296,12 @@ def test_an_existing_file_is_named_as_a_file_not_a_missing_directory(tmp_path):
     assert "does not exist" not in str(info.value) and str(tmp_path) in str(info.value)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "nonsense", torch.int32])
-def test_a_non_float_dtype_is_refused_before_loading(tmp_path, dtype):
-    # 'int8' failed deep inside load_state_dict, 'nonsense' with an AttributeError on the torch module.
+@pytest.mark.parametrize("dtype", ["int8", "nonsense", torch.int32, "float8_e4m3fn", torch.float8_e5m2])
+def test_a_dtype_the_model_cannot_run_in_is_refused_before_loading(tmp_path, dtype):
+    # 'int8' failed deep inside load_state_dict, 'nonsense' with an AttributeError on the torch module, and the
+    # float8 types at the first forecast ("isfinite" not implemented for 'Float8_e4m3fn').
     make_model().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="floating-point torch dtype"):
+    with pytest.raises(ValueError, match="dtype must be one of 'float32', 'bfloat16'"):
         TimeMoEForPrediction.from_pretrained(tmp_path, dtype=dtype)
     loaded = TimeMoEForPrediction.from_pretrained(tmp_path, dtype="bfloat16")  # names of float dtypes still work
     assert next(loaded.parameters()).dtype == torch.bfloat16
@@ -354,3 +356,83 @@ def test_a_device_the_machine_lacks_is_refused_before_reading_weights(tmp_path):
         TimeMoEForPrediction.from_pretrained(tmp_path, device=missing)
     with pytest.raises(ValueError, match="device must be"):
         TimeMoEForPrediction.from_pretrained(tmp_path, device="gpu")
+
+
+def _fake_hub(monkeypatch, remote: Path, calls: list):
+    """A huggingface_hub whose snapshot_download copies the files of ``remote`` that match allow_patterns."""
+    import fnmatch
+    import shutil
+    import sys
+    import types
+
+    hub = types.ModuleType("huggingface_hub")
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append({"repo_id": repo_id, "revision": revision, "allow_patterns": allow_patterns, **kwargs})
+        if revision not in (None, "main"):
+            raise FileNotFoundError(f"no revision {revision}\nmore lines")
+        local = remote.parent / f"snapshot-{len(calls)}"
+        for path in remote.rglob("*"):
+            name = path.relative_to(remote).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, local / name)
+        return str(local)
+
+    hub.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+
+
+def test_a_hub_repo_with_only_bin_weights_is_fetched_and_read_safely(tmp_path, monkeypatch):
+    # transformers' save_pretrained(safe_serialization=False) layout: the .bin files were never downloaded, and
+    # the error then listed pytorch_model.bin among the expected files.
+    remote = tmp_path / "remote"
+    model = make_model()
+    model.save_pretrained(remote)
+    torch.save(load_file(remote / "model.safetensors"), remote / "pytorch_model.bin")
+    (remote / "model.safetensors").unlink()
+    calls = []
+    _fake_hub(monkeypatch, remote, calls)
+    loaded = TimeMoEForPrediction.from_pretrained("owner/bin-only")
+    assert [c["allow_patterns"][1] for c in calls] == ["*.safetensors", "pytorch_model*.bin"]
+    x = torch.randn(2, 24)
+    torch.testing.assert_close(loaded.forecast(x, 5), model.forecast(x, 5), rtol=0, atol=0)
+
+
+def test_hub_subfolder_and_options_are_passed_and_a_missing_revision_is_named(tmp_path, monkeypatch):
+    remote = tmp_path / "remote"
+    make_model().save_pretrained(remote / "inner")
+    calls = []
+    _fake_hub(monkeypatch, remote, calls)
+    loaded = TimeMoEForPrediction.from_pretrained("owner/name", subfolder="inner", cache_dir=str(tmp_path / "c"))
+    assert isinstance(loaded, TimeMoEForPrediction)
+    assert calls[0]["allow_patterns"][0] == "inner/config.json" and calls[0]["cache_dir"] == str(tmp_path / "c")
+    with pytest.raises(CheckpointError, match="has no subfolder 'other'"):
+        TimeMoEForPrediction.from_pretrained("owner/name", subfolder="other")
+    # The repo exists; the revision does not: the message names the revision.
+    with pytest.raises(CheckpointError, match="as a hub id at revision 'v2.0' failed"):
+        TimeMoEForPrediction.from_pretrained("owner/name", revision="v2.0")
+    # A local folder takes a subfolder too.
+    assert isinstance(TimeMoEForPrediction.from_pretrained(remote, subfolder="inner"), TimeMoEForPrediction)
+
+
+def test_transformers_spellings_are_refused_by_name_before_any_download(tmp_path, monkeypatch):
+    calls = []
+    _fake_hub(monkeypatch, tmp_path / "remote", calls)
+    with pytest.raises(TypeError, match="unexpected argument.*torch_dtype.*use dtype=") as info:
+        TimeMoEForPrediction.from_pretrained("owner/name", torch_dtype=torch.bfloat16)
+    assert "__init__" not in str(info.value)
+    assert calls == []  # refused before fetching (and before reading any weight)
+
+
+@pytest.mark.parametrize("bad", [make_model, b"/tmp", 3])
+def test_a_checkpoint_that_is_not_a_path_is_a_type_error(bad):
+    value = bad() if callable(bad) else bad
+    # A model object went through Path(str(obj)): "OSError: [Errno 36] File name too long" from pathlib.
+    with pytest.raises(TypeError, match="directory path \\(str or pathlib.Path\\), a hub id"):
+        TimeMoEForPrediction.from_pretrained(value)
+
+
+def test_a_name_too_long_for_the_file_system_is_a_checkpoint_error():
+    with pytest.raises(CheckpointError, match="is not a usable path"):
+        TimeMoEForPrediction.from_pretrained("x" * 300 + "/y")

@@ -101,11 +101,31 @@ def test_swish_is_silu():
         ("rms_norm_eps", 0.0),
         ("rope_theta", "1e4"),
         ("rope_theta", float("nan")),
+        # Read from a hand-edited config.json: "false" is truthy (a dense model was built and the error blamed
+        # the weights), 8.9 was read as 8, "0" failed inside a comparison, and "no" was kept as a true value.
+        ("use_dense", "false"),
+        ("apply_aux_loss", "no"),
+        ("use_cache", 1),
+        ("horizon_lengths", [1, 8.9, 32]),
+        ("horizon_lengths", [1, True]),
+        ("attention_dropout", "0"),
+        ("router_aux_loss_factor", -0.1),
+        ("hidden_act", ["silu"]),
+        ("extra", 5),
     ],
 )
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TimeMoEConfig.from_preset("tiny", **{field: value})
+
+
+def test_whole_floats_and_numpy_values_from_a_config_are_accepted():
+    import numpy as np
+
+    cfg = TimeMoEConfig.from_dict({"horizon_lengths": [1.0, np.int64(8)], "use_dense": np.bool_(True)})
+    assert cfg.horizon_lengths == [1, 8] and cfg.use_dense is True
+    with pytest.raises(ValueError, match="config key 'extra' must be a mapping"):
+        TimeMoEConfig.from_dict({"extra": 5})
 
 
 def test_wrong_model_type_and_unknown_preset_are_rejected(tmp_path):

@@ -8,6 +8,7 @@ checkpoint: safetensors, or ``torch.load(weights_only=True)`` for ``.bin``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -299,41 +300,90 @@ def default_checkpoint() -> Path:
     return DEFAULT_CHECKPOINT
 
 
-def resolve_directory(path_or_hub_id, revision: str | None = None) -> Path:
+# Hub-download settings that ``from_pretrained`` passes on, as transformers spells them.
+HUB_OPTIONS = ("subfolder", "cache_dir", "token", "local_files_only", "force_download")
+
+
+def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options) -> Path:
     """A local directory as is; None for the embedded default; otherwise a hub id fetched through
-    huggingface_hub (config + weights)."""
+    huggingface_hub (config + weights). ``hub_options``: any of ``HUB_OPTIONS``; ``subfolder`` also
+    applies to a local directory."""
+    unknown = sorted(set(hub_options) - set(HUB_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown hub option(s) {unknown}; accepted: {list(HUB_OPTIONS)}")
+    subfolder = hub_options.pop("subfolder", None) or ""
     if path_or_hub_id is None:
+        if subfolder or revision:
+            raise ValueError("the embedded default checkpoint has no revisions or subfolders; pass a path or hub id")
         return default_checkpoint()
-    path = Path(os.path.expanduser(str(path_or_hub_id)))
-    if path.is_dir():
-        return path
-    if path.exists():
+    if not isinstance(path_or_hub_id, (str, os.PathLike)):
+        raise TypeError(
+            "the checkpoint must be a directory path (str or pathlib.Path), a hub id ('owner/name') or None for "
+            f"the embedded default, got {type(path_or_hub_id).__name__}"
+        )
+    name = os.fspath(path_or_hub_id)
+    if isinstance(name, bytes):
+        raise TypeError(f"the checkpoint path must be text, not bytes: {name!r}")
+    path = Path(os.path.expanduser(name))
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as err:  # a name too long for the file system, say
+        raise CheckpointError(f"{name[:80]!r}... is not a usable path ({err.strerror})") from None
+    if is_dir:
+        if revision is not None:
+            log.warning("revision=%r is ignored: %s is a local directory", revision, path)
+        return _inside_subfolder(path, subfolder, name)
+    if exists:
         raise CheckpointError(
-            f"{str(path_or_hub_id)!r} is a file; expected a checkpoint directory holding config.json and "
+            f"{name!r} is a file; expected a checkpoint directory holding config.json and "
             f"model.safetensors (perhaps its folder, {str(path.parent)!r})"
         )
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)) is not None
-    if not looks_like_hub_id or _looks_local(str(path_or_hub_id)):
-        raise CheckpointError(f"checkpoint directory {str(path_or_hub_id)!r} does not exist locally")
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+    if not looks_like_hub_id or _looks_local(name):
+        raise CheckpointError(f"checkpoint directory {name!r} does not exist locally")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(
-            f"{path_or_hub_id!r} is not a local directory, and huggingface_hub is not installed to fetch it "
+            f"{name!r} is not a local directory, and huggingface_hub is not installed to fetch it "
             "from the hub; pass the path of a directory with config.json and model.safetensors"
         ) from None
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    at = f" at revision {revision!r}" if revision is not None else ""
     try:
-        local = snapshot_download(
-            str(path_or_hub_id), revision=revision, allow_patterns=["config.json", "*.safetensors", SAFE_INDEX]
+        local = Path(
+            snapshot_download(
+                name, revision=revision, allow_patterns=[prefix + p for p in _HUB_SAFE_FILES], **hub_options
+            )
         )
+        if not any((local / prefix).glob("*.safetensors")):
+            # A repo saved with safe_serialization=False holds only .bin files (read with weights_only=True).
+            local = Path(
+                snapshot_download(
+                    name, revision=revision, allow_patterns=[prefix + p for p in _HUB_BIN_FILES], **hub_options
+                )
+            )
     except Exception as err:  # noqa: BLE001 - network and hub errors vary by version
         first_line = (str(err).strip().splitlines() or [""])[0]  # hub errors run over several lines
         raise CheckpointError(
-            f"{str(path_or_hub_id)!r} is not a local directory (nothing at {str(path.absolute())!r}), and fetching "
-            f"it as a hub id failed ({type(err).__name__}: {first_line}). If it is a local path, check its "
+            f"{name!r} is not a local directory (nothing at {str(path.absolute())!r}), and fetching "
+            f"it as a hub id{at} failed ({type(err).__name__}: {first_line}). If it is a local path, check its "
             "spelling; if it is on the hub and you are offline, download it elsewhere and pass the local directory"
         ) from None
-    return Path(local)
+    return _inside_subfolder(local, subfolder, f"{name}{at}")
+
+
+_HUB_SAFE_FILES = ["config.json", "*.safetensors", SAFE_INDEX]
+_HUB_BIN_FILES = ["config.json", "pytorch_model*.bin", BIN_INDEX]
+
+
+def _inside_subfolder(directory: Path, subfolder: str, name: str) -> Path:
+    if not subfolder:
+        return directory
+    inner = directory / subfolder
+    if not inner.is_dir():
+        raise CheckpointError(f"{name!r} has no subfolder {subfolder!r}")
+    return inner
 
 
 # Suffixes of files, never of a hub repository's name: "data/x.csv" is a mistyped path, not a hub id.
@@ -365,7 +415,9 @@ def load_pretrained(
     # a missing GPU came after every weight was read.
     dtype = resolve_dtype(dtype) if dtype is not None else None
     device = resolve_device(device) if device is not None else None
-    directory = resolve_directory(path_or_hub_id, revision)
+    hub_options = {k: model_kwargs.pop(k) for k in HUB_OPTIONS if k in model_kwargs}
+    _check_model_kwargs(model_cls, model_kwargs)  # before a download, not after reading every weight
+    directory = resolve_directory(path_or_hub_id, revision, **hub_options)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{config_path} is missing")
@@ -395,6 +447,23 @@ def load_pretrained(
     model.load_state_dict(state, assign=True)
     log.info("loaded %s (%s parameters, %s)", directory, f"{model.num_parameters():,}", target_dtype)
     return model.eval()
+
+
+# transformers' names for what this library's from_pretrained spells otherwise.
+_RENAMED = {"torch_dtype": "dtype=", "device_map": "device=", "trust_remote_code": "nothing: no code is ever run"}
+
+
+def _check_model_kwargs(model_cls, model_kwargs: dict) -> None:
+    try:
+        inspect.signature(model_cls).bind(None, **model_kwargs)
+    except TypeError:
+        accepted = [n for n in inspect.signature(model_cls).parameters if n != "config"]
+        unknown = sorted(set(model_kwargs) - set(accepted))
+        hints = "".join(f"; for {k} use {_RENAMED[k]}" for k in unknown if k in _RENAMED)
+        raise TypeError(
+            f"from_pretrained got unexpected argument(s) {unknown}{hints}; it takes dtype, device, revision, "
+            f"{', '.join(HUB_OPTIONS)} and the model's own {accepted}"
+        ) from None
 
 
 def to_official_name(key: str) -> str:

@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MODEL_TYPE = "time_moe"
 _ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_whole(value) -> bool:
+    return _is_number(value) and float(value).is_integer()
 
 
 @dataclass
@@ -57,7 +67,21 @@ class TimeMoEConfig:
             )
         if isinstance(self.horizon_lengths, int):
             self.horizon_lengths = [self.horizon_lengths]
+        if any(not _is_whole(h) for h in self.horizon_lengths):  # int() would read 8.9 as 8
+            raise ValueError(
+                f"TimeMoEConfig.horizon_lengths must be a list of positive integers, got {self.horizon_lengths!r}"
+            )
         self.horizon_lengths = [int(h) for h in self.horizon_lengths]
+        # Checked first: the string "false" is truthy, so use_dense="false" would build a dense model.
+        for name in ("use_dense", "tie_word_embeddings", "use_cache") + (
+            () if self.apply_aux_loss is None else ("apply_aux_loss",)
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"TimeMoEConfig.{name} must be true or false, got {value!r}")
+            setattr(self, name, bool(value))
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"TimeMoEConfig.extra must be a dict, got {type(self.extra).__name__}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.apply_aux_loss is None or self.use_dense:
@@ -104,14 +128,17 @@ class TimeMoEConfig:
             )
         if not self.use_dense and self.intermediate_size // self.num_experts_per_tok < 1:
             raise ValueError("TimeMoEConfig.intermediate_size must be at least num_experts_per_tok")
-        if self.hidden_act not in _ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"TimeMoEConfig.hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
         for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"TimeMoEConfig.{name} must be a positive number, got {value!r}")
-        if not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"TimeMoEConfig.attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if not _is_number(self.attention_dropout) or not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"TimeMoEConfig.attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
+        factor = self.router_aux_loss_factor
+        if not _is_number(factor) or not 0.0 <= factor < float("inf"):
+            raise ValueError(f"TimeMoEConfig.router_aux_loss_factor must be a non-negative number, got {factor!r}")
 
     # Derived sizes ---------------------------------------------------------------------------
     @property
@@ -132,7 +159,10 @@ class TimeMoEConfig:
             raise ValueError(f"config.json has model_type {model_type!r}, expected {MODEL_TYPE!r}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: values.pop(k) for k in list(values) if k in known}
-        extra = dict(values.pop("extra", {}) or {})
+        extra = values.pop("extra", None) or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"config key 'extra' must be a mapping, got {type(extra).__name__}")
+        extra = dict(extra)
         # Keys that describe the file rather than the model; written afresh on save.
         for key in ("model_type", "transformers_version", "torch_dtype", "architectures"):
             values.pop(key, None)

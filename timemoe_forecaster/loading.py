@@ -50,6 +50,11 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
+# The dtypes the model runs in. float8 types are floating point too, but torch has no CPU kernels for them
+# and the model's checks (isfinite, SiLU) fail deep inside torch at the first forecast.
+MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def resolve_dtype(dtype) -> torch.dtype:
     """None means float32 (exact and safe on every device); strings like 'bfloat16' are accepted."""
     if dtype is None:
@@ -58,8 +63,9 @@ def resolve_dtype(dtype) -> torch.dtype:
         resolved = dtype
     else:
         resolved = getattr(torch, str(dtype).replace("torch.", ""), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+    if resolved not in MODEL_DTYPES:
+        names = ", ".join(repr(str(d).replace("torch.", "")) for d in MODEL_DTYPES)
+        raise ValueError(f"dtype must be one of {names} (or the torch dtype), got {dtype!r}")
     return resolved
 
 
@@ -74,7 +80,8 @@ def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype, device: st
 
 
 def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> TimeMoEForPrediction:
-    """A new module with ``config`` whose parameters alias ``source``'s tensors (read-only use)."""
+    """A new module with ``config`` whose parameters alias ``source``'s tensors (read-only use). It records
+    the addresses it shares, so that training it in place is refused (:func:`shares_cached_weights`)."""
     with torch.device("meta"):
         model = TimeMoEForPrediction(config)
     try:
@@ -84,7 +91,16 @@ def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> Time
             f"config overrides change the shape of the checkpoint's weights ({str(err).splitlines()[-1].strip()}); "
             "only override settings such as max_position_embeddings, or pass a preset to build a fresh model"
         ) from None
+    model._cached_weight_addresses = frozenset(p.data_ptr() for p in model.parameters())
     return model.requires_grad_(False).eval()
+
+
+def shares_cached_weights(model: torch.nn.Module) -> bool:
+    """Whether ``model`` still uses the checkpoint cache's tensors, which every estimator that loaded the
+    same checkpoint (and every later load of it) reads: training them in place would change all of those.
+    A copy (``private_copy``, ``copy.deepcopy``, pickling) has tensors of its own."""
+    shared = getattr(model, "_cached_weight_addresses", None)
+    return bool(shared) and any(p.data_ptr() in shared for p in model.parameters())
 
 
 def split_config(config) -> tuple[str | None, dict[str, Any]]:
@@ -139,6 +155,8 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
         directory = resolve_directory(model_path)
     except CheckpointError as err:
         raise ValueError(f"model_path: {err}") from None
+    except TypeError as err:
+        raise TypeError(f"model_path: {err}") from None
     cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
     cfg = cached.config
     if overrides:
@@ -158,6 +176,7 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
 def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:
     """A deep copy with its own trainable weights (for fine-tuning and pretraining)."""
     clone = copy.deepcopy(model)
+    clone.__dict__.pop("_cached_weight_addresses", None)
     return clone.requires_grad_(True)
 
 

@@ -158,3 +158,30 @@ def test_a_frozen_model_is_a_clear_error():
     model = make_model().requires_grad_(False)
     with pytest.raises(ValueError, match="no parameter of the model requires grad"):
         train_on_series(model, [sine(100)], steps=1)  # was torch's "optimizer got an empty parameter list"
+
+
+def test_training_a_model_that_shares_the_checkpoint_cache_is_refused(tmp_path):
+    # An estimator's model_ aliases the cached checkpoint tensors. The old error advised requires_grad_(True),
+    # after which fine-tuning it changed the forecasts of every estimator (and every later load) of that checkpoint.
+    import copy
+
+    from timemoe_forecaster.loading import load_model, private_copy, shares_cached_weights
+    from timemoe_forecaster.train.config import TrainConfig
+    from timemoe_forecaster.train.parallel import DistContext
+    from timemoe_forecaster.train.trainer import Trainer
+
+    make_model().save_pretrained(tmp_path)
+    first, second = load_model(tmp_path, device="cpu"), load_model(tmp_path, device="cpu")
+    x = torch.randn(1, 32)
+    before = second.forecast(x, 4)
+    first.requires_grad_(True)
+    with pytest.raises(ValueError, match="checkpoint cache's.*private_copy"):
+        train_on_series(first, [sine(100)], steps=2, lr=0.1)
+    with pytest.raises(ValueError, match="checkpoint cache's"):
+        Trainer(TrainConfig(max_steps=1), DistContext(device=torch.device("cpu")), first, [None])
+    torch.testing.assert_close(second.forecast(x, 4), before, rtol=0, atol=0)
+    # Copies own their tensors and train.
+    for copied in (private_copy(first), copy.deepcopy(first).requires_grad_(True)):
+        assert not shares_cached_weights(copied)
+        train_on_series(copied, [sine(100)], steps=2, lr=0.1)
+    torch.testing.assert_close(load_model(tmp_path, device="cpu").forecast(x, 4), before, rtol=0, atol=0)

@@ -127,13 +127,19 @@ def train_on_series(
     elif steps is None:
         steps = DEFAULT_STEPS
     _check_count("steps", steps)
+    from ..loading import resolve_device, shares_cached_weights
+
+    if shares_cached_weights(model):
+        raise ValueError(
+            "this model's weights are the checkpoint cache's, which every estimator that loaded the same "
+            "checkpoint reads: training them in place would change all of their forecasts. Fine-tune a copy: "
+            "loading.private_copy(model)"
+        )
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
-            "no parameter of the model requires grad (an estimator's fitted model is shared and frozen): "
-            "fine-tune a copy (loading.private_copy) or call model.requires_grad_(True) first"
+            "no parameter of the model requires grad: call model.requires_grad_(True) first (or fine-tune "
+            "loading.private_copy(model), a trainable copy)"
         )
-    from ..loading import resolve_device
-
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     cfg = TrainConfig(
         config="(model)",

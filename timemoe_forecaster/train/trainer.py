@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..config import resolve_config
+from ..loading import shares_cached_weights
 from ..model.modeling import TimeMoEForPrediction, count_loss_points
 from . import state as ckpt
 from .config import WHOLE_MODEL_COMPILES, TrainConfig
@@ -101,6 +102,8 @@ class Trainer:
         if len(streams) != cfg.grad_accum:
             raise ValueError(f"expected {cfg.grad_accum} training streams (one per micro-batch), got {len(streams)}")
         require_univariate(model.config, "the model")
+        if shares_cached_weights(model):  # an estimator's model_: other estimators read the same tensors
+            raise ValueError("the model's weights are the checkpoint cache's; train loading.private_copy(model)")
         self.cfg, self.ctx, self.model, self.streams, self.eval_stream = cfg, ctx, model, streams, eval_stream
         on_gpu = ctx.device.type == "cuda"
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_gpu)
