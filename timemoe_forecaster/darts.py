@@ -74,7 +74,8 @@ class TimeMoEModel(GlobalForecastingModel):
             Seed of a fresh preset model and of fine-tuning.
         progress
             Progress bar while fine-tuning, and while a forecast (``predict``, ``historical_forecasts``) takes
-            more than one batch of ``batch_size`` series; darts' ``verbose=True`` shows the latter too.
+            more than one batch of ``batch_size`` series; darts' ``verbose=True`` (of ``fit``, ``predict``,
+            ``historical_forecasts``) shows them too.
         add_encoders
             Not supported (the model takes no covariates); must be None.
 
@@ -191,7 +192,7 @@ class TimeMoEModel(GlobalForecastingModel):
             from .loading import train_private_copy
 
             self._model, self.fine_tune_result = train_private_copy(
-                model, values, self.fine_tune, seed=self.seed, progress=self.progress
+                model, values, self.fine_tune, seed=self.seed, progress=self.progress or bool(verbose)
             )
         from darts.utils.ts_utils import seq2series
 

@@ -202,11 +202,13 @@ def forecast_contexts(
     out[constant] = np.array([contexts[i][-1] for i in np.flatnonzero(constant)])[:, None]
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:  # finite inputs, so the model overflowed: never hand NaN back as a forecast
-        hint = (
-            "with scaling='none' the values go to the model as they are; use scaling='standard'"
-            if scaling == "none"
-            else "the model's dtype may be too narrow (float16?); forecast in float32 or bfloat16"
-        )
+        dtype = next(model.parameters()).dtype
+        if scaling == "none":
+            hint = "with scaling='none' the values go to the model as they are; use scaling='standard'"
+        elif dtype == torch.float16:
+            hint = "float16 is too narrow for this model's activations; forecast in float32 or bfloat16"
+        else:
+            hint = f"the model ({dtype}) overflowed or holds non-finite weights (a fine-tune that diverged?)"
         raise ValueError(
             f"the model returned non-finite forecasts for {bad.size} of {n} series (the first: series {bad[0]}, "
             f"values up to {np.abs(contexts[bad[0]]).max():.3g}); {hint}"

@@ -365,3 +365,11 @@ def test_a_series_longer_than_the_model_takes_is_truncated_with_a_warning(airlin
         pred = m.predict(2)
     assert "takes at most 64" in caplog.text
     np.testing.assert_allclose(pred.values(), m.predict(2, series=airline[-64:]).values(), rtol=1e-6)
+
+
+def test_fit_verbose_shows_the_fine_tuning_bar_as_progress_does(checkpoint, airline, capsys):
+    settings = {"steps": 2, "batch_size": 2, "max_length": 16}
+    model(checkpoint, fine_tune=settings).fit(airline)
+    assert "train" not in capsys.readouterr().err
+    model(checkpoint, fine_tune=settings).fit(airline, verbose=True)  # was accepted and ignored
+    assert "train:" in capsys.readouterr().err

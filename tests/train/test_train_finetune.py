@@ -185,3 +185,12 @@ def test_training_a_model_that_shares_the_checkpoint_cache_is_refused(tmp_path):
         assert not shares_cached_weights(copied)
         train_on_series(copied, [sine(100)], steps=2, lr=0.1)
     torch.testing.assert_close(load_model(tmp_path, device="cpu").forecast(x, 4), before, rtol=0, atol=0)
+
+
+def test_a_fine_tune_that_diverges_is_an_error_not_a_model_that_forecasts_nan():
+    # lr=1e10: the first update is finite but leaves weights that overflow the next forward; every later step
+    # was skipped as non-finite and fit returned normally, so the first predict blamed the dtype (float16?).
+    with pytest.raises(ValueError, match=r"fine-tuning diverged: the loss is non-finite from step 2 of 3.*lr=1e\+10"):
+        train_on_series(make_model(), [sine(100)], steps=3, batch_size=4, max_length=32, lr=1e10)
+    result = train_on_series(make_model(), [sine(100)], steps=3, batch_size=4, max_length=32, lr=1e-3)
+    assert np.isfinite(result["losses"]).all()

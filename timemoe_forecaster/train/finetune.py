@@ -76,6 +76,20 @@ def _standardised(x: np.ndarray) -> np.ndarray:
     return ((x - mean) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
+def _check_converged(model: TimeMoEForPrediction, losses: list[float], lr: float) -> None:
+    """A step whose loss and gradients were finite can still write weights that overflow the next forward
+    (a learning rate far too large); the trainer then skips every later step as non-finite and ends normally.
+    Say so here rather than at the first forecast, as NaN forecasts."""
+    broken = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken or not math.isfinite(losses[-1]):
+        first = next((k + 1 for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
+        raise ValueError(
+            f"fine-tuning diverged: the loss is non-finite from step {first} of {len(losses)} "
+            f"(losses {', '.join(f'{v:.3g}' for v in losses[:3])}{', ...' if len(losses) > 3 else ''}); "
+            f"lower the learning rate (lr={lr:g})"
+        )
+
+
 def _check_count(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -190,5 +204,6 @@ def train_on_series(
             model.to(was_dtype)
         model.eval()
     losses = [r["loss"] for r in history]
+    _check_converged(model, losses, lr)
     log.info("fine-tuned %d steps: loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
     return {"steps": len(losses), "final_loss": losses[-1], "losses": losses}
