@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = TimeMoEForPrediction.from_pretrained(default_checkpoint()).eval()
+    model = TimeMoEForPrediction.from_pretrained(default_checkpoint(), dtype="auto").eval()  # as stored
     context = torch.randn(1, 512, generator=torch.Generator().manual_seed(0))
     setups = {
         "as shipped": contextlib.nullcontext,

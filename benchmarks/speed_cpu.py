@@ -49,7 +49,7 @@ def run_cpu(out: Path, threads: int = 2, command: str = "python benchmarks/speed
     model = load_model(None, device="cpu")
     load_ms = (time.perf_counter() - t0) * 1e3
     dtype = next(model.parameters()).dtype
-    model_bf16 = TimeMoEForPrediction.from_pretrained(None).eval()
+    model_bf16 = TimeMoEForPrediction.from_pretrained(None, dtype="auto").eval()  # as stored: bf16
     y = _series(CONTEXT)
     rows = [{"what": "load the embedded checkpoint (once)", "ms_median": load_ms, "ms_min": load_ms}]
 

@@ -23,9 +23,10 @@ def assert_same_weights(a, b):
 def test_save_load_round_trip_is_bit_exact(tmp_path, dtype):
     model = make_model().to(dtype)
     model.save_pretrained(tmp_path)
-    loaded = TimeMoEForPrediction.from_pretrained(tmp_path)
+    loaded = TimeMoEForPrediction.from_pretrained(tmp_path, dtype="auto")  # as stored
     assert_same_weights(model, loaded)
     assert loaded.config == model.config
+    assert next(TimeMoEForPrediction.from_pretrained(tmp_path).parameters()).dtype == torch.float32  # the default
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == str(dtype).split(".")[1]
 
 

@@ -408,12 +408,15 @@ def load_pretrained(
     revision: str | None = None,
     **model_kwargs,
 ) -> TimeMoEForPrediction:
-    """Build the model on the meta device and load the weights into it (no double allocation)."""
+    """Build the model on the meta device and load the weights into it (no double allocation).
+
+    ``dtype``: None for float32 (as transformers and the estimators load), "auto" for the dtype the weights
+    are stored in, or a float dtype (or its name)."""
     from .loading import resolve_device, resolve_dtype  # loading imports this module
 
     # Checked before any download or read: 'int8' failed deep in load_state_dict, and torch's own error for
     # a missing GPU came after every weight was read.
-    dtype = resolve_dtype(dtype) if dtype is not None else None
+    dtype = None if isinstance(dtype, str) and dtype == "auto" else resolve_dtype(dtype)
     device = resolve_device(device) if device is not None else None
     hub_options = {k: model_kwargs.pop(k) for k in HUB_OPTIONS if k in model_kwargs}
     _check_model_kwargs(model_cls, model_kwargs)  # before a download, not after reading every weight

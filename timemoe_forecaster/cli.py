@@ -22,11 +22,11 @@ AIRLINE_CSV = Path(__file__).parent / "assets" / "airline.csv"
 
 _HELP = {
     "config": "model preset (tiny, small, base, large, ultra) or a config.json path",
-    "init_from": "checkpoint directory to start from instead of a fresh model",
+    "init_from": "checkpoint directory to start from instead of a fresh model (default: none, a fresh model)",
     "data": "training data: 'synthetic' and/or paths (several, or comma-separated; options after '#')",
-    "data_weights": "mixture weight per data source (same order as --data)",
+    "data_weights": "mixture weight per data source (same order as --data) (default: each source's own or 1)",
     "eval_data": "held-out data for --eval-every (default: the training data with another seed)",
-    "output_dir": "where checkpoints, metrics.jsonl and the final model go",
+    "output_dir": "where checkpoints, metrics.jsonl and the final model go ('' = save nothing)",
     "batch_size": "rows per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
     "max_length": "tokens (points) per row",
@@ -40,7 +40,7 @@ _HELP = {
     "grad_clip": "clip the global gradient norm (0 = no clipping)",
     "dtype": "auto = bf16 autocast on GPU, fp32 on CPU",
     "optim_dtype": "fp32, or bf16: bf16 weights and AdamW states with stochastic rounding (half the memory)",
-    "fused": "fused AdamW kernel (auto = on GPU)",
+    "fused": "fused AdamW kernel: true, false or auto (on a GPU only) (default: auto)",
     "compile": "torch.compile: blocks (what --compile alone means), model (whole model and losses), "
     "model-cudagraphs (the same replayed as CUDA graphs: --no-pack or --attn-backend flex), "
     "model-step-graph (each whole step, AdamW included, one CUDA graph: one GPU, same shape rules), off",
@@ -87,6 +87,10 @@ def whole_number_at_least(minimum: int):
 _non_negative_int = whole_number_at_least(0)
 
 
+def _bool_or_auto(text: str) -> bool | None:
+    return None if text.lower() == "auto" else _bool(text)
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -118,9 +122,10 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         elif f.name == "data_prefetch":
             kwargs.update(choices=list(PREFETCH_MODES))
         elif f.name == "compile":
-            kwargs.update(nargs="?", const="blocks", choices=[*COMPILE_MODES, "off"])  # TrainConfig reads "off"
+            # TrainConfig reads "off" as False; the help shows it as one of the choices.
+            kwargs.update(nargs="?", const="blocks", choices=[*COMPILE_MODES, "off"], default=default or "off")
         elif f.name == "fused":
-            kwargs.update(type=_bool, metavar="true|false")
+            kwargs.update(type=_bool_or_auto, metavar="true|false|auto")
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction)
         elif isinstance(default, int):
@@ -129,7 +134,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             kwargs.update(type=float)
         if f.name in ("dtype", "optim_dtype", "save_dtype"):
             kwargs["choices"] = {"dtype": ["auto", "bf16", "fp32"]}.get(f.name, ["fp32", "bf16"])
-        kwargs["help"] = (kwargs["help"] + " " if kwargs["help"] else "") + "(default: %(default)s)"
+        if "(default:" not in kwargs["help"]:  # some helps say what a None default means
+            kwargs["help"] = (kwargs["help"] + " " if kwargs["help"] else "") + "(default: %(default)s)"
         parser.add_argument(flag, **kwargs)
 
 
@@ -152,12 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument(
         "--dataset",
         default="airline",
-        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV); gaps are interpolated",
+        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV); gaps are interpolated "
+        "(default: %(default)s)",
     )
     fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
-    fc.add_argument("--horizon", type=int, default=12)
-    fc.add_argument("--context-length", type=int, default=512, help="at most this many last points as context")
-    fc.add_argument("--show", type=_non_negative_int, default=6, help="last observations to print (0 = none)")
+    fc.add_argument("--horizon", type=int, default=12, help="points to forecast (default: %(default)s)")
+    fc.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="at most this many last points as context (default: all, up to the model's limit, as the estimators)",
+    )
+    fc.add_argument(
+        "--show", type=_non_negative_int, default=6, help="last observations to print, 0 = none (default: %(default)s)"
+    )
     return parser
 
 
@@ -250,7 +264,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     from .model import TimeMoEForPrediction
     from .preprocess import fill_missing, forecast_series
 
-    if args.horizon < 1 or args.context_length < 2:
+    if args.horizon < 1 or (args.context_length is not None and args.context_length < 2):
         raise ValueError("--horizon must be >= 1 and --context-length >= 2")
     directory = resolve_directory(args.model)
     status = (
@@ -265,7 +279,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     if infinite.size:
         where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
-    length = min(args.context_length, model.config.max_position_embeddings)
+    length = min(args.context_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
     # Gaps are interpolated over the whole series (as the estimators do), then the context is cut: the model takes
     # left padding only, not holes in a row, and a gap at the window's start is bridged from the points before it.
     filled = fill_missing(values, name=f"{args.dataset}")  # leading missing values dropped, not interpolated
@@ -349,11 +363,17 @@ def main(argv: list[str] | None = None) -> int:
                 "(pass a larger --max-steps with --resume to train on)"
             )
         elif not result["finished"]:  # stopped by --time-limit: a checkpoint, no final model yet
-            where = result["checkpoint"] or "no checkpoint (no --output-dir)"
-            print(
-                f"time limit reached: trained {result['steps']} of {cfg.max_steps} steps, last loss "
-                f"{result['final_loss']:.4f}; no final model yet, checkpoint {where} (train on with --resume)"
-            )
+            done = f"time limit reached: trained {result['steps']} of {cfg.max_steps} steps, last loss "
+            if result["checkpoint"]:
+                print(
+                    f"{done}{result['final_loss']:.4f}; no final model yet, checkpoint {result['checkpoint']} "
+                    "(train on with --resume)"
+                )
+            else:
+                print(
+                    f"{done}{result['final_loss']:.4f}; nothing was saved (no --output-dir), so the run cannot be "
+                    "resumed"
+                )
         else:
             print(
                 f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; "

@@ -207,6 +207,8 @@ class TimeMoEConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TimeMoEConfig:
+        """The config of a named size (``PRESETS``: "tiny" for tests, the paper's "base", "large" and "ultra",
+        …), with ``overrides`` of any field (``from_preset("base", max_position_embeddings=2048)``)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

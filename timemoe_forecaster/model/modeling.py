@@ -306,11 +306,24 @@ class TimeMoEForPrediction(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, dtype=None, device=None, **kwargs) -> TimeMoEForPrediction:
+        """Load a checkpoint in the official layout (``config.json`` + safetensors, or ``.bin`` read with
+        ``weights_only=True``); no code from it ever runs. Returns the model in eval mode.
+
+        ``path_or_hub_id``: a local directory, a hub id (``"owner/name"``, fetched through huggingface_hub)
+        or None for the embedded default checkpoint. ``dtype``: None for float32, ``"auto"`` for the dtype
+        the weights are stored in (the embedded default: bfloat16), or a float dtype or its name. ``device``:
+        None for the CPU, or a device such as ``"cuda"``. Other keywords: ``revision``, the hub options
+        (``subfolder``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``) and the model's
+        own ``attn_backend`` and ``moe_dispatch``.
+        """
         from ..checkpoint import load_pretrained
 
         return load_pretrained(path_or_hub_id, dtype=dtype, device=device, model_cls=cls, **kwargs)
 
     def save_pretrained(self, directory, max_shard_size: int | str | None = None, dtype=None) -> None:
+        """Write ``config.json`` and safetensors weights that the official loader reads too. ``max_shard_size``
+        (bytes, or a string such as ``"2GB"``) splits the weights into shards with an index; ``dtype`` casts
+        them (None keeps the model's). Only a previous save's own files in ``directory`` are replaced."""
         from ..checkpoint import save_pretrained
 
         save_pretrained(self, directory, max_shard_size=max_shard_size, dtype=dtype)

@@ -75,6 +75,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # numpy values (a grid search's np.arange) as plain ones, for JSON
             setattr(self, f.name, _plain(getattr(self, f.name)))
+        if isinstance(self.output_dir, str) and not self.output_dir.strip():
+            # "" is "no output folder", as None: Path("") is the working directory, where the run wrote its
+            # checkpoints and train_config.json while the summary said nothing was saved.
+            self.output_dir = None
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.eval_data, str):

@@ -1,0 +1,46 @@
+"""The ``timemoe`` command line's flags: what --help promises is what the parser takes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from timemoe_forecaster.cli import build_parser, main, train_config_from_args
+
+
+def test_fused_takes_the_auto_its_help_offers_and_compile_defaults_to_off():
+    # The help said "(auto = on GPU)" while the parser refused "auto"; --compile showed "(default: False)".
+    parser = build_parser()
+    for text, expected in (("auto", None), ("true", True), ("off", False)):
+        args = parser.parse_args(["pretrain", "--config", "tiny", "--fused", text])
+        assert train_config_from_args(args).fused is expected
+    args = parser.parse_args(["pretrain", "--config", "tiny"])
+    assert args.compile == "off" and train_config_from_args(args).compile is False
+    help_text = parser._subparsers._group_actions[0].choices["pretrain"].format_help()
+    assert "(default: None)" not in help_text and help_text.count("(default:") > 20
+
+
+def test_a_time_limited_run_without_output_dir_does_not_advise_resuming(tmp_path, monkeypatch, capsys):
+    # --output-dir '' wrote checkpoints and train_config.json into the working directory, then advised --resume.
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain", "--config", "tiny", "--data", "synthetic", "--max-steps", "1000", "--batch-size", "2"]
+    args += ["--max-length", "32", "--output-dir", "", "--time-limit", "1e-9", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing was saved (no --output-dir), so the run cannot be resumed" in out and "--resume" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_forecast_uses_all_history_by_default_as_the_estimators_do(tmp_path, capsys):
+    # The command cut the context to 512 points while TimeMoEForecaster() reads up to the model's limit, so the two
+    # gave different forecasts of the same file.
+    from timemoe_forecaster import TimeMoEForecaster
+
+    y = pd.Series(10 + np.sin(np.arange(700) / 9) + 0.001 * np.arange(700), name="load")
+    y.to_frame().to_csv(tmp_path / "s.csv", index=False)
+    assert main(["forecast", "--dataset", str(tmp_path / "s.csv"), "--horizon", "3", "--show", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "700 points, context 700, horizon 3" in out
+    printed = [float(line.split()[-1]) for line in out.splitlines() if line.split()[:1] == ["forecast"]]
+    expected = TimeMoEForecaster().fit(y).predict(fh=[1, 2, 3]).to_numpy()
+    np.testing.assert_allclose(printed, expected, atol=1e-4)
