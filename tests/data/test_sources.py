@@ -350,3 +350,18 @@ def test_float16_binary_dtype_refuses_series_whose_shape_it_would_flatten(tmp_pa
     # Whole numbers up to 2048 are exact in float16, and a constant series stays constant.
     plain = write_binary_dataset([np.arange(100.0), np.full(50, 1234.5)], tmp_path / "ok", dtype="float16")
     np.testing.assert_array_equal(open_source(plain)[0], np.arange(100.0))
+
+
+def test_decimal_commas_and_semicolon_files_are_an_error_not_wrong_numbers(tmp_path):
+    # "12,5" under a one-field header has one field too many: pandas took 12 as the row label and the series
+    # silently read [5, 7, 2], the digits after the comma.
+    (tmp_path / "e.csv").write_text("load\n12,5\n13,7\n11,2\n")
+    with pytest.raises(ValueError, match=r"e\.csv: data rows hold more fields than the header.*decimal commas"):
+        open_source(tmp_path / "e.csv")
+    # A ';'-separated file read with ',' is one column named "a;b" whose values "1;2" even read as dates.
+    (tmp_path / "semi.csv").write_text("a;b\n1;2\n3;4\n")
+    with pytest.raises(ValueError, match=r"semi\.csv looks ';'-separated"):
+        open_source(tmp_path / "semi.csv")
+    # R's write.table row names (a counter from 1) are no data: dropped, the values stay as written.
+    (tmp_path / "r.csv").write_text('"load","temp"\n"1",5,1.5\n"2",7,2.5\n"3",2,3.5\n')
+    _same(_all(open_source(tmp_path / "r.csv")), [np.array([5, 7, 2], "f4"), np.array([1.5, 2.5, 3.5], "f4")])

@@ -34,7 +34,43 @@ def read_frame(path: Path, fmt: str):
             df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path} is empty (no header, no rows)") from None
+        _check_separator(df, path)
+        df = _without_row_names(df, path)
     return df
+
+
+def _check_separator(df, path: Path) -> None:
+    if df.shape[1] == 1 and ";" in str(df.columns[0]):
+        raise ValueError(
+            f"{path} looks ';'-separated (its one column is named {str(df.columns[0])[:60]!r}); "
+            "save it comma-separated with '.' decimals"
+        )
+
+
+def _without_row_names(df, path: Path):
+    """The frame with the row index pandas inferred dropped, or an error when that index is data.
+
+    Data rows with one field more than the header make pandas take the first field as the row index. R's
+    ``write.table`` writes row names so (1, 2, 3, ...), which are no data. Anything else means the fields were
+    split where they should not be (``12,5`` read as 12 and 5: decimal commas, or a ';'-separated file whose
+    values hold commas) and the values are wrong: refusing beats training on the digits after the comma.
+    """
+    if _is_row_counter(df.index):
+        return df.reset_index(drop=True)
+    raise ValueError(
+        f"{path}: data rows hold more fields than the header (the first field, e.g. {df.index[0]}, would be "
+        "taken as row labels); is the file ';'-separated or written with decimal commas? Save it "
+        "comma-separated with '.' decimals, or give the first column a header name"
+    )
+
+
+def _is_row_counter(index) -> bool:
+    import pandas as pd
+
+    if index.nlevels != 1 or not pd.api.types.is_integer_dtype(index):
+        return False
+    values = index.to_numpy()
+    return any(np.array_equal(values, np.arange(start, start + len(values))) for start in (0, 1))
 
 
 def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.ndarray]]:
