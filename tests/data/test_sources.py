@@ -365,3 +365,19 @@ def test_decimal_commas_and_semicolon_files_are_an_error_not_wrong_numbers(tmp_p
     # R's write.table row names (a counter from 1) are no data: dropped, the values stay as written.
     (tmp_path / "r.csv").write_text('"load","temp"\n"1",5,1.5\n"2",7,2.5\n"3",2,3.5\n')
     _same(_all(open_source(tmp_path / "r.csv")), [np.array([5, 7, 2], "f4"), np.array([1.5, 2.5, 3.5], "f4")])
+
+
+def test_parquet_saved_with_a_named_index_reads_that_column_again(tmp_path):
+    # set_index("unique_id").to_parquet() hid the id column in the index: the long table read as a wide one,
+    # its ds and y columns as two series mixing every id.
+    pytest.importorskip("pyarrow")
+    long = pd.DataFrame({"unique_id": ["a"] * 3 + ["b"] * 3, "ds": [1, 2, 3] * 2, "y": np.arange(6.0)})
+    long.set_index("unique_id").to_parquet(tmp_path / "long.parquet")
+    _same(_all(open_source(tmp_path / "long.parquet")), [np.arange(3, dtype="f4"), np.arange(3, 6, dtype="f4")])
+    # A named DatetimeIndex is the time axis, not a series; a MultiIndex is still an sktime panel.
+    wide = pd.DataFrame({"load": np.arange(4.0)}, index=pd.date_range("2020", periods=4, name="date"))
+    wide.to_parquet(tmp_path / "wide.parquet")
+    _same(_all(open_source(tmp_path / "wide.parquet")), [np.arange(4, dtype="f4")])
+    panel = long.set_index(["unique_id", "ds"])
+    panel.to_parquet(tmp_path / "panel.parquet")
+    _same(_all(open_source(tmp_path / "panel.parquet")), [np.arange(3, dtype="f4"), np.arange(3, 6, dtype="f4")])

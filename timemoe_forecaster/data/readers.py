@@ -29,6 +29,7 @@ def read_frame(path: Path, fmt: str):
                 f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
                 "pip install pyarrow (or convert the file to CSV)"
             ) from None
+        df = _index_as_column(df)
     else:
         try:
             df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
@@ -36,6 +37,15 @@ def read_frame(path: Path, fmt: str):
             raise ValueError(f"{path} is empty (no header, no rows)") from None
         _check_separator(df, path)
         df = _without_row_names(df, path)
+    return df
+
+
+def _index_as_column(df):
+    """A parquet file keeps the index it was saved with. A named one (``df.set_index('unique_id').to_parquet()``)
+    is a column of the table put aside, and comes back as one so that ids and dates are found; an unnamed index
+    (row numbers) is no data, and a MultiIndex is an sktime panel, read as such."""
+    if df.index.nlevels == 1 and df.index.name is not None and df.index.name not in df.columns:
+        return df.reset_index()
     return df
 
 
