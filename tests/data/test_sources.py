@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -381,3 +383,38 @@ def test_parquet_saved_with_a_named_index_reads_that_column_again(tmp_path):
     panel = long.set_index(["unique_id", "ds"])
     panel.to_parquet(tmp_path / "panel.parquet")
     _same(_all(open_source(tmp_path / "panel.parquet")), [np.arange(3, dtype="f4"), np.arange(3, 6, dtype="f4")])
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "name, content, cause",
+    [
+        ("garbage.csv.gz", lambda: b"garbage", "BadGzipFile"),
+        ("cut.csv.gz", lambda: _cut(gzip.compress(b"a,b\n" + b"1,2\n" * 5000)), "EOFError"),
+        ("cut.jsonl.gz", lambda: _cut(gzip.compress(b'{"sequence": [1, 2, 3]}\n' * 5000)), "EOFError"),
+        ("latin1.csv", lambda: "date,café\n2020-01-01,1\n2020-01-02,2\n".encode("latin-1"), "UnicodeDecodeError"),
+        ("ragged.csv", lambda: b"a,b\n1,2\n3,4,5,6\n7,8\n", "ParserError"),
+    ],
+)
+def test_damaged_files_are_one_error_naming_the_file(tmp_path, name, content, cause):
+    # gzip.BadGzipFile and EOFError escaped as tracebacks from deep inside gzip; pandas' errors did not name the file.
+    path = tmp_path / name
+    path.write_bytes(content())
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: cannot be read as .*\({cause}: ") as info:
+        open_source(path)
+    assert "\n" not in str(info.value)
+
+
+def test_damaged_npz_and_parquet_are_one_error_naming_the_file(tmp_path):
+    # zipfile.BadZipFile escaped from np.load; pyarrow's error did not name the file.
+    np.savez(tmp_path / "full.npz", a=np.arange(1000.0))
+    (tmp_path / "cut.npz").write_bytes(_cut((tmp_path / "full.npz").read_bytes()))
+    with pytest.raises(ValueError, match=r"cut\.npz: cannot be read as numpy \.npz \(BadZipFile: "):
+        open_source(tmp_path / "cut.npz")
+    pytest.importorskip("pyarrow")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(ValueError, match=r"bad\.parquet: cannot be read as parquet \(Arrow"):
+        open_source(tmp_path / "bad.parquet")

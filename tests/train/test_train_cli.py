@@ -229,6 +229,19 @@ def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
     assert match in err and "Traceback" not in err
 
 
+def test_damaged_data_files_are_one_line_naming_them(tmp_path, capsys):
+    # A corrupt .csv.gz escaped as a gzip.BadGzipFile traceback from pretrain and forecast alike.
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"garbage")
+    pretrain = ["pretrain", *FAST, "--data", str(bad), "--max-steps", "1", "--output-dir", str(tmp_path / "run")]
+    for argv in (pretrain, ["forecast", "--dataset", str(bad)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, argv[0]
+        assert f"{bad}: cannot be read as CSV (BadGzipFile: " in err and "Traceback" not in err
+
+
 def test_forecast_show_zero_prints_no_observations_and_negative_is_refused(capsys):
     # --show 0 used to print the whole history (values[-0:]), and a negative count all but its first points.
     assert main(["forecast", "--horizon", "2", "--show", "0"]) == 0

@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .frames import frame_to_series
+
+# What a damaged, cut-short or mis-encoded file raises from inside gzip, zipfile, the codecs or pandas; each becomes
+# one line that names the file (the readers' callers, the CLI included, report ValueError as one line).
+_UNREADABLE = (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
+_FORMAT_NAMES = {".csv": "CSV", ".tsv": "TSV", ".parquet": "parquet", ".pq": "parquet", ".npy": "numpy .npy"}
+_FORMAT_NAMES.update({".npz": "numpy .npz", ".json": "JSON", ".jsonl": "JSON lines"})
+
+
+def _unreadable(path: Path, fmt: str, err: BaseException) -> ValueError:
+    """The one-line error for a file its reader failed on: the file, the format and the reader's own first line."""
+    lines = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return ValueError(f"{path}: cannot be read as {_FORMAT_NAMES.get(fmt, fmt)} ({detail})")
+
+
+def _parse_errors() -> tuple[type[BaseException], ...]:
+    import pandas as pd
+
+    errors: tuple[type[BaseException], ...] = (*_UNREADABLE, pd.errors.ParserError)
+    try:
+        import pyarrow
+    except ImportError:
+        return errors
+    return (*errors, pyarrow.ArrowException)
 
 
 def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
@@ -21,23 +48,28 @@ def read_frame(path: Path, fmt: str):
     """The DataFrame of a CSV, TSV or parquet file (``fmt``: its suffix, without a compression suffix)."""
     import pandas as pd
 
-    if fmt in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(path)
-        except ImportError:  # pandas' own message spans several lines and names two engines
-            raise ImportError(
-                f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
-                "pip install pyarrow (or convert the file to CSV)"
-            ) from None
-        df = _index_as_column(df)
-    else:
-        try:
-            df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"{path} is empty (no header, no rows)") from None
-        _check_separator(df, path)
-        df = _without_row_names(df, path)
-    return df
+    try:
+        if fmt in (".parquet", ".pq"):
+            return _index_as_column(_read_parquet(path))
+        text_frame = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty (no header, no rows)") from None
+    except _parse_errors() as err:
+        raise _unreadable(path, fmt, err) from None
+    _check_separator(text_frame, path)
+    return _without_row_names(text_frame, path)
+
+
+def _read_parquet(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except ImportError:  # pandas' own message spans several lines and names two engines
+        raise ImportError(
+            f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
+            "pip install pyarrow (or convert the file to CSV)"
+        ) from None
 
 
 def _index_as_column(df):
@@ -92,6 +124,8 @@ def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.nda
             return [("", np.load(path, mmap_mode="r", allow_pickle=False))]
         with np.load(path, allow_pickle=False) as npz:
             arrays = [(k, npz[k]) for k in npz.files]
+    except _UNREADABLE as err:  # before ValueError: UnicodeDecodeError is one
+        raise _unreadable(path, fmt, err) from None
     except ValueError as err:
         raise ValueError(f"{path}: not a readable numeric numpy file ({err})") from None
     if not arrays:
@@ -128,6 +162,16 @@ def _is_number_or_null(value: Any) -> bool:
 
 
 def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
+    try:
+        series = _read_json_series(path, fmt, compressed)
+    except _UNREADABLE as err:  # a damaged or cut-short .gz, text not in UTF-8
+        raise _unreadable(path, fmt, err) from None
+    if not series:
+        raise ValueError(f"{path} holds no series")
+    return series
+
+
+def _read_json_series(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
     series = []
     with _open_text(path, compressed) as fh:
         if fmt == ".json":
@@ -148,6 +192,4 @@ def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path} line {lineno} is not valid JSON ({err})") from None
                 series.append(_record_values(rec, f"{path} line {lineno}"))
-    if not series:
-        raise ValueError(f"{path} holds no series")
     return series
