@@ -221,11 +221,13 @@ def _time_column(frame, exclude: str):
     """The first text column whose every value reads as a date or time, parsed; None if there is none."""
     import pandas as pd
 
-    from .data.frames import parse_times
+    from .data.frames import looks_like_dates, parse_times
 
     for name in frame.columns:
         column = frame[name]
         if name == exclude or pd.api.types.is_numeric_dtype(column) or column.isna().any():
+            continue
+        if not looks_like_dates(column):  # parse_times alone would take '12,5' or 'T1' for dates
             continue
         parsed = parse_times(column)
         if parsed is not None and parsed.is_unique:

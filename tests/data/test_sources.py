@@ -418,3 +418,37 @@ def test_damaged_npz_and_parquet_are_one_error_naming_the_file(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1garbage")
     with pytest.raises(ValueError, match=r"bad\.parquet: cannot be read as parquet \(Arrow"):
         open_source(tmp_path / "bad.parquet")
+
+
+def test_decimal_comma_text_is_an_error_not_a_skipped_date_column(tmp_path):
+    # pandas' last-resort date reading takes "12,5" (and 'T1', '3rd') for a date: such a column was silently
+    # skipped as the time axis and its data lost.
+    (tmp_path / "q.csv").write_text('date,load,temp\n2020-01-01,"12,5",3\n2020-01-02,"13,7",4\n')
+    with pytest.raises(ValueError, match=r"q\.csv: column 'load' holds numbers written with decimal commas.*'12,5'"):
+        open_source(tmp_path / "q.csv")
+    (tmp_path / "t.tsv").write_text("date\tload\n2020-01-01\t1.234,5\n2020-01-02\t2.345,5\n")
+    with pytest.raises(ValueError, match="decimal commas"):
+        open_source(tmp_path / "t.tsv")
+    pd.DataFrame({"code": ["T1", "T2", "T3"], "v": [1.0, 2, 3]}).to_csv(tmp_path / "codes.csv", index=False)
+    with pytest.raises(ValueError, match=r"column 'code' is not numeric \(e\.g\. value 'T1'\)"):
+        open_source(tmp_path / "codes.csv")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        ["05.01.2020", "06.01.2020", "13.01.2020"],
+        ["1/5/2020", "1/6/2020", "1/7/2020"],
+        ["Jan 2020", "Feb 2020", "Mar 2020"],
+        ["2020-W03", "2020-W04", "2020-W05"],
+        ["2020Q1", "2020Q2", "2020Q3"],
+        ["12:30", "13:30", "14:30"],
+        ["2020-01-01", "2020-01-01 12:00", "2020-01-02"],
+        ["2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", "2020-01-01T02:00:00Z"],
+    ],
+)
+def test_text_dates_under_any_name_are_still_skipped(tmp_path, when):
+    # Only text that looks like dates is taken for dates now; these must still be. 05.01.2020 under a name that
+    # is not a time name used to be an error: it passed for a number and was never tried as a date.
+    pd.DataFrame({"when": when, "v": [1.0, 2, 3]}).to_csv(tmp_path / "d.csv", index=False)
+    _same(_all(open_source(tmp_path / "d.csv")), [np.array([1, 2, 3], dtype=np.float32)])

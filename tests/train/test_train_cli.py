@@ -96,6 +96,16 @@ def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_pat
     assert "2024-01-05" in caplog.text and "more than once" in caplog.text
 
 
+def test_forecast_does_not_take_codes_for_dates(tmp_path, capsys):
+    # pandas' last-resort date reading took T1, T2, ... for days of the year 1: the forecast was dated 0001-01-31.
+    csv = tmp_path / "codes.csv"
+    csv.write_text("code,load\n" + "".join(f"T{i},{i % 7}\n" for i in range(1, 31)))
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    forecast = [line.split() for line in out.splitlines() if line.strip().startswith("forecast")]
+    assert "0001-" not in out and [row[1] for row in forecast] == ["30", "31"]
+
+
 def _forecast_lines(out: str) -> list[float]:
     return [float(line.split()[-1]) for line in out.splitlines() if line.strip().startswith("forecast")]
 

@@ -87,15 +87,26 @@ def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
         converted = pd.to_numeric(col, errors="coerce")
         bad = converted.isna() & col.notna()
         if bad.any() or pd.api.types.is_bool_dtype(col):
-            example = col[bad].iloc[0] if bad.any() else col.iloc[0]
-            raise ValueError(
-                f"{where}: column {name!r} is not numeric (e.g. value {example!r}). Drop it with "
-                f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...]; "
-                "if each row is one series (M4 style) pass orient='rows' ('#orient=rows'); for long format "
-                "pass long=True, id_col=..., value_col=..."
-            )
+            raise _not_numeric(col[bad] if bad.any() else col, where, name)
         col = converted
     return col.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _not_numeric(bad: pd.Series, where: str, name: str) -> ValueError:
+    """The error for a column whose values ``bad`` are not numbers."""
+    text = bad.astype(str).str.strip()
+    commas = text.str.fullmatch(_DECIMAL_COMMA)
+    if commas.any():
+        return ValueError(
+            f"{where}: column {name!r} holds numbers written with decimal commas (e.g. {text[commas].iloc[0]!r}); "
+            "convert the file to '.' decimals (12.5, not 12,5)"
+        )
+    return ValueError(
+        f"{where}: column {name!r} is not numeric (e.g. value {bad.iloc[0]!r}). Drop it with "
+        f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...]; "
+        "if each row is one series (M4 style) pass orient='rows' ('#orient=rows'); for long format "
+        "pass long=True, id_col=..., value_col=..."
+    )
 
 
 def _is_date_or_index(col: pd.Series, name: Any, leading: bool = False) -> bool:
@@ -126,10 +137,32 @@ def _is_date_or_index(col: pd.Series, name: Any, leading: bool = False) -> bool:
         if lname in TIME_NAMES:
             return True
         sample = col.dropna().astype(str).head(20)
-        if sample.empty or sample.str.fullmatch(r"[-+]?[\d.eE]+").all():
-            return False
-        return parse_times(sample) is not None
+        return looks_like_dates(sample) and parse_times(sample) is not None
     return False
+
+
+# What text dates look like: two digit groups joined by - / . or a space (2020-01-05, 05.01.2020, 1/5/20), an ISO
+# week (2020-W03), a quarter (2020Q1), a time of day (12:30), a compact ISO time (20200105T1200) or a month name.
+_DATE_LIKE = (
+    r"\d+[-/. ]\d+|\d{4}-?W\d{2}|\d{4}-?Q[1-4]|\d{1,2}:\d{2}|\d{8}T\d{2}"
+    r"|(?<![a-z])(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+)
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# 12,5 and 1.234,5: numbers as written where the comma is the decimal mark.
+_DECIMAL_COMMA = r"[-+]?\d+(?:\.\d{3})*,\d+"
+
+
+def looks_like_dates(text: pd.Series) -> bool:
+    """Whether every value of ``text`` looks like a date or a time, and none like a number (1.5, or 12,5 with a
+    decimal comma).
+
+    Asked before :func:`parse_times`, whose last resort reads almost any text as a date ('12,5', 'T1', '3rd',
+    '1;2'): a column of such values would be skipped as the time axis and its data silently lost.
+    """
+    text = text.astype(str).str.strip()
+    if text.empty or text.str.fullmatch(f"{_NUMBER}|{_DECIMAL_COMMA}").any():
+        return False
+    return bool(text.str.contains(_DATE_LIKE, case=False, regex=True).all())
 
 
 def parse_times(col: pd.Series) -> pd.Series | None:
