@@ -452,3 +452,21 @@ def test_text_dates_under_any_name_are_still_skipped(tmp_path, when):
     # is not a time name used to be an error: it passed for a number and was never tried as a date.
     pd.DataFrame({"when": when, "v": [1.0, 2, 3]}).to_csv(tmp_path / "d.csv", index=False)
     _same(_all(open_source(tmp_path / "d.csv")), [np.array([1, 2, 3], dtype=np.float32)])
+
+
+def test_wide_tables_are_put_in_time_order(tmp_path, caplog):
+    # Rows were kept in file order: loads of January 3, 1 and 2 were trained on as [5, 3, 4].
+    (tmp_path / "u.csv").write_text("date,load\n2020-01-03,5\n2020-01-01,3\n2020-01-02,4\n")
+    with caplog.at_level("INFO"):
+        _same(_all(open_source(tmp_path / "u.csv")), [np.array([3, 4, 5], dtype=np.float32)])
+    assert "sorted by column 'date'" in caplog.text
+    _same(_all(open_source(f"{tmp_path / 'u.csv'}#columns=load")), [np.array([3, 4, 5], dtype=np.float32)])
+    # yyyymmdd integers under a time name are the time axis in any order; unsorted, they were a training series.
+    (tmp_path / "ymd.csv").write_text("date,load\n20200103,5\n20200101,3\n20200102,4\n")
+    _same(_all(open_source(tmp_path / "ymd.csv")), [np.array([3, 4, 5], dtype=np.float32)])
+    # Rows sharing a time keep their file order, with a warning.
+    (tmp_path / "dup.csv").write_text("date,load\n2020-01-02,5\n2020-01-01,3\n2020-01-02,4\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _same(_all(open_source(tmp_path / "dup.csv")), [np.array([3, 5, 4], dtype=np.float32)])
+    assert "1 repeated times" in caplog.text

@@ -52,15 +52,14 @@ def frame_to_series(
         return _long(df, where, id_col, value_col, time_col)
     if columns:
         _require(df, columns, where, "columns")
-        df = df[list(columns)]
+    chosen = df[list(columns)] if columns else df
     if orient == "rows":
-        return _rows(df, where)
+        return _rows(chosen, where)
     if orient != "columns":
         raise ValueError(f"orient must be 'columns' (one column per series) or 'rows', got {orient!r}")
     if isinstance(df.index, pd.MultiIndex):
-        return _panel(df, where)
-    # Columns the user names are series, whatever their name or values suggest.
-    return _wide(df, where, skip_dates=not columns)
+        return _panel(chosen, where)
+    return _wide(df, where, columns)  # the whole table: a time column not chosen still orders the rows
 
 
 def _lower(name: Any) -> str:
@@ -112,33 +111,53 @@ def _not_numeric(bad: pd.Series, where: str, name: str) -> ValueError:
 def _is_date_or_index(col: pd.Series, name: Any, leading: bool = False) -> bool:
     """Whether a column is the time axis or row labels rather than a series. ``leading``: the column comes
     before any named one (where pandas' ``to_csv`` writes the index)."""
+    return _column_role(col, name, leading) is not None
+
+
+def _column_role(col: pd.Series, name: Any, leading: bool = False) -> str | None:
+    """'time' for the time axis, 'labels' for row labels and date parts, None for a series."""
     lname = _lower(name)
     if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
-        return True
+        return "time"
     if isinstance(col.dtype, pd.PeriodDtype):
-        return True
+        return "time"
     if lname in TIME_NAMES and pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        # yyyymmdd numbers and epoch seconds under a time name are the time axis, not a series, when they
-        # increase; other numbers under such a name are data.
+        # yyyymmdd numbers (in any order) and increasing epoch seconds under a time name are the time axis, not a
+        # series; other numbers under such a name are data.
         values = col.to_numpy(dtype=np.float64)
         if values.size > 1 and bool(np.isfinite(values).all() and (np.diff(values) > 0).all()):
-            return True
+            return "time"
+        if _yyyymmdd(col) is not None:
+            return "time"
     if pd.api.types.is_integer_dtype(col):
-        values = col.to_numpy()
-        if lname in DATE_PART_NAMES:
-            return True
-        counter = values.size > 1 and bool((np.diff(values) == 1).all())
-        if lname.startswith("unnamed") and leading:
-            # A leading header left empty: pandas' to_csv writes the index so, and after rows were filtered or
-            # shuffled it is no longer a counter, yet still row labels (distinct integers), never a series.
-            return values.size > 1 and np.unique(values).size == values.size
-        return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
+        return "labels" if _is_row_labels(col.to_numpy(), lname, leading) else None
     if not pd.api.types.is_numeric_dtype(col):
         if lname in TIME_NAMES:
-            return True
+            return "time"
         sample = col.dropna().astype(str).head(20)
-        return looks_like_dates(sample) and parse_times(sample) is not None
-    return False
+        return "time" if looks_like_dates(sample) and parse_times(sample) is not None else None
+    return None
+
+
+def _is_row_labels(values: np.ndarray, lname: str, leading: bool) -> bool:
+    if lname in DATE_PART_NAMES:
+        return True
+    if lname.startswith("unnamed") and leading:
+        # A leading header left empty: pandas' to_csv writes the index so, and after rows were filtered or
+        # shuffled it is no longer a counter, yet still row labels (distinct integers), never a series.
+        return values.size > 1 and np.unique(values).size == values.size
+    counter = values.size > 1 and bool((np.diff(values) == 1).all())
+    return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
+
+
+def _yyyymmdd(col: pd.Series) -> pd.Series | None:
+    """Integers that are all dates written as yyyymmdd (20200131), as dates; None otherwise."""
+    if not pd.api.types.is_integer_dtype(col) or col.empty:
+        return None
+    if not bool(col.between(10000101, 99991231).all()):  # eight digits, the first a year
+        return None
+    dates = pd.to_datetime(col.astype(str), format="%Y%m%d", errors="coerce")
+    return dates if bool(dates.notna().all()) else None
 
 
 # What text dates look like: two digit groups joined by - / . or a space (2020-01-05, 05.01.2020, 1/5/20), an ISO
@@ -237,20 +256,72 @@ def _irregularity(times: pd.Series) -> int:
     return int(np.unique(np.diff(values)).size)
 
 
-def _wide(df: pd.DataFrame, where: str, skip_dates: bool = True) -> tuple[list[np.ndarray], list[str]]:
-    series, names = [], []
-    for position, name in enumerate(df.columns):
-        col = df[name]
-        if isinstance(col, pd.DataFrame):
-            raise ValueError(f"{where}: column name {name!r} appears more than once; rename the duplicates")
-        leading = all(_lower(c).startswith("unnamed") for c in df.columns[: position + 1])
-        if skip_dates and _is_date_or_index(col, name, leading):
-            continue
-        series.append(_numeric(col, where, str(name)))
-        names.append(str(name))
-    if not series:
+def _wide(df: pd.DataFrame, where: str, columns: list[str] | None = None) -> tuple[list[np.ndarray], list[str]]:
+    duplicated = df.columns[df.columns.duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{where}: column name {duplicated[0]!r} appears more than once; rename the duplicates")
+    if columns:  # columns the user names are series, whatever their name or values suggest
+        names = list(columns)
+        times = [c for c in df.columns if c not in names and _column_role(df[c], c) == "time"]
+    else:
+        names, times = _series_and_time_columns(df)
+    if not names:
         raise ValueError(f"{where}: no numeric series columns (columns: {list(df.columns)[:20]})")
-    return series, names
+    series = [_numeric(df[name], where, str(name)) for name in names]
+    order = _time_order(df[times[0]], where, times[0]) if len(times) == 1 else None
+    if order is not None:
+        series = [s[order] for s in series]
+    return series, [str(name) for name in names]
+
+
+def _series_and_time_columns(df: pd.DataFrame) -> tuple[list[Any], list[Any]]:
+    """The columns of a wide table that are series, and those that are its time axis."""
+    names, times = [], []
+    for position, name in enumerate(df.columns):
+        leading = all(_lower(c).startswith("unnamed") for c in df.columns[: position + 1])
+        role = _column_role(df[name], name, leading)
+        if role is None:
+            names.append(name)
+        elif role == "time":
+            times.append(name)
+    return names, times
+
+
+def _time_order(col: pd.Series, where: str, name: Any) -> np.ndarray | None:
+    """The row order that puts a wide table in time order; None when it is in order already or its time column
+    does not read as times (the rows then keep file order). Rows with the same time keep their file order."""
+    times = _times_of(col)
+    if times is None:
+        log.warning("%s: time column %r does not read as times; rows are kept in file order", where, name)
+        return None
+    times = times.reset_index(drop=True)
+    repeated = times[times.duplicated()]
+    if len(repeated):
+        log.warning(
+            "%s: time column %r holds %d repeated times (e.g. %s); rows with the same time keep their file order",
+            where,
+            name,
+            len(repeated),
+            repeated.iloc[0],
+        )
+    if times.is_monotonic_increasing:
+        return None
+    log.info("%s: rows are not in time order; sorted by column %r", where, name)
+    return times.argsort(kind="stable").to_numpy()
+
+
+def _times_of(col: pd.Series) -> pd.Series | None:
+    """A time column's values in an order-comparable form, or None if some are missing or do not read."""
+    if pd.api.types.is_numeric_dtype(col):
+        dates = _yyyymmdd(col)
+        times = dates if dates is not None else col
+    elif pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        times = col
+    elif isinstance(col.dtype, pd.PeriodDtype):
+        times = col
+    else:
+        times = parse_times(col)
+    return None if times is None or bool(times.isna().any()) else times
 
 
 def _rows(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
