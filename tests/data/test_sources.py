@@ -470,3 +470,33 @@ def test_wide_tables_are_put_in_time_order(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         _same(_all(open_source(tmp_path / "dup.csv")), [np.array([3, 5, 4], dtype=np.float32)])
     assert "1 repeated times" in caplog.text
+
+
+def test_binary_dataset_stores_values_at_the_precision_asked(tmp_path):
+    # Every value went through float32 first: int32 16777217 was stored as 16777216, float64 1e39 as inf.
+    ints = np.array([16777217, -5], dtype=np.int32)
+    folder = write_binary_dataset([ints], tmp_path / "i", dtype="int32")
+    np.testing.assert_array_equal(np.fromfile(folder / "data-1-of-1.bin", dtype=np.int32), ints)
+    precise = np.array([0.1, 1e39, 1 + 2**-40])
+    folder = write_binary_dataset([precise], tmp_path / "f", dtype="float64")
+    np.testing.assert_array_equal(np.fromfile(folder / "data-1-of-1.bin", dtype=np.float64), precise)
+    with pytest.raises(ValueError, match="beyond float32's largest"):
+        write_binary_dataset([precise], tmp_path / "f32", dtype="float32")
+
+
+def test_binary_dataset_takes_what_open_source_takes_in_memory(series, tmp_path):
+    # A 1-D array was iterated point by point: "series 0 must be 1-D, got shape ()".
+    frame = pd.DataFrame({f"s{k}": s for k, s in enumerate(series)})
+    inputs = {
+        "one": (series[0], series[:1]),
+        "rows": (np.stack(series), series),
+        "frame": (frame, series),
+        "column": (frame["s1"], series[1:2]),
+        "numbers": (series[2].tolist(), series[2:]),
+    }
+    for name, (data, want) in inputs.items():
+        _same(_all(open_source(write_binary_dataset(data, tmp_path / name))), want)
+    with pytest.raises(ValueError, match=r"1-D \(one series\) or 2-D \(rows are series\), got shape \(2, 2, 2\)"):
+        write_binary_dataset(np.zeros((2, 2, 2)), tmp_path / "cube")
+    with pytest.raises(TypeError, match="got float"):
+        write_binary_dataset(3.5, tmp_path / "scalar")

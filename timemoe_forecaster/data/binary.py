@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .sources import META_FILE, SeriesSource, as_float32_series
+from .frames import frame_to_series
+from .sources import META_FILE, SeriesSource, as_float_series
 
 
 class BinarySource(SeriesSource):
@@ -190,14 +191,43 @@ def _check_precision_kept(x: np.ndarray, stored: np.ndarray, name: str) -> None:
         )
 
 
+def _as_series_list(series: Any) -> Any:
+    """The series of what open_source accepts in memory: a 1-D array is one series, a 2-D array's rows are series,
+    a pandas Series or DataFrame reads as open_source reads it (wide, long or panel), a flat list of numbers is one
+    series; anything else is iterated as series."""
+    import pandas as pd
+
+    if isinstance(series, np.ndarray) and series.dtype != object:
+        if series.ndim == 1:
+            return [series]
+        if series.ndim == 2:
+            return list(series)
+        raise ValueError(
+            f"write_binary_dataset: arrays must be 1-D (one series) or 2-D (rows are series), got shape {series.shape}"
+        )
+    if isinstance(series, (pd.Series, pd.DataFrame)):
+        return frame_to_series(series, "write_binary_dataset", dtype=np.float64)[0]
+    if isinstance(series, (list, tuple)) and series and all(np.isscalar(v) for v in series):
+        return [series]
+    if not isinstance(series, Iterable):
+        raise TypeError(
+            f"write_binary_dataset: expected a list of 1-D arrays, an array, a pandas Series or DataFrame or a "
+            f"SeriesSource, got {type(series).__name__}"
+        )
+    return series
+
+
 def write_binary_dataset(
-    series: Sequence[Any] | SeriesSource,
+    series: Any,
     folder: str | Path,
     dtype: str = "float32",
     num_files: int = 1,
     standardise: bool = False,
 ) -> Path:
     """Write series in the Time-300B binary layout (``meta.json`` + ``data-{i}-of-{n}.bin``).
+
+    ``series``: a list of 1-D arrays, a SeriesSource, or what :func:`open_source` takes in memory (a 1-D array is one
+    series, a 2-D array's rows are series, a pandas Series or DataFrame).
 
     With ``standardise=True`` each series is stored standardised and its mean/std go to ``scales``
     (readers return the original values). Returns the folder.
@@ -207,8 +237,10 @@ def write_binary_dataset(
     if num_files < 1:
         raise ValueError(f"num_files must be >= 1, got {num_files}")
     arrays, scales, offset = [], [], 0
-    for k, s in enumerate(series):
-        x = as_float32_series(s, f"series {k}").astype(np.float64)
+    for k, s in enumerate(_as_series_list(series)):
+        # Straight to float64, never through float32: int32 16777217 or float64 1e39 must reach the dtype checks
+        # as they are (float32 made them 16777216 and inf).
+        x = as_float_series(s, f"series {k}", dtype=np.float64)
         entry: dict[str, Any] = {"offset": offset, "length": int(x.shape[0])}
         if standardise:
             finite = x[np.isfinite(x)]

@@ -34,8 +34,25 @@ def frame_to_series(
     orient: str = "columns",
     columns: list[str] | None = None,
     exclude: list[str] | None = None,
+    dtype: Any = np.float32,
 ) -> tuple[list[np.ndarray], list[str]]:
-    """Series (float32, NaN kept) and their names from a pandas object; ``where`` names it in errors."""
+    """Series (``dtype``, NaN kept) and their names from a pandas object; ``where`` names it in errors."""
+    series, names = _float64_series(obj, where, long, id_col, value_col, time_col, orient, columns, exclude)
+    # Read at full precision and cast once: write_binary_dataset stores int32 or float64 without a float32 detour.
+    return [s.astype(dtype, copy=False) for s in series], names
+
+
+def _float64_series(
+    obj: pd.Series | pd.DataFrame,
+    where: str,
+    long: bool | None,
+    id_col: str | None,
+    value_col: str | None,
+    time_col: str | None,
+    orient: str,
+    columns: list[str] | None,
+    exclude: list[str] | None,
+) -> tuple[list[np.ndarray], list[str]]:
     if isinstance(obj, pd.Series):
         return [_numeric(obj, where, str(obj.name))], [str(obj.name)]
     if not isinstance(obj, pd.DataFrame):
@@ -88,7 +105,7 @@ def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
         if bad.any() or pd.api.types.is_bool_dtype(col):
             raise _not_numeric(col[bad] if bad.any() else col, where, name)
         col = converted
-    return col.to_numpy(dtype=np.float32, na_value=np.nan)
+    return col.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _not_numeric(bad: pd.Series, where: str, name: str) -> ValueError:
@@ -389,7 +406,7 @@ def _long(
             frame = frame.sort_values(["t"], kind="stable")
     series, names = [], []
     for key, group in frame.groupby("id", sort=False):
-        series.append(group["v"].to_numpy(dtype=np.float32))
+        series.append(group["v"].to_numpy(dtype=np.float64))
         names.append(str(key))
     if time_col is not None:
         # Keep series in order of first appearance in the file, not in order of first timestamp.

@@ -72,9 +72,10 @@ class SeriesSource:
         return f"{type(self).__name__}(name={self.name!r}, num_series={len(self)})"
 
 
-def as_float32_series(x: Any, what: str) -> np.ndarray:
+def as_float_series(x: Any, what: str, dtype: Any = np.float32) -> np.ndarray:
+    """``x`` as a 1-D array of ``dtype``, or a clear error saying what it is instead."""
     try:
-        arr = np.asarray(x, dtype=np.float32)
+        arr = np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{what} is not numeric ({err}); convert it to floats first") from None
     if arr.ndim != 1:
@@ -87,7 +88,7 @@ class ArraySource(SeriesSource):
 
     def __init__(self, series: Sequence[Any], name: str = "arrays") -> None:
         self.name = name
-        self._series = [as_float32_series(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
+        self._series = [as_float_series(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
         if not self._series:
             raise ValueError(f"source {name!r} holds no series")
 
