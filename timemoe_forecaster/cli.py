@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument(
         "--dataset",
         default="airline",
-        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV); gaps are interpolated",
+        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV; a long table of unique_id, "
+        "ds, y must hold one id); gaps are interpolated",
     )
     fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
     fc.add_argument("--horizon", type=int, default=12)
@@ -199,7 +200,13 @@ def load_series(dataset: str, column: str | None = None):
     if not path.is_file():
         raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV, TSV or parquet file")
     fmt = _suffixes(path)[0]
+    if fmt in _NOT_TABLES:
+        raise ValueError(
+            f"--dataset {dataset}: timemoe forecast reads CSV, TSV or parquet tables, not {fmt} files; convert it "
+            "to a CSV with one column per series, or forecast it from Python (TimeMoEForecaster)"
+        )
     frame = read_frame(path, fmt if fmt in TABULAR_SUFFIXES else ".csv")  # other names (.txt, none): CSV text
+    frame, column = _one_series_of_long_table(frame, path, column)
     if column is None:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         if not numeric:
@@ -215,6 +222,30 @@ def load_series(dataset: str, column: str | None = None):
         order = np.argsort(times.to_numpy(), kind="stable")
         values = pd.Series(values.to_numpy()[order], index=pd.DatetimeIndex(times.to_numpy()[order]))
     return values.rename(column)
+
+
+# Formats open_source reads that are no table; read as CSV text they gave confusing errors.
+_NOT_TABLES = (".npy", ".npz", ".json", ".jsonl", ".bin")
+
+
+def _one_series_of_long_table(frame, path: Path, column: str | None):
+    """A long table (id, time and value columns, as frames detects it) holding one id, as a table of that series
+    with its value column as the default ``column``. Several ids are an error: read as one table, their rows would be
+    forecast as a single series that jumps from one id to the next."""
+    from .data.frames import ID_NAMES, VALUE_NAMES, _find, _looks_long
+
+    if not _looks_long(frame):
+        return frame, column
+    id_col = _find(frame, ID_NAMES)
+    ids = frame[id_col].unique()
+    if len(ids) > 1:
+        raise ValueError(
+            f"{path} is a long table of {len(ids)} series (column {id_col!r}: {', '.join(map(str, ids[:3]))}"
+            f"{', ...' if len(ids) > 3 else ''}); "
+            f"timemoe forecast forecasts one series: keep the rows of one {id_col} (filter the file), or forecast "
+            "them all from Python (TimeMoEForecaster)"
+        )
+    return frame.drop(columns=[id_col]), column or _find(frame, VALUE_NAMES)
 
 
 def _time_column(frame, exclude: str):

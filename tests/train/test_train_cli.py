@@ -106,6 +106,37 @@ def test_forecast_does_not_take_codes_for_dates(tmp_path, capsys):
     assert "0001-" not in out and [row[1] for row in forecast] == ["30", "31"]
 
 
+def test_forecast_of_a_long_table_needs_a_single_id(tmp_path, capsys):
+    # The rows of every id were forecast together as one series that jumps between them, and it exited 0.
+    rows_of = {u: [f"{u},2024-01-{d:02d},{(d + k) % 7}" for d in range(1, 21)] for k, u in enumerate("ab")}
+    both = tmp_path / "long.csv"
+    both.write_text("unique_id,ds,y\n" + "\n".join(rows_of["a"] + rows_of["b"]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--dataset", str(both)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "long table of 2 series (column 'unique_id': a, b)" in err
+    assert "filter the file" in err and "TimeMoEForecaster" in err
+    one = tmp_path / "one.csv"
+    one.write_text("unique_id,ds,y\n" + "\n".join(rows_of["b"]) + "\n")
+    assert main(["forecast", "--dataset", str(one), "--horizon", "1", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "/ y, 20 points" in out and "2024-01-20" in out and "2024-01-21" in out
+
+
+@pytest.mark.parametrize("name", ["s.jsonl", "a.npy"])
+def test_forecast_names_the_formats_it_reads(tmp_path, capsys, name):
+    # Any name was read as CSV text: a .npy failed with a UnicodeDecodeError, a .jsonl with a confusing message.
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, np.arange(50.0))
+    else:
+        path.write_text("[1, 2, 3]\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(path)])
+    suffix = name.partition(".")[2]
+    assert f"reads CSV, TSV or parquet tables, not .{suffix} files" in capsys.readouterr().err
+
+
 def _forecast_lines(out: str) -> list[float]:
     return [float(line.split()[-1]) for line in out.splitlines() if line.strip().startswith("forecast")]
 
