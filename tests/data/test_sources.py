@@ -500,3 +500,27 @@ def test_binary_dataset_takes_what_open_source_takes_in_memory(series, tmp_path)
         write_binary_dataset(np.zeros((2, 2, 2)), tmp_path / "cube")
     with pytest.raises(TypeError, match="got float"):
         write_binary_dataset(3.5, tmp_path / "scalar")
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("{csv}#foo=bar", r"unknown option 'foo' in .*; options for tables \(csv, tsv, parquet\): long, id_col"),
+        ("synthetic#foo=1", r"unknown option 'foo' in 'synthetic#foo=1'; options for synthetic data: seed, num_series"),
+        ("{npy}#columns=a", r"unknown option 'columns' in .*; options for \.npy files: name, weight$"),
+        ("{csv}#weight=abc", r"option weight in .*#weight=abc' takes a number, got 'abc'"),
+        ("synthetic#min_length=x", r"option min_length in 'synthetic#min_length=x' takes a whole number, got 'x'"),
+        ("synthetic#seed=1.5", r"option seed in 'synthetic#seed=1\.5' takes a whole number"),
+        ("synthetic:x", r"'synthetic:x': the seed after 'synthetic:' must be a whole number"),
+        ("{csv}#long=ture", r"option long in .*#long=ture' takes true or false \(also 1/0, yes/no\), got 'ture'"),
+    ],
+)
+def test_bad_spec_options_name_the_option_and_what_it_takes(tmp_path, spec, match):
+    # An unknown key reached frame_to_series() or SyntheticSource() as an unexpected keyword argument, numbers
+    # failed in a bare float()/int(), and long=ture silently meant long=False.
+    pd.DataFrame({"v": np.arange(5.0)}).to_csv(tmp_path / "t.csv", index=False)
+    np.save(tmp_path / "a.npy", np.arange(5.0))
+    with pytest.raises(ValueError, match=match):
+        open_source(spec.format(csv=tmp_path / "t.csv", npy=tmp_path / "a.npy"))
+    valid = open_source(f"{tmp_path / 't.csv'}#long=No&weight=2")  # booleans in any case
+    assert len(valid) == 1 and valid.weight == 2.0

@@ -260,6 +260,7 @@ def test_flags_map_one_to_one_onto_train_config():
         (["finetune", "--model", "./runs/typo", "--max-steps", "1"], "does not exist locally"),
         (["pretrain", "--device", "tpu", "--max-steps", "1"], "device must be cpu, cuda, cuda:N or mps"),
         (["pretrain", "--data-weights", "inf", "--max-steps", "1"], "finite positive"),
+        (["pretrain", "--data", "synthetic#foo=1", "--max-steps", "1"], "unknown option 'foo' in 'synthetic#foo=1'"),
     ],
 )
 def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
