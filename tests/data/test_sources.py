@@ -524,3 +524,30 @@ def test_bad_spec_options_name_the_option_and_what_it_takes(tmp_path, spec, matc
         open_source(spec.format(csv=tmp_path / "t.csv", npy=tmp_path / "a.npy"))
     valid = open_source(f"{tmp_path / 't.csv'}#long=No&weight=2")  # booleans in any case
     assert len(valid) == 1 and valid.weight == 2.0
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"num_sequences": "two"}, r"num_sequences holds 'two', not a whole number"),
+        ({"files": {"data-1-of-1.bin": "x"}}, r"'files' holds 'x', not a whole number"),
+        ({"files": {"data-1-of-1.bin": -1}}, r"'files' holds -1, a negative number"),
+        ({"scales": [{"offset": 1.5, "length": 3}]}, r"'offset' in scales holds 1\.5, not a whole number"),
+        ({"scales": [{"offset": 0, "length": "3"}]}, r"'length' in scales holds '3', not a whole number"),
+        (
+            {"scales": [{"offset": 0, "length": 3, "mean": "a", "std": 1.0}]},
+            r"'mean' in scales holds 'a', not a number",
+        ),
+    ],
+)
+def test_damaged_meta_json_is_an_error_naming_it(tmp_path, change, match):
+    # Text failed in a bare int()/float() that named neither file nor key, and an offset of 1.5 was cut to 1.
+    folder = write_binary_dataset([np.arange(4.0)], tmp_path / "b")
+    meta = {**json.loads((folder / "meta.json").read_text()), "num_sequences": 1, **change}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / 'meta.json'))}: {match}"):
+        open_source(folder)
+    # Whole numbers written as floats (70.0) and a null mean still read.
+    meta.update(files={"data-1-of-1.bin": 4.0}, scales=[{"offset": 1.0, "length": 3, "mean": None}])
+    (folder / "meta.json").write_text(json.dumps(meta | {"num_sequences": 1}))
+    _same(_all(open_source(folder)), [np.array([1, 2, 3], dtype=np.float32)])
