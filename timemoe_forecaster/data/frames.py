@@ -309,7 +309,7 @@ def _time_order(col: pd.Series, where: str, name: Any) -> np.ndarray | None:
     does not read as times (the rows then keep file order). Rows with the same time keep their file order."""
     times = _times_of(col)
     if times is None:
-        log.warning("%s: time column %r does not read as times; rows are kept in file order", where, name)
+        log.warning("%s: time column %r has missing or unreadable times; rows are kept in file order", where, name)
         return None
     times = times.reset_index(drop=True)
     repeated = times[times.duplicated()]
