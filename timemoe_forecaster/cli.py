@@ -152,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument(
         "--dataset",
         default="airline",
-        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV; a long table of unique_id, "
-        "ds, y must hold one id); gaps are interpolated",
+        help="'airline' or a CSV, TSV or parquet file (other names are read as CSV); gaps are interpolated",
     )
     fc.add_argument("--column", default=None, help="CSV column to forecast (default: the last numeric one)")
     fc.add_argument("--horizon", type=int, default=12)
