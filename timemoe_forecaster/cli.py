@@ -213,7 +213,13 @@ def load_series(dataset: str, column: str | None = None):
     if not path.is_file():
         raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV, TSV or parquet file")
     fmt = _suffixes(path)[0]
+    if fmt in _NOT_TABLES:
+        raise ValueError(
+            f"--dataset {dataset}: timemoe forecast reads CSV, TSV or parquet tables, not {fmt} files; convert it "
+            "to a CSV with one column per series, or forecast it from Python (TimeMoEForecaster)"
+        )
     frame = read_frame(path, fmt if fmt in TABULAR_SUFFIXES else ".csv")  # other names (.txt, none): CSV text
+    frame, column = _one_series_of_long_table(frame, path, column)
     if column is None:
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
         if not numeric:
@@ -231,15 +237,41 @@ def load_series(dataset: str, column: str | None = None):
     return values.rename(column)
 
 
+# Formats open_source reads that are no table; read as CSV text they gave confusing errors.
+_NOT_TABLES = (".npy", ".npz", ".json", ".jsonl", ".bin")
+
+
+def _one_series_of_long_table(frame, path: Path, column: str | None):
+    """A long table (id, time and value columns, as frames detects it) holding one id, as a table of that series
+    with its value column as the default ``column``. Several ids are an error: read as one table, their rows would be
+    forecast as a single series that jumps from one id to the next."""
+    from .data.frames import ID_NAMES, VALUE_NAMES, _find, _looks_long
+
+    if not _looks_long(frame):
+        return frame, column
+    id_col = _find(frame, ID_NAMES)
+    ids = frame[id_col].unique()
+    if len(ids) > 1:
+        raise ValueError(
+            f"{path} is a long table of {len(ids)} series (column {id_col!r}: {', '.join(map(str, ids[:3]))}"
+            f"{', ...' if len(ids) > 3 else ''}); "
+            f"timemoe forecast forecasts one series: keep the rows of one {id_col} (filter the file), or forecast "
+            "them all from Python (TimeMoEForecaster)"
+        )
+    return frame.drop(columns=[id_col]), column or _find(frame, VALUE_NAMES)
+
+
 def _time_column(frame, exclude: str):
     """The first text column whose every value reads as a date or time, parsed; None if there is none."""
     import pandas as pd
 
-    from .data.frames import parse_times
+    from .data.frames import looks_like_dates, parse_times
 
     for name in frame.columns:
         column = frame[name]
         if name == exclude or pd.api.types.is_numeric_dtype(column) or column.isna().any():
+            continue
+        if not looks_like_dates(column):  # parse_times alone would take '12,5' or 'T1' for dates
             continue
         parsed = parse_times(column)
         if parsed is not None and parsed.is_unique:

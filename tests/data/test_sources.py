@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -350,3 +352,202 @@ def test_float16_binary_dtype_refuses_series_whose_shape_it_would_flatten(tmp_pa
     # Whole numbers up to 2048 are exact in float16, and a constant series stays constant.
     plain = write_binary_dataset([np.arange(100.0), np.full(50, 1234.5)], tmp_path / "ok", dtype="float16")
     np.testing.assert_array_equal(open_source(plain)[0], np.arange(100.0))
+
+
+def test_decimal_commas_and_semicolon_files_are_an_error_not_wrong_numbers(tmp_path):
+    # "12,5" under a one-field header has one field too many: pandas took 12 as the row label and the series
+    # silently read [5, 7, 2], the digits after the comma.
+    (tmp_path / "e.csv").write_text("load\n12,5\n13,7\n11,2\n")
+    with pytest.raises(ValueError, match=r"e\.csv: data rows hold more fields than the header.*decimal commas"):
+        open_source(tmp_path / "e.csv")
+    # A ';'-separated file read with ',' is one column named "a;b" whose values "1;2" even read as dates.
+    (tmp_path / "semi.csv").write_text("a;b\n1;2\n3;4\n")
+    with pytest.raises(ValueError, match=r"semi\.csv looks ';'-separated"):
+        open_source(tmp_path / "semi.csv")
+    # R's write.table row names (a counter from 1) are no data: dropped, the values stay as written.
+    (tmp_path / "r.csv").write_text('"load","temp"\n"1",5,1.5\n"2",7,2.5\n"3",2,3.5\n')
+    _same(_all(open_source(tmp_path / "r.csv")), [np.array([5, 7, 2], "f4"), np.array([1.5, 2.5, 3.5], "f4")])
+
+
+def test_parquet_saved_with_a_named_index_reads_that_column_again(tmp_path):
+    # set_index("unique_id").to_parquet() hid the id column in the index: the long table read as a wide one,
+    # its ds and y columns as two series mixing every id.
+    pytest.importorskip("pyarrow")
+    long = pd.DataFrame({"unique_id": ["a"] * 3 + ["b"] * 3, "ds": [1, 2, 3] * 2, "y": np.arange(6.0)})
+    long.set_index("unique_id").to_parquet(tmp_path / "long.parquet")
+    _same(_all(open_source(tmp_path / "long.parquet")), [np.arange(3, dtype="f4"), np.arange(3, 6, dtype="f4")])
+    # A named DatetimeIndex is the time axis, not a series; a MultiIndex is still an sktime panel.
+    wide = pd.DataFrame({"load": np.arange(4.0)}, index=pd.date_range("2020", periods=4, name="date"))
+    wide.to_parquet(tmp_path / "wide.parquet")
+    _same(_all(open_source(tmp_path / "wide.parquet")), [np.arange(4, dtype="f4")])
+    panel = long.set_index(["unique_id", "ds"])
+    panel.to_parquet(tmp_path / "panel.parquet")
+    _same(_all(open_source(tmp_path / "panel.parquet")), [np.arange(3, dtype="f4"), np.arange(3, 6, dtype="f4")])
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "name, content, cause",
+    [
+        ("garbage.csv.gz", lambda: b"garbage", "BadGzipFile"),
+        ("cut.csv.gz", lambda: _cut(gzip.compress(b"a,b\n" + b"1,2\n" * 5000)), "EOFError"),
+        ("cut.jsonl.gz", lambda: _cut(gzip.compress(b'{"sequence": [1, 2, 3]}\n' * 5000)), "EOFError"),
+        ("latin1.csv", lambda: "date,café\n2020-01-01,1\n2020-01-02,2\n".encode("latin-1"), "UnicodeDecodeError"),
+        ("ragged.csv", lambda: b"a,b\n1,2\n3,4,5,6\n7,8\n", "ParserError"),
+    ],
+)
+def test_damaged_files_are_one_error_naming_the_file(tmp_path, name, content, cause):
+    # gzip.BadGzipFile and EOFError escaped as tracebacks from deep inside gzip; pandas' errors did not name the file.
+    path = tmp_path / name
+    path.write_bytes(content())
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: cannot be read as .*\({cause}: ") as info:
+        open_source(path)
+    assert "\n" not in str(info.value)
+
+
+def test_damaged_npz_and_parquet_are_one_error_naming_the_file(tmp_path):
+    # zipfile.BadZipFile escaped from np.load; pyarrow's error did not name the file.
+    np.savez(tmp_path / "full.npz", a=np.arange(1000.0))
+    (tmp_path / "cut.npz").write_bytes(_cut((tmp_path / "full.npz").read_bytes()))
+    with pytest.raises(ValueError, match=r"cut\.npz: cannot be read as numpy \.npz \(BadZipFile: "):
+        open_source(tmp_path / "cut.npz")
+    pytest.importorskip("pyarrow")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(ValueError, match=r"bad\.parquet: cannot be read as parquet \(Arrow"):
+        open_source(tmp_path / "bad.parquet")
+
+
+def test_decimal_comma_text_is_an_error_not_a_skipped_date_column(tmp_path):
+    # pandas' last-resort date reading takes "12,5" (and 'T1', '3rd') for a date: such a column was silently
+    # skipped as the time axis and its data lost.
+    (tmp_path / "q.csv").write_text('date,load,temp\n2020-01-01,"12,5",3\n2020-01-02,"13,7",4\n')
+    with pytest.raises(ValueError, match=r"q\.csv: column 'load' holds numbers written with decimal commas.*'12,5'"):
+        open_source(tmp_path / "q.csv")
+    (tmp_path / "t.tsv").write_text("date\tload\n2020-01-01\t1.234,5\n2020-01-02\t2.345,5\n")
+    with pytest.raises(ValueError, match="decimal commas"):
+        open_source(tmp_path / "t.tsv")
+    pd.DataFrame({"code": ["T1", "T2", "T3"], "v": [1.0, 2, 3]}).to_csv(tmp_path / "codes.csv", index=False)
+    with pytest.raises(ValueError, match=r"column 'code' is not numeric \(e\.g\. value 'T1'\)"):
+        open_source(tmp_path / "codes.csv")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        ["05.01.2020", "06.01.2020", "13.01.2020"],
+        ["1/5/2020", "1/6/2020", "1/7/2020"],
+        ["Jan 2020", "Feb 2020", "Mar 2020"],
+        ["2020-W03", "2020-W04", "2020-W05"],
+        ["2020Q1", "2020Q2", "2020Q3"],
+        ["12:30", "13:30", "14:30"],
+        ["2020-01-01", "2020-01-01 12:00", "2020-01-02"],
+        ["2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", "2020-01-01T02:00:00Z"],
+    ],
+)
+def test_text_dates_under_any_name_are_still_skipped(tmp_path, when):
+    # Only text that looks like dates is taken for dates now; these must still be. 05.01.2020 under a name that
+    # is not a time name used to be an error: it passed for a number and was never tried as a date.
+    pd.DataFrame({"when": when, "v": [1.0, 2, 3]}).to_csv(tmp_path / "d.csv", index=False)
+    _same(_all(open_source(tmp_path / "d.csv")), [np.array([1, 2, 3], dtype=np.float32)])
+
+
+def test_wide_tables_are_put_in_time_order(tmp_path, caplog):
+    # Rows were kept in file order: loads of January 3, 1 and 2 were trained on as [5, 3, 4].
+    (tmp_path / "u.csv").write_text("date,load\n2020-01-03,5\n2020-01-01,3\n2020-01-02,4\n")
+    with caplog.at_level("INFO"):
+        _same(_all(open_source(tmp_path / "u.csv")), [np.array([3, 4, 5], dtype=np.float32)])
+    assert "sorted by column 'date'" in caplog.text
+    _same(_all(open_source(f"{tmp_path / 'u.csv'}#columns=load")), [np.array([3, 4, 5], dtype=np.float32)])
+    # yyyymmdd integers under a time name are the time axis in any order; unsorted, they were a training series.
+    (tmp_path / "ymd.csv").write_text("date,load\n20200103,5\n20200101,3\n20200102,4\n")
+    _same(_all(open_source(tmp_path / "ymd.csv")), [np.array([3, 4, 5], dtype=np.float32)])
+    # Rows sharing a time keep their file order, with a warning.
+    (tmp_path / "dup.csv").write_text("date,load\n2020-01-02,5\n2020-01-01,3\n2020-01-02,4\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _same(_all(open_source(tmp_path / "dup.csv")), [np.array([3, 5, 4], dtype=np.float32)])
+    assert "1 repeated times" in caplog.text
+
+
+def test_binary_dataset_stores_values_at_the_precision_asked(tmp_path):
+    # Every value went through float32 first: int32 16777217 was stored as 16777216, float64 1e39 as inf.
+    ints = np.array([16777217, -5], dtype=np.int32)
+    folder = write_binary_dataset([ints], tmp_path / "i", dtype="int32")
+    np.testing.assert_array_equal(np.fromfile(folder / "data-1-of-1.bin", dtype=np.int32), ints)
+    precise = np.array([0.1, 1e39, 1 + 2**-40])
+    folder = write_binary_dataset([precise], tmp_path / "f", dtype="float64")
+    np.testing.assert_array_equal(np.fromfile(folder / "data-1-of-1.bin", dtype=np.float64), precise)
+    with pytest.raises(ValueError, match="beyond float32's largest"):
+        write_binary_dataset([precise], tmp_path / "f32", dtype="float32")
+
+
+def test_binary_dataset_takes_what_open_source_takes_in_memory(series, tmp_path):
+    # A 1-D array was iterated point by point: "series 0 must be 1-D, got shape ()".
+    frame = pd.DataFrame({f"s{k}": s for k, s in enumerate(series)})
+    inputs = {
+        "one": (series[0], series[:1]),
+        "rows": (np.stack(series), series),
+        "frame": (frame, series),
+        "column": (frame["s1"], series[1:2]),
+        "numbers": (series[2].tolist(), series[2:]),
+    }
+    for name, (data, want) in inputs.items():
+        _same(_all(open_source(write_binary_dataset(data, tmp_path / name))), want)
+    with pytest.raises(ValueError, match=r"1-D \(one series\) or 2-D \(rows are series\), got shape \(2, 2, 2\)"):
+        write_binary_dataset(np.zeros((2, 2, 2)), tmp_path / "cube")
+    with pytest.raises(TypeError, match="got float"):
+        write_binary_dataset(3.5, tmp_path / "scalar")
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("{csv}#foo=bar", r"unknown option 'foo' in .*; options for tables \(csv, tsv, parquet\): long, id_col"),
+        ("synthetic#foo=1", r"unknown option 'foo' in 'synthetic#foo=1'; options for synthetic data: seed, num_series"),
+        ("{npy}#columns=a", r"unknown option 'columns' in .*; options for \.npy files: name, weight$"),
+        ("{csv}#weight=abc", r"option weight in .*#weight=abc' takes a number, got 'abc'"),
+        ("synthetic#min_length=x", r"option min_length in 'synthetic#min_length=x' takes a whole number, got 'x'"),
+        ("synthetic#seed=1.5", r"option seed in 'synthetic#seed=1\.5' takes a whole number"),
+        ("synthetic:x", r"'synthetic:x': the seed after 'synthetic:' must be a whole number"),
+        ("{csv}#long=ture", r"option long in .*#long=ture' takes true or false \(also 1/0, yes/no\), got 'ture'"),
+    ],
+)
+def test_bad_spec_options_name_the_option_and_what_it_takes(tmp_path, spec, match):
+    # An unknown key reached frame_to_series() or SyntheticSource() as an unexpected keyword argument, numbers
+    # failed in a bare float()/int(), and long=ture silently meant long=False.
+    pd.DataFrame({"v": np.arange(5.0)}).to_csv(tmp_path / "t.csv", index=False)
+    np.save(tmp_path / "a.npy", np.arange(5.0))
+    with pytest.raises(ValueError, match=match):
+        open_source(spec.format(csv=tmp_path / "t.csv", npy=tmp_path / "a.npy"))
+    valid = open_source(f"{tmp_path / 't.csv'}#long=No&weight=2")  # booleans in any case
+    assert len(valid) == 1 and valid.weight == 2.0
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"num_sequences": "two"}, r"num_sequences holds 'two', not a whole number"),
+        ({"files": {"data-1-of-1.bin": "x"}}, r"'files' holds 'x', not a whole number"),
+        ({"files": {"data-1-of-1.bin": -1}}, r"'files' holds -1, a negative number"),
+        ({"scales": [{"offset": 1.5, "length": 3}]}, r"'offset' in scales holds 1\.5, not a whole number"),
+        ({"scales": [{"offset": 0, "length": "3"}]}, r"'length' in scales holds '3', not a whole number"),
+        (
+            {"scales": [{"offset": 0, "length": 3, "mean": "a", "std": 1.0}]},
+            r"'mean' in scales holds 'a', not a number",
+        ),
+    ],
+)
+def test_damaged_meta_json_is_an_error_naming_it(tmp_path, change, match):
+    # Text failed in a bare int()/float() that named neither file nor key, and an offset of 1.5 was cut to 1.
+    folder = write_binary_dataset([np.arange(4.0)], tmp_path / "b")
+    meta = {**json.loads((folder / "meta.json").read_text()), "num_sequences": 1, **change}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / 'meta.json'))}: {match}"):
+        open_source(folder)
+    # Whole numbers written as floats (70.0) and a null mean still read.
+    meta.update(files={"data-1-of-1.bin": 4.0}, scales=[{"offset": 1.0, "length": 3, "mean": None}])
+    (folder / "meta.json").write_text(json.dumps(meta | {"num_sequences": 1}))
+    _same(_all(open_source(folder)), [np.array([1, 2, 3], dtype=np.float32)])

@@ -96,6 +96,47 @@ def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_pat
     assert "2024-01-05" in caplog.text and "more than once" in caplog.text
 
 
+def test_forecast_does_not_take_codes_for_dates(tmp_path, capsys):
+    # pandas' last-resort date reading took T1, T2, ... for days of the year 1: the forecast was dated 0001-01-31.
+    csv = tmp_path / "codes.csv"
+    csv.write_text("code,load\n" + "".join(f"T{i},{i % 7}\n" for i in range(1, 31)))
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    forecast = [line.split() for line in out.splitlines() if line.strip().startswith("forecast")]
+    assert "0001-" not in out and [row[1] for row in forecast] == ["30", "31"]
+
+
+def test_forecast_of_a_long_table_needs_a_single_id(tmp_path, capsys):
+    # The rows of every id were forecast together as one series that jumps between them, and it exited 0.
+    rows_of = {u: [f"{u},2024-01-{d:02d},{(d + k) % 7}" for d in range(1, 21)] for k, u in enumerate("ab")}
+    both = tmp_path / "long.csv"
+    both.write_text("unique_id,ds,y\n" + "\n".join(rows_of["a"] + rows_of["b"]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", "--dataset", str(both)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "long table of 2 series (column 'unique_id': a, b)" in err
+    assert "filter the file" in err and "TimeMoEForecaster" in err
+    one = tmp_path / "one.csv"
+    one.write_text("unique_id,ds,y\n" + "\n".join(rows_of["b"]) + "\n")
+    assert main(["forecast", "--dataset", str(one), "--horizon", "1", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "/ y, 20 points" in out and "2024-01-20" in out and "2024-01-21" in out
+
+
+@pytest.mark.parametrize("name", ["s.jsonl", "a.npy"])
+def test_forecast_names_the_formats_it_reads(tmp_path, capsys, name):
+    # Any name was read as CSV text: a .npy failed with a UnicodeDecodeError, a .jsonl with a confusing message.
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, np.arange(50.0))
+    else:
+        path.write_text("[1, 2, 3]\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(path)])
+    suffix = name.partition(".")[2]
+    assert f"reads CSV, TSV or parquet tables, not .{suffix} files" in capsys.readouterr().err
+
+
 def _forecast_lines(out: str) -> list[float]:
     return [float(line.split()[-1]) for line in out.splitlines() if line.strip().startswith("forecast")]
 
@@ -219,6 +260,7 @@ def test_flags_map_one_to_one_onto_train_config():
         (["finetune", "--model", "./runs/typo", "--max-steps", "1"], "does not exist locally"),
         (["pretrain", "--device", "tpu", "--max-steps", "1"], "device must be cpu, cuda, cuda:N or mps"),
         (["pretrain", "--data-weights", "inf", "--max-steps", "1"], "finite positive"),
+        (["pretrain", "--data", "synthetic#foo=1", "--max-steps", "1"], "unknown option 'foo' in 'synthetic#foo=1'"),
     ],
 )
 def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
@@ -227,6 +269,19 @@ def test_bad_arguments_give_one_clear_line(argv, match, capsys, tmp_path):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_damaged_data_files_are_one_line_naming_them(tmp_path, capsys):
+    # A corrupt .csv.gz escaped as a gzip.BadGzipFile traceback from pretrain and forecast alike.
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"garbage")
+    pretrain = ["pretrain", *FAST, "--data", str(bad), "--max-steps", "1", "--output-dir", str(tmp_path / "run")]
+    for argv in (pretrain, ["forecast", "--dataset", str(bad)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, argv[0]
+        assert f"{bad}: cannot be read as CSV (BadGzipFile: " in err and "Traceback" not in err
 
 
 def test_forecast_show_zero_prints_no_observations_and_negative_is_refused(capsys):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .sources import META_FILE, SeriesSource, as_float32_series
+from .frames import frame_to_series
+from .sources import META_FILE, SeriesSource, as_float_series
 
 
 class BinarySource(SeriesSource):
@@ -32,27 +33,20 @@ class BinarySource(SeriesSource):
             raise ValueError(f"{self.folder / META_FILE}: unknown dtype {meta['dtype']!r}") from None
         if self.dtype.kind not in "iuf":
             raise ValueError(f"{self.folder / META_FILE}: dtype {self.dtype} is not a real numeric type")
+        where = self.folder / META_FILE
         files = sorted(meta["files"].items())
         self._file_paths = [self.folder / fn for fn, _ in files]
-        self._file_points = np.array([int(n) for _, n in files], dtype=np.int64)
+        self._file_points = _whole_numbers([n for _, n in files], where, "'files'")
         self._file_starts = np.concatenate([[0], np.cumsum(self._file_points)])
         for path, n in zip(self._file_paths, self._file_points):
             _check_bin_file(path, int(n), self.dtype)
-        scales = meta["scales"]
-        if len(scales) != int(meta["num_sequences"]):
+        num_sequences = int(_whole_numbers([meta["num_sequences"]], where, "num_sequences")[0])
+        if len(meta["scales"]) != num_sequences:
             raise ValueError(
-                f"{self.folder / META_FILE}: num_sequences is {meta['num_sequences']} but scales has "
-                f"{len(scales)} entries; regenerate meta.json"
+                f"{where}: num_sequences is {num_sequences} but scales has {len(meta['scales'])} entries; "
+                "regenerate meta.json"
             )
-        try:
-            self._offsets = np.array([s["offset"] for s in scales], dtype=np.int64)
-            self._lengths = np.array([s["length"] for s in scales], dtype=np.int64)
-            self._means = np.array([s.get("mean", np.nan) for s in scales], dtype=np.float64)
-            self._stds = np.array([s.get("std", np.nan) for s in scales], dtype=np.float64)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(
-                f"{self.folder / META_FILE}: every entry of scales needs integer 'offset' and 'length' ({err})"
-            ) from None
+        self._offsets, self._lengths, self._means, self._stds = _read_scales(meta["scales"], where)
         total = int(self._file_starts[-1])
         bad = (self._offsets < 0) | (self._lengths < 0) | (self._offsets + self._lengths > total)
         if bad.any():
@@ -119,6 +113,65 @@ def _read_meta(folder: Path) -> dict:
     if not isinstance(meta["files"], dict) or not isinstance(meta["scales"], list):
         raise ValueError(f"{path}: 'files' must map file names to point counts and 'scales' must be a list")
     return meta
+
+
+def _read_scales(scales: list, where: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets and lengths (int64) and means and stds (float64, NaN where absent) of meta.json's ``scales``."""
+    try:
+        offsets, lengths = [s["offset"] for s in scales], [s["length"] for s in scales]
+        means, stds = [s.get("mean") for s in scales], [s.get("std") for s in scales]
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{where}: every entry of scales needs integer 'offset' and 'length' ({err})") from None
+    return (
+        _whole_numbers(offsets, where, "'offset' in scales"),
+        _whole_numbers(lengths, where, "'length' in scales"),
+        _real_numbers(means, where, "'mean' in scales"),
+        _real_numbers(stds, where, "'std' in scales"),
+    )
+
+
+def _whole_numbers(values: list, where: Path, what: str) -> np.ndarray:
+    """JSON numbers as int64, or an error naming the file: text, null and fractions (an offset of 1.5 would be cut
+    to 1 and read the wrong points) are refused, as are negative counts."""
+    array = _as_array(values)
+    if array is not None and array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        array = array.astype(np.int64)
+    if array is None or array.dtype.kind not in "iu":
+        bad = next((v for v in values if not _is_whole_number(v)), "a number beyond int64")
+        raise ValueError(f"{where}: {what} holds {bad!r}, not a whole number; regenerate meta.json")
+    if (array < 0).any():
+        raise ValueError(f"{where}: {what} holds {int(array.min())}, a negative number; regenerate meta.json")
+    return array.astype(np.int64)
+
+
+def _real_numbers(values: list, where: Path, what: str) -> np.ndarray:
+    """JSON numbers or nulls (absent: NaN) as float64, or an error naming the file."""
+    array = _as_array([np.nan if v is None else v for v in values])
+    if array is None or array.dtype.kind not in "iuf":
+        bad = next(v for v in values if v is not None and not _is_real_number(v))
+        raise ValueError(f"{where}: {what} holds {bad!r}, not a number (or null); regenerate meta.json")
+    return array.astype(np.float64)
+
+
+def _as_array(values: list) -> np.ndarray | None:
+    """``values`` as a 1-D numpy array of numpy's choosing, or None if they do not make one (nested lists)."""
+    if not values:
+        return np.zeros(0, dtype=np.int64)
+    try:
+        array = np.array(values)
+    except (ValueError, TypeError):
+        return None
+    return array if array.ndim == 1 else None
+
+
+def _is_real_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole_number(value: Any) -> bool:
+    if isinstance(value, float):
+        return value.is_integer()  # False for inf and NaN too
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_bin_file(path: Path, num_points: int, dtype: np.dtype) -> None:
@@ -190,14 +243,43 @@ def _check_precision_kept(x: np.ndarray, stored: np.ndarray, name: str) -> None:
         )
 
 
+def _as_series_list(series: Any) -> Any:
+    """The series of what open_source accepts in memory: a 1-D array is one series, a 2-D array's rows are series,
+    a pandas Series or DataFrame reads as open_source reads it (wide, long or panel), a flat list of numbers is one
+    series; anything else is iterated as series."""
+    import pandas as pd
+
+    if isinstance(series, np.ndarray) and series.dtype != object:
+        if series.ndim == 1:
+            return [series]
+        if series.ndim == 2:
+            return list(series)
+        raise ValueError(
+            f"write_binary_dataset: arrays must be 1-D (one series) or 2-D (rows are series), got shape {series.shape}"
+        )
+    if isinstance(series, (pd.Series, pd.DataFrame)):
+        return frame_to_series(series, "write_binary_dataset", dtype=np.float64)[0]
+    if isinstance(series, (list, tuple)) and series and all(np.isscalar(v) for v in series):
+        return [series]
+    if not isinstance(series, Iterable):
+        raise TypeError(
+            f"write_binary_dataset: expected a list of 1-D arrays, an array, a pandas Series or DataFrame or a "
+            f"SeriesSource, got {type(series).__name__}"
+        )
+    return series
+
+
 def write_binary_dataset(
-    series: Sequence[Any] | SeriesSource,
+    series: Any,
     folder: str | Path,
     dtype: str = "float32",
     num_files: int = 1,
     standardise: bool = False,
 ) -> Path:
     """Write series in the Time-300B binary layout (``meta.json`` + ``data-{i}-of-{n}.bin``).
+
+    ``series``: a list of 1-D arrays, a SeriesSource, or what :func:`open_source` takes in memory (a 1-D array is one
+    series, a 2-D array's rows are series, a pandas Series or DataFrame).
 
     With ``standardise=True`` each series is stored standardised and its mean/std go to ``scales``
     (readers return the original values). Returns the folder.
@@ -207,8 +289,10 @@ def write_binary_dataset(
     if num_files < 1:
         raise ValueError(f"num_files must be >= 1, got {num_files}")
     arrays, scales, offset = [], [], 0
-    for k, s in enumerate(series):
-        x = as_float32_series(s, f"series {k}").astype(np.float64)
+    for k, s in enumerate(_as_series_list(series)):
+        # Straight to float64, never through float32: int32 16777217 or float64 1e39 must reach the dtype checks
+        # as they are (float32 made them 16777216 and inf).
+        x = as_float_series(s, f"series {k}", dtype=np.float64)
         entry: dict[str, Any] = {"offset": offset, "length": int(x.shape[0])}
         if standardise:
             finite = x[np.isfinite(x)]

@@ -34,8 +34,25 @@ def frame_to_series(
     orient: str = "columns",
     columns: list[str] | None = None,
     exclude: list[str] | None = None,
+    dtype: Any = np.float32,
 ) -> tuple[list[np.ndarray], list[str]]:
-    """Series (float32, NaN kept) and their names from a pandas object; ``where`` names it in errors."""
+    """Series (``dtype``, NaN kept) and their names from a pandas object; ``where`` names it in errors."""
+    series, names = _float64_series(obj, where, long, id_col, value_col, time_col, orient, columns, exclude)
+    # Read at full precision and cast once: write_binary_dataset stores int32 or float64 without a float32 detour.
+    return [s.astype(dtype, copy=False) for s in series], names
+
+
+def _float64_series(
+    obj: pd.Series | pd.DataFrame,
+    where: str,
+    long: bool | None,
+    id_col: str | None,
+    value_col: str | None,
+    time_col: str | None,
+    orient: str,
+    columns: list[str] | None,
+    exclude: list[str] | None,
+) -> tuple[list[np.ndarray], list[str]]:
     if isinstance(obj, pd.Series):
         return [_numeric(obj, where, str(obj.name))], [str(obj.name)]
     if not isinstance(obj, pd.DataFrame):
@@ -52,15 +69,14 @@ def frame_to_series(
         return _long(df, where, id_col, value_col, time_col)
     if columns:
         _require(df, columns, where, "columns")
-        df = df[list(columns)]
+    chosen = df[list(columns)] if columns else df
     if orient == "rows":
-        return _rows(df, where)
+        return _rows(chosen, where)
     if orient != "columns":
         raise ValueError(f"orient must be 'columns' (one column per series) or 'rows', got {orient!r}")
     if isinstance(df.index, pd.MultiIndex):
-        return _panel(df, where)
-    # Columns the user names are series, whatever their name or values suggest.
-    return _wide(df, where, skip_dates=not columns)
+        return _panel(chosen, where)
+    return _wide(df, where, columns)  # the whole table: a time column not chosen still orders the rows
 
 
 def _lower(name: Any) -> str:
@@ -87,49 +103,102 @@ def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
         converted = pd.to_numeric(col, errors="coerce")
         bad = converted.isna() & col.notna()
         if bad.any() or pd.api.types.is_bool_dtype(col):
-            example = col[bad].iloc[0] if bad.any() else col.iloc[0]
-            raise ValueError(
-                f"{where}: column {name!r} is not numeric (e.g. value {example!r}). Drop it with "
-                f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...]; "
-                "if each row is one series (M4 style) pass orient='rows' ('#orient=rows'); for long format "
-                "pass long=True, id_col=..., value_col=..."
-            )
+            raise _not_numeric(col[bad] if bad.any() else col, where, name)
         col = converted
-    return col.to_numpy(dtype=np.float32, na_value=np.nan)
+    return col.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _not_numeric(bad: pd.Series, where: str, name: str) -> ValueError:
+    """The error for a column whose values ``bad`` are not numbers."""
+    text = bad.astype(str).str.strip()
+    commas = text.str.fullmatch(_DECIMAL_COMMA)
+    if commas.any():
+        return ValueError(
+            f"{where}: column {name!r} holds numbers written with decimal commas (e.g. {text[commas].iloc[0]!r}); "
+            "convert the file to '.' decimals (12.5, not 12,5)"
+        )
+    return ValueError(
+        f"{where}: column {name!r} is not numeric (e.g. value {bad.iloc[0]!r}). Drop it with "
+        f"exclude=[{name!r}] (in a spec string: '#exclude={name}'), pick columns with columns=[...]; "
+        "if each row is one series (M4 style) pass orient='rows' ('#orient=rows'); for long format "
+        "pass long=True, id_col=..., value_col=..."
+    )
 
 
 def _is_date_or_index(col: pd.Series, name: Any, leading: bool = False) -> bool:
     """Whether a column is the time axis or row labels rather than a series. ``leading``: the column comes
     before any named one (where pandas' ``to_csv`` writes the index)."""
+    return _column_role(col, name, leading) is not None
+
+
+def _column_role(col: pd.Series, name: Any, leading: bool = False) -> str | None:
+    """'time' for the time axis, 'labels' for row labels and date parts, None for a series."""
     lname = _lower(name)
     if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
-        return True
+        return "time"
     if isinstance(col.dtype, pd.PeriodDtype):
-        return True
+        return "time"
     if lname in TIME_NAMES and pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        # yyyymmdd numbers and epoch seconds under a time name are the time axis, not a series, when they
-        # increase; other numbers under such a name are data.
+        # yyyymmdd numbers (in any order) and increasing epoch seconds under a time name are the time axis, not a
+        # series; other numbers under such a name are data.
         values = col.to_numpy(dtype=np.float64)
         if values.size > 1 and bool(np.isfinite(values).all() and (np.diff(values) > 0).all()):
-            return True
+            return "time"
+        if _yyyymmdd(col) is not None:
+            return "time"
     if pd.api.types.is_integer_dtype(col):
-        values = col.to_numpy()
-        if lname in DATE_PART_NAMES:
-            return True
-        counter = values.size > 1 and bool((np.diff(values) == 1).all())
-        if lname.startswith("unnamed") and leading:
-            # A leading header left empty: pandas' to_csv writes the index so, and after rows were filtered or
-            # shuffled it is no longer a counter, yet still row labels (distinct integers), never a series.
-            return values.size > 1 and np.unique(values).size == values.size
-        return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
+        return "labels" if _is_row_labels(col.to_numpy(), lname, leading) else None
     if not pd.api.types.is_numeric_dtype(col):
         if lname in TIME_NAMES:
-            return True
+            return "time"
         sample = col.dropna().astype(str).head(20)
-        if sample.empty or sample.str.fullmatch(r"[-+]?[\d.eE]+").all():
-            return False
-        return parse_times(sample) is not None
-    return False
+        return "time" if looks_like_dates(sample) and parse_times(sample) is not None else None
+    return None
+
+
+def _is_row_labels(values: np.ndarray, lname: str, leading: bool) -> bool:
+    if lname in DATE_PART_NAMES:
+        return True
+    if lname.startswith("unnamed") and leading:
+        # A leading header left empty: pandas' to_csv writes the index so, and after rows were filtered or
+        # shuffled it is no longer a counter, yet still row labels (distinct integers), never a series.
+        return values.size > 1 and np.unique(values).size == values.size
+    counter = values.size > 1 and bool((np.diff(values) == 1).all())
+    return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
+
+
+def _yyyymmdd(col: pd.Series) -> pd.Series | None:
+    """Integers that are all dates written as yyyymmdd (20200131), as dates; None otherwise."""
+    if not pd.api.types.is_integer_dtype(col) or col.empty:
+        return None
+    if not bool(col.between(10000101, 99991231).all()):  # eight digits, the first a year
+        return None
+    dates = pd.to_datetime(col.astype(str), format="%Y%m%d", errors="coerce")
+    return dates if bool(dates.notna().all()) else None
+
+
+# What text dates look like: two digit groups joined by - / . or a space (2020-01-05, 05.01.2020, 1/5/20), an ISO
+# week (2020-W03), a quarter (2020Q1), a time of day (12:30), a compact ISO time (20200105T1200) or a month name.
+_DATE_LIKE = (
+    r"\d+[-/. ]\d+|\d{4}-?W\d{2}|\d{4}-?Q[1-4]|\d{1,2}:\d{2}|\d{8}T\d{2}"
+    r"|(?<![a-z])(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+)
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# 12,5 and 1.234,5: numbers as written where the comma is the decimal mark.
+_DECIMAL_COMMA = r"[-+]?\d+(?:\.\d{3})*,\d+"
+
+
+def looks_like_dates(text: pd.Series) -> bool:
+    """Whether every value of ``text`` looks like a date or a time, and none like a number (1.5, or 12,5 with a
+    decimal comma).
+
+    Asked before :func:`parse_times`, whose last resort reads almost any text as a date ('12,5', 'T1', '3rd',
+    '1;2'): a column of such values would be skipped as the time axis and its data silently lost.
+    """
+    text = text.astype(str).str.strip()
+    if text.empty or text.str.fullmatch(f"{_NUMBER}|{_DECIMAL_COMMA}").any():
+        return False
+    return bool(text.str.contains(_DATE_LIKE, case=False, regex=True).all())
 
 
 def parse_times(col: pd.Series) -> pd.Series | None:
@@ -204,20 +273,72 @@ def _irregularity(times: pd.Series) -> int:
     return int(np.unique(np.diff(values)).size)
 
 
-def _wide(df: pd.DataFrame, where: str, skip_dates: bool = True) -> tuple[list[np.ndarray], list[str]]:
-    series, names = [], []
-    for position, name in enumerate(df.columns):
-        col = df[name]
-        if isinstance(col, pd.DataFrame):
-            raise ValueError(f"{where}: column name {name!r} appears more than once; rename the duplicates")
-        leading = all(_lower(c).startswith("unnamed") for c in df.columns[: position + 1])
-        if skip_dates and _is_date_or_index(col, name, leading):
-            continue
-        series.append(_numeric(col, where, str(name)))
-        names.append(str(name))
-    if not series:
+def _wide(df: pd.DataFrame, where: str, columns: list[str] | None = None) -> tuple[list[np.ndarray], list[str]]:
+    duplicated = df.columns[df.columns.duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{where}: column name {duplicated[0]!r} appears more than once; rename the duplicates")
+    if columns:  # columns the user names are series, whatever their name or values suggest
+        names = list(columns)
+        times = [c for c in df.columns if c not in names and _column_role(df[c], c) == "time"]
+    else:
+        names, times = _series_and_time_columns(df)
+    if not names:
         raise ValueError(f"{where}: no numeric series columns (columns: {list(df.columns)[:20]})")
-    return series, names
+    series = [_numeric(df[name], where, str(name)) for name in names]
+    order = _time_order(df[times[0]], where, times[0]) if len(times) == 1 else None
+    if order is not None:
+        series = [s[order] for s in series]
+    return series, [str(name) for name in names]
+
+
+def _series_and_time_columns(df: pd.DataFrame) -> tuple[list[Any], list[Any]]:
+    """The columns of a wide table that are series, and those that are its time axis."""
+    names, times = [], []
+    for position, name in enumerate(df.columns):
+        leading = all(_lower(c).startswith("unnamed") for c in df.columns[: position + 1])
+        role = _column_role(df[name], name, leading)
+        if role is None:
+            names.append(name)
+        elif role == "time":
+            times.append(name)
+    return names, times
+
+
+def _time_order(col: pd.Series, where: str, name: Any) -> np.ndarray | None:
+    """The row order that puts a wide table in time order; None when it is in order already or its time column
+    does not read as times (the rows then keep file order). Rows with the same time keep their file order."""
+    times = _times_of(col)
+    if times is None:
+        log.warning("%s: time column %r has missing or unreadable times; rows are kept in file order", where, name)
+        return None
+    times = times.reset_index(drop=True)
+    repeated = times[times.duplicated()]
+    if len(repeated):
+        log.warning(
+            "%s: time column %r holds %d repeated times (e.g. %s); rows with the same time keep their file order",
+            where,
+            name,
+            len(repeated),
+            repeated.iloc[0],
+        )
+    if times.is_monotonic_increasing:
+        return None
+    log.info("%s: rows are not in time order; sorted by column %r", where, name)
+    return times.argsort(kind="stable").to_numpy()
+
+
+def _times_of(col: pd.Series) -> pd.Series | None:
+    """A time column's values in an order-comparable form, or None if some are missing or do not read."""
+    if pd.api.types.is_numeric_dtype(col):
+        dates = _yyyymmdd(col)
+        times = dates if dates is not None else col
+    elif pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        times = col
+    elif isinstance(col.dtype, pd.PeriodDtype):
+        times = col
+    else:
+        times = parse_times(col)
+    return None if times is None or bool(times.isna().any()) else times
 
 
 def _rows(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
@@ -285,7 +406,7 @@ def _long(
             frame = frame.sort_values(["t"], kind="stable")
     series, names = [], []
     for key, group in frame.groupby("id", sort=False):
-        series.append(group["v"].to_numpy(dtype=np.float32))
+        series.append(group["v"].to_numpy(dtype=np.float64))
         names.append(str(key))
     if time_col is not None:
         # Keep series in order of first appearance in the file, not in order of first timestamp.

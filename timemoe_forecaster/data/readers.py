@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .frames import frame_to_series
+
+# What a damaged, cut-short or mis-encoded file raises from inside gzip, zipfile, the codecs or pandas; each becomes
+# one line that names the file (the readers' callers, the CLI included, report ValueError as one line).
+_UNREADABLE = (OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
+_FORMAT_NAMES = {".csv": "CSV", ".tsv": "TSV", ".parquet": "parquet", ".pq": "parquet", ".npy": "numpy .npy"}
+_FORMAT_NAMES.update({".npz": "numpy .npz", ".json": "JSON", ".jsonl": "JSON lines"})
+
+
+def _unreadable(path: Path, fmt: str, err: BaseException) -> ValueError:
+    """The one-line error for a file its reader failed on: the file, the format and the reader's own first line."""
+    lines = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return ValueError(f"{path}: cannot be read as {_FORMAT_NAMES.get(fmt, fmt)} ({detail})")
+
+
+def _parse_errors() -> tuple[type[BaseException], ...]:
+    import pandas as pd
+
+    errors: tuple[type[BaseException], ...] = (*_UNREADABLE, pd.errors.ParserError)
+    try:
+        import pyarrow
+    except ImportError:
+        return errors
+    return (*errors, pyarrow.ArrowException)
 
 
 def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
@@ -21,20 +48,71 @@ def read_frame(path: Path, fmt: str):
     """The DataFrame of a CSV, TSV or parquet file (``fmt``: its suffix, without a compression suffix)."""
     import pandas as pd
 
-    if fmt in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(path)
-        except ImportError:  # pandas' own message spans several lines and names two engines
-            raise ImportError(
-                f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
-                "pip install pyarrow (or convert the file to CSV)"
-            ) from None
-    else:
-        try:
-            df = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"{path} is empty (no header, no rows)") from None
+    try:
+        if fmt in (".parquet", ".pq"):
+            return _index_as_column(_read_parquet(path))
+        text_frame = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty (no header, no rows)") from None
+    except _parse_errors() as err:
+        raise _unreadable(path, fmt, err) from None
+    _check_separator(text_frame, path)
+    return _without_row_names(text_frame, path)
+
+
+def _read_parquet(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except ImportError:  # pandas' own message spans several lines and names two engines
+        raise ImportError(
+            f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
+            "pip install pyarrow (or convert the file to CSV)"
+        ) from None
+
+
+def _index_as_column(df):
+    """A parquet file keeps the index it was saved with. A named one (``df.set_index('unique_id').to_parquet()``)
+    is a column of the table put aside, and comes back as one so that ids and dates are found; an unnamed index
+    (row numbers) is no data, and a MultiIndex is an sktime panel, read as such."""
+    if df.index.nlevels == 1 and df.index.name is not None and df.index.name not in df.columns:
+        return df.reset_index()
     return df
+
+
+def _check_separator(df, path: Path) -> None:
+    if df.shape[1] == 1 and ";" in str(df.columns[0]):
+        raise ValueError(
+            f"{path} looks ';'-separated (its one column is named {str(df.columns[0])[:60]!r}); "
+            "save it comma-separated with '.' decimals"
+        )
+
+
+def _without_row_names(df, path: Path):
+    """The frame with the row index pandas inferred dropped, or an error when that index is data.
+
+    Data rows with one field more than the header make pandas take the first field as the row index. R's
+    ``write.table`` writes row names so (1, 2, 3, ...), which are no data. Anything else means the fields were
+    split where they should not be (``12,5`` read as 12 and 5: decimal commas, or a ';'-separated file whose
+    values hold commas) and the values are wrong: refusing beats training on the digits after the comma.
+    """
+    if _is_row_counter(df.index):
+        return df.reset_index(drop=True)
+    raise ValueError(
+        f"{path}: data rows hold more fields than the header (the first field, e.g. {df.index[0]}, would be "
+        "taken as row labels); is the file ';'-separated or written with decimal commas? Save it "
+        "comma-separated with '.' decimals, or give the first column a header name"
+    )
+
+
+def _is_row_counter(index) -> bool:
+    import pandas as pd
+
+    if index.nlevels != 1 or not pd.api.types.is_integer_dtype(index):
+        return False
+    values = index.to_numpy()
+    return any(np.array_equal(values, np.arange(start, start + len(values))) for start in (0, 1))
 
 
 def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.ndarray]]:
@@ -46,6 +124,8 @@ def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.nda
             return [("", np.load(path, mmap_mode="r", allow_pickle=False))]
         with np.load(path, allow_pickle=False) as npz:
             arrays = [(k, npz[k]) for k in npz.files]
+    except _UNREADABLE as err:  # before ValueError: UnicodeDecodeError is one
+        raise _unreadable(path, fmt, err) from None
     except ValueError as err:
         raise ValueError(f"{path}: not a readable numeric numpy file ({err})") from None
     if not arrays:
@@ -82,6 +162,16 @@ def _is_number_or_null(value: Any) -> bool:
 
 
 def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
+    try:
+        series = _read_json_series(path, fmt, compressed)
+    except _UNREADABLE as err:  # a damaged or cut-short .gz, text not in UTF-8
+        raise _unreadable(path, fmt, err) from None
+    if not series:
+        raise ValueError(f"{path} holds no series")
+    return series
+
+
+def _read_json_series(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
     series = []
     with _open_text(path, compressed) as fh:
         if fmt == ".json":
@@ -102,6 +192,4 @@ def read_json(path: Path, fmt: str, compressed: bool) -> list[np.ndarray]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path} line {lineno} is not valid JSON ({err})") from None
                 series.append(_record_values(rec, f"{path} line {lineno}"))
-    if not series:
-        raise ValueError(f"{path} holds no series")
     return series

@@ -72,9 +72,10 @@ class SeriesSource:
         return f"{type(self).__name__}(name={self.name!r}, num_series={len(self)})"
 
 
-def as_float32_series(x: Any, what: str) -> np.ndarray:
+def as_float_series(x: Any, what: str, dtype: Any = np.float32) -> np.ndarray:
+    """``x`` as a 1-D array of ``dtype``, or a clear error saying what it is instead."""
     try:
-        arr = np.asarray(x, dtype=np.float32)
+        arr = np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{what} is not numeric ({err}); convert it to floats first") from None
     if arr.ndim != 1:
@@ -87,7 +88,7 @@ class ArraySource(SeriesSource):
 
     def __init__(self, series: Sequence[Any], name: str = "arrays") -> None:
         self.name = name
-        self._series = [as_float32_series(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
+        self._series = [as_float_series(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
         if not self._series:
             raise ValueError(f"source {name!r} holds no series")
 
@@ -205,7 +206,7 @@ def open_sources(spec: Any, **kwargs: Any) -> list[SeriesSource]:
 def _open_one_string(part: str, kwargs: dict) -> SeriesSource:
     path, _, fragment = part.partition("#")
     opts = dict(kwargs)
-    opts.update(_parse_fragment(fragment, part))
+    opts.update(_parse_fragment(fragment, part, path))
     return _open_one(path, opts)
 
 
@@ -214,31 +215,65 @@ _FLOAT_LIST_OPTS = ("kind_weights",)
 _BOOL_OPTS = ("long",)
 _FLOAT_OPTS = ("weight",)
 _INT_OPTS = ("seed", "num_series", "min_length", "max_length")
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+_ANY_SOURCE_OPTS = ("name", "weight")
+_TABLE_OPTS = ("long", "id_col", "value_col", "time_col", "orient", "columns", "exclude", *_ANY_SOURCE_OPTS)
 
 
-def _parse_fragment(fragment: str, part: str) -> dict:
+def _parse_fragment(fragment: str, part: str, path: str) -> dict:
+    kind, accepted = _accepted_options(path)
     opts: dict[str, Any] = {}
     for item in filter(None, fragment.split("&")):
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"bad option {item!r} in {part!r}: write key=value pairs joined by '&'")
         key = key.strip()
-        if key in _LIST_OPTS:
-            opts[key] = [v for v in value.split(";") if v]
-        elif key in _FLOAT_LIST_OPTS:
-            try:
-                opts[key] = [float(v) for v in value.split(";") if v]
-            except ValueError:
-                raise ValueError(f"option {key} in {part!r} takes numbers joined by ';', got {value!r}") from None
-        elif key in _BOOL_OPTS:
-            opts[key] = value.lower() in ("1", "true", "yes")
-        elif key in _FLOAT_OPTS:
-            opts[key] = float(value)
-        elif key in _INT_OPTS:
-            opts[key] = int(value)
-        else:
-            opts[key] = value
+        if key not in accepted:
+            raise ValueError(f"unknown option {key!r} in {part!r}; options for {kind}: {', '.join(accepted)}")
+        opts[key] = _option_value(key, value, part)
     return opts
+
+
+def _accepted_options(path: str) -> tuple[str, tuple[str, ...]]:
+    """What a spec's path names, in words, and the '#' options that kind of source takes."""
+    if path.split(":")[0] == "synthetic":
+        import inspect
+
+        from .synthetic import SyntheticSource
+
+        own = tuple(inspect.signature(SyntheticSource).parameters)  # seed, num_series, ..., name
+        return "synthetic data", own + tuple(o for o in _ANY_SOURCE_OPTS if o not in own)
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        if (folder / META_FILE).exists():
+            return "a binary dataset", _ANY_SOURCE_OPTS
+        return "a folder (they apply to its tables)", _TABLE_OPTS
+    fmt = _suffixes(Path(path))[0]
+    if fmt in TABULAR_SUFFIXES:
+        return "tables (csv, tsv, parquet)", _TABLE_OPTS
+    return (f"{fmt} files" if fmt else "this input"), _ANY_SOURCE_OPTS
+
+
+def _option_value(key: str, value: str, part: str) -> Any:
+    """The value of option ``key`` as the source takes it; ``part`` (the whole spec) names it in errors."""
+    if key in _LIST_OPTS:
+        return [v for v in value.split(";") if v]
+    if key in _FLOAT_LIST_OPTS:
+        try:
+            return [float(v) for v in value.split(";") if v]
+        except ValueError:
+            raise ValueError(f"option {key} in {part!r} takes numbers joined by ';', got {value!r}") from None
+    if key in _BOOL_OPTS:
+        if value.strip().lower() not in _TRUE + _FALSE:
+            raise ValueError(f"option {key} in {part!r} takes true or false (also 1/0, yes/no), got {value!r}")
+        return value.strip().lower() in _TRUE
+    if key in _FLOAT_OPTS or key in _INT_OPTS:
+        convert, what = (float, "a number") if key in _FLOAT_OPTS else (int, "a whole number")
+        try:
+            return convert(value)
+        except ValueError:
+            raise ValueError(f"option {key} in {part!r} takes {what}, got {value!r}") from None
+    return value
 
 
 def _open_one(spec: Any, opts: dict) -> SeriesSource:
@@ -260,7 +295,7 @@ def _dispatch(spec: Any, opts: dict, name: str | None) -> SeriesSource:
         from .synthetic import SyntheticSource
 
         if ":" in spec:
-            opts.setdefault("seed", int(spec.split(":", 1)[1]))
+            opts.setdefault("seed", _seed_of(spec))
         return SyntheticSource(**opts)
     if isinstance(spec, (str, Path)):
         return _open_path(Path(spec).expanduser(), opts, name)
@@ -285,6 +320,15 @@ def _dispatch(spec: Any, opts: dict, name: str | None) -> SeriesSource:
         f"open_source cannot read {type(spec).__name__}; pass a path, an array, a list of arrays, "
         "a pandas object or a SeriesSource"
     )
+
+
+def _seed_of(spec: str) -> int:
+    """The seed of ``synthetic:3``."""
+    text = spec.split(":", 1)[1]
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{spec!r}: the seed after 'synthetic:' must be a whole number, got {text!r}") from None
 
 
 def _no_opts(opts: dict, what: str) -> None:
