@@ -1,0 +1,12 @@
+#!/bin/bash
+# Session 24, device call 1: the GPU-marked tests outside tests/train after this session's library changes
+# (forecast()/CUDAGraphForecaster take the horizon from prepare_inputs, loading defaults to float32 with "auto" for
+# the stored dtype, model dtypes limited to float32/bf16/fp16/fp64, config type checks, the cache-sharing guard).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader > $OUT/gpu.txt
+t0=$(date +%s)
+timeout 560 python3 -m pytest -v -m gpu tests --ignore=tests/train -p no:cacheprovider -rs 2>&1 \
+  | grep -E "PASS|FAIL|ERROR|SKIP|passed|failed|Error|assert" > $OUT/gpu_tests.log
+echo "pytest rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" | tee -a $OUT/gpu_tests.log
+cut -c1-250 $OUT/gpu_tests.log
