@@ -302,7 +302,10 @@ def test_a_dtype_the_model_cannot_run_in_is_refused_before_loading(tmp_path, dty
     # 'int8' failed deep inside load_state_dict, 'nonsense' with an AttributeError on the torch module, and the
     # float8 types at the first forecast ("isfinite" not implemented for 'Float8_e4m3fn').
     make_model().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="dtype must be one of 'float32', 'bfloat16'"):
+    with pytest.raises(
+        ValueError,
+        match="dtype must be one of 'float32', 'bfloat16'.*or 'auto' for the dtype the weights are stored in",
+    ):
         TimeMoEForPrediction.from_pretrained(tmp_path, dtype=dtype)
     loaded = TimeMoEForPrediction.from_pretrained(tmp_path, dtype="bfloat16")  # names of float dtypes still work
     assert next(loaded.parameters()).dtype == torch.bfloat16

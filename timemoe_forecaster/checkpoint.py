@@ -416,7 +416,10 @@ def load_pretrained(
 
     # Checked before any download or read: 'int8' failed deep in load_state_dict, and torch's own error for
     # a missing GPU came after every weight was read.
-    dtype = None if isinstance(dtype, str) and dtype == "auto" else resolve_dtype(dtype)
+    try:
+        dtype = None if isinstance(dtype, str) and dtype == "auto" else resolve_dtype(dtype)
+    except ValueError as err:
+        raise ValueError(f"{err}; or 'auto' for the dtype the weights are stored in") from None
     device = resolve_device(device) if device is not None else None
     hub_options = {k: model_kwargs.pop(k) for k in HUB_OPTIONS if k in model_kwargs}
     _check_model_kwargs(model_cls, model_kwargs)  # before a download, not after reading every weight

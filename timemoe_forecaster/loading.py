@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,13 @@ def _file_stamp(directory: Path) -> tuple:
 @functools.lru_cache(maxsize=4)
 def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype, device: str) -> TimeMoEForPrediction:
     model = load_pretrained(directory, dtype=dtype, device=device)
+    _WEIGHT_HOLDERS.add(model)
     return model.requires_grad_(False).eval()
 
 
 def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> TimeMoEForPrediction:
-    """A new module with ``config`` whose parameters alias ``source``'s tensors (read-only use). It records
-    the addresses it shares, so that training it in place is refused (:func:`shares_cached_weights`)."""
+    """A new module with ``config`` whose parameters alias ``source``'s tensors (read-only use); training it in
+    place is refused (:func:`shares_cached_weights`)."""
     with torch.device("meta"):
         model = TimeMoEForPrediction(config)
     try:
@@ -91,16 +93,25 @@ def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> Time
             f"config overrides change the shape of the checkpoint's weights ({str(err).splitlines()[-1].strip()}); "
             "only override settings such as max_position_embeddings, or pass a preset to build a fresh model"
         ) from None
-    model._cached_weight_addresses = frozenset(p.data_ptr() for p in model.parameters())
+    _WEIGHT_HOLDERS.add(model)
     return model.requires_grad_(False).eval()
 
 
+# The cached models and every model handed out over their tensors, held weakly (a dropped estimator's model
+# leaves the set). Their tensors are alive, so no other tensor can sit at their addresses: a model with a tensor
+# at one of them shares it. Comparing with live models, not stored addresses, keeps a copy whose new tensors
+# reuse the memory of a freed cache entry from counting as shared.
+_WEIGHT_HOLDERS: weakref.WeakSet = weakref.WeakSet()
+
+
 def shares_cached_weights(model: torch.nn.Module) -> bool:
-    """Whether ``model`` still uses the checkpoint cache's tensors, which every estimator that loaded the
-    same checkpoint (and every later load of it) reads: training them in place would change all of those.
-    A copy (``private_copy``, ``copy.deepcopy``, pickling) has tensors of its own."""
-    shared = getattr(model, "_cached_weight_addresses", None)
-    return bool(shared) and any(p.data_ptr() in shared for p in model.parameters())
+    """Whether ``model`` shares its tensors with the checkpoint cache or with another estimator's model, which
+    training them in place would change too. A copy (``private_copy``, ``copy.deepcopy``, pickling) has tensors
+    of its own."""
+    mine = {p.data_ptr() for p in model.parameters()}
+    return any(
+        other is not model and any(p.data_ptr() in mine for p in other.parameters()) for other in list(_WEIGHT_HOLDERS)
+    )
 
 
 def split_config(config) -> tuple[str | None, dict[str, Any]]:
@@ -176,7 +187,6 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
 def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:
     """A deep copy with its own trainable weights (for fine-tuning and pretraining)."""
     clone = copy.deepcopy(model)
-    clone.__dict__.pop("_cached_weight_addresses", None)
     return clone.requires_grad_(True)
 
 

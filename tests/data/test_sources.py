@@ -358,7 +358,7 @@ def test_decimal_commas_and_semicolon_files_are_an_error_not_wrong_numbers(tmp_p
     # "12,5" under a one-field header has one field too many: pandas took 12 as the row label and the series
     # silently read [5, 7, 2], the digits after the comma.
     (tmp_path / "e.csv").write_text("load\n12,5\n13,7\n11,2\n")
-    with pytest.raises(ValueError, match=r"e\.csv: data rows hold more fields than the header.*decimal commas"):
+    with pytest.raises(ValueError, match=r"e\.csv: data rows hold one field more than the header.*decimal commas"):
         open_source(tmp_path / "e.csv")
     # A ';'-separated file read with ',' is one column named "a;b" whose values "1;2" even read as dates.
     (tmp_path / "semi.csv").write_text("a;b\n1;2\n3;4\n")
@@ -367,6 +367,15 @@ def test_decimal_commas_and_semicolon_files_are_an_error_not_wrong_numbers(tmp_p
     # R's write.table row names (a counter from 1) are no data: dropped, the values stay as written.
     (tmp_path / "r.csv").write_text('"load","temp"\n"1",5,1.5\n"2",7,2.5\n"3",2,3.5\n')
     _same(_all(open_source(tmp_path / "r.csv")), [np.array([5, 7, 2], "f4"), np.array([1.5, 2.5, 3.5], "f4")])
+    # So are R's row names after subset() (increasing with gaps) and text or date row names; the first version of
+    # this check refused them as decimal commas.
+    for labels in (("3", "7", "9"), ("a", "b", "c"), ("2020-01-01", "2020-01-02", "2020-01-03")):
+        rows = "".join(f'"{label}",{v},{w}\n' for label, v, w in zip(labels, (5, 7, 2), (1.5, 2.5, 3.5)))
+        (tmp_path / "rn.csv").write_text('"load","temp"\n' + rows)
+        _same(_all(open_source(tmp_path / "rn.csv")), [np.array([5, 7, 2], "f4"), np.array([1.5, 2.5, 3.5], "f4")])
+    (tmp_path / "dec.csv").write_text("load\n1,5\n1,7\n2,2\n")  # repeated integer parts: split decimals
+    with pytest.raises(ValueError, match=r"first fields \(1, 1, 2, \.\.\.\) are not row names"):
+        open_source(tmp_path / "dec.csv")
 
 
 def test_parquet_saved_with_a_named_index_reads_that_column_again(tmp_path):
@@ -470,6 +479,17 @@ def test_wide_tables_are_put_in_time_order(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         _same(_all(open_source(tmp_path / "dup.csv")), [np.array([3, 5, 4], dtype=np.float32)])
     assert "1 repeated times" in caplog.text
+
+
+def test_times_of_day_and_month_names_keep_file_order(tmp_path):
+    # Without a year they cannot say which comes first: sorting by them put 00:00-03:00 before 22:00 and January
+    # before the November of the year before.
+    (tmp_path / "night.csv").write_text("time,temp\n22:00,0\n23:00,1\n00:00,2\n01:00,3\n")
+    _same(_all(open_source(tmp_path / "night.csv")), [np.array([0, 1, 2, 3], dtype=np.float32)])
+    (tmp_path / "months.csv").write_text("month,sales\nNov,1\nDec,2\nJan,3\nFeb,4\n")
+    _same(_all(open_source(tmp_path / "months.csv")), [np.array([1, 2, 3, 4], dtype=np.float32)])
+    (tmp_path / "dated.csv").write_text("when,temp\n2020-01-02 00:00,2\n2020-01-01 23:00,1\n")
+    _same(_all(open_source(tmp_path / "dated.csv")), [np.array([1, 2], dtype=np.float32)])
 
 
 def test_binary_dataset_stores_values_at_the_precision_asked(tmp_path):

@@ -187,10 +187,41 @@ def test_training_a_model_that_shares_the_checkpoint_cache_is_refused(tmp_path):
     torch.testing.assert_close(load_model(tmp_path, device="cpu").forecast(x, 4), before, rtol=0, atol=0)
 
 
+def test_a_copy_is_not_taken_for_shared_once_the_cache_has_freed_its_memory(tmp_path):
+    # The first guard stored the cache's addresses on the model; a deepcopy kept them, and once the cache entry was
+    # freed its new tensors could land at those addresses and be refused as shared.
+    import copy
+    import gc
+
+    from timemoe_forecaster import loading
+
+    make_model().save_pretrained(tmp_path)
+    model = loading.load_model(tmp_path, device="cpu")
+    copied = copy.deepcopy(model).requires_grad_(True)
+    addresses = {p.data_ptr() for p in model.parameters()}
+    del model
+    loading._cached_weights.cache_clear()
+    gc.collect()
+    for _ in range(20):  # new tensors until one reuses a freed address (the allocator hands them back)
+        copied.double().float()
+        if addresses & {p.data_ptr() for p in copied.parameters()}:
+            break
+    assert not loading.shares_cached_weights(copied)
+    train_on_series(copied, [sine(100)], steps=1)
+
+
 def test_a_fine_tune_that_diverges_is_an_error_not_a_model_that_forecasts_nan():
     # lr=1e10: the first update is finite but leaves weights that overflow the next forward; every later step
     # was skipped as non-finite and fit returned normally, so the first predict blamed the dtype (float16?).
     with pytest.raises(ValueError, match=r"fine-tuning diverged: the loss is non-finite from step 2 of 3.*lr=1e\+10"):
         train_on_series(make_model(), [sine(100)], steps=3, batch_size=4, max_length=32, lr=1e10)
+    # One step: the loss of the only step was finite, and nothing looked at the weights it wrote (they score the
+    # training window as NaN).
+    from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+    torch.manual_seed(0)
+    model = TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny"))
+    with pytest.raises(ValueError, match=r"score the training data as NaN/inf after the last step of 1 .*lr=1e\+10"):
+        train_on_series(model, [np.sin(np.arange(100) / 5)], steps=1, batch_size=4, max_length=32, lr=1e10)
     result = train_on_series(make_model(), [sine(100)], steps=3, batch_size=4, max_length=32, lr=1e-3)
     assert np.isfinite(result["losses"]).all()

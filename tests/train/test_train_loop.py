@@ -302,7 +302,7 @@ def test_compile_setting_is_normalised_and_checked():
 def test_bf16_optimizer_setting_trains_on_cpu(tmp_path):
     result = train(small_config(tmp_path, optim_dtype="bf16", max_steps=3))
     assert all(v == v for v in result["losses"])
-    model = TimeMoEForPrediction.from_pretrained(tmp_path)
+    model = TimeMoEForPrediction.from_pretrained(tmp_path, dtype="auto")  # as stored
     assert next(model.parameters()).dtype == torch.float32  # final save is fp32 unless save_dtype=bf16
 
 

@@ -308,7 +308,9 @@ def write_binary_dataset(
         else:
             raise ValueError(f"dtype must be a float or integer type, got {np_dtype.name}")
         stored = x.astype(np_dtype)
-        if np.issubdtype(np_dtype, np.floating):
+        if np.issubdtype(np_dtype, np.floating) and np_dtype.itemsize < 4:
+            # float16 only: sources hand series to training as float32 whatever the file holds, so a series that
+            # float32 flattens is flattened on reading too (the trainer's data path works in float32).
             _check_precision_kept(x, stored, f"series {k}")
         arrays.append(stored)
         scales.append(entry)

@@ -307,6 +307,8 @@ def _series_and_time_columns(df: pd.DataFrame) -> tuple[list[Any], list[Any]]:
 def _time_order(col: pd.Series, where: str, name: Any) -> np.ndarray | None:
     """The row order that puts a wide table in time order; None when it is in order already or its time column
     does not read as times (the rows then keep file order). Rows with the same time keep their file order."""
+    if not _holds_dates(col):
+        return None  # times of day or month names: 23:00 then 00:00 crosses midnight, not back in time
     times = _times_of(col)
     if times is None:
         log.warning("%s: time column %r has missing or unreadable times; rows are kept in file order", where, name)
@@ -325,6 +327,17 @@ def _time_order(col: pd.Series, where: str, name: Any) -> np.ndarray | None:
         return None
     log.info("%s: rows are not in time order; sorted by column %r", where, name)
     return times.argsort(kind="stable").to_numpy()
+
+
+# A year (four digits) or a day, month and year (1/5/20, 05.01.20): what makes a time absolute, hence sortable.
+_FULL_DATE = r"\d{4}|\d+[-/.]\d+[-/.]\d+"
+
+
+def _holds_dates(col: pd.Series) -> bool:
+    """Whether a time column's values carry their date: numbers and datetime dtypes do, text must show it."""
+    if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+        return True
+    return bool(col.dropna().astype(str).str.contains(_FULL_DATE, regex=True).all())
 
 
 def _times_of(col: pd.Series) -> pd.Series | None:

@@ -93,26 +93,30 @@ def _without_row_names(df, path: Path):
     """The frame with the row index pandas inferred dropped, or an error when that index is data.
 
     Data rows with one field more than the header make pandas take the first field as the row index. R's
-    ``write.table`` writes row names so (1, 2, 3, ...), which are no data. Anything else means the fields were
-    split where they should not be (``12,5`` read as 12 and 5: decimal commas, or a ';'-separated file whose
-    values hold commas) and the values are wrong: refusing beats training on the digits after the comma.
+    ``write.table`` writes row names so: a counter (1, 2, 3, ...; increasing with gaps after ``subset()``) or
+    distinct text such as dates or names, which are no data. Anything else, integers out of order or repeated,
+    or decimals, means the fields were split where they should not be (``12,5`` read as 12 and 5: decimal commas,
+    or a ';'-separated file whose values hold commas) and the values are wrong: refusing beats training on the
+    digits after the comma.
     """
-    if _is_row_counter(df.index):
+    if _looks_like_row_names(df.index):
         return df.reset_index(drop=True)
+    first = ", ".join(map(str, df.index[:3]))
     raise ValueError(
-        f"{path}: data rows hold more fields than the header (the first field, e.g. {df.index[0]}, would be "
-        "taken as row labels); is the file ';'-separated or written with decimal commas? Save it "
-        "comma-separated with '.' decimals, or give the first column a header name"
+        f"{path}: data rows hold one field more than the header, and the first fields ({first}"
+        ", ...) are not row names (an increasing counter or distinct labels): is the file ';'-separated or written "
+        "with decimal commas? Save it comma-separated with '.' decimals, or give the first column a header name"
     )
 
 
-def _is_row_counter(index) -> bool:
+def _looks_like_row_names(index) -> bool:
     import pandas as pd
 
-    if index.nlevels != 1 or not pd.api.types.is_integer_dtype(index):
+    if index.nlevels != 1 or not index.is_unique:
         return False
-    values = index.to_numpy()
-    return any(np.array_equal(values, np.arange(start, start + len(values))) for start in (0, 1))
+    if pd.api.types.is_integer_dtype(index):
+        return bool(index.is_monotonic_increasing)
+    return not pd.api.types.is_numeric_dtype(index)
 
 
 def read_numpy(path: Path, fmt: str, compressed: bool) -> list[tuple[str, np.ndarray]]:

@@ -76,18 +76,28 @@ def _standardised(x: np.ndarray) -> np.ndarray:
     return ((x - mean) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def _check_converged(model: TimeMoEForPrediction, losses: list[float], lr: float) -> None:
+def _check_converged(model: TimeMoEForPrediction, losses: list[float], lr: float, probe: np.ndarray) -> None:
     """A step whose loss and gradients were finite can still write weights that overflow the next forward
-    (a learning rate far too large); the trainer then skips every later step as non-finite and ends normally.
-    Say so here rather than at the first forecast, as NaN forecasts."""
-    broken = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if broken or not math.isfinite(losses[-1]):
-        first = next((k + 1 for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
-        raise ValueError(
-            f"fine-tuning diverged: the loss is non-finite from step {first} of {len(losses)} "
-            f"(losses {', '.join(f'{v:.3g}' for v in losses[:3])}{', ...' if len(losses) > 3 else ''}); "
-            f"lower the learning rate (lr={lr:g})"
-        )
+    (a learning rate far too large); the trainer then skips every later step as non-finite and ends normally,
+    and after the last step nothing looks at the weights at all. So score one training window with every head
+    at every position here: say so now rather than at the first forecast, as NaN forecasts."""
+    from ..forecast import eval_mode
+
+    window = torch.as_tensor(probe, device=next(model.parameters()).device)[None]  # [1, S + 1]
+    with torch.no_grad(), eval_mode(model):
+        probe_loss = model(window[:, :-1], labels=window[:, 1:]).loss
+    if math.isfinite(losses[-1]) and bool(torch.isfinite(probe_loss)):
+        return
+    first = next((k + 1 for k, loss in enumerate(losses) if not math.isfinite(loss)), None)
+    where = (
+        f"the loss is non-finite from step {first}"
+        if first
+        else "the weights score the training data as NaN/inf after the last step"
+    )
+    raise ValueError(
+        f"fine-tuning diverged: {where} of {len(losses)} (losses {', '.join(f'{v:.3g}' for v in losses[:3])}"
+        f"{', ...' if len(losses) > 3 else ''}); lower the learning rate (lr={lr:g})"
+    )
 
 
 def _check_count(name: str, value) -> None:
@@ -204,6 +214,6 @@ def train_on_series(
             model.to(was_dtype)
         model.eval()
     losses = [r["loss"] for r in history]
-    _check_converged(model, losses, lr)
+    _check_converged(model, losses, lr, max(segments, key=len)[-(max_length + 1) :])
     log.info("fine-tuned %d steps: loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
     return {"steps": len(losses), "final_loss": losses[-1], "losses": losses}
