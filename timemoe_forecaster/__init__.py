@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
 from .config import PRESETS, TimeMoEConfig
 from .model import TimeMoEForPrediction
+
+
+def _one_thread_after_fork() -> None:
+    # A process forked after torch ran a parallel CPU kernel inherits OpenMP's thread team in a broken state
+    # (libgomp is not fork-safe): its first matmul waits forever at the team's barrier. sktime's
+    # backend="multiprocessing" and joblib's fork workers hung so after any forecast in the parent. One thread
+    # per forked worker avoids the team, and keeps n workers from oversubscribing the cores.
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "TimeMoEConfig", "TimeMoEForPrediction", "TimeMoEForecaster", "__version__"]
