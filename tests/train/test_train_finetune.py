@@ -225,3 +225,12 @@ def test_a_fine_tune_that_diverges_is_an_error_not_a_model_that_forecasts_nan():
         train_on_series(model, [np.sin(np.arange(100) / 5)], steps=1, batch_size=4, max_length=32, lr=1e10)
     result = train_on_series(make_model(), [sine(100)], steps=3, batch_size=4, max_length=32, lr=1e-3)
     assert np.isfinite(result["losses"]).all()
+
+
+def test_a_bfloat16_model_fine_tunes_and_comes_back_in_bfloat16():
+    # Trained in float32 master weights and cast back; the divergence check then scores a window in the model's
+    # own dtype (a float32 window failed against bf16 weights).
+    model = make_model().to(torch.bfloat16)
+    result = train_on_series(model, [sine(100)], steps=2, batch_size=4, max_length=32, lr=1e-3)
+    assert np.isfinite(result["losses"]).all()
+    assert next(model.parameters()).dtype == torch.bfloat16

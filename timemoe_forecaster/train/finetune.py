@@ -83,7 +83,8 @@ def _check_converged(model: TimeMoEForPrediction, losses: list[float], lr: float
     at every position here: say so now rather than at the first forecast, as NaN forecasts."""
     from ..forecast import eval_mode
 
-    window = torch.as_tensor(probe, device=next(model.parameters()).device)[None]  # [1, S + 1]
+    param = next(model.parameters())  # the model is back in the caller's dtype (bf16, say) by now
+    window = torch.as_tensor(probe).to(device=param.device, dtype=param.dtype)[None]  # [1, S + 1]
     with torch.no_grad(), eval_mode(model):
         probe_loss = model(window[:, :-1], labels=window[:, 1:]).loss
     if math.isfinite(losses[-1]) and bool(torch.isfinite(probe_loss)):
