@@ -571,3 +571,11 @@ def test_damaged_meta_json_is_an_error_naming_it(tmp_path, change, match):
     meta.update(files={"data-1-of-1.bin": 4.0}, scales=[{"offset": 1.0, "length": 3, "mean": None}])
     (folder / "meta.json").write_text(json.dumps(meta | {"num_sequences": 1}))
     _same(_all(open_source(folder)), [np.array([1, 2, 3], dtype=np.float32)])
+
+
+def test_long_rows_without_an_id_are_left_out_with_a_warning(tmp_path, caplog):
+    # groupby dropped them without a word.
+    (tmp_path / "long.csv").write_text("unique_id,ds,y\na,1,1\na,2,2\n,3,9\nb,1,5\nb,2,6\n")
+    with caplog.at_level("WARNING"):
+        _same(_all(open_source(tmp_path / "long.csv")), [np.array([1, 2], "f4"), np.array([5, 6], "f4")])
+    assert "1 row(s) have no 'unique_id' value" in caplog.text

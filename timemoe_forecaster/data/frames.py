@@ -404,6 +404,9 @@ def _long(
     time_col = time_col or _find(df, TIME_NAMES)
     values = _numeric(df[value_col], where, str(value_col))
     frame = pd.DataFrame({"id": df[id_col].to_numpy(), "v": values})
+    no_id = int(frame["id"].isna().sum())
+    if no_id:  # groupby drops them: say so rather than lose the rows quietly
+        log.warning("%s: %d row(s) have no %r value and belong to no series; they are left out", where, no_id, id_col)
     if time_col is not None:
         t = df[time_col]
         if not pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_datetime64_any_dtype(t):
