@@ -302,6 +302,9 @@ def default_checkpoint() -> Path:
 
 # Hub-download settings that ``from_pretrained`` passes on, as transformers spells them.
 HUB_OPTIONS = ("subfolder", "cache_dir", "token", "local_files_only", "force_download")
+# What a hub download fetches: safetensors, else (a repo saved with safe_serialization=False) .bin files.
+_HUB_SAFE_FILES = ["config.json", "*.safetensors", SAFE_INDEX]
+_HUB_BIN_FILES = ["config.json", "pytorch_model*.bin", BIN_INDEX]
 
 
 def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options) -> Path:
@@ -322,8 +325,6 @@ def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options
             f"the embedded default, got {type(path_or_hub_id).__name__}"
         )
     name = os.fspath(path_or_hub_id)
-    if isinstance(name, bytes):
-        raise TypeError(f"the checkpoint path must be text, not bytes: {name!r}")
     path = Path(os.path.expanduser(name))
     try:
         is_dir, exists = path.is_dir(), path.exists()
@@ -371,10 +372,6 @@ def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options
             "spelling; if it is on the hub and you are offline, download it elsewhere and pass the local directory"
         ) from None
     return _inside_subfolder(local, subfolder, f"{name}{at}")
-
-
-_HUB_SAFE_FILES = ["config.json", "*.safetensors", SAFE_INDEX]
-_HUB_BIN_FILES = ["config.json", "pytorch_model*.bin", BIN_INDEX]
 
 
 def _inside_subfolder(directory: Path, subfolder: str, name: str) -> Path:

@@ -245,11 +245,11 @@ def _one_series_of_long_table(frame, path: Path, column: str | None):
     """A long table (id, time and value columns, as frames detects it) holding one id, as a table of that series
     with its value column as the default ``column``. Several ids are an error: read as one table, their rows would be
     forecast as a single series that jumps from one id to the next."""
-    from .data.frames import ID_NAMES, VALUE_NAMES, _find, _looks_long
+    from .data.frames import ID_NAMES, VALUE_NAMES, find_column, looks_long
 
-    if not _looks_long(frame):
+    if not looks_long(frame):
         return frame, column
-    id_col = _find(frame, ID_NAMES)
+    id_col = find_column(frame, ID_NAMES)
     ids = frame[id_col].unique()
     if len(ids) > 1:
         raise ValueError(
@@ -258,20 +258,18 @@ def _one_series_of_long_table(frame, path: Path, column: str | None):
             f"timemoe forecast forecasts one series: keep the rows of one {id_col} (filter the file), or forecast "
             "them all from Python (TimeMoEForecaster)"
         )
-    return frame.drop(columns=[id_col]), column or _find(frame, VALUE_NAMES)
+    return frame.drop(columns=[id_col]), column or find_column(frame, VALUE_NAMES)
 
 
 def _time_column(frame, exclude: str):
     """The first text column whose every value reads as a date or time, parsed; None if there is none."""
     import pandas as pd
 
-    from .data.frames import looks_like_dates, parse_times
+    from .data.frames import parse_times
 
     for name in frame.columns:
         column = frame[name]
         if name == exclude or pd.api.types.is_numeric_dtype(column) or column.isna().any():
-            continue
-        if not looks_like_dates(column):  # parse_times alone would take '12,5' or 'T1' for dates
             continue
         parsed = parse_times(column)
         if parsed is not None and parsed.is_unique:
@@ -395,17 +393,15 @@ def main(argv: list[str] | None = None) -> int:
                 "(pass a larger --max-steps with --resume to train on)"
             )
         elif not result["finished"]:  # stopped by --time-limit: a checkpoint, no final model yet
-            done = f"time limit reached: trained {result['steps']} of {cfg.max_steps} steps, last loss "
-            if result["checkpoint"]:
-                print(
-                    f"{done}{result['final_loss']:.4f}; no final model yet, checkpoint {result['checkpoint']} "
-                    "(train on with --resume)"
-                )
-            else:
-                print(
-                    f"{done}{result['final_loss']:.4f}; nothing was saved (no --output-dir), so the run cannot be "
-                    "resumed"
-                )
+            saved = (
+                f"no final model yet, checkpoint {result['checkpoint']} (train on with --resume)"
+                if result["checkpoint"]
+                else "nothing was saved (no --output-dir), so the run cannot be resumed"
+            )
+            print(
+                f"time limit reached: trained {result['steps']} of {cfg.max_steps} steps, last loss "
+                f"{result['final_loss']:.4f}; {saved}"
+            )
         else:
             print(
                 f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; "

@@ -64,7 +64,7 @@ def _float64_series(
         _require(df, exclude, where, "exclude")
         df = df.drop(columns=list(exclude))
     if long is None:
-        long = id_col is not None or value_col is not None or _looks_long(df)
+        long = id_col is not None or value_col is not None or looks_long(df)
     if long:
         return _long(df, where, id_col, value_col, time_col)
     if columns:
@@ -83,7 +83,7 @@ def _lower(name: Any) -> str:
     return str(name).strip().lower()
 
 
-def _find(df: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+def find_column(df: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
     lowered = {_lower(c): c for c in df.columns}
     return next((lowered[c] for c in candidates if c in lowered), None)
 
@@ -94,8 +94,8 @@ def _require(df: pd.DataFrame, names: list[str], where: str, what: str) -> None:
         raise ValueError(f"{where}: {what} names unknown columns {missing}; columns are {list(df.columns)[:20]}")
 
 
-def _looks_long(df: pd.DataFrame) -> bool:
-    return _find(df, ID_NAMES) is not None and _find(df, VALUE_NAMES) is not None
+def looks_long(df: pd.DataFrame) -> bool:
+    return find_column(df, ID_NAMES) is not None and find_column(df, VALUE_NAMES) is not None
 
 
 def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
@@ -152,7 +152,7 @@ def _column_role(col: pd.Series, name: Any, leading: bool = False) -> str | None
         if lname in TIME_NAMES:
             return "time"
         sample = col.dropna().astype(str).head(20)
-        return "time" if looks_like_dates(sample) and parse_times(sample) is not None else None
+        return "time" if parse_times(sample) is not None else None
     return None
 
 
@@ -188,21 +188,21 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _DECIMAL_COMMA = r"[-+]?\d+(?:\.\d{3})*,\d+"
 
 
-def looks_like_dates(text: pd.Series) -> bool:
-    """Whether every value of ``text`` looks like a date or a time, and none like a number (1.5, or 12,5 with a
-    decimal comma).
-
-    Asked before :func:`parse_times`, whose last resort reads almost any text as a date ('12,5', 'T1', '3rd',
-    '1;2'): a column of such values would be skipped as the time axis and its data silently lost.
-    """
-    text = text.astype(str).str.strip()
+def _looks_like_dates(text: pd.Series) -> bool:
+    """Whether every value of ``text`` (stripped strings) looks like a date or a time, and none like a number
+    (1.5, or 12,5 with a decimal comma)."""
     if text.empty or text.str.fullmatch(f"{_NUMBER}|{_DECIMAL_COMMA}").any():
         return False
     return bool(text.str.contains(_DATE_LIKE, case=False, regex=True).all())
 
 
 def parse_times(col: pd.Series) -> pd.Series | None:
-    """Text dates read in one format for the whole column, or None when no single format reads them all.
+    """Text dates read in one format for the whole column, or None when no single format reads them all, or when
+    the values do not look like dates.
+
+    The last check comes first: pandas' last resort reads almost any text as a date ('12,5', 'T1', '3rd', '1;2'),
+    so a column of such values would be skipped as the time axis (its data silently lost), date a forecast in
+    year 1, or reorder a long table's rows.
 
     Reading each value on its own would take 01.02.2020 as January 2 and 13.02.2020 as February 13 in
     the same column and silently reorder the rows. So pandas infers one format from the first value;
@@ -210,6 +210,8 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     with the more regular spacing wins (month-first on a tie, as pandas does).
     """
     text = col.astype(str).str.strip()
+    if not _looks_like_dates(text):
+        return None
     weeks = _iso_weeks(text)
     if weeks is not None:
         return weeks
@@ -393,15 +395,15 @@ def _panel(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
 def _long(
     df: pd.DataFrame, where: str, id_col: str | None, value_col: str | None, time_col: str | None
 ) -> tuple[list[np.ndarray], list[str]]:
-    id_col = id_col or _find(df, ID_NAMES)
-    value_col = value_col or _find(df, VALUE_NAMES)
+    id_col = id_col or find_column(df, ID_NAMES)
+    value_col = value_col or find_column(df, VALUE_NAMES)
     if id_col is None or value_col is None:
         raise ValueError(
             f"{where}: long format needs an id column and a value column; pass id_col= and value_col= "
             f"(columns are {list(df.columns)[:20]})"
         )
     _require(df, [id_col, value_col] + ([time_col] if time_col else []), where, "long format")
-    time_col = time_col or _find(df, TIME_NAMES)
+    time_col = time_col or find_column(df, TIME_NAMES)
     values = _numeric(df[value_col], where, str(value_col))
     frame = pd.DataFrame({"id": df[id_col].to_numpy(), "v": values})
     no_id = int(frame["id"].isna().sum())
