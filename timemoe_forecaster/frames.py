@@ -35,6 +35,21 @@ def _regular_range(times: pd.Index, freq) -> pd.Index | None:
     return full if times.isin(full).all() else None
 
 
+_UNIT_NANOS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def _ticks(times: pd.DatetimeIndex, step_nanos: int) -> np.ndarray:
+    """``times`` as whole multiples of a step of ``step_nanos`` nanoseconds.
+
+    Read in the index's own unit (pandas 3 defaults to microseconds): converting a long index to
+    nanoseconds first took 0.35 s per call at 5M points, and ``update`` runs this on the whole history.
+    """
+    unit = _UNIT_NANOS.get(getattr(times, "unit", "ns"))
+    if unit is None or step_nanos % unit:
+        return times.as_unit("ns").asi8 // step_nanos
+    return times.asi8 // (step_nanos // unit)
+
+
 def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
     """Fast check that no instance skips a point, where the time points are integers apart: periods, and
     fixed-size frequencies (days, hours, ...). False means "not known", and the slower check runs."""
@@ -45,7 +60,7 @@ def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
             step = pd.tseries.frequencies.to_offset(freq).nanos  # months, weeks, ...: not a fixed size
         except ValueError:
             return False
-        ticks = pd.Series(times.as_unit("ns").asi8 // step, index=frame.index)  # pandas 3 defaults to us
+        ticks = pd.Series(_ticks(times, step), index=frame.index)
     else:
         return False
     if frame.index.nlevels == 1:

@@ -229,6 +229,22 @@ def test_fill_time_gaps_inserts_missing_rows_per_instance_and_leaves_full_frames
     assert fill_time_gaps(odd, freq=freq)[1] == 0
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("freq", ["s", "min", "h", "D"])
+def test_time_ticks_read_in_the_index_unit_match_nanosecond_ticks(unit, freq):
+    import pandas as pd
+
+    from timemoe_forecaster.frames import _ticks, fill_time_gaps
+
+    times = pd.date_range("1969-12-31 23:59:58", periods=50, freq=freq).as_unit(unit)  # before the epoch too
+    for step_freq in (freq, "ms"):  # "ms" is below the unit "s": the nanosecond fallback
+        step = pd.tseries.frequencies.to_offset(step_freq).nanos
+        np.testing.assert_array_equal(_ticks(times, step), times.as_unit("ns").asi8 // step)
+    holed = pd.DataFrame({"v": np.arange(50.0)}, index=times).drop(times[[7, 8]])
+    filled, added = fill_time_gaps(holed, freq=freq)
+    assert added == 2 and filled.index.equals(times)
+
+
 def test_cpu_forecasts_skip_autograd_and_leave_the_model_trainable(monkeypatch):
     import contextlib
 
