@@ -7,10 +7,14 @@ instance-major, which is what :mod:`timemoe_forecaster.preprocess` batches.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from . import preprocess
+
+log = logging.getLogger(__name__)
 
 # pandas 3 copies lazily (copy-on-write) and deprecates the ``copy`` keyword of ``astype``.
 _PANDAS_COPIES_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
@@ -30,9 +34,44 @@ def _regular_range(times: pd.Index, freq) -> pd.Index | None:
         full = pd.period_range(times[0], times[-1], freq=times.freq)
     elif isinstance(times, pd.DatetimeIndex) and freq is not None:
         full = pd.date_range(times[0], times[-1], freq=freq)
+    elif _is_integer_index(times):
+        return _integer_range(times)
     else:
         return None
     return full if times.isin(full).all() else None
+
+
+def _is_integer_index(times: pd.Index) -> bool:
+    return pd.api.types.is_integer_dtype(times.dtype) and len(times) > 1
+
+
+# An integer index whose gaps would more than double it is not read as a series with missing points.
+_MAX_INTEGER_FILL = 1.0
+
+
+def _integer_range(times: pd.Index) -> pd.Index | None:
+    """Every integer from the first of ``times`` to the last, for an integer time index of step 1.
+
+    sktime reads an integer index as time points one unit apart (fh=1 is the cut-off plus 1), so 1, 2, 4, 5 skips
+    the point 3. An index whose points share a larger step (0, 10, 20, ...) has no gaps in that view, and one
+    whose gaps would more than double it (0, 1, 2, 1000) is more likely labels than a clock: both are read as
+    consecutive points, the second with a warning."""
+    values = np.asarray(times, dtype=np.int64)
+    steps = np.diff(values)
+    if (steps <= 0).any() or np.gcd.reduce(steps) != 1:
+        return None
+    total = int(values[-1] - values[0]) + 1
+    if total - len(values) > _MAX_INTEGER_FILL * len(values):
+        log.warning(
+            "y's integer index skips %d of the %d points from %d to %d; too many to be missing values, so its "
+            "points are read as consecutive",
+            total - len(values),
+            total,
+            values[0],
+            values[-1],
+        )
+        return None
+    return pd.Index(np.arange(values[0], values[-1] + 1, dtype=values.dtype), dtype=times.dtype, name=times.name)
 
 
 _UNIT_NANOS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
@@ -51,8 +90,8 @@ def _ticks(times: pd.DatetimeIndex, step_nanos: int) -> np.ndarray:
 
 
 def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
-    """Fast check that no instance skips a point, where the time points are integers apart: periods, and
-    fixed-size frequencies (days, hours, ...). False means "not known", and the slower check runs."""
+    """Fast check that no instance skips a point, where the time points are integers apart: periods, integer
+    indices and fixed-size frequencies (days, hours, ...). False means "not known", and the slower check runs."""
     if isinstance(times, pd.PeriodIndex):
         ticks = pd.Series(times.asi8, index=frame.index)
     elif isinstance(times, pd.DatetimeIndex) and freq is not None:
@@ -61,6 +100,8 @@ def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
         except ValueError:
             return False
         ticks = pd.Series(_ticks(times, step), index=frame.index)
+    elif _is_integer_index(times):
+        ticks = pd.Series(np.asarray(times, dtype=np.int64), index=frame.index)
     else:
         return False
     if frame.index.nlevels == 1:

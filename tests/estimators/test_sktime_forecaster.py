@@ -193,7 +193,7 @@ def test_skipped_time_points_are_missing_values_not_a_shorter_series(checkpoint,
     yd.index.freq = "MS"
     updated = forecaster(checkpoint).fit(yd.iloc[:100]).update(yd.iloc[110:120]).predict(fh=[1])
     np.testing.assert_allclose(updated, forecaster(checkpoint).fit(missing.iloc[:120]).predict(fh=[1]), rtol=1e-6)
-    # Per instance in a panel (integer time indices are left as they are: their step is not known).
+    # Per instance in a panel.
     data = panel(n_instances=2, length=30)
     data.index = data.index.set_levels(pd.period_range("2001-01", periods=30, freq="M"), level="t")
     holes = data.copy()
@@ -202,6 +202,35 @@ def test_skipped_time_points_are_missing_values_not_a_shorter_series(checkpoint,
         forecaster(checkpoint).fit(data.drop(data.index[[4, 5, 40]])).predict(fh=[1]),
         forecaster(checkpoint).fit(holes).predict(fh=[1]),
     )
+
+
+def test_integer_index_gaps_of_step_one_are_missing_values(checkpoint, caplog):
+    values = np.sin(np.arange(60) / 3.0) + 2
+    full = pd.Series(values, index=pd.RangeIndex(100, 160))
+    missing = full.copy()
+    missing.iloc[30:33] = np.nan
+    expected = forecaster(checkpoint).fit(missing).predict(fh=[1, 2])
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        skipped = forecaster(checkpoint).fit(full.drop(full.index[30:33])).predict(fh=[1, 2])
+    pd.testing.assert_series_equal(skipped, expected)
+    assert "skips 3 point(s)" in caplog.text
+    # Per instance in a panel with an integer time level, and when update leaves a gap.
+    data = panel(n_instances=2, length=30)
+    holes = data.copy()
+    holes.iloc[[4, 5, 40]] = np.nan
+    pd.testing.assert_frame_equal(
+        forecaster(checkpoint).fit(data.drop(data.index[[4, 5, 40]])).predict(fh=[1]),
+        forecaster(checkpoint).fit(holes).predict(fh=[1]),
+    )
+    updated = forecaster(checkpoint).fit(full.iloc[:30]).update(full.iloc[33:40]).predict(fh=[1])
+    np.testing.assert_allclose(updated, forecaster(checkpoint).fit(missing.iloc[:40]).predict(fh=[1]), rtol=1e-6)
+    # A common step above one is no gap, and gaps that would more than double a series are labels, not time.
+    caplog.clear()
+    for labels in (np.arange(60) * 10, np.r_[np.arange(59), 1000]):
+        consecutive = pd.Series(values, index=pd.Index(labels))
+        got = forecaster(checkpoint).fit(consecutive).predict(fh=[1, 2])
+        np.testing.assert_allclose(got.to_numpy(), forecaster(checkpoint).fit(pd.Series(values)).predict(fh=[1, 2]))
+    assert "point(s)" not in caplog.text and "read as consecutive" in caplog.text
 
 
 def test_user_data_is_never_modified(checkpoint):
