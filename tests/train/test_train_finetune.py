@@ -227,6 +227,17 @@ def test_a_fine_tune_that_diverges_is_an_error_not_a_model_that_forecasts_nan():
     assert np.isfinite(result["losses"]).all()
 
 
+def test_a_fine_tune_whose_steps_were_skipped_is_an_error_though_its_losses_look_finite(caplog):
+    # lr=1e3: from step 7 on, every loss is finite but the gradients are NaN, so the trainer skipped each step; the
+    # run ended on those weights (a model that forecast every series' mean) and fit returned normally.
+    series = [100 + 10 * np.sin(np.arange(80) / 4) + np.arange(80)]
+    settings = dict(steps=10, batch_size=4, max_length=32)
+    with pytest.raises(ValueError, match=r"diverged: 4 of 10 steps had non-finite gradients .*\(steps 7, 8, 9, 10\)"):
+        train_on_series(make_model(), series, lr=1e3, **settings)
+    result = train_on_series(make_model(), series, lr=1e-3, **settings)
+    assert result["skipped_steps"] == 0 and result["steps"] == 10
+
+
 def test_a_bfloat16_model_fine_tunes_and_comes_back_in_bfloat16():
     # Trained in float32 master weights and cast back; the divergence check then scores a window in the model's
     # own dtype (a float32 window failed against bf16 weights).

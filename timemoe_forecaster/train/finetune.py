@@ -101,6 +101,22 @@ def _check_converged(model: TimeMoEForPrediction, losses: list[float], lr: float
     )
 
 
+def _check_steps_taken(history: list[dict], lr: float) -> None:
+    """Steps with non-finite gradients are skipped (a spike now and then is survivable). A run that skipped most
+    of them did not train, and one whose last step was skipped ended on weights whose gradients are NaN/inf
+    (lr=1e3 left a model that forecast every series' mean), though losses and weights may look finite: both
+    are errors rather than models."""
+    skipped = [r["step"] for r in history if r["skipped"]]
+    if 2 * len(skipped) > len(history) or (skipped and skipped[-1] == history[-1]["step"]):
+        which = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        raise ValueError(
+            f"fine-tuning diverged: {len(skipped)} of {len(history)} steps had non-finite gradients and were "
+            f"skipped (steps {which}); lower the learning rate (lr={lr:g})"
+        )
+    if skipped:
+        log.warning("fine-tuning skipped %d of %d steps with non-finite gradients", len(skipped), len(history))
+
+
 def _check_count(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -127,7 +143,7 @@ def train_on_series(
     Exactly one of ``steps`` / ``epochs`` (default ``steps=100``). An epoch is as many steps as it takes
     to draw, in expectation, every point once: ceil(windows / batch_size), a series of n finite points
     making ceil(n / (max_length + 1)) windows. ``device=None`` trains where the model already is.
-    Returns {"steps", "final_loss", "losses"}; the model is left in eval mode.
+    Returns {"steps", "skipped_steps", "final_loss", "losses"}; the model is left in eval mode.
     """
     from ..data import ArraySource, PackedBatchStream, WindowSampler
 
@@ -216,5 +232,7 @@ def train_on_series(
         model.eval()
     losses = [r["loss"] for r in history]
     _check_converged(model, losses, lr, max(segments, key=len)[-(max_length + 1) :])
+    _check_steps_taken(history, lr)
+    skipped = sum(bool(r["skipped"]) for r in history)
     log.info("fine-tuned %d steps: loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
-    return {"steps": len(losses), "final_loss": losses[-1], "losses": losses}
+    return {"steps": len(losses), "skipped_steps": skipped, "final_loss": losses[-1], "losses": losses}
