@@ -238,7 +238,7 @@ class TimeMoEModel(GlobalForecastingModel):
         values = _component_arrays(series_list)
         model = self._load()
         if show_warnings:
-            self._warn_if_truncated(max(len(s) for s in series_list), model)
+            self._warn_if_truncated(max(_history_length(v, len(v)) for v in values), model)
         points = preprocess.forecast_series(
             model,
             values,
@@ -320,11 +320,13 @@ class TimeMoEModel(GlobalForecastingModel):
         bounds, _ = _process_predict_start_points_bounds(series, np.array(bounds), stride)
         model = self._load()
         length = preprocess.check_context_length(self.context_length, model.config.max_position_embeddings)
-        contexts, jobs, counts = [], [], []
+        contexts, jobs, counts, longest = [], [], [], 0
         for idx, (s, (left, right)) in enumerate(zip(series, bounds)):
             values = preprocess.as_float_array(s.values(copy=False), name=f"series {idx}")  # [T, C]
             cuts = _forecastable_cuts(s, values, np.arange(left, right + 1, stride), idx, show_warnings)
             observed_at = [np.flatnonzero(~np.isnan(values[:, c])) for c in range(values.shape[1])]
+            if cuts.size:
+                longest = max(longest, *(_history_length(values[:, c], int(cuts[-1])) for c in range(values.shape[1])))
             for cut in cuts:
                 contexts.extend(
                     _context_window(values[:, c], observed_at[c], cut, length) for c in range(values.shape[1])
@@ -332,7 +334,7 @@ class TimeMoEModel(GlobalForecastingModel):
                 jobs.append(int(cut))
             counts.append(cuts.size)
         if show_warnings:
-            self._warn_if_truncated(max(jobs), model)
+            self._warn_if_truncated(longest, model)
         points = preprocess.forecast_series(
             model, contexts, forecast_horizon, context_length=length, scaling=self.scaling,
             batch_size=self.batch_size, device=next(model.parameters()).device, progress=self.progress or bool(verbose),
@@ -485,6 +487,12 @@ def _as_list(series) -> list[TimeSeries]:
         if all(isinstance(s, TimeSeries) for s in series):
             return list(series)
     raise TypeError(f"series must be a darts TimeSeries or a non-empty list of them, got {type(series).__name__}")
+
+
+def _history_length(values: np.ndarray, cut: int) -> int:
+    """Points of history a forecast from the first ``cut`` of ``values`` has: leading NaN are dropped, not used."""
+    observed = np.flatnonzero(~np.isnan(values[:cut]))
+    return cut - int(observed[0]) if observed.size else 0
 
 
 def _component_arrays(series_list: list[TimeSeries]) -> list[np.ndarray]:

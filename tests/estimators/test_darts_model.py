@@ -189,6 +189,19 @@ def test_historical_forecasts_take_verbose_in_predict_kwargs_and_warn_only_of_re
         m.historical_forecasts(airline[:40], start=30, retrain=False, show_warnings=False)
         m.predict(2, series=airline[:40], show_warnings=False)
     assert "at most 16" not in caplog.text
+    # Leading NaN are dropped, not history: 30 of 40 points missing leave 10 points, nothing is cut.
+    values = airline[:40].values().copy()
+    values[:30] = np.nan
+    late = airline[:40].with_values(values)
+    with caplog.at_level("WARNING"):
+        m.predict(2, series=late)
+        m.historical_forecasts(late, start=35, retrain=False)
+    assert "at most 16" not in caplog.text
+    values[:20] = airline[:20].values()
+    values[:10] = np.nan
+    with caplog.at_level("WARNING"):
+        m.predict(2, series=airline[:40].with_values(values))
+    assert "up to 30 points but the model takes at most 16" in caplog.text
 
 
 def test_bad_input_is_a_clear_error(checkpoint, airline, tmp_path):
