@@ -299,11 +299,7 @@ class TimeMoEForecaster(BaseForecaster):
         limit = self.model_.config.max_position_embeddings
         self._context_points()  # raises if context_length exceeds the model's limit
         if self.context_length is None:
-            longest = (
-                self._context.groupby(level=list(range(self._context.index.nlevels - 1))).size().max()
-                if (self._context.index.nlevels > 1)
-                else len(self._context)
-            )
+            longest = _longest_history(self._context) if len(self._context) > limit else 0
             if longest > limit:
                 log.warning(
                     "y has up to %d points but the model takes at most %d; the most recent %d points of each "
@@ -502,3 +498,13 @@ class TimeMoEForecaster(BaseForecaster):
 
 
 __all__ = ["TimeMoEForecaster"]
+
+
+def _longest_history(frame: pd.DataFrame) -> int:
+    """The most points any (instance, column) series of ``frame`` has from its first observation on (leading
+    NaN are dropped, not history)."""
+    started = frame.notna()
+    if frame.index.nlevels == 1:
+        return int(started.cummax().sum().max())
+    levels = list(range(frame.index.nlevels - 1))
+    return int(started.groupby(level=levels).cummax().groupby(level=levels).sum().max().max())

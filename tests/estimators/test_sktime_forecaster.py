@@ -327,6 +327,19 @@ def test_context_length_none_truncates_with_a_warning(caplog):
     np.testing.assert_allclose(f.predict(fh=[1, 2]), short.predict(fh=[1, 2]))
     with pytest.raises(ValueError, match="exceeds the model's limit"):
         TimeMoEForecaster(config=config, context_length=65, device="cpu").fit(y)
+    # Leading NaN are dropped, not history: per series and column of a panel, only observed-on points count.
+    caplog.clear()
+    late = pd.concat({"a": y.iloc[:100].to_frame("v"), "b": y.iloc[:100].to_frame("v")})
+    late.loc[("a", slice(0, 69)), "v"] = np.nan  # 30 points from the first observation
+    late.loc[("b", slice(0, 35)), "v"] = np.nan  # 64 points
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        TimeMoEForecaster(config=config, device="cpu").fit(late)
+        TimeMoEForecaster(config=config, device="cpu").fit(late.loc["a"])
+    assert "most recent" not in caplog.text
+    late.loc[("b", 35), "v"] = 1.0  # 65 points
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        TimeMoEForecaster(config=config, device="cpu").fit(late)
+    assert "up to 65 points" in caplog.text
 
 
 # Intervals ---------------------------------------------------------------------------------------
