@@ -1,10 +1,10 @@
 """Split-conformal forecast quantiles from rolling in-context forecast residuals.
 
 The model has no probabilistic head, so quantiles come from its own errors on the stored history:
-from every cut-off t among the last ``num_windows + horizon - 1`` points of a series, forecast
+from every cut-off t among the last ``num_windows + horizon - 1`` observed points of a series, forecast
 ``horizon`` points from the history before t (the same context length and scaling as the final
-forecast) and keep the signed residuals y[t + h] - f_t(h). Residuals are divided by the scale of the
-series' final context, so they are comparable across series.
+forecast) and keep the signed residuals y[t + h] - f_t(h), the ``num_windows`` most recent per step.
+Residuals are divided by the scale of the series' final context, so they are comparable across series.
 
 For a level q and horizon step h, the offset added to the point forecast is the conformal quantile
 of that series' residuals at step h: the k-th smallest of n, k = ceil((n + 1) q) for q >= 0.5 and
@@ -38,10 +38,12 @@ MIN_OWN_RESIDUALS = 10
 
 
 def calibration_cutoffs(length: int, horizon: int, num_windows: int) -> np.ndarray:
-    """Cut-offs (number of points used as history) for a cleaned series of ``length`` points.
+    """Cut-offs (number of points used as history) for a cleaned series whose last observation is point
+    ``length``.
 
-    The last ``num_windows + horizon - 1`` positions, so that every step h sees up to ``num_windows``
-    residuals; histories shorter than half the series (and than 2 points) are not used.
+    The last ``num_windows + horizon - 1`` positions, so that every step h has ``num_windows`` cut-offs with an
+    observed target (``rolling_residuals`` keeps those most recent ``num_windows`` residuals per step);
+    histories shorter than half the series (and than 2 points) are not used.
     """
     earliest = max(2, length // 2)
     latest = length - 1
@@ -62,7 +64,18 @@ def rolling_residuals(
     progress: bool = False,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Per series, normalised residuals [W, L] (NaN where the target lies beyond the history or is
-    missing), and the scale [N] they were divided by (that of the series' final context)."""
+    missing; at most ``num_windows`` per step, the most recent), and the scale [N] they were divided by
+    (that of the series' final context).
+
+    Each step keeps the same number of residuals whatever the horizon: step 1 of a call that asks for
+    step 12 too is calibrated as in a call for step 1 alone, so an interval never depends on the other
+    steps asked for (or, in a panel, on how far behind the cut-off another series ends).
+
+    A series whose last ``g`` values are missing (not reported yet) is forecast from a context that holds its
+    last observation over them; its calibration forecasts are made the same way, from cut-offs whose
+    last ``g`` points are held likewise, and only cut-offs with observed targets count. Cut-offs at the
+    series' end would score forecasts against the missing values, leaving no residuals at all.
+    """
     raw, clean, finals, jobs = [], [], [], []
     for s in series:
         x = np.asarray(s, dtype=np.float64)
@@ -74,8 +87,15 @@ def rolling_residuals(
     _, final_scale, _ = scale_stats(finals, "standard")
     contexts = []
     for i, c in enumerate(clean):
-        for t in calibration_cutoffs(c.size, horizon, num_windows):
-            contexts.append(c[max(0, t - context_length) : t])  # history before cut-off t
+        observed_end = int(np.flatnonzero(~np.isnan(raw[i]))[-1]) + 1
+        gap = c.size - observed_end  # trailing points not observed
+        for t in calibration_cutoffs(observed_end, horizon, num_windows):
+            if t - gap < 2:
+                continue
+            history = c[max(0, t - gap - context_length) : t - gap]
+            if gap:  # held over the last ``gap`` points, as the final context holds them
+                history = np.concatenate([history, np.full(gap, history[-1])])
+            contexts.append(history[-context_length:])  # history before cut-off t
             jobs.append((i, t))
     preds = forecast_contexts(
         model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress
@@ -89,8 +109,15 @@ def rolling_residuals(
         target[avail] = raw[i][t + steps[avail]]
         rows_of.setdefault(i, []).append((target - pred) / final_scale[i])
     for i, rows in rows_of.items():
-        out[i] = np.stack(rows)  # [W, L]
+        out[i] = _most_recent(np.stack(rows), num_windows)  # [W, L]
     return out, final_scale
+
+
+def _most_recent(residuals: np.ndarray, count: int) -> np.ndarray:
+    """residuals [W, L] (rows in cut-off order) with all but the last ``count`` present ones per column NaN."""
+    present = ~np.isnan(residuals)
+    from_end = np.cumsum(present[::-1], axis=0)[::-1]  # present residuals at or after each row
+    return np.where(present & (from_end <= count), residuals, np.nan)
 
 
 def conformal_quantiles(residuals: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +209,9 @@ def _quantile_or(ranked, q: float, fallback: np.ndarray) -> tuple[np.ndarray, np
     """Conformal quantile at level q of ranked residuals (``_ranked`` of [W, N, L]), or where its rank is
     out of range the wider of the extreme residual and ``fallback`` [N, L]: (values, clipped)."""
     values, clipped = _ranked_quantile(ranked, q)
-    wider = np.maximum(values, fallback) if q >= 0.5 else np.minimum(values, fallback)
+    # fmax/fmin: a NaN fallback (every series forecast exactly, so no root-mean-square lends a shape) leaves
+    # the extreme residual, not a NaN interval.
+    wider = np.fmax(values, fallback) if q >= 0.5 else np.fmin(values, fallback)
     return np.where(clipped, wider, values), clipped & ~np.isnan(values)
 
 

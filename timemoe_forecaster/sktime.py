@@ -86,8 +86,9 @@ class TimeMoEForecaster(BaseForecaster):
     Panels and hierarchies: every instance and column in one batched call with left padding.
 
     Prediction intervals and quantiles are split-conformal: for every series, forecasts are made
-    from the last ``conformal_windows + H - 1`` cut-offs inside the stored history (H the largest
-    horizon step asked for), with the same context length and scaling as the final forecast. The
+    from the last ``conformal_windows + H - 1`` cut-offs before its last observation (H the largest
+    horizon step asked for; each step keeps its ``conformal_windows`` most recent residuals), with the
+    same context length and scaling as the final forecast. The
     signed residuals of step h, divided by the scale of the final context, give the conformal
     quantile (rank ceil((n+1)q) above the median, floor((n+1)q) below), which is scaled back and added
     to the point forecast. A series with fewer than 10 residuals at a step uses those of all series

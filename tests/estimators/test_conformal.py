@@ -49,6 +49,46 @@ def test_rolling_residuals_match_direct_forecasts():
     assert np.isnan(residuals[0][-1, 1:]).all()  # last cut-off: only step 1 lies inside the history
 
 
+def test_each_step_keeps_its_most_recent_residuals_whatever_the_horizon():
+    # Step 1 of a 6-step call had 4 + 6 - 1 = 9 residuals, of a 1-step call 4: its interval moved with the
+    # other steps asked for (and, in a panel, with how far behind the cut-off another series ends).
+    model = make_model(seed=4)
+    x = np.sin(np.arange(60) / 5) * 3 + np.arange(60) * 0.1
+    short, _ = conformal.rolling_residuals(model, [x], 1, context_length=32, num_windows=4)
+    long, _ = conformal.rolling_residuals(model, [x], 6, context_length=32, num_windows=4)
+    assert (np.count_nonzero(~np.isnan(long[0]), axis=0) == 4).all()
+    assert np.count_nonzero(~np.isnan(short[0])) == 4
+    # The same cut-offs (the last four with an observed next point); the values differ only as the model's
+    # step 1 differs between a 1-step and a 6-step head schedule.
+    assert np.flatnonzero(~np.isnan(long[0][:, 0])).tolist() == list(range(len(long[0]) - 4, len(long[0])))
+
+
+def test_calibration_with_missing_last_values_holds_them_as_the_final_forecast_does():
+    # Values not reported yet: the final context holds the last observation over them, so each calibration
+    # forecast does too, and only cut-offs with observed targets count (with 25 missing values every cut-off
+    # scored against NaN and intervals were an error blaming a "too short" series).
+    model = make_model(seed=4)
+    x = np.sin(np.arange(80) / 5) * 3 + np.arange(80) * 0.1
+    gap = 25
+    tail = np.r_[x[:-gap], np.full(gap, np.nan)]
+    residuals, scale = conformal.rolling_residuals(model, [tail], 3, context_length=32, num_windows=4)
+    from timemoe_forecaster.preprocess import forecast_series
+
+    assert (np.count_nonzero(~np.isnan(residuals[0]), axis=0) == 4).all()
+    t = 52  # the last cut-off with an observed step 3 (x[54] is the last observation; rows end at t = 54)
+    held = np.r_[x[: t - gap], np.full(gap, np.nan)]  # what the model saw at that cut-off, filled like the end
+    direct = forecast_series(model, [held], 3, context_length=32)[0]
+    np.testing.assert_allclose(residuals[0][-3] * scale[0], x[t : t + 3] - direct, rtol=1e-5, atol=1e-6)
+
+
+def test_series_forecast_exactly_get_zero_width_intervals_not_nan():
+    # A constant series is forecast exactly: every residual is 0, so no series lends a shape for levels its
+    # 20 residuals do not resolve, and those came back NaN (0/0).
+    zeros = [np.zeros((20, 3)), np.zeros((20, 3))]
+    offsets = conformal.residual_offsets(zeros, [0.01, 0.05, 0.5, 0.95, 0.99], horizon=3)
+    np.testing.assert_array_equal(offsets, 0.0)
+
+
 def test_quantiles_never_cross_whichever_residuals_each_series_holds():
     # A series choosing its own residuals for one level and the pool for another let the 95% interval
     # fall inside the 80% one; all levels of a series and step now come from one set.

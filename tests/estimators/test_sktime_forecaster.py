@@ -169,6 +169,18 @@ def test_equivariance_and_constant_series(checkpoint):
     np.testing.assert_array_equal(const.to_numpy(), 4.25)
 
 
+def test_intervals_of_a_constant_series_and_of_one_whose_last_values_are_missing(checkpoint):
+    const = pd.Series(5.0, index=pd.period_range("2000-01", periods=30, freq="M"))
+    f = forecaster(checkpoint).fit(const)
+    np.testing.assert_array_equal(f.predict_interval(fh=[1, 2]).to_numpy(), 5.0)  # 90%: NaN before
+    np.testing.assert_array_equal(f.predict_quantiles(fh=[1, 2], alpha=[0.01, 0.5, 0.99]).to_numpy(), 5.0)
+    y = load_airline()
+    late = y.copy()
+    late.iloc[-25:] = np.nan  # not reported yet: 119 observed points
+    intervals = forecaster(checkpoint).fit(late).predict_interval(fh=[1, 2, 3], coverage=0.8)
+    assert np.isfinite(intervals.to_numpy()).all() and (intervals.iloc[:, 1] > intervals.iloc[:, 0]).all()
+
+
 def test_missing_values_are_interpolated(checkpoint):
     y = load_airline()
     gappy = y.copy()
