@@ -21,6 +21,7 @@ Shape legend: N series, W cut-offs, L horizon, Q quantile levels.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -198,6 +199,38 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     return offsets
 
 
+def residual_moments(residuals: list[np.ndarray], horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance [N, L] of the normalised residuals that ``residual_offsets`` ranks: per series and
+    step its own set when it holds at least ``MIN_OWN_RESIDUALS``, else all series' set at that step.
+
+    They describe the same conformal distribution as the quantiles (the point forecast shifted by the
+    residuals), for ``predict_var`` and ``predict_proba``. Steps no series has residuals for take the last
+    covered step, the mean and standard deviation widened by the square root of the step ratio, as there."""
+    n_series = len(residuals)
+    width = max([r.shape[0] for r in residuals] + [0])
+    stacked = np.full((width, n_series, horizon), np.nan)  # [W, N, L]
+    for i, r in enumerate(residuals):
+        stacked[: r.shape[0], i] = r
+    counts = np.count_nonzero(~np.isnan(stacked), axis=0)  # [N, L]
+    pooled = stacked.reshape(width * n_series, 1, horizon)
+    use_own = counts >= MIN_OWN_RESIDUALS
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no residuals there
+        mean = np.where(use_own, np.nanmean(stacked, axis=0), np.nanmean(pooled, axis=0))
+        own_n, pooled_n = counts, np.count_nonzero(~np.isnan(pooled), axis=0)
+        # One residual has no spread of its own: variance 0 there, as its quantiles are that residual.
+        own_var = np.nanvar(stacked, axis=0, ddof=1) if width > 1 else np.zeros_like(mean)
+        pooled_var = np.nanvar(pooled, axis=0, ddof=1) if width * n_series > 1 else np.zeros((1, horizon))
+        own_var = np.where(own_n > 1, own_var, 0.0)
+        pooled_var = np.where(pooled_n > 1, pooled_var, 0.0)
+    var = np.where(use_own, own_var, pooled_var)
+    covered = counts.sum(axis=0) > 0
+    if not covered.all():
+        source, growth = _covering_steps(covered)
+        mean, var = mean[:, source] * growth, var[:, source] * growth**2
+    return mean, var
+
+
 def _root_mean_square(residuals: np.ndarray) -> np.ndarray:
     """Along axis 0 of residuals [W, ...], NaN where there are none."""
     present = np.count_nonzero(~np.isnan(residuals), axis=0)
@@ -225,15 +258,8 @@ def _extend_to_uncovered_steps(offsets: np.ndarray, covered: np.ndarray) -> np.n
     """Steps without residuals [L] take offsets [N, L, Q] of the nearest earlier covered step."""
     if covered.all():
         return offsets
-    if not covered.any():
-        raise ValueError(
-            "no calibration residuals: every series is too short to forecast from inside its own history; "
-            "prediction intervals need at least a few points more than the horizon"
-        )
+    source, growth = _covering_steps(covered)
     steps = np.arange(covered.size)
-    last = np.maximum.accumulate(np.where(covered, steps, -1))  # covered step at or before each step
-    source = np.where(last >= 0, last, np.argmax(covered))  # steps before the first covered take it
-    growth = np.sqrt((steps + 1) / (source + 1))
     out = offsets[:, source] * growth[None, :, None]
     log.warning(
         "no calibration residuals for horizon steps %s; their intervals are those of step %d widened by "
@@ -242,6 +268,19 @@ def _extend_to_uncovered_steps(offsets: np.ndarray, covered: np.ndarray) -> np.n
         int(source[~covered][0]) + 1,
     )
     return out
+
+
+def _covering_steps(covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every step [L], the covered step whose residuals it takes and the growth sqrt(step ratio)."""
+    if not covered.any():
+        raise ValueError(
+            "no calibration residuals: every series is too short to forecast from inside its own history; "
+            "prediction intervals need at least a few points more than the horizon"
+        )
+    steps = np.arange(covered.size)
+    last = np.maximum.accumulate(np.where(covered, steps, -1))  # covered step at or before each step
+    source = np.where(last >= 0, last, np.argmax(covered))  # steps before the first covered take it
+    return source, np.sqrt((steps + 1) / (source + 1))
 
 
 def _step_ranges(steps: np.ndarray) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
 
 from . import preprocess
-from .conformal import residual_offsets, rolling_residuals
+from .conformal import residual_moments, residual_offsets, rolling_residuals
 from .frames import (
     checked_frame,
     fill_time_gaps,
@@ -94,7 +94,9 @@ class TimeMoEForecaster(BaseForecaster):
     to the point forecast. A series with fewer than 10 residuals at a step uses those of all series
     and channels there; a level beyond what its own resolve borrows the shape (not the size) of all
     series' residuals. Quantiles never cross, and a level gives the same interval whichever other
-    levels are asked for with it.
+    levels are asked for with it. ``predict_var`` is the variance of the residual set the quantiles rank
+    (scaled back); ``predict_proba`` a normal distribution with that variance and the point forecast plus
+    the set's mean as its mean.
 
     ``update`` extends the stored context without retraining. In-sample forecasts are not supported.
 
@@ -330,6 +332,40 @@ class TimeMoEForecaster(BaseForecaster):
         data = np.stack(blocks, axis=-1).reshape(len(index), -1)  # [rows, C * Q]
         return pd.DataFrame(data, index=index, columns=columns)
 
+    def _predict_var(self, fh, X=None, cov=False):
+        """Variance of the conformal distribution that the quantiles come from (sktime's default read it off the
+        50% interval as if it were normal, and failed on tuple column names)."""
+        if cov:
+            raise NotImplementedError("TimeMoEForecaster gives marginal variances only; call predict_var(cov=False)")
+        series, steps, index = self._plan(fh)
+        _, var = self._residual_moments(series, int(steps.max()))
+        picked = np.take_along_axis(var, steps - 1, axis=1)  # [N, m]
+        return pd.DataFrame(to_rows(picked, series.num_columns), index=index, columns=self._context.columns)
+
+    def _predict_proba(self, fh, X=None, marginal=True):
+        """A normal distribution with the mean and variance of the conformal distribution (sktime's default
+        centred it on ``predict``, away from the conformal quantiles, which are shifted by the residuals)."""
+        if _has_skpro():
+            from skpro.distributions.normal import Normal
+        else:  # sktime's own minimal copy, which it uses itself when skpro is absent
+            from sktime.base._proba._normal import Normal
+
+        series, steps, index = self._plan(fh)
+        horizon = int(steps.max())
+        points = self._point_forecasts(series, horizon)
+        mean, var = self._residual_moments(series, horizon)
+        mu = np.take_along_axis(points + mean, steps - 1, axis=1)
+        sigma = np.sqrt(np.take_along_axis(var, steps - 1, axis=1))
+        columns = self._context.columns
+        frames = [pd.DataFrame(to_rows(v, series.num_columns), index=index, columns=columns) for v in (mu, sigma)]
+        return Normal(mu=frames[0], sigma=frames[1], index=index, columns=columns)
+
+    def _residual_moments(self, series, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance [N, horizon] of the conformal distribution's offsets, in the series' own units."""
+        residuals, scale = self._residuals(series.values, horizon, self._context_points())
+        mean, var = residual_moments(residuals, horizon)
+        return mean * scale[:, None], var * scale[:, None] ** 2
+
     def _point_forecasts(self, series, horizon: int) -> np.ndarray:
         """The model's forecasts of every (instance, column) of ``series``, ``horizon`` steps: [N, horizon]."""
         return preprocess.forecast_series(
@@ -509,3 +545,9 @@ def _longest_history(frame: pd.DataFrame) -> int:
         return int(started.cummax().sum().max())
     levels = list(range(frame.index.nlevels - 1))
     return int(started.groupby(level=levels).cummax().groupby(level=levels).sum().max().max())
+
+
+def _has_skpro() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("skpro") is not None

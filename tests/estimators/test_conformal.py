@@ -89,6 +89,27 @@ def test_series_forecast_exactly_get_zero_width_intervals_not_nan():
     np.testing.assert_array_equal(offsets, 0.0)
 
 
+def test_residual_moments_describe_the_sets_the_quantiles_rank():
+    rng = np.random.default_rng(1)
+    rich = rng.normal(2.0, 3.0, size=(25, 3))  # own residuals at every step
+    poor = np.array([[100.0, np.nan, np.nan]])  # too few: the pool of both series at each step
+    rich[:, 2] = np.nan  # step 3: no residuals at all
+    poor_only = np.array([[np.nan, 7.0, np.nan]])
+    mean, var = conformal.residual_moments([rich, poor, poor_only], horizon=3)
+    np.testing.assert_allclose(mean[0, :2], rich[:, :2].mean(axis=0))
+    np.testing.assert_allclose(var[0, :2], rich[:, :2].var(axis=0, ddof=1))
+    pool0 = np.r_[rich[:, 0], 100.0]
+    np.testing.assert_allclose([mean[1, 0], var[1, 0]], [pool0.mean(), pool0.var(ddof=1)])
+    # Step 3 takes step 2, the mean and standard deviation widened by sqrt(3 / 2).
+    np.testing.assert_allclose(mean[:, 2], mean[:, 1] * np.sqrt(1.5))
+    np.testing.assert_allclose(var[:, 2], var[:, 1] * 1.5)
+    # One residual in all has no spread: variance 0, as its quantiles are that residual.
+    mean, var = conformal.residual_moments([np.array([[4.0]])], horizon=1)
+    assert mean[0, 0] == 4.0 and var[0, 0] == 0.0
+    with pytest.raises(ValueError, match="no calibration residuals"):
+        conformal.residual_moments([np.full((2, 2), np.nan)], horizon=2)
+
+
 def test_quantiles_never_cross_whichever_residuals_each_series_holds():
     # A series choosing its own residuals for one level and the pool for another let the 95% interval
     # fall inside the 80% one; all levels of a series and step now come from one set.

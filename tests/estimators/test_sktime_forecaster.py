@@ -181,6 +181,34 @@ def test_intervals_of_a_constant_series_and_of_one_whose_last_values_are_missing
     assert np.isfinite(intervals.to_numpy()).all() and (intervals.iloc[:, 1] > intervals.iloc[:, 0]).all()
 
 
+def test_predict_var_and_proba_describe_the_conformal_distribution(checkpoint):
+    # sktime's defaults took the variance off the 50% interval as if it were normal and centred predict_proba on
+    # predict(), away from the conformal quantiles (which add the residuals' shift); tuple columns failed.
+    from timemoe_forecaster import conformal
+
+    y = load_airline()
+    f = forecaster(checkpoint, conformal_windows=20).fit(y)
+    fh = [1, 2, 3]
+    var = f.predict_var(fh=fh)
+    dist = f.predict_proba(fh=fh)
+    series, steps, _ = f._plan(ForecastingHorizon(fh))
+    residuals, scale = conformal.rolling_residuals(
+        f.model_, series.values, 3, context_length=f._context_points(), num_windows=20
+    )
+    own = residuals[0] * scale[0]  # 20 residuals per step: the series' own set
+    np.testing.assert_allclose(var.to_numpy().ravel(), np.nanvar(own, axis=0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(dist.var().to_numpy().ravel(), var.to_numpy().ravel(), rtol=1e-6)
+    expected_mean = f.predict(fh=fh).to_numpy() + np.nanmean(own, axis=0)
+    np.testing.assert_allclose(dist.mean().to_numpy().ravel(), expected_mean, rtol=1e-6)
+    quantiles = f.predict_quantiles(fh=fh, alpha=[0.1, 0.9]).to_numpy()
+    assert ((quantiles[:, 0] < expected_mean) & (expected_mean < quantiles[:, 1])).all()
+    with pytest.raises(NotImplementedError, match="marginal variances only"):
+        f.predict_var(fh=fh, cov=True)
+    wide = pd.DataFrame({("a", "x"): y.to_numpy(), ("b", "y"): 2 * y.to_numpy()}, index=y.index)
+    both = forecaster(checkpoint, conformal_windows=20).fit(wide).predict_var(fh=fh)
+    np.testing.assert_allclose(both.to_numpy(), np.c_[var.to_numpy(), 4 * var.to_numpy()], rtol=1e-5)
+
+
 def test_missing_values_are_interpolated(checkpoint):
     y = load_airline()
     gappy = y.copy()
