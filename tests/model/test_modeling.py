@@ -237,6 +237,54 @@ def test_left_padding_leaves_the_loss_and_its_point_count_unchanged():
     assert [int(c) for c in counts] == [int(c) for c in unpadded]
 
 
+def test_right_padding_scores_a_row_as_left_padding_and_no_padding_do():
+    # Right-padded labels (NaN here) were targets of the last real positions' longer heads: the loss was NaN. A
+    # padded label is now a zero past the row's end, as without padding; a batch of padding only has no loss.
+    model = make_model()
+    x, labels = torch.randn(1, 16), torch.randn(1, 16)
+    nan4, ones, zeros = torch.full((1, 4), float("nan")), torch.ones(1, 16), torch.zeros(1, 4)
+    plain = model(x, labels=labels)
+    right = model(
+        torch.cat([x, nan4], 1), attention_mask=torch.cat([ones, zeros], 1), labels=torch.cat([labels, nan4], 1)
+    )
+    left = model(
+        torch.cat([nan4, x], 1), attention_mask=torch.cat([zeros, ones], 1), labels=torch.cat([nan4, labels], 1)
+    )
+    torch.testing.assert_close(right.ar_loss, plain.ar_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(left.ar_loss, plain.ar_loss, rtol=1e-5, atol=1e-7)
+    empty = model(x, attention_mask=torch.zeros(1, 16), labels=labels)
+    assert empty.loss.item() == 0.0  # the balance loss divided by zero tokens: NaN
+
+
+def test_packed_loss_does_not_depend_on_how_documents_are_numbered():
+    # Past the row's end the document-id targets were padded with 0, so with no loss mask document 0's heads
+    # counted the zeros there as its own points and document 3's did not.
+    model = make_model()
+    x, labels = torch.randn(1, 16), torch.randn(1, 16)
+    losses = []
+    for first, second in ((0, 1), (1, 2), (3, 0)):
+        seq_ids = torch.tensor([[first] * 8 + [second] * 8])
+        losses.append(model(x, seq_ids=seq_ids, labels=labels).ar_loss)
+        counts = count_loss_points(model.config.horizon_lengths, labels, None, seq_ids=seq_ids)
+        # Each of the 8 positions t of a document has min(h, 8 - t) targets of its own for an h-step head.
+        own = [2 * sum(min(h, 8 - t) for t in range(8)) for h in model.config.horizon_lengths]
+        assert [int(c) for c in counts] == own
+    torch.testing.assert_close(losses[1], losses[0])
+    torch.testing.assert_close(losses[2], losses[0])
+
+
+def test_a_two_dimensional_loss_mask_weighs_every_channel_as_a_three_dimensional_one():
+    from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+
+    torch.manual_seed(0)
+    model = TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny", input_size=3))
+    x, labels = torch.randn(2, 12, 3), torch.randn(2, 12, 3)
+    mask = torch.ones(2, 12)
+    mask[1, 8:] = 0
+    flat = model(x, labels=labels, loss_mask=mask).ar_loss  # was 3x the 3-D mask's loss
+    torch.testing.assert_close(flat, model(x, labels=labels, loss_mask=mask[..., None].expand(2, 12, 3)).ar_loss)
+
+
 def test_nan_labels_under_a_zero_loss_mask_do_not_reach_the_loss():
     model = make_model()
     x, labels = torch.randn(1, 20), torch.randn(1, 20)

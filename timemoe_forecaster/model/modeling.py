@@ -355,9 +355,14 @@ def multi_horizon_loss(
     As in the official code, points past the end of a row are compared with zero unless a loss mask
     excludes them; with packed rows (seq_ids) a target outside the token's own document never counts.
     A padded position (attention_mask 0) predicts nothing: with left padding its longer heads would
-    otherwise be scored on the first real points. Labels under weight 0 may hold NaN.
+    otherwise be scored on the first real points. A padded label is a zero past the end of the row (right padding
+    scores as no padding). Labels under weight 0 or padding may hold NaN.
     """
     labels = labels if labels.dim() == 3 else labels.unsqueeze(-1)  # [B, S, C]
+    if attention_mask is not None:
+        # A padded label is a point past the end of its row, compared with zero as those are: right padding then
+        # scores a row as left padding or no padding does (its NaN made the loss NaN).
+        labels = torch.where(attention_mask.bool()[..., None], labels, 0.0)
     b, s, c = labels.shape
     total = labels.new_zeros(())
     for i, pred in enumerate(per_head):
@@ -376,7 +381,7 @@ def multi_horizon_loss(
             head_sum = losses.sum()
         else:
             head_sum = (losses * weight).sum()
-            denom = weight.sum()
+            denom = weight.expand_as(losses).sum()  # a 2-D loss mask weighs every channel (count_loss_points too)
         if normalizers is not None:
             denom = normalizers[i]
         total = total + head_sum / denom.clamp(min=1e-12)
@@ -414,7 +419,11 @@ def _target_weights(shape_BSLC, loss_mask, seq_ids, attention_mask) -> torch.Ten
         weight = horizon_targets(m.float(), horizon)  # [B, S, L, C]
     if seq_ids is not None:
         same = horizon_targets(seq_ids.unsqueeze(-1).double(), horizon) == seq_ids[:, :, None, None].double()
-        same = same.float().expand(b, s, horizon, c)
+        # Past the row's end horizon_targets pads with 0, which reads as "document 0": those targets counted as
+        # the first document's own, so the loss changed with how the documents were numbered.
+        steps = torch.arange(s, device=seq_ids.device)[:, None] + torch.arange(horizon, device=seq_ids.device)
+        inside = (steps < s)[None, :, :, None]  # [1, S, L, 1]
+        same = (same & inside).float().expand(b, s, horizon, c)
         weight = same if weight is None else weight * same
     if attention_mask is not None:
         source = attention_mask.float()[:, :, None, None].expand(b, s, horizon, c)

@@ -267,7 +267,7 @@ def load_balancing_loss(
         prob_per_expert_E = probs_LTE.mean(dim=(0, 1))
     else:
         w_T = token_mask.reshape(-1).to(probs_LTE.dtype)
-        denom = w_T.sum() * logits_LTE.shape[0]
+        denom = (w_T.sum() * logits_LTE.shape[0]).clamp(min=1.0)  # a batch of padding only: 0, not NaN
         tokens_per_expert_KE = torch.einsum("ltke,t->ke", chosen_LTKE, w_T) / denom
         prob_per_expert_E = torch.einsum("lte,t->e", probs_LTE, w_T) / denom
     return num_experts * (tokens_per_expert_KE * prob_per_expert_E[None]).sum()
