@@ -208,6 +208,21 @@ def test_wrong_shape_is_named(tmp_path):
         TimeMoEForPrediction.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("leaf", ["weight", "bias"])
+def test_q_k_v_rows_that_only_add_up_are_refused(tmp_path, leaf):
+    # Joined into one q/k/v tensor, k and v of 6 and 10 rows (config: 8 and 8) passed the total's shape check and
+    # loaded with rows moved between k and v.
+    make_model().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    prefix = "model.layers.0.self_attn"
+    k, v = state[f"{prefix}.k_proj.{leaf}"], state[f"{prefix}.v_proj.{leaf}"]
+    state[f"{prefix}.k_proj.{leaf}"] = torch.cat([k, v])[: k.shape[0] - 2]
+    state[f"{prefix}.v_proj.{leaf}"] = torch.cat([k, v])[k.shape[0] - 2 :]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"{leaf} shapes that do not fit together"):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
 def test_truncated_file_is_named(tmp_path):
     make_model().save_pretrained(tmp_path)
     path = tmp_path / "model.safetensors"

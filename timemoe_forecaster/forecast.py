@@ -220,6 +220,14 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
         x = x.masked_fill(~valid[..., None], 0.0)
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):
+        given = context.to(param.device)
+        given = given if valid is None else (given.unsqueeze(-1) if context.dim() == 2 else given)[valid]
+        if bool(torch.isfinite(given).all()):  # finite as given: the cast to the model's dtype overflowed
+            raise ValueError(
+                f"context values up to {given.abs().max().item():.3g} overflow the model's dtype {param.dtype} "
+                f"(largest finite value {torch.finfo(param.dtype).max:.3g}); scale them first (the model reads "
+                "standardised values) or use a float32 model"
+            )
         raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
     return x, valid, int(horizon)
 

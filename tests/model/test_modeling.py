@@ -192,6 +192,22 @@ def test_bad_forecast_input_gives_clear_errors(kwargs, message):
         model.forecast(**kwargs)
 
 
+def test_values_that_overflow_the_model_dtype_are_named_not_called_nan():
+    # A finite context was refused as "NaN or inf": the inf came from casting it to float16.
+    model = make_model().half()
+    context = torch.randn(2, 20) * 1e5
+    with pytest.raises(ValueError, match=r"overflow the model's dtype torch.float16 .*scale them first"):
+        model.forecast(context, 3)
+    mask = torch.ones(2, 20)
+    mask[:, :4] = 0
+    context[:, 4:] = torch.randn(2, 16)  # the big values sit under the mask: nothing to say
+    context[0, 0] = float("nan")
+    assert model.forecast(context, 3, attention_mask=mask).shape == (2, 3)
+    context[1, 9] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf at unmasked"):
+        model.forecast(context, 3, attention_mask=mask)
+
+
 def test_multichannel_model_forecasts_every_channel():
     model = make_model(input_size=3)
     out = model.forecast(torch.randn(2, 12, 3), 10)

@@ -297,7 +297,9 @@ class TimeMoEForPrediction(nn.Module):
     ) -> torch.Tensor:
         """Autoregressive forecast of ``horizon`` points after ``context`` [B, S] (or [B, S, C]).
 
-        Values are used as given (scale them first). Returns [B, horizon] (or [B, horizon, C]).
+        Values are used as given: scale them first (the model was trained on standardised values; large ones
+        overflow inside it to NaN forecasts, in float16 from a few thousand). Returns [B, horizon] (or
+        [B, horizon, C]).
         ``max_batch_tokens``: see :func:`timemoe_forecaster.forecast.forecast`.
         """
         from ..forecast import forecast
