@@ -153,15 +153,35 @@ def _parse_size(size: int | str | None) -> int | None:
 
 
 def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` through a temporary file renamed into place, flushed to disk first: after a power loss
+    or an OS crash a renamed file whose data never reached the disk reads back empty or cut short."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared files
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    for left in path.parent.glob(f".{path.name}.*"):  # earlier writes killed half-way (can be gigabytes)
+        left.unlink(missing_ok=True)
+
+
+def fsync_path(path) -> None:
+    """Flush a file's or a directory's contents to disk (directories: where the platform allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # a directory on Windows
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # file systems that do not sync directories
+    finally:
+        os.close(fd)
 
 
 # The files a save writes: replaced by the next save, while anything else in the folder is the user's.

@@ -327,6 +327,44 @@ def test_resume_survives_a_metrics_line_cut_short(tmp_path, caplog):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        ("half", ckpt.OPTIMIZER_FILE),
+        ("empty", ckpt.TRAINER_FILE),
+        ("half", "model.safetensors"),
+        ("empty", "config.json"),
+    ],
+)
+def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplog, damage, file):
+    # A crash, full disk or power loss while the newest checkpoint was written left a file cut short: --resume
+    # ended in a bare OSError/EOFError traceback although the checkpoint before it was intact.
+    reference = train(small_config(tmp_path / "ref", max_steps=6, save_every=2))["losses"]
+    train(small_config(tmp_path / "run", max_steps=4, save_every=2))
+    newest = tmp_path / "run" / "checkpoints" / "step_00000004"
+    data = (newest / file).read_bytes()
+    (newest / file).write_bytes(data[: len(data) // 2] if damage == "half" else b"")
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.train.state"):
+        result = train(small_config(tmp_path / "run", max_steps=6, save_every=2, resume=True))
+    assert "step_00000004 is damaged" in caplog.text and "resuming from" in caplog.text
+    np.testing.assert_allclose(result["losses"], reference[2:], rtol=1e-6)  # from step 2, as if never stopped
+    # Nothing intact left: a one-line error, not a traceback from torch.load.
+    for kept in (tmp_path / "run" / "checkpoints").glob("step_*"):
+        (kept / ckpt.TRAINER_FILE).write_bytes(b"")
+    with pytest.raises(ValueError, match="every checkpoint under .* is damaged"):
+        train(small_config(tmp_path / "run", max_steps=8, resume=True))
+
+
+def test_a_checkpoint_damaged_inside_is_named_when_read(tmp_path):
+    train(small_config(tmp_path, max_steps=2))
+    path = ckpt.latest_checkpoint(tmp_path)
+    data = bytearray((path / ckpt.OPTIMIZER_FILE).read_bytes())
+    data[100:400] = b"\0" * 300  # the zip directory at the end still reads
+    (path / ckpt.OPTIMIZER_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"optimizer.pt cannot be read .*delete .*step_00000002"):
+        ckpt.load_checkpoint(path)
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
     train(small_config(tmp_path, max_steps=2))
     final = tmp_path / "model.safetensors"

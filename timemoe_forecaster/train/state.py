@@ -17,18 +17,29 @@ files are read with ``torch.load(weights_only=True)``: no code from a checkpoint
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import SAFE_SINGLE, _atomic_write, from_official, read_weights, to_official, write_official
+from ..checkpoint import (
+    SAFE_SINGLE,
+    _atomic_write,
+    from_official,
+    fsync_path,
+    read_weights,
+    to_official,
+    write_official,
+)
 from ..config import TimeMoEConfig
 
 log = logging.getLogger(__name__)
@@ -112,9 +123,12 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         torch.save({**trainer_state, "step": step}, tmp / TRAINER_FILE)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        for written in (tmp / OPTIMIZER_FILE, tmp / TRAINER_FILE, tmp):  # on disk before the rename makes it count
+            fsync_path(written)
         if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
             shutil.rmtree(final)
         os.rename(tmp, final)
+        fsync_path(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -126,17 +140,68 @@ def save_checkpoint(
     return final
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``output_dir``, or None."""
+def latest_checkpoint(output_dir: str | Path, intact: bool = False) -> Path | None:
+    """The newest complete checkpoint under ``output_dir``, or None.
+
+    ``intact=True`` (for resuming) also skips checkpoints whose files are missing, empty or cut short
+    (:func:`checkpoint_damage`), with a warning naming them: a crash, a full disk or a power loss while one
+    was written must not block the resume when an older checkpoint is intact."""
     root = Path(output_dir) / CHECKPOINTS
     pointer = root / LATEST
+    candidates = []
     if pointer.exists():
-        path = root / pointer.read_text().strip()
-        if (path / TRAINER_FILE).exists():
+        candidates.append(root / pointer.read_text().strip())
+    # ``latest`` missing or stale: the highest complete step directories
+    candidates += sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.exists() else []
+    skipped = []
+    for path in dict.fromkeys(candidates):  # the pointer's target comes first, once
+        if not (path / TRAINER_FILE).exists():
+            continue
+        damage = checkpoint_damage(path) if intact else None
+        if damage is None:
+            for bad, why in skipped:
+                log.warning("checkpoint %s is damaged (%s); resuming from %s instead. Delete it", bad, why, path)
             return path
-    # ``latest`` missing or stale: fall back to the highest complete step directory
-    done = sorted(p for p in root.glob("step_*") if (p / TRAINER_FILE).exists()) if root.exists() else []
-    return done[-1] if done else None
+        skipped.append((path, damage))
+    if skipped:
+        raise ValueError(
+            f"every checkpoint under {root} is damaged ({'; '.join(f'{p.name}: {why}' for p, why in skipped)}); "
+            "start again without --resume in a new --output-dir"
+        )
+    return None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why a checkpoint directory cannot be read, judged from its files' framing without reading a tensor:
+    a file missing, empty or cut short (its end records its length). None when it looks whole."""
+    for name in ("config.json", OPTIMIZER_FILE, TRAINER_FILE):
+        if not (path / name).is_file() or (path / name).stat().st_size == 0:
+            return f"{name} is missing or empty"
+    for name in (OPTIMIZER_FILE, TRAINER_FILE):  # torch.save writes zip archives: the directory is at the end
+        try:
+            zipfile.ZipFile(path / name).close()
+        except (zipfile.BadZipFile, OSError):
+            return f"{name} is cut short or damaged"
+    try:
+        json.loads((path / "config.json").read_text())
+    except (ValueError, OSError):
+        return "config.json does not read as JSON"
+    weights = path / SAFE_SINGLE
+    if not weights.is_file():
+        return f"{SAFE_SINGLE} is missing"
+    with open(weights, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(f.read(size)) if 0 < size < 1 << 30 else None
+        except ValueError:
+            header = None
+    if not isinstance(header, dict):
+        return f"{SAFE_SINGLE} has no readable header"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if weights.stat().st_size < 8 + size + end:
+        return f"{SAFE_SINGLE} is cut short"
+    return None
 
 
 # Parameters that were several once and are one now, as (old names, new name, the dim they join along),
@@ -196,12 +261,23 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
             raise ValueError(f"{path} is not a training checkpoint: {required} is missing")
     return {
         "model": read_model(path) if weights else {},
-        "optimizer": upgrade_optimizer_state(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-        if weights
-        else {},
-        "trainer": torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True),
+        "optimizer": upgrade_optimizer_state(_read_state(path / OPTIMIZER_FILE)) if weights else {},
+        "trainer": _read_state(path / TRAINER_FILE),
         "config": TimeMoEConfig.from_json_file(path / "config.json"),
     }
+
+
+def _read_state(file: Path) -> Any:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        # Damaged inside (a file cut short is skipped before, by latest_checkpoint), or holding what weights_only
+        # refuses to unpickle: torch's message ends with the reason.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ValueError(
+            f"{file} cannot be read ({type(err).__name__}: {lines[-1] if lines else 'damaged'}); "
+            f"delete {file.parent} to resume from the checkpoint before it"
+        ) from err
 
 
 def _prune(root: Path, keep_last: int, keep: str) -> None:

@@ -745,7 +745,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             _check_eval_data(eval_stream, cfg)
 
         trainer = Trainer(cfg, ctx, model, streams, eval_stream if cfg.eval_every else None)
-        resumed_from = ckpt.latest_checkpoint(cfg.output_dir) if cfg.resume else None
+        resumed_from = ckpt.latest_checkpoint(cfg.output_dir, intact=True) if cfg.resume else None
         if resumed_from is not None:
             trainer.load(resumed_from)
         elif cfg.resume:
