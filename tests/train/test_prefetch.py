@@ -146,3 +146,41 @@ def test_a_dropped_process_prefetcher_stops_its_child():
     gc.collect()
     process.join(timeout=10)
     assert not process.is_alive()
+
+
+def test_a_worker_process_exits_when_the_training_process_is_killed(tmp_path):
+    # SIGKILL, the OOM killer or a SIGTERM that only reaches the trainer never tell the worker to stop: it lived on
+    # for ever, holding its memory and the trainer's stdout.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_prefetch import CountingStream\n"
+        "from timemoe_forecaster.train.prefetch import ProcessBatchPrefetcher\n"
+        "p = ProcessBatchPrefetcher([CountingStream()], depth=2)\n"
+        "p.get()\n"
+        "print(p._worker.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = tmp_path / "out.txt"
+    with out.open("w") as f:  # a file, not a pipe: an orphan holding the pipe would block reading it
+        run = subprocess.run([sys.executable, str(script)], stdout=f, stderr=subprocess.STDOUT, timeout=120)
+    assert run.returncode == -signal.SIGKILL, out.read_text()
+    child = int(out.read_text().split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{child}/stat") as f:  # a zombie waits for init to reap it: gone as far as work goes
+            if f.read().split()[2] == "Z":
+                return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the prefetch worker outlived the killed training process by 20 s")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import threading
@@ -132,14 +133,21 @@ def _draw(streams: list, out, stop, in_child: bool) -> None:
     """The worker's loop: (states before, batches, states after) per step until told to stop."""
     if in_child:
         torch.set_num_threads(1)  # the training process owns the cores
+    parent = os.getppid()
+
+    def done() -> bool:
+        # A trainer killed outright (SIGKILL, SIGTERM, the OOM killer) never sets ``stop``: a child polling only
+        # that lived on for ever, holding its memory and the trainer's stdout (a ``| tail`` pipeline hung).
+        return stop.is_set() or (in_child and os.getppid() != parent)
+
     try:
-        while not stop.is_set():
+        while not done():
             before = [s.state_dict() for s in streams]
             batches = [s.next_batch() for s in streams]
             item = (before, batches, [s.state_dict() for s in streams])
             if in_child:
                 item = _by_value(item)
-            while not stop.is_set():
+            while not done():
                 try:
                     out.put(item, timeout=0.1)
                     break
@@ -148,7 +156,8 @@ def _draw(streams: list, out, stop, in_child: bool) -> None:
     except BaseException as exc:  # noqa: BLE001 - handed to the training loop, raised there
         out.put(_crossing_error(exc) if in_child else exc)
         # A child's queued batches cross through its pipe: it must outlive their reception.
-        stop.wait()
+        while not stop.wait(timeout=0.5) and not done():
+            pass
 
 
 class _TensorBytes:
