@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train.trainer import train
 
         result = train(cfg)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:  # OSError: paths, permissions, a full disk
         if args.verbose:
             raise
         parser.exit(2, f"timemoe {args.command}: error: {_error_text(err)}\n")
@@ -403,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['final_loss']:.4f}; {saved}"
             )
         else:
+            skipped = f" ({result['skipped_steps']} skipped: non-finite gradients)" if result["skipped_steps"] else ""
             print(
-                f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}; "
+                f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; "
                 f"model in {result['output_dir']}"
             )
     return 0

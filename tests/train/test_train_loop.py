@@ -365,6 +365,42 @@ def test_a_checkpoint_damaged_inside_is_named_when_read(tmp_path):
         ckpt.load_checkpoint(path)
 
 
+def test_a_diverged_run_saves_nothing_over_its_good_checkpoints_and_says_so(tmp_path, caplog):
+    # Weights that turned NaN/inf were checkpointed (replacing the good checkpoints under keep_checkpoints) and
+    # the run ended "trained" with exit code 0.
+    train(small_config(tmp_path, max_steps=2, save_every=2))
+    good = (tmp_path / "checkpoints" / "step_00000002" / "model.safetensors").read_bytes()
+    original = Trainer.train_step
+
+    def poisoning_step(self, *args, **kwargs):
+        record = original(self, *args, **kwargs)
+        if self.step == 3:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return record
+
+    with mock.patch.object(Trainer, "train_step", poisoning_step):
+        with pytest.raises(ValueError, match=r"diverged: weights are NaN/inf at step 4 .*--resume from step_00000002"):
+            train(small_config(tmp_path, max_steps=6, save_every=2, resume=True))
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000002"
+    assert (tmp_path / "checkpoints" / "step_00000002" / "model.safetensors").read_bytes() == good
+    # Finite weights but most steps skipped for non-finite gradients: a warning and a count.
+    result = train(small_config(lr=1e4, max_steps=6, warmup_steps=1))
+    assert result["skipped_steps"] > 3
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.train.trainer"):
+        train(small_config(lr=1e4, max_steps=6, warmup_steps=1))
+    assert "skipped for non-finite gradients" in caplog.text
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_os_error_naming_it_and_the_free_space(tmp_path):
+    train(small_config(tmp_path, max_steps=2, save_every=2))
+    with mock.patch.object(torch, "save", side_effect=RuntimeError("basic_ios::clear: iostream error")):
+        with pytest.raises(OSError, match=r"writing checkpoint .*step_00000004 failed .*GiB free .*intact"):
+            train(small_config(tmp_path, max_steps=4, save_every=2, resume=True))
+    assert ckpt.latest_checkpoint(tmp_path, intact=True).name == "step_00000002"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
     train(small_config(tmp_path, max_steps=2))
     final = tmp_path / "model.safetensors"
@@ -451,6 +487,7 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(warmup_steps=False), "warmup_steps must be an integer"),
         (dict(eps=0.0), "eps must be positive"),  # 0/0 updates made the unused experts NaN, the run "succeeded"
         (dict(eps=-1.0), "eps must be positive"),
+        (dict(weight_decay=float("inf")), "weight_decay must be finite"),  # every weight NaN, the run "succeeded"
     ],
 )
 def test_bad_config_values(changes, match):

@@ -123,7 +123,7 @@ class TrainConfig:
         need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.weight_decay < math.inf, f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         need(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"betas must be two values in [0, 1), got {self.betas}",

@@ -119,9 +119,16 @@ def save_checkpoint(
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
     try:
-        write_model(tmp, config, model_state)
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        torch.save({**trainer_state, "step": step}, tmp / TRAINER_FILE)
+        try:
+            write_model(tmp, config, model_state)
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            torch.save({**trainer_state, "step": step}, tmp / TRAINER_FILE)
+        except (OSError, RuntimeError) as err:  # torch.save on a full disk: "basic_ios::clear: iostream error"
+            free = shutil.disk_usage(root).free
+            raise OSError(
+                f"writing checkpoint {final} failed ({err}); {free / 2**30:.2f} GiB free on its disk. The previous "
+                "checkpoint is intact: free space (or lower --keep-checkpoints) and --resume"
+            ) from err
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         for written in (tmp / OPTIMIZER_FILE, tmp / TRAINER_FILE, tmp):  # on disk before the rename makes it count
             fsync_path(written)

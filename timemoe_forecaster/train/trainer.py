@@ -411,10 +411,27 @@ class Trainer:
             optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
         return model_state, optim_state
 
+    def _refuse_non_finite(self, model_state: dict, what: str) -> None:
+        """A run that diverged (weights NaN/inf) must not save: a checkpoint of it replaced the good ones under
+        ``keep_checkpoints`` and the run ended "trained" with exit code 0 (``--weight-decay inf``). Rank 0 holds
+        the full state; every rank raises."""
+        bad = None
+        if self.ctx.is_main:
+            bad = next((k for k, v in model_state.items() if not bool(torch.isfinite(v).all())), None)
+        bad = all_gather_objects(bad, self.ctx)[0]
+        if bad is not None:
+            latest = ckpt.latest_checkpoint(self.cfg.output_dir) if self.cfg.output_dir else None
+            raise ValueError(
+                f"training diverged: weights are NaN/inf at step {self.step} (first: {bad}), so the {what} is not "
+                f"saved; lower the learning rate or weight decay and start again"
+                + (f", or --resume from {latest.name}" if latest is not None else "")
+            )
+
     def save(self) -> Path | None:
         """Checkpoint the current step (every rank must call this; rank 0 writes)."""
         self._refuse_while_launched("save")
         model_state, optim_state = self._full_states()
+        self._refuse_non_finite(model_state, "checkpoint")
         streams = self._next_states()
         data_states = [s for rank_states in all_gather_objects(streams, self.ctx) for s in rank_states]
         rng = all_gather_objects(ckpt.capture_rng(), self.ctx)
@@ -488,6 +505,7 @@ class Trainer:
     def save_model(self, directory: str | Path) -> None:
         """The final loadable model directory (config.json + model.safetensors) at ``directory``."""
         model_state, _ = self._full_states() if self.ctx.distributed else (self.model.state_dict(), None)
+        self._refuse_non_finite(model_state, "final model")
         if self.ctx.is_main:
             dtype = torch.bfloat16 if self.cfg.save_dtype == "bf16" else torch.float32
             ckpt.write_model(Path(directory), self.model.config, model_state, dtype=dtype)
@@ -716,8 +734,8 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain or fine-tune as ``cfg`` says, on one process or under torchrun.
 
-    Returns {"steps", "finished", "final_loss", "losses", "output_dir", "checkpoint"} (losses of this process's
-    run; ``finished``: max_steps reached and the final model written, else stopped by the time limit).
+    Returns {"steps", "skipped_steps", "finished", "final_loss", "losses", "output_dir", "checkpoint"} (losses of
+    this process's run; ``finished``: max_steps reached and the final model written, else stopped by the time limit).
     """
     refuse_to_mix_runs(cfg)
     with distributed_context(cfg.device) as ctx:
@@ -760,8 +778,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if history or not _final_model_written(cfg.output_dir, ctx):
                 trainer.save_model(cfg.output_dir)
         losses = [r["loss"] for r in history]
+        skipped = sum(bool(r["skipped"]) for r in history)
+        if skipped and (2 * skipped > len(history) or history[-1]["skipped"]):
+            log.warning(
+                "%d of the %d steps of this run were skipped for non-finite gradients%s: the run has probably "
+                "diverged (lower the learning rate)",
+                skipped,
+                len(history),
+                ", the last one included" if history[-1]["skipped"] else "",
+            )
         result = {
             "steps": trainer.step,
+            "skipped_steps": skipped,
             "finished": trainer.step == cfg.max_steps,  # False when stopped by the time limit
             "final_loss": losses[-1] if losses else float("nan"),
             "losses": losses,
