@@ -371,7 +371,12 @@ def _window_hashes(x: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
 def benchmark_window_hashes(data_dir: Path, coeffs: np.ndarray) -> set[int]:
     """Hashes of every 32-point window (with >= 16 distinct values) of every benchmark column."""
     out: set[int] = set()
-    for path in sorted((data_dir / "benchmark").glob("*.csv*")):
+    files = sorted((data_dir / "benchmark").glob("*.csv*"))
+    if not files:  # the guard the model card's "excluded by content" rests on must never check nothing
+        raise FileNotFoundError(
+            f"no benchmark CSV files under {data_dir / 'benchmark'} for the leakage guard; pass --shared-data"
+        )
+    for path in files:
         df = pd.read_csv(path)
         for col in df.columns[1:]:
             x = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float32)
@@ -602,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / ".carry" / "corpus", help="output folder (git-ignored)")
     p.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results",
+    p.add_argument("--results", type=lambda v: Path(v) if v else None, default=REPO / "benchmarks" / "results",
                    help="where pretrain_corpus.json/.md go ('' to skip)")  # fmt: skip
     p.add_argument("--min-length", type=int, default=16, help="drop series with fewer finite points")
     p.add_argument("--ucr-max-points", type=int, default=50_000, help="cap per UCR/UEA classification dataset")
@@ -623,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(report, args.out, args)
     manifest = dict(summary, series=[{"name": n, "length": int(x.size)} for n, x in zip(names, kept)])
     (args.out / "sources.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    if str(args.results):
+    if args.results is not None:  # Path('') is '.': the summary landed in the working directory
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "pretrain_corpus.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         write_markdown(summary, args.results / "pretrain_corpus.md")

