@@ -230,13 +230,14 @@ def _parse_quietly(argv: list[str]) -> argparse.Namespace:
         return parse_args(argv)
 
 
-def stale_cells(args, plan: dict, store: ResultStore, labels: dict[str, str]) -> list[str]:
-    """The planned cells that <out> holds but made with other settings, each with what differs."""
+def stale_cells(args, plan: dict, store: ResultStore, labels: dict[str, str], horizons=None) -> list[str]:
+    """The planned cells (or those of ``horizons``) that <out> holds but made with other settings, each with what
+    differs."""
     stale = []
     for name in plan["datasets"]:
         for key in plan["models"]:
             scope = cell_scope(args, plan, key)
-            for horizon in plan["horizons"]:
+            for horizon in plan["horizons"] if horizons is None else horizons:
                 if not store.has(name, args.setting, labels[key], horizon):
                     continue
                 old = recorded_scope(store.command_of(name, args.setting, labels[key], horizon), key)
@@ -362,6 +363,17 @@ def run(args) -> Path:
                 f"{store.csv_path} already holds {len(stale)} of these cells made with other settings: {shown}. "
                 "Pass --rerun to replace them, or choose another --out"
             )
+    # A model's avg row averages its four horizons: cells of the horizons this run leaves alone, made with other
+    # settings (a capped --max-windows, say), would be averaged with this run's without a word.
+    others = [h for h in HORIZONS if h not in plan["horizons"]]
+    mixed = stale_cells(args, plan, store, labels, horizons=others)
+    if mixed:
+        shown = "; ".join(mixed[:4]) + (f"; and {len(mixed) - 4} more" if len(mixed) > 4 else "")
+        raise ValueError(
+            f"{store.csv_path} holds other horizons of these models made with other settings: {shown}. Their avg "
+            f"rows would mix the two: run all horizons (--horizons {','.join(map(str, HORIZONS))} --rerun), or "
+            "choose another --out"
+        )
     bar = tqdm(total=total, desc="cells", disable=args.no_progress, file=sys.stderr)
     command = "python benchmarks/leaderboard.py " + shlex.join(getattr(args, "_argv", []))
     for name in plan["datasets"]:

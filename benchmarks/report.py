@@ -31,13 +31,14 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _cell_settings(out: Path) -> dict[tuple[str, str, str], dict]:
-    """Last recorded settings per (dataset, setting, model) from cells.jsonl."""
+def _cell_settings(out: Path) -> dict[tuple[str, str, str, str], dict]:
+    """Last recorded settings per cell (dataset, setting, model, horizon) from cells.jsonl. Per cell, not per
+    model: a model's horizons run by separate commands each keep theirs (the list showed only the last one)."""
     path = out / "cells.jsonl"
-    found: dict[tuple[str, str, str], dict] = {}
+    found: dict[tuple[str, str, str, str], dict] = {}
     if path.exists():
         for rec in cell_records(path.read_text()):
-            found[(rec.get("dataset"), rec.get("setting"), rec.get("model"))] = rec
+            found[(rec.get("dataset"), rec.get("setting"), rec.get("model"), str(rec.get("horizon")))] = rec
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -385,6 +386,23 @@ def test_a_run_of_other_horizons_keeps_the_plot_and_a_cut_line_does_not_stop_the
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "data")])
     assert "holds no leaderboard.csv" in capsys.readouterr().err
+
+
+def test_a_run_of_other_horizons_with_other_settings_would_mix_the_avg_row_and_is_refused(tmp_path, capsys):
+    # A capped h=96 cell and full h=192/336/720 cells were averaged into one avg row without a word.
+    leaderboard = importlib.import_module("leaderboard")
+    data = _synthetic_etth1(tmp_path / "data")
+    base = ["--datasets", "ETTh1", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--no-progress"]
+    base += ["--models", "naive", "--no-report"]
+    assert leaderboard.main(base + ["--horizons", "96", "--max-windows", "4"]) == 0
+    assert leaderboard.main(base + ["--horizons", "192,336,720", "--max-windows", "8"]) == 2
+    assert re.search(r"other horizons .* h=96: max_windows 4 \(now 8\)\. Their avg rows", capsys.readouterr().err)
+    assert leaderboard.main(base + ["--horizons", "192,336,720", "--max-windows", "4"]) == 0  # the same settings
+    assert [r["horizon"] for r in read_csv_rows(tmp_path / "out")] == ["96", "192", "336", "720", "avg"]
+    # Both commands made cells on the board, so the report lists both (it kept one per model: the last).
+    importlib.import_module("report").main([str(tmp_path / "out")])
+    listed = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "--horizons 96 " in listed and "--horizons 192,336,720 " in listed
 
 
 def test_the_stale_check_sees_model_settings_and_ignores_spelling(tmp_path):
