@@ -290,6 +290,8 @@ def test_the_embedded_default_is_window_normalised_unless_asked_and_the_label_sa
     tiny = leaderboard.build_timemoe(leaderboard.parse_args(["--preset", "tiny"]), plan)
     assert not tiny.normalize_window and tiny.name == "Time-MoE[preset:tiny]"  # run_eval.py's setting
     assert ours.model_label("/ckpt/base", None, True) == "Time-MoE[base, window-normalised]"
+    # A folder named "default" (the embedded checkpoint's own, say) is read on raw windows: not the default's cell.
+    assert ours.model_label("/x/assets/default") == "Time-MoE[path:/x/assets/default]"
 
 
 def test_full_shot_scores_only_the_horizons_of_the_run():
