@@ -111,6 +111,46 @@ def test_mixture_weights_and_quality_filter():
         assert sampler.sample().std() > 0.5
 
 
+def test_sources_get_their_weight_of_windows_however_often_theirs_are_rejected(caplog):
+    # A rejected window redrew the source: a 90%-constant source weighted 1 of 2 gave 8% of the windows, 9 of 10
+    # gave 45%; and a source with no series long enough (weight 100) was dropped without a word.
+    rng = np.random.default_rng(0)
+    good = ArraySource([rng.normal(size=2000) for _ in range(20)], name="good")
+    flat = ArraySource([np.full(2000, 3.0) if i % 10 else rng.normal(size=2000) for i in range(20)], name="flat")
+    for weights, expected in (([1, 1], 0.5), ([1, 9], 0.9)):
+        sampler = WindowSampler([good, flat], weights=weights, max_length=64, seed=1)
+        accepted = []  # the source of every window handed out
+        original = sampler._try_window
+
+        def recording(k, original=original, accepted=accepted):
+            window = original(k)
+            if window is not None:
+                accepted.append(k)
+            return window
+
+        sampler._try_window = recording
+        for _ in range(2000):
+            sampler.sample()
+        share = np.mean(np.array(accepted) == 1)
+        assert abs(share - expected) < 0.04, (weights, share)
+    short = ArraySource([np.arange(5.0)], name="too-short")
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        sampler = WindowSampler([good, short], weights=[1, 100], max_length=64)
+    assert "'too-short' has no series of at least min_length=16 points" in caplog.text
+    assert sampler.sample().shape == (65,)
+    # Long but never usable: left out after max_tries draws, and a resumed sampler knows it.
+    zeros = ArraySource([np.zeros(300)], name="zeros")
+    sampler = WindowSampler([good, zeros], weights=[1, 1], max_length=64, max_tries=10, seed=3)
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        first = [sampler.sample() for _ in range(5)]
+    assert "'zeros' gave no usable window in 10 draws" in caplog.text
+    state = sampler.state_dict()
+    resumed = WindowSampler([good, zeros], weights=[1, 1], max_length=64, max_tries=10, seed=3)
+    resumed.load_state_dict(state)
+    assert all(np.array_equal(sampler.sample(), resumed.sample()) for _ in range(5))
+    assert len(first) == 5
+
+
 def test_spec_string_gives_one_weighted_source_per_input(tmp_path):
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(3, 300)))
     sampler = WindowSampler(f"{tmp_path / 'a.npy'},synthetic#seed=1&weight=3", max_length=64)
