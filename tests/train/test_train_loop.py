@@ -401,6 +401,20 @@ def test_a_checkpoint_that_cannot_be_written_is_an_os_error_naming_it_and_the_fr
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
+def test_a_second_run_into_the_same_output_dir_stops_while_the_first_holds_it(tmp_path):
+    # Two runs in one folder (a re-queued job next to the running one) deleted each other's checkpoints in progress
+    # and metrics; the second now stops at once, naming the holder.
+    import os
+
+    from timemoe_forecaster.train.trainer import output_dir_lock
+
+    cfg = small_config(tmp_path, max_steps=2)
+    with output_dir_lock(cfg):
+        with pytest.raises(FileExistsError, match=rf"another run is writing into .* \(pid {os.getpid()} on "):
+            train(small_config(tmp_path, max_steps=2, resume=True))
+    assert train(small_config(tmp_path, max_steps=2, resume=True))["finished"]  # released when the first ends
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
     train(small_config(tmp_path, max_steps=2))
     final = tmp_path / "model.safetensors"

@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import multiprocessing
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -731,6 +733,42 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
         )
 
 
+@contextlib.contextmanager
+def output_dir_lock(cfg: TrainConfig):
+    """Hold an exclusive lock on ``<output_dir>/.lock`` for the run (rank 0; POSIX only).
+
+    Two runs in one output directory (a re-queued cluster job next to the one still running) each deleted the
+    other's checkpoint in progress and its metrics file; the second one now stops at once, naming the holder.
+    """
+    if cfg.output_dir is None or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.output_dir) / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process"
+            raise FileExistsError(
+                f"another run is writing into {cfg.output_dir} ({holder} holds its lock); wait for it to end, or "
+                "choose another --output-dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain or fine-tune as ``cfg`` says, on one process or under torchrun.
 
@@ -738,7 +776,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     this process's run; ``finished``: max_steps reached and the final model written, else stopped by the time limit).
     """
     refuse_to_mix_runs(cfg)
-    with distributed_context(cfg.device) as ctx:
+    with output_dir_lock(cfg), distributed_context(cfg.device) as ctx:
         model = build_model(cfg, ctx.device)
         _check_fused_dispatch(cfg, model, ctx.device)
         if cfg.max_length > model.config.max_position_embeddings:
