@@ -415,6 +415,12 @@ def test_a_second_run_into_the_same_output_dir_stops_while_the_first_holds_it(tm
     assert train(small_config(tmp_path, max_steps=2, resume=True))["finished"]  # released when the first ends
 
 
+def test_a_warmup_longer_than_the_run_is_warned_of(caplog):
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.train.trainer"):
+        train(small_config(max_steps=2, warmup_steps=10))  # lr 1e-2
+    assert "warmup_steps 10 exceeds max_steps 2: the learning rate never reaches lr (it peaks at 0.002)" in caplog.text
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
     train(small_config(tmp_path, max_steps=2))
     final = tmp_path / "model.safetensors"

@@ -155,7 +155,8 @@ class WindowSampler:
             if key not in _OVERLAP_WARNED:
                 _OVERLAP_WARNED.add(key)
                 logger.warning(
-                    "source %r has %d series, fewer than %d ranks: rank %d reads all of them (shards overlap)",
+                    "source %r has %d series, fewer than its %d data shards (processes x --grad-accum): shard %d "
+                    "reads all of them (shards overlap)",
                     src.name,
                     n,
                     self.world_size,

@@ -776,6 +776,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     this process's run; ``finished``: max_steps reached and the final model written, else stopped by the time limit).
     """
     refuse_to_mix_runs(cfg)
+    if cfg.warmup_steps > cfg.max_steps:
+        log.warning(
+            "warmup_steps %d exceeds max_steps %d: the learning rate never reaches lr (it peaks at %.3g)",
+            cfg.warmup_steps,
+            cfg.max_steps,
+            cfg.lr * cfg.max_steps / cfg.warmup_steps,
+        )
     with output_dir_lock(cfg), distributed_context(cfg.device) as ctx:
         model = build_model(cfg, ctx.device)
         _check_fused_dispatch(cfg, model, ctx.device)
