@@ -69,8 +69,9 @@ def rolling_residuals(
     (that of the series' final context).
 
     Each step keeps the same number of residuals whatever the horizon: step 1 of a call that asks for
-    step 12 too is calibrated as in a call for step 1 alone, so an interval never depends on the other
-    steps asked for (or, in a panel, on how far behind the cut-off another series ends).
+    step 12 too is calibrated on the cut-offs of a call for step 1 alone, not on more of them (nor, in a panel,
+    on more because another series ends far behind the cut-off). The forecasts at those cut-offs still follow
+    the horizon's head schedule, as the final forecast does.
 
     A series whose last ``g`` values are missing (not reported yet) is forecast from a context that holds its
     last observation over them; its calibration forecasts are made the same way, from cut-offs whose
