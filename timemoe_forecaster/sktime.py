@@ -204,7 +204,9 @@ class TimeMoEForecaster(BaseForecaster):
     def _pretrain(self, y, X=None, fh=None):
         """Train a private copy of the model on every series of the panel ``y``."""
         frame = checked_frame(y)
-        frame = self._without_time_gaps(frame, inferred_freq(frame))
+        # The panel's own frequency: a cut-off left by an earlier fit (daily, say) made a monthly panel's months
+        # "skip" 29 days each, and 97% of the pretraining points were interpolated.
+        frame = self._without_time_gaps(frame, inferred_freq(frame), use_cutoff=False)
         self.pretrained_model_, self.pretrain_result_ = self._train(
             self._base_model(), frame, self._pretrain_settings()
         )
@@ -287,12 +289,12 @@ class TimeMoEForecaster(BaseForecaster):
             log.warning("update's y has variable(s) %s that fit did not see (fitted on %s); ignored", unknown, fitted)
         return new.drop(columns=unknown)
 
-    def _without_time_gaps(self, frame: pd.DataFrame, freq=None) -> pd.DataFrame:
+    def _without_time_gaps(self, frame: pd.DataFrame, freq=None, use_cutoff: bool = True) -> pd.DataFrame:
         """``frame`` with NaN rows where its regular time index skips points (``fill_time_gaps``), with a warning.
 
         ``freq``: the time index's frequency where neither the index nor sktime's cutoff carries one (sktime
         leaves it unset for panels of unequal length)."""
-        cutoff = getattr(self, "_cutoff", None)  # its freq, when y's own DatetimeIndex has lost it
+        cutoff = getattr(self, "_cutoff", None) if use_cutoff else None  # its freq, when y's own index lost it
         frame, added = fill_time_gaps(frame, freq=getattr(cutoff, "freq", None) or freq)
         if added:
             log.warning("y's time index skips %d point(s) of its frequency; they are treated as missing values", added)
@@ -382,6 +384,13 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _residuals(self, values, horizon: int, length: int):
         # Recomputed per call: predict-like methods must not change the estimator's state.
+        if self.fine_tune is not None:
+            log.warning(
+                "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
+                "on those very points: they come out too narrow (80%% intervals covered 47-71%% in a test after "
+                "100-150 steps). For calibrated intervals, fine-tune on one part of the data (a copy's fit or "
+                "pretrain) and fit a zero-shot copy with the tuned weights on the rest"
+            )
         return rolling_residuals(
             self.model_,
             values,

@@ -467,6 +467,37 @@ def test_fine_tune_and_pretrain_never_touch_other_instances(checkpoint):
     np.testing.assert_allclose(clone.fit(y).predict(fh=[1, 2]), pre.predict(fh=[1, 2]))
 
 
+def test_pretrain_after_fit_reads_the_panel_at_its_own_frequency(checkpoint, monkeypatch, caplog):
+    # The cut-off of an earlier fit on a daily series made a monthly panel's months "skip" 29 days each: 97% of the
+    # points handed to pretraining were interpolated.
+    from timemoe_forecaster import loading
+
+    lengths = []
+    original = loading.train_private_copy
+    monkeypatch.setattr(
+        loading, "train_private_copy", lambda model, series, *a, **k: (lengths.append([len(x) for x in series]),
+                                                                      original(model, series, *a, **k))[1]
+    )  # fmt: skip
+    months = pd.date_range("2000-01-01", periods=48, freq="MS")
+    monthly = pd.concat({i: pd.DataFrame({"y": np.sin(np.arange(48) / 3 + i) + 5}, index=months) for i in range(3)})
+    daily = pd.Series(np.arange(60.0) % 7, index=pd.date_range("2020-01-01", periods=60, freq="D"))
+    f = forecaster(checkpoint, pretrain_settings={"steps": 1, "batch_size": 2, "max_length": 16})
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        f.pretrain(monthly).fit(daily).pretrain(monthly)
+    assert lengths == [[48, 48, 48], [48, 48, 48]] and "skips" not in caplog.text
+
+
+def test_intervals_of_a_fine_tuned_forecaster_warn_that_they_are_calibrated_in_sample(checkpoint, caplog):
+    y = load_airline()
+    tuned = forecaster(checkpoint, fine_tune={"steps": 1, "batch_size": 4, "max_length": 32}).fit(y)
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        forecaster(checkpoint).fit(y).predict_interval(fh=[1])
+    assert "fine-tuned" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+        tuned.predict_interval(fh=[1])
+    assert "fine-tuned on y, so its intervals are calibrated on the errors of a model trained" in caplog.text
+
+
 def test_zero_shot_weights_are_read_only_aliases(checkpoint):
     a = forecaster(checkpoint).fit(load_airline())
     b = forecaster(checkpoint).fit(load_airline())
