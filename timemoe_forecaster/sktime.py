@@ -388,8 +388,8 @@ class TimeMoEForecaster(BaseForecaster):
             log.warning(
                 "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
                 "on those very points: they come out too narrow (80%% intervals covered 47-71%% in a test after "
-                "100-150 steps). For calibrated intervals, fine-tune on one part of the data (a copy's fit or "
-                "pretrain) and fit a zero-shot copy with the tuned weights on the rest"
+                "100-150 steps). For calibrated intervals, pretrain on y without its last conformal_windows + H "
+                "points (pretrain_settings, no fine_tune), then fit on y"
             )
         return rolling_residuals(
             self.model_,
