@@ -389,7 +389,7 @@ class TimeMoEForecaster(BaseForecaster):
                 "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
                 "on those very points: they come out too narrow (80%% intervals covered 47-71%% in a test after "
                 "100-150 steps). For calibrated intervals, pretrain on y without its last conformal_windows + H "
-                "points (pretrain_settings, no fine_tune), then fit on y"
+                "points (as a one-instance panel, pretrain_settings, no fine_tune), then fit on y"
             )
         return rolling_residuals(
             self.model_,
