@@ -413,6 +413,12 @@ def test_a_second_run_into_the_same_output_dir_stops_while_the_first_holds_it(tm
         with pytest.raises(FileExistsError, match=rf"another run is writing into .* \(pid {os.getpid()} on "):
             train(small_config(tmp_path, max_steps=2, resume=True))
     assert train(small_config(tmp_path, max_steps=2, resume=True))["finished"]  # released when the first ends
+    # A file system without locks (ENOLCK on some NFS mounts) trains unprotected, with a warning, not at all.
+    import errno
+    import fcntl
+
+    with mock.patch.object(fcntl, "flock", side_effect=OSError(errno.ENOLCK, "No locks available")):
+        assert train(small_config(tmp_path / "nfs", max_steps=2))["finished"]
 
 
 def test_a_warmup_longer_than_the_run_is_warned_of(caplog):

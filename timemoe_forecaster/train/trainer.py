@@ -759,6 +759,10 @@ def output_dir_lock(cfg: TrainConfig):
                 f"another run is writing into {cfg.output_dir} ({holder} holds its lock); wait for it to end, or "
                 "choose another --output-dir"
             ) from None
+        except OSError as err:  # a file system without locks (some NFS mounts): train unprotected, not at all
+            log.warning("cannot lock %s (%s); nothing stops a second run from writing there", f.name, err)
+            yield
+            return
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
