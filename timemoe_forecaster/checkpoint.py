@@ -166,8 +166,11 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    for left in path.parent.glob(f".{path.name}.*"):  # earlier writes killed half-way (can be gigabytes)
-        left.unlink(missing_ok=True)
+    # Earlier writes killed half-way (can be gigabytes): mkstemp's names, the prefix and 8 characters, nothing else.
+    ours = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}")
+    for left in path.parent.glob(f".{path.name}.*"):
+        if ours.fullmatch(left.name):
+            left.unlink(missing_ok=True)
 
 
 def fsync_path(path) -> None:
