@@ -58,7 +58,10 @@ class BatchPrefetcher:
         else:
             self._queue, self._stop, worker = queue.Queue(maxsize=depth), threading.Event(), threading.Thread
         self._worker = worker(
-            target=_draw, args=(streams, self._queue, self._stop, process), name="timemoe-data", daemon=True
+            target=_draw,
+            args=(streams, self._queue, self._stop, process, os.getpid()),
+            name="timemoe-data",
+            daemon=True,
         )
         self._worker.start()
         # A prefetcher dropped without close() (an abandoned trainer in a notebook) must not leave its worker behind.
@@ -129,17 +132,33 @@ def _stop_worker(stop, worker) -> None:
     worker.join(timeout=5)
 
 
-def _draw(streams: list, out, stop, in_child: bool) -> None:
-    """The worker's loop: (states before, batches, states after) per step until told to stop."""
+def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
+    """The worker's loop: (states before, batches, states after) per step until told to stop.
+
+    ``parent``: the training process's pid, taken before the fork (a trainer that died before the child read its
+    own parent's pid would go unnoticed)."""
     if in_child:
         torch.set_num_threads(1)  # the training process owns the cores
-    parent = os.getppid()
+
+    def orphaned() -> bool:
+        return in_child and os.getppid() != parent
 
     def done() -> bool:
         # A trainer killed outright (SIGKILL, SIGTERM, the OOM killer) never sets ``stop``: a child polling only
         # that lived on for ever, holding its memory and the trainer's stdout (a ``| tail`` pipeline hung).
-        return stop.is_set() or (in_child and os.getppid() != parent)
+        return stop.is_set() or orphaned()
 
+    try:
+        _fill(streams, out, stop, in_child, done)
+    finally:
+        if orphaned():
+            # Nobody will read what is queued: the queue's feeder thread, blocked writing a batch larger than the
+            # pipe's buffer into a pipe this process itself holds open, would keep the exit waiting for ever.
+            out.cancel_join_thread()
+
+
+def _fill(streams: list, out, stop, in_child: bool, done) -> None:
+    """Draw and queue items until ``done()``; an error is queued for the training loop to raise."""
     try:
         while not done():
             before = [s.state_dict() for s in streams]
