@@ -138,17 +138,26 @@ def test_sources_get_their_weight_of_windows_however_often_theirs_are_rejected(c
         sampler = WindowSampler([good, short], weights=[1, 100], max_length=64)
     assert "'too-short' has no series of at least min_length=16 points" in caplog.text
     assert sampler.sample().shape == (65,)
-    # Long but never usable: left out after max_tries draws, and a resumed sampler knows it.
+    # Long but never usable: after max_tries draws that window comes from another source, and a resumed sampler
+    # draws the same windows.
     zeros = ArraySource([np.zeros(300)], name="zeros")
     sampler = WindowSampler([good, zeros], weights=[1, 1], max_length=64, max_tries=10, seed=3)
     with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
-        first = [sampler.sample() for _ in range(5)]
+        assert all(sampler.sample().std() > 0.5 for _ in range(5))
     assert "'zeros' gave no usable window in 10 draws" in caplog.text
-    state = sampler.state_dict()
     resumed = WindowSampler([good, zeros], weights=[1, 1], max_length=64, max_tries=10, seed=3)
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(sampler.state_dict())
     assert all(np.array_equal(sampler.sample(), resumed.sample()) for _ in range(5))
-    assert len(first) == 5
+    # A usable source whose windows are nearly all rejected is never left out for good (one long series among 999
+    # too short, picked uniformly: a window fails its 1000 draws about 37% of the time, and goes elsewhere then).
+    rare = ArraySource([np.arange(5.0)] * 999 + [rng.normal(size=500)], name="rare")
+    sampler = WindowSampler([good, rare], weights=[1, 1], max_length=64, series_weighting="uniform", seed=4)
+    accepted = []
+    original = sampler._try_window
+    sampler._try_window = lambda k: (lambda w: (accepted.append(k) if w is not None else None, w)[1])(original(k))
+    for _ in range(200):
+        sampler.sample()
+    assert 0.2 < np.mean(np.array(accepted) == 1) and 1 in accepted[-50:]
 
 
 def test_spec_string_gives_one_weighted_source_per_input(tmp_path):

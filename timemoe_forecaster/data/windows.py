@@ -129,9 +129,10 @@ class WindowSampler:
         self.quality_filter, self.std_floor, self.max_tries = quality_filter, std_floor, max_tries
         self.series_weighting = series_weighting
         self._shards = [self._shard(s) for s in self.sources]
-        # Sources found to give no window at all: their weight goes to the others (a rejected window is drawn
-        # again from the same source, so such a source would otherwise hold the stream).
+        # Sources whose series are all too short for a window: their weight goes to the others. Derived from the
+        # data and min_length alone, so a resumed sampler derives the same.
         self._dead: set[int] = {k for k, shard in enumerate(self._shards) if shard is None}
+        self._warned_dry: set[int] = set()
         for k in sorted(self._dead):
             logger.warning(
                 "source %r has no series of at least min_length=%d points%s: it gives no windows, and its weight "
@@ -213,25 +214,29 @@ class WindowSampler:
 
         The source is drawn by weight once per window, and a rejected window (too short, non-finite, low quality)
         is drawn again from the same source: redrawing the source gave a source whose windows are often rejected
-        far less than its weight (a weight of 1 in 2 on a 90%-constant source gave it 8% of the windows). A source
-        that gives no window in ``max_tries`` draws is left out from then on, with a warning."""
-        while len(self._dead) < len(self.sources):
+        far less than its weight (a weight of 1 in 2 on a 90%-constant source gave it 8% of the windows). Only a
+        source that gives no window in ``max_tries`` draws hands this one window to another source (with a
+        warning, once per source); when every source has failed so, it is an error."""
+        failed = set(self._dead)
+        while True:
             weights = self.weights.copy()
-            weights[sorted(self._dead)] = 0.0
-            if weights.sum() == 0:  # the only sources with weight give nothing
-                break
+            weights[sorted(failed)] = 0.0
+            if weights.sum() == 0:  # every source with weight has failed this window
+                raise ValueError(self._no_window_message())
             k = int(self._rng.choice(len(self.sources), p=weights / weights.sum()))
             for _ in range(self.max_tries):
                 w = self._try_window(k)
                 if w is not None:
                     self.num_windows += 1
                     return w
-            self._dead.add(k)
-            logger.warning(
-                "source %r gave no usable window in %d draws; it is left out from now on", self.sources[k].name,
-                self.max_tries,
-            )  # fmt: skip
-        raise ValueError(self._no_window_message())
+            failed.add(k)
+            if k not in self._warned_dry:
+                self._warned_dry.add(k)
+                logger.warning(
+                    "source %r gave no usable window in %d draws; that window came from another source",
+                    self.sources[k].name,
+                    self.max_tries,
+                )
 
     def _no_window_message(self) -> str:
         return (
@@ -249,7 +254,6 @@ class WindowSampler:
         return {
             "rng": self._rng.bit_generator.state,
             "num_windows": self.num_windows,
-            "dead_sources": sorted(self._dead),
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
@@ -263,7 +267,6 @@ class WindowSampler:
             )
         self._rng.bit_generator.state = state["rng"]
         self.num_windows = int(state["num_windows"])
-        self._dead |= set(state.get("dead_sources", []))
 
 
 def iter_eval_windows(
