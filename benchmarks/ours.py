@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def model_label(model_path: str | None, preset: str | None = None, normalize_win
     else:
         name = Path(str(model_path).rstrip("/")).name or str(model_path)
         if name == "default":  # a folder named so (the embedded one, say) is evaluated another way: its own cell
-            name = f"path:{model_path}"
+            name = f"path:{os.path.normpath(str(model_path))}"
     usual = default_normalize_window(model_path, preset)
     if normalize_window is not None and normalize_window != usual:
         name += ", window-normalised" if normalize_window else ", raw windows"

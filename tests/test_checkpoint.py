@@ -226,7 +226,7 @@ def test_q_k_v_rows_that_only_add_up_are_refused(tmp_path, leaf):
 def test_a_save_removes_the_temporary_files_of_saves_killed_half_way(tmp_path):
     # A run killed while its final model.safetensors was written left a hidden temporary file (gigabytes for the
     # large presets) that nothing ever removed.
-    (tmp_path / ".model.safetensors.k1ll3d_x").write_bytes(b"half a model")  # mkstemp's suffix: 8 characters
+    (tmp_path / ".model.safetensors.tmp-k1ll3d_x").write_bytes(b"half a model")  # mkstemp's suffix: 8 characters
     (tmp_path / ".model.safetensors.bak").write_text("the user's")
     make_model().save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.safetensors.bak", "config.json", "model.safetensors"]

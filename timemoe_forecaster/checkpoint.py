@@ -155,7 +155,7 @@ def _parse_size(size: int | str | None) -> int | None:
 def _atomic_write(path: Path, write) -> None:
     """Write ``path`` through a temporary file renamed into place, flushed to disk first: after a power loss
     or an OS crash a renamed file whose data never reached the disk reads back empty or cut short."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     os.close(fd)
     try:
         write(tmp)
@@ -167,8 +167,8 @@ def _atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
     # Earlier writes killed half-way (can be gigabytes): mkstemp's names, the prefix and 8 characters, nothing else.
-    ours = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}")
-    for left in path.parent.glob(f".{path.name}.*"):
+    ours = re.compile(re.escape(f".{path.name}.tmp-") + r"[a-z0-9_]{8}")
+    for left in path.parent.glob(f".{path.name}.tmp-*"):
         if ours.fullmatch(left.name):
             left.unlink(missing_ok=True)
 

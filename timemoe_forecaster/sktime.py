@@ -387,7 +387,7 @@ class TimeMoEForecaster(BaseForecaster):
         if self.fine_tune is not None:
             log.warning(
                 "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
-                "on those very points: they come out too narrow (80%% intervals covered 47-71%% in a test after "
+                "on those very points: they come out too narrow (80% intervals covered 47-71% in a test after "
                 "100-150 steps). For calibrated intervals, pretrain on y without its last conformal_windows + H "
                 "points (as a one-instance panel, pretrain_settings, no fine_tune), then fit on y"
             )
@@ -548,12 +548,25 @@ __all__ = ["TimeMoEForecaster"]
 
 def _longest_history(frame: pd.DataFrame) -> int:
     """The most points any (instance, column) series of ``frame`` has from its first observation on (leading
-    NaN are dropped, not history)."""
-    started = frame.notna()
+    NaN are dropped, not history). Rows are in time order within each instance."""
+    observed = frame.notna().to_numpy()  # [rows, C]
+    n = len(frame)
     if frame.index.nlevels == 1:
-        return int(started.cummax().sum().max())
-    levels = list(range(frame.index.nlevels - 1))
-    return int(started.groupby(level=levels).cummax().groupby(level=levels).sum().max().max())
+        remaining = np.arange(n, 0, -1)  # points from each row to the end
+    else:
+        # Instances are runs of rows (update() and sktime keep them sorted): read them off the index codes; a
+        # groupby's cumcount took 0.56 s at 5M rows, and this check runs at every update.
+        codes = np.stack([np.asarray(frame.index.codes[j]) for j in range(frame.index.nlevels - 1)])  # [L-1, n]
+        first = np.ones(n, dtype=bool)
+        first[1:] = (codes[:, 1:] != codes[:, :-1]).any(axis=0)
+        starts = np.flatnonzero(first)
+        if len(np.unique(codes[:, starts], axis=1)[0]) != len(starts):  # an instance in several runs
+            levels = list(range(frame.index.nlevels - 1))
+            started = frame.notna().groupby(level=levels).cummax()
+            return int(started.groupby(level=levels).sum().max().max())
+        ends = np.repeat(np.append(starts[1:], n), np.diff(np.append(starts, n)))
+        remaining = ends - np.arange(n)
+    return int((remaining[:, None] * observed).max(initial=0))
 
 
 def _has_skpro() -> bool:

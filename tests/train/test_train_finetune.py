@@ -238,6 +238,21 @@ def test_a_fine_tune_whose_steps_were_skipped_is_an_error_though_its_losses_look
     assert result["skipped_steps"] == 0 and result["steps"] == 10
 
 
+def test_one_skipped_step_at_the_end_is_a_warning_two_are_an_error(caplog):
+    from timemoe_forecaster.train.finetune import _check_steps_taken
+
+    def history(*skipped):
+        return [{"step": k + 1, "skipped": k + 1 in skipped} for k in range(10)]
+
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.train.finetune"):
+        _check_steps_taken(history(10), lr=1e-4)  # a passing spike: the weights are those of step 9
+    assert "skipped 1 of 10 steps" in caplog.text
+    with pytest.raises(ValueError, match=r"2 of 10 steps .*\(steps 9, 10\)"):
+        _check_steps_taken(history(9, 10), lr=1e-4)
+    with pytest.raises(ValueError, match="6 of 10 steps"):
+        _check_steps_taken(history(1, 2, 3, 5, 7, 8), lr=1e-4)
+
+
 def test_a_bfloat16_model_fine_tunes_and_comes_back_in_bfloat16():
     # Trained in float32 master weights and cast back; the divergence check then scores a window in the model's
     # own dtype (a float32 window failed against bf16 weights).

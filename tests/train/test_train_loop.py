@@ -427,6 +427,15 @@ def test_a_warmup_longer_than_the_run_is_warned_of(caplog):
     assert "warmup_steps 10 exceeds max_steps 2: the learning rate never reaches lr (it peaks at 0.002)" in caplog.text
 
 
+def test_a_whole_state_file_that_safe_loading_refuses_is_not_called_damaged(tmp_path):
+    train(small_config(tmp_path, max_steps=2))
+    path = ckpt.latest_checkpoint(tmp_path)
+    torch.save({"step": 2, "when": np.datetime64("2020-01-01")}, path / ckpt.TRAINER_FILE)  # a numpy scalar
+    with pytest.raises(ValueError, match="safe loading .* refuses .*not written by this library") as info:
+        ckpt.load_checkpoint(path)
+    assert "delete" not in str(info.value)
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
     train(small_config(tmp_path, max_steps=2))
     final = tmp_path / "model.safetensors"

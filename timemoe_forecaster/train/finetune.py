@@ -103,11 +103,14 @@ def _check_converged(model: TimeMoEForPrediction, losses: list[float], lr: float
 
 def _check_steps_taken(history: list[dict], lr: float) -> None:
     """Steps with non-finite gradients are skipped (a spike now and then is survivable). A run that skipped most
-    of them did not train, and one whose last step was skipped ended on weights whose gradients are NaN/inf
+    of them did not train, and one whose last two steps were skipped ended on weights whose gradients are NaN/inf
     (lr=1e3 left a model that forecast every series' mean), though losses and weights may look finite: both
     are errors rather than models."""
     skipped = [r["step"] for r in history if r["skipped"]]
-    if 2 * len(skipped) > len(history) or (skipped and skipped[-1] == history[-1]["step"]):
+    # The last two steps skipped: the run ended on weights whose gradients are NaN/inf (one skip at the end may be
+    # a passing spike, and its weights are those of the step before).
+    ended_there = len(history) >= 2 and history[-1]["skipped"] and history[-2]["skipped"]
+    if 2 * len(skipped) > len(history) or ended_there:
         which = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
         raise ValueError(
             f"fine-tuning diverged: {len(skipped)} of {len(history)} steps had non-finite gradients and were "

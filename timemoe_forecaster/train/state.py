@@ -127,7 +127,7 @@ def save_checkpoint(
             free = shutil.disk_usage(root).free
             raise OSError(
                 f"writing checkpoint {final} failed ({err}); {free / 2**30:.2f} GiB free on its disk. The previous "
-                "checkpoint is intact: free space (or lower --keep-checkpoints) and --resume"
+                "checkpoint is intact: if the disk is full, free space (or lower --keep-checkpoints) and --resume"
             ) from err
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         for written in (tmp / OPTIMIZER_FILE, tmp / TRAINER_FILE, tmp):  # on disk before the rename makes it count
@@ -281,6 +281,11 @@ def _read_state(file: Path) -> Any:
         # Damaged inside (a file cut short is skipped before, by latest_checkpoint), or holding what weights_only
         # refuses to unpickle: torch's message ends with the reason.
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if "Unsupported global" in str(err):  # whole, but not a file this library writes: deleting is not the fix
+            raise ValueError(
+                f"{file} holds objects that safe loading (weights_only=True) refuses ({lines[-1]}); it was not "
+                "written by this library's trainer"
+            ) from err
         raise ValueError(
             f"{file} cannot be read ({type(err).__name__}: {lines[-1] if lines else 'damaged'}); "
             f"delete {file.parent} to resume from the checkpoint before it"

@@ -752,6 +752,7 @@ def output_dir_lock(cfg: TrainConfig):
     with open(Path(cfg.output_dir) / ".lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            unlocked = None
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "a process"
@@ -760,7 +761,9 @@ def output_dir_lock(cfg: TrainConfig):
                 "choose another --output-dir"
             ) from None
         except OSError as err:  # a file system without locks (some NFS mounts): train unprotected, not at all
-            log.warning("cannot lock %s (%s); nothing stops a second run from writing there", f.name, err)
+            unlocked = err
+        if unlocked is not None:  # outside the except: a later training error must not read as its consequence
+            log.warning("cannot lock %s (%s); nothing stops a second run from writing there", f.name, unlocked)
             yield
             return
         f.seek(0)
