@@ -164,14 +164,8 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     them, widened by the square root of the step ratio, as a random walk's errors grow.
     """
     levels = [float(q) for q in levels]
-    n_series = len(residuals)
-    width = max([r.shape[0] for r in residuals] + [0])
-    stacked = np.full((width, n_series, horizon), np.nan)  # [W, N, L]
-    for i, r in enumerate(residuals):
-        stacked[: r.shape[0], i] = r
-    counts = np.count_nonzero(~np.isnan(stacked), axis=0)  # [N, L]
-    pooled_all = stacked.reshape(width * n_series, horizon)[:, None, :]  # [W*N, 1, L]
-    use_own = counts >= MIN_OWN_RESIDUALS  # [N, L]
+    stacked, counts, pooled_all, use_own = _residual_sets(residuals, horizon)
+    width, n_series = stacked.shape[:2]
     offsets = np.empty((n_series, horizon, len(levels)))
     clipped_any = False
     own_rms, pooled_rms = _root_mean_square(stacked), _root_mean_square(pooled_all)  # the same for every level
@@ -200,6 +194,18 @@ def residual_offsets(residuals: list[np.ndarray], levels, horizon: int) -> np.nd
     return offsets
 
 
+def _residual_sets(residuals: list[np.ndarray], horizon: int):
+    """Per-series residuals stacked [W, N, L] (NaN-padded), their counts [N, L], all series' pooled
+    [W*N, 1, L], and where a series uses its own set [N, L] (at least ``MIN_OWN_RESIDUALS``)."""
+    width = max([r.shape[0] for r in residuals] + [0])
+    stacked = np.full((width, len(residuals), horizon), np.nan)
+    for i, r in enumerate(residuals):
+        stacked[: r.shape[0], i] = r
+    counts = np.count_nonzero(~np.isnan(stacked), axis=0)
+    pooled = stacked.reshape(width * len(residuals), 1, horizon)
+    return stacked, counts, pooled, counts >= MIN_OWN_RESIDUALS
+
+
 def residual_moments(residuals: list[np.ndarray], horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance [N, L] of the normalised residuals that ``residual_offsets`` ranks: per series and
     step its own set when it holds at least ``MIN_OWN_RESIDUALS``, else all series' set at that step.
@@ -207,14 +213,8 @@ def residual_moments(residuals: list[np.ndarray], horizon: int) -> tuple[np.ndar
     They describe the same conformal distribution as the quantiles (the point forecast shifted by the
     residuals), for ``predict_var`` and ``predict_proba``. Steps no series has residuals for take the last
     covered step, the mean and standard deviation widened by the square root of the step ratio, as there."""
-    n_series = len(residuals)
-    width = max([r.shape[0] for r in residuals] + [0])
-    stacked = np.full((width, n_series, horizon), np.nan)  # [W, N, L]
-    for i, r in enumerate(residuals):
-        stacked[: r.shape[0], i] = r
-    counts = np.count_nonzero(~np.isnan(stacked), axis=0)  # [N, L]
-    pooled = stacked.reshape(width * n_series, 1, horizon)
-    use_own = counts >= MIN_OWN_RESIDUALS
+    stacked, counts, pooled, use_own = _residual_sets(residuals, horizon)
+    width, n_series = stacked.shape[:2]
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no residuals there
         mean = np.where(use_own, np.nanmean(stacked, axis=0), np.nanmean(pooled, axis=0))
