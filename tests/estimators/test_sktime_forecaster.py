@@ -219,15 +219,22 @@ def test_missing_values_are_interpolated(checkpoint):
     assert TimeMoEForecaster.get_class_tag("capability:missing_values") is True
 
 
-def test_skipped_time_points_are_missing_values_not_a_shorter_series(checkpoint, caplog):
-    y = load_airline()
+def assert_skipped_points_are_missing_values(checkpoint, caplog, y, skip: slice):
+    """Forecasts of ``y`` without the points ``skip`` equal those of ``y`` with NaN there, with a warning;
+    returns ``y`` with NaN there."""
     missing = y.copy()
-    missing.iloc[100:110] = np.nan
+    missing.iloc[skip] = np.nan
     expected = forecaster(checkpoint).fit(missing).predict(fh=[1, 2])
     with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
-        skipped = forecaster(checkpoint).fit(y.drop(y.index[100:110])).predict(fh=[1, 2])
+        skipped = forecaster(checkpoint).fit(y.drop(y.index[skip])).predict(fh=[1, 2])
     pd.testing.assert_series_equal(skipped, expected)
-    assert "skips 10 point(s)" in caplog.text
+    assert f"skips {skip.stop - skip.start} point(s)" in caplog.text
+    return missing
+
+
+def test_skipped_time_points_are_missing_values_not_a_shorter_series(checkpoint, caplog):
+    y = load_airline()
+    missing = assert_skipped_points_are_missing_values(checkpoint, caplog, y, slice(100, 110))
     # The same when update leaves a gap, with a DatetimeIndex whose freq the merge loses.
     yd = y.to_timestamp()
     yd.index.freq = "MS"
@@ -247,13 +254,7 @@ def test_skipped_time_points_are_missing_values_not_a_shorter_series(checkpoint,
 def test_integer_index_gaps_of_step_one_are_missing_values(checkpoint, caplog):
     values = np.sin(np.arange(60) / 3.0) + 2
     full = pd.Series(values, index=pd.RangeIndex(100, 160))
-    missing = full.copy()
-    missing.iloc[30:33] = np.nan
-    expected = forecaster(checkpoint).fit(missing).predict(fh=[1, 2])
-    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
-        skipped = forecaster(checkpoint).fit(full.drop(full.index[30:33])).predict(fh=[1, 2])
-    pd.testing.assert_series_equal(skipped, expected)
-    assert "skips 3 point(s)" in caplog.text
+    missing = assert_skipped_points_are_missing_values(checkpoint, caplog, full, slice(30, 33))
     # Per instance in a panel with an integer time level, and when update leaves a gap.
     data = panel(n_instances=2, length=30)
     holes = data.copy()
