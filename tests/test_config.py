@@ -124,8 +124,25 @@ def test_whole_floats_and_numpy_values_from_a_config_are_accepted():
 
     cfg = TimeMoEConfig.from_dict({"horizon_lengths": [1.0, np.int64(8)], "use_dense": np.bool_(True)})
     assert cfg.horizon_lengths == [1, 8] and cfg.use_dense is True
+    # numpy numbers (a grid search's values) for any size or rate: hidden_size=np.int64(8) was refused while
+    # horizon_lengths took them; all come out as Python numbers, which JSON writes (np.float32 it does not).
+    import json
+
+    cfg = TimeMoEConfig.from_preset(
+        "tiny", hidden_size=np.int64(8), rms_norm_eps=np.float32(1e-6), attention_dropout=np.float32(0.0)
+    )
+    assert type(cfg.hidden_size) is int and type(cfg.rms_norm_eps) is float
+    assert json.loads(json.dumps(cfg.to_dict()))["hidden_size"] == 8
     with pytest.raises(ValueError, match="config key 'extra' must be a mapping"):
         TimeMoEConfig.from_dict({"extra": 5})
+
+
+def test_more_experts_per_token_than_experts_is_named_when_the_model_is_built():
+    from timemoe_forecaster import TimeMoEForPrediction
+
+    config = TimeMoEConfig.from_preset("tiny", num_experts_per_tok=5)  # of 4; the official defaults do this too
+    with pytest.raises(ValueError, match=r"num_experts_per_tok \(5\) must be at most num_experts \(4\)"):
+        TimeMoEForPrediction(config)
 
 
 def test_wrong_model_type_and_unknown_preset_are_rejected(tmp_path):

@@ -92,8 +92,9 @@ class TimeMoEConfig:
     def _validate(self) -> None:
         def positive(name: str) -> None:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
                 raise ValueError(f"TimeMoEConfig.{name} must be a positive integer, got {value!r}")
+            setattr(self, name, int(value))  # numpy integers (a grid search's values) do not write to JSON
 
         for name in (
             "input_size",
@@ -132,13 +133,16 @@ class TimeMoEConfig:
             raise ValueError(f"TimeMoEConfig.hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
         for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            if not _is_number(value) or not 0 < value < float("inf"):
                 raise ValueError(f"TimeMoEConfig.{name} must be a positive number, got {value!r}")
+            setattr(self, name, value if isinstance(value, int) else float(value))
         if not _is_number(self.attention_dropout) or not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"TimeMoEConfig.attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
+        self.attention_dropout = float(self.attention_dropout)
         factor = self.router_aux_loss_factor
         if not _is_number(factor) or not 0.0 <= factor < float("inf"):
             raise ValueError(f"TimeMoEConfig.router_aux_loss_factor must be a non-negative number, got {factor!r}")
+        self.router_aux_loss_factor = float(factor)
 
     # Derived sizes ---------------------------------------------------------------------------
     @property

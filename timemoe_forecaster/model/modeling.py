@@ -177,6 +177,12 @@ class TimeMoEForPrediction(nn.Module):
 
     def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:
         super().__init__()
+        if not config.use_dense and config.num_experts_per_tok > config.num_experts:
+            # Checked here, not in the config: the official defaults (1 expert, top-2) must still read.
+            raise ValueError(
+                f"TimeMoEConfig.num_experts_per_tok ({config.num_experts_per_tok}) must be at most num_experts "
+                f"({config.num_experts}) to build a model"
+            )
         self.config = config
         self.model = TimeMoEModel(config, attn_backend, moe_dispatch)
         self.lm_heads = nn.ModuleList(
