@@ -160,6 +160,19 @@ def test_sources_get_their_weight_of_windows_however_often_theirs_are_rejected(c
     assert 0.2 < np.mean(np.array(accepted) == 1) and 1 in accepted[-50:]
 
 
+def test_a_shard_of_only_short_series_reads_the_whole_source(caplog):
+    # Series 0 and 2 are long, series 1 too short: shard 1 of 2 held only series 1, and a 2-process run (or one
+    # with --grad-accum 2) failed with "no usable window" on data one process trains on.
+    rng = np.random.default_rng(1)
+    src = ArraySource([rng.normal(size=500), rng.normal(size=10), rng.normal(size=500)], name="three")
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        shard = WindowSampler(src, max_length=64, rank=1, world_size=2)
+    assert "shard 1 of 2 holds no series of at least min_length=16 points" in caplog.text
+    assert shard.sample().shape == (65,)
+    with pytest.raises(ValueError, match="no usable window"):  # nothing long enough anywhere: still an error
+        WindowSampler(ArraySource([np.arange(5.0)] * 3), rank=1, world_size=2)
+
+
 def test_spec_string_gives_one_weighted_source_per_input(tmp_path):
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(3, 300)))
     sampler = WindowSampler(f"{tmp_path / 'a.npy'},synthetic#seed=1&weight=3", max_length=64)

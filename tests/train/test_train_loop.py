@@ -436,6 +436,16 @@ def test_a_whole_state_file_that_safe_loading_refuses_is_not_called_damaged(tmp_
     assert "delete" not in str(info.value)
 
 
+def test_starting_from_nan_weights_is_named_at_once(tmp_path):
+    # Every step was skipped and the run then blamed the learning rate.
+    model = TimeMoEForPrediction(ckpt.TimeMoEConfig.from_preset("tiny"))
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    with pytest.raises(ValueError, match=r"the weights of .*nan are NaN/inf \(first: "):
+        train(small_config(init_from=str(tmp_path / "nan"), max_steps=2))
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_and_rewrites_a_missing_one(tmp_path):
     train(small_config(tmp_path, max_steps=2))
     final = tmp_path / "model.safetensors"
@@ -523,6 +533,7 @@ def test_resume_with_other_shard_count_is_refused(tmp_path):
         (dict(eps=0.0), "eps must be positive"),  # 0/0 updates made the unused experts NaN, the run "succeeded"
         (dict(eps=-1.0), "eps must be positive"),
         (dict(weight_decay=float("inf")), "weight_decay must be finite"),  # every weight NaN, the run "succeeded"
+        (dict(lr=3e38), "lr must be below 1e30"),  # overflowed inside AdamW's float32 with a raw RuntimeError
     ],
 )
 def test_bad_config_values(changes, match):

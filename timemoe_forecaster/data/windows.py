@@ -169,7 +169,23 @@ class WindowSampler:
             return first, stride, None
         lengths = all_lengths[first::stride].astype(np.float64)
         if not (lengths >= self.min_length).any():
-            return None
+            if stride == 1 or not (all_lengths >= self.min_length).any():
+                return None
+            # This shard's series are all too short while others' are not: read the whole source, as when there
+            # are fewer series than shards (a 2-process run failed on data one process trains on).
+            key = (str(src.name), len(all_lengths), self.rank, self.world_size, "short")
+            if key not in _OVERLAP_WARNED:  # evaluation builds a fresh sampler at every evaluation
+                _OVERLAP_WARNED.add(key)
+                logger.warning(
+                    "source %r: shard %d of %d holds no series of at least min_length=%d points; it reads all of "
+                    "the source's series (shards overlap)",
+                    src.name,
+                    self.rank,
+                    self.world_size,
+                    self.min_length,
+                )
+            first, stride = 0, 1
+            lengths = all_lengths.astype(np.float64)
         if self.series_weighting != "length":
             return first, stride, None
         windows = np.ceil(lengths / (self.max_length + 1))

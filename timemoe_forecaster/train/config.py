@@ -122,6 +122,8 @@ class TrainConfig:
         need(self.config is not None or self.init_from is not None, "give a model: config or init_from")
         need(self.min_length <= self.max_length + 1, f"min_length ({self.min_length}) exceeds max_length + 1")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be positive, got {self.lr}")
+        # AdamW holds the rate as a float32 (3e38 overflowed inside it with a raw RuntimeError).
+        need(self.lr < 1e30, f"lr must be below 1e30, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(0 <= self.weight_decay < math.inf, f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         need(

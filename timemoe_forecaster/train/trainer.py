@@ -548,7 +548,10 @@ class Trainer:
                 )
                 if record["time_up"]:
                     log.warning(
-                        "time limit of %.0f s reached at step %d: saving and stopping", cfg.time_limit, self.step
+                        "time limit of %g s reached at step %d: %s",
+                        cfg.time_limit,
+                        self.step,
+                        "saving and stopping" if cfg.output_dir is not None else "stopping (no --output-dir: unsaved)",
                     )
                     saving = cfg.output_dir is not None
                 if saving:
@@ -702,6 +705,9 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
             moe_dispatch=cfg.moe_dispatch,
         )
         require_univariate(model.config, f"the model {cfg.init_from}")
+        bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:  # every step would be skipped, and the error would blame the learning rate
+            raise ValueError(f"the weights of {cfg.init_from} are NaN/inf (first: {bad}); start from another model")
         return model
     config = resolve_config(cfg.config)
     require_univariate(config, f"the model config {cfg.config!r}")
