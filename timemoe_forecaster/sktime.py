@@ -387,9 +387,9 @@ class TimeMoEForecaster(BaseForecaster):
         if self.fine_tune is not None:
             log.warning(
                 "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
-                "on those very points: they come out too narrow (80% intervals covered 47-71% in a test after "
-                "100-150 steps). For calibrated intervals, pretrain on y without its last conformal_windows + H "
-                "points (as a one-instance panel, pretrain_settings, no fine_tune), then fit on y"
+                "on those very points: they can come out too narrow. To keep the calibration points out of training, "
+                "pretrain on y without its last conformal_windows + H points (as a one-instance panel, "
+                "pretrain_settings, no fine_tune), then fit on y (docs/estimators.md)"
             )
         return rolling_residuals(
             self.model_,
