@@ -384,6 +384,11 @@ def test_a_diverged_run_saves_nothing_over_its_good_checkpoints_and_says_so(tmp_
             train(small_config(tmp_path, max_steps=6, save_every=2, resume=True))
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000002"
     assert (tmp_path / "checkpoints" / "step_00000002" / "model.safetensors").read_bytes() == good
+    # A learning rate far too large: finite but huge weights whose gradients are non-finite. The last two steps
+    # before a save were skipped: that save is refused too (it rotated the good checkpoints out).
+    with pytest.raises(ValueError, match=r"steps 5 and 6 had non-finite gradients and were skipped"):
+        train(small_config(tmp_path, max_steps=6, save_every=2, resume=True, lr=1e10))
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"  # steps 3 and 4 still updated the weights
     # Finite weights but most steps skipped for non-finite gradients: a warning and a count.
     result = train(small_config(lr=1e4, max_steps=6, warmup_steps=1))
     assert result["skipped_steps"] > 3

@@ -421,12 +421,20 @@ class Trainer:
         if self.ctx.is_main:
             bad = next((k for k, v in model_state.items() if not bool(torch.isfinite(v).all())), None)
         bad = all_gather_objects(bad, self.ctx)[0]
-        if bad is not None:
+        # Finite but huge weights (a learning rate far too large) give non-finite gradients: every step from
+        # there is skipped, and saving would rotate the good checkpoints out for weights that cannot train. The
+        # skipped flags come from the all-reduced gradient norm, the same on every rank.
+        stuck = len(self.history) >= 2 and self.history[-1]["skipped"] and self.history[-2]["skipped"]
+        if bad is not None or stuck:
             latest = ckpt.latest_checkpoint(self.cfg.output_dir) if self.cfg.output_dir else None
+            why = (
+                f"weights are NaN/inf at step {self.step} (first: {bad})"
+                if bad is not None
+                else f"steps {self.step - 1} and {self.step} had non-finite gradients and were skipped"
+            )
             raise ValueError(
-                f"training diverged: weights are NaN/inf at step {self.step} (first: {bad}), so the {what} is not "
-                f"saved; lower the learning rate or weight decay and start again"
-                + (f", or --resume from {latest.name}" if latest is not None else "")
+                f"training diverged: {why}, so the {what} is not saved; lower the learning rate or weight decay "
+                "and start again" + (f", or --resume from {latest.name}" if latest is not None else "")
             )
 
     def save(self) -> Path | None:
