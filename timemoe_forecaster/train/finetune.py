@@ -16,7 +16,7 @@ import torch
 
 from ..model.modeling import TimeMoEForPrediction
 from .parallel import DistContext
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, diverged_by_skips
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ def _check_steps_taken(history: list[dict], lr: float) -> None:
     (lr=1e3 left a model that forecast every series' mean), though losses and weights may look finite: both
     are errors rather than models."""
     skipped = [r["step"] for r in history if r["skipped"]]
-    # The last two steps skipped: the run ended on weights whose gradients are NaN/inf (one skip at the end may be
-    # a passing spike, and its weights are those of the step before).
-    ended_there = len(history) >= 2 and history[-1]["skipped"] and history[-2]["skipped"]
-    if 2 * len(skipped) > len(history) or ended_there:
+    if diverged_by_skips(history):
         which = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
         raise ValueError(
             f"fine-tuning diverged: {len(skipped)} of {len(history)} steps had non-finite gradients and were "

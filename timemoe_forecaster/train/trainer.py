@@ -417,15 +417,12 @@ class Trainer:
         """A run that diverged (weights NaN/inf) must not save: a checkpoint of it replaced the good ones under
         ``keep_checkpoints`` and the run ended "trained" with exit code 0 (``--weight-decay inf``). Rank 0 holds
         the full state; every rank raises."""
-        bad = None
-        if self.ctx.is_main:
-            bad = next((k for k, v in model_state.items() if not bool(torch.isfinite(v).all())), None)
+        bad = first_non_finite(model_state.items()) if self.ctx.is_main else None
         bad = all_gather_objects(bad, self.ctx)[0]
         # Finite but huge weights (a learning rate far too large) give non-finite gradients: every step from
         # there is skipped, and saving would rotate the good checkpoints out for weights that cannot train. The
         # skipped flags come from the all-reduced gradient norm, the same on every rank.
-        stuck = len(self.history) >= 2 and self.history[-1]["skipped"] and self.history[-2]["skipped"]
-        if bad is not None or stuck:
+        if bad is not None or ends_on_skipped_steps(self.history):
             latest = ckpt.latest_checkpoint(self.cfg.output_dir) if self.cfg.output_dir else None
             why = (
                 f"weights are NaN/inf at step {self.step} (first: {bad})"
@@ -713,7 +710,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
             moe_dispatch=cfg.moe_dispatch,
         )
         require_univariate(model.config, f"the model {cfg.init_from}")
-        bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        bad = first_non_finite(model.named_parameters())
         if bad is not None:  # every step would be skipped, and the error would blame the learning rate
             raise ValueError(f"the weights of {cfg.init_from} are NaN/inf (first: {bad}); start from another model")
         return model
@@ -745,6 +742,23 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
             f"{cfg.output_dir} already holds checkpoints of an earlier run (latest: {latest.name}); pass --resume "
             "(resume=True) to continue it, or choose another --output-dir"
         )
+
+
+def first_non_finite(named_tensors) -> str | None:
+    """The name of the first tensor of (name, tensor) pairs holding NaN/inf, or None."""
+    return next((name for name, t in named_tensors if not bool(torch.isfinite(t).all())), None)
+
+
+def ends_on_skipped_steps(history: list[dict]) -> bool:
+    """Whether the last two steps of ``history`` were skipped for non-finite gradients: the run sits on weights it
+    cannot train from (one skip at the end may be a passing spike, and its weights are the step before's)."""
+    return len(history) >= 2 and bool(history[-1]["skipped"]) and bool(history[-2]["skipped"])
+
+
+def diverged_by_skips(history: list[dict]) -> bool:
+    """More than half the steps skipped, or the last two: the run did not train, whatever its losses look like."""
+    skipped = sum(bool(r["skipped"]) for r in history)
+    return 2 * skipped > len(history) or ends_on_skipped_steps(history)
 
 
 @contextlib.contextmanager
@@ -845,13 +859,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 trainer.save_model(cfg.output_dir)
         losses = [r["loss"] for r in history]
         skipped = sum(bool(r["skipped"]) for r in history)
-        if skipped and (2 * skipped > len(history) or history[-1]["skipped"]):
+        if diverged_by_skips(history):
             log.warning(
-                "%d of the %d steps of this run were skipped for non-finite gradients%s: the run has probably "
+                "%d of the %d steps of this run were skipped for non-finite gradients: the run has probably "
                 "diverged (lower the learning rate)",
                 skipped,
                 len(history),
-                ", the last one included" if history[-1]["skipped"] else "",
             )
         result = {
             "steps": trainer.step,
