@@ -143,6 +143,7 @@ class WindowSampler:
             )
         if len(self._dead) == len(self.sources):
             raise ValueError(self._no_window_message())
+        self._live_weights = self._weights_without(self._dead)
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
         self.num_windows = 0
 
@@ -233,19 +234,18 @@ class WindowSampler:
         far less than its weight (a weight of 1 in 2 on a 90%-constant source gave it 8% of the windows). Only a
         source that gives no window in ``max_tries`` draws hands this one window to another source (with a
         warning, once per source); when every source has failed so, it is an error."""
-        failed = set(self._dead)
+        failed, weights = set(self._dead), self._live_weights
         while True:
-            weights = self.weights.copy()
-            weights[sorted(failed)] = 0.0
-            if weights.sum() == 0:  # every source with weight has failed this window
+            if weights is None:  # every source with weight has failed this window
                 raise ValueError(self._no_window_message())
-            k = int(self._rng.choice(len(self.sources), p=weights / weights.sum()))
+            k = int(self._rng.choice(len(self.sources), p=weights))
             for _ in range(self.max_tries):
                 w = self._try_window(k)
                 if w is not None:
                     self.num_windows += 1
                     return w
             failed.add(k)
+            weights = self._weights_without(failed)
             if k not in self._warned_dry:
                 self._warned_dry.add(k)
                 logger.warning(
@@ -253,6 +253,12 @@ class WindowSampler:
                     self.sources[k].name,
                     self.max_tries,
                 )
+
+    def _weights_without(self, left_out: set[int]) -> np.ndarray | None:
+        """The mixture weights with ``left_out`` sources at 0, renormalised; None when no weight is left."""
+        weights = self.weights.copy()
+        weights[sorted(left_out)] = 0.0
+        return weights / weights.sum() if weights.sum() > 0 else None
 
     def _no_window_message(self) -> str:
         return (
