@@ -82,18 +82,18 @@ def _join_linears(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             parts.setdefault((module_prefix, _OFFICIAL_PART[module], leaf), {})[module] = tensor
         else:
             out[key] = tensor
-    # Weights first: a bias's q/k/v rows must be its weight's.
-    for (module_prefix, joined, leaf), found in sorted(parts.items(), key=lambda item: item[0][2] != "weight"):
+    for (module_prefix, joined, leaf), found in parts.items():
         for proj in _JOINED[joined]:
             if proj not in found:
                 raise CheckpointError(f"missing key {module_prefix}.{proj}.{leaf}")
         tensors = [found[proj] for proj in _JOINED[joined]]
         rows = [t.shape[0] for t in tensors]
-        weights = parts.get((module_prefix, joined, "weight"), found)
-        weight_rows = [weights[proj].shape[0] if proj in weights else None for proj in _JOINED[joined]]
-        # The joined tensor is split back by _qkv_sizes, and the model checks only its total: k and v of 6 and
-        # 10 rows instead of 8 and 8 loaded with their rows silently moved between k and v.
-        fits = rows == _qkv_sizes(sum(rows), tensors[0].shape[1]) if leaf == "weight" else rows == weight_rows
+        # The joined tensor is split back by _qkv_sizes (a bias by its weight's sizes, as in to_official), and the
+        # model checks only its total: k and v of 6 and 10 rows instead of 8 and 8 loaded with rows moved between
+        # k and v.
+        weight_q = parts.get((module_prefix, joined, "weight"), {}).get("q_proj")
+        inputs = weight_q.shape[1] if weight_q is not None else tensors[0].shape[-1]
+        fits = rows == _qkv_sizes(sum(rows), inputs)
         if len({tensor.shape[1:] for tensor in tensors}) != 1 or not fits:
             shapes = ", ".join(f"{proj}: {tuple(t.shape)}" for proj, t in zip(_JOINED[joined], tensors, strict=True))
             raise CheckpointError(f"{module_prefix}: {leaf} shapes that do not fit together ({shapes})")
