@@ -230,6 +230,10 @@ def _parse_quietly(argv: list[str]) -> argparse.Namespace:
         return parse_args(argv)
 
 
+def _first_few(items: list[str]) -> str:
+    return "; ".join(items[:4]) + (f"; and {len(items) - 4} more" if len(items) > 4 else "")
+
+
 def stale_cells(args, plan: dict, store: ResultStore, labels: dict[str, str], horizons=None) -> list[str]:
     """The planned cells (or those of ``horizons``) that <out> holds but made with other settings, each with what
     differs."""
@@ -358,9 +362,9 @@ def run(args) -> Path:
     if not args.rerun:
         stale = stale_cells(args, plan, store, labels)
         if stale:
-            shown = "; ".join(stale[:4]) + (f"; and {len(stale) - 4} more" if len(stale) > 4 else "")
             raise ValueError(
-                f"{store.csv_path} already holds {len(stale)} of these cells made with other settings: {shown}. "
+                f"{store.csv_path} already holds {len(stale)} of these cells made with other settings: "
+                f"{_first_few(stale)}. "
                 "Pass --rerun to replace them, or choose another --out"
             )
     # A model's avg row averages its four horizons: cells of the horizons this run leaves alone, made with other
@@ -368,11 +372,10 @@ def run(args) -> Path:
     others = [h for h in HORIZONS if h not in plan["horizons"]]
     mixed = stale_cells(args, plan, store, labels, horizons=others)
     if mixed:
-        shown = "; ".join(mixed[:4]) + (f"; and {len(mixed) - 4} more" if len(mixed) > 4 else "")
         raise ValueError(
-            f"{store.csv_path} holds other horizons of these models made with other settings: {shown}. Their avg "
-            f"rows would mix the two: run all horizons (--horizons {','.join(map(str, HORIZONS))} --rerun), or "
-            "choose another --out"
+            f"{store.csv_path} holds other horizons of these models made with other settings: {_first_few(mixed)}. "
+            f"Their avg rows would mix the two: run all horizons (--horizons {','.join(map(str, HORIZONS))} "
+            "--rerun), or choose another --out"
         )
     bar = tqdm(total=total, desc="cells", disable=args.no_progress, file=sys.stderr)
     command = "python benchmarks/leaderboard.py " + shlex.join(getattr(args, "_argv", []))
