@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -392,15 +393,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"nothing to train: the run in {result['output_dir']} was already complete at step {result['steps']} "
                 "(pass a larger --max-steps with --resume to train on)"
             )
-        elif not result["finished"]:  # stopped by --time-limit: a checkpoint, no final model yet
+        elif not result["finished"]:  # stopped by --time-limit or a signal: a checkpoint, no final model yet
             saved = (
                 f"no final model yet, checkpoint {result['checkpoint']} (train on with --resume)"
                 if result["checkpoint"]
                 else "nothing was saved (no --output-dir), so the run cannot be resumed"
             )
+            reason = result.get("stopped_by") or "time limit"
             print(
-                f"time limit reached: trained {result['steps']} of {cfg.max_steps} steps, last loss "
-                f"{result['final_loss']:.4f}; {saved}"
+                f"{'time limit reached' if reason.startswith('time limit') else 'stopped by ' + reason}: trained "
+                f"{result['steps']} of {cfg.max_steps} steps, last loss {result['final_loss']:.4f}; {saved}"
             )
         else:
             skipped = f" ({result['skipped_steps']} skipped: non-finite gradients)" if result["skipped_steps"] else ""
@@ -408,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; "
                 f"model in {result['output_dir']}"
             )
+    if result.get("stopped_by") in ("SIGINT", "SIGTERM"):
+        # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
+        return 128 + getattr(signal, result["stopped_by"])
     return 0
 
 

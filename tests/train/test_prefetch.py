@@ -4,6 +4,8 @@ errors surface in the training process."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -188,3 +190,31 @@ def test_a_worker_process_exits_when_the_training_process_is_killed(tmp_path):
         time.sleep(0.2)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the prefetch worker outlived the killed training process by 20 s")
+
+
+class SlowStream(CountingStream):
+    def next_batch(self):
+        time.sleep(0.2)  # the trainer waits for this worker, as when drawing is slower than the step
+        return super().next_batch()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_worker_process_leaves_ctrl_c_and_sigterm_to_the_trainer(sig):
+    # Ctrl-C and a job's SIGTERM reach the whole process group. The trainer answers by saving after the step in
+    # progress, which may wait for a batch still being drawn; a worker that died of the signal failed that save.
+    prefetcher = ProcessBatchPrefetcher([SlowStream()], depth=1)
+    try:
+        assert values(prefetcher.get()) == [0]
+        os.kill(prefetcher._worker.pid, sig)
+        assert [values(prefetcher.get()) for _ in range(3)] == [[1], [2], [3]]
+        assert prefetcher._worker.is_alive()
+    finally:
+        prefetcher.close()
+    assert not prefetcher._worker.is_alive()
+    # Told to stop, the worker ends on SIGTERM at once, as close()'s last resort and the finalizer expect.
+    prefetcher = ProcessBatchPrefetcher([SlowStream()], depth=1)
+    prefetcher._stop.set()
+    prefetcher._worker.terminate()
+    prefetcher._worker.join(timeout=10)
+    assert prefetcher._worker.exitcode is not None
+    prefetcher.close()

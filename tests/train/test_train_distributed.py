@@ -8,9 +8,12 @@ allows fp32 tolerance). Both runs are also killed and resumed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,56 @@ def test_ddp_with_bf16_optimizer_states_keeps_every_rank_the_same(tmp_path):
     torchrun(two, "--fsdp", "false", "--optim-dtype", "bf16", "--save-every", "1")
     assert_same(weights(single), weights(two))
     kill_after_step_2_and_resume(two, "--fsdp", "false", "--optim-dtype", "bf16", "--save-every", "1")
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (torchrun's workers), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads torchrun's workers from /proc")
+@pytest.mark.parametrize("whole_group", [True, False])
+def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, whole_group):
+    # Slurm's scancel signals the whole job (torchrun and its workers); a single `kill` reaches one worker. Either
+    # way every rank stops at the same step, after saving it, and --resume goes on from there.
+    from timemoe_forecaster.train.metrics import read_metrics
+
+    settings = {**SETTINGS, "max_steps": 1_000_000}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    cmd += ["timemoe_forecaster.cli", "pretrain", *flags(**settings), "--output-dir", str(tmp_path)]
+    cmd += ["--fsdp", "false", "--save-every", "1000000"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not ((tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        if whole_group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            os.kill(max(children(process.pid)), signal.SIGTERM)  # one worker, either rank
+        stdout, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    # torchrun itself reports the signal it got with a traceback of its own; no worker may fail with one.
+    assert not re.search(r'File ".*timemoe_forecaster', stderr), stderr[-4000:]
+    saved = sorted((tmp_path / "checkpoints").glob("step_*"))
+    assert len(saved) == 1, stdout + stderr[-4000:]
+    step = int(saved[0].name.split("_")[1])
+    assert step >= 3 and read_metrics(tmp_path)[-1]["step"] == step
+    torchrun(tmp_path, "--fsdp", "false", "--resume", "--max-steps", str(step + 1))
+    assert read_metrics(tmp_path)[-1]["step"] == step + 1 and (tmp_path / "model.safetensors").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -170,6 +171,20 @@ def test_non_finite_loss_skips_the_step_and_warns(caplog, fused):
     record = trainer.train_step(prefetch=False)  # the next step trains normally again
     assert not record["skipped"] and record["loss"] == record["loss"]
     assert not all(torch.equal(before[k], trainer.model.state_dict()[k]) for k in before)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_skipped_first_step_raises_no_scheduler_order_warning(fused):
+    # torch warned "Detected call of `lr_scheduler.step()` before `optimizer.step()`" when the first step was
+    # skipped, although the schedule is meant to follow the step count, skipped or not.
+    trainer = make_trainer(small_config(max_steps=4, fused=fused))
+    trainer.streams = [NaNAt(trainer.streams[0], 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = trainer.train_step(prefetch=False)
+        second = trainer.train_step(prefetch=False)
+    assert first["skipped"] and not second["skipped"]
+    assert trainer.scheduler.last_epoch == 2
 
 
 def test_update_before_the_sync_trains_exactly_like_after_it():

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -137,8 +138,6 @@ def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
 
     ``parent``: the training process's pid, taken before the fork (a trainer that died before the child read its
     own parent's pid would go unnoticed)."""
-    if in_child:
-        torch.set_num_threads(1)  # the training process owns the cores
 
     def orphaned() -> bool:
         return in_child and os.getppid() != parent
@@ -148,6 +147,10 @@ def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
         # that lived on for ever, holding its memory and the trainer's stdout (a ``| tail`` pipeline hung).
         return stop.is_set() or orphaned()
 
+    if in_child:
+        torch.set_num_threads(1)  # the training process owns the cores
+        _leave_signals_to_the_trainer(done)
+
     try:
         _fill(streams, out, stop, in_child, done)
     finally:
@@ -155,6 +158,20 @@ def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
             # Nobody will read what is queued: the queue's feeder thread, blocked writing a batch larger than the
             # pipe's buffer into a pipe this process itself holds open, would keep the exit waiting for ever.
             out.cancel_join_thread()
+
+
+def _leave_signals_to_the_trainer(done) -> None:
+    """Ctrl-C and a job's SIGTERM reach the whole process group, this child too. The trainer answers them by
+    saving after the step in progress (``signals.py``), which may need batches from here: a child that died of
+    the signal failed that save ("the data worker process died"). So the child ignores SIGINT, and ends on SIGTERM
+    only once told to stop (``close`` terminates a child that does not stop in time) or when the trainer is gone."""
+
+    def on_sigterm(signum, frame) -> None:
+        if done():
+            os._exit(0)  # as the default action would: the queue's feeder thread must not hold the exit
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _fill(streams: list, out, stop, in_child: bool, done) -> None:

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .parallel import (
     resolve_fsdp,
 )
 from .prefetch import BatchPrefetcher, start_prefetcher
+from .signals import StopRequest
 from .step_graph import GraphedStep, check_capturable, float_learning_rates, use_tensor_lr
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ class Trainer:
         if shares_cached_weights(model):  # an estimator's model_: other estimators read the same tensors
             raise ValueError("the model's weights are the checkpoint cache's; train loading.private_copy(model)")
         self.cfg, self.ctx, self.model, self.streams, self.eval_stream = cfg, ctx, model, streams, eval_stream
+        # Anything with a ``received`` attribute (signals.StopRequest): once set, the run saves and stops as at the
+        # time limit. ``train`` sets it; fine-tuning inside an estimator leaves Ctrl-C its usual meaning.
+        self.stop_request = None
         on_gpu = ctx.device.type == "cuda"
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_gpu)
         if bf16 and not on_gpu:
@@ -159,6 +164,7 @@ class Trainer:
         self.update_before_sync = bool(self.optimizer.defaults.get("fused")) and not self.fsdp
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.stopped_by: str | None = None  # why run() stopped before its last step: a time limit or a signal
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
         self._prefetcher: BatchPrefetcher | None = None  # started by the first fetch
@@ -354,7 +360,14 @@ class Trainer:
         if not self.step_graph:
             self.optimizer.zero_grad(set_to_none=True)
         if not launching:
-            self.scheduler.step()
+            if finite:
+                self.scheduler.step()
+            else:
+                with warnings.catch_warnings():
+                    # A skipped first step calls the schedule without an optimizer step; torch's warning that this
+                    # skips the schedule's first rate is wrong here (the schedule follows the step count).
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                    self.scheduler.step()
         self.step += 1
         loss = ar_loss + (config.router_aux_loss_factor * aux_loss if config.apply_aux_loss else 0.0)
         record = dict(
@@ -529,7 +542,9 @@ class Trainer:
             while self.step < until:
                 next_step = self.step + 1
                 boundary = next_step >= until or (cfg.save_every and next_step % cfg.save_every == 0)
-                time_up = bool(cfg.time_limit) and time.monotonic() - start > cfg.time_limit
+                time_limit_hit = bool(cfg.time_limit) and time.monotonic() - start > cfg.time_limit
+                signalled = getattr(self.stop_request, "received", None)
+                time_up = time_limit_hit or signalled is not None
                 evaluating = bool(cfg.eval_every) and next_step % cfg.eval_every == 0
                 launch_next = self.step_graph and not (boundary or time_up or evaluating)  # nothing in between
                 record = self.train_step(prefetch=not boundary, time_up=time_up, launch_next=launch_next)
@@ -552,9 +567,17 @@ class Trainer:
                     (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
                 )
                 if record["time_up"]:
+                    # Every process stops at this step: the one that hit the limit or got the signal voted for all.
+                    self.stopped_by = (
+                        signalled
+                        if signalled is not None
+                        else f"time limit of {cfg.time_limit:g} s"
+                        if time_limit_hit
+                        else "another process's stop"
+                    )
                     log.warning(
-                        "time limit of %g s reached at step %d: %s",
-                        cfg.time_limit,
+                        "%s at step %d: %s",
+                        self.stopped_by,
                         self.step,
                         "saving and stopping" if cfg.output_dir is not None else "stopping (no --output-dir: unsaved)",
                     )
@@ -807,8 +830,9 @@ def output_dir_lock(cfg: TrainConfig):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain or fine-tune as ``cfg`` says, on one process or under torchrun.
 
-    Returns {"steps", "skipped_steps", "finished", "final_loss", "losses", "output_dir", "checkpoint"} (losses of
-    this process's run; ``finished``: max_steps reached and the final model written, else stopped by the time limit).
+    Returns {"steps", "skipped_steps", "finished", "stopped_by", "final_loss", "losses", "output_dir", "checkpoint"}
+    (losses of this process's run; ``finished``: max_steps reached and the final model written, else stopped by the
+    time limit or by Ctrl-C / SIGTERM, which ``stopped_by`` names; a stopped run saved a checkpoint first).
     """
     refuse_to_mix_runs(cfg)
     if cfg.warmup_steps > cfg.max_steps:
@@ -851,7 +875,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.output_dir is not None and ctx.is_main:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.output_dir) / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        history = trainer.run()
+        with StopRequest() as stop:  # Ctrl-C / SIGTERM: save and stop after the step in progress
+            trainer.stop_request = stop
+            history = trainer.run()
         if cfg.output_dir is not None and trainer.step == cfg.max_steps:
             # A resumed run that was already complete trained nothing: its final model is on disk unless the first
             # run died between its last checkpoint and this save, so gathering the full state again is wasted.
@@ -869,7 +895,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         result = {
             "steps": trainer.step,
             "skipped_steps": skipped,
-            "finished": trainer.step == cfg.max_steps,  # False when stopped by the time limit
+            "finished": trainer.step == cfg.max_steps,  # False when stopped by the time limit or a signal
+            "stopped_by": trainer.stopped_by,  # None, "time limit of … s", "SIGINT", "SIGTERM", "another process…"
             "final_loss": losses[-1] if losses else float("nan"),
             "losses": losses,
             "output_dir": cfg.output_dir,
