@@ -54,6 +54,7 @@ _HELP = {
     "keep_checkpoints": "newest checkpoints kept under output_dir/checkpoints (0 = all)",
     "save_dtype": "dtype of the final model.safetensors",
     "eval_every": "evaluate on held-out windows every N steps (0 = never)",
+    "eval_batches": "held-out batches per evaluation, in all (split over the processes: the same on any number)",
     "resume": "continue from the latest checkpoint in --output-dir",
     "time_limit": "stop with a checkpoint after this many seconds of training (0 = no limit)",
     "progress": "show a progress bar (rank 0)",

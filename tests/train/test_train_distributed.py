@@ -193,3 +193,25 @@ def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, whole_
     assert step >= 3 and read_metrics(tmp_path)[-1]["step"] == step
     torchrun(tmp_path, "--fsdp", "false", "--resume", "--max-steps", str(step + 1))
     assert read_metrics(tmp_path)[-1]["step"] == step + 1 and (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("fsdp", ["false", "true"])
+def test_eval_loss_is_the_same_on_one_and_two_processes(tmp_path, fsdp):
+    # Each rank evaluated eval_batches batches of its own data shard, so the figure moved with the process count.
+    # Now the batches are split over the ranks; 3 batches on 2 ranks also checks that the rank with one batch
+    # joins the other's second forward (FSDP gathers weights inside it: a missing one hung the run).
+    from timemoe_forecaster.train.metrics import read_metrics
+
+    evals = dict(eval_every=3, eval_batches=3)
+    single = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(**SETTINGS, **evals, grad_accum=2, output_dir=str(single)))
+    finally:
+        torch.set_num_threads(threads)
+    two = tmp_path / "two"
+    torchrun(two, "--fsdp", fsdp, *flags(**evals))
+    one_loss, two_loss = ([r["eval_loss"] for r in read_metrics(d) if "eval_loss" in r] for d in (single, two))
+    assert len(one_loss) == 1 and len(two_loss) == 1
+    assert two_loss[0] == pytest.approx(one_loss[0], rel=1e-5)

@@ -65,7 +65,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     save_dtype: str = "fp32"  # dtype of the final model.safetensors
     eval_every: int = 0  # 0 = never
-    eval_batches: int = 4
+    eval_batches: int = 4  # in all, split over the processes: the same batches on any number of them
     seed: int = 0
     log_every: int = 10
     progress: bool = True

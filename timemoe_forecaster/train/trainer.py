@@ -397,19 +397,34 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean forecast (AR) loss over ``eval_batches`` held-out batches, averaged over ranks."""
+        """Mean forecast (AR) loss over the ``eval_batches`` held-out batches.
+
+        ``eval_stream()`` gives every rank the same batches; rank ``r`` of ``W`` evaluates batches ``r, r + W, ...``.
+        The figure is then the same on any number of processes: each rank drew from its own data shard before, so
+        a 1-GPU and an 8-GPU run of one recipe reported eval losses over different windows."""
         if self.eval_stream is None:
             raise ValueError("no evaluation data: set eval_every=0 or pass eval data")
         self._refuse_while_launched("evaluate")
         self.model.eval()
         stream = self.eval_stream()  # fresh each time: the same windows at every evaluation
+        world, rank, count = self.ctx.world_size, self.ctx.rank, self.cfg.eval_batches
         total = torch.zeros((), device=self.ctx.device)
-        for _ in range(self.cfg.eval_batches):
-            batch = self._to_device(stream.next_batch())
-            with self._autocast():
-                total += self._eval_forward(batch).ar_loss.float()
+        first = None
+        for k in range(count):
+            batch = stream.next_batch()
+            first = batch if first is None else first
+            if k % world == rank:
+                total += self._eval_loss(batch)
+        # Every rank runs as many forwards (FSDP gathers the weights inside them, DDP may sync buffers): one without
+        # a batch of its own in the last round evaluates the first batch again and leaves it out.
+        for _ in range(-(-count // world) - len(range(rank, count, world))):
+            self._eval_loss(first)
         self.model.train()
-        return all_reduce_sum(total, self.ctx).item() / (self.cfg.eval_batches * self.ctx.world_size)
+        return all_reduce_sum(total, self.ctx).item() / count
+
+    def _eval_loss(self, host_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self._autocast():
+            return self._eval_forward(self._to_device(host_batch)).ar_loss.float()
 
     # State ---------------------------------------------------------------------------------------
     def _full_states(self) -> tuple[dict, dict]:
@@ -860,8 +875,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             eval_sources = open_data(cfg.eval_data or cfg.data, cfg.seed + EVAL_SEED_OFFSET, own_offset)
         eval_weights = cfg.data_weights if cfg.eval_data is None else None
 
-        def eval_stream():
-            return make_stream(eval_sources, cfg, ctx.rank, ctx.world_size, cfg.seed + EVAL_SEED_OFFSET, eval_weights)
+        def eval_stream():  # one stream, the same on every rank: Trainer.evaluate splits its batches
+            return make_stream(eval_sources, cfg, 0, 1, cfg.seed + EVAL_SEED_OFFSET, eval_weights)
 
         if cfg.eval_every:
             _check_eval_data(eval_stream, cfg)
