@@ -183,6 +183,35 @@ class TimeMoEForecaster(BaseForecaster):
                     f"{{'steps': 100, 'lr': 1e-4}}, got {type(value).__name__}"
                 )
 
+    # Parameters that choose the model itself: pretrained weights belong to the model they were trained from.
+    _MODEL_PARAMS = ("model_path", "config", "device", "dtype")
+
+    def set_params(self, **params):
+        """sktime's ``set_params``, keeping weights from ``pretrain`` unless the model itself changes.
+
+        skbase resets the forecaster in ``set_params``, which dropped the pretrained weights: a grid search over
+        ``context_length`` clones the pretrained forecaster (sktime's clone keeps them) and sets each candidate's
+        parameters, so every candidate, and ``best_forecaster_``, was the zero-shot model, without a word. As
+        ``fit`` after ``pretrain`` does, the forecaster now keeps its pretrained state and drops only the fitted
+        one. A new ``model_path``, ``config``, ``device`` or ``dtype`` drops the weights too, with a warning."""
+        pretrained = {}
+        if getattr(self, "_state", None) in ("pretrained", "fitted"):
+            pretrained = {a: getattr(self, a) for a in getattr(self, "_pretrained_attrs", []) if hasattr(self, a)}
+        super().set_params(**params)
+        if pretrained:
+            changed = [name for name in self._MODEL_PARAMS if name in params]
+            if changed:
+                log.warning(
+                    "set_params(%s) chooses another model: the weights from pretrain() are dropped; pretrain again",
+                    ", ".join(f"{name}=..." for name in changed),
+                )
+            else:
+                for name, value in pretrained.items():
+                    setattr(self, name, value)
+                self._pretrained_attrs = list(pretrained)
+                self._state = "pretrained"
+        return self
+
     # Model --------------------------------------------------------------------------------------
     def _base_model(self):
         from .loading import load_model

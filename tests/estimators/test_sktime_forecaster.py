@@ -468,6 +468,33 @@ def test_fine_tune_and_pretrain_never_touch_other_instances(checkpoint):
     np.testing.assert_allclose(clone.fit(y).predict(fh=[1, 2]), pre.predict(fh=[1, 2]))
 
 
+def test_a_grid_search_tunes_the_pretrained_model_not_the_zero_shot_one(checkpoint, caplog):
+    # skbase's set_params resets the forecaster: the grid search's candidates (clone, then set_params) had lost
+    # the pretrained weights, and best_forecaster_ was the zero-shot model, without a word.
+    from sktime.forecasting.model_selection import ForecastingGridSearchCV
+    from sktime.split import ExpandingWindowSplitter
+
+    y = load_airline()
+    settings = {"steps": 2, "batch_size": 4, "max_length": 32, "lr": 1e-2}
+    pre = forecaster(checkpoint, pretrain_settings=settings).pretrain(panel(n_instances=3))
+    cv = ExpandingWindowSplitter(initial_window=120, step_length=12, fh=[1, 2])
+    search = ForecastingGridSearchCV(pre, cv=cv, param_grid={"context_length": [24, 36]}).fit(y)
+    best = search.best_params_["context_length"]
+    assert search.best_forecaster_.state == "fitted" and search.best_forecaster_.pretrained_model_ is not None
+    expected = pre.clone().set_params(context_length=best).fit(y).predict(fh=[1, 2])
+    zero_shot = forecaster(checkpoint, context_length=best).fit(y).predict(fh=[1, 2])
+    np.testing.assert_allclose(search.predict(fh=[1, 2]), expected)
+    assert not np.allclose(expected, zero_shot)
+    # set_params of a fitted forecaster drops the fit (sktime's rule), keeps the pretraining.
+    fitted = pre.clone().fit(y)
+    assert fitted.set_params(conformal_windows=5).state == "pretrained" and not hasattr(fitted, "model_")
+    # Another model cannot use the weights: they are dropped, and the log says so.
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.sktime"):
+        other = pre.clone().set_params(config={"preset": "tiny"})
+    assert other.state == "new" and getattr(other, "pretrained_model_", None) is None
+    assert "weights from pretrain() are dropped" in caplog.text
+
+
 def test_pretrain_after_fit_reads_the_panel_at_its_own_frequency(checkpoint, monkeypatch, caplog):
     # The cut-off of an earlier fit on a daily series made a monthly panel's months "skip" 29 days each: 97% of the
     # points handed to pretraining were interpolated.
