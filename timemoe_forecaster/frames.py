@@ -77,16 +77,16 @@ def _integer_range(times: pd.Index) -> pd.Index | None:
 _UNIT_NANOS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
-def _ticks(times: pd.DatetimeIndex, step_nanos: int) -> np.ndarray:
-    """``times`` as whole multiples of a step of ``step_nanos`` nanoseconds.
+def _ticks(times: pd.DatetimeIndex, step_nanos: int) -> tuple[np.ndarray, np.ndarray]:
+    """``times`` as whole multiples of a step of ``step_nanos`` nanoseconds, and what is left over.
 
     Read in the index's own unit (pandas 3 defaults to microseconds): converting a long index to
     nanoseconds first took 0.35 s per call at 5M points, and ``update`` runs this on the whole history.
     """
     unit = _UNIT_NANOS.get(getattr(times, "unit", "ns"))
     if unit is None or step_nanos % unit:
-        return times.as_unit("ns").asi8 // step_nanos
-    return times.asi8 // (step_nanos // unit)
+        return np.divmod(times.as_unit("ns").asi8, step_nanos)
+    return np.divmod(times.asi8, step_nanos // unit)
 
 
 def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
@@ -99,7 +99,10 @@ def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
             step = pd.tseries.frequencies.to_offset(freq).nanos  # months, weeks, ...: not a fixed size
         except ValueError:
             return False
-        ticks = pd.Series(_ticks(times, step), index=frame.index)
+        whole, rest = _ticks(times, step)
+        if rest.size and (rest != rest[0]).any():  # points off one grid (an update at :30 to an hourly series)
+            return False
+        ticks = pd.Series(whole, index=frame.index)
     elif _is_integer_index(times):
         ticks = pd.Series(np.asarray(times, dtype=np.int64), index=frame.index)
     else:
@@ -110,12 +113,16 @@ def _evenly_filled(frame: pd.DataFrame, times: pd.Index, freq) -> bool:
     return bool((spans["max"] - spans["min"] + 1 == spans["size"]).all())
 
 
-def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
+def fill_time_gaps(frame: pd.DataFrame, freq=None, one_grid: bool = True) -> tuple[pd.DataFrame, int]:
     """Rows of NaN where a regular time index skips points, per instance, and how many were added.
 
     A series whose PeriodIndex (or DatetimeIndex of frequency ``freq``) skips months, days, ... is a series
     with missing values there, not a shorter series: the model reads positions, so skipped points would
     silently join the values around them. The NaN rows are then filled like any other missing value.
+
+    ``one_grid``: every series must lie on the grid of ``freq`` (a DatetimeIndex), as forecasts are labelled on
+    it; a series off it, or of another frequency, is a ValueError (see :func:`off_grid`). Off, such a series is
+    left as it is (pretraining reads each series as a sequence of its own).
     """
     times = frame.index.get_level_values(-1)
     freq = freq if freq is not None else getattr(times, "freq", None)
@@ -123,6 +130,8 @@ def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
         return frame, 0
     if frame.index.nlevels == 1:
         full = _regular_range(times, freq)
+        if one_grid and (reason := off_grid(times, full, freq)):
+            _refuse_off_grid("y", reason, panel=False)
         if full is None or len(full) == len(times):
             return frame, 0
         return frame.reindex(full.rename(frame.index.name)), len(full) - len(times)
@@ -130,12 +139,56 @@ def fill_time_gaps(frame: pd.DataFrame, freq=None) -> tuple[pd.DataFrame, int]:
     for key, group in frame.groupby(level=list(range(frame.index.nlevels - 1)), sort=False):
         own = group.index.get_level_values(-1)
         full = _regular_range(own, freq)
+        if reason := off_grid(own, full, freq):
+            if one_grid:
+                _refuse_off_grid(
+                    f"instance {key[0] if isinstance(key, tuple) and len(key) == 1 else key!r} of y", reason
+                )
+            full = None  # a series of its own frequency: left on its own grid
         if full is not None and len(full) != len(own):
             key = key if isinstance(key, tuple) else (key,)
             group = group.reindex(output_index(frame.index, [key], full))  # the instance's key on every time point
             added += len(full) - len(own)
         parts.append(group)
     return (pd.concat(parts), added) if added else (frame, 0)
+
+
+def off_grid(times: pd.Index, full: pd.Index | None, freq) -> str | None:
+    """Why a series' DatetimeIndex is not one of the grid of ``freq``, or None when it is: off that grid
+    (``full is None``), or filling less than half of it with a frequency of its own that differs.
+
+    A panel's frequency is inferred from its first regular instance. A daily instance in a weekly panel was
+    then forecast 25 and 26 days ahead under the labels of weeks 25 and 26, and a weekly one in a daily panel
+    became 86% interpolated days, both without an error; sktime's own forecasters refuse such panels."""
+    if not isinstance(times, pd.DatetimeIndex) or freq is None or len(times) < 2:
+        return None
+    if full is not None and len(full) <= 2 * len(times):
+        return None
+    own = pd.infer_freq(times) if len(times) >= 3 else None
+    if full is not None and (own is None or _offset(own) == _offset(freq)):
+        return None  # sparse, but of this frequency: missing values
+    name = getattr(_offset(freq), "freqstr", freq)
+    detail = f"its own frequency is {own}" if own is not None else f"e.g. {_first_off_grid(times, freq)}"
+    return f"has times off the time grid of y's frequency {name} ({detail})"
+
+
+def _refuse_off_grid(what: str, reason: str, panel: bool = True):
+    if not panel:
+        raise ValueError(f"{what} {reason}; forecasts are labelled on that grid: resample y to one frequency")
+    raise ValueError(
+        f"{what} {reason}; the series of one panel must share one frequency and alignment, as forecasts are "
+        "labelled on that grid. Forecast them separately, or resample them to one frequency"
+    )
+
+
+def _offset(freq):
+    return pd.tseries.frequencies.to_offset(freq)
+
+
+def _first_off_grid(times: pd.DatetimeIndex, freq):
+    grid = pd.date_range(times[0], times[-1], freq=freq)
+    off = times[~times.isin(grid)]
+    return off[0] if len(off) else times[0]
 
 
 def inferred_freq(frame: pd.DataFrame) -> str | None:
@@ -203,7 +256,7 @@ def split_series(frame: pd.DataFrame):
     return SeriesSet(values, keys, ends, names, len(columns))
 
 
-def steps_between(end, cutoff: pd.Index) -> int:
+def steps_between(end, cutoff: pd.Index, what: str = "a series of y") -> int:
     """Number of steps from ``end`` (one instance's last time) to the global cutoff."""
     last = cutoff[0]
     if end == last:
@@ -216,7 +269,16 @@ def steps_between(end, cutoff: pd.Index) -> int:
                 "the series of y end at different times and their frequency is unknown; "
                 "give y a DatetimeIndex with a freq"
             )
-        return len(pd.date_range(end, last, freq=cutoff.freq)) - 1
+        steps = pd.date_range(end, last, freq=cutoff.freq)
+        if len(steps) == 0 or steps[0] != end or steps[-1] != last:
+            # Counted from an end off the grid, the forecasts were labelled at times the series never has (an
+            # hourly series at :30 in a panel at :00 got its next hour labelled :00).
+            raise ValueError(
+                f"{what} ends at {end}, off the time grid of y's last point {last} at frequency "
+                f"{cutoff.freq.freqstr}; the series of one panel must share one frequency and alignment, as "
+                "forecasts are labelled on that grid. Forecast them separately, or resample them to one grid"
+            )
+        return len(steps) - 1
     return int(last - end)
 
 

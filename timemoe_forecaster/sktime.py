@@ -235,7 +235,8 @@ class TimeMoEForecaster(BaseForecaster):
         frame = checked_frame(y)
         # The panel's own frequency: a cut-off left by an earlier fit (daily, say) made a monthly panel's months
         # "skip" 29 days each, and 97% of the pretraining points were interpolated.
-        frame = self._without_time_gaps(frame, inferred_freq(frame), use_cutoff=False)
+        # Its series may have frequencies and alignments of their own: training reads each as a sequence.
+        frame = self._without_time_gaps(frame, inferred_freq(frame), use_cutoff=False, one_grid=False)
         self.pretrained_model_, self.pretrain_result_ = self._train(
             self._base_model(), frame, self._pretrain_settings()
         )
@@ -254,6 +255,7 @@ class TimeMoEForecaster(BaseForecaster):
         # Remembered for later updates: one that skips points in every instance leaves nothing to infer it from.
         self._freq = inferred_freq(frame)
         self._context = self._without_time_gaps(frame, self._freq)
+        self._settle_time_grid()
         model = self._base_model()
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
@@ -296,6 +298,7 @@ class TimeMoEForecaster(BaseForecaster):
         merged = pd.concat([self._context, new])
         merged = merged[~merged.index.duplicated(keep="last")].sort_index()
         self._context = self._without_time_gaps(checked_frame(merged, copy=False), getattr(self, "_freq", None))
+        self._settle_time_grid()
         self._check_lengths()
         return self
 
@@ -318,13 +321,15 @@ class TimeMoEForecaster(BaseForecaster):
             log.warning("update's y has variable(s) %s that fit did not see (fitted on %s); ignored", unknown, fitted)
         return new.drop(columns=unknown)
 
-    def _without_time_gaps(self, frame: pd.DataFrame, freq=None, use_cutoff: bool = True) -> pd.DataFrame:
+    def _without_time_gaps(
+        self, frame: pd.DataFrame, freq=None, use_cutoff: bool = True, one_grid: bool = True
+    ) -> pd.DataFrame:
         """``frame`` with NaN rows where its regular time index skips points (``fill_time_gaps``), with a warning.
 
         ``freq``: the time index's frequency where neither the index nor sktime's cutoff carries one (sktime
-        leaves it unset for panels of unequal length)."""
+        leaves it unset for panels of unequal length). ``one_grid``: refuse series off that frequency's grid."""
         cutoff = getattr(self, "_cutoff", None) if use_cutoff else None  # its freq, when y's own index lost it
-        frame, added = fill_time_gaps(frame, freq=getattr(cutoff, "freq", None) or freq)
+        frame, added = fill_time_gaps(frame, freq=getattr(cutoff, "freq", None) or freq, one_grid=one_grid)
         if added:
             log.warning("y's time index skips %d point(s) of its frequency; they are treated as missing values", added)
         return frame
@@ -452,7 +457,7 @@ class TimeMoEForecaster(BaseForecaster):
             )
         fh_abs = fh.to_absolute_index(cutoff)
         self._check_on_grid(fh_abs, rel_steps, cutoff)
-        offsets = self._end_offsets(series.ends, cutoff)  # steps between each instance's end and the cutoff
+        offsets = self._end_offsets(series.ends, cutoff, series.keys)  # steps from each instance's end to the cutoff
         steps = rel_steps[None, :] + np.repeat(offsets, series.num_columns)[:, None]  # [N, m]
         return series, steps, output_index(context.index, series.keys, fh_abs)
 
@@ -532,14 +537,36 @@ class TimeMoEForecaster(BaseForecaster):
         cutoff = pd.DatetimeIndex(cutoff, freq=freq)
         return cutoff, ForecastingHorizon(fh.to_pandas(), is_relative=fh.is_relative, freq=freq)
 
-    def _end_offsets(self, ends: list, cutoff) -> np.ndarray:
+    def _end_offsets(self, ends: list, cutoff, keys: list | None = None) -> np.ndarray:
         offsets = np.zeros(len(ends), dtype=np.int64)
         distinct = {}
         for i, end in enumerate(ends):
             if end not in distinct:
-                distinct[end] = steps_between(end, cutoff)
+                what = f"instance {keys[i] if len(keys[i]) > 1 else keys[i][0]!r} of y" if keys and keys[i] else "y"
+                distinct[end] = steps_between(end, cutoff, what)
             offsets[i] = distinct[end]
         return offsets
+
+    def _settle_time_grid(self) -> None:
+        """After ``fit`` and ``update``: give sktime's cutoff the inferred frequency, and refuse series that end
+        off its grid.
+
+        sktime leaves the cutoff's frequency unset for panels whose series start or end at different times; its
+        own check of an absolute fh then failed inside pandas ("You must pass a freq argument") where a
+        relative fh worked. A series ending off the grid (hourly at :30 in a panel at :00) had its forecasts
+        labelled at times it never has; that is now an error at fit, not a surprise at predict."""
+        cutoff, freq = getattr(self, "_cutoff", None), getattr(self, "_freq", None)
+        if not isinstance(cutoff, pd.DatetimeIndex) or len(cutoff) != 1:
+            return
+        if cutoff.freq is None and freq is not None:
+            try:
+                cutoff = self._cutoff = pd.DatetimeIndex(cutoff, freq=freq)
+            except ValueError:  # the last point is not on that frequency's grid: checked below
+                cutoff = pd.DatetimeIndex(cutoff)
+        if cutoff.freq is not None:
+            for end, key in _distinct_ends(self._context).items():
+                key = key if key is None or isinstance(key, tuple) else (key,)
+                self._end_offsets([end], cutoff, None if key is None else [key])
 
     @classmethod
     def get_test_params(cls, parameter_set="default"):
@@ -583,19 +610,46 @@ def _longest_history(frame: pd.DataFrame) -> int:
     if frame.index.nlevels == 1:
         remaining = np.arange(n, 0, -1)  # points from each row to the end
     else:
-        # Instances are runs of rows (update() and sktime keep them sorted): read them off the index codes; a
-        # groupby's cumcount took 0.56 s at 5M rows, and this check runs at every update.
-        codes = np.stack([np.asarray(frame.index.codes[j]) for j in range(frame.index.nlevels - 1)])  # [L-1, n]
-        first = np.ones(n, dtype=bool)
-        first[1:] = (codes[:, 1:] != codes[:, :-1]).any(axis=0)
-        starts = np.flatnonzero(first)
-        if len(np.unique(codes[:, starts], axis=1)[0]) != len(starts):  # an instance in several runs
+        starts = _instance_starts(frame)
+        if starts is None:
             levels = list(range(frame.index.nlevels - 1))
             started = frame.notna().groupby(level=levels).cummax()
             return int(started.groupby(level=levels).sum().max().max())
         ends = np.repeat(np.append(starts[1:], n), np.diff(np.append(starts, n)))
         remaining = ends - np.arange(n)
     return int((remaining[:, None] * observed).max(initial=0))
+
+
+def _instance_starts(frame: pd.DataFrame) -> np.ndarray | None:
+    """The first row of every instance of a panel, or None when an instance's rows are not one run.
+
+    Instances are runs of rows (update() and sktime keep them sorted): read off the index codes; a groupby took
+    0.56 s at 5M rows, and the checks that use this run at every update."""
+    codes = np.stack([np.asarray(frame.index.codes[j]) for j in range(frame.index.nlevels - 1)])  # [L-1, n]
+    first = np.ones(len(frame), dtype=bool)
+    first[1:] = (codes[:, 1:] != codes[:, :-1]).any(axis=0)
+    starts = np.flatnonzero(first)
+    if len(np.unique(codes[:, starts], axis=1)[0]) != len(starts):  # an instance in several runs
+        return None
+    return starts
+
+
+def _distinct_ends(frame: pd.DataFrame) -> dict:
+    """{last time of an instance: that instance's key (the first one ending there)} over a panel or series."""
+    times = frame.index.get_level_values(-1)
+    if frame.index.nlevels == 1:
+        return {times[-1]: None}
+    starts = _instance_starts(frame)
+    if starts is None:
+        series = split_series(frame)
+        pairs = zip(series.ends, series.keys)
+    else:
+        last = np.append(starts[1:], len(frame)) - 1
+        pairs = zip(times[last], frame.index.droplevel(-1)[last])
+    ends = {}
+    for end, key in pairs:
+        ends.setdefault(end, key)
+    return ends
 
 
 def _has_skpro() -> bool:

@@ -224,9 +224,14 @@ def test_fill_time_gaps_inserts_missing_rows_per_instance_and_leaves_full_frames
     assert filled["v"].isna().to_numpy().nonzero()[0].tolist() == [3, 4, 20]
     single, added = fill_time_gaps(holed.xs("a", level="id"), freq=freq)
     assert added == 2 and len(single) == 12
-    # Not on the frequency's grid: nothing can be said about gaps, the frame stays as it is.
+    # Not on the frequency's grid: forecasts could not be labelled on it, so it is refused; where the grid does
+    # not matter (pretraining), nothing can be said about gaps and the frame stays as it is.
     odd = frame.xs("a", level="id").set_axis(times + pd.Timedelta(minutes=7) * np.arange(12))
-    assert fill_time_gaps(odd, freq=freq)[1] == 0
+    with pytest.raises(
+        ValueError, match=r"y has times off the time grid of y's frequency (h|D|MS) \((its own frequency is|e\.g\.)"
+    ):
+        fill_time_gaps(odd, freq=freq)
+    assert fill_time_gaps(odd, freq=freq, one_grid=False)[1] == 0
 
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
@@ -239,7 +244,9 @@ def test_time_ticks_read_in_the_index_unit_match_nanosecond_ticks(unit, freq):
     times = pd.date_range("1969-12-31 23:59:58", periods=50, freq=freq).as_unit(unit)  # before the epoch too
     for step_freq in (freq, "ms"):  # "ms" is below the unit "s": the nanosecond fallback
         step = pd.tseries.frequencies.to_offset(step_freq).nanos
-        np.testing.assert_array_equal(_ticks(times, step), times.as_unit("ns").asi8 // step)
+        whole, rest = _ticks(times, step)
+        np.testing.assert_array_equal(whole, times.as_unit("ns").asi8 // step)
+        np.testing.assert_array_equal(rest == 0, times.as_unit("ns").asi8 % step == 0)
     holed = pd.DataFrame({"v": np.arange(50.0)}, index=times).drop(times[[7, 8]])
     filled, added = fill_time_gaps(holed, freq=freq)
     assert added == 2 and filled.index.equals(times)

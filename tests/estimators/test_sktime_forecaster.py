@@ -159,6 +159,62 @@ def test_unequal_lengths_with_a_datetime_index(checkpoint, levels, member):
     assert f.predict_interval(fh=[1, 3], coverage=0.8).shape == (len(pred), 2)
 
 
+def test_absolute_times_without_a_freq_work_on_panels_of_unequal_spans(checkpoint):
+    # sktime leaves the cutoff of such panels without a freq, and its own fh check then failed inside pandas
+    # ("You must pass a freq argument") for absolute times that carry none, e.g. taken from a test set's index.
+    def member(n, start):
+        return pd.DataFrame({"v": np.sin(np.arange(n) / 3) * 5 + 20}, index=pd.date_range(start, periods=n, freq="D"))
+
+    y = pd.concat({"a": member(40, "2021-03-01"), "b": member(30, "2021-03-05")}, names=["id", "t"])
+    f = forecaster(checkpoint).fit(y)
+    times = pd.DatetimeIndex(["2021-04-10", "2021-04-11"])  # no freq
+    expected = f.predict(fh=[1, 2])
+    pd.testing.assert_frame_equal(f.predict(fh=times), expected)
+    pd.testing.assert_frame_equal(f.predict(fh=ForecastingHorizon(times, is_relative=False)), expected)
+    f.update(member(1, "2021-04-10").set_axis(pd.MultiIndex.from_tuples([("a", pd.Timestamp("2021-04-10"))])))
+    assert f.predict(fh=pd.DatetimeIndex(["2021-04-12"])).index.get_level_values(-1).unique()[0] == pd.Timestamp(
+        "2021-04-12"
+    )
+
+
+def _member(start, n, freq):
+    return pd.DataFrame({"v": np.sin(np.arange(n) / 3) + 10}, index=pd.date_range(start, periods=n, freq=freq))
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        # The panel's frequency was the first instance's: the daily one was forecast under weekly labels.
+        ({"a": ("2020-01-05", 30, "W-SUN"), "b": ("2020-01-01", 40, "D")}, r"'b' .*W-SUN \(its own frequency is D\)"),
+        # ... and the weekly one became 86% interpolated days.
+        ({"a": ("2020-01-01", 40, "D"), "b": ("2020-01-05", 30, "W-SUN")}, r"'b' .* D \(its own frequency is W-SUN\)"),
+        # Hourly at :30 in a panel at :00: its forecasts were labelled at :00.
+        (
+            {"a": ("2021-01-01 00:00", 48, "h"), "b": ("2021-01-01 00:30", 40, "h")},
+            r"'b' of y ends at 2021-01-02 15:30",
+        ),
+    ],
+)
+def test_panels_mixing_frequencies_or_alignments_are_refused(checkpoint, members, message, caplog):
+    y = pd.concat({k: _member(*v) for k, v in members.items()}, names=["id", "time"])
+    with pytest.raises(ValueError, match=message + ".*share one frequency and alignment"):
+        forecaster(checkpoint).fit(y)
+    # Pretraining reads each series as a sequence of its own: a mixed corpus is fine, and none is "filled".
+    settings = {"steps": 1, "batch_size": 2, "max_length": 16}
+    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.sktime"):
+        assert forecaster(checkpoint, pretrain_settings=settings).pretrain(y).state == "pretrained"
+    assert "skips" not in caplog.text
+
+
+def test_an_update_off_the_time_grid_is_refused_and_changes_nothing(checkpoint):
+    y = _member("2021-01-01", 48, "h")
+    f = forecaster(checkpoint).fit(y)
+    before = f.predict(fh=[1, 2])
+    with pytest.raises(ValueError, match="off the time grid"):
+        f.update(_member("2021-01-03 00:30", 1, "h"))
+    pd.testing.assert_frame_equal(f.predict(fh=[1, 2]), before)
+
+
 # Scaling, constants, missing values --------------------------------------------------------------
 def test_equivariance_and_constant_series(checkpoint):
     y = load_airline()
