@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint directory (config.json + safetensors) or hub id (owner/name) to start from",
     )
     _add_train_flags(fine, skip=("config", "init_from"))
-    fine.set_defaults(output_dir="runs/finetune", lr=1e-4)
+    fine.set_defaults(output_dir="runs/finetune", lr=1e-4, data=None)  # no synthetic default: your data or an error
     fc = sub.add_parser("forecast", help="zero-shot forecast of one series")
     fc.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the embedded model)")
     fc.add_argument(
@@ -182,6 +182,11 @@ def train_config_from_args(args: argparse.Namespace):
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.command == "finetune":
+        if args.data is None:
+            raise ValueError(
+                "timemoe finetune needs your data: pass --data FILE (CSV, parquet, npy, ... : docs/data_formats.md); "
+                "without it the model was fine-tuned on synthetic series"
+            )
         values["init_from"] = args.model
         values["config"] = None  # the architecture is the checkpoint's; train_config.json recorded "tiny"
     if values.get("data_weights") is not None:
@@ -223,13 +228,10 @@ def load_series(dataset: str, column: str | None = None):
     frame = read_frame(path, fmt if fmt in TABULAR_SUFFIXES else ".csv")  # other names (.txt, none): CSV text
     frame, column = _one_series_of_long_table(frame, path, column)
     if column is None:
-        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
-        if not numeric:
-            raise ValueError(f"{path} has no numeric column; pass --column")
-        column = numeric[-1]
+        column = _default_column(frame, path)
     if column not in frame.columns:
         raise ValueError(f"--column {column!r} not in {path}; columns: {list(frame.columns)}")
-    values = pd.to_numeric(frame[column], errors="coerce")
+    values = _numbers(frame[column], path, column)
     if values.notna().sum() < 2:
         raise ValueError(f"column {column!r} of {path} has fewer than two numeric values")
     times = _time_column(frame, exclude=column)
@@ -237,6 +239,54 @@ def load_series(dataset: str, column: str | None = None):
         order = np.argsort(times.to_numpy(), kind="stable")
         values = pd.Series(values.to_numpy()[order], index=pd.DatetimeIndex(times.to_numpy()[order]))
     return values.rename(column)
+
+
+def _default_column(frame, path: Path):
+    """The last numeric column that holds a series: not empty (a trailing comma's "Unnamed: 2"), not constant (a
+    store number). A text column of mostly numbers is a column whose formatting broke (thousands separators, a
+    stray "abc"): with it left out, another column was forecast without a word, so it is an error naming it."""
+    import pandas as pd
+
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
+            given = column.dropna()
+            digits = given.astype(str).str.replace(",", "", regex=False)  # 1,001.7 and 12,5 count as numbers here
+            if len(given) and pd.to_numeric(digits, errors="coerce").notna().mean() >= 0.5:
+                _numbers(column, path, name)  # raises, naming the values that are no numbers
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    if not numeric:
+        raise ValueError(f"{path} has no numeric column; pass --column (columns: {list(frame.columns)})")
+    series = [c for c in numeric if frame[c].notna().sum() >= 2 and frame[c].nunique() > 1]
+    return (series or numeric)[-1]
+
+
+_THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+
+
+def _numbers(column, path: Path, name):
+    """``column`` as floats; values that are no numbers are an error naming them (they were read as missing
+    values before, and the rows after the last number were dropped without a word)."""
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce")
+    text = column.astype(str).str.strip()
+    bad = values.isna() & column.notna() & (text != "")
+    if not bad.any():
+        return values.astype(float)
+    examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
+    where = column.index[bad][:3]
+    if isinstance(column.index, pd.RangeIndex):  # as read: row i is the file's line i + 2, after the header
+        rows = "lines " + ", ".join(str(i + 2) for i in where)
+    else:
+        rows = "rows " + ", ".join(str(i) for i in where)
+    if text[bad].str.fullmatch(_THOUSANDS).all():
+        hint = "they are written with thousands separators: save the file without them (1001.7, not 1,001.7)"
+    else:
+        hint = "fix them, or leave those cells empty to mark the values missing"
+    raise ValueError(
+        f"column {name!r} of {path} holds {int(bad.sum())} value(s) that are not numbers ({examples}; {rows}); {hint}"
+    )
 
 
 # Formats open_source reads that are no table; read as CSV text they gave confusing errors.
@@ -305,8 +355,9 @@ def run_forecast(args: argparse.Namespace) -> int:
     model = TimeMoEForPrediction.from_pretrained(args.model, dtype=torch.float32)
     series = load_series(args.dataset, args.column)
     values = series.to_numpy(dtype=float)
-    last_finite = np.flatnonzero(np.isfinite(values))
-    values = values[: last_finite[-1] + 1] if last_finite.size else values
+    given = np.flatnonzero(~np.isnan(values))  # not isfinite: a last value of inf is an error, not dropped
+    trailing = len(values) - (given[-1] + 1) if given.size else 0
+    values = values[: len(values) - trailing]
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
         where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
@@ -327,6 +378,8 @@ def run_forecast(args: argparse.Namespace) -> int:
     print(f"series: {args.dataset} / {name}, {len(values)} points, context {len(context)}, horizon {args.horizon}")
     if missing:
         print(f"({missing} missing values in the context were interpolated)")
+    if trailing:
+        print(f"({trailing} rows after the last value hold none and were left out: the forecast starts after it)")
     index = series.index[: len(values)]
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
@@ -336,6 +389,26 @@ def run_forecast(args: argparse.Namespace) -> int:
     for t, v in zip(future, pred):
         print(f"{'forecast':>10} {_time_text(t):>20} {v:>24.4f}")
     return 0
+
+
+def _recent_freq(index):
+    """The frequency of the latest rows: the longest recent stretch pandas can name, else the step most gaps take.
+
+    The last three rows alone called business days daily (Friday, then Saturday and Sunday forecasts), and one
+    missing day among them left the forecast undated."""
+    import pandas as pd
+
+    for size in sorted({len(index), 50, 10, 3}, reverse=True):
+        tail = index[-size:]
+        if 3 <= len(tail) <= len(index) and tail.is_unique and tail.is_monotonic_increasing:
+            freq = pd.infer_freq(tail)
+            if freq is not None:
+                return freq
+    gaps = pd.Series(index[1:] - index[:-1])
+    common = gaps.mode()
+    if len(common) and common[0] > pd.Timedelta(0) and (gaps == common[0]).mean() >= 0.5:
+        return pd.tseries.frequencies.to_offset(common[0])
+    return None
 
 
 def _time_text(t) -> str:
@@ -353,7 +426,7 @@ def _future_index(index, horizon: int) -> list:
     if isinstance(index, pd.PeriodIndex):
         return list(index[-1] + k for k in range(1, horizon + 1))
     if isinstance(index, pd.DatetimeIndex) and len(index) >= 3:
-        freq = index.freq or pd.infer_freq(index[-3:])
+        freq = index.freq or _recent_freq(index)
         if freq is not None:
             return list(pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:])
     if pd.api.types.is_integer_dtype(index):
@@ -407,10 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             skipped = f" ({result['skipped_steps']} skipped: non-finite gradients)" if result["skipped_steps"] else ""
-            print(
-                f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; "
-                f"model in {result['output_dir']}"
-            )
+            saved = f"model in {result['output_dir']}" if result["output_dir"] else "nothing saved (no --output-dir)"
+            print(f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; {saved}")
     if result.get("stopped_by") in ("SIGINT", "SIGTERM"):
         # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
         return 128 + getattr(signal, result["stopped_by"])

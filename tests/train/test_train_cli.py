@@ -86,6 +86,91 @@ def test_forecast_of_a_csv_with_a_date_column_continues_its_dates(tmp_path, caps
     assert [row[1] for row in forecast] == ["2024-02-10", "2024-02-11"]
 
 
+def _dates_and_values(out: str, kind: str) -> list[list[str]]:
+    return [line.split()[1:] for line in out.splitlines() if line.strip().startswith(kind)]
+
+
+def test_forecast_refuses_values_that_are_not_numbers_instead_of_dropping_them(tmp_path, capsys):
+    days = [d.date() for d in pd.date_range("2023-01-01", periods=40, freq="D")]
+    # Thousands separators on the values from 1000 on: the column was read as text, left out of the default
+    # choice (the constant price was forecast), and with --column the rows from 1,000 on were dropped.
+    thousands = tmp_path / "t.csv"
+    sales = [f"{990 + i}" if 990 + i < 1000 else f"1,{990 + i - 1000:03d}.5" for i in range(40)]
+    thousands.write_text("date,price,sales\n" + "\n".join(f'{d},9.99,"{v}"' for d, v in zip(days, sales)) + "\n")
+    for extra in ([], ["--column", "sales"]):
+        with pytest.raises(SystemExit):
+            main(["forecast", "--dataset", str(thousands), "--horizon", "2", *extra])
+        err = capsys.readouterr().err
+        assert "column 'sales'" in err and "'1,000.5'" in err and "lines 12, 13" in err
+        assert "thousands separators" in err
+    # A stray word was counted as a missing value; now it is named with its line.
+    word = tmp_path / "w.csv"
+    word.write_text("date,sales\n" + "\n".join(f"{d},{'abc' if i == 7 else i}" for i, d in enumerate(days)) + "\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(word), "--horizon", "2"])
+    assert "('abc'; lines 9)" in capsys.readouterr().err
+
+
+def test_forecast_default_column_skips_empty_and_constant_columns(tmp_path, capsys):
+    days = [d.date() for d in pd.date_range("2023-01-01", periods=30, freq="D")]
+    # A store number after the values, and a trailing comma on every line ("Unnamed: 3", all empty).
+    csv = tmp_path / "s.csv"
+    csv.write_text("date,sales,store,\n" + "\n".join(f"{d},{100 + i},7," for i, d in enumerate(days)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "/ sales," in out and _dates_and_values(out, "observed") == [["2023-01-30", "129.0000"]]
+
+
+def test_forecast_keeps_a_trailing_infinite_value_as_an_error_and_says_what_it_left_out(tmp_path, capsys):
+    days = [d.date() for d in pd.date_range("2023-01-01", periods=30, freq="D")]
+    values = [str(i) for i in range(30)]
+    values[-1] = "inf"  # dropped as if missing before, against the docs' "an infinite value is an error"
+    csv = tmp_path / "i.csv"
+    csv.write_text("date,v\n" + "\n".join(f"{d},{v}" for d, v in zip(days, values)) + "\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(csv), "--horizon", "1"])
+    assert "1 infinite values (at 2023-01-30)" in capsys.readouterr().err
+    values[-3:] = ["", "", ""]  # not yet reported: left out, and the output says so
+    csv.write_text("date,v\n" + "\n".join(f"{d},{v}" for d, v in zip(days, values)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 rows after the last value hold none" in out
+    assert _dates_and_values(out, "observed")[0][0] == "2023-01-27"
+
+
+@pytest.mark.parametrize(
+    "dates, expected",
+    [
+        # Business days: the last three rows (Wed, Thu, Fri) read as daily, and the forecast fell on the weekend.
+        (pd.bdate_range("2023-01-02", periods=40), ["2023-02-27", "2023-02-28"]),
+        # One missing day among the last rows left the forecast numbered +1, +2 instead of dated.
+        (pd.date_range("2023-01-01", periods=40, freq="D").delete(38), ["2023-02-10", "2023-02-11"]),
+    ],
+)
+def test_forecast_dates_follow_the_calendar_of_the_latest_rows(tmp_path, capsys, dates, expected):
+    csv = tmp_path / "b.csv"
+    csv.write_text("date,v\n" + "\n".join(f"{d.date()},{100 + i}" for i, d in enumerate(dates)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
+    assert [row[0] for row in _dates_and_values(capsys.readouterr().out, "forecast")] == expected
+
+
+def test_a_model_trained_further_no_longer_describes_itself_as_its_base(tmp_path, capsys):
+    # A fine-tuned default model kept the default's name, "pretrained" status and training recipe in its config.
+    from timemoe_forecaster.checkpoint import DEFAULT_CHECKPOINT
+
+    out = tmp_path / "ft"
+    args = ["finetune", "--model", str(DEFAULT_CHECKPOINT), *FAST, "--max-steps", "1", "--output-dir", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    meta = TimeMoEForPrediction.from_pretrained(out).config.extra["timemoe_forecaster"]
+    assert meta["status"].startswith("trained further from timemoe-forecaster default") and "training" not in meta
+    assert main(["forecast", "--model", str(out), "--horizon", "1", "--show", "0"]) == 0
+    assert "[trained further from timemoe-forecaster default" in capsys.readouterr().out
+    # Training with no output directory says so, instead of "model in None".
+    assert main(["finetune", "--model", str(out), *FAST, "--max-steps", "1", "--output-dir", ""]) == 0
+    assert "nothing saved (no --output-dir)" in capsys.readouterr().out
+
+
 def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_path, capsys, caplog):
     csv = tmp_path / "d.csv"
     days = [d.date() for d in pd.date_range("2024-01-01", periods=20, freq="D")]
@@ -237,7 +322,7 @@ def test_flags_map_one_to_one_onto_train_config():
     assert cfg.data == ["a.csv", "synthetic"] and cfg.data_weights == [1.0, 3.0]
     assert cfg.betas == (0.8, 0.9) and cfg.fsdp is True and cfg.pack is False and cfg.fused is False
     assert cfg.activation_checkpointing and cfg.optim_dtype == "bf16" and cfg.data_prefetch == "process"
-    cfg = train_config_from_args(build_parser().parse_args(["finetune", "--model", "some/dir"]))
+    cfg = train_config_from_args(build_parser().parse_args(["finetune", "--model", "some/dir", "--data", "a.csv"]))
     assert cfg.init_from == "some/dir" and cfg.lr == 1e-4 and cfg.compile is False
     assert cfg.config is None  # train_config.json used to record the unused default "tiny"
     compiles = {
@@ -256,8 +341,10 @@ def test_flags_map_one_to_one_onto_train_config():
         (["pretrain", "--max-steps", "0"], "max_steps must be a positive integer"),
         (["pretrain", "--config", "nope", "--max-steps", "1"], "neither a preset"),
         (["pretrain", "--data", "/no/such/file.csv", "--max-steps", "1"], "file.csv"),
-        (["finetune", "--model", "/no/such/dir", "--max-steps", "1"], "does not exist"),
-        (["finetune", "--model", "./runs/typo", "--max-steps", "1"], "does not exist locally"),
+        (["finetune", "--model", "/no/such/dir", "--data", "synthetic", "--max-steps", "1"], "does not exist"),
+        (["finetune", "--model", "./runs/typo", "--data", "synthetic", "--max-steps", "1"], "does not exist locally"),
+        # Without --data, finetune trained on synthetic series (the pretraining default) and said nothing.
+        (["finetune", "--model", "./runs/typo", "--max-steps", "1"], "timemoe finetune needs your data: pass --data"),
         (["pretrain", "--device", "tpu", "--max-steps", "1"], "device must be cpu, cuda, cuda:N or mps"),
         (["pretrain", "--data-weights", "inf", "--max-steps", "1"], "finite positive"),
         (["pretrain", "--data", "synthetic#foo=1", "--max-steps", "1"], "unknown option 'foo' in 'synthetic#foo=1'"),

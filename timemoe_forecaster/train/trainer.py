@@ -737,6 +737,17 @@ def _check_fused_dispatch(cfg: TrainConfig, model: TimeMoEForPrediction, device:
         )
 
 
+def _describe_as_trained_from(config, init_from) -> None:
+    """Our checkpoints describe themselves in ``extra["timemoe_forecaster"]`` (name, status, training, card), which
+    a model trained further would carry on unchanged: a fine-tuned model called itself the embedded default,
+    "pretrained" by its recipe. It now names what it was trained from; the rest no longer applies."""
+    meta = config.extra.get("timemoe_forecaster")
+    if isinstance(meta, dict):
+        base = meta.get("name") or str(init_from)
+        described = {"status": f"trained further from {base}", "trained_from": str(init_from)}
+        config.extra = {**config.extra, "timemoe_forecaster": described}  # a new dict: the loaded one may be shared
+
+
 def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
     """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32."""
     if cfg.init_from is not None:
@@ -751,6 +762,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
         bad = first_non_finite(model.named_parameters())
         if bad is not None:  # every step would be skipped, and the error would blame the learning rate
             raise ValueError(f"the weights of {cfg.init_from} are NaN/inf (first: {bad}); start from another model")
+        _describe_as_trained_from(model.config, cfg.init_from)
         return model
     config = resolve_config(cfg.config)
     require_univariate(config, f"the model config {cfg.config!r}")
