@@ -261,6 +261,11 @@ def _default_column(frame, path: Path):
     return (series or numeric)[-1]
 
 
+def _line(row) -> str:
+    """The file line of row ``row`` of a table as read (after its header line)."""
+    return str(row + 2)
+
+
 _THOUSANDS = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?"
 
 
@@ -276,8 +281,8 @@ def _numbers(column, path: Path, name):
         return values.astype(float)
     examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
     where = column.index[bad][:3]
-    if isinstance(column.index, pd.RangeIndex):  # as read: row i is the file's line i + 2, after the header
-        rows = "lines " + ", ".join(str(i + 2) for i in where)
+    if isinstance(column.index, pd.RangeIndex):
+        rows = "lines " + ", ".join(_line(i) for i in where)
     else:
         rows = "rows " + ", ".join(str(i) for i in where)
     if text[bad].str.fullmatch(_THOUSANDS).all():
@@ -321,7 +326,17 @@ def _time_column(frame, exclude: str):
 
     for name in frame.columns:
         column = frame[name]
-        if name == exclude or pd.api.types.is_numeric_dtype(column) or column.isna().any():
+        if name == exclude or pd.api.types.is_numeric_dtype(column):
+            continue
+        if column.isna().any():
+            if parse_times(column.dropna()) is not None:  # a date column with holes: say why nothing is dated
+                log.warning(
+                    "column %r reads as dates but %d row(s) have none (the first at line %s); the forecast is "
+                    "numbered, not dated (fill in the dates to get dates)",
+                    name,
+                    int(column.isna().sum()),
+                    _line(column.index[column.isna()][0]),
+                )
             continue
         parsed = parse_times(column)
         if parsed is not None and parsed.is_unique:
@@ -339,6 +354,7 @@ def _time_column(frame, exclude: str):
 
 def run_forecast(args: argparse.Namespace) -> int:
     import numpy as np
+    import pandas as pd
     import torch
 
     from .checkpoint import resolve_directory
@@ -384,10 +400,13 @@ def run_forecast(args: argparse.Namespace) -> int:
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
     first_shown = len(values) - min(args.show, len(values))  # not values[-show:]: -0 would print them all
+    shown = list(index[first_shown:]) + list(future)
+    # Dates alone only when every time shown is a midnight: hourly output printed its midnights as bare dates.
+    dates_only = all(not isinstance(t, pd.Timestamp) or t == t.normalize() for t in shown)
     for t, v in zip(index[first_shown:], values[first_shown:]):
-        print(f"{'observed':>10} {_time_text(t):>20} {v:>24.4f}")
+        print(f"{'observed':>10} {_time_text(t, dates_only):>20} {v:>24.4f}")
     for t, v in zip(future, pred):
-        print(f"{'forecast':>10} {_time_text(t):>20} {v:>24.4f}")
+        print(f"{'forecast':>10} {_time_text(t, dates_only):>20} {v:>24.4f}")
     return 0
 
 
@@ -411,11 +430,11 @@ def _recent_freq(index):
     return None
 
 
-def _time_text(t) -> str:
-    """Dates at midnight without their 00:00:00."""
+def _time_text(t, dates_only: bool = True) -> str:
+    """Dates at midnight without their 00:00:00 (with ``dates_only``)."""
     import pandas as pd
 
-    if isinstance(t, pd.Timestamp) and t == t.normalize():
+    if dates_only and isinstance(t, pd.Timestamp) and t == t.normalize():
         return str(t.date())
     return str(t)
 

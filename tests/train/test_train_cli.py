@@ -154,6 +154,21 @@ def test_forecast_dates_follow_the_calendar_of_the_latest_rows(tmp_path, capsys,
     assert [row[0] for row in _dates_and_values(capsys.readouterr().out, "forecast")] == expected
 
 
+def test_forecast_times_print_alike_and_a_date_column_with_holes_is_explained(tmp_path, capsys, caplog):
+    hours = pd.date_range("2023-01-01 20:00", periods=30, freq="h")
+    csv = tmp_path / "h.csv"
+    csv.write_text("time,v\n" + "\n".join(f"{t},{i}" for i, t in enumerate(hours)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "30"]) == 0
+    times = [" ".join(row[:-1]) for row in _dates_and_values(capsys.readouterr().out, "observed")]
+    assert "2023-01-02 00:00:00" in times  # printed as a bare date among the hours before
+    lines = [f"{t.date()},{i}" for i, t in enumerate(pd.date_range("2023-01-01", periods=30, freq="D"))]
+    lines[4] = f",{4}"
+    csv.write_text("date,v\n" + "\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "0"]) == 0
+    assert "column 'date' reads as dates but 1 row(s) have none (the first at line 6)" in caplog.text
+
+
 def test_a_model_trained_further_no_longer_describes_itself_as_its_base(tmp_path, capsys):
     # A fine-tuned default model kept the default's name, "pretrained" status and training recipe in its config.
     from timemoe_forecaster.checkpoint import DEFAULT_CHECKPOINT

@@ -167,6 +167,13 @@ def _is_row_labels(values: np.ndarray, lname: str, leading: bool) -> bool:
     return counter and (lname in INDEX_NAMES or lname.startswith("unnamed"))
 
 
+def reads_as_dates(values: pd.Series) -> bool:
+    """Whether every value is a date: text that reads as dates in one format, or yyyymmdd integers."""
+    if pd.api.types.is_integer_dtype(values):
+        return _yyyymmdd(values) is not None
+    return not pd.api.types.is_numeric_dtype(values) and parse_times(values) is not None
+
+
 def _yyyymmdd(col: pd.Series) -> pd.Series | None:
     """Integers that are all dates written as yyyymmdd (20200131), as dates; None otherwise."""
     if not pd.api.types.is_integer_dtype(col) or col.empty:
@@ -207,7 +214,8 @@ def parse_times(col: pd.Series) -> pd.Series | None:
     Reading each value on its own would take 01.02.2020 as January 2 and 13.02.2020 as February 13 in
     the same column and silently reorder the rows. So pandas infers one format from the first value;
     month-first and day-first are both tried, and when both read every value differently, the reading
-    with the more regular spacing wins (month-first on a tie, as pandas does).
+    with a calendar frequency wins, else the one with the more regular spacing (month-first on a tie, as
+    pandas does).
     """
     text = col.astype(str).str.strip()
     if not _looks_like_dates(text):
@@ -229,8 +237,19 @@ def parse_times(col: pd.Series) -> pd.Series | None:
         iso = _read_every_value(text, format="ISO8601")
         return iso if iso is not None else _read_every_value(text, format="mixed")
     if len(readings) == 2 and not readings[0].equals(readings[1]):
-        return min(readings, key=_irregularity)
+        return _likelier_reading(*readings)
     return readings[0]
+
+
+def _likelier_reading(month_first: pd.Series, day_first: pd.Series) -> pd.Series:
+    """Of two readings of the same dates, the one with a calendar frequency, else the one with the more regular
+    spacing (month-first on a tie). Regularity alone misleads for month starts written day-first: 01.02.2022 read
+    month-first is January 2, twelve days in a row each January (two distinct gaps), while the true months are 28
+    to 31 days apart (four distinct gaps). A frequency pandas can name is what real data has."""
+    has_freq = [_frequency(r) is not None for r in (month_first, day_first)]
+    if has_freq[0] != has_freq[1]:
+        return month_first if has_freq[0] else day_first
+    return min((month_first, day_first), key=_irregularity)
 
 
 _YEAR_FIRST = r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])"
@@ -267,6 +286,17 @@ def _read_every_value(text: pd.Series, **options) -> pd.Series | None:
             except (TypeError, ValueError, OverflowError):
                 return None
     return parsed if len(parsed) and parsed.notna().all() else None
+
+
+def _frequency(times: pd.Series) -> str | None:
+    """The calendar frequency pandas infers for the distinct sorted times ('D', 'MS', 'QS-OCT'...), or None."""
+    values = pd.DatetimeIndex(np.unique(times.to_numpy(dtype="datetime64[ns]")))
+    if len(values) < 3:  # infer_freq needs three times
+        return None
+    try:
+        return pd.infer_freq(values)
+    except (TypeError, ValueError):
+        return None
 
 
 def _irregularity(times: pd.Series) -> int:

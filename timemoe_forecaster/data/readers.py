@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .frames import frame_to_series
+from .frames import TIME_NAMES, frame_to_series, reads_as_dates
 
 # What a damaged, cut-short or mis-encoded file raises from inside gzip, zipfile, the codecs or pandas; each becomes
 # one line that names the file (the readers' callers, the CLI included, report ValueError as one line).
@@ -57,6 +57,7 @@ def read_frame(path: Path, fmt: str):
     except _parse_errors() as err:
         raise _unreadable(path, fmt, err) from None
     _check_separator(text_frame, path)
+    _check_header(text_frame, path)
     return _without_row_names(text_frame, path)
 
 
@@ -81,12 +82,50 @@ def _index_as_column(df):
     return df
 
 
+# A file with another separator, read with ',', is one column named after its whole header: what the mark in that
+# name says, and the fix.
+_OTHER_SEPARATORS = {
+    ";": ("';'-separated", "save it comma-separated with '.' decimals"),
+    "\t": ("tab-separated", "name it .tsv or save it comma-separated"),
+}
+
+
 def _check_separator(df, path: Path) -> None:
-    if df.shape[1] == 1 and ";" in str(df.columns[0]):
+    if df.shape[1] != 1:
+        return
+    name = str(df.columns[0])
+    for mark, (what, fix) in _OTHER_SEPARATORS.items():
+        if mark in name:
+            raise ValueError(f"{path} looks {what} (its one column is named {name[:60]!r}); {fix}")
+
+
+def _check_header(df, path: Path) -> None:
+    """Refuse a file whose first line is data: pandas takes it for the header and silently reads one row fewer.
+
+    Only a date followed by numbers is taken for a data row: numbers alone are as often a wide table's series ids
+    (``1001,1002,1003``), and any other text is a header."""
+    import pandas as pd
+
+    names = [str(name) for name in df.columns]
+    if len(names) < 2 or not all(_is_number(name) for name in names[1:]):
+        return
+    if reads_as_dates(pd.Series(names[:1])):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        header = "date,value" if len(names) == 2 else "date,value1,value2" + (",..." if len(names) > 3 else "")
         raise ValueError(
-            f"{path} looks ';'-separated (its one column is named {str(df.columns[0])[:60]!r}); "
-            "save it comma-separated with '.' decimals"
+            f"{path} looks like it has no header row (its first line {shown} is data); add a header such as {header}"
         )
+
+
+def _is_number(name: str) -> bool:
+    # pandas renames a repeated header name: the second '100.0' becomes '100.0.1'.
+    for text in (name, name.rsplit(".", 1)[0]):
+        try:
+            float(text)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def _without_row_names(df, path: Path):
@@ -97,16 +136,56 @@ def _without_row_names(df, path: Path):
     distinct text such as dates or names, which are no data. Anything else, integers out of order or repeated,
     or decimals, means the fields were split where they should not be (``12,5`` read as 12 and 5: decimal commas,
     or a ';'-separated file whose values hold commas) and the values are wrong: refusing beats training on the
-    digits after the comma.
+    digits after the comma. Text or dates in the first field under a header that starts with a time column are
+    split values too: ``date,sales`` over ``2023-01-01,100,5`` is ``100,5`` split in two, where R's row names
+    would leave that column its own times.
     """
+    import pandas as pd
+
+    if df.index.equals(pd.RangeIndex(len(df))):  # every row as long as the header: nothing was taken as row names
+        return df
+    if _ends_in_a_delimiter(df):
+        shifted = df.reset_index().iloc[:, :-1]  # the fields where the header puts them, without the empty last one
+        shifted.columns = df.columns
+        return shifted
+    first = ", ".join(map(str, df.index[:3]))
+    if _times_pushed_into_row_names(df):
+        raise ValueError(
+            f"{path}: data rows hold one field more than the header, and the first fields ({first}, ...) stand "
+            f"where the header puts its time column {str(df.columns[0])!r}, which holds numbers instead: values were "
+            "split in two. Is the file ';'-separated or written with decimal commas? Save it comma-separated with '.' "
+            "decimals (if the first fields are row names, give their column a header name)"
+        )
     if _looks_like_row_names(df.index):
         return df.reset_index(drop=True)
-    first = ", ".join(map(str, df.index[:3]))
     raise ValueError(
         f"{path}: data rows hold one field more than the header, and the first fields ({first}"
         ", ...) are not row names (an increasing counter or distinct labels): is the file ';'-separated or written "
         "with decimal commas? Save it comma-separated with '.' decimals, or give the first column a header name"
     )
+
+
+def _ends_in_a_delimiter(df) -> bool:
+    """Whether every data row ends in a separator the header lacks (``2023-01-01,100,7,`` under ``date,sales,store``,
+    as some exports write them): its empty last field made pandas take the first one as a row name. R's row names
+    are a counter beside data, not an empty column."""
+    import pandas as pd
+
+    counter = pd.api.types.is_integer_dtype(df.index) and df.index.is_monotonic_increasing
+    return bool(len(df)) and not counter and bool(df.iloc[:, -1].isna().all())
+
+
+def _times_pushed_into_row_names(df) -> bool:
+    """Whether the header starts with a time column whose values moved into the row index, the column under its
+    name holding numbers: the first fields are text or yyyymmdd dates. R writes a counter as row names beside such
+    a column; its text row names (``as.data.frame`` of an xts series) come under a header of series names."""
+    import pandas as pd
+
+    time_name = str(df.columns[0]).strip().lower()
+    if time_name not in TIME_NAMES or not pd.api.types.is_numeric_dtype(df.iloc[:, 0]):
+        return False
+    labels = pd.Series(df.index)
+    return not pd.api.types.is_numeric_dtype(labels) or reads_as_dates(labels)
 
 
 def _looks_like_row_names(index) -> bool:

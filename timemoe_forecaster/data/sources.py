@@ -398,5 +398,12 @@ def _open_folder(folder: Path, opts: dict, name: str | None) -> SeriesSource:
                 found.append(p)
     if not found:
         raise ValueError(f"{folder} holds no readable data files (csv, parquet, npy, npz, jsonl, json, meta.json)")
+    tables = [p for p in found if p.is_file() and _suffixes(p)[0] in TABULAR_SUFFIXES]
+    if opts and not tables:
+        raise ValueError(
+            f"options {sorted(opts)} apply to tables (csv, tsv, parquet), and {folder} holds none; leave them out"
+        )
     logger.info("opening %d data files under %s", len(found), folder)
-    return ConcatSource([_open_path(p, dict(opts), None) for p in found], name=name or folder.name)
+    # The options are the tables' (the spec parser and the folder's docs say so): other files are read without them.
+    sources = [_open_path(p, dict(opts) if p in tables else {}, None) for p in found]
+    return ConcatSource(sources, name=name or folder.name)
