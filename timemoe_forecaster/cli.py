@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument(
         "--model",
         required=True,
-        help="checkpoint directory (config.json + safetensors) or hub id (owner/name) to start from",
+        help="checkpoint directory (config.json + safetensors), hub id (owner/name), or 'default' (the embedded "
+        "model) to start from",
     )
     _add_train_flags(fine, skip=("config", "init_from"))
     fine.set_defaults(output_dir="runs/finetune", lr=1e-4, data=None)  # no synthetic default: your data or an error
@@ -182,6 +183,10 @@ def train_config_from_args(args: argparse.Namespace):
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.command == "finetune":
+        if args.model == "default" and not Path("default").exists():  # the embedded model, by name
+            from .checkpoint import default_checkpoint
+
+            args.model = str(default_checkpoint())
         if args.data is None:
             raise ValueError(
                 "timemoe finetune needs your data: pass --data FILE (CSV, parquet, npy, ... : docs/data_formats.md); "
@@ -369,6 +374,15 @@ def run_forecast(args: argparse.Namespace) -> int:
         TimeMoEConfig.from_json_file(directory / "config.json").extra.get("timemoe_forecaster", {}).get("status", "")
     )
     model = TimeMoEForPrediction.from_pretrained(args.model, dtype=torch.float32)
+    if args.horizon > model.config.max_position_embeddings:
+        # Each pass forecasts at most the longest head's steps and feeds them back: 100,000 steps took minutes.
+        log.warning(
+            "--horizon %d is longer than the model's whole context window (%d points): about %d forecast passes, "
+            "each on forecasts of forecasts; this takes a while and drifts far from the data",
+            args.horizon,
+            model.config.max_position_embeddings,
+            -(-args.horizon // max(model.config.horizon_lengths)),
+        )
     series = load_series(args.dataset, args.column)
     values = series.to_numpy(dtype=float)
     given = np.flatnonzero(~np.isnan(values))  # not isfinite: a last value of inf is an error, not dropped

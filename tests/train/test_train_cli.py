@@ -154,6 +154,15 @@ def test_forecast_dates_follow_the_calendar_of_the_latest_rows(tmp_path, capsys,
     assert [row[0] for row in _dates_and_values(capsys.readouterr().out, "forecast")] == expected
 
 
+def test_a_horizon_beyond_the_context_window_is_warned_of(tmp_path, capsys, caplog):
+    from tests.helpers import make_model
+
+    make_model(max_position_embeddings=16).save_pretrained(tmp_path / "m")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--model", str(tmp_path / "m"), "--horizon", "17", "--show", "0"]) == 0
+    assert "--horizon 17 is longer than the model's whole context window (16 points)" in caplog.text
+
+
 def test_forecast_times_print_alike_and_a_date_column_with_holes_is_explained(tmp_path, capsys, caplog):
     hours = pd.date_range("2023-01-01 20:00", periods=30, freq="h")
     csv = tmp_path / "h.csv"
@@ -171,10 +180,9 @@ def test_forecast_times_print_alike_and_a_date_column_with_holes_is_explained(tm
 
 def test_a_model_trained_further_no_longer_describes_itself_as_its_base(tmp_path, capsys):
     # A fine-tuned default model kept the default's name, "pretrained" status and training recipe in its config.
-    from timemoe_forecaster.checkpoint import DEFAULT_CHECKPOINT
-
     out = tmp_path / "ft"
-    args = ["finetune", "--model", str(DEFAULT_CHECKPOINT), *FAST, "--max-steps", "1", "--output-dir", str(out)]
+    # "default" names the embedded model (its path inside the installed package is no one's to know).
+    args = ["finetune", "--model", "default", *FAST, "--max-steps", "1", "--output-dir", str(out)]
     assert main(args) == 0
     capsys.readouterr()
     meta = TimeMoEForPrediction.from_pretrained(out).config.extra["timemoe_forecaster"]
