@@ -97,8 +97,9 @@ class TimeMoEModel(GlobalForecastingModel):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if fine_tune is not None and not isinstance(fine_tune, dict):
             raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
-        from .loading import check_seed
+        from .loading import check_seed, check_training_settings
 
+        check_training_settings(fine_tune)
         check_seed(seed)
         self.model_path = model_path
         self.config = config
@@ -186,14 +187,21 @@ class TimeMoEModel(GlobalForecastingModel):
         if kwargs:
             raise TypeError(f"TimeMoEModel.fit got unexpected arguments {sorted(kwargs)}")
         values = _component_arrays(_as_list(series))
+        # A refit that fails (a series fine-tuning refuses, Ctrl-C in a notebook) leaves the model as it was: it
+        # kept the base model it had just loaded, and forecast zero-shot while still reporting the earlier fit.
+        previous = (self._model, self._saved_weights, getattr(self, "fine_tune_result", None))
         self._model = self._saved_weights = None  # every fit starts from the configured model: refits are idempotent
-        model = self._load()
-        if self.fine_tune is not None:
-            from .loading import train_private_copy
+        try:
+            model = self._load()
+            if self.fine_tune is not None:
+                from .loading import train_private_copy
 
-            self._model, self.fine_tune_result = train_private_copy(
-                model, values, self.fine_tune, seed=self.seed, progress=self.progress or bool(verbose)
-            )
+                self._model, self.fine_tune_result = train_private_copy(
+                    model, values, self.fine_tune, seed=self.seed, progress=self.progress or bool(verbose)
+                )
+        except BaseException:
+            self._model, self._saved_weights, self.fine_tune_result = previous
+            raise
         from darts.utils.ts_utils import seq2series
 
         # A list of one series is that series, as darts' own models store it, so predict(n) needs no `series`.

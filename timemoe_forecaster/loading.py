@@ -190,15 +190,23 @@ def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:
     return clone.requires_grad_(True)
 
 
+def check_training_settings(settings: dict | None, name: str = "fine-tuning") -> None:
+    """Refuse keys ``train_on_series`` does not take. The estimators call it at construction: a misspelt key
+    ("stepz") failed only at fit, after the model had loaded, and in a grid search every candidate failed."""
+    from .train.finetune import train_on_series
+
+    accepted = set(inspect.signature(train_on_series).parameters) - {"model", "series"}
+    unknown = sorted(set(settings or {}) - accepted)
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s) {unknown}; accepted: {sorted(accepted)}")
+
+
 def train_private_copy(model: TimeMoEForPrediction, series: list, settings: dict | None, *, seed: int, progress: bool):
     """Fine-tune a private copy of ``model`` on ``series`` (1-D float arrays); returns (copy, result dict)."""
     from .train.finetune import train_on_series
 
     settings = dict(settings or {})
-    accepted = set(inspect.signature(train_on_series).parameters) - {"model", "series"}
-    unknown = sorted(set(settings) - accepted)
-    if unknown:
-        raise ValueError(f"unknown fine-tuning setting(s) {unknown}; accepted: {sorted(accepted)}")
+    check_training_settings(settings)
     if "steps" not in settings and "epochs" not in settings:
         settings["steps"] = 100
     settings.setdefault("seed", seed)

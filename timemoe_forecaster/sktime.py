@@ -26,7 +26,7 @@ from .frames import (
     steps_between,
     to_rows,
 )
-from .loading import check_seed
+from .loading import check_seed, check_training_settings
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ class TimeMoEForecaster(BaseForecaster):
                     f"{name} must be None or a dict of training settings such as "
                     f"{{'steps': 100, 'lr': 1e-4}}, got {type(value).__name__}"
                 )
+            check_training_settings(value, name)
 
     # Parameters that choose the model itself: pretrained weights belong to the model they were trained from.
     _MODEL_PARAMS = ("model_path", "config", "device", "dtype")

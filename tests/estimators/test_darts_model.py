@@ -130,6 +130,38 @@ def test_save_load_and_untrained_model(checkpoint, airline, tmp_path):
     np.testing.assert_allclose(reloaded.predict(3).values(), tuned.predict(3).values(), rtol=1e-6)
 
 
+def test_unknown_fine_tuning_settings_are_refused_at_construction():
+    with pytest.raises(ValueError, match=r"unknown fine-tuning setting\(s\) \['stepz'\]"):
+        TimeMoEModel(fine_tune={"stepz": 3})
+
+
+def test_a_refit_that_fails_leaves_the_fine_tuned_model_as_it_was(checkpoint, airline, tmp_path, monkeypatch):
+    # The refit had already loaded the base model when fine-tuning failed (or Ctrl-C stopped it): the model stayed
+    # "fitted", forecast zero-shot, reported the earlier fine-tuning and saved the base weights as if tuned.
+    import timemoe_forecaster.train.trainer as trainer
+
+    settings = {"steps": 2, "batch_size": 2, "max_length": 16, "lr": 1e-2}
+    tuned = model(checkpoint, fine_tune=settings).fit(airline)
+    before, report = tuned.predict(3).values(), tuned.fine_tune_result
+    assert not np.allclose(before, model(checkpoint).fit(airline).predict(3).values())
+    sparse = np.full(120, np.nan)
+    sparse[[0, 50, 119]] = [1.0, 2.0, 3.0]  # forecastable, but no two observations close enough to train on
+    with pytest.raises(ValueError, match="nothing to fine-tune on"):
+        tuned.fit(TimeSeries.from_values(sparse))
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tuned.fit(airline)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(tuned.predict(3).values(), before)
+    assert tuned.fine_tune_result is report
+    tuned.save(str(tmp_path / "m.pkl"))
+    np.testing.assert_allclose(TimeMoEModel.load(str(tmp_path / "m.pkl")).predict(3).values(), before, rtol=1e-6)
+
+
 def test_a_model_saved_for_a_gpu_loads_on_another_device(checkpoint, airline, tmp_path):
     # The weights were rebuilt on the saved device while unpickling: a model fine-tuned with device="cuda" could
     # not be loaded on a machine without one, and load() took no device to put it on instead.

@@ -647,8 +647,11 @@ def test_bad_parameters_are_clear_errors(tmp_path):
         TimeMoEForecaster(scaling="robust")
     with pytest.raises(TypeError, match="fine_tune"):
         TimeMoEForecaster(fine_tune=10)
-    with pytest.raises(ValueError, match="unknown fine-tuning setting"):
-        TimeMoEForecaster(config=TINY, fine_tune={"stepz": 3}).fit(y)
+    # At construction: at fit, it failed after loading the model, and a grid search's every candidate failed.
+    with pytest.raises(ValueError, match=r"unknown fine_tune setting\(s\) \['stepz'\]"):
+        TimeMoEForecaster(config=TINY, fine_tune={"stepz": 3})
+    with pytest.raises(ValueError, match=r"unknown pretrain_settings setting\(s\) \['lr_max'\]"):
+        TimeMoEForecaster(config=TINY, pretrain_settings={"lr_max": 3})
     for seed in ("x", None, 1.5, -1, True):
         with pytest.raises(ValueError, match="seed must be a non-negative integer"):
             TimeMoEForecaster(config=TINY, seed=seed)

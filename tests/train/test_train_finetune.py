@@ -57,6 +57,11 @@ def test_default_is_100_steps_and_short_series_work():
         (dict(steps=0), ValueError, "steps"),
         (dict(batch_size=0), ValueError, "batch_size"),
         (dict(max_length=100_000), ValueError, "max_position_embeddings"),
+        # Checked before use: '5' and None failed on a comparison inside, 2.5 only when steps were many.
+        (dict(steps=2, warmup_steps=2.5), ValueError, "warmup_steps must be an integer >= 0, got 2.5"),
+        (dict(warmup_steps="5"), ValueError, "warmup_steps must be an integer"),
+        (dict(progress="no"), TypeError, "progress must be True or False"),  # showed a bar
+        (dict(seed=2**70), ValueError, "seed must be a non-negative integer"),  # overflowed inside numpy
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -73,6 +78,34 @@ def test_bad_series():
         train_on_series(make_model(), [np.ones((3, 4))], steps=1)
     with pytest.raises(TypeError, match="TimeMoEForPrediction"):
         train_on_series(object(), [sine()], steps=1)
+
+
+def test_series_given_as_pandas_or_a_list_of_numbers_and_values_that_are_no_numbers(caplog):
+    import pandas as pd
+
+    y = sine(200)
+    expected = train_on_series(make_model(), [y], steps=2, batch_size=4, max_length=32)["losses"]
+    # One series as a pandas Series (load_airline() in the docs) was refused, and a list of numbers was read as
+    # that many one-point series ("series 0 must be 1-D, got shape ()").
+    for given in (pd.Series(y), list(y), y):
+        assert train_on_series(make_model(), given, steps=2, batch_size=4, max_length=32)["losses"] == expected
+    with pytest.raises(TypeError, match=r"shape \(200, 1\).*list\(array\.T\)"):
+        train_on_series(make_model(), y[:, None], steps=1)
+    # Complex values lost their imaginary part, dates became nanoseconds, inf was taken for a missing value.
+    with pytest.raises(TypeError, match="series 0 has values of dtype complex128"):
+        train_on_series(make_model(), [y + 1j], steps=1)
+    with pytest.raises(TypeError, match="series 1 has values of dtype datetime64"):
+        train_on_series(make_model(), [y, pd.date_range("2020", periods=50).to_numpy()], steps=1)
+    bad = y.copy()
+    bad[7] = np.inf
+    with pytest.raises(ValueError, match=r"series 0 holds 1 infinite value\(s\) \(first at position 7\)"):
+        train_on_series(make_model(), [bad], steps=1)
+    # A series with nothing to train on is left out with a warning, not silently.
+    sparse = np.full(120, np.nan)
+    sparse[[0, 50, 119]] = 1.0
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.train.finetune"):
+        train_on_series(make_model(), [y, sparse], steps=1, batch_size=4, max_length=32)
+    assert "1 of 2 series have no two observations within 33 points" in caplog.text and "(series 1)" in caplog.text
 
 
 def test_fine_tuning_draws_its_windows_in_the_training_loop(monkeypatch):

@@ -35,22 +35,68 @@ def _segments(series) -> list[np.ndarray]:
     steps by 8 in float32, and one with a spread of 1e-7 falls under the windows' absolute std floor.
     Fine-tuning then sees the same shapes whatever the series' level and scale, as forecasting does.
     """
-    if isinstance(series, np.ndarray) and series.ndim == 1:
-        series = [series]
-    if not isinstance(series, (list, tuple)) or not series:
-        raise TypeError(f"series must be a non-empty list of 1-D numpy arrays, got {type(series).__name__}")
-    segments = []
+    series = _as_series_list(series)
+    segments, left_out = [], []
     for k, s in enumerate(series):
-        try:
-            x = np.asarray(s, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"series {k} is not numeric; pass 1-D arrays of floats") from None
-        if x.ndim != 1:
-            raise ValueError(f"series {k} must be 1-D, got shape {x.shape}")
-        segments.extend(_standardised(piece) for piece in _pieces(x))
+        x = _values(s, k)
+        pieces = _pieces(x)
+        if not pieces:
+            left_out.append(k)
+        segments.extend(_standardised(piece) for piece in pieces)
     if not segments:
         raise ValueError("no series has two finite values close enough together: nothing to fine-tune on")
+    if left_out:  # forecast later all the same, but never trained on: say so
+        log.warning(
+            "%d of %d series have no two observations within %d points of each other and are left out of "
+            "fine-tuning (series %s)",
+            len(left_out),
+            len(series),
+            MAX_FILLED_GAP + 1,
+            ", ".join(map(str, left_out[:5])) + (", ..." if len(left_out) > 5 else ""),
+        )
     return segments
+
+
+def _as_series_list(series) -> list:
+    """A list of series from a list of them, one 1-D array or pandas Series, or a list of numbers (one series)."""
+    if hasattr(series, "to_numpy") and getattr(series, "ndim", 0) == 1:  # a pandas Series
+        series = series.to_numpy()
+    if isinstance(series, np.ndarray):
+        if series.ndim != 1:
+            raise TypeError(
+                f"series is an array of shape {series.shape}: pass a 1-D array, or a list of them (list(array.T) "
+                "for one series per column)"
+            )
+        return [series]
+    if not isinstance(series, (list, tuple)) or not series:
+        raise TypeError(f"series must be a non-empty list of 1-D arrays, got {type(series).__name__}")
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in series):
+        return [np.asarray(series, dtype=np.float64)]  # the values of one series
+    return list(series)
+
+
+def _values(s, k: int) -> np.ndarray:
+    """Series ``k`` as float64: numbers only (complex or dates were cast silently), NaN for missing, no inf."""
+    raw = s.to_numpy() if hasattr(s, "to_numpy") else np.asarray(s)
+    if raw.dtype.kind not in "biuf":
+        try:
+            if raw.dtype.kind in "cmMUS":
+                raise TypeError
+            raw = raw.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"series {k} has values of dtype {raw.dtype}, not numbers; pass 1-D arrays of floats"
+            ) from None
+    x = raw.astype(np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"series {k} must be 1-D, got shape {x.shape}")
+    infinite = np.flatnonzero(np.isinf(x))
+    if infinite.size:  # as forecasting refuses them: NaN marks a missing value
+        raise ValueError(
+            f"series {k} holds {infinite.size} infinite value(s) (first at position {infinite[0]}); replace them by "
+            "NaN (missing) or finite numbers"
+        )
+    return x
 
 
 def _pieces(x: np.ndarray) -> list[np.ndarray]:
@@ -58,7 +104,6 @@ def _pieces(x: np.ndarray) -> list[np.ndarray]:
     (``preprocess.fill_missing``); each holds at least 2 observations."""
     from ..preprocess import fill_missing
 
-    x = np.where(np.isfinite(x), x, np.nan)  # inf is missing too
     observed = np.flatnonzero(~np.isnan(x))
     if observed.size < 2:
         return []
@@ -140,9 +185,12 @@ def train_on_series(
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``series`` (1-D arrays on their own scale, NaN allowed).
 
-    Exactly one of ``steps`` / ``epochs`` (default ``steps=100``). An epoch is as many steps as it takes
-    to draw, in expectation, every point once: ceil(windows / batch_size), a series of n finite points
-    making ceil(n / (max_length + 1)) windows. ``device=None`` trains where the model already is.
+    ``series``: a list of 1-D arrays (or pandas Series), or one of them. Exactly one of ``steps`` / ``epochs``
+    (default ``steps=100``). An epoch is as many steps as it takes to draw, in expectation, every point once:
+    ceil(windows / batch_size), a training piece of n points (a series, or its part between gaps longer than
+    MAX_FILLED_GAP, shorter gaps filled) making ceil(n / (max_length + 1)) windows; at least one step, so one
+    epoch of fewer windows than batch_size draws each point more than once. ``device=None`` trains where the
+    model already is.
     Returns {"steps", "skipped_steps", "final_loss", "losses"}; the model is left in eval mode.
     """
     from ..data import ArraySource, PackedBatchStream, WindowSampler
@@ -152,6 +200,13 @@ def train_on_series(
     if steps is not None and epochs is not None:
         raise ValueError("pass either steps or epochs, not both")
     _check_count("batch_size", batch_size)
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    from ..loading import check_seed
+
+    check_seed(seed)
     if max_length is None:  # 512, or the whole window a smaller model takes
         max_length = min(512, model.config.max_position_embeddings)
     _check_count("max_length", max_length)
@@ -168,6 +223,10 @@ def train_on_series(
     elif steps is None:
         steps = DEFAULT_STEPS
     _check_count("steps", steps)
+    if warmup_steps > steps:
+        log.warning(
+            "warmup_steps %d exceeds the %d steps: the learning rate warms up over all of them", warmup_steps, steps
+        )
     from ..loading import resolve_device, shares_cached_weights
 
     if shares_cached_weights(model):
