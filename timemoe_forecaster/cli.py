@@ -252,18 +252,26 @@ def _default_column(frame, path: Path):
     stray "abc"): with it left out, another column was forecast without a word, so it is an error naming it."""
     import pandas as pd
 
-    for name in frame.columns:
+    def numeric(name) -> bool:  # bool columns (a promo flag) are no series to forecast
         column = frame[name]
-        if pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
-            given = column.dropna()
-            digits = given.astype(str).str.replace(",", "", regex=False)  # 1,001.7 and 12,5 count as numbers here
-            if len(given) and pd.to_numeric(digits, errors="coerce").notna().mean() >= 0.5:
-                _numbers(column, path, name)  # raises, naming the values that are no numbers
-    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
-    if not numeric:
+        return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+    def mostly_numbers(name) -> bool:
+        column = frame[name]
+        if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+            return False
+        given = column.dropna()
+        digits = given.astype(str).str.replace(",", "", regex=False)  # 1,001.7 and 12,5 count as numbers here
+        return bool(len(given)) and pd.to_numeric(digits, errors="coerce").notna().mean() >= 0.5
+
+    candidates = [c for c in frame.columns if numeric(c) or mostly_numbers(c)]
+    series = [c for c in candidates if not numeric(c) or (frame[c].notna().sum() >= 2 and frame[c].nunique() > 1)]
+    if not candidates:
         raise ValueError(f"{path} has no numeric column; pass --column (columns: {list(frame.columns)})")
-    series = [c for c in numeric if frame[c].notna().sum() >= 2 and frame[c].nunique() > 1]
-    return (series or numeric)[-1]
+    chosen = (series or candidates)[-1]
+    if not numeric(chosen):
+        _numbers(frame[chosen], path, chosen)  # raises, naming the values that are no numbers
+    return chosen
 
 
 def _line(row) -> str:
@@ -431,15 +439,21 @@ def _recent_freq(index):
     missing day among them left the forecast undated."""
     import pandas as pd
 
-    for size in sorted({len(index), 50, 10, 3}, reverse=True):
+    for size in sorted({len(index), 50, 10}, reverse=True):
         tail = index[-size:]
         if 3 <= len(tail) <= len(index) and tail.is_unique and tail.is_monotonic_increasing:
             freq = pd.infer_freq(tail)
             if freq is not None:
                 return freq
+    recent = index[-50:]
+    if len(recent) >= 10 and (recent == recent.normalize()).all() and (recent.dayofweek < 5).all():
+        return "B"  # weekdays only, with a holiday or a missing day among them
+    if len(index) >= 3 and index[-3:].is_unique and (freq := pd.infer_freq(index[-3:])) is not None:
+        return freq
     gaps = pd.Series(index[1:] - index[:-1])
     common = gaps.mode()
-    if len(common) and common[0] > pd.Timedelta(0) and (gaps == common[0]).mean() >= 0.5:
+    # A step of fixed length only: the usual gap of month or year data (31 or 365 days) drifts off the calendar.
+    if len(common) and pd.Timedelta(0) < common[0] <= pd.Timedelta(days=7) and (gaps == common[0]).mean() >= 0.5:
         return pd.tseries.frequencies.to_offset(common[0])
     return None
 
@@ -515,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped = f" ({result['skipped_steps']} skipped: non-finite gradients)" if result["skipped_steps"] else ""
             saved = f"model in {result['output_dir']}" if result["output_dir"] else "nothing saved (no --output-dir)"
             print(f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; {saved}")
-    if result.get("stopped_by") in ("SIGINT", "SIGTERM"):
+    if result.get("stopped_by") in ("SIGINT", "SIGTERM") and not result["finished"]:  # a last step is a finish
         # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
         return 128 + getattr(signal, result["stopped_by"])
     return 0

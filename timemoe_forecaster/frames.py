@@ -164,12 +164,17 @@ def off_grid(times: pd.Index, full: pd.Index | None, freq) -> str | None:
         return None
     if full is not None and len(full) <= 2 * len(times):
         return None
-    own = pd.infer_freq(times) if len(times) >= 3 else None
+    # A few points a week apart in a daily panel are sparse data (intermittent demand), not a weekly series:
+    # only a longer run says that a series has a frequency of its own.
+    own = pd.infer_freq(times) if len(times) >= _OWN_FREQUENCY_POINTS else None
     if full is not None and (own is None or _offset(own) == _offset(freq)):
         return None  # sparse, but of this frequency: missing values
     name = getattr(_offset(freq), "freqstr", freq)
     detail = f"its own frequency is {own}" if own is not None else f"e.g. {_first_off_grid(times, freq)}"
     return f"has times off the time grid of y's frequency {name} ({detail})"
+
+
+_OWN_FREQUENCY_POINTS = 8
 
 
 def _refuse_off_grid(what: str, reason: str, panel: bool = True):
@@ -194,8 +199,10 @@ def _first_off_grid(times: pd.DatetimeIndex, freq):
 def inferred_freq(frame: pd.DataFrame) -> str | None:
     """The frequency of a DatetimeIndex time level that carries none, or None.
 
-    Inferred per instance, from the first one regular enough to tell: a panel's time level mixes its
-    instances' times, and one instance with skipped points must not hide the others' frequency.
+    Inferred per instance: a panel's time level mixes its instances' times, and one instance with skipped
+    points must not hide the others' frequency. The most common frequency of the longest instances wins: the
+    first one regular enough to tell was taken before, and a sparse instance sorted first (3 points two days
+    apart in a daily panel) set the whole panel's frequency to theirs.
     """
     times = frame.index.get_level_values(-1)
     if not isinstance(times, pd.DatetimeIndex):
@@ -203,15 +210,25 @@ def inferred_freq(frame: pd.DataFrame) -> str | None:
     if times.freq is not None:
         return times.freqstr
     if frame.index.nlevels == 1:
-        candidates = [times]
-    else:
-        candidates = (
-            g.index.get_level_values(-1) for _, g in frame.groupby(level=list(range(frame.index.nlevels - 1)))
-        )
-    for own in candidates:
-        if len(own) >= 3 and (freq := pd.infer_freq(own)) is not None:
-            return freq
-    return None
+        return pd.infer_freq(times) if len(times) >= 3 else None
+    levels = list(range(frame.index.nlevels - 1))
+    sizes = frame.groupby(level=levels, sort=False).size()
+    longest = sizes[sizes >= 3].sort_values(ascending=False, kind="stable").index[:_FREQUENCY_VOTERS]
+    found = []
+    for key in longest:
+        own = frame.xs(key if isinstance(key, tuple) else (key,), level=levels, drop_level=False)
+        freq = pd.infer_freq(own.index.get_level_values(-1))
+        if freq is not None:
+            found.append(freq)
+    if not found:
+        return None
+    counts = {f: found.count(f) for f in found}
+    return max(found, key=lambda f: counts[f])  # ties: the longer instance's
+
+
+# Instances whose frequencies are compared to infer a panel's (the longest ones): enough to outvote a few
+# sparse ones, few enough that a panel of 100k instances is not read whole.
+_FREQUENCY_VOTERS = 20
 
 
 def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:

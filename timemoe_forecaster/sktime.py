@@ -195,12 +195,15 @@ class TimeMoEForecaster(BaseForecaster):
         parameters, so every candidate, and ``best_forecaster_``, was the zero-shot model, without a word. As
         ``fit`` after ``pretrain`` does, the forecaster now keeps its pretrained state and drops only the fitted
         one. A new ``model_path``, ``config``, ``device`` or ``dtype`` drops the weights too, with a warning."""
+        if not params:  # skbase changes nothing then, and resets nothing
+            return super().set_params()
         pretrained = {}
         if getattr(self, "_state", None) in ("pretrained", "fitted"):
             pretrained = {a: getattr(self, a) for a in getattr(self, "_pretrained_attrs", []) if hasattr(self, a)}
+        before = {name: getattr(self, name) for name in self._MODEL_PARAMS}
         super().set_params(**params)
         if pretrained:
-            changed = [name for name in self._MODEL_PARAMS if name in params]
+            changed = [name for name in self._MODEL_PARAMS if name in params and not _same(params[name], before[name])]
             if changed:
                 log.warning(
                     "set_params(%s) chooses another model: the weights from pretrain() are dropped; pretrain again",
@@ -565,7 +568,12 @@ class TimeMoEForecaster(BaseForecaster):
             except ValueError:  # the last point is not on that frequency's grid: checked below
                 cutoff = pd.DatetimeIndex(cutoff)
         if cutoff.freq is not None:
-            for end, key in _distinct_ends(self._context).items():
+            # As forecasts see it: sktime sets the cutoff from the last update's data, and an instance whose
+            # points run past it (a lagging instance updated alone) is forecast from its points up to it.
+            context = self._context
+            if context.index.get_level_values(-1).max() > cutoff[0]:
+                context = context[context.index.get_level_values(-1) <= cutoff[0]]
+            for end, key in (_distinct_ends(context) if len(context) else {}).items():
                 key = key if key is None or isinstance(key, tuple) else (key,)
                 self._end_offsets([end], cutoff, None if key is None else [key])
 
@@ -619,6 +627,14 @@ def _longest_history(frame: pd.DataFrame) -> int:
         ends = np.repeat(np.append(starts[1:], n), np.diff(np.append(starts, n)))
         remaining = ends - np.arange(n)
     return int((remaining[:, None] * observed).max(initial=0))
+
+
+def _same(a, b) -> bool:
+    """Whether two parameter values are equal (a value set again is no change)."""
+    try:
+        return a is b or bool(a == b)
+    except (TypeError, ValueError):  # values that do not compare to one truth value
+        return False
 
 
 def _instance_starts(frame: pd.DataFrame) -> np.ndarray | None:

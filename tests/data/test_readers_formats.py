@@ -120,3 +120,19 @@ def test_rows_ending_in_a_separator_the_header_lacks_are_read_in_place(tmp_path)
 
     frame = read_frame(tmp_path / "export.csv", ".csv")
     assert list(frame.columns) == ["date", "sales", "store"] and frame["date"].iloc[0] == "2023-01-01"
+
+
+@pytest.mark.parametrize("first", ["{day}", "202301{day:02d}"])
+def test_trailing_separators_are_told_from_r_row_names_by_the_text(tmp_path, first):
+    from timemoe_forecaster.data.readers import read_frame
+
+    # An integer first column (a counter, yyyymmdd dates) with trailing separators was read shifted, or refused
+    # as decimal commas; R's row names beside an all-NA last column, which look alike once read, were shifted.
+    rows = "".join(f"{first.format(day=day)},{100 + day},7,\n" for day in range(1, 6))
+    (tmp_path / "t.csv").write_text("t,sales,store\n" + rows)
+    frame = read_frame(tmp_path / "t.csv", ".csv")
+    assert list(frame["sales"]) == [101, 102, 103, 104, 105] and list(frame["store"]) == [7] * 5
+    r_rows = "".join(f'"2023-01-0{day}",{100 + day},{day},NA\n' for day in range(1, 6))
+    (tmp_path / "r.csv").write_text('"sales","returns","note"\n' + r_rows)
+    frame = read_frame(tmp_path / "r.csv", ".csv")
+    assert list(frame["sales"]) == [101, 102, 103, 104, 105] and frame["note"].isna().all()

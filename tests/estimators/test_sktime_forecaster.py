@@ -184,8 +184,8 @@ def _member(start, n, freq):
 @pytest.mark.parametrize(
     "members, message",
     [
-        # The panel's frequency was the first instance's: the daily one was forecast under weekly labels.
-        ({"a": ("2020-01-05", 30, "W-SUN"), "b": ("2020-01-01", 40, "D")}, r"'b' .*W-SUN \(its own frequency is D\)"),
+        # A weekly panel (its longest instance weekly): the daily one was forecast under weekly labels.
+        ({"a": ("2020-01-05", 50, "W-SUN"), "b": ("2020-01-01", 40, "D")}, r"'b' .*W-SUN \(its own frequency is D\)"),
         # ... and the weekly one became 86% interpolated days.
         ({"a": ("2020-01-01", 40, "D"), "b": ("2020-01-05", 30, "W-SUN")}, r"'b' .* D \(its own frequency is W-SUN\)"),
         # Hourly at :30 in a panel at :00: its forecasts were labelled at :00.
@@ -204,6 +204,30 @@ def test_panels_mixing_frequencies_or_alignments_are_refused(checkpoint, members
     with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.sktime"):
         assert forecaster(checkpoint, pretrain_settings=settings).pretrain(y).state == "pretrained"
     assert "skips" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "sparse", [["2024-01-01", "2024-01-03", "2024-01-05"], ["2024-01-01", "2024-01-08", "2024-01-15"]]
+)
+def test_a_sparse_instance_sorted_first_neither_sets_the_frequency_nor_is_refused(checkpoint, sparse):
+    # The first regular instance set the panel's frequency: 2 days here, and then the daily one was "off the grid".
+    a = pd.DataFrame({"v": [1.0, 2.0, 3.0]}, index=pd.DatetimeIndex(sparse))
+    y = pd.concat({"a": a, "b": _member("2024-01-01", 40, "D")}, names=["id", "time"])
+    pred = forecaster(checkpoint).fit(y).predict(fh=[1])
+    assert set(pred.index.get_level_values(-1)) == {pd.Timestamp("2024-02-10")}
+
+
+def test_updating_a_lagging_instance_alone_is_no_grid_error(checkpoint):
+    # sktime sets the cutoff from the update's data (here b's 03-02, before a's last point 03-10); the grid check
+    # called a's end "off the grid". Forecasts go from that cutoff, as sktime defines it.
+    def member(end):
+        return pd.DataFrame({"v": np.sin(np.arange(40) / 3) + 10}, index=pd.date_range(end=end, periods=40, freq="D"))
+
+    y = pd.concat({"a": member("2024-03-10"), "b": member("2024-03-01")}, names=["id", "t"])
+    f = forecaster(checkpoint).fit(y)
+    new = pd.DataFrame({"v": [10.5]}, index=pd.MultiIndex.from_tuples([("b", pd.Timestamp("2024-03-02"))]))
+    f.update(new)
+    assert set(f.predict(fh=[1]).index.get_level_values(-1)) == {pd.Timestamp("2024-03-03")}
 
 
 def test_an_update_off_the_time_grid_is_refused_and_changes_nothing(checkpoint):
@@ -544,6 +568,15 @@ def test_a_grid_search_tunes_the_pretrained_model_not_the_zero_shot_one(checkpoi
     # set_params of a fitted forecaster drops the fit (sktime's rule), keeps the pretraining.
     fitted = pre.clone().fit(y)
     assert fitted.set_params(conformal_windows=5).state == "pretrained" and not hasattr(fitted, "model_")
+    # No parameters change nothing (skbase then resets nothing); a model parameter set to its value again is
+    # no other model.
+    fitted = pre.clone().fit(y)
+    before = fitted.predict(fh=[1, 2])
+    assert fitted.set_params().state == "fitted"
+    pd.testing.assert_series_equal(fitted.predict(fh=[1, 2]), before)  # NotFittedError after the first fix
+    kept = pre.clone().set_params(device="cpu", context_length=best)
+    assert kept.state == "pretrained"
+    np.testing.assert_allclose(kept.fit(y).predict(fh=[1, 2]), expected)
     # Another model cannot use the weights: they are dropped, and the log says so.
     with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.sktime"):
         other = pre.clone().set_params(config={"preset": "tiny"})

@@ -211,10 +211,21 @@ def test_the_worker_process_leaves_ctrl_c_and_sigterm_to_the_trainer(sig):
     finally:
         prefetcher.close()
     assert not prefetcher._worker.is_alive()
-    # Told to stop, the worker ends on SIGTERM at once, as close()'s last resort and the finalizer expect.
-    prefetcher = ProcessBatchPrefetcher([SlowStream()], depth=1)
-    prefetcher._stop.set()
-    prefetcher._worker.terminate()
-    prefetcher._worker.join(timeout=10)
-    assert prefetcher._worker.exitcode is not None
-    prefetcher.close()
+
+
+class StuckStream(CountingStream):
+    def next_batch(self):
+        time.sleep(600)  # a read that hangs
+
+
+def test_a_worker_process_that_does_not_stop_is_killed():
+    # It ignores SIGTERM while the trainer lives (and one stuck in C code runs no handler at all): the
+    # finalizer's and close()'s last resort must be SIGKILL, or the worker outlives the run.
+    from timemoe_forecaster.train.prefetch import _stop_worker
+
+    prefetcher = ProcessBatchPrefetcher([StuckStream()], depth=1)
+    worker = prefetcher._worker
+    time.sleep(0.5)  # inside next_batch
+    prefetcher._finalizer.detach()
+    _stop_worker(prefetcher._stop, worker)
+    assert not worker.is_alive() and worker.exitcode == -signal.SIGKILL

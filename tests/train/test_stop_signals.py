@@ -107,3 +107,46 @@ def test_handlers_are_restored_after_the_run():
     with signals.StopRequest():
         assert all(signal.getsignal(sig) != before[sig] for sig in signals.STOP_SIGNALS)
     assert {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS} == before
+
+
+def test_a_signal_ignored_when_the_run_started_stays_ignored():
+    # `timemoe pretrain ... &` in a script starts with SIGINT ignored: the Ctrl-C meant for the script's
+    # foreground job must not stop it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals.StopRequest() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert stop.received is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Signalled:
+    """A StopRequest whose signal came before the first step."""
+
+    received = "SIGINT"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+@pytest.mark.parametrize("max_steps, code", [(1, 0), (3, 130)])
+def test_a_stop_at_the_last_step_is_a_finished_run_and_skips_its_evaluation(
+    tmp_path, capsys, monkeypatch, max_steps, code
+):
+    # A signal during the last step still finished the run (final model written) but exited 130; and a stop
+    # at an evaluation step evaluated before saving, spending the time the signal's sender waits before it kills.
+    import timemoe_forecaster.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "StopRequest", Signalled)
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(out), "--max-steps", str(max_steps)]
+    assert main([*args, "--eval-every", "1", "--log-every", "1"]) == code
+    assert (out / "model.safetensors").exists() is (code == 0)
+    assert checkpoints(out) == [1] and "eval_loss" not in read_metrics(out)[-1]

@@ -119,6 +119,12 @@ def test_forecast_default_column_skips_empty_and_constant_columns(tmp_path, caps
     assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "1"]) == 0
     out = capsys.readouterr().out
     assert "/ sales," in out and _dates_and_values(out, "observed") == [["2023-01-30", "129.0000"]]
+    # A text column with a placeholder ('?') before the values, and a flag after them: neither blocks nor
+    # replaces the series.
+    lines = [f"{d},{'?' if i == 3 else 20 + i % 5},{100 + i},{i % 2 == 0}" for i, d in enumerate(days)]
+    csv.write_text("date,temp,load,promo\n" + "\n".join(lines) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "1"]) == 0
+    assert "/ load," in capsys.readouterr().out
 
 
 def test_forecast_keeps_a_trailing_infinite_value_as_an_error_and_says_what_it_left_out(tmp_path, capsys):
@@ -145,6 +151,10 @@ def test_forecast_keeps_a_trailing_infinite_value_as_an_error_and_says_what_it_l
         (pd.bdate_range("2023-01-02", periods=40), ["2023-02-27", "2023-02-28"]),
         # One missing day among the last rows left the forecast numbered +1, +2 instead of dated.
         (pd.date_range("2023-01-01", periods=40, freq="D").delete(38), ["2023-02-10", "2023-02-11"]),
+        # Business days with a holiday among the last ten rows.
+        (pd.bdate_range("2023-01-02", periods=40).delete(35), ["2023-02-27", "2023-02-28"]),
+        # A missing month: the usual gap (31 days) would drift off the calendar (2023-03-04); numbered instead.
+        (pd.date_range("2020-01-01", periods=36, freq="MS").delete(34), ["+1", "+2"]),
     ],
 )
 def test_forecast_dates_follow_the_calendar_of_the_latest_rows(tmp_path, capsys, dates, expected):

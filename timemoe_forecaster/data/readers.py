@@ -58,7 +58,7 @@ def read_frame(path: Path, fmt: str):
         raise _unreadable(path, fmt, err) from None
     _check_separator(text_frame, path)
     _check_header(text_frame, path)
-    return _without_row_names(text_frame, path)
+    return _without_row_names(text_frame, path, "\t" if fmt == ".tsv" else ",")
 
 
 def _read_parquet(path: Path):
@@ -128,7 +128,7 @@ def _is_number(name: str) -> bool:
     return False
 
 
-def _without_row_names(df, path: Path):
+def _without_row_names(df, path: Path, sep: str = ","):
     """The frame with the row index pandas inferred dropped, or an error when that index is data.
 
     Data rows with one field more than the header make pandas take the first field as the row index. R's
@@ -144,7 +144,7 @@ def _without_row_names(df, path: Path):
 
     if df.index.equals(pd.RangeIndex(len(df))):  # every row as long as the header: nothing was taken as row names
         return df
-    if _ends_in_a_delimiter(df):
+    if _ends_in_a_delimiter(df, path, sep):
         shifted = df.reset_index().iloc[:, :-1]  # the fields where the header puts them, without the empty last one
         shifted.columns = df.columns
         return shifted
@@ -165,14 +165,36 @@ def _without_row_names(df, path: Path):
     )
 
 
-def _ends_in_a_delimiter(df) -> bool:
+def _ends_in_a_delimiter(df, path: Path, sep: str) -> bool:
     """Whether every data row ends in a separator the header lacks (``2023-01-01,100,7,`` under ``date,sales,store``,
-    as some exports write them): its empty last field made pandas take the first one as a row name. R's row names
-    are a counter beside data, not an empty column."""
-    import pandas as pd
+    as some exports write them): its empty last field made pandas take the first one as a row name. Read off the
+    file's first lines: R's row names beside an empty last column (written ``NA``) look the same in the frame."""
+    if not len(df) or not df.iloc[:, -1].isna().all():
+        return False
+    lines = _first_lines(path, 6)
+    if lines is None or len(lines) < 2:
+        return False
+    header, rows = lines[0], [line for line in lines[1:] if line]
+    return bool(rows) and not header.endswith(sep) and all(line.endswith(sep) for line in rows)
 
-    counter = pd.api.types.is_integer_dtype(df.index) and df.index.is_monotonic_increasing
-    return bool(len(df)) and not counter and bool(df.iloc[:, -1].isna().all())
+
+def _first_lines(path: Path, count: int) -> list[str] | None:
+    """The first ``count`` lines of a text file, compressed or not (by its suffix), without line ends; None when
+    it cannot be read so (the caller then keeps to what pandas read)."""
+    import bz2
+    import gzip
+    import itertools
+    import lzma
+
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    opener = openers.get(path.suffix.lower(), open)
+    if path.suffix.lower() == ".zst":
+        return None
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
+            return [line.rstrip("\r\n") for line in itertools.islice(f, count)]
+    except OSError:
+        return None
 
 
 def _times_pushed_into_row_names(df) -> bool:

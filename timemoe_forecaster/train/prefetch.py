@@ -109,8 +109,8 @@ class BatchPrefetcher:
             except Exception:  # noqa: BLE001 - Empty, or a discarded batch whose shared memory has gone
                 pass
         if self._worker.is_alive() and self._kind == "process":
-            log.warning("data worker process did not stop within 10 s; terminating it")
-            self._worker.terminate()
+            log.warning("data worker process did not stop within 10 s; killing it")
+            _end_worker(self._worker)
         self._worker.join()
         if self._kind == "process":  # the queue's feeder thread must not block this process's exit
             self._queue.cancel_join_thread()
@@ -128,9 +128,16 @@ class ProcessBatchPrefetcher(BatchPrefetcher):
 
 def _stop_worker(stop, worker) -> None:
     stop.set()
-    if hasattr(worker, "terminate"):
-        worker.terminate()
     worker.join(timeout=5)
+    _end_worker(worker)
+
+
+def _end_worker(worker) -> None:
+    """Kill a worker process that did not stop when told: it ignores SIGTERM while the trainer lives, and one
+    stuck inside C code (a hung read) runs no Python handler at all."""
+    if hasattr(worker, "kill") and worker.is_alive():
+        worker.kill()
+        worker.join(timeout=5)
 
 
 def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
@@ -149,7 +156,7 @@ def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
 
     if in_child:
         torch.set_num_threads(1)  # the training process owns the cores
-        _leave_signals_to_the_trainer(done)
+        _leave_signals_to_the_trainer(orphaned)
 
     try:
         _fill(streams, out, stop, in_child, done)
@@ -160,14 +167,15 @@ def _draw(streams: list, out, stop, in_child: bool, parent: int) -> None:
             out.cancel_join_thread()
 
 
-def _leave_signals_to_the_trainer(done) -> None:
+def _leave_signals_to_the_trainer(orphaned) -> None:
     """Ctrl-C and a job's SIGTERM reach the whole process group, this child too. The trainer answers them by
     saving after the step in progress (``signals.py``), which may need batches from here: a child that died of
-    the signal failed that save ("the data worker process died"). So the child ignores SIGINT, and ends on SIGTERM
-    only once told to stop (``close`` terminates a child that does not stop in time) or when the trainer is gone."""
+    the signal failed that save ("the data worker process died"). So the child ignores SIGINT, and SIGTERM while
+    the trainer lives; the trainer ends it through ``stop`` (and SIGKILL when it is stuck, ``_end_worker``).
+    The handler reads no lock: one taken by the interrupted loop (the stop Event's) would never be released."""
 
     def on_sigterm(signum, frame) -> None:
-        if done():
+        if orphaned():
             os._exit(0)  # as the default action would: the queue's feeder thread must not hold the exit
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

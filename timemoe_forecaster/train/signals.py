@@ -7,8 +7,8 @@ step in progress finishes, every process agrees to stop at that same step (the t
 ``Trainer.train_step``), and the run saves a checkpoint that ``--resume`` continues from.
 
 A second signal more than :data:`REPEAT_AFTER_S` seconds after the first stops at once, unsaved, as before. One
-sooner is the same request arriving twice: a terminal's Ctrl-C reaches torchrun and its workers together, and
-torchrun then forwards its own copy to each worker.
+sooner is taken for the same request arriving twice: a scheduler that signals a job's every process reaches torchrun
+and its workers together, and torchrun then forwards its own copy to each worker.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                # A run started with the signal ignored (a script's `timemoe pretrain ... &`, which must not stop
+                # at the Ctrl-C meant for the script's foreground job, or nohup) keeps ignoring it.
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

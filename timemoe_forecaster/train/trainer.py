@@ -572,7 +572,8 @@ class Trainer:
                     if ctx.device.type == "cuda":
                         torch.cuda.synchronize(ctx.device)
                     out = _summarise(window, meter.rate(), self.step)
-                    if evaluated and self.eval_stream is not None:
+                    # Not on a stop: the time the sender of a signal waits before killing goes to the checkpoint.
+                    if evaluated and self.eval_stream is not None and not record["time_up"]:
                         out["eval_loss"] = record["eval_loss"] = self.evaluate()
                     if ctx.device.type == "cuda":
                         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
