@@ -196,6 +196,20 @@ def _first_off_grid(times: pd.DatetimeIndex, freq):
     return off[0] if len(off) else times[0]
 
 
+def instance_starts(frame: pd.DataFrame) -> np.ndarray | None:
+    """The first row of every instance of a panel, or None when an instance's rows are not one run.
+
+    Instances are runs of rows (update() and sktime keep them sorted): read off the index codes; a groupby took
+    0.56 s at 5M rows, and the checks that use this run at every update."""
+    codes = np.stack([np.asarray(frame.index.codes[j]) for j in range(frame.index.nlevels - 1)])  # [L-1, n]
+    first = np.ones(len(frame), dtype=bool)
+    first[1:] = (codes[:, 1:] != codes[:, :-1]).any(axis=0)
+    starts = np.flatnonzero(first)
+    if len(np.unique(codes[:, starts], axis=1)[0]) != len(starts):  # an instance in several runs
+        return None
+    return starts
+
+
 def inferred_freq(frame: pd.DataFrame) -> str | None:
     """The frequency of a DatetimeIndex time level that carries none, or None.
 
@@ -211,13 +225,9 @@ def inferred_freq(frame: pd.DataFrame) -> str | None:
         return times.freqstr
     if frame.index.nlevels == 1:
         return pd.infer_freq(times) if len(times) >= 3 else None
-    levels = list(range(frame.index.nlevels - 1))
-    sizes = frame.groupby(level=levels, sort=False).size()
-    longest = sizes[sizes >= 3].sort_values(ascending=False, kind="stable").index[:_FREQUENCY_VOTERS]
     found = []
-    for key in longest:
-        own = frame.xs(key if isinstance(key, tuple) else (key,), level=levels, drop_level=False)
-        freq = pd.infer_freq(own.index.get_level_values(-1))
+    for own in _longest_instances(frame, times):
+        freq = pd.infer_freq(own) if len(own) >= 3 else None
         if freq is not None:
             found.append(freq)
     if not found:
@@ -229,6 +239,17 @@ def inferred_freq(frame: pd.DataFrame) -> str | None:
 # Instances whose frequencies are compared to infer a panel's (the longest ones): enough to outvote a few
 # sparse ones, few enough that a panel of 100k instances is not read whole.
 _FREQUENCY_VOTERS = 20
+
+
+def _longest_instances(frame: pd.DataFrame, times: pd.DatetimeIndex) -> list[pd.DatetimeIndex]:
+    """The time points of the panel's :data:`_FREQUENCY_VOTERS` longest instances, longest first."""
+    starts = instance_starts(frame)
+    if starts is None:  # an instance in several runs of rows: the slower way
+        groups = [g.index.get_level_values(-1) for _, g in frame.groupby(level=list(range(frame.index.nlevels - 1)))]
+        return sorted(groups, key=len, reverse=True)[:_FREQUENCY_VOTERS]
+    stops = np.append(starts[1:], len(frame))
+    order = np.argsort(-(stops - starts), kind="stable")[:_FREQUENCY_VOTERS]
+    return [times[starts[k] : stops[k]] for k in order]
 
 
 def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
