@@ -158,17 +158,20 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
             cfg = TimeMoEConfig.from_preset(preset, **overrides)
         except TypeError as err:
             raise ValueError(f"unknown config key in {overrides}: {err}") from None
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False):  # a model that can be trained later
             torch.manual_seed(seed)
             model = TimeMoEForPrediction(cfg)
-        return model.to(device=target_device, dtype=target_dtype).eval()
+            return model.to(device=target_device, dtype=target_dtype).eval()
     try:
         directory = resolve_directory(model_path)
     except CheckpointError as err:
         raise ValueError(f"model_path: {err}") from None
     except TypeError as err:
         raise TypeError(f"model_path: {err}") from None
-    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
+    # Outside inference mode whatever the caller's: a first load under torch.inference_mode() (a request handler
+    # wrapped in it) cached inference tensors, and every later load outside it failed on them.
+    with torch.inference_mode(False):
+        cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
     cfg = cached.config
     if overrides:
         try:
@@ -181,7 +184,8 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
             "Pass model_path= a pretrained checkpoint",
             directory,
         )
-    return _aliasing_model(cached, cfg)
+    with torch.inference_mode(False):
+        return _aliasing_model(cached, cfg)
 
 
 def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:

@@ -548,6 +548,22 @@ def test_fine_tune_and_pretrain_never_touch_other_instances(checkpoint):
     np.testing.assert_allclose(clone.fit(y).predict(fh=[1, 2]), pre.predict(fh=[1, 2]))
 
 
+def test_a_first_load_under_inference_mode_does_not_poison_the_checkpoint_cache(tmp_path):
+    # The first zero-shot fit inside torch.inference_mode() (a request handler wrapped in it) cached inference
+    # tensors: every later fit outside it failed with a misleading "config overrides change the shape" error.
+    path = tmp_path / "fresh"  # a checkpoint no other test has loaded
+    make_model(seed=11).save_pretrained(path)
+    y = load_airline()
+    with torch.inference_mode():
+        inside = forecaster(str(path)).fit(y).predict(fh=[1, 2])
+        preset = TimeMoEForecaster(config=TINY, context_length=16).fit(y)
+    pd.testing.assert_series_equal(forecaster(str(path)).fit(y).predict(fh=[1, 2]), inside)
+    settings = {"steps": 1, "batch_size": 2, "max_length": 16}
+    assert forecaster(str(path), fine_tune=settings).fit(y).fine_tune_result_["steps"] == 1
+    assert TimeMoEForecaster(config=TINY, context_length=16, fine_tune=settings).fit(y).state == "fitted"
+    assert preset.predict(fh=[1]).notna().all()
+
+
 def test_a_grid_search_tunes_the_pretrained_model_not_the_zero_shot_one(checkpoint, caplog):
     # skbase's set_params resets the forecaster: the grid search's candidates (clone, then set_params) had lost
     # the pretrained weights, and best_forecaster_ was the zero-shot model, without a word.
