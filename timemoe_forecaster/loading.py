@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import logging
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def _file_stamp(directory: Path) -> tuple:
 @functools.lru_cache(maxsize=4)
 def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype, device: str) -> TimeMoEForPrediction:
     model = load_pretrained(directory, dtype=dtype, device=device)
-    _WEIGHT_HOLDERS.add(model)
+    _hold(model)
     return model.requires_grad_(False).eval()
 
 
@@ -93,7 +94,7 @@ def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> Time
             f"config overrides change the shape of the checkpoint's weights ({str(err).splitlines()[-1].strip()}); "
             "only override settings such as max_position_embeddings, or pass a preset to build a fresh model"
         ) from None
-    _WEIGHT_HOLDERS.add(model)
+    _hold(model)
     return model.requires_grad_(False).eval()
 
 
@@ -102,6 +103,14 @@ def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> Time
 # at one of them shares it. Comparing with live models, not stored addresses, keeps a copy whose new tensors
 # reuse the memory of a freed cache entry from counting as shared.
 _WEIGHT_HOLDERS: weakref.WeakSet = weakref.WeakSet()
+# Adding to the set while another thread lists it raised "Set changed size during iteration" (a fine-tune's check
+# next to concurrent loads).
+_HOLDERS_LOCK = threading.Lock()
+
+
+def _hold(model: TimeMoEForPrediction) -> None:
+    with _HOLDERS_LOCK:
+        _WEIGHT_HOLDERS.add(model)
 
 
 def shares_cached_weights(model: torch.nn.Module) -> bool:
@@ -109,9 +118,9 @@ def shares_cached_weights(model: torch.nn.Module) -> bool:
     training them in place would change too. A copy (``private_copy``, ``copy.deepcopy``, pickling) has tensors
     of its own."""
     mine = {p.data_ptr() for p in model.parameters()}
-    return any(
-        other is not model and any(p.data_ptr() in mine for p in other.parameters()) for other in list(_WEIGHT_HOLDERS)
-    )
+    with _HOLDERS_LOCK:
+        holders = list(_WEIGHT_HOLDERS)
+    return any(other is not model and any(p.data_ptr() in mine for p in other.parameters()) for other in holders)
 
 
 def split_config(config) -> tuple[str | None, dict[str, Any]]:
@@ -217,7 +226,8 @@ def train_private_copy(model: TimeMoEForPrediction, series: list, settings: dict
     settings.setdefault("progress", progress)
     param = next(model.parameters())
     settings.setdefault("device", param.device)
-    trained = private_copy(model)
+    with torch.inference_mode(False):  # weights that can be trained, under a caller's inference_mode too
+        trained = private_copy(model)
     result = train_on_series(trained, series, **settings)
     trained.requires_grad_(False).eval()
     return trained, result

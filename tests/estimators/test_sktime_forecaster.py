@@ -564,6 +564,18 @@ def test_a_first_load_under_inference_mode_does_not_poison_the_checkpoint_cache(
     assert preset.predict(fh=[1]).notna().all()
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_fine_tuning_trains_under_a_callers_no_grad_or_inference_mode(checkpoint, mode):
+    # A batch job wrapped in no_grad failed with autograd's "element 0 of tensors does not require grad".
+    y = load_airline()
+    settings = {"steps": 2, "batch_size": 2, "max_length": 16, "lr": 1e-2}
+    expected = forecaster(checkpoint, fine_tune=settings).fit(y).predict(fh=[1, 2])
+    with mode():
+        tuned = forecaster(checkpoint, fine_tune=settings).fit(y)
+    assert tuned.fine_tune_result_["steps"] == 2
+    pd.testing.assert_series_equal(tuned.predict(fh=[1, 2]), expected)
+
+
 def test_a_grid_search_tunes_the_pretrained_model_not_the_zero_shot_one(checkpoint, caplog):
     # skbase's set_params resets the forecaster: the grid search's candidates (clone, then set_params) had lost
     # the pretrained weights, and best_forecaster_ was the zero-shot model, without a word.

@@ -281,7 +281,9 @@ def train_on_series(
     # Seeded torch RNG (dropout, if any) without touching the caller's generator state.
     devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        # Training asked for, whatever the caller's grad mode: a batch job wrapped in no_grad or inference_mode
+        # failed with autograd's "element 0 of tensors does not require grad".
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
             torch.manual_seed(seed)
             trainer = Trainer(cfg, DistContext(device=device), model, [stream])
             history = trainer.run()
