@@ -147,6 +147,10 @@ def check_seed(seed) -> None:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+# Outside inference mode whatever the caller's: a first load under torch.inference_mode() (a request handler wrapped
+# in it) cached inference tensors, and every later load outside it failed on them; a fresh model made so could not
+# be trained.
+@torch.inference_mode(False)
 def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dtype=None) -> TimeMoEForPrediction:
     """The model for an estimator (in eval mode, on ``device``).
 
@@ -167,7 +171,7 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
             cfg = TimeMoEConfig.from_preset(preset, **overrides)
         except TypeError as err:
             raise ValueError(f"unknown config key in {overrides}: {err}") from None
-        with torch.random.fork_rng(devices=[]), torch.inference_mode(False):  # a model that can be trained later
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = TimeMoEForPrediction(cfg)
             return model.to(device=target_device, dtype=target_dtype).eval()
@@ -177,10 +181,7 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
         raise ValueError(f"model_path: {err}") from None
     except TypeError as err:
         raise TypeError(f"model_path: {err}") from None
-    # Outside inference mode whatever the caller's: a first load under torch.inference_mode() (a request handler
-    # wrapped in it) cached inference tensors, and every later load outside it failed on them.
-    with torch.inference_mode(False):
-        cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
+    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
     cfg = cached.config
     if overrides:
         try:
@@ -193,8 +194,7 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
             "Pass model_path= a pretrained checkpoint",
             directory,
         )
-    with torch.inference_mode(False):
-        return _aliasing_model(cached, cfg)
+    return _aliasing_model(cached, cfg)
 
 
 def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:
