@@ -441,7 +441,7 @@ def _recent_freq(index):
 
     for size in sorted({len(index), 50, 10}, reverse=True):
         tail = index[-size:]
-        if 3 <= len(tail) <= len(index) and tail.is_unique and tail.is_monotonic_increasing:
+        if len(tail) >= 3 and tail.is_unique and tail.is_monotonic_increasing:
             freq = pd.infer_freq(tail)
             if freq is not None:
                 return freq

@@ -571,12 +571,12 @@ class TimeMoEForecaster(BaseForecaster):
         if cutoff.freq is not None:
             # As forecasts see it: sktime sets the cutoff from the last update's data, and an instance whose
             # points run past it (a lagging instance updated alone) is forecast from its points up to it.
-            context = self._context
-            if context.index.get_level_values(-1).max() > cutoff[0]:
-                context = context[context.index.get_level_values(-1) <= cutoff[0]]
-            for end, key in (_distinct_ends(context) if len(context) else {}).items():
-                key = key if key is None or isinstance(key, tuple) else (key,)
-                self._end_offsets([end], cutoff, None if key is None else [key])
+            context, times = self._context, self._context.index.get_level_values(-1)
+            if times.max() > cutoff[0]:
+                context = context[times <= cutoff[0]]
+            ends = _distinct_ends(context) if len(context) else {}
+            keys = [key if key is None or isinstance(key, tuple) else (key,) for key in ends.values()]
+            self._end_offsets(list(ends), cutoff, keys)  # raises for an end off the grid, naming its instance
 
     @classmethod
     def get_test_params(cls, parameter_set="default"):

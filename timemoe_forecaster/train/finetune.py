@@ -78,16 +78,13 @@ def _as_series_list(series) -> list:
 def _values(s, k: int) -> np.ndarray:
     """Series ``k`` as float64: numbers only (complex or dates were cast silently), NaN for missing, no inf."""
     raw = s.to_numpy() if hasattr(s, "to_numpy") else np.asarray(s)
-    if raw.dtype.kind not in "biuf":
-        try:
-            if raw.dtype.kind in "cmMUS":
-                raise TypeError
-            raw = raw.astype(np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"series {k} has values of dtype {raw.dtype}, not numbers; pass 1-D arrays of floats"
-            ) from None
-    x = raw.astype(np.float64)
+    refused = TypeError(f"series {k} has values of dtype {raw.dtype}, not numbers; pass 1-D arrays of floats")
+    if raw.dtype.kind in "cmMUS":  # complex, durations, dates, text: a cast would not fail, only mislead
+        raise refused
+    try:
+        x = raw.astype(np.float64)
+    except (TypeError, ValueError):  # objects that are no numbers
+        raise refused from None
     if x.ndim != 1:
         raise ValueError(f"series {k} must be 1-D, got shape {x.shape}")
     infinite = np.flatnonzero(np.isinf(x))
