@@ -87,6 +87,9 @@ def run_cpu(out: Path, threads: int = 2, command: str = "python benchmarks/speed
         if forecaster is not None:
             stats = time_cpu(lambda: forecaster.predict(fh), 3, 30)
             rows.append({"what": f"sktime TimeMoEForecaster.predict (fitted), {tag}", **stats})
+            # The one-line usage: a new estimator, zero-shot fit (weights cached by the first load), predict.
+            one_line = lambda: TimeMoEForecaster(context_length=CONTEXT, device="cpu").fit(series).predict(fh)  # noqa: E731
+            rows.append({"what": f"sktime TimeMoEForecaster().fit(y).predict(fh), {tag}", **time_cpu(one_line, 3, 30)})
         if n == threads:  # for comparison: the checkpoint's own dtype (forecasts move by a few percent)
             stats = time_cpu(lambda: core(model_bf16), 3, 30)
             rows.append({"what": f"model.forecast in bfloat16 (not the default), {tag}", **stats})
