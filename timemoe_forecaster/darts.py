@@ -113,6 +113,7 @@ class TimeMoEModel(GlobalForecastingModel):
         self.progress = progress
         self._model = None
         self._saved_weights = None  # a fine-tuned model's (config, weights) from a pickle, built on first use
+        self._saved_fingerprint = None  # a zero-shot model's weights' fingerprint from a pickle, checked on reload
         self.fine_tune_result = None
 
     # Model ------------------------------------------------------------------------------------
@@ -123,11 +124,21 @@ class TimeMoEModel(GlobalForecastingModel):
             if getattr(self, "_saved_weights", None) is not None:  # built here, not when unpickled: see load()
                 self._model = _model_from_weights(*self._saved_weights, device=self.device, dtype=self.dtype)
             else:
-                self._model = load_model(
-                    self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype
-                )
+                model = load_model(self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype)
+                self._check_saved_fingerprint(model)
+                self._model = model
             preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
         return self._model
+
+    def _check_saved_fingerprint(self, model) -> None:
+        from .loading import fingerprint_of
+
+        expected = getattr(self, "_saved_fingerprint", None)
+        if expected is not None and fingerprint_of(model) != expected:
+            raise ValueError(
+                f"the checkpoint at model_path={self.model_path!r} has changed since this TimeMoEModel was saved (a "
+                "zero-shot model's weights are reloaded from it, not stored in the file): fit the model again"
+            )
 
     @property
     def torch_model(self):
@@ -143,11 +154,18 @@ class TimeMoEModel(GlobalForecastingModel):
         state = self.__dict__.copy()
         model = state.pop("_model", None)
         saved = state.pop("_saved_weights", None)
+        fingerprint = state.pop("_saved_fingerprint", None)
         if model is not None and self.fine_tune is not None:  # trained weights cannot be reloaded
             weights = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
             state["_weights"] = (model.config.to_dict(), weights)
         elif saved is not None:  # unpickled and never used: pass the weights on
             state["_weights"] = saved
+        if model is not None and self.fine_tune is None:
+            from .loading import cached_checkpoint_fingerprint
+
+            fingerprint = cached_checkpoint_fingerprint(model)
+        if fingerprint is not None:  # a plain str: darts' safe loading takes it
+            state["_fingerprint"] = fingerprint
         # darts' safe loading allow-lists plain values only: a pathlib.Path model_path saved but never loaded.
         if isinstance(state.get("model_path"), os.PathLike):
             state["model_path"] = os.fspath(state["model_path"])
@@ -158,9 +176,11 @@ class TimeMoEModel(GlobalForecastingModel):
 
     def __setstate__(self, state):
         weights = state.pop("_weights", None)
+        fingerprint = state.pop("_fingerprint", None)
         self.__dict__.update(state)
         self._model = None
         self._saved_weights = weights
+        self._saved_fingerprint = fingerprint
 
     @classmethod
     def load(cls, path, trusted: bool = False, device=None, **kwargs):
@@ -189,8 +209,9 @@ class TimeMoEModel(GlobalForecastingModel):
         values = _component_arrays(_as_list(series))
         # A refit that fails (a series fine-tuning refuses, Ctrl-C in a notebook) leaves the model as it was: it
         # kept the base model it had just loaded, and forecast zero-shot while still reporting the earlier fit.
-        previous = (self._model, self._saved_weights, getattr(self, "fine_tune_result", None))
-        self._model = self._saved_weights = None  # every fit starts from the configured model: refits are idempotent
+        previous = (self._model, self._saved_weights, self._saved_fingerprint, getattr(self, "fine_tune_result", None))
+        # Every fit starts from the configured model, as it is now: refits are idempotent.
+        self._model = self._saved_weights = self._saved_fingerprint = None
         try:
             model = self._load()
             if self.fine_tune is not None:
@@ -200,7 +221,7 @@ class TimeMoEModel(GlobalForecastingModel):
                     model, values, self.fine_tune, seed=self.seed, progress=self.progress or bool(verbose)
                 )
         except BaseException:
-            self._model, self._saved_weights, self.fine_tune_result = previous
+            self._model, self._saved_weights, self._saved_fingerprint, self.fine_tune_result = previous
             raise
         from darts.utils.ts_utils import seq2series
 

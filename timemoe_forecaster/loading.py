@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -80,8 +81,39 @@ def _file_stamp(directory: Path) -> tuple:
 @functools.lru_cache(maxsize=4)
 def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype, device: str) -> TimeMoEForPrediction:
     model = load_pretrained(directory, dtype=dtype, device=device)
+    model.__dict__[_FINGERPRINT] = weights_fingerprint(model)
     _hold(model)
     return model.requires_grad_(False).eval()
+
+
+# Where a model handed out over the cache keeps its checkpoint's fingerprint (a plain attribute, copied with it).
+_FINGERPRINT = "_checkpoint_fingerprint"
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of ``model``'s weights (each tensor's name, shape, sum and norm in float64): tells whether a
+    checkpoint reloaded later is the one a model was built from, without keeping a copy of its weights."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            stats = torch.stack(
+                [tensor.sum(dtype=torch.float64), torch.linalg.vector_norm(tensor, dtype=torch.float64)]
+            )
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(stats.cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def fingerprint_of(model: torch.nn.Module) -> str:
+    """:func:`weights_fingerprint`, read from the checkpoint cache where ``model`` came from it."""
+    return model.__dict__.get(_FINGERPRINT) or weights_fingerprint(model)
+
+
+def cached_checkpoint_fingerprint(model: torch.nn.Module) -> str | None:
+    """The fingerprint of the cached checkpoint whose tensors ``model`` reads (a zero-shot model from
+    :func:`load_model`), or None for a model with weights of its own (fine-tuned, pretrained, a fresh preset)."""
+    fingerprint = model.__dict__.get(_FINGERPRINT)
+    return fingerprint if fingerprint is not None and shares_cached_weights(model) else None
 
 
 def _aliasing_model(source: TimeMoEForPrediction, config: TimeMoEConfig) -> TimeMoEForPrediction:
@@ -116,6 +148,7 @@ def _alias_template(source: TimeMoEForPrediction, config: TimeMoEConfig) -> Time
             "only override settings such as max_position_embeddings, or pass a preset to build a fresh model"
         ) from None
     template.requires_grad_(False).eval()
+    template.__dict__[_FINGERPRINT] = source.__dict__[_FINGERPRINT]
     _hold(template)
     with _TEMPLATES_LOCK:
         return templates.setdefault(key, template)
@@ -242,6 +275,7 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
 def private_copy(model: TimeMoEForPrediction) -> TimeMoEForPrediction:
     """A deep copy with its own trainable weights (for fine-tuning and pretraining)."""
     clone = copy.deepcopy(model)
+    clone.__dict__.pop(_FINGERPRINT, None)  # its weights are its own from here on
     return clone.requires_grad_(True)
 
 

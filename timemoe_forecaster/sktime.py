@@ -217,6 +217,47 @@ class TimeMoEForecaster(BaseForecaster):
                 self._state = "pretrained"
         return self
 
+    # Pickling ------------------------------------------------------------------------------------
+    # A zero-shot forecaster's weights are its checkpoint's: the pickle keeps model_path and a fingerprint of the
+    # weights, not the weights (25 MB for the embedded default, 450 MB for base in float32), and unpickling
+    # reloads them, through the cache. copy.deepcopy goes the same way, so sktime's copies of a fitted forecaster
+    # share the one cached copy too. Fine-tuned and pretrained weights, and a fresh preset's, are pickled.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        model = state.get("model_")
+        if model is not None and model is not state.get("pretrained_model_"):
+            from .loading import cached_checkpoint_fingerprint
+
+            fingerprint = cached_checkpoint_fingerprint(model)
+            if fingerprint is not None:
+                del state["model_"]
+                state["_model_fingerprint"] = fingerprint
+        return state
+
+    def __setstate__(self, state):
+        fingerprint = state.pop("_model_fingerprint", None)
+        self.__dict__.update(state)
+        if fingerprint is not None:
+            self.model_ = self._reloaded_model(fingerprint)
+
+    def _reloaded_model(self, fingerprint: str):
+        from .loading import fingerprint_of, load_model
+
+        where = f"model_path={self.model_path!r}"
+        try:
+            model = load_model(self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype)
+        except (ValueError, TypeError, OSError) as err:
+            raise ValueError(
+                f"this TimeMoEForecaster was pickled without its zero-shot weights, which are reloaded from {where}, "
+                f"and that failed: {err}"
+            ) from None
+        if fingerprint_of(model) != fingerprint:
+            raise ValueError(
+                f"the checkpoint at {where} has changed since this TimeMoEForecaster was pickled (its weights are "
+                "reloaded from it, not stored in the pickle): fit the forecaster again"
+            )
+        return model
+
     # Model --------------------------------------------------------------------------------------
     def _base_model(self):
         from .loading import load_model

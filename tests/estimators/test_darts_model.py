@@ -130,6 +130,21 @@ def test_save_load_and_untrained_model(checkpoint, airline, tmp_path):
     np.testing.assert_allclose(reloaded.predict(3).values(), tuned.predict(3).values(), rtol=1e-6)
 
 
+def test_a_zero_shot_model_saved_before_its_checkpoint_changed_is_refused_on_use(airline, tmp_path):
+    path = tmp_path / "ckpt"
+    make_model(seed=5).save_pretrained(path)
+    model(str(path)).fit(airline).save(str(tmp_path / "m.pkl"))
+    make_model(seed=6).save_pretrained(path)  # other weights under the same path: forecasts would change silently
+    loaded = TimeMoEModel.load(str(tmp_path / "m.pkl"))
+    with pytest.raises(ValueError, match="has changed since this TimeMoEModel was saved"):
+        loaded.predict(3)
+    # Saving it again, unused, carries the check on; fitting again starts from the checkpoint as it now is.
+    loaded.save(str(tmp_path / "again.pkl"))
+    with pytest.raises(ValueError, match="has changed since"):
+        TimeMoEModel.load(str(tmp_path / "again.pkl")).predict(3)
+    assert np.isfinite(loaded.fit(airline).predict(3).values()).all()
+
+
 def test_unknown_fine_tuning_settings_are_refused_at_construction():
     with pytest.raises(ValueError, match=r"unknown fine-tuning setting\(s\) \['stepz'\]"):
         TimeMoEModel(fine_tune={"stepz": 3})

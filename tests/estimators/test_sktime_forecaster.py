@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -651,6 +653,40 @@ def test_zero_shot_weights_are_read_only_aliases(checkpoint):
     # One copy of the weights in memory (the read-only cache), aliased by both instances.
     pa, pb = next(a.model_.parameters()), next(b.model_.parameters())
     assert pa.data_ptr() == pb.data_ptr()
+
+
+def test_a_zero_shot_pickle_holds_no_weights_and_reloads_them(checkpoint):
+    y = load_airline()
+    zero_shot = forecaster(checkpoint).fit(y, fh=[1, 2, 3])
+    weights = sum(p.numel() * p.element_size() for p in zero_shot.model_.parameters())
+    blob = pickle.dumps(zero_shot)
+    assert len(blob) < weights  # the context and settings, not the checkpoint's weights
+    zero_shot_size = len(blob)
+    restored = pickle.loads(blob)
+    pd.testing.assert_series_equal(restored.predict(), zero_shot.predict())
+    # Reloaded through the cache: one copy of the weights in memory, shared with the original and with deepcopies.
+    copied = copy.deepcopy(zero_shot)
+    for other in (restored, copied):
+        assert next(other.model_.parameters()).data_ptr() == next(zero_shot.model_.parameters()).data_ptr()
+    pd.testing.assert_series_equal(copied.predict(), zero_shot.predict())
+
+    # Fine-tuned weights are the forecaster's own: pickled with it.
+    tuned = forecaster(checkpoint, fine_tune={"steps": 2, "lr": 1e-3}).fit(y, fh=[1, 2, 3])
+    blob = pickle.dumps(tuned)
+    assert len(blob) > zero_shot_size + weights
+    pd.testing.assert_series_equal(pickle.loads(blob).predict(), tuned.predict())
+
+
+def test_unpickling_refuses_a_checkpoint_that_changed_since(tmp_path):
+    path = tmp_path / "ckpt"
+    make_model(seed=5).save_pretrained(path)
+    blob = pickle.dumps(forecaster(str(path)).fit(load_airline(), fh=[1]))
+    make_model(seed=6).save_pretrained(path)  # the same directory, other weights: forecasts would change silently
+    with pytest.raises(ValueError, match="has changed since this TimeMoEForecaster was pickled"):
+        pickle.loads(blob)
+    shutil.rmtree(path)
+    with pytest.raises(ValueError, match="pickled without its zero-shot weights.*does not exist"):
+        pickle.loads(blob)
 
 
 # Composition: pipelines, evaluation, tuning, clone, pickle ---------------------------------------
