@@ -172,6 +172,10 @@ class DartsModel(Forecaster):
             import pytorch_lightning  # noqa: F401
         except ImportError as err:
             raise ImportError(f"darts {kind} needs pytorch-lightning: pip install pytorch-lightning") from err
+        # lightning sets its loggers to INFO when imported, over any level set before: three lines of "GPU
+        # available" and tips per predict call.
+        for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         self.name = kind
         self.epochs = epochs
         self.train_samples = train_samples

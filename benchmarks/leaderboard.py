@@ -81,14 +81,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--channels", type=positive_int, help="use only the first N channels of each dataset")
     p.add_argument(
-        "--stats-windows", type=positive_int, default=50, help="windows per channel for AutoETS/AutoTheta/AutoARIMA"
+        "--stats-windows", type=positive_int, help="windows per channel for AutoETS/AutoTheta/AutoARIMA (50; 4 --quick)"
     )
     p.add_argument("--stats-lookback", type=positive_int, default=512)
     p.add_argument("--jobs", type=positive_int, default=1, help="processes for the statsforecast fits")
     p.add_argument("--darts-windows", type=positive_int, default=1000, help="test windows per channel for darts models")
     p.add_argument("--darts-lookback", type=positive_int, default=512)
-    p.add_argument("--darts-epochs", type=positive_int, default=2)
-    p.add_argument("--darts-samples", type=positive_int, default=7000, help="training windows per epoch (all channels)")
+    p.add_argument("--darts-epochs", type=positive_int, help="training epochs of darts models (2; 1 with --quick)")
+    p.add_argument(
+        "--darts-samples", type=positive_int, help="training windows per epoch, all channels (7000; 256 with --quick)"
+    )
     p.add_argument("--finetune-epochs", type=positive_int, default=1, help="Time-MoE full-shot epochs (paper: one)")
     p.add_argument("--finetune-steps", type=positive_int, help="Time-MoE full-shot steps (overrides epochs)")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
@@ -299,12 +301,13 @@ def baseline_options(args, plan) -> dict:
 
     return {
         "max_windows": cap,
-        "stats_windows": capped(4 if args.quick else args.stats_windows),
+        # An explicit flag wins over --quick's smaller default (--quick --stats-windows 10 ran 4 windows).
+        "stats_windows": capped(args.stats_windows or (4 if args.quick else 50)),
         "stats_lookback": args.stats_lookback,
         "darts_windows": capped(args.darts_windows),
         "darts_lookback": args.darts_lookback,
-        "darts_epochs": 1 if args.quick else args.darts_epochs,
-        "darts_samples": 256 if args.quick else args.darts_samples,
+        "darts_epochs": args.darts_epochs or (1 if args.quick else 2),
+        "darts_samples": args.darts_samples or (256 if args.quick else 7000),
         "seed": args.seed,
     }
 
@@ -357,6 +360,7 @@ def run(args) -> Path:
     timemoe = build_timemoe(args, plan) if "timemoe" in plan["models"] else None
     total = len(plan["datasets"]) * len(plan["models"]) * len(plan["horizons"])
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     labels = {key: timemoe.name if key == "timemoe" else _baseline_name(key) for key in plan["models"]}
     if not args.rerun:
@@ -377,8 +381,33 @@ def run(args) -> Path:
             f"Their avg rows would mix the two: run all horizons (--horizons {','.join(map(str, HORIZONS))} "
             "--rerun), or choose another --out"
         )
+    if plan["channels"] and args.channels:  # checked before any cell runs: --channels 50 ran ETTh1's 7 silently
+        for name in plan["datasets"]:
+            available = load_dataset(name, args.data_dir).num_channels
+            if args.channels > available:
+                raise ValueError(f"--channels {args.channels}, but {name} has only {available} channels")
     bar = tqdm(total=total, desc="cells", disable=args.no_progress, file=sys.stderr)
     command = "python benchmarks/leaderboard.py " + shlex.join(getattr(args, "_argv", []))
+    with logging_redirect_tqdm():  # log lines go above the bar instead of breaking it into fragments
+        skipped = _run_cells(args, plan, store, labels, timemoe, bar, command)
+    bar.close()
+    if skipped:  # a re-run "as written" against the committed results computed nothing, and said nothing
+        log.info(
+            "%d of %d cells were already in %s with these settings and were not run again; "
+            "pass --rerun to recompute them, or --out for a fresh folder",
+            skipped, total, store.csv_path,
+        )  # fmt: skip
+    store.save()
+    if not args.no_report:
+        from report import render
+
+        render(plan["out"])
+    return plan["out"]
+
+
+def _run_cells(args, plan, store, labels, timemoe, bar, command) -> int:
+    """Run and store every cell of the plan not already stored; returns how many were skipped as stored."""
+    skipped = 0
     for name in plan["datasets"]:
         data = None
         for key in plan["models"]:
@@ -386,6 +415,7 @@ def run(args) -> Path:
             for horizon in plan["horizons"]:
                 label = labels[key]
                 if store.has(name, args.setting, label, horizon) and not args.rerun:
+                    skipped += 1
                     bar.update(1)
                     continue
                 if data is None:
@@ -407,13 +437,7 @@ def run(args) -> Path:
                 log.info(msg, name, args.setting, forecaster.name, horizon, cell["mse"], cell["mae"],
                          cell["windows"], cell["seconds"])  # fmt: skip
                 bar.update(1)
-    bar.close()
-    store.save()
-    if not args.no_report:
-        from report import render
-
-        render(plan["out"])
-    return plan["out"]
+    return skipped
 
 
 def _baseline_name(key: str) -> str:

@@ -43,7 +43,10 @@ def _cell_settings(out: Path) -> dict[tuple[str, str, str, str], dict]:
 
 
 def setting_table(rows: list[dict], setting: str) -> list[str]:
-    """Markdown table: rows dataset x horizon, columns models, 'mse / mae' with the best of each in bold."""
+    """Markdown table: rows dataset x horizon, columns models, 'mse / mae'. Bold marks the best of each row among
+    the cells scored on its fullest window set; a cell scored on fewer windows (an evenly spaced subsample) carries
+    a dagger and is not ranked: its windows are others than the full-count cells', and a stats baseline's 30-50
+    windows, all valid at horizon 720, miss the test split's last rows, so it could "win" on easier windows."""
     ran = [r for r in rows if r["setting"] == setting and r["source"] == "ran"]
     if not ran:
         return [f"_No {setting} cell has been run yet._", ""]
@@ -51,13 +54,16 @@ def setting_table(rows: list[dict], setting: str) -> list[str]:
     by = {(r["dataset"], r["horizon"], r["model"]): r for r in ran}
     datasets = sorted({r["dataset"] for r in ran})
     lines = ["| dataset | horizon | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    subsampled = False
     for d in datasets:
         for h in [str(h) for h in HORIZONS] + ["avg"]:
             present = [by[(d, h, m)] for m in models if (d, h, m) in by]
             if not present:
                 continue
-            best_mse = min(float(r["mse"]) for r in present)
-            best_mae = min(float(r["mae"]) for r in present)
+            fullest = max(_windows(r) for r in present)
+            ranked = [r for r in present if _windows(r) == fullest]
+            best_mse = min(float(r["mse"]) for r in ranked)
+            best_mae = min(float(r["mae"]) for r in ranked)
             cells = []
             for m in models:
                 r = by.get((d, h, m))
@@ -65,11 +71,24 @@ def setting_table(rows: list[dict], setting: str) -> list[str]:
                     cells.append("–")
                     continue
                 mse, mae = _fmt(float(r["mse"])), _fmt(float(r["mae"]))
-                mse = f"**{mse}**" if float(r["mse"]) == best_mse and len(present) > 1 else mse
-                mae = f"**{mae}**" if float(r["mae"]) == best_mae and len(present) > 1 else mae
+                if _windows(r) < fullest:
+                    subsampled = True
+                    cells.append(f"{mse} / {mae} †")
+                    continue
+                mse = f"**{mse}**" if float(r["mse"]) == best_mse and len(ranked) > 1 else mse
+                mae = f"**{mae}**" if float(r["mae"]) == best_mae and len(ranked) > 1 else mae
                 cells.append(f"{mse} / {mae}")
             lines.append(f"| {d} | {h} | " + " | ".join(cells) + " |")
+    if subsampled:
+        lines += ["", "† scored on fewer windows than the row's other cells (a subsample); not ranked."]
     return lines + [""]
+
+
+def _windows(row: dict) -> int:
+    try:
+        return int(float(row.get("windows") or 0))
+    except ValueError:
+        return 0
 
 
 def windows_table(rows: list[dict], setting: str) -> list[str]:
@@ -98,7 +117,8 @@ def render_markdown(out: Path, rows: list[dict]) -> str:
     parts = ["# Leaderboard", "", PROTOCOL, "", "Commands that produced these cells:", ""]
     parts += [f"    {c}" for c in commands] + [""]
     for setting in SETTINGS:
-        parts += [f"## {setting} (ran here)", "", "Cells: MSE / MAE; best per row in bold.", ""]
+        ranking = "best per row in bold, among the cells scored on the row's fullest window set"
+        parts += [f"## {setting} (ran here)", "", f"Cells: MSE / MAE; {ranking}.", ""]
         parts += setting_table(rows, setting)
         parts += ["<details><summary>windows and seconds per cell</summary>", ""]
         parts += windows_table(rows, setting) + ["</details>", ""]
