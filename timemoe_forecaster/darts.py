@@ -204,8 +204,14 @@ class TimeMoEModel(GlobalForecastingModel):
         """Validate ``series`` and load the model; with ``fine_tune``, fine-tune a private copy on it."""
         if past_covariates is not None or future_covariates is not None:
             raise ValueError("TimeMoEModel does not use covariates; pass only the target series")
-        if kwargs:
-            raise TypeError(f"TimeMoEModel.fit got unexpected arguments {sorted(kwargs)}")
+        # Code written for darts' global models passes their fit options (val_series=None, sample_weight=None):
+        # left unset they mean nothing here; set, they are refused rather than ignored.
+        used = sorted(name for name, value in kwargs.items() if value is not None)
+        if used:
+            raise TypeError(
+                f"TimeMoEModel.fit got arguments it does not use: {used} (fine-tuning takes its settings from "
+                "fine_tune={...} at construction)"
+            )
         values = _component_arrays(_as_list(series))
         # A refit that fails (a series fine-tuning refuses, Ctrl-C in a notebook) leaves the model as it was: it
         # kept the base model it had just loaded, and forecast zero-shot while still reporting the earlier fit.

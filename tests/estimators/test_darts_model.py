@@ -433,3 +433,11 @@ def test_fit_verbose_shows_the_fine_tuning_bar_as_progress_does(checkpoint, airl
     assert "train" not in capsys.readouterr().err
     model(checkpoint, fine_tune=settings).fit(airline, verbose=True)  # was accepted and ignored
     assert "train:" in capsys.readouterr().err
+
+
+def test_fit_takes_darts_fit_options_left_unset_and_refuses_them_set(checkpoint, airline):
+    # Code written for darts' global models passes val_series=None, sample_weight=None: refused as unexpected.
+    m = model(checkpoint).fit(airline, val_series=None, sample_weight=None, max_samples_per_ts=None)
+    assert np.isfinite(m.predict(3).values()).all()
+    with pytest.raises(TypeError, match=r"does not use: \['epochs', 'val_series'\]"):
+        model(checkpoint).fit(airline, val_series=airline, epochs=3)
