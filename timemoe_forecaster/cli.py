@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(fine, skip=("config", "init_from"))
     fine.set_defaults(output_dir="runs/finetune", lr=1e-4, data=None)  # no synthetic default: your data or an error
     fc = sub.add_parser("forecast", help="zero-shot forecast of one series")
-    fc.add_argument("--model", default=None, help="checkpoint directory or hub id (default: the embedded model)")
+    fc.add_argument(
+        "--model", default=None, help="checkpoint directory, hub id, or 'default' (the embedded model, also if omitted)"
+    )
     fc.add_argument(
         "--dataset",
         default="airline",
@@ -377,6 +379,8 @@ def run_forecast(args: argparse.Namespace) -> int:
 
     if args.horizon < 1 or (args.context_length is not None and args.context_length < 2):
         raise ValueError("--horizon must be >= 1 and --context-length >= 2")
+    if args.model == "default" and not Path("default").exists():  # the embedded model by name, as finetune takes it
+        args.model = None
     directory = resolve_directory(args.model)
     status = (
         TimeMoEConfig.from_json_file(directory / "config.json").extra.get("timemoe_forecaster", {}).get("status", "")
@@ -398,7 +402,10 @@ def run_forecast(args: argparse.Namespace) -> int:
     values = values[: len(values) - trailing]
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
-        where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
+        if isinstance(series.index, pd.RangeIndex):  # no time column: rows as read, named by their file lines
+            where = "lines " + ", ".join(_line(int(i)) for i in series.index[infinite[:3]])
+        else:
+            where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
     length = min(args.context_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
     # Gaps are interpolated over the whole series (as the estimators do), then the context is cut: the model takes

@@ -136,3 +136,15 @@ def test_trailing_separators_are_told_from_r_row_names_by_the_text(tmp_path, fir
     (tmp_path / "r.csv").write_text('"sales","returns","note"\n' + r_rows)
     frame = read_frame(tmp_path / "r.csv", ".csv")
     assert list(frame["sales"]) == [101, 102, 103, 104, 105] and frame["note"].isna().all()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_empty_cells_of_a_one_column_file_stay_missing_values(tmp_path, suffix):
+    # An empty cell of a one-column file is a blank line, which pandas skips: the gap closed up silently.
+    values = [str(float(i)) for i in range(30)]
+    values[10] = values[11] = ""
+    path = tmp_path / f"one{suffix}"
+    path.write_text("value\n" + "\n".join(values) + "\n")
+    (series,) = open_source(str(path))
+    assert len(series) == 30
+    np.testing.assert_array_equal(np.flatnonzero(np.isnan(series)), [10, 11])

@@ -6,6 +6,7 @@ import gzip
 import json
 import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,10 @@ def test_comma_separated_paths_and_options(series, tmp_path):
     assert [p.weight for p in parts] == [None, 2.0]
     only = open_source(f"{paths['wide']}#columns=s2;s0")
     _same(_all(only), [series[2], series[0]])
+    # A list of paths is several paths too (it was read as a list of series of strings).
+    listed = open_source([paths["npy"], Path(paths["jsonl"])])
+    assert isinstance(listed, ConcatSource) and len(listed) == 6
+    _same(_all(listed), series + series)
 
 
 def test_sktime_panel_and_rows_orientation(series, tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from timemoe_forecaster import TimeMoEForPrediction
+from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
 from timemoe_forecaster.cli import build_parser, main, train_config_from_args
 from timemoe_forecaster.train.metrics import read_metrics
 
@@ -199,6 +199,14 @@ def test_a_model_trained_further_no_longer_describes_itself_as_its_base(tmp_path
     assert meta["status"].startswith("trained further from timemoe-forecaster default") and "training" not in meta
     assert main(["forecast", "--model", str(out), "--horizon", "1", "--show", "0"]) == 0
     assert "[trained further from timemoe-forecaster default" in capsys.readouterr().out
+    assert main(["forecast", "--model", "default", "--horizon", "1", "--show", "0"]) == 0  # as finetune takes it
+    assert "assets/default" in capsys.readouterr().out
+    # A base that does not describe itself (a `timemoe pretrain` run, an official checkpoint) is named by its path.
+    plain, tuned = tmp_path / "plain", tmp_path / "plain-ft"
+    TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny")).save_pretrained(plain)
+    assert main(["finetune", "--model", str(plain), *FAST, "--max-steps", "1", "--output-dir", str(tuned)]) == 0
+    meta = TimeMoEForPrediction.from_pretrained(tuned).config.extra["timemoe_forecaster"]
+    assert meta == {"status": f"trained further from {plain}", "trained_from": str(plain)}
     # Training with no output directory says so, instead of "model in None".
     assert main(["finetune", "--model", str(out), *FAST, "--max-steps", "1", "--output-dir", ""]) == 0
     assert "nothing saved (no --output-dir)" in capsys.readouterr().out
@@ -289,7 +297,7 @@ def test_forecast_of_a_series_with_gaps_interpolates_them(tmp_path, capsys):
     pd.DataFrame({"v": holes}).to_csv(gappy, index=False)
     with pytest.raises(SystemExit):
         main(["forecast", "--dataset", str(gappy), "--horizon", "3"])
-    assert "1 infinite values (at 70)" in capsys.readouterr().err
+    assert "1 infinite values (at lines 72)" in capsys.readouterr().err  # the file line, not the row (70)
 
 
 def test_forecast_reads_tsv_and_csv_text_of_any_name(tmp_path, capsys):

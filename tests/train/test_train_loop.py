@@ -349,6 +349,7 @@ def test_resume_survives_a_metrics_line_cut_short(tmp_path, caplog):
         ("empty", ckpt.TRAINER_FILE),
         ("half", "model.safetensors"),
         ("empty", "config.json"),
+        ("deleted", ckpt.TRAINER_FILE),  # was passed over without a word
     ],
 )
 def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplog, damage, file):
@@ -358,7 +359,10 @@ def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplo
     train(small_config(tmp_path / "run", max_steps=4, save_every=2))
     newest = tmp_path / "run" / "checkpoints" / "step_00000004"
     data = (newest / file).read_bytes()
-    (newest / file).write_bytes(data[: len(data) // 2] if damage == "half" else b"")
+    if damage == "deleted":
+        (newest / file).unlink()
+    else:
+        (newest / file).write_bytes(data[: len(data) // 2] if damage == "half" else b"")
     with caplog.at_level(logging.WARNING, logger="timemoe_forecaster.train.state"):
         result = train(small_config(tmp_path / "run", max_steps=6, save_every=2, resume=True))
     assert "step_00000004 is damaged" in caplog.text and "resuming from" in caplog.text

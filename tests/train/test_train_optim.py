@@ -343,3 +343,14 @@ def test_fused_update_is_chosen_only_where_it_runs(monkeypatch):
     with pytest.raises(RuntimeError, match="needs triton"):
         StochasticRoundingAdamW([p], fused=True)
     assert not StochasticRoundingAdamW([p])._runs_fused(p)
+
+
+def test_the_total_gradient_norm_without_get_total_norm_is_the_same(monkeypatch):
+    # torch before 2.6 has no get_total_norm; the package declares torch >= 2.4.
+    from timemoe_forecaster.train import trainer
+
+    grads = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2, 2)]
+    expected = torch.nn.utils.get_total_norm(grads)
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+    torch.testing.assert_close(trainer._total_norm(grads), expected)
+    assert float(trainer._total_norm([])) == 0.0

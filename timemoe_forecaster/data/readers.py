@@ -51,7 +51,12 @@ def read_frame(path: Path, fmt: str):
     try:
         if fmt in (".parquet", ".pq"):
             return _index_as_column(_read_parquet(path))
-        text_frame = pd.read_csv(path, sep="\t" if fmt == ".tsv" else ",")
+        sep = "\t" if fmt == ".tsv" else ","
+        text_frame = pd.read_csv(path, sep=sep)
+        if text_frame.shape[1] == 1:
+            # In a one-column file an empty cell is a blank line, which pandas skips: the gap closed up without a
+            # word (30 values with 2 missing read as 28 contiguous ones).
+            text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty (no header, no rows)") from None
     except _parse_errors() as err:

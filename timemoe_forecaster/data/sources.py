@@ -10,6 +10,7 @@ layout (:class:`BinarySource`), which is memory-mapped and never loaded into RAM
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,8 @@ def open_source(spec: Any, **kwargs: Any) -> SeriesSource:
     """Open any supported input as one :class:`SeriesSource`.
 
     ``spec``: a path (CSV/TSV/parquet, .npy/.npz, .jsonl/.json, a binary-dataset folder, or a folder of
-    such files), several paths joined by commas, ``"synthetic"``, a numpy array (1-D = one series,
-    2-D = rows are series), a list of arrays, a pandas Series/DataFrame (sktime panels included) or a
+    such files), several paths joined by commas (or as a list of paths), ``"synthetic"``, a numpy array
+    (1-D = one series, 2-D = rows are series), a list of arrays, a pandas Series/DataFrame (sktime panels included) or a
     SeriesSource. Options for a path may follow ``#`` as ``key=value`` pairs joined by ``&``, list values
     split by ``;``: ``"m4.csv.gz#orient=rows"``, ``"pm25.csv#exclude=cbwd&weight=2"``.
     Keyword options (tables): ``long``, ``id_col``, ``value_col``, ``time_col``, ``orient`` ("columns" or
@@ -198,6 +199,10 @@ def open_source(spec: Any, **kwargs: Any) -> SeriesSource:
 
 def open_sources(spec: Any, **kwargs: Any) -> list[SeriesSource]:
     """Like :func:`open_source` but one source per comma-separated path (for per-source mixture weights)."""
+    if isinstance(spec, (list, tuple)) and spec and all(isinstance(item, (str, os.PathLike)) for item in spec):
+        # A list of paths, as Python code would pass several: it was read as a list of series ("series 0 of
+        # 'list' is not numeric: could not convert string to float: 'a.json'").
+        return [source for item in spec for source in open_sources(os.fspath(item), **kwargs)]
     if isinstance(spec, str) and ("," in spec or "#" in spec or spec.startswith("synthetic")):
         return [_open_one_string(part.strip(), kwargs) for part in spec.split(",") if part.strip()]
     return [_open_one(spec, dict(kwargs))]

@@ -142,7 +142,11 @@ def parallelize(
         raise ValueError(f"unknown compile mode {compile!r}")
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        try:
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        except ImportError:  # torch < 2.6 keeps FSDP2 under its former, private name
+            from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)

@@ -163,8 +163,10 @@ def latest_checkpoint(output_dir: str | Path, intact: bool = False) -> Path | No
     candidates += sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.exists() else []
     skipped = []
     for path in dict.fromkeys(candidates):  # the pointer's target comes first, once
-        if not (path / TRAINER_FILE).exists():
+        if not intact and not (path / TRAINER_FILE).exists():
             continue
+        # Resuming: a step directory exists only by the rename that completes a save, so one without its trainer
+        # state lost a file since; it was passed over without the warning the other damage gets.
         damage = checkpoint_damage(path) if intact else None
         if damage is None:
             for bad, why in skipped:

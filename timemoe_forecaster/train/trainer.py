@@ -296,7 +296,7 @@ class Trainer:
         cfg = self.cfg
         if not self.update_before_sync:
             return torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        norm = _total_norm([p.grad for p in self.params if p.grad is not None])
         if cfg.grad_clip > 0:
             self.optimizer.grad_scale = ((norm.float() + 1e-6) / cfg.grad_clip).clamp(min=1.0)
         return norm
@@ -738,15 +738,25 @@ def _check_fused_dispatch(cfg: TrainConfig, model: TimeMoEForPrediction, device:
         )
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of ``grads``: ``torch.nn.utils.get_total_norm`` where torch has it (2.6 on), else the same
+    norm of the per-tensor norms (the package declares torch >= 2.4)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    if not grads:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+
+
 def _describe_as_trained_from(config, init_from) -> None:
     """Our checkpoints describe themselves in ``extra["timemoe_forecaster"]`` (name, status, training, card), which
     a model trained further would carry on unchanged: a fine-tuned model called itself the embedded default,
-    "pretrained" by its recipe. It now names what it was trained from; the rest no longer applies."""
+    "pretrained" by its recipe. It now names what it was trained from; the rest no longer applies. A base without
+    that entry (a ``timemoe pretrain`` run, an official checkpoint) is named by its path or hub id."""
     meta = config.extra.get("timemoe_forecaster")
-    if isinstance(meta, dict):
-        base = meta.get("name") or str(init_from)
-        described = {"status": f"trained further from {base}", "trained_from": str(init_from)}
-        config.extra = {**config.extra, "timemoe_forecaster": described}  # a new dict: the loaded one may be shared
+    base = (meta.get("name") if isinstance(meta, dict) else None) or str(init_from)
+    described = {"status": f"trained further from {base}", "trained_from": str(init_from)}
+    config.extra = {**config.extra, "timemoe_forecaster": described}  # a new dict: the loaded one may be shared
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
