@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import TimeMoEConfig
+from .config import TimeMoEConfig, read_json
 from .model.modeling import TimeMoEForPrediction
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,10 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     stacked: dict[tuple[str, str], torch.Tensor] = {}
     for (prefix, proj), by_expert in experts.items():
         if sorted(by_expert) != list(range(len(by_expert))):
-            missing = sorted(set(range(max(by_expert) + 1)) - set(by_expert))
-            raise CheckpointError(f"missing key {prefix}.experts.{missing[0]}.{proj}.weight")
+            # The first gap, found without building range(max index): one tensor named experts.999999999999
+            # filled the memory.
+            missing = next(e for e in range(len(by_expert) + 1) if e not in by_expert)
+            raise CheckpointError(f"missing key {prefix}.experts.{missing}.{proj}.weight")
         stacked[prefix, proj] = torch.stack([by_expert[e] for e in range(len(by_expert))])
     for prefix in sorted({prefix for prefix, _ in stacked}):
         for leaf, projections in _STACKED.items():
@@ -257,6 +259,7 @@ def write_official(
 
 # Loading -------------------------------------------------------------------------------------
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    _check_readable(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, RuntimeError) as err:
@@ -266,16 +269,42 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    _check_readable(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
         raise CheckpointError(
-            f"{path} could not be loaded safely with weights_only=True ({type(err).__name__}); "
-            "convert it to safetensors"
+            f"{path} could not be loaded with weights_only=True ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}): it is cut short, damaged, or holds "
+            "objects other than tensors; convert it to safetensors"
         ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors under string names")
     return state
+
+
+def _check_readable(path: Path) -> None:
+    """A weights file that is a regular file this process may read: a FIFO blocked the load forever, and a file
+    without read permission was reported as "No such file or directory ... it may be truncated"."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file")
+    try:
+        with path.open("rb"):
+            pass
+    except PermissionError:
+        raise CheckpointError(f"{path} cannot be read: permission denied") from None
+
+
+def _check_tensors(state: dict, directory: Path) -> None:
+    """Every stored tensor a dense floating-point one: integer and bool tensors were promoted to float when q/k/v
+    or the experts were joined, and a sparse one failed later inside torch."""
+    for key, tensor in state.items():
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"key {key} in {directory} is a {tensor.layout} tensor; weights are dense")
+        if not tensor.dtype.is_floating_point:
+            raise CheckpointError(f"key {key} in {directory} has non-float dtype {tensor.dtype}")
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -293,13 +322,37 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     )
 
 
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The files a load of ``directory`` reads: config.json, then the weights (an index and the shards it names,
+    or the single file), as :func:`read_weights` chooses them. Names that do not exist are left in: a cache key
+    built from them changes when they appear."""
+    files = [directory / "config.json"]
+    for index_name, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+        if (directory / index_name).is_file():
+            files.append(directory / index_name)
+            try:
+                names = read_json(directory / index_name)["weight_map"].values()
+                files += [directory / name for name in sorted(set(names)) if _inside(name)]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # the load itself names what is wrong with the index
+            return files
+        if (directory / single).exists():
+            return [*files, directory / single]
+    return files
+
+
 def _read_shards(directory: Path, index_name: str, read) -> dict[str, torch.Tensor]:
+    if not (directory / index_name).is_file():
+        raise CheckpointError(f"{directory / index_name} is not a regular file")
     try:
-        index = json.loads((directory / index_name).read_text())
-        files = sorted(set(index["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        index = read_json(directory / index_name)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    try:
+        weight_map = index["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{directory / index_name} is not a valid shard index: {err}") from None
-    state = {}
     for name in files:
         # A shard is a file of this checkpoint: an index naming ../other/model.safetensors (or an absolute
         # path) would read weights from anywhere on the machine. The name is checked, not where it resolves:
@@ -308,7 +361,19 @@ def _read_shards(directory: Path, index_name: str, read) -> dict[str, torch.Tens
             raise CheckpointError(f"{directory / index_name} names a shard outside the checkpoint: {name!r}")
         if not (directory / name).exists():
             raise CheckpointError(f"shard {directory / name} listed in {index_name} is missing")
-        state.update(read(directory / name))
+    state = {}
+    for name in files:
+        shard = read(directory / name)
+        # Each shard holds exactly what the index assigns to it: a stray copy of a tensor in another shard won
+        # or lost by the order the shards were read in, and a tensor the index lists but no shard held was not
+        # missed.
+        stray = next((key for key in shard if weight_map.get(key) != name), None)
+        if stray is not None:
+            raise CheckpointError(f"shard {name} holds {stray}, which {index_name} assigns to {weight_map.get(stray)}")
+        state.update(shard)
+    absent = next((key for key in weight_map if key not in state), None)
+    if absent is not None:
+        raise CheckpointError(f"{index_name} lists {absent} in {weight_map[absent]}, which does not hold it")
     return state
 
 
@@ -454,10 +519,27 @@ def load_pretrained(
     config_path = directory / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{config_path} is missing")
-    config = TimeMoEConfig.from_json_file(config_path)
-    state = from_official(read_weights(directory))
-    with torch.device("meta"):
-        model = model_cls(config, **model_kwargs)
+    try:
+        config = TimeMoEConfig.from_json_file(config_path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    official = read_weights(directory)
+    _check_tensors(official, directory)
+    _check_counts(config, official, directory)
+    try:
+        state = from_official(official)
+    except (RuntimeError, IndexError) as err:  # torch's own words on tensors that cannot be joined or stacked
+        raise CheckpointError(
+            f"checkpoint {directory} holds expert or q/k/v tensors that do not fit together "
+            f"({str(err).splitlines()[0][:200]})"
+        ) from None
+    try:
+        with torch.device("meta"):
+            model = model_cls(config, **model_kwargs)
+    except (RuntimeError, TypeError, OverflowError) as err:  # sizes past what torch can even describe
+        raise CheckpointError(
+            f"{config_path} describes a model that cannot be built ({str(err).splitlines()[0][:200]})"
+        ) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -473,13 +555,44 @@ def load_pretrained(
                 f"key {to_official_name(key)} in {directory} has shape {tuple(tensor.shape)}, "
                 f"config.json implies {tuple(expected[key].shape)}"
             )
-        if not tensor.dtype.is_floating_point:
-            raise CheckpointError(f"key {key} in {directory} has non-float dtype {tensor.dtype}")
-    target_dtype = dtype or next(iter(state.values())).dtype
+    target_dtype = dtype or _stored_dtype(state, directory)
     state = {k: v.to(device=device or "cpu", dtype=target_dtype) for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     log.info("loaded %s (%s parameters, %s)", directory, f"{model.num_parameters():,}", target_dtype)
     return model.eval()
+
+
+def _stored_dtype(state: dict[str, torch.Tensor], directory: Path) -> torch.dtype:
+    """The dtype ``dtype="auto"`` loads in: the one the weights share. float8 weights gave a model that failed
+    at its first forecast; mixed ones took whichever tensor came first."""
+    from .loading import MODEL_DTYPES
+
+    stored = {tensor.dtype for tensor in state.values()}
+    if len(stored) == 1 and next(iter(stored)) in MODEL_DTYPES:
+        return next(iter(stored))
+    names = ", ".join(sorted(str(d).replace("torch.", "") for d in stored))
+    raise CheckpointError(
+        f"{directory} stores its weights as {names}, which dtype='auto' cannot keep: pass dtype='float32' "
+        "(or 'bfloat16')"
+    )
+
+
+_LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")
+_HEAD_KEY = re.compile(r"lm_heads\.(\d+)\.")
+
+
+def _check_counts(config: TimeMoEConfig, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """The config's layer and head counts against the weights' before the model is built: building it ran every
+    initialiser, so a config.json claiming 100,000 layers over a 2-layer checkpoint took ten minutes to refuse."""
+    for what, pattern, claimed in (
+        ("decoder layers", _LAYER_KEY, config.num_hidden_layers),
+        ("output heads", _HEAD_KEY, len(config.horizon_lengths)),
+    ):
+        indices = {int(m.group(1)) for key in state if (m := pattern.match(key)) and len(m.group(1)) < 10}
+        if indices and claimed != max(indices) + 1:
+            raise CheckpointError(
+                f"{directory / 'config.json'} says {claimed} {what}; the weights hold {max(indices) + 1}"
+            )
 
 
 # transformers' names for what this library's from_pretrained spells otherwise.

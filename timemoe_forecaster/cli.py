@@ -373,7 +373,6 @@ def run_forecast(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import resolve_directory
-    from .config import TimeMoEConfig
     from .model import TimeMoEForPrediction
     from .preprocess import fill_missing, forecast_series
 
@@ -382,10 +381,11 @@ def run_forecast(args: argparse.Namespace) -> int:
     if args.model == "default" and not Path("default").exists():  # the embedded model by name, as finetune takes it
         args.model = None
     directory = resolve_directory(args.model)
-    status = (
-        TimeMoEConfig.from_json_file(directory / "config.json").extra.get("timemoe_forecaster", {}).get("status", "")
-    )
     model = TimeMoEForPrediction.from_pretrained(args.model, dtype=torch.float32)
+    # Our own description of the checkpoint, where it has one of the expected shape (any other is no one's status).
+    meta = model.config.extra.get("timemoe_forecaster")
+    status = meta.get("status") if isinstance(meta, dict) else None
+    status = status if isinstance(status, str) else ""
     if args.horizon > model.config.max_position_embeddings:
         # Each pass forecasts at most the longest head's steps and feeds them back: 100,000 steps took minutes.
         log.warning(

@@ -29,6 +29,23 @@ def _is_whole(value) -> bool:
     return _is_number(value) and float(value).is_integer()
 
 
+# A config.json (or shard index) larger than this is refused unread: a real one takes a few KB.
+MAX_JSON_BYTES = 16 << 20
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value of a small file (a config or a shard index), with one-line errors that name it."""
+    with path.open("rb") as f:
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is over {MAX_JSON_BYTES >> 20} MiB: not a model config or index")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    # ValueError too: an integer of 5,000 digits is Python's "Exceeds the limit", naming no file.
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON (UTF-8): {str(err)[:200]}") from None
+
+
 @dataclass
 class TimeMoEConfig:
     """Hyper-parameters of a Time-MoE model.
@@ -193,12 +210,12 @@ class TimeMoEConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> TimeMoEConfig:
         path = Path(path)
+        if path.exists() and not path.is_file():  # a FIFO blocked the read forever, /dev/zero filled the memory
+            raise ValueError(f"{path} is not a regular file")
         try:
-            values = json.loads(path.read_text())
+            values = read_json(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a JSON object")
         return cls.from_dict(values)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_pretrained, resolve_directory
+from .checkpoint import CheckpointError, checkpoint_files, load_pretrained, resolve_directory
 from .config import PRESETS, TimeMoEConfig
 from .model import TimeMoEForPrediction
 
@@ -75,7 +75,17 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 def _file_stamp(directory: Path) -> tuple:
-    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir() if p.is_file()))
+    """What the checkpoint cache keys on: time and size of every file a load reads, shards in subfolders included,
+    without listing the directory (one that may be entered but not listed failed here only)."""
+    stamp = []
+    for path in checkpoint_files(directory):
+        try:
+            stat = path.stat()
+        except OSError:
+            stamp.append((str(path.relative_to(directory)), None, None))
+            continue
+        stamp.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size))
+    return tuple(stamp)
 
 
 @functools.lru_cache(maxsize=4)
