@@ -58,9 +58,21 @@ def _one_dimensional_query(state):
     state[Q] = state[Q].flatten()
 
 
+def _expert_spelt_twice(state):  # experts.01 beside experts.1: the later one silently won
+    state[EXPERT.format("01")] = state[EXPERT.format(1)] + 1.0
+
+
+def _joined_and_parts(state):  # the internal joined q/k/v beside the official parts: one was silently dropped
+    state["model.layers.0.self_attn.qkv_proj.weight"] = torch.cat(
+        [state[Q], state[Q.replace("q_proj", "k_proj")], state[Q.replace("q_proj", "v_proj")]]
+    )
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
+        (_expert_spelt_twice, r"two tensors for .*experts\.1\.gate_proj"),
+        (_joined_and_parts, "both qkv_proj.weight and its q/k/v parts"),
         (_expert_far_away, r"missing key .*experts\.\d+\.gate_proj"),
         (_int_query, "non-float dtype torch.int64"),
         (_one_float8_expert, "do not fit together"),

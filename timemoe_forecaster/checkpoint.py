@@ -97,6 +97,8 @@ def _join_linears(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         if len({tensor.shape[1:] for tensor in tensors}) != 1 or not fits:
             shapes = ", ".join(f"{proj}: {tuple(t.shape)}" for proj, t in zip(_JOINED[joined], tensors, strict=True))
             raise CheckpointError(f"{module_prefix}: {leaf} shapes that do not fit together ({shapes})")
+        if f"{module_prefix}.{joined}.{leaf}" in out:  # the joined tensor stored too: one of the two was dropped
+            raise CheckpointError(f"{module_prefix}: both {joined}.{leaf} and its q/k/v parts are stored")
         out[f"{module_prefix}.{joined}.{leaf}"] = torch.cat(tensors, dim=0)
     return out
 
@@ -110,7 +112,10 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = tensor
             continue
         prefix, e, proj = match.group(1), int(match.group(2)), match.group(3)
-        experts.setdefault((prefix, proj), {})[e] = tensor
+        same = experts.setdefault((prefix, proj), {})
+        if e in same:  # experts.01 and experts.1: the later one silently won
+            raise CheckpointError(f"two tensors for {prefix}.experts.{e}.{proj}.weight (the second: {key})")
+        same[e] = tensor
     stacked: dict[tuple[str, str], torch.Tensor] = {}
     for (prefix, proj), by_expert in experts.items():
         if sorted(by_expert) != list(range(len(by_expert))):
@@ -130,6 +135,8 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             if len({part.shape[0] for part in parts}) != 1:
                 counts = ", ".join(f"{proj}: {part.shape[0]}" for proj, part in zip(projections, parts, strict=True))
                 raise CheckpointError(f"{prefix}: different numbers of experts per projection ({counts})")
+            if f"{prefix}.{leaf}" in out:
+                raise CheckpointError(f"{prefix}: both {leaf} and the per-expert tensors it stacks are stored")
             out[f"{prefix}.{leaf}"] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return out
 
