@@ -381,15 +381,18 @@ def run(args) -> Path:
             f"Their avg rows would mix the two: run all horizons (--horizons {','.join(map(str, HORIZONS))} "
             "--rerun), or choose another --out"
         )
+    loaded = {}  # datasets read for that check, not read again for their cells
     if plan["channels"] and args.channels:  # checked before any cell runs: --channels 50 ran ETTh1's 7 silently
         for name in plan["datasets"]:
-            available = load_dataset(name, args.data_dir).num_channels
-            if args.channels > available:
-                raise ValueError(f"--channels {args.channels}, but {name} has only {available} channels")
+            loaded[name] = load_dataset(name, args.data_dir)
+            if args.channels > loaded[name].num_channels:
+                raise ValueError(
+                    f"--channels {args.channels}, but {name} has only {loaded[name].num_channels} channels"
+                )
     bar = tqdm(total=total, desc="cells", disable=args.no_progress, file=sys.stderr)
     command = "python benchmarks/leaderboard.py " + shlex.join(getattr(args, "_argv", []))
     with logging_redirect_tqdm():  # log lines go above the bar instead of breaking it into fragments
-        skipped = _run_cells(args, plan, store, labels, timemoe, bar, command)
+        skipped = _run_cells(args, plan, store, labels, timemoe, bar, command, loaded)
     bar.close()
     if skipped:  # a re-run "as written" against the committed results computed nothing, and said nothing
         log.info(
@@ -405,8 +408,9 @@ def run(args) -> Path:
     return plan["out"]
 
 
-def _run_cells(args, plan, store, labels, timemoe, bar, command) -> int:
-    """Run and store every cell of the plan not already stored; returns how many were skipped as stored."""
+def _run_cells(args, plan, store, labels, timemoe, bar, command, loaded: dict) -> int:
+    """Run and store every cell of the plan not already stored; returns how many were skipped as stored.
+    ``loaded``: datasets already read, by name."""
     skipped = 0
     for name in plan["datasets"]:
         data = None
@@ -419,7 +423,7 @@ def _run_cells(args, plan, store, labels, timemoe, bar, command) -> int:
                     bar.update(1)
                     continue
                 if data is None:
-                    data = load_dataset(name, args.data_dir)
+                    data = loaded.pop(name) if name in loaded else load_dataset(name, args.data_dir)
                     if plan["channels"]:
                         data.values = data.values[:, : plan["channels"]]
                         data.columns = data.columns[: plan["channels"]]

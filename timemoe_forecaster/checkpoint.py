@@ -349,8 +349,6 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 
 def _read_shards(directory: Path, index_name: str, read) -> dict[str, torch.Tensor]:
-    if not (directory / index_name).is_file():
-        raise CheckpointError(f"{directory / index_name} is not a regular file")
     try:
         index = read_json(directory / index_name)
     except ValueError as err:

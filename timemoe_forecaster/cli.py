@@ -180,15 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_path(name: str | None) -> str | None:
+    """``--model``: "default" (where no folder of that name exists) is the embedded model, by name; its path inside
+    the installed package is no one's to know."""
+    if name == "default" and not Path("default").exists():
+        from .checkpoint import default_checkpoint
+
+        return str(default_checkpoint())
+    return name
+
+
 def train_config_from_args(args: argparse.Namespace):
     from .train.trainer import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.command == "finetune":
-        if args.model == "default" and not Path("default").exists():  # the embedded model, by name
-            from .checkpoint import default_checkpoint
-
-            args.model = str(default_checkpoint())
+        args.model = _model_path(args.model)
         if args.data is None:
             raise ValueError(
                 "timemoe finetune needs your data: pass --data FILE (CSV, parquet, npy, ... : docs/data_formats.md); "
@@ -378,10 +385,8 @@ def run_forecast(args: argparse.Namespace) -> int:
 
     if args.horizon < 1 or (args.context_length is not None and args.context_length < 2):
         raise ValueError("--horizon must be >= 1 and --context-length >= 2")
-    if args.model == "default" and not Path("default").exists():  # the embedded model by name, as finetune takes it
-        args.model = None
-    directory = resolve_directory(args.model)
-    model = TimeMoEForPrediction.from_pretrained(args.model, dtype=torch.float32)
+    directory = resolve_directory(_model_path(args.model))
+    model = TimeMoEForPrediction.from_pretrained(directory, dtype=torch.float32)  # resolved once: a hub id asks once
     # Our own description of the checkpoint, where it has one of the expected shape (any other is no one's status).
     meta = model.config.extra.get("timemoe_forecaster")
     status = meta.get("status") if isinstance(meta, dict) else None

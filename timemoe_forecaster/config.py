@@ -35,6 +35,8 @@ MAX_JSON_BYTES = 16 << 20
 
 def read_json(path: Path) -> Any:
     """The JSON value of a small file (a config or a shard index), with one-line errors that name it."""
+    if path.exists() and not path.is_file():  # a FIFO blocked the read forever, /dev/zero filled the memory
+        raise ValueError(f"{path} is not a regular file")
     with path.open("rb") as f:
         raw = f.read(MAX_JSON_BYTES + 1)
     if len(raw) > MAX_JSON_BYTES:
@@ -210,8 +212,6 @@ class TimeMoEConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> TimeMoEConfig:
         path = Path(path)
-        if path.exists() and not path.is_file():  # a FIFO blocked the read forever, /dev/zero filled the memory
-            raise ValueError(f"{path} is not a regular file")
         try:
             values = read_json(path)
         except FileNotFoundError:

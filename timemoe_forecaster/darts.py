@@ -118,27 +118,18 @@ class TimeMoEModel(GlobalForecastingModel):
 
     # Model ------------------------------------------------------------------------------------
     def _load(self):
-        from .loading import load_model
+        from .loading import check_same_checkpoint, load_model
 
         if self._model is None:
             if getattr(self, "_saved_weights", None) is not None:  # built here, not when unpickled: see load()
                 self._model = _model_from_weights(*self._saved_weights, device=self.device, dtype=self.dtype)
             else:
                 model = load_model(self.model_path, self.config, seed=self.seed, device=self.device, dtype=self.dtype)
-                self._check_saved_fingerprint(model)
+                if getattr(self, "_saved_fingerprint", None) is not None:
+                    check_same_checkpoint(model, self._saved_fingerprint, self.model_path, "TimeMoEModel was saved")
                 self._model = model
             preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
         return self._model
-
-    def _check_saved_fingerprint(self, model) -> None:
-        from .loading import fingerprint_of
-
-        expected = getattr(self, "_saved_fingerprint", None)
-        if expected is not None and fingerprint_of(model) != expected:
-            raise ValueError(
-                f"the checkpoint at model_path={self.model_path!r} has changed since this TimeMoEModel was saved (a "
-                "zero-shot model's weights are reloaded from it, not stored in the file): fit the model again"
-            )
 
     @property
     def torch_model(self):

@@ -114,9 +114,14 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
-def fingerprint_of(model: torch.nn.Module) -> str:
-    """:func:`weights_fingerprint`, read from the checkpoint cache where ``model`` came from it."""
-    return model.__dict__.get(_FINGERPRINT) or weights_fingerprint(model)
+def check_same_checkpoint(model: torch.nn.Module, fingerprint: str, model_path, stored: str) -> None:
+    """Refuse ``model``, reloaded from ``model_path`` for an estimator stored without its zero-shot weights
+    (``stored``: "TimeMoEForecaster was pickled", say), when its weights are not the ones it was stored with."""
+    if (model.__dict__.get(_FINGERPRINT) or weights_fingerprint(model)) != fingerprint:
+        raise ValueError(
+            f"the checkpoint at model_path={model_path!r} has changed since this {stored} (a zero-shot model's "
+            "weights are reloaded from it, not stored with it): fit it again"
+        )
 
 
 def cached_checkpoint_fingerprint(model: torch.nn.Module) -> str | None:

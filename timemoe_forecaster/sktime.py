@@ -225,7 +225,7 @@ class TimeMoEForecaster(BaseForecaster):
     def __getstate__(self):
         state = self.__dict__.copy()
         model = state.get("model_")
-        if model is not None and model is not state.get("pretrained_model_"):
+        if model is not None:  # pretrained and fine-tuned weights are private copies: no cache fingerprint
             from .loading import cached_checkpoint_fingerprint
 
             fingerprint = cached_checkpoint_fingerprint(model)
@@ -241,7 +241,7 @@ class TimeMoEForecaster(BaseForecaster):
             self.model_ = self._reloaded_model(fingerprint)
 
     def _reloaded_model(self, fingerprint: str):
-        from .loading import fingerprint_of, load_model
+        from .loading import check_same_checkpoint, load_model
 
         where = f"model_path={self.model_path!r}"
         try:
@@ -251,11 +251,7 @@ class TimeMoEForecaster(BaseForecaster):
                 f"this TimeMoEForecaster was pickled without its zero-shot weights, which are reloaded from {where}, "
                 f"and that failed: {err}"
             ) from None
-        if fingerprint_of(model) != fingerprint:
-            raise ValueError(
-                f"the checkpoint at {where} has changed since this TimeMoEForecaster was pickled (its weights are "
-                "reloaded from it, not stored in the pickle): fit the forecaster again"
-            )
+        check_same_checkpoint(model, fingerprint, self.model_path, "TimeMoEForecaster was pickled")
         return model
 
     # Model --------------------------------------------------------------------------------------

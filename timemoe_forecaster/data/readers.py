@@ -52,18 +52,17 @@ def read_frame(path: Path, fmt: str):
         if fmt in (".parquet", ".pq"):
             return _index_as_column(_read_parquet(path))
         sep = "\t" if fmt == ".tsv" else ","
-        text_frame = pd.read_csv(path, sep=sep)
-        if text_frame.shape[1] == 1:
-            # In a one-column file an empty cell is a blank line, which pandas skips: the gap closed up without a
-            # word (30 values with 2 missing read as 28 contiguous ones).
-            text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=False)
+        # In a one-column file an empty cell is a blank line, which pandas skips: the gap closed up without a word
+        # (30 values with 2 missing read as 28 contiguous ones). The header alone tells the column count.
+        one_column = pd.read_csv(path, sep=sep, nrows=0).shape[1] == 1
+        text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=not one_column)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty (no header, no rows)") from None
     except _parse_errors() as err:
         raise _unreadable(path, fmt, err) from None
     _check_separator(text_frame, path)
     _check_header(text_frame, path)
-    return _without_row_names(text_frame, path, "\t" if fmt == ".tsv" else ",")
+    return _without_row_names(text_frame, path, sep)
 
 
 def _read_parquet(path: Path):
