@@ -68,9 +68,24 @@ def _joined_and_parts(state):  # the internal joined q/k/v beside the official p
     )
 
 
+def _nan_query(state):  # loaded silently; every forecast then failed
+    state[Q][0, 0] = float("nan")
+
+
+def _inf_expert(state):
+    state[EXPERT.format(1)][-1, -1] = float("-inf")
+
+
+def _huge_but_finite(state):  # a sum over these overflows, yet every value is finite: must still load
+    state[Q][:2] = 3e38
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
+        (_nan_query, r"q_proj\.weight in .* holds 1 NaN or infinite value\(s\) of \d+"),
+        (_inf_expert, r"experts\.1\.gate_proj\.weight in .* holds 1 NaN or infinite value"),
+        (_huge_but_finite, None),
         (_expert_spelt_twice, r"two tensors for .*experts\.1\.gate_proj"),
         (_joined_and_parts, "both qkv_proj.weight and its q/k/v parts"),
         (_expert_far_away, r"missing key .*experts\.\d+\.gate_proj"),
@@ -84,6 +99,9 @@ def test_tampered_weights_are_named(tmp_path, edit, message):
     path = _checkpoint(tmp_path / "ckpt")
     _edit_weights(path, edit)
     for load in (TimeMoEForPrediction.from_pretrained, lambda p: load_model(p, device="cpu")):
+        if message is None:
+            assert isinstance(load(str(path)), TimeMoEForPrediction)
+            continue
         with pytest.raises((CheckpointError, ValueError), match=message):
             load(str(path))
 
@@ -109,6 +127,32 @@ def test_tampered_configs_are_named_before_building_the_model(tmp_path, edit, me
         return
     with pytest.raises(CheckpointError, match=message):
         TimeMoEForPrediction.from_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    "key, meant, hint",
+    [
+        ("hidden_sizes", "hidden_size", "shape"),  # the default width fails every head's shape
+        ("Num_Hidden_Layers", "num_hidden_layers", "decoder layers"),  # the default 32 layers fail the count
+    ],
+)
+def test_a_misspelt_config_key_is_named_in_a_warning_and_in_the_error(tmp_path, caplog, key, meant, hint):
+    path = _checkpoint(tmp_path / "ckpt")
+    _edit_config(path, lambda c: c.update({key: c.pop(meant)}))
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.config"):
+        with pytest.raises(CheckpointError, match=f"{hint}.*unknown key\\(s\\) '{key}' \\(for '{meant}'\\?\\)"):
+            TimeMoEForPrediction.from_pretrained(path)
+    assert f"config key '{key}' is not a Time-MoE key, so '{meant}' takes its default" in caplog.text
+
+
+def test_keys_other_tools_write_raise_no_misspelling_warning(tmp_path, caplog):
+    path = _checkpoint(tmp_path / "ckpt")
+    extra = {"auto_map": {"AutoConfig": "x.Y"}, "_name_or_path": "x", "output_router_logits": False, "id2label": {}}
+    _edit_config(path, lambda c: c.update(extra))
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.config"):
+        model = TimeMoEForPrediction.from_pretrained(path)
+    assert "not a Time-MoE key" not in caplog.text
+    assert model.config.extra["auto_map"] == extra["auto_map"]
 
 
 def test_json_nested_too_deep_or_not_utf8_is_named(tmp_path):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 MODEL_TYPE = "time_moe"
 _ACTIVATIONS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -46,6 +50,37 @@ def read_json(path: Path) -> Any:
     # ValueError too: an integer of 5,000 digits is Python's "Exceeds the limit", naming no file.
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON (UTF-8): {str(err)[:200]}") from None
+
+
+def _misspelt(unknown_keys, known: set[str]) -> dict[str, str]:
+    """Unknown keys that look like a misspelt model key ("hidden_sizes", "Num_Experts"), mapped to that key.
+
+    Such a key lands in ``extra`` and the real one takes its default, which then fails as a shape error naming
+    the default; the cut-off keeps the keys other tools write (``auto_map``, ``_name_or_path``) quiet."""
+    lowered = {name.lower(): name for name in known}
+    found = {}
+    for key in unknown_keys:
+        if not isinstance(key, str) or key in known:
+            continue
+        match = difflib.get_close_matches(key.lower(), lowered, n=1, cutoff=0.85)
+        if match:
+            found[key] = lowered[match[0]]
+    return found
+
+
+def _default(field_name: str):
+    spec = TimeMoEConfig.__dataclass_fields__[field_name]
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+
+
+def misspelt_key_hint(config: TimeMoEConfig) -> str:
+    """A sentence for errors that a config's misspelt key may explain, or ''."""
+    known = {f.name for f in dataclasses.fields(TimeMoEConfig)} - {"extra"}
+    found = _misspelt(config.extra, known)
+    if not found:
+        return ""
+    pairs = ", ".join(f"{key!r} (for {name!r}?)" for key, name in found.items())
+    return f"; the config has unknown key(s) {pairs}, so those settings took their defaults"
 
 
 @dataclass
@@ -190,6 +225,14 @@ class TimeMoEConfig:
         for key in ("model_type", "transformers_version", "torch_dtype", "architectures"):
             values.pop(key, None)
         extra.update(values)  # auto_map, … kept verbatim, never executed
+        for key, field_name in _misspelt(values, known).items():
+            log.warning(
+                "config key %r is not a Time-MoE key, so %r takes its default (%r); is %r misspelt?",
+                key,
+                field_name,
+                _default(field_name),
+                key,
+            )
         if (
             not kwargs.get("use_dense", False)
             and kwargs.get("apply_aux_loss") is True

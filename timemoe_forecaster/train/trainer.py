@@ -769,10 +769,9 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
             attn_backend=cfg.attn_backend,
             moe_dispatch=cfg.moe_dispatch,
         )
+        # Weights holding NaN/inf are refused by the load itself (every step would be skipped, and the error
+        # would blame the learning rate).
         require_univariate(model.config, f"the model {cfg.init_from}")
-        bad = first_non_finite(model.named_parameters())
-        if bad is not None:  # every step would be skipped, and the error would blame the learning rate
-            raise ValueError(f"the weights of {cfg.init_from} are NaN/inf (first: {bad}); start from another model")
         _describe_as_trained_from(model.config, cfg.init_from)
         return model
     config = resolve_config(cfg.config)
