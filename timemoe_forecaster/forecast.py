@@ -107,11 +107,6 @@ def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: i
         raise ValueError(f"context is empty: shape {tuple(context.shape)}")
     if not context.dtype.is_floating_point:
         raise TypeError(f"context must be a floating-point tensor, got {context.dtype}")
-    limit = model.config.max_position_embeddings
-    if context.shape[1] > limit:
-        raise ValueError(
-            f"context length {context.shape[1]} exceeds the model's limit of {limit} points; keep the last {limit}"
-        )
     if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
         raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(context.shape[:2]):
@@ -218,6 +213,7 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
                 "after it (for gaps inside a series, fill them first)"
             )
         x = x.masked_fill(~valid[..., None], 0.0)
+    x, valid = _within_position_limit(model, x, valid)
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):
         given = context.to(param.device)
@@ -230,6 +226,22 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
             )
         raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
     return x, valid, int(horizon)
+
+
+def _within_position_limit(model, x: torch.Tensor, valid: torch.Tensor | None):
+    """``x`` and ``valid`` without the columns that pad every row, refused if the longest row still exceeds the
+    model's position limit. A batch padded wider than the limit was refused although every row fitted;
+    dropping shared padding changes no forecast (rotary attention sees only distances between points)."""
+    limit = model.config.max_position_embeddings
+    width = x.shape[1]
+    if width <= limit:
+        return x, valid
+    if valid is not None:
+        first = int(valid.any(dim=0).int().argmax())  # the first column any row uses
+        x, valid, width = x[:, first:], valid[:, first:], width - first
+    if width > limit:
+        raise ValueError(f"context length {width} exceeds the model's limit of {limit} points; keep the last {limit}")
+    return x, valid
 
 
 def finish_output(out: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

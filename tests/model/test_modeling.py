@@ -47,6 +47,24 @@ def test_left_padded_batch_equals_each_row_alone():
     assert torch.allclose(together[1], model.forecast(b[None], 70)[0], atol=1e-5)
 
 
+def test_a_batch_padded_past_the_position_limit_forecasts_when_every_row_fits():
+    # The padded width (30) was checked against the limit (16), although no row holds more than 16 points.
+    model = make_model(max_position_embeddings=16)
+    a, b = torch.randn(16), torch.randn(5)
+    batch = torch.zeros(2, 30)
+    batch[0, -16:], batch[1, -5:] = a, b
+    mask = torch.zeros(2, 30, dtype=torch.long)
+    mask[0, -16:], mask[1, -5:] = 1, 1
+    together = model.forecast(batch, 9, attention_mask=mask)
+    assert torch.allclose(together[0], model.forecast(a[None], 9)[0], atol=1e-5)
+    assert torch.allclose(together[1], model.forecast(b[None], 9)[0], atol=1e-5)
+    mask[1, -17:] = 1  # now one row holds 17 points
+    with pytest.raises(ValueError, match="context length 17 exceeds the model's limit of 16 points"):
+        model.forecast(batch, 9, attention_mask=mask)
+    with pytest.raises(ValueError, match="context length 30 exceeds the model's limit of 16 points"):
+        model.forecast(batch, 9)  # without a mask every column is a point
+
+
 def contexts_and_mask(rows: int, length: int, padded: dict[int, int] | None):
     """Random contexts [rows, length] and, given {row: points}, a mask that left-pads those rows (else None)."""
     mask = None
