@@ -217,13 +217,18 @@ def residual_moments(residuals: list[np.ndarray], horizon: int) -> tuple[np.ndar
     width, n_series = stacked.shape[:2]
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no residuals there
-        mean = np.where(use_own, np.nanmean(stacked, axis=0), np.nanmean(pooled, axis=0))
-        own_n, pooled_n = counts, np.count_nonzero(~np.isnan(pooled), axis=0)
-        # One residual has no spread of its own: variance 0 there, as its quantiles are that residual.
-        own_var = np.nanvar(stacked, axis=0, ddof=1) if width > 1 else np.zeros_like(mean)
+        pooled_n = np.count_nonzero(~np.isnan(pooled), axis=0)  # a series' own set has at least 2 where used
+        pooled_mean = np.nanmean(pooled, axis=0)
+        own_var = np.nanvar(stacked, axis=0, ddof=1) if width > 1 else np.zeros((n_series, horizon))
         pooled_var = np.nanvar(pooled, axis=0, ddof=1) if width * n_series > 1 else np.zeros((1, horizon))
-        own_var = np.where(own_n > 1, own_var, 0.0)
-        pooled_var = np.where(pooled_n > 1, pooled_var, 0.0)
+        # One residual has no spread of its own, and its quantiles are the normal fallback around the point
+        # forecast, as wide as the residual is large: the distribution is centred there with the residual's
+        # square as variance. Variance 0 with the residual as mean made the step whose interval is the widest
+        # a point mass, which CRPS scored as perfect and log-loss as NaN (dropped from its average).
+        single = pooled_n == 1
+        pooled_var = np.where(single, np.nanmean(pooled**2, axis=0), np.where(pooled_n > 1, pooled_var, 0.0))
+        pooled_mean = np.where(single, 0.0, pooled_mean)
+        mean = np.where(use_own, np.nanmean(stacked, axis=0), pooled_mean)
     var = np.where(use_own, own_var, pooled_var)
     covered = counts.sum(axis=0) > 0
     if not covered.all():

@@ -227,16 +227,47 @@ def inferred_freq(frame: pd.DataFrame) -> str | None:
     if times.freq is not None:
         return times.freqstr
     if frame.index.nlevels == 1:
-        return pd.infer_freq(times) if len(times) >= 3 else None
+        return _own_freq(times)
     found = []
     for own in _longest_instances(frame, times):
-        freq = pd.infer_freq(own) if len(own) >= 3 else None
+        freq = _own_freq(own)
         if freq is not None:
             found.append(freq)
     if not found:
         return None
     counts = {f: found.count(f) for f in found}
     return max(found, key=lambda f: counts[f])  # ties: the longer instance's
+
+
+# Runs of this many points vote on the frequency of a series that skips points; at most _FREQUENCY_RUNS of them.
+_RUN_POINTS, _FREQUENCY_RUNS = 8, 64
+
+
+def _own_freq(times: pd.DatetimeIndex) -> str | None:
+    """The frequency of one series' times, or None.
+
+    pandas infers none for a series that skips a point (a daily series missing one day), so such a series was
+    accepted by ``fit`` and every ``predict`` then failed. Then runs of a few points vote, and the winner counts
+    only if every time lies on its grid and the skipped points are fewer than the series' own: a business-day
+    series missing a holiday is "B", not "D" with every weekend missing."""
+    if len(times) < 3:
+        return None
+    freq = pd.infer_freq(times)
+    if freq is not None or len(times) < 2 * _RUN_POINTS:
+        return freq
+    starts = np.unique(np.linspace(0, len(times) - _RUN_POINTS, _FREQUENCY_RUNS).astype(int))
+    votes = [pd.infer_freq(times[i : i + _RUN_POINTS]) for i in starts]
+    votes = [v for v in votes if v is not None]
+    if not votes:
+        return None
+    freq = max(votes, key=votes.count)
+    try:
+        grid = pd.date_range(times[0], times[-1], freq=freq)
+    except ValueError:
+        return None
+    if len(grid) > 2 * len(times) or not times.isin(grid).all():
+        return None
+    return freq
 
 
 # Instances whose frequencies are compared to infer a panel's (the longest ones): enough to outvote a few
@@ -267,6 +298,7 @@ def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataF
             )
     if len(y) == 0:
         raise ValueError("y is empty; pass a series with at least 2 observed points")
+    refuse_duplicate_times(y.index)
     frame = y.astype(np.float64) if _PANDAS_COPIES_ON_WRITE else y.astype(np.float64, copy=copy)
     if np.isinf(frame.to_numpy()).any():
         raise ValueError("y holds inf values; replace them by NaN (treated as missing) or finite numbers")
@@ -276,6 +308,48 @@ def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataF
     for values, name in zip(series.values, series.names):
         preprocess.fill_missing(values, name)  # raises for all-NaN or too short series
     return frame
+
+
+def refuse_duplicate_times(index: pd.Index) -> None:
+    """A time point given twice (in one instance) is a ValueError naming it. Unchecked, an integer index read
+    the duplicate as one more point, and a PeriodIndex whose duplicate filled the span of a skipped day shifted
+    every later value by a day, both silently; other indices failed inside pandas."""
+    if index.is_unique:
+        return
+    first = index[index.duplicated()][0]
+    if index.nlevels == 1:
+        raise ValueError(f"y has time point {first} more than once; keep one value per time point")
+    instance = first[:-1] if len(first) > 2 else first[0]
+    raise ValueError(
+        f"instance {instance!r} of y has time point {first[-1]} more than once; keep one value per time point"
+    )
+
+
+def refuse_strided_integer_index(frame: pd.DataFrame) -> None:
+    """An integer time index whose points share a step above 1 (0, 10, 20, ...) is a ValueError.
+
+    sktime counts integer time in units of 1: fh=1 after 390 is 391, and the absolute time 400 is 10 steps on.
+    Read as consecutive points, such a series was forecast 1 and 2 steps ahead under the labels 391 and 392, 10
+    and 20 steps ahead for fh 400 and 410, and a panel member ending one point (10 units) early was forecast 10
+    steps further out than the others, all without a word."""
+    times = frame.index.get_level_values(-1)
+    if not _is_integer_index(times):
+        return
+    values = np.asarray(times, dtype=np.int64)
+    same = np.ones(len(values) - 1, dtype=bool)  # consecutive rows of one instance
+    if frame.index.nlevels > 1:
+        for level in range(frame.index.nlevels - 1):
+            codes = np.asarray(frame.index.codes[level])
+            same &= codes[1:] == codes[:-1]
+    steps = np.abs(np.diff(values)[same])
+    step = int(np.gcd.reduce(steps)) if steps.size else 1
+    if step > 1:
+        raise ValueError(
+            f"y's integer time index steps by {step} (e.g. {values[0]}, {values[0] + step}, ...), but sktime counts "
+            f"integer time in units of 1 (fh=1 after {values[-1]} is {values[-1] + 1}), so forecasts would be "
+            f"labelled between y's points. Give y an index of step 1 (its index // {step}, or a RangeIndex), or "
+            "a PeriodIndex/DatetimeIndex of its frequency"
+        )
 
 
 def split_series(frame: pd.DataFrame):

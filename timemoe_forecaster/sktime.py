@@ -23,6 +23,7 @@ from .frames import (
     inferred_freq,
     instance_starts,
     output_index,
+    refuse_strided_integer_index,
     split_series,
     steps_between,
     to_rows,
@@ -294,8 +295,12 @@ class TimeMoEForecaster(BaseForecaster):
     def _fit(self, y, X=None, fh=None):
         """Store a copy of ``y`` as context; fine-tune a private copy of the model if asked to."""
         frame = checked_frame(y)
+        refuse_strided_integer_index(frame)
         # Remembered for later updates: one that skips points in every instance leaves nothing to infer it from.
         self._freq = inferred_freq(frame)
+        cutoff = getattr(self, "_cutoff", None)
+        if isinstance(cutoff, pd.DatetimeIndex) and cutoff.freq is None and self._freq is None:
+            raise _unknown_frequency()  # every predict would fail: said here, not at the first forecast
         self._context = self._without_time_gaps(frame, self._freq)
         self._settle_time_grid()
         model = self._base_model()
@@ -339,6 +344,7 @@ class TimeMoEForecaster(BaseForecaster):
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
         merged = pd.concat([self._context, new])
         merged = merged[~merged.index.duplicated(keep="last")].sort_index()
+        refuse_strided_integer_index(merged)
         self._context = self._without_time_gaps(checked_frame(merged, copy=False), getattr(self, "_freq", None))
         self._settle_time_grid()
         self._check_lengths()
@@ -572,10 +578,7 @@ class TimeMoEForecaster(BaseForecaster):
             return cutoff, fh
         freq = getattr(self, "_freq", None) or inferred_freq(self._context)
         if freq is None:
-            raise ValueError(
-                "cannot infer the frequency of y's DatetimeIndex (irregular, or with skipped points); give y a "
-                "regular DatetimeIndex with a freq, e.g. y.asfreq('D'), which marks skipped points as missing"
-            )
+            raise _unknown_frequency()
         cutoff = pd.DatetimeIndex(cutoff, freq=freq)
         return cutoff, ForecastingHorizon(fh.to_pandas(), is_relative=fh.is_relative, freq=freq)
 
@@ -647,6 +650,13 @@ class TimeMoEForecaster(BaseForecaster):
 
 
 __all__ = ["TimeMoEForecaster"]
+
+
+def _unknown_frequency() -> ValueError:
+    return ValueError(
+        "cannot infer the frequency of y's DatetimeIndex (irregular, too short, or skipping too many points); give "
+        "y a regular DatetimeIndex with a freq, e.g. y.asfreq('D'), which marks skipped points as missing"
+    )
 
 
 def _longest_history(frame: pd.DataFrame) -> int:

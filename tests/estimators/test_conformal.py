@@ -103,9 +103,15 @@ def test_residual_moments_describe_the_sets_the_quantiles_rank():
     # Step 3 takes step 2, the mean and standard deviation widened by sqrt(3 / 2).
     np.testing.assert_allclose(mean[:, 2], mean[:, 1] * np.sqrt(1.5))
     np.testing.assert_allclose(var[:, 2], var[:, 1] * 1.5)
-    # One residual in all has no spread: variance 0, as its quantiles are that residual.
-    mean, var = conformal.residual_moments([np.array([[4.0]])], horizon=1)
-    assert mean[0, 0] == 4.0 and var[0, 0] == 0.0
+    # One residual in all has no spread of its own. Its intervals are the normal fallback around the point
+    # forecast, as wide as the residual is large; variance 0 with the residual as mean made that step a point
+    # mass, which CRPS scored as perfect.
+    mean, var = conformal.residual_moments([np.array([[4.0, -3.0]])], horizon=2)
+    np.testing.assert_array_equal(mean, [[0.0, 0.0]])
+    np.testing.assert_array_equal(var, [[16.0, 9.0]])
+    offsets = conformal.residual_offsets([np.array([[4.0, -3.0]])], [0.1, 0.9], horizon=2)
+    np.testing.assert_allclose(offsets[0, :, 1], -offsets[0, :, 0])  # symmetric about the point forecast
+    np.testing.assert_allclose(offsets[0, :, 1], 1.2816 * np.sqrt(var[0]), rtol=1e-4)
     with pytest.raises(ValueError, match="no calibration residuals"):
         conformal.residual_moments([np.full((2, 2), np.nan)], horizon=2)
 

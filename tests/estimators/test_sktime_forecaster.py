@@ -291,6 +291,36 @@ def test_predict_var_and_proba_describe_the_conformal_distribution(checkpoint):
     np.testing.assert_allclose(both.to_numpy(), np.c_[var.to_numpy(), 4 * var.to_numpy()], rtol=1e-5)
 
 
+def test_a_step_with_one_residual_is_no_point_mass(checkpoint):
+    # Six points leave one calibration residual at step 3: its variance was 0 and its mean that residual, so CRPS
+    # scored the step whose interval is the widest as perfect, and log-loss was NaN (dropped from its average).
+    from sktime.performance_metrics.forecasting.probabilistic import CRPS, LogLoss
+
+    y = pd.Series([10.0, 12.0, 11.0, 13.0, 12.0, 14.0])
+    f = forecaster(checkpoint).fit(y)
+    var = f.predict_var(fh=[1, 2, 3]).to_numpy().ravel()
+    dist = f.predict_proba(fh=[1, 2, 3])
+    assert (var > 0).all()
+    np.testing.assert_allclose(dist.mean().to_numpy().ravel()[2], f.predict(fh=[3]).iloc[0], rtol=1e-6)
+    truth = pd.DataFrame({0: [13.0, 15.0, 14.0]}, index=pd.RangeIndex(6, 9))
+    assert (CRPS().evaluate_by_index(truth, dist).to_numpy() > 0).all()
+    assert np.isfinite(LogLoss().evaluate_by_index(truth, dist).to_numpy()).all()
+
+
+def test_variance_and_distribution_work_inside_a_target_transforming_pipeline(checkpoint):
+    # sktime's TransformedTargetForecaster gives predict_var/predict_proba of a forecaster with its own
+    # distribution only through skpro, which the [sktime] extra now installs; without it both raised.
+    pytest.importorskip("skpro")
+    from sktime.forecasting.compose import TransformedTargetForecaster
+    from sktime.transformations.series.detrend import Detrender
+
+    y = load_airline()
+    pipe = TransformedTargetForecaster([("detrend", Detrender()), ("model", forecaster(checkpoint))]).fit(y)
+    var = pipe.predict_var(fh=[1, 2])
+    assert (var.to_numpy() > 0).all()
+    np.testing.assert_allclose(pipe.predict_proba(fh=[1, 2]).var().to_numpy(), var.to_numpy(), rtol=1e-6)
+
+
 def test_missing_values_are_interpolated(checkpoint):
     y = load_airline()
     gappy = y.copy()
@@ -347,13 +377,74 @@ def test_integer_index_gaps_of_step_one_are_missing_values(checkpoint, caplog):
     )
     updated = forecaster(checkpoint).fit(full.iloc[:30]).update(full.iloc[33:40]).predict(fh=[1])
     np.testing.assert_allclose(updated, forecaster(checkpoint).fit(missing.iloc[:40]).predict(fh=[1]), rtol=1e-6)
-    # A common step above one is no gap, and gaps that would more than double a series are labels, not time.
+    # Gaps that would more than double a series are labels, not time.
     caplog.clear()
-    for labels in (np.arange(60) * 10, np.r_[np.arange(59), 1000]):
-        consecutive = pd.Series(values, index=pd.Index(labels))
-        got = forecaster(checkpoint).fit(consecutive).predict(fh=[1, 2])
-        np.testing.assert_allclose(got.to_numpy(), forecaster(checkpoint).fit(pd.Series(values)).predict(fh=[1, 2]))
+    consecutive = pd.Series(values, index=pd.Index(np.r_[np.arange(59), 1000]))
+    got = forecaster(checkpoint).fit(consecutive).predict(fh=[1, 2])
+    np.testing.assert_allclose(got.to_numpy(), forecaster(checkpoint).fit(pd.Series(values)).predict(fh=[1, 2]))
     assert "point(s)" not in caplog.text and "read as consecutive" in caplog.text
+
+
+def test_an_integer_index_of_a_step_above_one_is_refused(checkpoint):
+    # Read as consecutive points, fh=1 and 2 were forecast 1 and 2 steps on under the labels 391 and 392, the
+    # absolute times 400 and 410 10 and 20 steps on, and a panel member ending a point early 10 steps further.
+    strided = pd.Series(np.arange(40.0), index=pd.RangeIndex(0, 400, 10))
+    with pytest.raises(ValueError, match=r"integer time index steps by 10 .*fh=1 after 390 is 391.*index // 10"):
+        forecaster(checkpoint).fit(strided)
+    data = panel(n_instances=2, length=30)
+    data.index = data.index.set_levels(data.index.levels[1] * 5, level=1)
+    with pytest.raises(ValueError, match="steps by 5"):
+        forecaster(checkpoint).fit(data)
+    fitted = forecaster(checkpoint).fit(pd.Series(np.arange(40.0)))  # step 1: fine, and so is an update
+    fitted.update(pd.Series([40.0, 41.0], index=[40, 41]))
+    np.testing.assert_array_equal(fitted.predict(fh=[1]).index, [42])
+
+
+@pytest.mark.parametrize("where", ["series", "panel"])
+def test_a_time_point_given_twice_is_refused_by_name(checkpoint, where):
+    # An integer index read the duplicate as one more point, and a PeriodIndex whose duplicate filled a skipped
+    # day's span shifted every later value, both silently; other indices failed inside pandas.
+    days = pd.period_range("2020-01-01", periods=40, freq="D")
+    shifted = pd.Series(np.arange(40.0), index=days.delete(21).insert(20, days[20]))
+    if where == "series":
+        for y in (shifted, pd.Series(np.arange(41.0), index=sorted([*range(40), 20]))):
+            with pytest.raises(ValueError, match=r"y has time point (2020-01-21|20) more than once"):
+                forecaster(checkpoint).fit(y)
+        fitted = forecaster(checkpoint).fit(pd.Series(np.arange(40.0)))
+        with pytest.raises(ValueError, match="y has time point 41 more than once"):
+            fitted.update(pd.Series([1.0, 2.0, 3.0], index=[40, 41, 41]))
+        assert fitted.cutoff[0] == 39  # the refused update is undone
+        return
+    times = pd.date_range("2020", periods=40, freq="D")
+    a = pd.DataFrame({"y": np.arange(41.0)}, index=pd.MultiIndex.from_arrays([["A"] * 41, times.insert(20, times[20])]))
+    b = pd.DataFrame({"y": np.arange(40.0)}, index=pd.MultiIndex.from_product([["B"], times]))
+    with pytest.raises(ValueError, match="instance 'A' of y has time point 2020-01-21 00:00:00 more than once"):
+        forecaster(checkpoint).fit(pd.concat([a, b]))
+
+
+def test_a_datetime_index_that_skips_points_without_a_freq_gets_one(checkpoint, caplog):
+    # pandas infers no frequency for a daily series missing a day: fit accepted it and every predict failed
+    # (an absolute fh inside pandas). Runs of points vote; the skipped points become missing values.
+    values = 10 + np.sin(np.arange(41) / 3.0)
+    days = pd.date_range("2020-01-01", periods=41, freq="D")
+    gappy = pd.Series(np.delete(values, 20), index=days.delete(20))
+    assert gappy.index.freq is None and pd.infer_freq(gappy.index) is None
+    filled = pd.Series(values, index=days).where(lambda s: s.index != days[20])
+    expected = forecaster(checkpoint).fit(filled).predict(fh=[1, 2])
+    with caplog.at_level(logging.WARNING):
+        got = forecaster(checkpoint).fit(gappy).predict(fh=pd.DatetimeIndex(["2020-02-11", "2020-02-12"]))
+    assert "skips 1 point(s)" in caplog.text
+    pd.testing.assert_series_equal(got, expected, check_freq=False)
+    # Business days missing a holiday are business days, not days missing every weekend.
+    bdays = pd.bdate_range("2020-01-01", periods=60)
+    got = forecaster(checkpoint).fit(pd.Series(np.arange(59.0), index=bdays.delete(30))).predict(fh=[1, 2])
+    assert list(got.index) == list(pd.bdate_range(bdays[-1], periods=3)[1:])
+    # An index whose frequency cannot be told is refused at fit, not at every predict.
+    irregular = pd.Series(
+        [1.0, 2.0, 3.0, 4.0], index=pd.to_datetime(["2020-01-01", "2020-01-05", "2020-01-06", "2020-01-20"])
+    )
+    with pytest.raises(ValueError, match="cannot infer the frequency of y's DatetimeIndex"):
+        forecaster(checkpoint).fit(irregular)
 
 
 def test_user_data_is_never_modified(checkpoint):
