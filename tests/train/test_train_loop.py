@@ -526,6 +526,21 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, changes, match):
     assert "--init-from" in str(info.value) or "--max-steps above 2" in str(info.value)
 
 
+def test_a_run_from_a_base_model_resumes_whatever_spelling_its_path_has(tmp_path, monkeypatch):
+    # The base's path, as typed, is in the model's description, and the resume check compared it as if it were
+    # architecture: "base", "./base" and its absolute path were three different models.
+    base = tmp_path / "base"
+    train(small_config(base, max_steps=2))
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    train(small_config(run, init_from="base", max_steps=2, save_every=1))
+    for steps, spelling in enumerate(("./base", str(base), "base/"), start=3):
+        result = train(small_config(run, init_from=spelling, resume=True, max_steps=steps))
+        assert result["finished"] is True and len(result["losses"]) == 1  # one more step each time
+    with pytest.raises(ValueError, match=r"different model .*--init-from .*\(timemoe finetune: --model "):
+        train(small_config(run, config="small", resume=True, max_steps=9))
+
+
 def test_resume_with_other_shard_count_is_refused(tmp_path):
     train(small_config(tmp_path, max_steps=2, save_every=1))
     with pytest.raises(ValueError, match="grad-accum"):

@@ -11,6 +11,7 @@ gradient equal to that of one big batch whatever the split.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -630,13 +631,18 @@ def check_resumable(path, saved_config, trainer_state: dict, model_config, cfg: 
     checkpoint's step); a different model, optim_dtype or seed, or a --max-steps below the checkpoint's step,
     cannot be, and training on would record one thing in train_config.json and do another."""
     step = int(trainer_state["step"])
-    arch = {k: v for k, v in saved_config.to_dict().items() if k not in ("extra", "use_cache")}
-    ours = {k: v for k, v in model_config.to_dict().items() if k not in ("extra", "use_cache")}
+    # The model's own fields only: to_dict writes the extra keys at the top level too, and among them our
+    # description, which names the base model as typed, so "base", "./base" and its absolute path were three
+    # different models and a re-queued fine-tune could not resume.
+    fields = {f.name for f in dataclasses.fields(saved_config)} - {"extra", "use_cache"}
+    arch = {k: v for k, v in saved_config.to_dict().items() if k in fields}
+    ours = {k: v for k, v in model_config.to_dict().items() if k in fields}
     differ = [f"{k} {arch[k]} vs {ours.get(k)}" for k in arch if arch[k] != ours.get(k)]
     if differ:
         raise ValueError(
             f"{path} holds a different model than this run builds ({', '.join(differ)}); resume with the --config "
-            f"(or --model) of the run that wrote it, or start a new run from its weights with --init-from {path}"
+            f"(or --model) of the run that wrote it, or start a new run from its weights with --init-from {path} "
+            f"(timemoe finetune: --model {path})"
         )
     old = json.loads(trainer_state.get("train_config") or "{}")  # older checkpoints may lack it
     new = json.loads(json.dumps(cfg.to_dict()))  # through JSON, as the old one was: tuples become lists
@@ -646,7 +652,7 @@ def check_resumable(path, saved_config, trainer_state: dict, model_config, cfg: 
             raise ValueError(
                 f"{path} was written with {flag} {old[name]}, this run has {flag} {new[name]}: a resumed run cannot "
                 f"change it. Resume with {flag} {old[name]}, or start a new run from its weights with "
-                f"--init-from {path}"
+                f"--init-from {path} (timemoe finetune: --model {path})"
             )
     if step > cfg.max_steps:
         raise ValueError(
