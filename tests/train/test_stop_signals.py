@@ -150,3 +150,29 @@ def test_a_stop_at_the_last_step_is_a_finished_run_and_skips_its_evaluation(
     assert main([*args, "--eval-every", "1", "--log-every", "1"]) == code
     assert (out / "model.safetensors").exists() is (code == 0)
     assert checkpoints(out) == [1] and "eval_loss" not in read_metrics(out)[-1]
+
+
+def test_a_stop_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, monkeypatch, caplog):
+    # An evaluation under way when the signal came ran to its end (26 s for 1,500 batches of tiny on a CPU),
+    # past the grace period after which torchrun or Slurm kill: the checkpoint the stop was for was lost.
+    import timemoe_forecaster.train.trainer as trainer
+
+    stop = Signalled()
+    stop.received = None
+    monkeypatch.setattr(trainer, "StopRequest", lambda: stop)
+    evaluated = []
+    original = trainer.Trainer._eval_loss
+
+    def counted(self, batch):
+        evaluated.append(1)
+        if len(evaluated) == 3:
+            stop.received = "SIGTERM"  # as the handler sets it, in the middle of the evaluation
+        return original(self, batch)
+
+    monkeypatch.setattr(trainer.Trainer, "_eval_loss", counted)
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(out), "--max-steps", "6", "--log-every", "1"]
+    assert main([*args, "--eval-every", "2", "--eval-batches", "1000"]) == 143
+    assert len(evaluated) == 3  # abandoned before the fourth batch
+    assert checkpoints(out) == [2] and "eval_loss" not in read_metrics(out)[-1]
+    assert "evaluation abandoned after 3 of 1000 batches" in caplog.text and "SIGTERM at step 2" in caplog.text

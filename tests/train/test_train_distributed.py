@@ -215,3 +215,35 @@ def test_eval_loss_is_the_same_on_one_and_two_processes(tmp_path, fsdp):
     one_loss, two_loss = ([r["eval_loss"] for r in read_metrics(d) if "eval_loss" in r] for d in (single, two))
     assert len(one_loss) == 1 and len(two_loss) == 1
     assert two_loss[0] == pytest.approx(one_loss[0], rel=1e-5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads torchrun's workers from /proc")
+def test_a_sigterm_to_one_rank_during_an_evaluation_stops_every_rank_with_a_checkpoint(tmp_path):
+    # The evaluation under way ran to its end before the stop was acted on. Now the ranks agree before each round
+    # of evaluation batches, so one signalled rank stops all of them at the same batch (FSDP gathers weights in
+    # every forward: a rank that left alone would hang the others).
+    from timemoe_forecaster.train.metrics import read_metrics
+
+    settings = {**SETTINGS, "max_steps": 1_000_000, "eval_every": 2, "eval_batches": 1_000_000}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    cmd += ["timemoe_forecaster.cli", "pretrain", *flags(**settings), "--output-dir", str(tmp_path)]
+    cmd += ["--fsdp", "true", "--save-every", "1000000"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not ((tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 1):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.1)
+        time.sleep(3)  # step 2 takes a fraction of this; its evaluation of a million batches would take hours
+        os.kill(max(children(process.pid)), signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "evaluation abandoned after" in stderr, stderr[-4000:]
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] == ["step_00000002"], stderr[-4000:]
+    assert "eval_loss" not in read_metrics(tmp_path)[-1] and read_metrics(tmp_path)[-1]["step"] == 2
