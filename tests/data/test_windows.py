@@ -173,6 +173,29 @@ def test_a_shard_of_only_short_series_reads_the_whole_source(caplog):
         WindowSampler(ArraySource([np.arange(5.0)] * 3), rank=1, world_size=2)
 
 
+def test_a_shard_whose_series_all_fail_the_quality_filter_reads_the_whole_source(caplog):
+    # Long enough, but constant: shard 1 of 2 holds series 1 and 3, which the quality filter rejects. Every window
+    # of the source on that shard paid max_tries draws before going to another source (a 2-shard run of real
+    # data 5x slower than one shard), and the source got half its weight there.
+    rng = np.random.default_rng(2)
+    good = ArraySource([rng.normal(size=600) for _ in range(4)], name="good")
+    mixed = ArraySource([rng.normal(size=600), np.full(600, 2.0)] * 2, name="mixed")
+    sampler = WindowSampler([good, mixed], weights=[1, 3], max_length=64, max_tries=50, rank=1, world_size=2, seed=5)
+    tries = []
+    original = sampler._try_window
+    sampler._try_window = lambda k: (tries.append(k), original(k))[1]
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        windows = [sampler.sample() for _ in range(200)]
+    assert all(w.std() > 0.5 for w in windows)
+    assert "'mixed': shard 1 of 2 gave no usable window in 50 draws" in caplog.text
+    assert "came from another source" not in caplog.text
+    assert len(tries) < 200 + 50 + 200  # one round of max_tries in all, not one per window of the source
+    # The widening is part of the state: a resumed sampler goes on with the whole source too.
+    resumed = WindowSampler([good, mixed], weights=[1, 3], max_length=64, max_tries=50, rank=1, world_size=2, seed=5)
+    resumed.load_state_dict(sampler.state_dict())
+    assert all(np.array_equal(sampler.sample(), resumed.sample()) for _ in range(20))
+
+
 def test_spec_string_gives_one_weighted_source_per_input(tmp_path):
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(3, 300)))
     sampler = WindowSampler(f"{tmp_path / 'a.npy'},synthetic#seed=1&weight=3", max_length=64)

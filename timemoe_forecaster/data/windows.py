@@ -133,6 +133,9 @@ class WindowSampler:
         # data and min_length alone, so a resumed sampler derives the same.
         self._dead: set[int] = {k for k, shard in enumerate(self._shards) if shard is None}
         self._warned_dry: set[int] = set()
+        # Sources whose shard gave no window in max_tries draws and now read all their series; in the state, so a
+        # resumed sampler goes on as this one would.
+        self._widened: set[int] = set()
         for k in sorted(self._dead):
             logger.warning(
                 "source %r has no series of at least min_length=%d points%s: it gives no windows, and its weight "
@@ -147,12 +150,12 @@ class WindowSampler:
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
         self.num_windows = 0
 
-    def _shard(self, src: SeriesSource) -> tuple[int, int, np.ndarray | None] | None:
-        """(first index, stride, cumulative length weights or None) of this rank's series of ``src``; None when its
-        lengths show that none of them is long enough for a window."""
+    def _shard(self, src: SeriesSource, whole: bool = False) -> tuple[int, int, np.ndarray | None] | None:
+        """(first index, stride, cumulative length weights or None) of this rank's series of ``src`` (``whole``: of
+        all its series); None when its lengths show that none of them is long enough for a window."""
         n = len(src)
-        first, stride = self.rank, self.world_size
-        if n <= self.rank:
+        first, stride = (0, 1) if whole else (self.rank, self.world_size)
+        if stride > 1 and n <= self.rank:
             key = (str(src.name), n, self.rank, self.world_size)
             if key not in _OVERLAP_WARNED:
                 _OVERLAP_WARNED.add(key)
@@ -239,11 +242,17 @@ class WindowSampler:
             if weights is None:  # every source with weight has failed this window
                 raise ValueError(self._no_window_message())
             k = int(self._rng.choice(len(self.sources), p=weights))
-            for _ in range(self.max_tries):
-                w = self._try_window(k)
-                if w is not None:
-                    self.num_windows += 1
-                    return w
+            while True:
+                for _ in range(self.max_tries):
+                    w = self._try_window(k)
+                    if w is not None:
+                        self.num_windows += 1
+                        return w
+                # A shard whose series all fail (the quality filter, say) while the source's others do not: every
+                # later window of the source paid max_tries draws before going elsewhere, which made a 2-shard run
+                # 5x slower and gave the source half its weight. It reads all of the source's series from now on.
+                if not self._widen(k):
+                    break
             failed.add(k)
             weights = self._weights_without(failed)
             if k not in self._warned_dry:
@@ -253,6 +262,24 @@ class WindowSampler:
                     self.sources[k].name,
                     self.max_tries,
                 )
+
+    def _widen(self, k: int) -> bool:
+        """Let source ``k``, whose shard gave no window in ``max_tries`` draws, read all of its series; False when
+        it read them all already."""
+        whole = None if k in self._widened or self._shards[k][1] == 1 else self._shard(self.sources[k], whole=True)
+        if whole is None:
+            return False
+        self._widened.add(k)
+        self._shards[k] = whole
+        logger.warning(
+            "source %r: shard %d of %d gave no usable window in %d draws (its series are too short, non-finite or "
+            "low quality); it reads all of the source's series from now on (shards overlap)",
+            self.sources[k].name,
+            self.rank,
+            self.world_size,
+            self.max_tries,
+        )
+        return True
 
     def _weights_without(self, left_out: set[int]) -> np.ndarray | None:
         """The mixture weights with ``left_out`` sources at 0, renormalised; None when no weight is left."""
@@ -279,6 +306,7 @@ class WindowSampler:
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
+            "widened": sorted(self._widened),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -289,6 +317,10 @@ class WindowSampler:
             )
         self._rng.bit_generator.state = state["rng"]
         self.num_windows = int(state["num_windows"])
+        for k in state.get("widened", []):  # absent from checkpoints before session 28: none widened
+            if k not in self._widened:
+                self._widened.add(k)
+                self._shards[k] = self._shard(self.sources[k], whole=True)
 
 
 def iter_eval_windows(
