@@ -251,8 +251,36 @@ def load_series(dataset: str, column: str | None = None):
     times = _time_column(frame, exclude=column)
     if times is not None:  # print the forecast against dates that continue the file's own
         order = np.argsort(times.to_numpy(), kind="stable")
-        values = pd.Series(values.to_numpy()[order], index=pd.DatetimeIndex(times.to_numpy()[order]))
+        values = _with_skipped_times(
+            pd.Series(values.to_numpy()[order], index=pd.DatetimeIndex(times.to_numpy()[order])), path
+        )
     return values.rename(column)
+
+
+def _with_skipped_times(series, path: Path):
+    """``series`` with a missing value at each time its regular index skips, as the estimators read it.
+
+    Rows left out of a dated file (60 hours of an hourly series) were joined as if adjacent, shifting a daily
+    cycle's phase in the context without a word; only empty cells were counted as missing."""
+    import pandas as pd
+
+    from .frames import infer_series_freq
+
+    freq = infer_series_freq(series.index)
+    if freq is None:
+        return series
+    full = pd.date_range(series.index[0], series.index[-1], freq=freq)
+    if len(full) == len(series):
+        return series
+    skipped = full[~full.isin(series.index)]
+    log.warning(
+        "%s skips %d time point(s) of its frequency %s (the first: %s); they are read as missing values",
+        path,
+        len(skipped),
+        freq,
+        _time_text(skipped[0], dates_only=False),
+    )
+    return series.reindex(full)
 
 
 def _default_column(frame, path: Path):

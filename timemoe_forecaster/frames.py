@@ -227,10 +227,10 @@ def inferred_freq(frame: pd.DataFrame) -> str | None:
     if times.freq is not None:
         return times.freqstr
     if frame.index.nlevels == 1:
-        return _own_freq(times)
+        return infer_series_freq(times)
     found = []
     for own in _longest_instances(frame, times):
-        freq = _own_freq(own)
+        freq = infer_series_freq(own)
         if freq is not None:
             found.append(freq)
     if not found:
@@ -243,7 +243,7 @@ def inferred_freq(frame: pd.DataFrame) -> str | None:
 _RUN_POINTS, _FREQUENCY_RUNS = 8, 64
 
 
-def _own_freq(times: pd.DatetimeIndex) -> str | None:
+def infer_series_freq(times: pd.DatetimeIndex) -> str | None:
     """The frequency of one series' times, or None.
 
     pandas infers none for a series that skips a point (a daily series missing one day), so such a series was

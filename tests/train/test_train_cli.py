@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,8 +154,11 @@ def test_forecast_keeps_a_trailing_infinite_value_as_an_error_and_says_what_it_l
         (pd.date_range("2023-01-01", periods=40, freq="D").delete(38), ["2023-02-10", "2023-02-11"]),
         # Business days with a holiday among the last ten rows.
         (pd.bdate_range("2023-01-02", periods=40).delete(35), ["2023-02-27", "2023-02-28"]),
-        # A missing month: the usual gap (31 days) would drift off the calendar (2023-03-04); numbered instead.
-        (pd.date_range("2020-01-01", periods=36, freq="MS").delete(34), ["+1", "+2"]),
+        # A missing month: the usual gap (31 days) would drift off the calendar (2023-03-04). Runs of months vote
+        # for month starts, so the month is a missing value and the forecast continues the calendar.
+        (pd.date_range("2020-01-01", periods=36, freq="MS").delete(34), ["2023-01-01", "2023-02-01"]),
+        # Too few months to vote (fewer than 16 rows): numbered, not dated off the calendar.
+        (pd.date_range("2020-01-01", periods=12, freq="MS").delete(10), ["+1", "+2"]),
     ],
 )
 def test_forecast_dates_follow_the_calendar_of_the_latest_rows(tmp_path, capsys, dates, expected):
@@ -162,6 +166,22 @@ def test_forecast_dates_follow_the_calendar_of_the_latest_rows(tmp_path, capsys,
     csv.write_text("date,v\n" + "\n".join(f"{d.date()},{100 + i}" for i, d in enumerate(dates)) + "\n")
     assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
     assert [row[0] for row in _dates_and_values(capsys.readouterr().out, "forecast")] == expected
+
+
+def test_rows_left_out_of_a_dated_file_are_missing_values_not_adjacent_points(tmp_path, capsys, caplog):
+    # 60 hours dropped from an hourly file were joined as if adjacent, shifting the daily cycle in the context;
+    # only empty cells counted as missing.
+    hours = pd.date_range("2023-01-01", periods=400, freq="h")
+    values = 10 + np.sin(np.arange(400) * 2 * np.pi / 24)
+    kept = np.r_[0:300, 360:400]
+    csv = tmp_path / "gap.csv"
+    csv.write_text("time,load\n" + "\n".join(f"{hours[i]},{values[i]}" for i in kept) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "skips 60 time point(s) of its frequency h (the first: 2023-01-13 12:00:00)" in caplog.text
+    assert "400 points" in out and "(60 missing values in the context were interpolated)" in out
+    assert re.search(r"forecast +2023-01-17 16:00:00 .*\n +forecast +2023-01-17 17:00:00", out), out
 
 
 def test_a_horizon_beyond_the_context_window_is_warned_of(tmp_path, capsys, caplog):
