@@ -103,19 +103,28 @@ def _numeric(col: pd.Series, where: str, name: str) -> np.ndarray:
         converted = pd.to_numeric(col, errors="coerce")
         bad = converted.isna() & col.notna()
         if bad.any() or pd.api.types.is_bool_dtype(col):
-            raise _not_numeric(col[bad] if bad.any() else col, where, name)
+            # A distinct text in every row reads as row ids: the first column of an M4 file (H1, H2, ...). Its
+            # message led with exclude=, which read each time step across the file's series as one series.
+            ids = len(col) > 1 and bool(bad.all()) and col.is_unique
+            raise _not_numeric(col[bad] if bad.any() else col, where, name, ids=ids)
         col = converted
     return col.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _not_numeric(bad: pd.Series, where: str, name: str) -> ValueError:
-    """The error for a column whose values ``bad`` are not numbers."""
+def _not_numeric(bad: pd.Series, where: str, name: str, ids: bool = False) -> ValueError:
+    """The error for a column whose values ``bad`` are not numbers (``ids``: a distinct one in every row)."""
     text = bad.astype(str).str.strip()
     commas = text.str.fullmatch(_DECIMAL_COMMA)
     if commas.any():
         return ValueError(
             f"{where}: column {name!r} holds numbers written with decimal commas (e.g. {text[commas].iloc[0]!r}); "
             "convert the file to '.' decimals (12.5, not 12,5)"
+        )
+    if ids:
+        return ValueError(
+            f"{where}: column {name!r} holds a different text in every row (e.g. {bad.iloc[0]!r}), as the ids of a "
+            "table with one series per row (M4 style) do: pass orient='rows' ('#orient=rows'). If each column is a "
+            f"series and this one only labels the rows, drop it with exclude=[{name!r}] ('#exclude={name}')"
         )
     return ValueError(
         f"{where}: column {name!r} is not numeric (e.g. value {bad.iloc[0]!r}). Drop it with "
