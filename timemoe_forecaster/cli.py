@@ -548,6 +548,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         parser.exit(2, f"timemoe {args.command}: error: {_error_text(err)}\n")
+    except KeyboardInterrupt:
+        # Ctrl-C before training takes it over (reading data, building the model: seconds on real files), or a
+        # second one during training: a traceback from inside pandas or torch said nothing more than this.
+        if args.verbose:
+            raise
+        stopped = "interrupted (Ctrl-C): stopped at once, unsaved (earlier checkpoints are kept)"
+        parser.exit(130, f"timemoe {args.command}: {stopped}\n")
     if int(os.environ.get("RANK", "0")) == 0:
         if not result["losses"]:  # resumed at --max-steps: there is no loss of this run to report
             print(

@@ -443,6 +443,29 @@ def test_forecast_show_zero_prints_no_observations_and_negative_is_refused(capsy
     assert "--show: expected a whole number >= 0, got -3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["pretrain", "forecast"])
+def test_ctrl_c_before_training_starts_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys, command):
+    # Reading real files takes seconds before the run takes Ctrl-C over: a KeyboardInterrupt traceback from inside
+    # pandas or torch came out.
+    import timemoe_forecaster.cli as cli
+    import timemoe_forecaster.train.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "open_data", interrupted)
+    monkeypatch.setattr(cli, "load_series", interrupted)
+    args = [*FAST, "--output-dir", str(tmp_path / "run")] if command == "pretrain" else ["--horizon", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130 and "Traceback" not in err
+    assert (
+        err.strip()
+        == f"timemoe {command}: interrupted (Ctrl-C): stopped at once, unsaved (earlier checkpoints are kept)"
+    )
+
+
 def test_a_missing_optional_package_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
