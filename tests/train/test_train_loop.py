@@ -135,6 +135,16 @@ def test_metrics_records(tmp_path):
     assert records[0]["tokens_per_s"] > 0
 
 
+def test_without_a_progress_bar_each_record_is_a_log_line(caplog):
+    # With --no-progress the figures went only to metrics.jsonl, and without an output directory nowhere: an
+    # evaluation's loss was computed and never shown.
+    with caplog.at_level("INFO", logger="timemoe_forecaster.train.metrics"):
+        train(small_config(None, max_steps=4, log_every=2, eval_every=4, eval_batches=1))
+    lines = [r.getMessage() for r in caplog.records if r.name == "timemoe_forecaster.train.metrics"]
+    assert [line.split(":")[0] for line in lines] == ["step 2", "step 4"]
+    assert "eval_loss" in lines[1] and "eval_loss" not in lines[0] and "tokens_per_s" in lines[0]
+
+
 class NaNAt:
     """Wraps a stream; the batch of call ``k`` gets a NaN input at a real position."""
 

@@ -28,6 +28,7 @@ class MetricsWriter:
         total: int = 0,
         initial: int = 0,
     ) -> None:
+        self.enabled = enabled
         self.path = Path(directory) / METRICS_FILE if directory is not None and enabled else None
         self._file = None
         if self.path is not None:
@@ -48,9 +49,18 @@ class MetricsWriter:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        shown = {k: record[k] for k in ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s") if k in record}
         if self._bar is not None:
-            shown = {k: record[k] for k in ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s") if k in record}
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if isinstance(v, float)}, refresh=False)
+        elif self.enabled:
+            # Without a bar (--no-progress, a batch job's log) the figures went only to metrics.jsonl, and without
+            # an --output-dir nowhere: an evaluation's loss was computed and never shown.
+            figures = ", ".join(
+                f"{k} {v:,.0f}" if k == "tokens_per_s" else f"{k} {v:.4g}"
+                for k, v in shown.items()
+                if isinstance(v, (int, float))
+            )
+            log.info("step %s: %s", record.get("step", "?"), figures)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
