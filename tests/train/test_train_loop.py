@@ -145,6 +145,14 @@ def test_without_a_progress_bar_each_record_is_a_log_line(caplog):
     assert "eval_loss" in lines[1] and "eval_loss" not in lines[0] and "tokens_per_s" in lines[0]
 
 
+def test_data_weights_that_replace_a_specs_own_weight_say_so(caplog):
+    data = ["synthetic#max_length=300&seed=1&weight=3", "synthetic#max_length=300&seed=2"]
+    with caplog.at_level("WARNING"):
+        train(small_config(None, data=data, data_weights=[1.0, 2.0], max_steps=1))
+    assert "--data-weights replaces the weights given in the data specs: " in caplog.text
+    assert " 3 -> 1" in caplog.text and "-> 2" not in caplog.text  # the second spec had no weight of its own
+
+
 class NaNAt:
     """Wraps a stream; the batch of call ``k`` gets a NaN input at a real position."""
 

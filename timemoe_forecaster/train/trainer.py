@@ -923,6 +923,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         sources = open_data(cfg.data, cfg.seed)
         if cfg.data_weights is not None and len(cfg.data_weights) != len(sources):
             raise ValueError(f"--data-weights has {len(cfg.data_weights)} value(s) for {len(sources)} data source(s)")
+        if cfg.data_weights is not None and ctx.is_main:
+            overridden = [
+                f"{s.name} {s.weight:g} -> {w:g}" for s, w in zip(sources, cfg.data_weights) if s.weight is not None
+            ]
+            if overridden:  # the spec's own '#weight=' lost silently before
+                log.warning("--data-weights replaces the weights given in the data specs: %s", "; ".join(overridden))
         streams = rank_streams(sources, cfg, ctx.rank, ctx.world_size)
         eval_sources = None
         if cfg.eval_every:
