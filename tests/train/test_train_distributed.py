@@ -156,6 +156,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def start_endless_run(output_dir: Path, settings: dict, *extra: str) -> subprocess.Popen:
+    """A 2-process torchrun of ``pretrain`` in a session of its own (so that its group can be signalled), saving
+    only when stopped; the caller waits for its steps and signals it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    cmd += ["timemoe_forecaster.cli", "pretrain", *flags(**settings), "--output-dir", str(output_dir)]
+    cmd += [*extra, "--save-every", "1000000"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
+    )
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads torchrun's workers from /proc")
 @pytest.mark.parametrize("whole_group", [True, False])
 def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, whole_group):
@@ -163,15 +176,7 @@ def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, whole_
     # way every rank stops at the same step, after saving it, and --resume goes on from there.
     from timemoe_forecaster.train.metrics import read_metrics
 
-    settings = {**SETTINGS, "max_steps": 1_000_000}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    cmd += ["timemoe_forecaster.cli", "pretrain", *flags(**settings), "--output-dir", str(tmp_path)]
-    cmd += ["--fsdp", "false", "--save-every", "1000000"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env["OMP_NUM_THREADS"] = "1"
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
-    )
+    process = start_endless_run(tmp_path, {**SETTINGS, "max_steps": 1_000_000}, "--fsdp", "false")
     try:
         deadline = time.monotonic() + 180
         while not ((tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3):
@@ -225,14 +230,7 @@ def test_a_sigterm_to_one_rank_during_an_evaluation_stops_every_rank_with_a_chec
     from timemoe_forecaster.train.metrics import read_metrics
 
     settings = {**SETTINGS, "max_steps": 1_000_000, "eval_every": 2, "eval_batches": 1_000_000}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
-    cmd += ["timemoe_forecaster.cli", "pretrain", *flags(**settings), "--output-dir", str(tmp_path)]
-    cmd += ["--fsdp", "true", "--save-every", "1000000"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env["OMP_NUM_THREADS"] = "1"
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
-    )
+    process = start_endless_run(tmp_path, settings, "--fsdp", "true")
     try:
         deadline = time.monotonic() + 180
         while not ((tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 1):
