@@ -213,7 +213,6 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
                 "after it (for gaps inside a series, fill them first)"
             )
         x = x.masked_fill(~valid[..., None], 0.0)
-    x, valid = _within_position_limit(model, x, valid)
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):
         given = context.to(param.device)
@@ -225,6 +224,7 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
                 "standardised values) or use a float32 model"
             )
         raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
+    x, valid = _within_position_limit(model, x, valid)  # after the check above, which reads the whole context
     return x, valid, int(horizon)
 
 

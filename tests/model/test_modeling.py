@@ -63,6 +63,11 @@ def test_a_batch_padded_past_the_position_limit_forecasts_when_every_row_fits():
         model.forecast(batch, 9, attention_mask=mask)
     with pytest.raises(ValueError, match="context length 30 exceeds the model's limit of 16 points"):
         model.forecast(batch, 9)  # without a mask every column is a point
+    mask[1, -17:] = 0
+    mask[1, -5:] = 1
+    batch[1, -2] = float("nan")  # a NaN at a real position is named as before
+    with pytest.raises(ValueError, match="context holds NaN or inf at unmasked positions"):
+        model.forecast(batch, 9, attention_mask=mask)
 
 
 def contexts_and_mask(rows: int, length: int, padded: dict[int, int] | None):
