@@ -431,3 +431,31 @@ def test_compiled_blocks_forecast_like_eager_and_keep_their_keys():
     assert all(block._compiled_call_impl is None for block in model.model.layers)
     with pytest.raises(TypeError, match="TimeMoEForPrediction"):
         compile_blocks(torch.nn.Linear(2, 2))
+
+
+def test_forward_names_wrong_shapes_and_dtypes():
+    # These failed deep inside torch: a float64 batch from numpy as "expected m1 and m2 to have the same dtype",
+    # labels one point short as an invalid reshape of the predictions, a short mask as a broadcast error.
+    model = make_model().train()
+    x = torch.randn(4, 20)
+    cases = [
+        (
+            dict(inputs=x.double(), labels=x.double()),
+            TypeError,
+            r"inputs are torch.float64 .*weights are torch.float32",
+        ),
+        (dict(inputs=x, labels=torch.randn(4, 19)), ValueError, r"labels must have the shape of inputs \(4, 20\)"),
+        (dict(inputs=x, attention_mask=torch.ones(4, 19)), ValueError, r"attention_mask must have shape \(4, 20\)"),
+        (dict(inputs=torch.randn(20)), ValueError, r"inputs must have shape \[batch, length\], got \(20,\)"),
+        (dict(inputs=torch.randn(4, 20, 3)), ValueError, r"inputs must have shape \[batch, length\]"),
+        (dict(inputs=torch.arange(20).view(1, 20)), TypeError, "floating-point"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            model(**kwargs)
+    # Still fine: labels [B, S] or [B, S, 1] for one channel, and float32 or bf16 inputs under autocast.
+    assert model(x, labels=torch.randn(4, 20, 1)).loss.isfinite()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x, labels=x).loss.isfinite() and model(x.bfloat16(), labels=x).loss.isfinite()
+        with pytest.raises(TypeError, match="inputs are torch.float64"):  # autocast does not cast float64
+            model(x.double())

@@ -253,6 +253,7 @@ class TimeMoEForPrediction(nn.Module):
         the local count of valid points, so that data-parallel ranks and accumulation steps add up to
         one big batch.
         """
+        self._check_forward_inputs(inputs, attention_mask, seq_ids, labels, loss_mask)
         x = inputs if inputs.dim() == 3 else inputs.unsqueeze(-1)  # [B, S, C]
         valid = attention_mask.bool() if attention_mask is not None else None
         if valid is not None:
@@ -281,6 +282,41 @@ class TimeMoEForPrediction(nn.Module):
             )
             out.loss = out.ar_loss + self.config.router_aux_loss_factor * out.aux_loss
         return out
+
+    def _check_forward_inputs(self, inputs, attention_mask, seq_ids, labels, loss_mask) -> None:
+        """Shapes and dtype, named (forecast() has its own checks). These failed deep inside torch: a float64
+        batch from numpy as "expected m1 and m2 to have the same dtype", labels one point short as an invalid
+        reshape of the predictions. Shape checks only, no data read: no device sync, and under torch.compile
+        they are guards."""
+        c = self.config.input_size
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            raise TypeError(f"inputs must be a floating-point tensor, got {getattr(inputs, 'dtype', type(inputs))}")
+        if (
+            inputs.dim() not in (2, 3)
+            or (inputs.dim() == 3 and inputs.shape[-1] != c)
+            or (inputs.dim() == 2 and c != 1)
+        ):
+            expected = "[batch, length]" if c == 1 else f"[batch, length, {c}]"
+            raise ValueError(f"inputs must have shape {expected}, got {tuple(inputs.shape)}")
+        weight = self.lm_heads[0].out_layer.weight
+        device_type = inputs.device.type
+        autocast = torch.is_autocast_enabled(device_type)  # which casts float32 (and its own dtype), not float64
+        if inputs.dtype != weight.dtype and not (
+            autocast and inputs.dtype in (torch.float32, torch.get_autocast_dtype(device_type))
+        ):
+            raise TypeError(
+                f"inputs are {inputs.dtype} but the model's weights are {weight.dtype}: pass "
+                f"inputs.to({weight.dtype}) (forecast() casts for you), or run under torch.autocast"
+            )
+        rows = tuple(inputs.shape[:2])
+        for name, tensor in (("attention_mask", attention_mask), ("seq_ids", seq_ids), ("loss_mask", loss_mask)):
+            if tensor is not None and tuple(tensor.shape[:2]) != rows:
+                raise ValueError(f"{name} must have shape {rows} like inputs' first two, got {tuple(tensor.shape)}")
+        if labels is not None and tuple(labels.shape) not in (tuple(inputs.shape), rows + (c,), rows + (c,)[: c - 1]):
+            raise ValueError(
+                f"labels must have the shape of inputs {tuple(inputs.shape)} (labels[:, t] follows inputs[:, t]), "
+                f"got {tuple(labels.shape)}"
+            )
 
     @staticmethod
     def _default_positions(x, valid, seq_ids) -> torch.Tensor:
