@@ -17,6 +17,7 @@ from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
 
 from . import preprocess
 from .conformal import residual_moments, residual_offsets, rolling_residuals
+from .forecast import head_schedule
 from .frames import (
     checked_frame,
     fill_time_gaps,
@@ -398,15 +399,15 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _predict(self, fh, X=None):
         series, steps, index = self._plan(fh)
-        points = self._point_forecasts(series, int(steps.max()))
+        points = self._point_forecasts(series, steps)
         values = np.take_along_axis(points, steps - 1, axis=1)  # [N, m]
         return pd.DataFrame(to_rows(values, series.num_columns), index=index, columns=self._context.columns)
 
     def _predict_quantiles(self, fh, X, alpha):
         series, steps, index = self._plan(fh)
         horizon = int(steps.max())
-        points = self._point_forecasts(series, horizon)
-        residuals, scale = self._residuals(series.values, horizon, self._context_points())
+        points = self._point_forecasts(series, steps)
+        residuals, scale = self._residuals(series.values, steps)
         offsets = residual_offsets(residuals, alpha, horizon) * scale[:, None, None]  # [N, H, Q]
         quantiles = points[:, :, None] + offsets  # [N, H, Q]
         picked = np.take_along_axis(quantiles, (steps - 1)[:, :, None], axis=1)  # [N, m, Q]
@@ -422,7 +423,7 @@ class TimeMoEForecaster(BaseForecaster):
         if cov:
             raise NotImplementedError("TimeMoEForecaster gives marginal variances only; call predict_var(cov=False)")
         series, steps, index = self._plan(fh)
-        _, var = self._residual_moments(series, int(steps.max()))
+        _, var = self._residual_moments(series, steps)
         picked = np.take_along_axis(var, steps - 1, axis=1)  # [N, m]
         return pd.DataFrame(to_rows(picked, series.num_columns), index=index, columns=self._context.columns)
 
@@ -435,36 +436,43 @@ class TimeMoEForecaster(BaseForecaster):
             from sktime.base._proba._normal import Normal
 
         series, steps, index = self._plan(fh)
-        horizon = int(steps.max())
-        points = self._point_forecasts(series, horizon)
-        mean, var = self._residual_moments(series, horizon)
+        points = self._point_forecasts(series, steps)
+        mean, var = self._residual_moments(series, steps)
         mu = np.take_along_axis(points + mean, steps - 1, axis=1)
         sigma = np.sqrt(np.take_along_axis(var, steps - 1, axis=1))
         columns = self._context.columns
         frames = [pd.DataFrame(to_rows(v, series.num_columns), index=index, columns=columns) for v in (mu, sigma)]
         return Normal(mu=frames[0], sigma=frames[1], index=index, columns=columns)
 
-    def _residual_moments(self, series, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance [N, horizon] of the conformal distribution's offsets, in the series' own units."""
-        residuals, scale = self._residuals(series.values, horizon, self._context_points())
-        mean, var = residual_moments(residuals, horizon)
+    def _residual_moments(self, series, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance [N, H] of the conformal distribution's offsets, in the series' own units."""
+        residuals, scale = self._residuals(series.values, steps)
+        mean, var = residual_moments(residuals, int(steps.max()))
         return mean * scale[:, None], var * scale[:, None] ** 2
 
-    def _point_forecasts(self, series, horizon: int) -> np.ndarray:
-        """The model's forecasts of every (instance, column) of ``series``, ``horizon`` steps: [N, horizon]."""
-        return preprocess.forecast_series(
-            self.model_,
-            series.values,
-            horizon,
-            context_length=self._context_points(),
-            scaling=self.scaling,
-            batch_size=self.batch_size,
-            device=self._device(),
-            names=series.names,
-            progress=self.progress,
-        )
+    def _point_forecasts(self, series, steps: np.ndarray) -> np.ndarray:
+        """The model's forecasts of every (instance, column) of ``series`` [N, H], each as far as its own steps
+        (``steps`` [N, m]) reach and NaN after: the heads follow the horizon, so forecasting every series as far
+        as the farthest one (an instance that ended months before the others) changed the others' forecasts
+        and multiplied the cost by the panel's size."""
+        out = np.full((len(series.values), int(steps.max())), np.nan)
+        for horizon, rows in _forecast_groups(steps, self.model_.config.horizon_lengths):
+            out[rows, :horizon] = preprocess.forecast_series(
+                self.model_,
+                [series.values[i] for i in rows],
+                horizon,
+                context_length=self._context_points(),
+                scaling=self.scaling,
+                batch_size=self.batch_size,
+                device=self._device(),
+                names=[series.names[i] for i in rows],
+                progress=self.progress,
+            )
+        return out
 
-    def _residuals(self, values, horizon: int, length: int):
+    def _residuals(self, values, steps: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Calibration residuals per series [W, H] (NaN past its own horizon) and their scales [N], each series
+        calibrated at its own horizon, as it is forecast (``_point_forecasts``)."""
         # Recomputed per call: predict-like methods must not change the estimator's state.
         if self.fine_tune is not None:
             log.warning(
@@ -473,17 +481,25 @@ class TimeMoEForecaster(BaseForecaster):
                 "pretrain on y without its last conformal_windows + H points (as a one-instance panel, "
                 "pretrain_settings, no fine_tune), then fit on y (docs/estimators.md)"
             )
-        return rolling_residuals(
-            self.model_,
-            values,
-            horizon,
-            context_length=length,
-            num_windows=self.conformal_windows,
-            scaling=self.scaling,
-            batch_size=self.batch_size,
-            device=self._device(),
-            progress=self.progress,
-        )
+        width, needed = int(steps.max()), steps.max(axis=1)
+        residuals, scale = [None] * len(values), np.empty(len(values))
+        for horizon, rows in _forecast_groups(steps, self.model_.config.horizon_lengths):
+            got, got_scale = rolling_residuals(
+                self.model_,
+                [values[i] for i in rows],
+                horizon,
+                context_length=self._context_points(),
+                num_windows=self.conformal_windows,
+                scaling=self.scaling,
+                batch_size=self.batch_size,
+                device=self._device(),
+                progress=self.progress,
+            )
+            for j, i in enumerate(rows):
+                residuals[i] = np.pad(got[j], ((0, 0), (0, width - horizon)), constant_values=np.nan)
+                residuals[i][:, needed[i] :] = np.nan  # past its own horizon: pooled sets hold what they held alone
+                scale[i] = got_scale[j]
+        return residuals, scale
 
     def _device(self):
         return next(self.model_.parameters()).device
@@ -650,6 +666,25 @@ class TimeMoEForecaster(BaseForecaster):
 
 
 __all__ = ["TimeMoEForecaster"]
+
+
+def _forecast_groups(steps: np.ndarray, horizon_lengths: list[int]) -> list[tuple[int, np.ndarray]]:
+    """(horizon, row indices): the fewest forecasts that give every row of ``steps`` [N, m] what a forecast as far
+    as its own farthest step gives. A longer forecast serves a row when the heads it uses for the row's steps are
+    the ones the row's own horizon uses (the last one may be cut): horizons 8 to 15 all start with the 8-point
+    head, so one call serves a ragged panel whose instances end within a few steps of each other."""
+    needed = steps.max(axis=1)
+    groups: list[tuple[int, list, list[int]]] = []  # (horizon, its head schedule, rows), longest first
+    for horizon in sorted(np.unique(needed).tolist(), reverse=True):
+        own = head_schedule(horizon_lengths, horizon)
+        rows = np.flatnonzero(needed == horizon).tolist()
+        for _, schedule, members in groups:
+            if own[:-1] == schedule[: len(own) - 1] and own[-1][0] == schedule[len(own) - 1][0]:
+                members.extend(rows)
+                break
+        else:
+            groups.append((horizon, own, rows))
+    return [(horizon, np.sort(np.asarray(rows))) for horizon, _, rows in groups]
 
 
 def _unknown_frequency() -> ValueError:

@@ -110,13 +110,16 @@ def test_multivariate_longley_is_one_batched_call_channel_independent(checkpoint
     np.testing.assert_allclose(pred["GNP"], alone["GNP"], rtol=1e-5)
 
 
-def test_ragged_panel_is_one_padded_call_and_matches_single_series(checkpoint):
+def test_ragged_panel_is_one_padded_call_per_head_schedule_and_matches_single_series(checkpoint):
     y = panel(n_instances=5, ragged=True, columns=("a", "b"))
     f = forecaster(checkpoint, batch_size=64).fit(y)
     calls = count_calls(f)
     fh = [1, 2]
     pred = f.predict(fh=fh)
-    assert len(calls) == 1 and calls[0][0] == 10
+    # The instances end 0, 3, 6, 9 and 12 steps before the cutoff, so they need 2, 5, 8, 11 and 14 steps: the
+    # first two take the 1-point head only, the others start with the 8-point head. Two calls, not one as far as
+    # 14 steps (which moved the short ones' forecasts) nor one per instance.
+    assert sorted(c[0] for c in calls) == [4, 6]
     one = y.loc["s3"]
     single = forecaster(checkpoint).fit(one).predict(fh=fh)
     # s3 ends 9 steps before the panel's cutoff, so its rows are the steps 10 and 11 of its own forecast.
@@ -319,6 +322,43 @@ def test_variance_and_distribution_work_inside_a_target_transforming_pipeline(ch
     var = pipe.predict_var(fh=[1, 2])
     assert (var.to_numpy() > 0).all()
     np.testing.assert_allclose(pipe.predict_proba(fh=[1, 2]).var().to_numpy(), var.to_numpy(), rtol=1e-6)
+
+
+def test_forecast_groups_share_a_call_only_where_the_heads_agree():
+    from timemoe_forecaster.sktime import _forecast_groups
+
+    needed = np.array([2, 5, 8, 11, 14, 16, 40, 70, 72, 79, 5])
+    groups = {h: rows.tolist() for h, rows in _forecast_groups(needed[:, None], [1, 8, 32, 64])}
+    # 1-7: the 1-point head alone; 8-15: 8 then ones; 16: 8, 8; 40: 32, 8; 70: 64, then ones; 72-79: 64, 8, ...
+    assert groups == {5: [0, 1, 10], 14: [3, 4], 16: [2, 5], 40: [6], 70: [7], 79: [8, 9]}  # 8 is 16's first head
+
+
+def test_an_instance_ending_early_changes_no_other_instances_forecast(checkpoint):
+    # Every series was forecast as far as the farthest one needed: the heads follow the horizon, so an instance
+    # that ended 40 days early moved the others' forecasts (and multiplied the cost by the panel's size).
+    rng = np.random.default_rng(1)
+    days = pd.date_range("2020-01-01", periods=60, freq="D")
+    frames = [
+        pd.DataFrame(
+            {"a": 10 + 3 * np.sin(np.arange(60) / 3) + rng.normal(size=60)},
+            index=pd.MultiIndex.from_product([[f"s{i}"], days], names=["id", "time"]),
+        )
+        for i in range(4)
+    ]
+    early_days = pd.date_range("2019-12-01", periods=20, freq="D")
+    early = pd.DataFrame(
+        {"a": np.sin(np.arange(20.0))}, index=pd.MultiIndex.from_product([["early"], early_days], names=["id", "time"])
+    )
+    alone = forecaster(checkpoint).fit(pd.concat(frames))
+    together = forecaster(checkpoint).fit(pd.concat([*frames, early]))
+    fh = [1, 2, 3]
+    expected, got = alone.predict(fh=fh), together.predict(fh=fh)
+    pd.testing.assert_frame_equal(got.loc[expected.index], expected)
+    single = forecaster(checkpoint).fit(early.droplevel(0)).predict(fh=got.loc["early"].index)
+    np.testing.assert_allclose(got.loc["early"].to_numpy().ravel(), single.to_numpy().ravel(), rtol=1e-6)
+    intervals = alone.predict_interval(fh=fh, coverage=0.8)
+    pd.testing.assert_frame_equal(together.predict_interval(fh=fh, coverage=0.8).loc[intervals.index], intervals)
+    np.testing.assert_allclose(together.predict_var(fh=fh).loc[expected.index], alone.predict_var(fh=fh))
 
 
 def test_missing_values_are_interpolated(checkpoint):
