@@ -344,7 +344,7 @@ class TimeMoEForecaster(BaseForecaster):
         """Extend the stored context with ``y`` (newer values win); the model is not retrained."""
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
         merged = pd.concat([self._context, new])
-        merged = merged[~merged.index.duplicated(keep="last")].sort_index()
+        merged = _in_time_order(merged[~merged.index.duplicated(keep="last")])
         refuse_strided_integer_index(merged)
         self._context = self._without_time_gaps(checked_frame(merged, copy=False), getattr(self, "_freq", None))
         self._settle_time_grid()
@@ -666,6 +666,18 @@ class TimeMoEForecaster(BaseForecaster):
 
 
 __all__ = ["TimeMoEForecaster"]
+
+
+def _in_time_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` sorted by time within each instance, the instances in the order they first appear (the fitted
+    order, then new ones). ``sort_index`` sorted the instances too, as text (h0_0, h0_1, h0_10, ...), so after an
+    ``update`` the forecasts came in another row order than before and than sktime's own forecasters keep,
+    and metrics that compare rows by position scored the wrong series."""
+    if frame.index.nlevels == 1:
+        return frame.sort_index()
+    instance, _ = pd.factorize(frame.index.droplevel(-1), sort=False)
+    order = np.lexsort((frame.index.get_level_values(-1), instance))
+    return frame.iloc[order]
 
 
 def _forecast_groups(steps: np.ndarray, horizon_lengths: list[int]) -> list[tuple[int, np.ndarray]]:

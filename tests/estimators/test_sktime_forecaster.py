@@ -324,6 +324,20 @@ def test_variance_and_distribution_work_inside_a_target_transforming_pipeline(ch
     np.testing.assert_allclose(pipe.predict_proba(fh=[1, 2]).var().to_numpy(), var.to_numpy(), rtol=1e-6)
 
 
+def test_update_keeps_the_fitted_order_of_instances(checkpoint):
+    # update sorted the instances as text (s0, s1, s10, s11, s2, ...): forecasts came in another row order than
+    # before the update, and sktime's metrics, which compare rows by position, scored the wrong series.
+    y = panel(n_instances=12, length=30)
+    fitted = forecaster(checkpoint).fit(y.groupby(level=0).head(25))
+    before = fitted.predict(fh=[1]).index.get_level_values(0).unique().tolist()
+    assert before[:3] == ["s0", "s1", "s2"]
+    fitted.update(y.groupby(level=0).nth([25, 26]), update_params=False)
+    got = fitted.predict(fh=[1, 2])
+    assert got.index.get_level_values(0).unique().tolist() == before
+    refit = forecaster(checkpoint).fit(y.groupby(level=0).head(27)).predict(fh=[1, 2])
+    np.testing.assert_allclose(got.to_numpy(), refit.to_numpy(), rtol=1e-6)
+
+
 def test_forecast_groups_share_a_call_only_where_the_heads_agree():
     from timemoe_forecaster.sktime import _forecast_groups
 
