@@ -86,7 +86,7 @@ def rolling_residuals(
         clean.append(fill_missing(x))
         finals.append(clean[-1][-context_length:])
     # Standard scale even when the model sees raw values: residuals of series of different size are pooled.
-    _, final_scale, _ = scale_stats(finals, "standard")
+    _, final_scale, constant = scale_stats(finals, "standard")
     contexts = []
     for i, c in enumerate(clean):
         observed_end = int(np.flatnonzero(~np.isnan(raw[i]))[-1]) + 1
@@ -112,7 +112,11 @@ def rolling_residuals(
         rows_of.setdefault(i, []).append((target - pred) / final_scale[i])
     for i, rows in rows_of.items():
         out[i] = _most_recent(np.stack(rows), num_windows)  # [W, L]
-    return out, final_scale
+    # A constant series forecast exactly has no spread of its own; the scale of 1 that stands in for its zero
+    # standard deviation turned the residuals it borrows from other series (a short one has too few of its own)
+    # into an interval about +-2.5 wide in its own units, whatever its level. Its intervals have zero width.
+    exact = [constant[i] and not np.nan_to_num(out[i]).any() for i in range(len(series))]
+    return out, np.where(exact, 0.0, final_scale)
 
 
 def _most_recent(residuals: np.ndarray, count: int) -> np.ndarray:

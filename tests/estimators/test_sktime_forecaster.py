@@ -324,6 +324,23 @@ def test_variance_and_distribution_work_inside_a_target_transforming_pipeline(ch
     np.testing.assert_allclose(pipe.predict_proba(fh=[1, 2]).var().to_numpy(), var.to_numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("level", [3.0, 0.001, 1e6])
+def test_a_short_constant_series_in_a_panel_gets_a_zero_width_interval(checkpoint, level):
+    # Too short for its own residuals, it borrowed the others' (normalised) and multiplied them by the scale of 1
+    # that stands in for its zero standard deviation: about -2.4/+2.5 around the constant at any level.
+    rng = np.random.default_rng(1)
+    months = pd.period_range(end="2030-01", periods=6, freq="M")
+    values = [np.full(6, level)] + [50 + 10 * rng.normal(size=6) for _ in range(3)]
+    y = pd.concat(
+        pd.DataFrame({"a": v}, index=pd.MultiIndex.from_product([[f"s{i}"], months], names=["id", "t"]))
+        for i, v in enumerate(values)
+    )
+    f = forecaster(checkpoint).fit(y)
+    np.testing.assert_array_equal(f.predict_interval(fh=[1, 2], coverage=0.9).loc["s0"].to_numpy(), level)
+    np.testing.assert_array_equal(f.predict_var(fh=[1, 2]).loc["s0"].to_numpy(), 0.0)
+    assert (np.diff(f.predict_interval(fh=[1], coverage=0.9).loc["s1"].to_numpy()) > 1).all()  # the others keep theirs
+
+
 def test_update_keeps_the_fitted_order_of_instances(checkpoint):
     # update sorted the instances as text (s0, s1, s10, s11, s2, ...): forecasts came in another row order than
     # before the update, and sktime's metrics, which compare rows by position, scored the wrong series.
