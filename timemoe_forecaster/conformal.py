@@ -99,8 +99,16 @@ def rolling_residuals(
                 history = np.concatenate([history, np.full(gap, history[-1])])
             contexts.append(history[-context_length:])  # history before cut-off t
             jobs.append((i, t))
+    # Labelled apart from the point forecast's bar: it counts cut-offs (10-20 per series), not the user's series.
     preds = forecast_contexts(
-        model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress
+        model,
+        contexts,
+        horizon,
+        scaling=scaling,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        what=("calibration forecasts", "cut-off"),
     )
     out = [np.full((0, horizon), np.nan) for _ in series]
     rows_of: dict[int, list[np.ndarray]] = {}

@@ -160,12 +160,14 @@ def forecast_contexts(
     batch_size: int = 64,
     device=None,
     progress: bool = False,
+    what: tuple[str, str] = ("forecast", "series"),
 ) -> np.ndarray:
     """Forecast ``horizon`` points after every (already prepared) context; returns [N, L] float64.
 
     Contexts are sorted by length so that chunks carry little padding, scaled one by one,
     forecast in chunks of ``batch_size`` and mapped back to their own scale. ``progress``: a progress
-    bar over the series when there is more than one chunk (a large panel on a CPU takes minutes).
+    bar over the series when there is more than one chunk (a large panel on a CPU takes minutes), labelled
+    and counted as ``what`` says (description, unit).
     A chunk that runs out of GPU memory is retried in halves, and the remaining chunks keep the smaller
     size (a warning says so), so a batch size too large for the GPU costs time, not the forecast.
     """
@@ -184,7 +186,7 @@ def forecast_contexts(
     order = np.argsort([c.size for c in contexts], kind="stable")
     todo = [i for i in order if not constant[i]]
     size, start = int(batch_size), 0
-    with _progress_bar(len(todo), enabled=progress and len(todo) > size, desc="forecast") as bar:
+    with _progress_bar(len(todo), enabled=progress and len(todo) > size, desc=what[0], unit=what[1]) as bar:
         while start < len(todo):
             rows = todo[start : start + size]
             batch = pad_left([((contexts[i] - loc[i]) / scale[i]) for i in rows])
@@ -258,11 +260,11 @@ def _without_autograd(device) -> contextlib.AbstractContextManager:
     return torch.inference_mode() if on_cpu else contextlib.nullcontext()
 
 
-def _progress_bar(total: int, enabled: bool, desc: str):
+def _progress_bar(total: int, enabled: bool, desc: str, unit: str = "series"):
     """A tqdm bar over ``total`` items; a disabled one (its ``update`` does nothing) unless ``enabled``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="series", dynamic_ncols=True, leave=False, disable=not enabled)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, disable=not enabled)
 
 
 def forecast_series(

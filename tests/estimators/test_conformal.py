@@ -36,6 +36,15 @@ def test_cutoffs_cover_the_horizon_and_stay_in_the_history():
     assert conformal.calibration_cutoffs(10, horizon=30, num_windows=20).min() >= 5
 
 
+def test_the_calibration_progress_bar_counts_cut_offs_under_its_own_name(capsys):
+    # It read "forecast: .../1843 series" for a panel of 150 series, like the point forecast's bar.
+    model = make_model(seed=4)
+    x = np.sin(np.arange(60) / 5) * 3
+    conformal.rolling_residuals(model, [x, x + 1], 3, context_length=32, num_windows=4, batch_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert "calibration forecasts" in err and "cut-off" in err and "series" not in err
+
+
 def test_rolling_residuals_match_direct_forecasts():
     model = make_model(seed=4)
     x = np.sin(np.arange(60) / 5) * 3 + np.arange(60) * 0.1
