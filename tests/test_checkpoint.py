@@ -384,6 +384,8 @@ def test_a_device_the_machine_lacks_is_refused_before_reading_weights(tmp_path):
         TimeMoEForPrediction.from_pretrained(tmp_path, device=missing)
     with pytest.raises(ValueError, match="device must be"):
         TimeMoEForPrediction.from_pretrained(tmp_path, device="gpu")
+    with pytest.raises(ValueError, match="device='meta' holds no values"):  # it failed at the first forecast
+        TimeMoEForPrediction.from_pretrained(tmp_path, device="meta")
 
 
 def _fake_hub(monkeypatch, remote: Path, calls: list):

@@ -64,6 +64,15 @@ def test_new_attention_heads_bring_their_key_value_heads_unless_grouped():
     assert small.replace(num_attention_heads=8, num_key_value_heads=4).num_key_value_heads == 4
 
 
+def test_replace_gives_a_copy_that_shares_no_mutable_field():
+    # dataclasses.replace is shallow: editing the copy's extra changed the original's.
+    base = TimeMoEConfig.from_preset("tiny", extra={"note": {"who": "a"}})
+    copy = base.replace(max_position_embeddings=512)
+    copy.extra["note"]["who"] = "b"
+    copy.horizon_lengths.append(128)
+    assert base.extra == {"note": {"who": "a"}} and base.horizon_lengths == [1, 8, 32, 64]
+
+
 def test_the_balance_loss_follows_dense_or_routed_as_in_the_official_config():
     assert TimeMoEConfig.from_preset("tiny").apply_aux_loss is True
     assert TimeMoEConfig.from_preset("tiny", use_dense=True).apply_aux_loss is False

@@ -289,6 +289,9 @@ class TimeMoEConfig:
             changes["num_key_value_heads"] = None  # derived again in __post_init__
         if "use_dense" in changes and "apply_aux_loss" not in changes and self.apply_aux_loss != self.use_dense:
             changes["apply_aux_loss"] = None  # it followed use_dense (the official pairing): let it follow again
+        # dataclasses.replace copies shallowly: the copy's extra (and head list) were the original's objects.
+        changes.setdefault("extra", copy.deepcopy(self.extra))
+        changes.setdefault("horizon_lengths", list(self.horizon_lengths))
         return dataclasses.replace(self, **changes)
 
 

@@ -50,6 +50,8 @@ def resolve_device(device) -> torch.device:
             raise ValueError(
                 f"device={device!r}, but PyTorch sees only {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}"
             )
+    if resolved.type == "meta":  # accepted, it failed only at the first forecast ("Tensor.item() ... meta")
+        raise ValueError("device='meta' holds no values to forecast with; use 'auto', 'cpu' or 'cuda'")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r}, but the MPS backend is not available here; use device='auto' or 'cpu'")
     return resolved
