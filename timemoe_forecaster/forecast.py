@@ -14,7 +14,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .model.modeling import DEFAULT_MAX_BATCH_TOKENS, TimeMoEForPrediction, build_attention_mask
+from .model.modeling import DEFAULT_MAX_BATCH_TOKENS, TimeMoEForPrediction, build_attention_mask, check_series_shape
 
 
 class _Fill:
@@ -95,14 +95,7 @@ def _check_inputs(model: TimeMoEForPrediction, context: torch.Tensor, horizon: i
         raise TypeError(f"context must be a torch.Tensor, got {type(context).__name__}")
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
-    c = model.config.input_size
-    expected = "[batch, length]" if c == 1 else f"[batch, length, {c}]"
-    if (
-        context.dim() not in (2, 3)
-        or (context.dim() == 3 and context.shape[-1] != c)
-        or (context.dim() == 2 and c != 1)
-    ):
-        raise ValueError(f"context must have shape {expected}, got {tuple(context.shape)}")
+    check_series_shape(context, model.config.input_size, "context")
     if context.shape[0] == 0 or context.shape[1] == 0:
         raise ValueError(f"context is empty: shape {tuple(context.shape)}")
     if not context.dtype.is_floating_point:

@@ -165,6 +165,17 @@ class TimeMoEModel(nn.Module):
         return self.norm(hidden), router_logits
 
 
+def check_series_shape(tensor: torch.Tensor, input_size: int, name: str) -> None:
+    """``tensor`` shaped [batch, length] (one channel) or [batch, length, input_size], else a ValueError."""
+    if (
+        tensor.dim() not in (2, 3)
+        or (tensor.dim() == 3 and tensor.shape[-1] != input_size)
+        or (tensor.dim() == 2 and input_size != 1)
+    ):
+        expected = "[batch, length]" if input_size == 1 else f"[batch, length, {input_size}]"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
+
+
 class TimeMoEForPrediction(nn.Module):
     """Time-MoE with one linear forecast head per horizon length.
 
@@ -291,13 +302,7 @@ class TimeMoEForPrediction(nn.Module):
         c = self.config.input_size
         if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
             raise TypeError(f"inputs must be a floating-point tensor, got {getattr(inputs, 'dtype', type(inputs))}")
-        if (
-            inputs.dim() not in (2, 3)
-            or (inputs.dim() == 3 and inputs.shape[-1] != c)
-            or (inputs.dim() == 2 and c != 1)
-        ):
-            expected = "[batch, length]" if c == 1 else f"[batch, length, {c}]"
-            raise ValueError(f"inputs must have shape {expected}, got {tuple(inputs.shape)}")
+        check_series_shape(inputs, c, "inputs")
         weight = self.lm_heads[0].out_layer.weight
         device_type = inputs.device.type
         autocast = torch.is_autocast_enabled(device_type)  # which casts float32 (and its own dtype), not float64

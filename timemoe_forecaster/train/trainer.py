@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import count_non_finite
 from ..config import resolve_config
 from ..loading import shares_cached_weights
 from ..model.modeling import TimeMoEForPrediction, count_loss_points
@@ -838,8 +839,9 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
 
 
 def first_non_finite(named_tensors) -> str | None:
-    """The name of the first tensor of (name, tensor) pairs holding NaN/inf, or None."""
-    return next((name for name, t in named_tensors if not bool(torch.isfinite(t).all())), None)
+    """The name of the first tensor of (name, tensor) pairs holding NaN/inf, or None. Run before every save on
+    the CPU copy of the whole state: the loader's sum-first test, not ``isfinite`` over every weight."""
+    return next((name for name, t in named_tensors if count_non_finite(t)), None)
 
 
 def ends_on_skipped_steps(history: list[dict]) -> bool:
