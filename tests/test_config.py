@@ -154,6 +154,17 @@ def test_more_experts_per_token_than_experts_is_named_when_the_model_is_built():
         TimeMoEForPrediction(config)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [("hidden_size", 30, "head dimension"), ("use_dense", "false", "use_dense"), ("rope_theta", -1.0, "rope_theta")],
+)
+def test_a_config_edited_after_construction_is_checked_when_a_model_is_built(field, value, named):
+    config = TimeMoEConfig.from_preset("tiny")
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=named):
+        TimeMoEForPrediction(config)
+
+
 def test_wrong_model_type_and_unknown_preset_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="model_type"):
         TimeMoEConfig.from_dict({"model_type": "llama"})

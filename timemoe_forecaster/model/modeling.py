@@ -188,6 +188,8 @@ class TimeMoEForPrediction(nn.Module):
 
     def __init__(self, config: TimeMoEConfig, attn_backend: str = "sdpa", moe_dispatch: str = "auto") -> None:
         super().__init__()
+        # Checked again: a config edited after construction (config.hidden_size = 100) skipped the checks.
+        config.__post_init__()
         if not config.use_dense and config.num_experts_per_tok > config.num_experts:
             # Checked here, not in the config: the official defaults (1 expert, top-2) must still read.
             raise ValueError(
