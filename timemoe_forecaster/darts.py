@@ -508,11 +508,23 @@ def _forecastable_cuts(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx:
 
 def _as_list(series) -> list[TimeSeries]:
     if isinstance(series, TimeSeries):
-        return [series]
+        return _deterministic([series])
     if isinstance(series, Sequence) and not isinstance(series, (str, bytes)) and len(series) > 0:
         if all(isinstance(s, TimeSeries) for s in series):
-            return list(series)
+            return _deterministic(list(series))
     raise TypeError(f"series must be a darts TimeSeries or a non-empty list of them, got {type(series).__name__}")
+
+
+def _deterministic(series_list: list[TimeSeries]) -> list[TimeSeries]:
+    """Refuses stochastic series: reading their values gave the first sample alone, the others dropped silently."""
+    for k, s in enumerate(series_list):
+        if s.n_samples > 1:
+            where = f"series {k}" if len(series_list) > 1 else "the series"
+            raise ValueError(
+                f"{where} is stochastic ({s.n_samples} samples); TimeMoEModel forecasts one path: pass one "
+                "path (series.mean() or series.median(), say)"
+            )
+    return series_list
 
 
 def _history_length(values: np.ndarray, cut: int) -> int:

@@ -275,6 +275,20 @@ def test_bad_input_is_a_clear_error(checkpoint, airline, tmp_path):
         m.predict(2, series=airline.values())
 
 
+def test_a_stochastic_series_is_refused_not_read_as_its_first_sample(checkpoint, airline):
+    m = model(checkpoint).fit(airline)
+    v = airline.values()[:, :, None]
+    stochastic = TimeSeries.from_times_and_values(airline.time_index, np.concatenate([v, 10 * v + 5000], axis=2))
+    with pytest.raises(ValueError, match="stochastic"):
+        m.predict(3, series=stochastic)
+    with pytest.raises(ValueError, match="series 1 is stochastic"):
+        m.historical_forecasts([airline, stochastic], start=0.9, retrain=False)
+    with pytest.raises(ValueError, match="stochastic"):
+        model(checkpoint).fit(stochastic)
+    by_mean = m.predict(3, series=stochastic.mean()).values()
+    np.testing.assert_allclose(by_mean, m.predict(3, series=airline.with_values(5.5 * v + 2500)).values(), rtol=1e-6)
+
+
 def test_compiling_the_torch_model_keeps_the_forecasts(checkpoint, airline):
     """The documented fast path (docs/performance.md): compile ``torch_model`` in place after fit."""
     from timemoe_forecaster.compile import compile_blocks, uncompile_blocks
