@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-length",
         type=int,
         default=None,
-        help="at most this many last points as context (default: all, up to the model's limit, as the estimators)",
+        help="at most this many last points as context (default: the model's default context, the windows it was "
+        "trained on where its config.json records them, else all up to its limit, as the estimators)",
     )
     fc.add_argument(
         "--show", type=_non_negative_int, default=6, help="last observations to print, 0 = none (default: %(default)s)"
@@ -407,6 +408,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
+    from . import preprocess
     from .checkpoint import resolve_directory
     from .model import TimeMoEForPrediction
     from .preprocess import fill_missing, forecast_series
@@ -440,7 +442,10 @@ def run_forecast(args: argparse.Namespace) -> int:
         else:
             where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
-    length = min(args.context_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
+    limit = model.config.max_position_embeddings
+    asked = None if args.context_length is None else min(args.context_length, limit)
+    preprocess.warn_if_past_default_context(asked, model.config, name="--context-length")
+    length = preprocess.context_points(asked, model.config)  # None: the model's default context
     # Gaps are interpolated over the whole series (as the estimators do), then the context is cut: the model takes
     # left padding only, not holes in a row, and a gap at the window's start is bridged from the points before it.
     filled = fill_missing(values, name=f"{args.dataset}")  # leading missing values dropped, not interpolated

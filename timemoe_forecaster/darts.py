@@ -97,6 +97,8 @@ class TimeMoEModel(GlobalForecastingModel):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if fine_tune is not None and not isinstance(fine_tune, dict):
             raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
+        if fine_tune is not None:
+            preprocess.refuse_training_with_raw_scaling(scaling)
         from .loading import check_seed, check_training_settings
 
         check_training_settings(fine_tune)
@@ -128,7 +130,7 @@ class TimeMoEModel(GlobalForecastingModel):
                 if getattr(self, "_saved_fingerprint", None) is not None:
                     check_same_checkpoint(model, self._saved_fingerprint, self.model_path, "TimeMoEModel was saved")
                 self._model = model
-            preprocess.check_context_length(self.context_length, self._model.config.max_position_embeddings)
+            preprocess.context_points(self.context_length, self._model.config)
         return self._model
 
     @property
@@ -220,6 +222,7 @@ class TimeMoEModel(GlobalForecastingModel):
         except BaseException:
             self._model, self._saved_weights, self._saved_fingerprint, self.fine_tune_result = previous
             raise
+        preprocess.warn_if_past_default_context(self.context_length, self._load().config)
         from darts.utils.ts_utils import seq2series
 
         # A list of one series is that series, as darts' own models store it, so predict(n) needs no `series`.
@@ -284,15 +287,9 @@ class TimeMoEModel(GlobalForecastingModel):
 
     def _warn_if_truncated(self, longest: int, model) -> None:
         """``longest``: the most points of history any forecast has."""
-        limit = model.config.max_position_embeddings
-        if self.context_length is None and longest > limit:
-            log.warning(
-                "series has up to %d points but the model takes at most %d; the most recent %d points of each "
-                "series are used (set context_length to silence this)",
-                longest,
-                limit,
-                limit,
-            )
+        points = preprocess.context_points(self.context_length, model.config)
+        if self.context_length is None and longest > points:
+            preprocess.log_history_cut("series", longest, points, model.config.max_position_embeddings)
 
     # Historical forecasts: every cut-off of every series in one batched call -------------------------
     def _check_optimizable_historical_forecasts(self, retrain) -> bool:
@@ -345,7 +342,7 @@ class TimeMoEModel(GlobalForecastingModel):
             bounds.append((left, right))
         bounds, _ = _process_predict_start_points_bounds(series, np.array(bounds), stride)
         model = self._load()
-        length = preprocess.check_context_length(self.context_length, model.config.max_position_embeddings)
+        length = preprocess.context_points(self.context_length, model.config)
         contexts, jobs, counts, longest = [], [], [], 0
         for idx, (s, (left, right)) in enumerate(zip(series, bounds)):
             values = preprocess.as_float_array(s.values(copy=False), name=f"series {idx}")  # [T, C]

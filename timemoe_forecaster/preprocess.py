@@ -77,6 +77,16 @@ def check_scaling(scaling: str) -> str:
     return scaling
 
 
+def refuse_training_with_raw_scaling(scaling: str, what: str = "fine_tune") -> None:
+    """Training standardises every window; scaling='none' then feeds the trained model raw values it never saw
+    (fine-tuned on the airline data, its forecasts stayed near 0 for a series near 450, silently)."""
+    if scaling == "none":
+        raise ValueError(
+            f"{what} trains the model on windows standardised one by one, but scaling='none' forecasts from raw "
+            "values, which the trained model never saw: use scaling='standard'"
+        )
+
+
 def check_context_length(context_length, limit: int) -> int:
     """The number of points fed to the model: context_length, or the model's limit when None."""
     if context_length is None:
@@ -89,6 +99,53 @@ def check_context_length(context_length, limit: int) -> int:
             "(config.max_position_embeddings); use a smaller value or None"
         )
     return int(context_length)
+
+
+def context_points(context_length, config) -> int:
+    """The points of history fed to the model: ``context_length`` (checked against the model's limit) or, when
+    None, the model's recorded default context (``config.default_context_length``: the windows it was last trained
+    on), else its limit."""
+    limit = config.max_position_embeddings
+    if context_length is None:
+        return min(config.default_context_length or limit, limit)
+    return check_context_length(context_length, limit)
+
+
+def warn_if_past_default_context(context_length, config, name: str = "context_length") -> None:
+    """A logged warning when an explicit context is longer than the model's recorded default context."""
+    default = config.default_context_length
+    if context_length is not None and default is not None and context_length > default:
+        log.warning(
+            "%s=%d is longer than this model's default context of %d points (the windows it was trained on, as "
+            "its config.json records): models forecast worse from contexts longer than they were trained on "
+            "(docs/estimators.md); leave it unset to use %d",
+            name,
+            context_length,
+            default,
+            default,
+        )
+
+
+def log_history_cut(what: str, longest: int, points: int, limit: int) -> None:
+    """Says that ``what`` has up to ``longest`` points of which each forecast reads ``points``: a warning at the
+    model's limit, information at its recorded default context (shorter by design)."""
+    if points < limit:
+        log.info(
+            "%s has up to %d points; the most recent %d of each series are used, this model's default context "
+            "(the windows it was trained on; set context_length to change it)",
+            what,
+            longest,
+            points,
+        )
+    else:
+        log.warning(
+            "%s has up to %d points but the model takes at most %d; the most recent %d points of each series are "
+            "used (set context_length to silence this)",
+            what,
+            longest,
+            limit,
+            limit,
+        )
 
 
 # Scaling -----------------------------------------------------------------------------------
@@ -281,10 +338,10 @@ def forecast_series(
 ) -> np.ndarray:
     """Forecast ``horizon`` points after each raw series (NaN allowed); returns [N, L] float64.
 
-    Each series keeps its most recent ``context_length`` points (None: the model's limit).
+    Each series keeps its most recent ``context_length`` points (None: the model's default context, see
+    :func:`context_points`).
     """
-    limit = model.config.max_position_embeddings
-    length = check_context_length(context_length, limit)
+    length = context_points(context_length, model.config)
     contexts = prepare(series, length, names)
     return forecast_contexts(
         model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress

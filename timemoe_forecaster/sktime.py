@@ -186,6 +186,8 @@ class TimeMoEForecaster(BaseForecaster):
                     f"{{'steps': 100, 'lr': 1e-4}}, got {type(value).__name__}"
                 )
             check_training_settings(value, name)
+        if self.fine_tune is not None:
+            preprocess.refuse_training_with_raw_scaling(self.scaling)
 
     # Parameters that choose the model itself: pretrained weights belong to the model they were trained from.
     _MODEL_PARAMS = ("model_path", "config", "device", "dtype")
@@ -271,11 +273,12 @@ class TimeMoEForecaster(BaseForecaster):
         return train_private_copy(model, series, settings, seed=self.seed, progress=self.progress)
 
     def _context_points(self) -> int:
-        return preprocess.check_context_length(self.context_length, self.model_.config.max_position_embeddings)
+        return preprocess.context_points(self.context_length, self.model_.config)
 
     # sktime hooks -------------------------------------------------------------------------------
     def _pretrain(self, y, X=None, fh=None):
         """Train a private copy of the model on every series of the panel ``y``."""
+        preprocess.refuse_training_with_raw_scaling(self.scaling, "pretrain")
         frame = checked_frame(y)
         # The panel's own frequency: a cut-off left by an earlier fit (daily, say) made a monthly panel's months
         # "skip" 29 days each, and 97% of the pretraining points were interpolated.
@@ -308,7 +311,7 @@ class TimeMoEForecaster(BaseForecaster):
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
         self.model_ = model
-        self._check_lengths()
+        self._check_lengths(fitting=True)
         return self
 
     def update(self, y, X=None, update_params=True):
@@ -383,19 +386,20 @@ class TimeMoEForecaster(BaseForecaster):
             log.warning("y's time index skips %d point(s) of its frequency; they are treated as missing values", added)
         return frame
 
-    def _check_lengths(self):
-        limit = self.model_.config.max_position_embeddings
-        self._context_points()  # raises if context_length exceeds the model's limit
-        if self.context_length is None:
-            longest = _longest_history(self._context) if len(self._context) > limit else 0
-            if longest > limit:
-                log.warning(
-                    "y has up to %d points but the model takes at most %d; the most recent %d points of each "
-                    "series are used (set context_length to silence this)",
-                    longest,
-                    limit,
-                    limit,
-                )
+    def _check_lengths(self, fitting: bool = False):
+        """Refuses a context_length past the model's limit; says once per fit when history is cut (an update
+        said it again each time: 24 warnings in a 24-fold evaluate)."""
+        points = self._context_points()
+        if fitting:
+            self._history_cut_said = False
+            preprocess.warn_if_past_default_context(self.context_length, self.model_.config)
+        if self.context_length is not None or getattr(self, "_history_cut_said", False):
+            return
+        longest = _longest_history(self._context) if len(self._context) > points else 0
+        if longest <= points:
+            return
+        self._history_cut_said = True
+        preprocess.log_history_cut("y", longest, points, self.model_.config.max_position_embeddings)
 
     def _predict(self, fh, X=None):
         series, steps, index = self._plan(fh)

@@ -289,6 +289,23 @@ def test_a_stochastic_series_is_refused_not_read_as_its_first_sample(checkpoint,
     np.testing.assert_allclose(by_mean, m.predict(3, series=airline.with_values(5.5 * v + 2500)).values(), rtol=1e-6)
 
 
+def test_a_fine_tuned_model_forecasts_from_the_windows_it_was_trained_on(checkpoint, airline, caplog):
+    settings = {"steps": 2, "batch_size": 2, "max_length": 32}
+    tuned = model(checkpoint, context_length=None, fine_tune=settings).fit(airline)
+    assert tuned.torch_model.config.default_context_length == 32
+    same = model(checkpoint, context_length=32, fine_tune=settings).fit(airline)
+    np.testing.assert_array_equal(tuned.predict(4).values(), same.predict(4).values())
+    hist = tuned.historical_forecasts(airline, start=0.8, forecast_horizon=2, retrain=False)
+    np.testing.assert_array_equal(
+        hist.values(), same.historical_forecasts(airline, start=0.8, forecast_horizon=2, retrain=False).values()
+    )
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        model(checkpoint, context_length=48, fine_tune=settings).fit(airline)
+    assert "context_length=48 is longer than this model's default context of 32 points" in caplog.text
+    with pytest.raises(ValueError, match="scaling='standard'"):
+        TimeMoEModel(scaling="none", fine_tune={"steps": 1})
+
+
 def test_compiling_the_torch_model_keeps_the_forecasts(checkpoint, airline):
     """The documented fast path (docs/performance.md): compile ``torch_model`` in place after fit."""
     from timemoe_forecaster.compile import compile_blocks, uncompile_blocks

@@ -42,10 +42,12 @@ def test_pretrain_then_finetune_then_forecast(tmp_path, capsys):
     before = model.state_dict()
     assert set(after) == set(before) and any(not torch.equal(before[k], after[k]) for k in before)
 
+    # Trained on 32-point windows, the model forecasts from 32 points unless told otherwise (airline has 144).
+    assert TimeMoEConfig.from_json_file(tuned / "config.json").default_context_length == 32
     assert main(["forecast", "--model", str(tuned), "--dataset", "airline", "--horizon", "5", "--show", "3"]) == 0
     text = capsys.readouterr().out
     assert rows(text, "forecast") == 5 and rows(text, "observed") == 3
-    assert "1961-01" in text and "UNTRAINED" not in text
+    assert "1961-01" in text and "UNTRAINED" not in text and "context 32," in text
 
 
 def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_path, capsys):
@@ -191,6 +193,21 @@ def test_a_horizon_beyond_the_context_window_is_warned_of(tmp_path, capsys, capl
     with caplog.at_level("WARNING"):
         assert main(["forecast", "--model", str(tmp_path / "m"), "--horizon", "17", "--show", "0"]) == 0
     assert "--horizon 17 is longer than the model's whole context window (16 points)" in caplog.text
+
+
+def test_forecast_defaults_to_the_recorded_context_and_warns_past_it(tmp_path, capsys, caplog):
+    from tests.helpers import make_model
+
+    model = make_model()
+    model.config.record_default_context_length(24)
+    model.save_pretrained(tmp_path / "m")
+    assert main(["forecast", "--model", str(tmp_path / "m"), "--horizon", "3", "--show", "0"]) == 0
+    assert "context 24," in capsys.readouterr().out
+    with caplog.at_level("WARNING"):
+        args = ["forecast", "--model", str(tmp_path / "m"), "--horizon", "3", "--show", "0", "--context-length", "100"]
+        assert main(args) == 0
+    assert "context 100," in capsys.readouterr().out
+    assert "--context-length=100 is longer than this model's default context of 24 points" in caplog.text
 
 
 def test_forecast_times_print_alike_and_a_date_column_with_holes_is_explained(tmp_path, capsys, caplog):

@@ -163,6 +163,19 @@ def test_the_default_max_length_fits_a_small_model():
     assert train_on_series(small, [sine(300)], steps=1, batch_size=2)["steps"] == 1  # 512 would exceed 64
 
 
+def test_the_model_records_the_longest_window_it_was_trained_on_as_its_default_context(tmp_path):
+    model = make_model()
+    assert model.config.default_context_length is None  # a fresh model: its whole window
+    train_on_series(model, [sine(300), sine(50)], steps=1, batch_size=2, max_length=64)
+    assert model.config.default_context_length == 64
+    train_on_series(model, [sine(40)], steps=1, batch_size=2, max_length=64)  # series shorter than max_length
+    assert model.config.default_context_length == 39  # 40 points: 39 of context before the last
+    model.save_pretrained(tmp_path)
+    from timemoe_forecaster import TimeMoEForPrediction
+
+    assert TimeMoEForPrediction.from_pretrained(tmp_path).config.default_context_length == 39
+
+
 def test_short_members_of_a_panel_are_trained_on():
     # With one series of 17 points or more, min_length became 17 and every shorter series got zero weight:
     # 30 short members changed nothing.

