@@ -166,6 +166,8 @@ def resolve(args) -> dict:
                 f"model {m!r} is not a {args.setting} model; allowed: {', '.join(allowed)} (or --setting {other})"
             )
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / ("quick" if quick else "")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for the leaderboard's files")
     return {
         "datasets": datasets,
         "horizons": horizons,
@@ -334,9 +336,18 @@ def run_cell(forecaster, data, horizon: int, channels: list[int]) -> dict:
         "mae": metrics.mae,
         "windows": len(starts) * len(channels),
         "windows_per_channel": len(starts),
+        "window_set": window_set(data, horizon, len(starts), span),
         "seconds": time.perf_counter() - start,
         "context_length": ctx_len,
     }
+
+
+def window_set(data, horizon: int, per_channel: int, span: int | None) -> str:
+    """Which windows a cell scored: "all", or "K@hS" (K per channel spread over those valid at horizon S). Two
+    subsamples of one count are other windows when spread over other spans; the report ranks like with like."""
+    if per_channel >= data.num_windows(horizon):
+        return "all"
+    return f"{per_channel}@h{max(span or horizon, horizon)}"
 
 
 def example_window(forecaster, data, horizon: int) -> dict:

@@ -198,7 +198,7 @@ class TimeMoERunner:
         val_mse = self._score_candidates(data)
         self._chosen = {h: int(np.argmin(scores)) for h, scores in val_mse.items()}
         self.train_info = {
-            "steps": steps,
+            "total_steps": steps,  # over all rounds; "steps" stays the per-round setting it would have overwritten
             "final_loss": losses[-1],
             "round_losses": losses,
             "val_mse": {str(h): [round(x, 5) for x in v] for h, v in val_mse.items()},

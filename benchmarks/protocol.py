@@ -207,6 +207,15 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> BenchmarkData
             raise FileNotFoundError(f"{path} not found; pass --data-dir or set ${DATA_ENV} to the benchmark folder")
         path = alt
     columns, raw = read_values(path)
+    missing = np.isnan(raw[: split_borders(spec.kind, raw.shape[0])[2]])
+    if missing.any():  # a NaN in the train split made its column's statistics, and every forecast, NaN
+        col = int(np.flatnonzero(missing.any(axis=0))[0])
+        row = int(np.flatnonzero(missing[:, col])[0])
+        raise ValueError(
+            f"{path}: {int(missing.sum())} missing or non-numeric value(s) in the rows the protocol uses (the "
+            f"first: column {columns[col]!r}, data row {row + 1}); the benchmark files hold none, so this copy "
+            "is damaged"
+        )
     data = from_values(name, columns, raw, spec.kind, spec.season)
     log.info("%s: %d channels, train %d, val %d, test %d rows", name, data.num_channels,
              data.train_end, data.test_start - data.train_end, data.test_end - data.test_start)  # fmt: skip

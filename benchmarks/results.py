@@ -8,6 +8,7 @@ MSE and MAE of a (dataset, setting, model), present only when all four were run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import json
@@ -17,7 +18,8 @@ from pathlib import Path
 from protocol import HORIZONS
 from reported import reported_rows
 
-COLUMNS = ("dataset", "setting", "model", "horizon", "mse", "mae", "source", "windows", "seconds")
+# window_set (see leaderboard.window_set) came later: rows of older files read it as "" (not known).
+COLUMNS = ("dataset", "setting", "model", "horizon", "mse", "mae", "source", "windows", "seconds", "window_set")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -46,12 +48,8 @@ class ResultStore:
         self.csv_path = self.out / "leaderboard.csv"
         self.cells_path = self.out / "cells.jsonl"
         self.examples_path = self.out / "examples.json"
-        self.rows: dict[tuple[str, str, str, str], dict] = {}
-        if self.csv_path.exists():
-            with self.csv_path.open(newline="") as f:
-                for row in csv.DictReader(f):
-                    if row["source"] == "ran" and row["horizon"] != "avg":
-                        self.rows[self._key(row["dataset"], row["setting"], row["model"], row["horizon"])] = row
+        self.rows: dict[tuple[str, str, str, str], dict] = self._rows_on_disk()
+        self._mine: set[tuple[str, str, str, str]] = set()  # cells this process ran: they win over the file's
         self.examples = json.loads(self.examples_path.read_text()) if self.examples_path.exists() else {}
         self.commands: dict[tuple[str, str, str, str], str] = {}  # the latest command of each cell
         if self.cells_path.exists():
@@ -63,6 +61,15 @@ class ResultStore:
                 key = self._key(rec.get("dataset"), rec.get("setting"), rec.get("model"), rec.get("horizon"))
                 if rec.get("command"):
                     self.commands[key] = rec["command"]
+
+    def _rows_on_disk(self) -> dict[tuple[str, str, str, str], dict]:
+        rows = {}
+        if self.csv_path.exists():
+            with self.csv_path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    if row["source"] == "ran" and row["horizon"] != "avg":
+                        rows[self._key(row["dataset"], row["setting"], row["model"], row["horizon"])] = row
+        return rows
 
     @staticmethod
     def _key(dataset, setting, model, horizon) -> tuple[str, str, str, str]:
@@ -86,8 +93,10 @@ class ResultStore:
             "source": "ran",
             "windows": str(cell["windows"]),
             "seconds": f"{cell['seconds']:.1f}",
+            "window_set": str(cell.get("window_set", "")),
         }
         self.rows[self._key(dataset, setting, model, horizon)] = row
+        self._mine.add(self._key(dataset, setting, model, horizon))
         if details.get("command"):
             self.commands[self._key(dataset, setting, model, horizon)] = details["command"]
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -129,6 +138,10 @@ class ResultStore:
                     "source": "ran",
                     "windows": str(sum(int(r["windows"]) for r in rows)),
                     "seconds": f"{sum(float(r['seconds']) for r in rows):.1f}",
+                    # One label per horizon, in order: averages over other window sets are other averages.
+                    "window_set": " ".join(
+                        r.get("window_set") or "?" for r in sorted(rows, key=lambda r: int(r["horizon"]))
+                    ),
                 }
             )
         return out
@@ -140,10 +153,31 @@ class ResultStore:
         return ran + reported_rows()
 
     def save(self) -> None:
-        lines = [",".join(COLUMNS)]
-        for row in self.all_rows():
-            lines.append(",".join(_quote(str(row[c])) for c in COLUMNS))
-        _atomic_write(self.csv_path, "\n".join(lines) + "\n")
+        """Rewrites the CSV with the cells on disk now and this run's (which win). Two runs into one --out each
+        rewrote it from the rows they had read at their start: the last writer's 16 of 40 rows were kept."""
+        with _locked(self.out / ".leaderboard.lock"):
+            mine = {k: self.rows[k] for k in self._mine}
+            self.rows = {**self.rows, **self._rows_on_disk(), **mine}
+            lines = [",".join(COLUMNS)]
+            for row in self.all_rows():
+                lines.append(",".join(_quote(str(row.get(c, ""))) for c in COLUMNS))
+            _atomic_write(self.csv_path, "\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (POSIX; elsewhere none, as before)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs into one folder must not overlap
+        yield
+        return
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _quote(value: str) -> str:

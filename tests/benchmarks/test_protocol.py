@@ -242,7 +242,9 @@ def test_full_shot_selects_per_horizon_the_weights_best_on_val():
     )
     runner.prepare(data, 96)
     info = runner.train_info
-    assert info["steps"] == 6 and len(info["round_losses"]) == 2
+    assert info["total_steps"] == 6 and len(info["round_losses"]) == 2
+    # The recorded settings keep the per-round steps (the total overwrote them: 300 recorded for 3 x 100).
+    assert runner.settings()["finetune"]["steps"] == 3 and runner.settings()["finetune"]["total_steps"] == 6
     assert set(info["val_mse"]) == {"96", "192", "336", "720"}
     for h, scores in info["val_mse"].items():
         assert len(scores) == 3  # zero-shot weights, then after each round
@@ -479,3 +481,53 @@ def test_the_board_ranks_only_cells_scored_on_the_same_windows():
     # AutoTheta's MAE is the lowest, on 350 windows of its own: marked, not ranked; Time-MoE has the best of the rest.
     assert line == "| ETTh2 | 96 | 0.320 / 0.340 † | 0.430 / 0.420 | **0.290** / **0.350** |"
     assert "† scored on fewer windows" in table
+
+
+def test_cells_of_one_window_count_on_other_windows_are_not_ranked_together():
+    # --max-windows 50: the stats baselines spread 50 windows over those valid at horizon 720, the others over their
+    # own horizon's; the same SeasonalNaive scored up to 9% apart on the two sets (helper-measured).
+    report = importlib.import_module("report")
+
+    def row(model, mse, window_set):
+        return {"dataset": "ETTh1", "setting": "zero-shot", "model": model, "horizon": "336", "mse": str(mse),
+                "mae": str(mse), "source": "ran", "windows": "350", "window_set": window_set}  # fmt: skip
+
+    rows = [row("AutoTheta", 0.40, "50@h720"), row("Naive", 0.60, "50@h336"), row("Time-MoE", 0.45, "50@h336")]
+    line = next(x for x in report.setting_table(rows, "zero-shot") if x.startswith("| ETTh1 | 336 |"))
+    assert line == "| ETTh1 | 336 | 0.400 / 0.400 † | 0.600 / 0.600 | **0.450** / **0.450** |"
+
+
+def test_a_cell_records_which_windows_it_scored():
+    leaderboard = importlib.import_module("leaderboard")
+    d, _ = _etth_like(channels=1)
+    assert leaderboard.window_set(d, 96, d.num_windows(96), None) == "all"
+    assert leaderboard.window_set(d, 96, 50, None) == "50@h96"
+    assert leaderboard.window_set(d, 96, 50, 720) == "50@h720"
+    starts_own, starts_720 = d.window_starts(96, 50), d.window_starts(96, 50, span_horizon=720)
+    assert not np.array_equal(starts_own, starts_720)  # so the two labels do name other windows
+
+
+def test_two_runs_into_one_folder_keep_each_others_cells(tmp_path):
+    first, second = results.ResultStore(tmp_path), results.ResultStore(tmp_path)  # both read the empty folder
+    for h in (96, 192):
+        first.add("D", "zero-shot", "A", h, {"mse": 1.0, "mae": 1.0, "windows": 10, "seconds": 1.0}, {})
+        second.add("D", "zero-shot", "B", h, {"mse": 2.0, "mae": 2.0, "windows": 10, "seconds": 1.0}, {})
+    ran = [r for r in results.read_rows(tmp_path) if r["source"] == "ran"]
+    assert sorted((r["model"], r["horizon"]) for r in ran) == [("A", "192"), ("A", "96"), ("B", "192"), ("B", "96")]
+    # A rerun of a cell by one run replaces it; the other run's later save does not bring the old value back.
+    first.add("D", "zero-shot", "A", 96, {"mse": 0.5, "mae": 0.5, "windows": 10, "seconds": 1.0}, {})
+    second.add("D", "zero-shot", "B", 336, {"mse": 2.0, "mae": 2.0, "windows": 10, "seconds": 1.0}, {})
+    by = {(r["model"], r["horizon"]): r for r in results.read_rows(tmp_path) if r["source"] == "ran"}
+    assert float(by[("A", "96")]["mse"]) == 0.5 and ("B", "336") in by
+
+
+def test_a_damaged_dataset_and_an_out_that_is_a_file_are_named(tmp_path, capsys):
+    raw = pd.DataFrame({"date": pd.date_range("2016-07-01", periods=14400, freq="h"), "a": 1.0, "OT": 2.0})
+    raw.loc[100, "OT"] = np.nan
+    raw.to_csv(tmp_path / "ETTh1.csv", index=False)
+    with pytest.raises(ValueError, match=r"column 'OT', data row 101"):
+        protocol.load_dataset("ETTh1", tmp_path)
+    leaderboard = importlib.import_module("leaderboard")
+    (tmp_path / "file").write_text("")
+    assert leaderboard.main(["--quick", "--no-progress", "--models", "naive", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
