@@ -180,7 +180,8 @@ def read_values(path: Path) -> tuple[list[str], np.ndarray]:
     if df.shape[1] < 2:
         raise ValueError(f"{path}: expected a date column followed by value columns")
     cols = [str(c) for c in df.columns[1:]]
-    return cols, df.iloc[:, 1:].to_numpy(dtype=np.float64)
+    # Text that is no number reads as NaN here, and is named by load_dataset's check with the rest.
+    return cols, df.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def from_values(name: str, columns: list[str], raw: np.ndarray, kind: str, season: int) -> BenchmarkData:
@@ -207,14 +208,14 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> BenchmarkData
             raise FileNotFoundError(f"{path} not found; pass --data-dir or set ${DATA_ENV} to the benchmark folder")
         path = alt
     columns, raw = read_values(path)
-    missing = np.isnan(raw[: split_borders(spec.kind, raw.shape[0])[2]])
-    if missing.any():  # a NaN in the train split made its column's statistics, and every forecast, NaN
+    missing = ~np.isfinite(raw[: split_borders(spec.kind, raw.shape[0])[2]])
+    if missing.any():  # a NaN or inf in the train split made its column's statistics, and every forecast, NaN
         col = int(np.flatnonzero(missing.any(axis=0))[0])
         row = int(np.flatnonzero(missing[:, col])[0])
         raise ValueError(
-            f"{path}: {int(missing.sum())} missing or non-numeric value(s) in the rows the protocol uses (the "
-            f"first: column {columns[col]!r}, data row {row + 1}); the benchmark files hold none, so this copy "
-            "is damaged"
+            f"{path}: {int(missing.sum())} missing, infinite or non-numeric value(s) in the rows the protocol "
+            f"uses (the first: column {columns[col]!r}, data row {row + 1}); the benchmark files hold none, so this "
+            "copy is damaged"
         )
     data = from_values(name, columns, raw, spec.kind, spec.season)
     log.info("%s: %d channels, train %d, val %d, test %d rows", name, data.num_channels,

@@ -96,8 +96,16 @@ def _same_windows(rows: list[dict]) -> list[dict]:
     known = [r.get("window_set") for r in rows if r.get("window_set")]
     if len(set(known)) < 2:
         return rows
-    common = max(sorted(set(known)), key=known.count)
+    # On a tie, the windows spread over the row's own horizon (as every model but the stats baselines spreads them).
+    common = max(sorted(set(known)), key=lambda s: (known.count(s), _own_spread(s, rows[0]["horizon"])))
     return [r for r in rows if r.get("window_set") in (None, "", common)]
+
+
+def _own_spread(window_set: str, horizon: str) -> bool:
+    """Whether each horizon's windows in ``window_set`` are all of them or spread over that horizon's own."""
+    horizons = [str(h) for h in HORIZONS] if horizon == "avg" else [horizon]
+    labels = window_set.split()
+    return len(labels) == len(horizons) and all(x == "all" or x.endswith(f"@h{h}") for x, h in zip(labels, horizons))
 
 
 def _windows(row: dict) -> int:

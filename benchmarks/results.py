@@ -23,7 +23,7 @@ COLUMNS = ("dataset", "setting", "model", "horizon", "mse", "mae", "source", "wi
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # one per process: two runs may share a folder
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -49,7 +49,7 @@ class ResultStore:
         self.cells_path = self.out / "cells.jsonl"
         self.examples_path = self.out / "examples.json"
         self.rows: dict[tuple[str, str, str, str], dict] = self._rows_on_disk()
-        self._mine: set[tuple[str, str, str, str]] = set()  # cells this process ran: they win over the file's
+        self._unsaved: set[tuple[str, str, str, str]] = set()  # cells added since the last save win over the file's
         self.examples = json.loads(self.examples_path.read_text()) if self.examples_path.exists() else {}
         self.commands: dict[tuple[str, str, str, str], str] = {}  # the latest command of each cell
         if self.cells_path.exists():
@@ -96,7 +96,7 @@ class ResultStore:
             "window_set": str(cell.get("window_set", "")),
         }
         self.rows[self._key(dataset, setting, model, horizon)] = row
-        self._mine.add(self._key(dataset, setting, model, horizon))
+        self._unsaved.add(self._key(dataset, setting, model, horizon))
         if details.get("command"):
             self.commands[self._key(dataset, setting, model, horizon)] = details["command"]
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -109,6 +109,12 @@ class ResultStore:
         return f"{model} ({setting})" in self.examples.get(dataset, {}).get("forecasts", {})
 
     def add_example(self, dataset: str, model: str, setting: str, example: dict) -> None:
+        with _locked(self.out / ".leaderboard.lock"):  # another run into this folder may have added its own
+            if self.examples_path.exists():
+                self.examples = json.loads(self.examples_path.read_text())
+            self._add_example(dataset, model, setting, example)
+
+    def _add_example(self, dataset: str, model: str, setting: str, example: dict) -> None:
         entry = self.examples.setdefault(dataset, {})
         same_window = all(entry.get(k) == example[k] for k in ("channel", "start", "horizon"))
         if not same_window:  # a different window (channel subset, horizon): start the plot afresh
@@ -138,10 +144,13 @@ class ResultStore:
                     "source": "ran",
                     "windows": str(sum(int(r["windows"]) for r in rows)),
                     "seconds": f"{sum(float(r['seconds']) for r in rows):.1f}",
-                    # One label per horizon, in order: averages over other window sets are other averages.
+                    # One label per horizon, in order: averages over other window sets are other averages. Not
+                    # known ("") if any horizon's is not (a file from before the column).
                     "window_set": " ".join(
-                        r.get("window_set") or "?" for r in sorted(rows, key=lambda r: int(r["horizon"]))
-                    ),
+                        r.get("window_set") or "" for r in sorted(rows, key=lambda r: int(r["horizon"]))
+                    )
+                    if all(r.get("window_set") for r in rows)
+                    else "",
                 }
             )
         return out
@@ -154,10 +163,12 @@ class ResultStore:
 
     def save(self) -> None:
         """Rewrites the CSV with the cells on disk now and this run's (which win). Two runs into one --out each
-        rewrote it from the rows they had read at their start: the last writer's 16 of 40 rows were kept."""
+        rewrote it from the rows they had read at their start: the last writer's 16 of 40 rows were kept. A cell
+        this run saved earlier and another run has rerun since is the other run's: the file's, newer, wins."""
         with _locked(self.out / ".leaderboard.lock"):
-            mine = {k: self.rows[k] for k in self._mine}
-            self.rows = {**self.rows, **self._rows_on_disk(), **mine}
+            new = {k: self.rows[k] for k in self._unsaved}
+            self.rows = {**self.rows, **self._rows_on_disk(), **new}
+            self._unsaved.clear()
             lines = [",".join(COLUMNS)]
             for row in self.all_rows():
                 lines.append(",".join(_quote(str(row.get(c, ""))) for c in COLUMNS))

@@ -495,6 +495,26 @@ def test_cells_of_one_window_count_on_other_windows_are_not_ranked_together():
     rows = [row("AutoTheta", 0.40, "50@h720"), row("Naive", 0.60, "50@h336"), row("Time-MoE", 0.45, "50@h336")]
     line = next(x for x in report.setting_table(rows, "zero-shot") if x.startswith("| ETTh1 | 336 |"))
     assert line == "| ETTh1 | 336 | 0.400 / 0.400 † | 0.600 / 0.600 | **0.450** / **0.450** |"
+    # A tie between two sets ranks the one spread over the row's own horizon ("50@h720" sorts before "50@h96").
+    tie = [row("AutoETS", 0.5, "50@h720"), row("AutoTheta", 0.4, "50@h720"), row("Naive", 0.6, "50@h96")]
+    tie += [row("Time-MoE", 0.3, "50@h96")]
+    for r in tie:
+        r["horizon"] = "96"
+    line = next(x for x in report.setting_table(tie, "zero-shot") if x.startswith("| ETTh1 | 96 |"))
+    assert line.endswith("| 0.600 / 0.600 | **0.300** / **0.300** |") and line.count("†") == 2
+
+
+def test_an_average_over_horizons_of_unrecorded_windows_is_ranked_with_new_cells(tmp_path):
+    # A folder of cells from before window_set was recorded, plus a new model on the same (full) windows.
+    report = importlib.import_module("report")
+    store = results.ResultStore(tmp_path)
+    for model, mse in (("Old1", 0.4), ("Old2", 0.45), ("New", 0.3)):
+        for h in protocol.HORIZONS:
+            cell = {"mse": mse, "mae": mse, "windows": 10, "seconds": 1.0}
+            store.add("D", "zero-shot", model, h, {**cell, "window_set": "all"} if model == "New" else cell, {})
+    rows = results.read_rows(tmp_path)
+    line = next(x for x in report.setting_table(rows, "zero-shot") if x.startswith("| D | avg |"))
+    assert line == "| D | avg | **0.300** / **0.300** | 0.400 / 0.400 | 0.450 / 0.450 |"
 
 
 def test_a_cell_records_which_windows_it_scored():
@@ -519,6 +539,16 @@ def test_two_runs_into_one_folder_keep_each_others_cells(tmp_path):
     second.add("D", "zero-shot", "B", 336, {"mse": 2.0, "mae": 2.0, "windows": 10, "seconds": 1.0}, {})
     by = {(r["model"], r["horizon"]): r for r in results.read_rows(tmp_path) if r["source"] == "ran"}
     assert float(by[("A", "96")]["mse"]) == 0.5 and ("B", "336") in by
+    # A cell the first run saved long ago and the second has rerun since stays the second's.
+    second.add("D", "zero-shot", "A", 192, {"mse": 0.25, "mae": 0.25, "windows": 20, "seconds": 1.0}, {})
+    first.add("D", "zero-shot", "A", 720, {"mse": 1.0, "mae": 1.0, "windows": 10, "seconds": 1.0}, {})
+    by = {(r["model"], r["horizon"]): r for r in results.read_rows(tmp_path) if r["source"] == "ran"}
+    assert float(by[("A", "192")]["mse"]) == 0.25 and ("A", "720") in by
+    # Each run's forecast plot survives the other's.
+    example = {"channel": 0, "start": 5, "horizon": 96, "history": [0.0], "truth": [1.0]}
+    first.add_example("D", "A", "zero-shot", {**example, "forecast": [1.0]})
+    second.add_example("D", "B", "zero-shot", {**example, "forecast": [2.0]})
+    assert results.ResultStore(tmp_path).has_example("D", "A", "zero-shot")
 
 
 def test_a_damaged_dataset_and_an_out_that_is_a_file_are_named(tmp_path, capsys):
@@ -527,6 +557,12 @@ def test_a_damaged_dataset_and_an_out_that_is_a_file_are_named(tmp_path, capsys)
     raw.to_csv(tmp_path / "ETTh1.csv", index=False)
     with pytest.raises(ValueError, match=r"column 'OT', data row 101"):
         protocol.load_dataset("ETTh1", tmp_path)
+    for bad in ("2.0x", np.inf):  # text failed as a bare float conversion; inf made the column's scaling NaN
+        raw["OT"] = raw["OT"].astype(object)
+        raw.loc[100, "OT"] = bad
+        raw.to_csv(tmp_path / "ETTh1.csv", index=False)
+        with pytest.raises(ValueError, match=r"ETTh1.csv: 1 missing, infinite or non-numeric value\(s\)"):
+            protocol.load_dataset("ETTh1", tmp_path)
     leaderboard = importlib.import_module("leaderboard")
     (tmp_path / "file").write_text("")
     assert leaderboard.main(["--quick", "--no-progress", "--models", "naive", "--out", str(tmp_path / "file")]) == 2
