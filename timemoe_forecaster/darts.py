@@ -53,8 +53,10 @@ class TimeMoEModel(GlobalForecastingModel):
             A preset name (``"tiny"``…) with ``model_path=None`` builds a fresh model seeded by
             ``seed``; a dict overrides checkpoint config keys, or with ``"preset"`` a preset's.
         context_length
-            Points of history fed to the model; None is all history up to the model's limit
-            (``max_position_embeddings``), keeping the most recent points of longer series.
+            Points of history fed to the model; None is the model's default context (the windows it was last
+            trained on, where its config.json records them: fine-tuning records its ``max_length``), else all
+            history up to the model's limit (``max_position_embeddings``), keeping the most recent points of
+            longer series. A value above the recorded default is a logged warning.
         device
             "auto" (CUDA when available), "cpu", "cuda", …
         dtype
@@ -69,7 +71,8 @@ class TimeMoEModel(GlobalForecastingModel):
             component of the given series.
         scaling
             "standard" (each context standardised by its own mean and std, forecasts mapped back) or
-            "none".
+            "none" (raw values, for models trained on unscaled values; refused with ``fine_tune``, which trains on
+            standardised windows).
         seed
             Seed of a fresh preset model and of fine-tuning.
         progress

@@ -51,9 +51,12 @@ class TimeMoEForecaster(BaseForecaster):
         keys of the checkpoint (``{"max_position_embeddings": 2048}``); ``{"preset": "tiny", ...}``
         is a fresh preset model with overrides.
     context_length : int or None, default=None
-        Points of history fed to the model per series. None: all history up to the model's limit
-        (``max_position_embeddings``, 4096 for the presets); longer series are truncated to their
-        most recent points, with a logged warning. A value above the limit is an error.
+        Points of history fed to the model per series. None: the model's default context, the windows it
+        was last trained on where its config.json records them (``config.default_context_length``; fine-tuning
+        records its ``max_length``), else all history up to the model's limit (``max_position_embeddings``,
+        4096 for the presets and the embedded default); longer series keep their most recent points. A value
+        above the limit is an error; one above the recorded default is a logged warning (models forecast
+        worse from contexts longer than they were trained on).
     device : str, default="auto"
         "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", …
     dtype : str, torch.dtype or None, default=None
@@ -69,6 +72,8 @@ class TimeMoEForecaster(BaseForecaster):
     scaling : {"standard", "none"}, default="standard"
         "standard": each context is standardised by its own mean and standard deviation and the
         forecast mapped back (shift- and scale-equivariant; a constant series forecasts the constant).
+        "none": raw values, for models trained on unscaled values; refused with ``fine_tune`` and by
+        ``pretrain``, which train on standardised windows.
     conformal_windows : int, default=20
         Calibration cut-offs per horizon step for prediction intervals (see Notes).
     pretrain_settings : dict or None, default=None
@@ -651,8 +656,7 @@ class TimeMoEForecaster(BaseForecaster):
                 "device": "cpu",
             },
             {
-                "config": "tiny",
-                "scaling": "none",
+                "config": "tiny",  # scaling="none" is not among these: pretrain refuses it, and sktime pretrains each
                 "context_length": 16,
                 "batch_size": 3,
                 "conformal_windows": 3,
