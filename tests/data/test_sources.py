@@ -590,3 +590,50 @@ def test_long_rows_without_an_id_are_left_out_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         _same(_all(open_source(tmp_path / "long.csv")), [np.array([1, 2], "f4"), np.array([5, 6], "f4")])
     assert "1 row(s) have no 'unique_id' value" in caplog.text
+
+
+def test_hidden_folders_and_files_of_a_data_folder_are_not_read(tmp_path):
+    pd.DataFrame({"a": np.arange(30.0)}).to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    pd.DataFrame({"a": np.arange(30.0)}).to_csv(tmp_path / ".ipynb_checkpoints" / "a-checkpoint.csv", index=False)
+    (tmp_path / "._a.csv").write_bytes(b"\x00\x05\x16\x07 not a table")  # macOS resource fork
+    assert len(open_source(str(tmp_path))) == 1
+
+
+def test_an_infinite_weight_is_refused_where_it_is_given(tmp_path):
+    pd.DataFrame({"a": np.arange(30.0)}).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(ValueError, match="weight must be a positive number, got inf"):
+        open_source(f"{tmp_path / 'a.csv'}#weight=inf")
+
+
+def test_a_long_table_repeating_an_id_and_time_is_an_error_not_two_series_zig_zagged(tmp_path):
+    times = pd.date_range("2020-01-01", periods=5, freq="D")
+    one = pd.DataFrame({"unique_id": "s", "ds": times, "y": np.arange(1.0, 6.0)})
+    pd.concat([one, one.assign(y=one.y + 100)]).to_csv(tmp_path / "long.csv", index=False)
+    with pytest.raises(
+        ValueError, match=r"5 rows repeat an earlier row's \(unique_id, ds\) pair, the first 's' at 2020-01-01"
+    ):
+        open_source(str(tmp_path / "long.csv"))
+
+
+def test_options_of_wide_tables_are_refused_on_a_long_one_and_time_col_orders_a_wide_one(tmp_path):
+    pd.DataFrame({"unique_id": ["a", "a", "b"], "y": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "long.csv", index=False)
+    for option in ("orient=rows", "columns=y", "orient=bogus"):
+        with pytest.raises(ValueError, match="orient"):
+            open_source(f"{tmp_path / 'long.csv'}#{option}")
+    # An epoch column named by time_col orders the rows and is not trained on as a series.
+    wide = pd.DataFrame({"when": [1_600_000_300, 1_600_000_100, 1_600_000_200], "v": [3.0, 1.0, 2.0]})
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    src = open_source(f"{tmp_path / 'wide.csv'}#time_col=when")
+    assert len(src) == 1 and src[0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_rows_tables_take_numeric_id_columns_and_a_saved_index_as_ids(tmp_path):
+    pd.DataFrame({"series_id": [101, 102], "V2": [10.0, 20.0], "V3": [11.0, 21.0]}).to_csv(
+        tmp_path / "ids.csv", index=False
+    )
+    src = open_source(f"{tmp_path / 'ids.csv'}#orient=rows")
+    assert [src[i].tolist() for i in range(len(src))] == [[10.0, 11.0], [20.0, 21.0]]
+    pd.DataFrame({"V1": ["H1", "H2"], "V2": [10.0, 20.0], "V3": [11.0, 21.0]}).to_csv(tmp_path / "indexed.csv")
+    src = open_source(f"{tmp_path / 'indexed.csv'}#orient=rows")
+    assert [src[i].tolist() for i in range(len(src))] == [[10.0, 11.0], [20.0, 21.0]]

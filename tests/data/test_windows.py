@@ -235,3 +235,24 @@ def test_overlapping_shards_are_reported_once(caplog):
         for _ in range(3):
             WindowSampler(src, rank=1, world_size=2)
     assert sum("shards overlap" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_nan_padding_does_not_count_as_length_when_series_are_weighted(tmp_path):
+    # A wide table pads its shorter columns with NaN: a 200-point column beside a 100,000-point one got half of the
+    # windows (each of its points drawn 24x as often) when windows were shared out by padded length.
+    from timemoe_forecaster.data import open_source
+
+    long = np.sin(np.arange(100_000) / 10)
+    short = np.full(100_000, np.nan)
+    short[:200] = np.cos(np.arange(200) / 3)
+    for source in (ArraySource([long, short]), open_source(_saved(tmp_path, np.stack([long, short])))):
+        assert source.lengths().tolist() == [100_000, 200]
+        sampler = WindowSampler(source, max_length=64, seed=0, quality_filter=False)
+        picks = np.array([sampler._pick_series(0) for _ in range(4000)])
+        assert np.mean(picks == 1) < 0.01  # 4 of 1,543 windows' worth of points: 0.3%
+
+
+def _saved(tmp_path, matrix):
+    path = tmp_path / "rows.npy"
+    np.save(path, matrix)
+    return str(path)

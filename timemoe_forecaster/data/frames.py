@@ -65,18 +65,29 @@ def _float64_series(
         df = df.drop(columns=list(exclude))
     if long is None:
         long = id_col is not None or value_col is not None or looks_long(df)
+    if orient not in ("columns", "rows"):
+        raise ValueError(f"orient must be 'columns' (one column per series) or 'rows', got {orient!r}")
     if long:
+        # Options of wide tables were accepted here and ignored: refused, so that no one trains on what they
+        # did not ask for.
+        if orient != "columns" or columns:
+            raise ValueError(
+                f"{where} is read as a long table (an id column, a value column): orient= and columns= are options "
+                "of wide tables; pass long=False (a spec: '#long=false') if it is wide"
+            )
         return _long(df, where, id_col, value_col, time_col)
     if columns:
         _require(df, columns, where, "columns")
+    if time_col is not None:
+        _require(df, [time_col], where, "time_col")
+        if orient == "rows" or isinstance(df.index, pd.MultiIndex):
+            raise ValueError(f"{where}: time_col= orders the rows of a wide table with one column per series only")
     chosen = df[list(columns)] if columns else df
     if orient == "rows":
         return _rows(chosen, where)
-    if orient != "columns":
-        raise ValueError(f"orient must be 'columns' (one column per series) or 'rows', got {orient!r}")
     if isinstance(df.index, pd.MultiIndex):
         return _panel(chosen, where)
-    return _wide(df, where, columns)  # the whole table: a time column not chosen still orders the rows
+    return _wide(df, where, columns, time_col)  # the whole table: a time column not chosen still orders the rows
 
 
 def _lower(name: Any) -> str:
@@ -314,15 +325,19 @@ def _irregularity(times: pd.Series) -> int:
     return int(np.unique(np.diff(values)).size)
 
 
-def _wide(df: pd.DataFrame, where: str, columns: list[str] | None = None) -> tuple[list[np.ndarray], list[str]]:
+def _wide(
+    df: pd.DataFrame, where: str, columns: list[str] | None = None, time_col: str | None = None
+) -> tuple[list[np.ndarray], list[str]]:
     duplicated = df.columns[df.columns.duplicated()]
     if len(duplicated):
         raise ValueError(f"{where}: column name {duplicated[0]!r} appears more than once; rename the duplicates")
     if columns:  # columns the user names are series, whatever their name or values suggest
-        names = list(columns)
+        names = [c for c in columns if c != time_col]
         times = [c for c in df.columns if c not in names and _column_role(df[c], c) == "time"]
     else:
-        names, times = _series_and_time_columns(df)
+        names, times = _series_and_time_columns(df.drop(columns=[time_col]) if time_col is not None else df)
+    if time_col is not None:  # the user's time column orders the rows and is no series (it was read as one)
+        times = [time_col]
     if not names:
         raise ValueError(f"{where}: no numeric series columns (columns: {list(df.columns)[:20]})")
     series = [_numeric(df[name], where, str(name)) for name in names]
@@ -399,13 +414,19 @@ def _rows(df: pd.DataFrame, where: str) -> tuple[list[np.ndarray], list[str]]:
     # One row per series (M4 style): leading non-numeric columns are row ids, the rest values.
     cols = list(df.columns)
     k = 0
-    while k < len(cols) and not pd.api.types.is_numeric_dtype(df[cols[k]]):
+    # Ids are the leading text columns, and leading numeric ones named as ids (series_id 101, 102 became each
+    # series' first value) or as a saved pandas index ("Unnamed: 0").
+    while k < len(cols) and (
+        not pd.api.types.is_numeric_dtype(df[cols[k]]) or _lower(cols[k]) in ID_NAMES + INDEX_NAMES
+    ):
         k += 1
     values = df[cols[k:]]
     if values.shape[1] == 0:
         raise ValueError(f"{where}: orient='rows' found no numeric value columns")
     mat = np.stack([_numeric(values[c], where, str(c)) for c in values.columns], axis=1)  # [rows, points]
-    ids = df[cols[0]].astype(str).tolist() if k > 0 else [str(i) for i in df.index]
+    # The first id column that is not a saved index names the rows.
+    named = [c for c in cols[:k] if _lower(c) not in INDEX_NAMES]
+    ids = df[(named or cols)[0]].astype(str).tolist() if k > 0 else [str(i) for i in df.index]
     return [np.ascontiguousarray(_trim_trailing_nan(r)) for r in mat], ids
 
 
@@ -460,6 +481,14 @@ def _long(
                 )
         if t is not None:
             frame["t"] = t.to_numpy()
+            repeated = frame.duplicated(["id", "t"]) & frame["id"].notna()
+            if repeated.any():  # the stable sort zig-zagged the two copies into one series
+                first = frame[repeated].iloc[0]
+                raise ValueError(
+                    f"{where}: {int(repeated.sum())} rows repeat an earlier row's ({id_col}, {time_col}) pair, the "
+                    f"first {first['id']!r} at {first['t']}; a series holds one value per time: drop the duplicates "
+                    "(or give the copies ids of their own)"
+                )
             frame = frame.sort_values(["t"], kind="stable")
     series, names = [], []
     for key, group in frame.groupby("id", sort=False):

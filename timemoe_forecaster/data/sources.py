@@ -92,6 +92,7 @@ class ArraySource(SeriesSource):
         self._series = [as_float_series(s, f"series {k} of {name!r}") for k, s in enumerate(series)]
         if not self._series:
             raise ValueError(f"source {name!r} holds no series")
+        self._finite = np.array([np.count_nonzero(np.isfinite(s)) for s in self._series], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._series)
@@ -103,7 +104,9 @@ class ArraySource(SeriesSource):
         return int(self._series[self._check_index(i)].shape[0])
 
     def lengths(self) -> np.ndarray:
-        return np.array([s.shape[0] for s in self._series], dtype=np.int64)
+        """Finite points per series: the NaN padding of a wide table's shorter columns drew their windows as if they
+        were as long as the longest (a 200-point column beside a 100,000-point one got half of the windows)."""
+        return self._finite
 
 
 class MatrixSource(SeriesSource):
@@ -118,6 +121,7 @@ class MatrixSource(SeriesSource):
             raise ValueError(f"{name!r}: array of shape {matrix.shape} holds no data")
         self.name = name
         self._matrix = matrix
+        self._finite: np.ndarray | None = None  # see lengths()
 
     def __len__(self) -> int:
         return int(self._matrix.shape[0])
@@ -130,7 +134,14 @@ class MatrixSource(SeriesSource):
         return int(self._matrix.shape[1])
 
     def lengths(self) -> np.ndarray:
-        return np.full(self._matrix.shape[0], self._matrix.shape[1], dtype=np.int64)
+        """Finite points per row (rows of unequal series are NaN-padded), counted once in blocks of rows: a
+        memory-mapped file is read through once, not loaded."""
+        if self._finite is None:
+            rows = self._matrix.shape[0]
+            block = max(1, (64 << 20) // max(1, self._matrix.shape[1] * self._matrix.itemsize))
+            counts = [np.count_nonzero(np.isfinite(self._matrix[a : a + block]), axis=1) for a in range(0, rows, block)]
+            self._finite = np.concatenate(counts).astype(np.int64)
+        return self._finite
 
 
 class ConcatSource(SeriesSource):
@@ -286,8 +297,8 @@ def _open_one(spec: Any, opts: dict) -> SeriesSource:
     weight = opts.pop("weight", None)
     src = _dispatch(spec, opts, name)
     if weight is not None:
-        if not weight > 0:
-            raise ValueError(f"weight must be positive, got {weight}")
+        if not 0 < weight < float("inf"):  # inf passed, and failed later as "no usable window"
+            raise ValueError(f"weight must be a positive number, got {weight}")
         src.weight = float(weight)
     return src
 
@@ -396,6 +407,8 @@ def _open_path(path: Path, opts: dict, name: str | None) -> SeriesSource:
 def _open_folder(folder: Path, opts: dict, name: str | None) -> SeriesSource:
     found = []
     for p in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue  # hidden: Jupyter's .ipynb_checkpoints copies doubled the data, macOS '._x.csv' failed to read
         if p.is_dir() and (p / META_FILE).exists():
             found.append(p)
         elif p.is_file() and _suffixes(p)[0] in TABULAR_SUFFIXES + ARRAY_SUFFIXES + JSON_SUFFIXES:
