@@ -134,6 +134,7 @@ def test_tampered_configs_are_named_before_building_the_model(tmp_path, edit, me
     [
         ("hidden_sizes", "hidden_size", "shape"),  # the default width fails every head's shape
         ("Num_Hidden_Layers", "num_hidden_layers", "decoder layers"),  # the default 32 layers fail the count
+        ("Num_Experts", "num_experts", "cannot be built"),  # the default 1 expert is fewer than top-2
     ],
 )
 def test_a_misspelt_config_key_is_named_in_a_warning_and_in_the_error(tmp_path, caplog, key, meant, hint):
@@ -143,6 +144,14 @@ def test_a_misspelt_config_key_is_named_in_a_warning_and_in_the_error(tmp_path, 
         with pytest.raises(CheckpointError, match=f"{hint}.*unknown key\\(s\\) '{key}' \\(for '{meant}'\\?\\)"):
             TimeMoEForPrediction.from_pretrained(path)
     assert f"config key '{key}' is not a Time-MoE key, so '{meant}' takes its default" in caplog.text
+
+
+def test_a_look_alike_key_beside_the_real_one_is_no_misspelling(tmp_path, caplog):
+    path = _checkpoint(tmp_path / "ckpt")
+    _edit_config(path, lambda c: c.update({"Num_Experts": 3}))  # num_experts is there too, and is what is used
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.config"):
+        model = TimeMoEForPrediction.from_pretrained(path)
+    assert "takes its default" not in caplog.text and model.config.num_experts != 1
 
 
 def test_keys_other_tools_write_raise_no_misspelling_warning(tmp_path, caplog):

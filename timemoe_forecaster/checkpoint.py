@@ -559,9 +559,11 @@ def load_pretrained(
     try:
         with torch.device("meta"):
             model = model_cls(config, **model_kwargs)
-    except (RuntimeError, TypeError, OverflowError) as err:  # sizes past what torch can even describe
+    except (RuntimeError, TypeError, OverflowError, ValueError) as err:  # sizes past what torch can describe, or
+        # settings the model refuses (more experts per token than experts: a misspelt num_experts, say)
         raise CheckpointError(
             f"{config_path} describes a model that cannot be built ({str(err).splitlines()[0][:200]})"
+            f"{misspelt_key_hint(config)}"
         ) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_flags(fine, skip=("config", "init_from"))
     fine.set_defaults(output_dir="runs/finetune", lr=1e-4, data=None)  # no synthetic default: your data or an error
+    for action in fine._actions:  # its help showed "(default: None)" for a flag that cannot be left out
+        if action.dest == "data":
+            action.help = "your training data (required): paths, several or comma-separated, options after '#'"
     fc = sub.add_parser("forecast", help="zero-shot forecast of one series")
     fc.add_argument(
         "--model", default=None, help="checkpoint directory, hub id, or 'default' (the embedded model, also if omitted)"
@@ -443,6 +446,10 @@ def run_forecast(args: argparse.Namespace) -> int:
             where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
     limit = model.config.max_position_embeddings
+    if args.context_length is not None and args.context_length > limit:
+        log.warning(
+            "--context-length %d exceeds the model's limit of %d points; using %d", args.context_length, limit, limit
+        )
     asked = None if args.context_length is None else min(args.context_length, limit)
     preprocess.warn_if_past_default_context(asked, model.config, name="--context-length")
     length = preprocess.context_points(asked, model.config)  # None: the model's default context

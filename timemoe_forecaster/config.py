@@ -55,18 +55,19 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON (UTF-8): {str(err)[:200]}") from None
 
 
-def _misspelt(unknown_keys, known: set[str]) -> dict[str, str]:
+def _misspelt(unknown_keys, known: set[str], given=()) -> dict[str, str]:
     """Unknown keys that look like a misspelt model key ("hidden_sizes", "Num_Experts"), mapped to that key.
 
     Such a key lands in ``extra`` and the real one takes its default, which then fails as a shape error naming
-    the default; the cut-off keeps the keys other tools write (``auto_map``, ``_name_or_path``) quiet."""
+    the default; the cut-off keeps the keys other tools write (``auto_map``, ``_name_or_path``) quiet. A model key
+    in ``given`` (the real key was there too) is no one's misspelling: it does not take its default."""
     lowered = {name.lower(): name for name in known}
     found = {}
     for key in unknown_keys:
         if not isinstance(key, str) or key in known:
             continue
         match = difflib.get_close_matches(key.lower(), lowered, n=1, cutoff=0.85)
-        if match:
+        if match and lowered[match[0]] not in given:
             found[key] = lowered[match[0]]
     return found
 
@@ -79,7 +80,8 @@ def _default(field_name: str):
 def misspelt_key_hint(config: TimeMoEConfig) -> str:
     """A sentence for errors that a config's misspelt key may explain, or ''."""
     known = {f.name for f in dataclasses.fields(TimeMoEConfig)} - {"extra"}
-    found = _misspelt(config.extra, known)
+    # A field holding other than its default was given: a look-alike key beside it explains nothing.
+    found = _misspelt(config.extra, known, {name for name in known if getattr(config, name) != _default(name)})
     if not found:
         return ""
     pairs = ", ".join(f"{key!r} (for {name!r}?)" for key, name in found.items())
@@ -254,7 +256,7 @@ class TimeMoEConfig:
         for key in ("model_type", "transformers_version", "torch_dtype", "architectures"):
             values.pop(key, None)
         extra.update(values)  # auto_map, … kept verbatim, never executed
-        for key, field_name in _misspelt(values, known).items():
+        for key, field_name in _misspelt(values, known, set(kwargs)).items():
             log.warning(
                 "config key %r is not a Time-MoE key, so %r takes its default (%r); is %r misspelt?",
                 key,

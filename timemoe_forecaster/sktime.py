@@ -53,8 +53,9 @@ class TimeMoEForecaster(BaseForecaster):
     context_length : int or None, default=None
         Points of history fed to the model per series. None: the model's default context, the windows it
         was last trained on where its config.json records them (``config.default_context_length``; fine-tuning
-        records its ``max_length``), else all history up to the model's limit (``max_position_embeddings``,
-        4096 for the presets and the embedded default); longer series keep their most recent points. A value
+        records the longest window it drew: ``max_length``, or less on shorter series), else all history up
+        to the model's limit (``max_position_embeddings``, 4096 for the presets and the embedded default);
+        longer series keep their most recent points. A value
         above the limit is an error; one above the recorded default is a logged warning (models forecast
         worse from contexts longer than they were trained on).
     device : str, default="auto"
@@ -68,7 +69,8 @@ class TimeMoEForecaster(BaseForecaster):
         None: zero-shot. A dict fine-tunes a private copy of the model on ``y`` in ``fit`` with these
         settings of ``timemoe_forecaster.train.finetune.train_on_series``: ``steps`` or ``epochs``
         (default ``steps=100``), ``lr``, ``batch_size``, ``max_length``, ``weight_decay``,
-        ``warmup_steps``, ``min_lr_ratio``.
+        ``warmup_steps``, ``min_lr_ratio``, and ``seed``, ``progress`` and ``device`` (default: the
+        estimator's).
     scaling : {"standard", "none"}, default="standard"
         "standard": each context is standardised by its own mean and standard deviation and the
         forecast mapped back (shift- and scale-equivariant; a constant series forecasts the constant).
@@ -312,6 +314,8 @@ class TimeMoEForecaster(BaseForecaster):
             raise _unknown_frequency()  # every predict would fail: said here, not at the first forecast
         self._context = self._without_time_gaps(frame, self._freq)
         self._settle_time_grid()
+        if getattr(self, "pretrained_model_", None) is not None:  # set_params(scaling="none") after pretrain
+            preprocess.refuse_training_with_raw_scaling(self.scaling, "pretrain")
         model = self._base_model()
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)

@@ -660,6 +660,11 @@ def test_training_with_raw_scaling_is_refused():
         TimeMoEForecaster(scaling="none", fine_tune={"steps": 1})
     with pytest.raises(ValueError, match="pretrain trains the model on windows standardised"):
         TimeMoEForecaster(config="tiny", scaling="none", device="cpu").pretrain(panel())
+    settings = {"steps": 1, "batch_size": 2, "max_length": 16}
+    pretrained = TimeMoEForecaster(config="tiny", device="cpu", pretrain_settings=settings).pretrain(panel())
+    pretrained.set_params(scaling="none")  # keeps the pretrained weights, trained on standardised windows
+    with pytest.raises(ValueError, match="pretrain trains the model on windows standardised"):
+        pretrained.fit(pd.Series(np.arange(30.0)))
 
 
 # Intervals ---------------------------------------------------------------------------------------

@@ -208,6 +208,11 @@ def test_forecast_defaults_to_the_recorded_context_and_warns_past_it(tmp_path, c
         assert main(args) == 0
     assert "context 100," in capsys.readouterr().out
     assert "--context-length=100 is longer than this model's default context of 24 points" in caplog.text
+    limit = model.config.max_position_embeddings
+    args[-1] = str(limit + 1)
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert f"--context-length {limit + 1} exceeds the model's limit of {limit} points; using {limit}" in caplog.text
 
 
 def test_forecast_times_print_alike_and_a_date_column_with_holes_is_explained(tmp_path, capsys, caplog):
@@ -243,7 +248,7 @@ def test_a_model_trained_further_no_longer_describes_itself_as_its_base(tmp_path
     TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny")).save_pretrained(plain)
     assert main(["finetune", "--model", str(plain), *FAST, "--max-steps", "1", "--output-dir", str(tuned)]) == 0
     meta = TimeMoEForPrediction.from_pretrained(tuned).config.extra["timemoe_forecaster"]
-    assert meta == {"status": f"trained further from {plain}", "trained_from": str(plain)}
+    assert meta == {"status": f"trained further from {plain}", "trained_from": str(plain), "default_context_length": 32}
     # Training with no output directory says so, instead of "model in None".
     assert main(["finetune", "--model", str(out), *FAST, "--max-steps", "1", "--output-dir", ""]) == 0
     assert "nothing saved (no --output-dir)" in capsys.readouterr().out

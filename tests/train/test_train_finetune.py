@@ -176,6 +176,15 @@ def test_the_model_records_the_longest_window_it_was_trained_on_as_its_default_c
     assert TimeMoEForPrediction.from_pretrained(tmp_path).config.default_context_length == 39
 
 
+def test_a_named_checkpoint_fine_tuned_no_longer_calls_itself_by_its_name():
+    # Fine-tuned through an estimator and saved, the embedded default still called itself the default, "pretrained".
+    model = make_model()
+    model.config.extra = {"timemoe_forecaster": {"name": "ours v2", "status": "pretrained", "training": "recipe"}}
+    train_on_series(model, [sine(300)], steps=1, batch_size=2, max_length=64)
+    meta = model.config.extra["timemoe_forecaster"]
+    assert meta == {"status": "trained further from ours v2", "trained_from": "ours v2", "default_context_length": 64}
+
+
 def test_short_members_of_a_panel_are_trained_on():
     # With one series of 17 points or more, min_length became 17 and every shorter series got zero weight:
     # 30 short members changed nothing.

@@ -346,8 +346,9 @@ class TimeMoEForPrediction(nn.Module):
     ) -> torch.Tensor:
         """Autoregressive forecast of ``horizon`` points after ``context`` [B, S] (or [B, S, C]).
 
-        Values are used as given: scale them first (the model was trained on standardised values; large ones
-        overflow inside it to NaN forecasts, in float16 from a few thousand). Returns [B, horizon] (or
+        Values are used as given: scale them first (the model was trained on standardised values; from about 1e10
+        in float32 the squares inside its RMSNorms overflow and the forecasts, still finite, stop depending on the
+        input; in float16 already from a few thousand). Returns [B, horizon] (or
         [B, horizon, C]).
         ``max_batch_tokens``: see :func:`timemoe_forecaster.forecast.forecast`.
         """
