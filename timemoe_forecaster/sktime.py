@@ -55,9 +55,9 @@ class TimeMoEForecaster(BaseForecaster):
         was last trained on where its config.json records them (``config.default_context_length``; fine-tuning
         records the longest window it drew: ``max_length``, or less on shorter series), else all history up
         to the model's limit (``max_position_embeddings``, 4096 for the presets and the embedded default);
-        longer series keep their most recent points. A value
-        above the limit is an error; one above the recorded default is a logged warning (models forecast
-        worse from contexts longer than they were trained on).
+        longer series keep their most recent points. A value above the limit is an error; one above the
+        recorded default is a logged warning (models forecast worse from contexts longer than they were
+        trained on).
     device : str, default="auto"
         "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", …
     dtype : str, torch.dtype or None, default=None
