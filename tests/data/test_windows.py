@@ -256,3 +256,19 @@ def _saved(tmp_path, matrix):
     path = tmp_path / "rows.npy"
     np.save(path, matrix)
     return str(path)
+
+
+def test_a_source_the_quality_filter_mostly_drops_is_named_once(caplog, monkeypatch):
+    # Beijing's integer-rounded dew point kept 0% of its points under the paper's rule, without a word.
+    from timemoe_forecaster.data import windows
+
+    monkeypatch.setattr(windows, "QUALITY_REPORT_POINTS", 5_000)
+    rng = np.random.default_rng(0)
+    stairs = ArraySource([np.round(np.cumsum(rng.normal(scale=0.05, size=3000))) for _ in range(5)], name="stairs")
+    noisy = ArraySource([rng.normal(size=3000) for _ in range(5)], name="noisy")
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        sampler = WindowSampler([stairs, noisy], max_length=256, seed=0)
+        for _ in range(60):
+            sampler.sample()
+    assert caplog.text.count("source 'stairs': the quality filter kept") == 1
+    assert "'noisy'" not in caplog.text

@@ -82,6 +82,10 @@ def standardise(window: np.ndarray, std_floor: float = STD_FLOOR) -> np.ndarray:
     return ((x - x.mean()) / std).astype(np.float32)
 
 
+# Points the quality filter must have seen from a source before it says how much it kept.
+QUALITY_REPORT_POINTS = 200_000
+
+
 class WindowSampler:
     """Endless, deterministic stream of standardised float32 windows of ``min_length..max_length + 1`` points.
 
@@ -133,6 +137,9 @@ class WindowSampler:
         # data and min_length alone, so a resumed sampler derives the same.
         self._dead: set[int] = {k for k, shard in enumerate(self._shards) if shard is None}
         self._warned_dry: set[int] = set()
+        # Points the quality filter saw and kept per source, for one warning when it drops most of a source (the
+        # paper's rule drops integer-rounded weather series whole, and said nothing).
+        self._filtered = np.zeros((len(self.sources), 2), dtype=np.int64)
         # Sources whose shard gave no window in max_tries draws and now read all their series; in the state, so a
         # resumed sampler goes on as this one would.
         self._widened: set[int] = set()
@@ -224,10 +231,30 @@ class WindowSampler:
             start = int(rng.integers(0, x.shape[0] - span + 1))
             x = x[start : start + span]
         if self.quality_filter and src.wants_quality_filter(i):
+            drawn = x.shape[0]
             x = keep_good_stretch(x)
+            self._count_filtered(k, drawn, x.shape[0] if x.shape[0] >= self.min_length else 0)
             if x.shape[0] < self.min_length:
                 return None
         return standardise(x, self.std_floor)
+
+    def _count_filtered(self, k: int, drawn: int, kept: int) -> None:
+        """Once per source: a warning when the quality filter has kept less than half of the points drawn from it
+        (over at least QUALITY_REPORT_POINTS of them)."""
+        seen = self._filtered[k]
+        if seen[0] < 0:  # said already
+            return
+        seen += (drawn, kept)
+        if seen[0] >= QUALITY_REPORT_POINTS:
+            if seen[1] < seen[0] / 2:
+                logger.warning(
+                    "source %r: the quality filter kept %.0f%% of the points drawn from it (128-point blocks that are "
+                    "mostly zeros or barely change are dropped, Time-MoE's rule; integer-rounded or slowly varying "
+                    "series can lose most of their data); --no-quality-filter keeps them",
+                    self.sources[k].name,
+                    100 * seen[1] / seen[0],
+                )
+            seen[:] = -1
 
     def sample(self) -> np.ndarray:
         """The next window: float32 [n + 1] with min_length <= n + 1 <= max_length + 1.
