@@ -184,11 +184,16 @@ def _locked(path: Path):
         yield
         return
     with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            locked = True
+        except OSError:  # a file system without locks (some NFS mounts): write unlocked, as before, not fail
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _quote(value: str) -> str:

@@ -223,14 +223,8 @@ class TimeMoEConfig:
         their full window)."""
         meta = self.extra.get(OUR_SECTION)
         value = meta.get("default_context_length") if isinstance(meta, dict) else None
-        if value is None:
-            return None
-        if not _is_whole(value) or value < 1:
-            log.warning(
-                "config key %s.default_context_length is %r, not a positive integer: ignored", OUR_SECTION, value
-            )
-            return None
-        return int(value)
+        # Read on every forecast, so quiet here: from_dict warns of a value that is no positive integer, once.
+        return int(value) if _is_whole(value) and value >= 1 else None
 
     def record_default_context_length(self, length: int) -> None:
         """Sets :attr:`default_context_length` (a new section dict: the loaded one may be shared with a cache)."""
@@ -270,6 +264,12 @@ class TimeMoEConfig:
             and kwargs.get("router_aux_loss_factor") == 0
         ):
             kwargs["apply_aux_loss"] = False  # how to_dict writes "no balance loss": read back, it computes none
+        meta = extra.get(OUR_SECTION)
+        recorded = meta.get("default_context_length") if isinstance(meta, dict) else None
+        if recorded is not None and not (_is_whole(recorded) and recorded >= 1):
+            log.warning(
+                "config key %s.default_context_length is %r, not a positive integer: ignored", OUR_SECTION, recorded
+            )
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
