@@ -121,6 +121,34 @@ def test_sktime_panel_and_rows_orientation(series, tmp_path):
         open_source(tmp_path / "m4.csv")
 
 
+def test_binary_read_gives_a_slice_across_files_with_scales(series, tmp_path):
+    # The sampler reads a window's points alone; a slice must equal the slice of the whole series, across files.
+    for standardise in (False, True):
+        folder = write_binary_dataset(series, tmp_path / f"b{standardise}", num_files=7, standardise=standardise)
+        src = open_source(folder)
+        for i in range(3):
+            for start, stop in ((0, 40), (3, 29), (38, 40), (10, 10), (35, 99)):
+                np.testing.assert_array_equal(src.read(i, start, stop), src[i][start:stop])
+
+
+def test_a_one_dimensional_npy_stays_mapped_and_is_counted_in_pieces(tmp_path, monkeypatch):
+    # A 1-D file that was not float32 was copied whole into RAM as float32 at open; 2-D files were mapped already.
+    from timemoe_forecaster.data import sources
+
+    x = np.arange(1000, dtype=np.float16)
+    x[100:130] = np.nan
+    np.save(tmp_path / "one.npy", x)
+    monkeypatch.setattr(sources, "COUNT_BLOCK", 64)  # counted 64 values at a time, here 16 pieces
+    src = open_source(tmp_path / "one.npy")
+    assert isinstance(src._matrix, np.memmap) and len(src) == 1
+    assert list(src.lengths()) == [970]
+    np.testing.assert_array_equal(src[0], x.astype(np.float32))
+    np.testing.assert_array_equal(src.read(0, 95, 140), x[95:140].astype(np.float32))
+    rows = np.where(np.arange(5000) % 7 == 0, np.nan, np.arange(5000.0)).reshape(5, 1000)
+    np.save(tmp_path / "rows.npy", rows)
+    assert list(open_source(tmp_path / "rows.npy").lengths()) == list(np.isfinite(rows).sum(axis=1))
+
+
 def test_binary_layout_spans_files_and_applies_scales(series, tmp_path):
     folder = write_binary_dataset(series, tmp_path / "b", num_files=5, standardise=True)
     meta = json.loads((folder / "meta.json").read_text())

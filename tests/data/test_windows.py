@@ -272,3 +272,58 @@ def test_a_source_the_quality_filter_mostly_drops_is_named_once(caplog, monkeypa
             sampler.sample()
     assert caplog.text.count("source 'stairs': the quality filter kept") == 1
     assert "'noisy'" not in caplog.text
+
+
+class _CountingSource(ArraySource):
+    """An ArraySource that counts whole-series reads and the points its windows read."""
+
+    def __init__(self, series):
+        super().__init__(series, name="counting")
+        self.whole_reads, self.points_read = [0] * len(series), 0
+
+    def __getitem__(self, i):
+        self.whole_reads[i] += 1
+        return super().__getitem__(i)
+
+    def read(self, i, start, stop):
+        self.points_read += stop - start
+        return self._series[i][start:stop]
+
+
+def test_a_long_series_is_read_whole_once_and_its_windows_are_the_same(monkeypatch):
+    # Every window of a long series read and scanned the whole series (217 ms per batch of 8 windows of 4,096 points
+    # from one 1e7-point binary series). Its finite runs are now found once; a window reads only its own points, and
+    # the windows drawn are the ones the whole-series path draws.
+    from timemoe_forecaster.data import windows
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200_000).astype(np.float32)
+    x[50_000:50_010] = np.nan  # three finite runs: the choice among them must stay the same
+    x[120_000:120_500] = np.inf
+    short = rng.normal(size=300).astype(np.float32)
+    src = _CountingSource([x, short])
+    fast = WindowSampler(src, max_length=255, seed=3, series_weighting="uniform")
+    got = [fast.sample() for _ in range(60)]
+    assert src.whole_reads[0] == 1 and 0 < src.whole_reads[1] < 60  # the short series is read whole, as before
+    assert 0 < src.points_read <= 60 * 256
+    monkeypatch.setattr(windows, "LONG_SERIES_WINDOWS", 10**9)  # every series takes the whole-series path
+    slow = WindowSampler(ArraySource([x, short]), max_length=255, seed=3, series_weighting="uniform")
+    want = [slow.sample() for _ in range(60)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_windows_of_a_long_binary_series_read_only_their_points(tmp_path, monkeypatch):
+    from timemoe_forecaster.data import BinarySource, write_binary_dataset
+
+    x = np.random.default_rng(1).normal(5.0, 2.0, size=100_000)
+    x[70_000:70_100] = np.nan
+    write_binary_dataset([x], tmp_path / "bin", num_files=3)
+    src = BinarySource(tmp_path / "bin")
+    whole_reads = []
+    original = BinarySource.__getitem__
+    monkeypatch.setattr(BinarySource, "__getitem__", lambda self, i: whole_reads.append(i) or original(self, i))
+    sampler = WindowSampler(src, max_length=127, seed=0, quality_filter=False)
+    for _ in range(40):
+        w = sampler.sample()
+        assert w.shape == (128,) and np.isfinite(w).all()
+    assert len(whole_reads) == 1

@@ -8,6 +8,7 @@ import warnings
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -673,14 +674,27 @@ def test_unusable_evaluation_data_is_refused_before_training(tmp_path):
             train(cfg)
 
 
+def test_evaluation_on_the_training_data_reads_its_files_once(tmp_path):
+    # Without --eval-data the evaluation opened the training specs again: every file was parsed twice.
+    from timemoe_forecaster.data import readers
+
+    y = np.sin(np.arange(3000) / 9.0) + np.random.default_rng(0).normal(0, 0.1, 3000)
+    pd.DataFrame({"a": y, "b": y[::-1].copy()}).to_csv(tmp_path / "d.csv", index=False)
+    cfg = small_config(tmp_path / "run", data=[str(tmp_path / "d.csv")], max_steps=2, log_every=2, eval_every=2)
+    with mock.patch.object(readers, "read_frame", wraps=readers.read_frame) as read:
+        train(cfg)
+    assert read.call_count == 1
+    assert np.isfinite(read_metrics(tmp_path / "run")[-1]["eval_loss"])
+
+
 def test_synthetic_specs_with_options_follow_the_seed_and_evaluate_on_other_series():
     # Any option on a synthetic spec dropped the run's seed (always seed 0), so --seed changed nothing and the
     # evaluation drew the training series.
-    from timemoe_forecaster.train.trainer import EVAL_SEED_OFFSET
+    from timemoe_forecaster.train.trainer import held_out_view
 
     for spec, seed, own in (("synthetic", 7, None), ("synthetic#num_series=50", 7, None), ("synthetic:3", 7, 3)):
         train_source = open_data([spec], seed)[0]
-        eval_source = open_data([spec], seed + EVAL_SEED_OFFSET, EVAL_SEED_OFFSET)[0]
+        eval_source = held_out_view([train_source])[0]
         assert train_source.seed == (seed if own is None else own)
         assert eval_source.seed != train_source.seed
         assert not np.array_equal(train_source[0], eval_source[0])

@@ -80,7 +80,13 @@ class BinarySource(SeriesSource):
 
     def __getitem__(self, i: int) -> np.ndarray:
         i = self._check_index(i)
-        start, stop = int(self._offsets[i]), int(self._offsets[i] + self._lengths[i])
+        return self.read(i, 0, int(self._lengths[i]))
+
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        i = self._check_index(i)
+        length = int(self._lengths[i])
+        start, stop, _ = slice(start, stop).indices(length)
+        start, stop = int(self._offsets[i]) + start, int(self._offsets[i]) + max(start, stop)
         parts = []
         k = int(np.searchsorted(self._file_starts, start, side="right")) - 1
         while start < stop:

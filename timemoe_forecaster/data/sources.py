@@ -49,6 +49,11 @@ class SeriesSource:
         """Number of points of series ``i`` (subclasses answer without reading the values)."""
         return int(self[i].shape[0])
 
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Points ``start:stop`` of series ``i`` as float32 (subclasses read only those: the sampler's windows of a
+        series of 10 million points read the whole series for each window before)."""
+        return self[i][start:stop]
+
     def lengths(self) -> np.ndarray | None:
         """Lengths of all series as int64 [len(self)] when cheap to know, else None (sampled uniformly)."""
         return None
@@ -109,6 +114,10 @@ class ArraySource(SeriesSource):
         return self._finite
 
 
+# Values counted at a time when a matrix source counts its finite points (bounds the temporary arrays to ~100 MB).
+COUNT_BLOCK = 1 << 24
+
+
 class MatrixSource(SeriesSource):
     """Rows of a 2-D array (possibly a read-only memmap from ``np.load(mmap_mode='r')``) as series."""
 
@@ -129,18 +138,26 @@ class MatrixSource(SeriesSource):
     def __getitem__(self, i: int) -> np.ndarray:
         return np.asarray(self._matrix[self._check_index(i)], dtype=np.float32)
 
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._matrix[self._check_index(i), start:stop], dtype=np.float32)
+
     def length(self, i: int) -> int:
         self._check_index(i)
         return int(self._matrix.shape[1])
 
     def lengths(self) -> np.ndarray:
-        """Finite points per row (rows of unequal series are NaN-padded), counted once in blocks of rows: a
-        memory-mapped file is read through once, not loaded."""
+        """Finite points per row (rows of unequal series are NaN-padded), counted once in blocks of at most
+        COUNT_BLOCK values: a memory-mapped file is read through once, not loaded."""
         if self._finite is None:
-            rows = self._matrix.shape[0]
-            block = max(1, (64 << 20) // max(1, self._matrix.shape[1] * self._matrix.itemsize))
-            counts = [np.count_nonzero(np.isfinite(self._matrix[a : a + block]), axis=1) for a in range(0, rows, block)]
-            self._finite = np.concatenate(counts).astype(np.int64)
+            rows, cols = self._matrix.shape
+            row_block = max(1, COUNT_BLOCK // cols)
+            col_block = min(cols, COUNT_BLOCK)  # one long row (a 1-D file) is counted in pieces too
+            counts = np.zeros(rows, dtype=np.int64)
+            for a in range(0, rows, row_block):
+                for b in range(0, cols, col_block):
+                    part = self._matrix[a : a + row_block, b : b + col_block]
+                    counts[a : a + row_block] += np.count_nonzero(np.isfinite(part), axis=1)
+            self._finite = counts
         return self._finite
 
 
@@ -171,6 +188,10 @@ class ConcatSource(SeriesSource):
         src, j = self._locate(i)
         return src.length(j)
 
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        src, j = self._locate(i)
+        return src.read(j, start, stop)
+
     def lengths(self) -> np.ndarray | None:
         parts = [s.lengths() for s in self.sources]
         return None if any(p is None for p in parts) else np.concatenate(parts)
@@ -180,15 +201,22 @@ class ConcatSource(SeriesSource):
         return src.wants_quality_filter(j)
 
 
-def split_at_nonfinite(x: np.ndarray, min_length: int = 1) -> list[np.ndarray]:
-    """Finite runs of ``x`` (split at NaN/inf) that have at least ``min_length`` points (views, in order)."""
+def finite_runs(x: np.ndarray, min_length: int = 1) -> np.ndarray:
+    """(start, stop) of each run of finite values of ``x`` with at least ``min_length`` points: int64 [R, 2]."""
     x = np.asarray(x)
     finite = np.isfinite(x)
     if finite.all():
-        return [x] if x.shape[0] >= min_length else []
-    edges = np.diff(np.concatenate([[0], finite.astype(np.int8), [0]]))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    return [x[a:b] for a, b in zip(starts, stops) if b - a >= min_length]
+        runs = np.array([[0, x.shape[0]]], dtype=np.int64)
+    else:
+        edges = np.diff(np.concatenate([[0], finite.astype(np.int8), [0]]))
+        runs = np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1).astype(np.int64)
+    return runs[runs[:, 1] - runs[:, 0] >= min_length]
+
+
+def split_at_nonfinite(x: np.ndarray, min_length: int = 1) -> list[np.ndarray]:
+    """Finite runs of ``x`` (split at NaN/inf) that have at least ``min_length`` points (views, in order)."""
+    x = np.asarray(x)
+    return [x[a:b] for a, b in finite_runs(x, min_length)]
 
 
 # open_source -------------------------------------------------------------------------------------
@@ -356,6 +384,9 @@ def _from_array(arr: np.ndarray, name: str) -> SeriesSource:
     if arr.dtype == object:
         return ArraySource(list(arr), name=name)
     if arr.ndim == 1:
+        if isinstance(arr, np.memmap) and arr.dtype.kind in "iuf":
+            # As one row of a matrix the file stays mapped; a series of an ArraySource is a float32 copy in RAM.
+            return MatrixSource(arr.reshape(1, -1), name=name)
         return ArraySource([arr], name=name)
     if arr.ndim == 2:
         return MatrixSource(arr, name=name)
