@@ -665,3 +665,30 @@ def test_rows_tables_take_numeric_id_columns_and_a_saved_index_as_ids(tmp_path):
     pd.DataFrame({"V1": ["H1", "H2"], "V2": [10.0, 20.0], "V3": [11.0, 21.0]}).to_csv(tmp_path / "indexed.csv")
     src = open_source(f"{tmp_path / 'indexed.csv'}#orient=rows")
     assert [src[i].tolist() for i in range(len(src))] == [[10.0, 11.0], [20.0, 21.0]]
+
+
+def test_binary_dataset_is_written_a_series_at_a_time(tmp_path, monkeypatch):
+    # Every converted series was held, then their concatenation too: twice the data in RAM. Now each series goes to a
+    # scratch file as it comes, and the scratch file is cut into the dataset's files in blocks.
+    import tracemalloc
+
+    from timemoe_forecaster.data import binary
+
+    monkeypatch.setattr(binary, "COPY_BLOCK", 1000)
+    n, count = 250_000, 24  # 2 MB a series as float64, 48 MB of series in all
+    make = lambda k: np.random.default_rng(k).normal(size=n)  # noqa: E731
+    tracemalloc.start()
+    try:
+        write_binary_dataset((make(k) for k in range(count)), tmp_path / "d", num_files=3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * n * 8  # a few series' worth; holding them all took over 24 * n * 4 * 2
+    src = open_source(tmp_path / "d")
+    assert len(src) == count
+    for k in (0, 11, 23):
+        np.testing.assert_array_equal(src[k], make(k).astype(np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no scratch folder left behind
+    with pytest.raises(ValueError, match="series 1"):
+        write_binary_dataset([np.ones(5), np.array([1e6, 2.0])], tmp_path / "e", dtype="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no folder for a failed write, and no scratch

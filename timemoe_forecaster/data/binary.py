@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -294,41 +296,81 @@ def write_binary_dataset(
     np_dtype = np.dtype(dtype)
     if num_files < 1:
         raise ValueError(f"num_files must be >= 1, got {num_files}")
-    arrays, scales, offset = [], [], 0
-    for k, s in enumerate(_as_series_list(series)):
-        # Straight to float64, never through float32: int32 16777217 or float64 1e39 must reach the dtype checks
-        # as they are (float32 made them 16777216 and inf).
-        x = as_float_series(s, f"series {k}", dtype=np.float64)
-        entry: dict[str, Any] = {"offset": offset, "length": int(x.shape[0])}
-        if standardise:
-            finite = x[np.isfinite(x)]
-            mean = float(finite.mean()) if finite.size else 0.0
-            std = float(finite.std()) if finite.size else 1.0
-            std = std if std > 0 else 1.0
-            x = (x - mean) / std
-            entry.update(mean=mean, std=std)
-        if np.issubdtype(np_dtype, np.integer):
-            _check_storable_as_integers(x, np_dtype, f"series {k}", standardise)
-        elif np.issubdtype(np_dtype, np.floating):
-            _check_in_float_range(x, np_dtype, f"series {k}")
-        else:
-            raise ValueError(f"dtype must be a float or integer type, got {np_dtype.name}")
-        stored = x.astype(np_dtype)
-        if np.issubdtype(np_dtype, np.floating) and np_dtype.itemsize < 4:
-            # float16 only: sources hand series to training as float32 whatever the file holds, so a series that
-            # float32 flattens is flattened on reading too (the trainer's data path works in float32).
-            _check_precision_kept(x, stored, f"series {k}")
-        arrays.append(stored)
-        scales.append(entry)
-        offset += int(x.shape[0])
-    folder.mkdir(parents=True, exist_ok=True)  # only once every series is known to fit the dtype
-    flat = np.concatenate(arrays) if arrays else np.zeros(0, np_dtype)
-    names = sorted(f"data-{i + 1}-of-{num_files}.bin" for i in range(num_files))
-    bounds = np.linspace(0, flat.shape[0], num_files + 1).astype(np.int64)
-    files = {}
-    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
-        flat[lo:hi].tofile(folder / name)
-        files[name] = int(hi - lo)
+    if np_dtype.kind not in "iuf":
+        raise ValueError(f"dtype must be a float or integer type, got {np_dtype.name}")
+    # The series go one at a time to a scratch file beside the folder, and the folder is made only once every series
+    # is known to fit the dtype. Holding them all, then their concatenation, took twice the data in RAM.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=".writing", dir=_existing_ancestor(folder)))
+    try:
+        whole = scratch / "all.bin"
+        scales = _write_series(_as_series_list(series), whole, np_dtype, standardise)
+        total = sum(entry["length"] for entry in scales)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = _split_into_files(whole, folder, np_dtype, total, num_files)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     meta = {"num_sequences": len(scales), "dtype": np_dtype.name, "files": files, "scales": scales}
     (folder / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return folder
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """The nearest existing folder at or above ``folder``'s parent (where its scratch file goes)."""
+    base = folder.absolute().parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    return base
+
+
+def _write_series(series: Iterable, path: Path, np_dtype: np.dtype, standardise: bool) -> list[dict[str, Any]]:
+    """Append each series, checked and converted to ``np_dtype``, to ``path``; their ``scales`` entries."""
+    scales: list[dict[str, Any]] = []
+    offset = 0
+    with open(path, "wb") as out:
+        for k, s in enumerate(series):
+            # Straight to float64, never through float32: int32 16777217 or float64 1e39 must reach the dtype checks
+            # as they are (float32 made them 16777216 and inf).
+            x = as_float_series(s, f"series {k}", dtype=np.float64)
+            entry: dict[str, Any] = {"offset": offset, "length": int(x.shape[0])}
+            if standardise:
+                finite = x[np.isfinite(x)]
+                mean = float(finite.mean()) if finite.size else 0.0
+                std = float(finite.std()) if finite.size else 1.0
+                std = std if std > 0 else 1.0
+                x = (x - mean) / std
+                entry.update(mean=mean, std=std)
+            if np_dtype.kind in "iu":
+                _check_storable_as_integers(x, np_dtype, f"series {k}", standardise)
+            else:
+                _check_in_float_range(x, np_dtype, f"series {k}")
+            stored = x.astype(np_dtype)
+            if np_dtype.kind == "f" and np_dtype.itemsize < 4:
+                # float16 only: sources hand series to training as float32 whatever the file holds, so a series that
+                # float32 flattens is flattened on reading too (the trainer's data path works in float32).
+                _check_precision_kept(x, stored, f"series {k}")
+            stored.tofile(out)
+            scales.append(entry)
+            offset += int(x.shape[0])
+    return scales
+
+
+# Values copied at a time when the scratch file is cut into the dataset's files.
+COPY_BLOCK = 1 << 24
+
+
+def _split_into_files(whole: Path, folder: Path, np_dtype: np.dtype, total: int, num_files: int) -> dict[str, int]:
+    """Cut the ``total`` values of ``whole`` into ``num_files`` files of ``folder``; {file name: values}."""
+    names = sorted(f"data-{i + 1}-of-{num_files}.bin" for i in range(num_files))
+    bounds = np.linspace(0, total, num_files + 1).astype(np.int64)
+    if num_files == 1:
+        shutil.move(whole, folder / names[0])
+        return {names[0]: total}
+    values = np.memmap(whole, dtype=np_dtype, mode="r", shape=(total,)) if total else np.zeros(0, np_dtype)
+    files = {}
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        with open(folder / name, "wb") as out:
+            for a in range(int(lo), int(hi), COPY_BLOCK):
+                np.asarray(values[a : min(int(hi), a + COPY_BLOCK)]).tofile(out)
+        files[name] = int(hi - lo)
+    del values  # the memmap's file goes with the scratch folder
+    return files
