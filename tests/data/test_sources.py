@@ -131,22 +131,44 @@ def test_binary_read_gives_a_slice_across_files_with_scales(series, tmp_path):
                 np.testing.assert_array_equal(src.read(i, start, stop), src[i][start:stop])
 
 
-def test_a_one_dimensional_npy_stays_mapped_and_is_counted_in_pieces(tmp_path, monkeypatch):
-    # A 1-D file that was not float32 was copied whole into RAM as float32 at open; 2-D files were mapped already.
+def test_a_large_npy_stays_mapped_and_is_counted_in_pieces(tmp_path, monkeypatch):
+    # A large 1-D file that was not float32 was copied whole into RAM as float32 at open; 2-D files were mapped already.
     from timemoe_forecaster.data import sources
 
-    x = np.arange(1000, dtype=np.float16)
+    x = np.arange(1000, dtype=np.float64)
     x[100:130] = np.nan
+    x[500] = 1e39  # beyond float32: read as inf, so not a finite point
     np.save(tmp_path / "one.npy", x)
+    monkeypatch.setattr(sources, "MAP_MIN_BYTES", 0)  # every file counts as large
     monkeypatch.setattr(sources, "COUNT_BLOCK", 64)  # counted 64 values at a time, here 16 pieces
     src = open_source(tmp_path / "one.npy")
     assert isinstance(src._matrix, np.memmap) and len(src) == 1
-    assert list(src.lengths()) == [970]
-    np.testing.assert_array_equal(src[0], x.astype(np.float32))
+    assert list(src.lengths()) == [969]
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(src[0], x.astype(np.float32))
     np.testing.assert_array_equal(src.read(0, 95, 140), x[95:140].astype(np.float32))
+    # Pickled (the data worker), it maps the file again instead of carrying its values.
+    clone = pickle.loads(pickle.dumps(src))
+    assert len(pickle.dumps(src)) < 2000 and isinstance(clone._matrix, np.memmap)
+    np.testing.assert_array_equal(clone.read(0, 0, 1000), src.read(0, 0, 1000))
     rows = np.where(np.arange(5000) % 7 == 0, np.nan, np.arange(5000.0)).reshape(5, 1000)
     np.save(tmp_path / "rows.npy", rows)
     assert list(open_source(tmp_path / "rows.npy").lengths()) == list(np.isfinite(rows).sum(axis=1))
+
+
+def test_small_npy_files_are_read_into_memory(tmp_path):
+    # Kept mapped, each file of a folder held a file descriptor: 3,000 small files failed under a 1,024 limit.
+    import os
+
+    for k in range(40):
+        np.save(tmp_path / f"s{k:02d}.npy", np.arange(50.0) + k)
+    np.save(tmp_path / "zero.npy", np.zeros(0))  # an empty file is a source without windows, not an error
+    before = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").exists() else None
+    src = open_source(tmp_path)
+    assert len(src) == 41 and list(src.lengths())[:2] == [50, 50] and src.lengths()[-1] == 0
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) < before + 5
+    np.testing.assert_array_equal(src[3], np.arange(50.0, dtype=np.float32) + 3)
 
 
 def test_binary_layout_spans_files_and_applies_scales(series, tmp_path):
@@ -692,3 +714,20 @@ def test_binary_dataset_is_written_a_series_at_a_time(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="series 1"):
         write_binary_dataset([np.ones(5), np.array([1e6, 2.0])], tmp_path / "e", dtype="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no folder for a failed write, and no scratch
+
+
+def test_binary_dataset_writes_in_its_folder_and_a_failed_write_keeps_the_old_one(tmp_path):
+    # The scratch file went above the folder: a read-only parent, or a folder that is a mount point of its own (a
+    # container volume), failed or filled the wrong file system. It lives in the folder now, hidden.
+    from timemoe_forecaster.data.binary import SCRATCH_FILE
+
+    folder = write_binary_dataset([np.arange(10.0), np.arange(7.0)], tmp_path / "d", num_files=3)
+    (folder / SCRATCH_FILE).write_bytes(b"left by a killed write")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != SCRATCH_FILE}
+    with pytest.raises(ValueError, match="series 1"):
+        write_binary_dataset([np.ones(5), np.array([1e6, 2.0])], folder, dtype="int8")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old dataset, and no scratch
+    np.testing.assert_array_equal(open_source(folder)[1], np.arange(7.0, dtype=np.float32))
+    write_binary_dataset([np.arange(4.0)], folder, num_files=2)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    np.testing.assert_array_equal(open_source(folder)[0], np.arange(4.0, dtype=np.float32))

@@ -327,3 +327,15 @@ def test_windows_of_a_long_binary_series_read_only_their_points(tmp_path, monkey
         w = sampler.sample()
         assert w.shape == (128,) and np.isfinite(w).all()
     assert len(whole_reads) == 1
+
+
+def test_the_runs_kept_for_long_series_are_bounded(monkeypatch):
+    from timemoe_forecaster.data import windows
+
+    monkeypatch.setattr(windows, "MAX_KEPT_RUNS", 300)
+    gappy = [np.where(np.arange(20_000) % 100 == 0, np.nan, 1.0 + np.sin(np.arange(20_000.0) + k)) for k in range(6)]
+    sampler = WindowSampler(ArraySource(gappy), max_length=63, seed=0, series_weighting="uniform")
+    for _ in range(200):
+        assert sampler.sample().shape[0] >= 16
+        assert sampler._kept_runs == sum(r.shape[0] for r in sampler._runs.values()) <= 300
+    assert len(sampler._runs) == 1  # 200 runs a series: one series' runs at a time

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -298,28 +298,39 @@ def write_binary_dataset(
         raise ValueError(f"num_files must be >= 1, got {num_files}")
     if np_dtype.kind not in "iuf":
         raise ValueError(f"dtype must be a float or integer type, got {np_dtype.name}")
-    # The series go one at a time to a scratch file beside the folder, and the folder is made only once every series
-    # is known to fit the dtype. Holding them all, then their concatenation, took twice the data in RAM.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=".writing", dir=_existing_ancestor(folder)))
+    # The series go one at a time to a scratch file in the folder (on its file system, whatever is mounted where),
+    # which is cut into the dataset's files only once every series is known to fit the dtype. Holding them all, then
+    # their concatenation, took twice the data in RAM. A failed write removes what it created.
+    created = _first_missing(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = folder / SCRATCH_FILE
     try:
-        whole = scratch / "all.bin"
         scales = _write_series(_as_series_list(series), whole, np_dtype, standardise)
         total = sum(entry["length"] for entry in scales)
-        folder.mkdir(parents=True, exist_ok=True)
         files = _split_into_files(whole, folder, np_dtype, total, num_files)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    except BaseException:
+        whole.unlink(missing_ok=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     meta = {"num_sequences": len(scales), "dtype": np_dtype.name, "files": files, "scales": scales}
     (folder / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return folder
 
 
-def _existing_ancestor(folder: Path) -> Path:
-    """The nearest existing folder at or above ``folder``'s parent (where its scratch file goes)."""
-    base = folder.absolute().parent
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    return base
+# Where write_binary_dataset gathers the series; hidden, so that readers of the folder skip one a killed write left
+# (the next write into the folder replaces it).
+SCRATCH_FILE = ".write_binary_dataset.partial"
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The topmost folder of ``folder``'s path that does not exist yet (what making it creates), or None."""
+    missing = None
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
 
 
 def _write_series(series: Iterable, path: Path, np_dtype: np.dtype, standardise: bool) -> list[dict[str, Any]]:
@@ -354,23 +365,21 @@ def _write_series(series: Iterable, path: Path, np_dtype: np.dtype, standardise:
     return scales
 
 
-# Values copied at a time when the scratch file is cut into the dataset's files.
-COPY_BLOCK = 1 << 24
+# Bytes copied at a time when the scratch file is cut into the dataset's files.
+COPY_BLOCK = 1 << 26
 
 
 def _split_into_files(whole: Path, folder: Path, np_dtype: np.dtype, total: int, num_files: int) -> dict[str, int]:
-    """Cut the ``total`` values of ``whole`` into ``num_files`` files of ``folder``; {file name: values}."""
+    """Cut the ``total`` values of ``whole`` into ``num_files`` files of ``folder``; {file name: values}. The files
+    are cut from the end, the scratch file shortened after each, so that the disk holds the data about once."""
     names = sorted(f"data-{i + 1}-of-{num_files}.bin" for i in range(num_files))
-    bounds = np.linspace(0, total, num_files + 1).astype(np.int64)
-    if num_files == 1:
-        shutil.move(whole, folder / names[0])
-        return {names[0]: total}
-    values = np.memmap(whole, dtype=np_dtype, mode="r", shape=(total,)) if total else np.zeros(0, np_dtype)
-    files = {}
-    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
-        with open(folder / name, "wb") as out:
-            for a in range(int(lo), int(hi), COPY_BLOCK):
-                np.asarray(values[a : min(int(hi), a + COPY_BLOCK)]).tofile(out)
-        files[name] = int(hi - lo)
-    del values  # the memmap's file goes with the scratch folder
-    return files
+    bounds = np.linspace(0, total, num_files + 1).astype(np.int64) * np_dtype.itemsize
+    with open(whole, "r+b") as source:
+        for name, lo, hi in reversed(list(zip(names[1:], bounds[1:-1], bounds[2:]))):
+            source.seek(int(lo))
+            with open(folder / name, "wb") as out:
+                for _ in range(int(lo), int(hi), COPY_BLOCK):
+                    out.write(source.read(min(COPY_BLOCK, int(hi) - source.tell())))
+            source.truncate(int(lo))
+    os.replace(whole, folder / names[0])
+    return {name: int(hi - lo) // np_dtype.itemsize for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}

@@ -119,9 +119,12 @@ COUNT_BLOCK = 1 << 24
 
 
 class MatrixSource(SeriesSource):
-    """Rows of a 2-D array (possibly a read-only memmap from ``np.load(mmap_mode='r')``) as series."""
+    """Rows of a 2-D array (possibly a read-only memmap from ``np.load(mmap_mode='r')``) as series.
 
-    def __init__(self, matrix: np.ndarray, name: str = "matrix") -> None:
+    ``path``: the .npy file ``matrix`` maps whole (reshaped at most), which a pickled source (the data worker's) maps
+    again instead of carrying the values."""
+
+    def __init__(self, matrix: np.ndarray, name: str = "matrix", path: str | Path | None = None) -> None:
         if matrix.ndim != 2:
             raise ValueError(f"{name!r}: expected a 2-D array (rows are series), got shape {matrix.shape}")
         if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
@@ -130,16 +133,29 @@ class MatrixSource(SeriesSource):
             raise ValueError(f"{name!r}: array of shape {matrix.shape} holds no data")
         self.name = name
         self._matrix = matrix
+        self._path = None if path is None else Path(path)
         self._finite: np.ndarray | None = None  # see lengths()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self._path is not None:
+            state["_matrix"] = self._matrix.shape
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._path is not None:
+            self._matrix = np.load(self._path, mmap_mode="r", allow_pickle=False).reshape(state["_matrix"])
 
     def __len__(self) -> int:
         return int(self._matrix.shape[0])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self._matrix[self._check_index(i)], dtype=np.float32)
+        return self.read(i, 0, self._matrix.shape[1])
 
     def read(self, i: int, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._matrix[self._check_index(i), start:stop], dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 values beyond float32's range are inf, split off as non-finite
+            return np.asarray(self._matrix[self._check_index(i), start:stop], dtype=np.float32)
 
     def length(self, i: int) -> int:
         self._check_index(i)
@@ -155,7 +171,8 @@ class MatrixSource(SeriesSource):
             counts = np.zeros(rows, dtype=np.int64)
             for a in range(0, rows, row_block):
                 for b in range(0, cols, col_block):
-                    part = self._matrix[a : a + row_block, b : b + col_block]
+                    with np.errstate(over="ignore"):  # as read: float64 values beyond float32's range are inf
+                        part = np.asarray(self._matrix[a : a + row_block, b : b + col_block], dtype=np.float32)
                     counts[a : a + row_block] += np.count_nonzero(np.isfinite(part), axis=1)
             self._finite = counts
         return self._finite
@@ -384,13 +401,25 @@ def _from_array(arr: np.ndarray, name: str) -> SeriesSource:
     if arr.dtype == object:
         return ArraySource(list(arr), name=name)
     if arr.ndim == 1:
-        if isinstance(arr, np.memmap) and arr.dtype.kind in "iuf":
-            # As one row of a matrix the file stays mapped; a series of an ArraySource is a float32 copy in RAM.
-            return MatrixSource(arr.reshape(1, -1), name=name)
         return ArraySource([arr], name=name)
     if arr.ndim == 2:
         return MatrixSource(arr, name=name)
     raise ValueError(f"{name!r}: arrays must be 1-D (one series) or 2-D (rows are series), got shape {arr.shape}")
+
+
+# A .npy file of at least this many bytes stays memory-mapped (as rows of a MatrixSource: a 1-D file as one row, not a
+# float32 copy in RAM). Smaller ones are read into RAM, so that a folder of thousands of small files does not hold a
+# file descriptor and a mapping for each (1,024 open files is a common limit).
+MAP_MIN_BYTES = 64 << 20
+
+
+def _from_npy(arr: np.ndarray, name: str, path: Path) -> SeriesSource:
+    """The source of an array read from the .npy file ``path`` (memory-mapped by ``read_numpy``)."""
+    if isinstance(arr, np.memmap):
+        if arr.nbytes >= MAP_MIN_BYTES and arr.dtype.kind in "iuf" and arr.ndim in (1, 2):
+            return MatrixSource(arr.reshape(1, -1) if arr.ndim == 1 else arr, name=name, path=path)
+        arr = np.array(arr)  # in RAM: the mapping and its file descriptor are released
+    return _from_array(arr, name)
 
 
 def _suffixes(path: Path) -> tuple[str, bool]:
@@ -422,7 +451,10 @@ def _open_path(path: Path, opts: dict, name: str | None) -> SeriesSource:
         return ArraySource(series, name=name)
     if fmt in ARRAY_SUFFIXES:
         _no_opts(opts, "numpy files")
-        parts = [_from_array(arr, f"{name}:{key}" if key else name) for key, arr in read_numpy(path, fmt, compressed)]
+        parts = [
+            _from_npy(arr, name, path) if fmt == ".npy" else _from_array(arr, f"{name}:{key}")
+            for key, arr in read_numpy(path, fmt, compressed)
+        ]
         return parts[0] if len(parts) == 1 else ConcatSource(parts, name=name)
     if fmt in JSON_SUFFIXES:
         _no_opts(opts, "json files")

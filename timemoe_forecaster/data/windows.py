@@ -86,6 +86,9 @@ def standardise(window: np.ndarray, std_floor: float = STD_FLOOR) -> np.ndarray:
 # and a window reads only its own points (each window of one 1e7-point binary series took 217 ms, read and scanned
 # whole, against 1.7 ms with the same points cut into window-long series).
 LONG_SERIES_WINDOWS = 8
+# Finite runs the sampler keeps at most (16 bytes each); past this the store starts again. A series with a gap every
+# few points would otherwise keep a quarter of its size for the sampler's life.
+MAX_KEPT_RUNS = 1 << 20
 
 # Points the quality filter must have seen from a source before it says how much it kept.
 QUALITY_REPORT_POINTS = 200_000
@@ -162,6 +165,7 @@ class WindowSampler:
         # Finite points per series of each source (None: unknown), and the finite runs of its long series.
         self._lengths = [s.lengths() for s in self.sources]
         self._runs: dict[tuple[int, int], np.ndarray] = {}
+        self._kept_runs = 0
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
         self.num_windows = 0
 
@@ -231,7 +235,12 @@ class WindowSampler:
         if lengths is not None and lengths[i] > LONG_SERIES_WINDOWS * span:
             runs = self._runs.get((k, i))
             if runs is None:
-                runs = self._runs[(k, i)] = finite_runs(src[i], self.min_length)
+                runs = finite_runs(src[i], self.min_length)
+                if self._kept_runs + runs.shape[0] > MAX_KEPT_RUNS:
+                    self._runs.clear()
+                    self._kept_runs = 0
+                self._runs[(k, i)] = runs
+                self._kept_runs += runs.shape[0]
         else:
             whole = src[i]
             runs = finite_runs(whole, self.min_length)
