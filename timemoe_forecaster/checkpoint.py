@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import TimeMoEConfig, misspelt_key_hint, read_json
+from .extras import missing
 from .model.modeling import TimeMoEForPrediction
 
 log = logging.getLogger(__name__)
@@ -462,10 +463,11 @@ def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options
         raise CheckpointError(f"checkpoint directory {name!r} does not exist locally")
     try:
         from huggingface_hub import snapshot_download
-    except ImportError:
+    except ImportError as err:
         raise CheckpointError(
-            f"{name!r} is not a local directory, and huggingface_hub is not installed to fetch it "
-            "from the hub; pass the path of a directory with config.json and model.safetensors"
+            f"{name!r} is not a local directory, and fetching it from the hub failed: "
+            f"{missing('huggingface_hub', 'the hub', err)}; or pass the path of a directory with config.json and "
+            "model.safetensors"
         ) from None
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     at = f" at revision {revision!r}" if revision is not None else ""

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .extras import install_hint
+
 log = logging.getLogger(__name__)
 
 AIRLINE_CSV = Path(__file__).parent / "assets" / "airline.csv"
@@ -141,9 +143,16 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
         parser.add_argument(flag, **kwargs)
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timemoe", description="Time-MoE pretraining, fine-tuning and forecasting")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("pretrain", help="train a model from scratch (or from --init-from)")
     _add_train_flags(pre)
@@ -599,7 +608,7 @@ def _error_text(err: Exception) -> str:
     package to install, since an optional dependency (pyarrow, triton, flash_attn, ...) is the usual cause."""
     if isinstance(err, ModuleNotFoundError) and err.name and str(err).startswith("No module named"):
         package = err.name.split(".")[0]
-        return f"the optional package {package!r} is not installed ({err}); install it: pip install {package}"
+        return f"the optional package {package!r} is not installed ({err}); install it: {install_hint(package)}"
     return str(err)
 
 

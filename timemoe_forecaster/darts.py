@@ -15,8 +15,14 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from darts import TimeSeries
-from darts.models.forecasting.forecasting_model import GlobalForecastingModel
+
+from .extras import missing
+
+try:
+    from darts import TimeSeries
+    from darts.models.forecasting.forecasting_model import GlobalForecastingModel
+except ImportError as err:  # a bare ModuleNotFoundError named no extra
+    raise missing("darts", "timemoe_forecaster.darts", err) from None
 
 from . import preprocess
 

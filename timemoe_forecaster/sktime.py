@@ -13,7 +13,13 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
+
+from .extras import missing
+
+try:
+    from sktime.forecasting.base import BaseForecaster, ForecastingHorizon
+except ImportError as err:  # a bare ModuleNotFoundError named no extra
+    raise missing("sktime", "TimeMoEForecaster", err) from None
 
 from . import preprocess
 from .conformal import residual_moments, residual_offsets, rolling_residuals

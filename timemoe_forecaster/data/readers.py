@@ -68,13 +68,17 @@ def read_frame(path: Path, fmt: str):
 def _read_parquet(path: Path):
     import pandas as pd
 
+    from ..extras import missing
+
+    try:
+        import pyarrow  # noqa: F401  (pandas' own message spans several lines, names two engines and hides why)
+    except ImportError as err:  # an old pyarrow built for numpy 1 imports and fails under numpy 2
+        raise missing("pyarrow", f"reading {path} (parquet, or convert it to CSV)", err) from None
     try:
         return pd.read_parquet(path)
-    except ImportError:  # pandas' own message spans several lines and names two engines
-        raise ImportError(
-            f"reading {path} (parquet) needs the optional package pyarrow, which is not installed: "
-            "pip install pyarrow (or convert the file to CSV)"
-        ) from None
+    except ImportError as err:  # a pyarrow older than pandas wants, say: its first line says which
+        lines = str(err).strip().splitlines()
+        raise ImportError(f"reading {path} (parquet): {lines[0] if lines else type(err).__name__}") from None
 
 
 def _index_as_column(df):
