@@ -62,3 +62,13 @@ def test_install_hints_and_version():
     assert "installed but failed to import: No module named 'pytorch_lightning'" in str(err)
     out = subprocess.run([sys.executable, "-m", "timemoe_forecaster.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"timemoe {__version__}"
+
+
+def test_a_hub_id_without_the_hub_extra_names_the_extra():
+    code = (
+        "import sys; sys.modules['huggingface_hub'] = None\nfrom timemoe_forecaster import TimeMoEForPrediction\n"
+        "try:\n    TimeMoEForPrediction.from_pretrained('someone/some-model')\nexcept Exception as e:\n    print(e)"
+    )
+    out = _run(code)
+    assert "fetching it from the hub needs huggingface_hub, which is not installed" in out.stdout, out.stderr
+    assert 'pip install "timemoe-forecaster[hub]"' in out.stdout

@@ -465,9 +465,8 @@ def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options
         from huggingface_hub import snapshot_download
     except ImportError as err:
         raise CheckpointError(
-            f"{name!r} is not a local directory, and fetching it from the hub failed: "
-            f"{missing('huggingface_hub', 'the hub', err)}; or pass the path of a directory with config.json and "
-            "model.safetensors"
+            f"{name!r} is not a local directory, and {missing('huggingface_hub', 'fetching it from the hub', err)}; "
+            "or pass the path of a directory with config.json and model.safetensors"
         ) from None
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     at = f" at revision {revision!r}" if revision is not None else ""
