@@ -9,13 +9,13 @@ git rev-parse HEAD > $OUT/commit.txt 2>/dev/null || true
 t0=$(date +%s)
 run() {  # $1: log name, rest: pytest selection
   local log=$OUT/$1; shift
-  timeout 560 python3 -m pytest -v -m gpu "$@" -p no:cacheprovider -rs 2>&1 \
+  timeout 490 python3 -m pytest -v -m gpu "$@" -p no:cacheprovider -rs 2>&1 \
     | grep -E "PASS|FAIL|ERROR|SKIP|passed|failed|Error|assert" > $log
   echo "pytest rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" >> $log
 }
 run gpu_tests_train.log tests/train &
 run gpu_tests_other.log tests --ignore=tests/train &
-timeout 560 python3 benchmarks/results/raw/session30/call1/ctx_sweep_gpu.py 512,1024,1536,2048,3072,4096 100 \
+timeout 490 python3 benchmarks/results/raw/session30/call1/ctx_sweep_gpu.py 512,1024,1536,2048,3072,4096 100 \
   96,192,336,720 $OUT/ctx_sweep.json > $OUT/ctx_sweep.log 2>&1 &
 wait
 for f in $OUT/gpu_tests_*.log; do echo "== $f"; cut -c1-250 $f; done
