@@ -140,7 +140,9 @@ class WindowSampler:
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.quality_filter, self.std_floor, self.max_tries = quality_filter, std_floor, max_tries
         self.series_weighting = series_weighting
-        self._shards = [self._shard(s) for s in self.sources]
+        # Finite points per series of each source (None: unknown), asked once: shards and windows both read them.
+        self._lengths = [s.lengths() for s in self.sources]
+        self._shards = [self._shard(k) for k in range(len(self.sources))]
         # Sources whose series are all too short for a window: their weight goes to the others. Derived from the
         # data and min_length alone, so a resumed sampler derives the same.
         self._dead: set[int] = {k for k, shard in enumerate(self._shards) if shard is None}
@@ -162,16 +164,16 @@ class WindowSampler:
         if len(self._dead) == len(self.sources):
             raise ValueError(self._no_window_message())
         self._live_weights = self._weights_without(self._dead)
-        # Finite points per series of each source (None: unknown), and the finite runs of its long series.
-        self._lengths = [s.lengths() for s in self.sources]
+        # The finite runs of long series, found once each (see LONG_SERIES_WINDOWS).
         self._runs: dict[tuple[int, int], np.ndarray] = {}
         self._kept_runs = 0
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
         self.num_windows = 0
 
-    def _shard(self, src: SeriesSource, whole: bool = False) -> tuple[int, int, np.ndarray | None] | None:
-        """(first index, stride, cumulative length weights or None) of this rank's series of ``src`` (``whole``: of
-        all its series); None when its lengths show that none of them is long enough for a window."""
+    def _shard(self, k: int, whole: bool = False) -> tuple[int, int, np.ndarray | None] | None:
+        """(first index, stride, cumulative length weights or None) of this rank's series of source ``k``
+        (``whole``: of all its series); None when its lengths show that none of them is long enough for a window."""
+        src = self.sources[k]
         n = len(src)
         first, stride = (0, 1) if whole else (self.rank, self.world_size)
         if stride > 1 and n <= self.rank:
@@ -187,7 +189,7 @@ class WindowSampler:
                     self.rank,
                 )
             first, stride = 0, 1
-        all_lengths = src.lengths()
+        all_lengths = self._lengths[k]
         if all_lengths is None:
             return first, stride, None
         lengths = all_lengths[first::stride].astype(np.float64)
@@ -319,7 +321,7 @@ class WindowSampler:
     def _widen(self, k: int) -> bool:
         """Let source ``k``, whose shard gave no window in ``max_tries`` draws, read all of its series; False when
         it read them all already."""
-        whole = None if k in self._widened or self._shards[k][1] == 1 else self._shard(self.sources[k], whole=True)
+        whole = None if k in self._widened or self._shards[k][1] == 1 else self._shard(k, whole=True)
         if whole is None:
             return False
         self._widened.add(k)
@@ -373,7 +375,7 @@ class WindowSampler:
         for k in state.get("widened", []):  # absent from checkpoints before session 28: none widened
             if k not in self._widened:
                 self._widened.add(k)
-                self._shards[k] = self._shard(self.sources[k], whole=True)
+                self._shards[k] = self._shard(k, whole=True)
 
 
 def iter_eval_windows(

@@ -17,7 +17,7 @@ import torch
 from ..config import OUR_SECTION
 from ..model.modeling import TimeMoEForPrediction
 from .parallel import DistContext
-from .trainer import TrainConfig, Trainer, _describe_as_trained_from, diverged_by_skips
+from .trainer import TrainConfig, Trainer, describe_as_trained_from, diverged_by_skips
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def train_on_series(
     if isinstance(meta, dict) and meta.get("name"):
         # A named checkpoint of ours (the embedded default) trained further is no longer it: saved, it still called
         # itself the default, "pretrained" by its recipe. Named as the trainer names a fine-tuned model.
-        _describe_as_trained_from(model.config, meta["name"])
+        describe_as_trained_from(model.config, meta["name"])
     # The longest context it was trained on (max_length, or less on shorter series) is its default from now on:
     # fine-tuned on 256-point windows, the default model's MSE on ETTh1 was 0.71 from 4,096 points, 0.08 from 256.
     model.config.record_default_context_length(min(max_length, max(len(s) for s in segments) - 1))

@@ -790,7 +790,7 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
 
 
-def _describe_as_trained_from(config, init_from) -> None:
+def describe_as_trained_from(config, init_from) -> None:
     """Our checkpoints describe themselves in ``extra["timemoe_forecaster"]`` (name, status, training, card), which
     a model trained further would carry on unchanged: a fine-tuned model called itself the embedded default,
     "pretrained" by its recipe. It now names what it was trained from; the rest no longer applies. A base without
@@ -814,7 +814,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
         # Weights holding NaN/inf are refused by the load itself (every step would be skipped, and the error
         # would blame the learning rate).
         require_univariate(model.config, f"the model {cfg.init_from}")
-        _describe_as_trained_from(model.config, cfg.init_from)
+        describe_as_trained_from(model.config, cfg.init_from)
         return model
     config = resolve_config(cfg.config)
     require_univariate(config, f"the model config {cfg.config!r}")
