@@ -22,6 +22,9 @@ from .extras import install_hint
 log = logging.getLogger(__name__)
 
 AIRLINE_CSV = Path(__file__).parent / "assets" / "airline.csv"
+# The exit status of a run that --time-limit stopped with a checkpoint: sysexits' EX_TEMPFAIL ("try again later"),
+# so a job script can tell "resume me" from done (0), a signal (128 + its number) and an error (1, 2).
+TIME_LIMIT_EXIT = 75
 
 _HELP = {
     "config": "model preset (tiny, small, base, large, ultra) or a config.json path",
@@ -58,7 +61,8 @@ _HELP = {
     "eval_every": "evaluate on held-out windows every N steps (0 = never)",
     "eval_batches": "held-out batches per evaluation, in all (split over the processes: the same on any number)",
     "resume": "continue from the latest checkpoint in --output-dir",
-    "time_limit": "stop with a checkpoint after this many seconds of training (0 = no limit)",
+    "time_limit": "stop with a checkpoint after this many seconds of training and exit with status 75, so a job "
+    "script can loop on --resume until the run finishes with 0 (0 = no limit)",
     "progress": "show a progress bar (rank 0)",
 }
 
@@ -597,10 +601,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped = f" ({result['skipped_steps']} skipped: non-finite gradients)" if result["skipped_steps"] else ""
             saved = f"model in {result['output_dir']}" if result["output_dir"] else "nothing saved (no --output-dir)"
             print(f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; {saved}")
-    if result.get("stopped_by") in ("SIGINT", "SIGTERM") and not result["finished"]:  # a last step is a finish
-        # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
+    if result["finished"] or not result["losses"]:  # a signal during the last step still finishes the run
+        return 0
+    # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
+    if result.get("stopped_by") in ("SIGINT", "SIGTERM"):
         return 128 + getattr(signal, result["stopped_by"])
-    return 0
+    return TIME_LIMIT_EXIT
 
 
 def _error_text(err: Exception) -> str:
