@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 30, device call 1: every GPU-marked test on the code of sessions 28-30 (they ran on CPU only), and beside
+# Session 30, device call 1 (carry .whl and .data; .data/benchmark = a copy of ../shared/data/benchmark): every GPU-marked test on the code of sessions 28-30 (they ran on CPU only), and beside
 # them the embedded default's context sweep on the validation splits (ctx_sweep_gpu.py).
 # The training tests, the other tests and the sweep run as three processes side by side on the one GPU, to fit one call.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
