@@ -359,10 +359,16 @@ class TimeMoEForecaster(BaseForecaster):
         return self._predict(fh, X)
 
     def _update(self, y, X=None, update_params=True):
-        """Extend the stored context with ``y`` (newer values win); the model is not retrained."""
+        """Extend the stored context with ``y`` (its known values win); the model is not retrained."""
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
         merged = pd.concat([self._context, new])
-        merged = _in_time_order(merged[~merged.index.duplicated(keep="last")])
+        if merged.index.has_duplicates:
+            # sktime's convention (its update_data): at a time both hold, a value of the update replaces the stored
+            # one, but its NaN (a point not reported yet, a variable the update leaves out) keeps it. Whole rows of
+            # the update replaced stored observations with NaN, which were then filled in. Groups stay in the
+            # order they first appear (the fitted instances, then new ones).
+            merged = merged.groupby(level=list(range(merged.index.nlevels)), sort=False).last()
+        merged = _in_time_order(merged)
         refuse_strided_integer_index(merged)
         self._context = self._without_time_gaps(checked_frame(merged, copy=False), getattr(self, "_freq", None))
         self._settle_time_grid()
@@ -373,7 +379,8 @@ class TimeMoEForecaster(BaseForecaster):
         """``update``'s data under the fitted data's column names.
 
         A univariate series is the same variable whatever its name (sktime itself drops the name of a renamed
-        series). With several variables the new data may hold some of them (the others hold their last value);
+        series). With several variables the new data may hold some of them (the others keep their stored values,
+        and at new times are missing, so they hold their last value);
         a variable that fit did not see is dropped with a warning: it has no history to forecast from, and by
         the time ``_update`` runs sktime has already moved the cutoff, so an error here would leave the context
         behind the cutoff.

@@ -1069,6 +1069,34 @@ def test_update_of_some_variables_holds_the_others_and_ignores_unknown_ones(chec
     np.testing.assert_allclose(got[["a", "b"]], expected, rtol=1e-6)
 
 
+def test_an_update_that_resends_blank_periods_keeps_what_was_observed(checkpoint):
+    # A feed re-sending its last periods, still blank, erased the stored observations (whole rows of the update
+    # replaced the stored ones, NaN included), and the forecast came from interpolated values: sktime's convention,
+    # as its own forecasters follow it, is that a NaN in an update keeps the stored value.
+    y = load_airline()
+    resent = y.iloc[-4:].copy()
+    resent.iloc[:3] = np.nan  # 1960-09..11, observed at fit, re-sent blank; 1960-12 is new
+    f = forecaster(checkpoint).fit(y.iloc[:-1])
+    f.update(resent, update_params=False)
+    expected = forecaster(checkpoint).fit(y).predict(fh=[1, 2])
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), expected, rtol=1e-6)
+    corrected = y.iloc[-3:] + 10.0  # known values of the update still replace the stored ones
+    f.update(corrected, update_params=False)
+    revised = pd.concat([y.iloc[:-3], corrected])
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), forecaster(checkpoint).fit(revised).predict(fh=[1, 2]), rtol=1e-6)
+
+
+def test_an_update_of_some_variables_at_fitted_times_keeps_the_others(checkpoint):
+    # An update holding only "a" over fitted times made "b" missing there.
+    y = load_airline()
+    both = pd.DataFrame({"a": y.to_numpy(), "b": y.to_numpy()[::-1].copy()}, index=y.index)
+    f = forecaster(checkpoint).fit(both)
+    f.update(both.iloc[-4:][["a"]] + 5.0, update_params=False)
+    revised = both.copy()
+    revised.loc[revised.index[-4:], "a"] += 5.0
+    np.testing.assert_allclose(f.predict(fh=[1, 2]), forecaster(checkpoint).fit(revised).predict(fh=[1, 2]), rtol=1e-6)
+
+
 def hourly_panel(lengths, gap_in=None):
     """(instance, time) panel with a DatetimeIndex of hourly points; ``gap_in`` skips two points of that instance."""
     frames = []
