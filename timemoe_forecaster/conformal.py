@@ -89,12 +89,21 @@ def rolling_residuals(
     _, final_scale, constant = scale_stats(finals, "standard")
     contexts = []
     for i, c in enumerate(clean):
-        observed_end = int(np.flatnonzero(~np.isnan(raw[i]))[-1]) + 1
+        observed = ~np.isnan(raw[i])
+        observed_end = int(np.flatnonzero(observed)[-1]) + 1
         gap = c.size - observed_end  # trailing points not observed
+        # The last observation at or before each point. The series was filled as a whole, so a point missing
+        # just before a cut-off was interpolated towards the target it is scored on; the final forecast only
+        # holds its last observation over such points. Each history is filled as that forecast's would be.
+        last_seen = np.maximum.accumulate(np.where(observed, np.arange(c.size), 0))
         for t in calibration_cutoffs(observed_end, horizon, num_windows):
             if t - gap < 2:
                 continue
-            history = c[max(0, t - gap - context_length) : t - gap]
+            lo, hi = max(0, t - gap - context_length), t - gap
+            history = c[lo:hi]
+            if last_seen[hi - 1] < hi - 1:  # missing values end this history: held, not interpolated
+                history = history.copy()
+                history[max(0, last_seen[hi - 1] + 1 - lo) :] = raw[i][last_seen[hi - 1]]
             if gap:  # held over the last ``gap`` points, as the final context holds them
                 history = np.concatenate([history, np.full(gap, history[-1])])
             contexts.append(history[-context_length:])  # history before cut-off t

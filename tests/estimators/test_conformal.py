@@ -90,6 +90,30 @@ def test_calibration_with_missing_last_values_holds_them_as_the_final_forecast_d
     np.testing.assert_allclose(residuals[0][-3] * scale[0], x[t : t + 3] - direct, rtol=1e-5, atol=1e-6)
 
 
+def test_calibration_forecasts_never_see_their_targets_through_filled_gaps():
+    # The series was filled as a whole before the calibration contexts were cut from it, so a value missing just
+    # before a cut-off was interpolated from the very target it was then scored on: residuals came out too small
+    # (80% intervals covered about 67% of held-out points with every other of the last 40 values missing,
+    # helper-measured). Each calibration forecast must be the forecast made from the history before its cut-off.
+    from timemoe_forecaster.preprocess import forecast_series
+
+    model = make_model(seed=4)
+    x = np.sin(np.arange(80) / 5) * 3 + np.arange(80) * 0.1
+    x[-20::2] = np.nan  # every other of the last 20 values missing; the last one is observed
+    horizon, windows = 2, 6
+    residuals, scale = conformal.rolling_residuals(model, [x], horizon, context_length=32, num_windows=windows)
+    cuts = conformal.calibration_cutoffs(80, horizon, windows)
+    checked = 0
+    for row, t in enumerate(cuts):
+        if np.isnan(x[t - 1]):  # the case that looked ahead: the history ends with a missing value
+            direct = forecast_series(model, [x[:t]], horizon, context_length=32)[0]
+            target = np.r_[x[t : t + horizon], np.full(max(0, t + horizon - x.size), np.nan)]
+            ok = ~np.isnan(target)
+            np.testing.assert_allclose(residuals[0][row][ok] * scale[0], (target - direct)[ok], rtol=1e-5, atol=1e-6)
+            checked += 1
+    assert checked >= 3
+
+
 def test_series_forecast_exactly_get_zero_width_intervals_not_nan():
     # A constant series is forecast exactly: every residual is 0, so no series lends a shape for levels its
     # 20 residuals do not resolve, and those came back NaN (0/0).
