@@ -234,6 +234,11 @@ class TimeMoEForecaster(BaseForecaster):
                 self._state = "pretrained"
         return self
 
+    def __sklearn_clone__(self):
+        """scikit-learn's ``clone`` as sktime's: pretrained weights are kept (sklearn rebuilt the forecaster from
+        its parameters alone and gave back the zero-shot model, silently)."""
+        return self.clone()
+
     # Pickling ------------------------------------------------------------------------------------
     # A zero-shot forecaster's weights are its checkpoint's: the pickle keeps model_path and a fingerprint of the
     # weights, not the weights (25 MB for the embedded default, 450 MB for base in float32), and unpickling

@@ -750,6 +750,12 @@ def test_fine_tune_and_pretrain_never_touch_other_instances(checkpoint):
     clone = pre.clone()
     assert clone.state == "pretrained" and clone.pretrained_model_ is not pre.pretrained_model_
     np.testing.assert_allclose(clone.fit(y).predict(fh=[1, 2]), pre.predict(fh=[1, 2]))
+    # scikit-learn's clone too (it gave back the zero-shot forecaster, silently).
+    from sklearn.base import clone as sklearn_clone
+
+    copied = sklearn_clone(pre)
+    assert copied.state == "pretrained" and copied.pretrained_model_ is not pre.pretrained_model_
+    np.testing.assert_allclose(copied.fit(y).predict(fh=[1, 2]), pre.predict(fh=[1, 2]))
 
 
 def test_a_first_load_under_inference_mode_does_not_poison_the_checkpoint_cache(tmp_path):
