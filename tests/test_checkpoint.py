@@ -466,3 +466,19 @@ def test_a_checkpoint_that_is_not_a_path_is_a_type_error(bad):
 def test_a_name_too_long_for_the_file_system_is_a_checkpoint_error():
     with pytest.raises(CheckpointError, match="is not a usable path"):
         TimeMoEForPrediction.from_pretrained("x" * 300 + "/y")
+
+
+def test_a_home_relative_path_names_the_same_folder_for_saving_and_loading(tmp_path, monkeypatch):
+    # Loading expanded "~" and saving did not: save_pretrained("~/m") wrote ./~/m, and from_pretrained("~/m") then
+    # read $HOME/m, an older model if one was there, without a word. The trainer's output folder likewise.
+    from timemoe_forecaster.train.config import TrainConfig
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    model = make_model(seed=3)
+    model.save_pretrained("~/m")
+    assert (home / "m" / "config.json").is_file() and not (work / "~").exists()
+    assert_same_weights(TimeMoEForPrediction.from_pretrained("~/m"), model)
+    assert TrainConfig(config="tiny", output_dir="~/run").output_dir == str(home / "run")

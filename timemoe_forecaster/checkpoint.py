@@ -227,7 +227,8 @@ def write_official(
     would have loaded the old shards under the new config); config.json comes last; then the previous save's
     other weight files (a single file or shards) go. Any other file in the folder stays.
     """
-    directory = Path(directory)
+    # "~" as the loader reads it: saved into a folder literally named "~", a model was then loaded from $HOME.
+    directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.clone() for k, v in state.items()}  # expert slices become own storage
     stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")

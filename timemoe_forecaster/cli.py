@@ -247,7 +247,7 @@ def load_series(dataset: str, column: str | None = None):
     from .data.readers import read_frame
     from .data.sources import TABULAR_SUFFIXES, _suffixes
 
-    path = Path(dataset)
+    path = Path(dataset).expanduser()
     if not path.is_file():
         raise ValueError(f"--dataset {dataset!r} is neither 'airline' nor an existing CSV, TSV or parquet file")
     fmt = _suffixes(path)[0]

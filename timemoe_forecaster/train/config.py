@@ -79,6 +79,9 @@ class TrainConfig:
             # "" is "no output folder", as None: Path("") is the working directory, where the run wrote its
             # checkpoints and train_config.json while the summary said nothing was saved.
             self.output_dir = None
+        elif isinstance(self.output_dir, (str, os.PathLike)):
+            # "~" as every path read is (--output-dir=~/run, which the shell leaves alone, wrote ./~/run).
+            self.output_dir = os.path.expanduser(os.fspath(self.output_dir))
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.eval_data, str):
