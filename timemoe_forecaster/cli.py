@@ -127,6 +127,8 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
             kwargs.update(nargs=2, type=float, metavar=("BETA1", "BETA2"))
         elif f.name == "fsdp":
             kwargs.update(choices=["auto", "true", "false"], default="auto")
+        elif f.name == "config":  # None: told apart from an explicit --config beside --init-from
+            kwargs.update(default=None, help=kwargs["help"] + f" (default: {default}; with --init-from, its own)")
         elif f.name == "data_prefetch":
             kwargs.update(choices=list(PREFETCH_MODES))
         elif f.name == "compile":
@@ -220,6 +222,13 @@ def train_config_from_args(args: argparse.Namespace):
             )
         values["init_from"] = args.model
         values["config"] = None  # the architecture is the checkpoint's; train_config.json recorded "tiny"
+    elif values.get("config") is not None and values.get("init_from") is not None:
+        raise ValueError(
+            "--config and --init-from both choose the model: --init-from trains its checkpoint's own architecture "
+            "(--config was ignored), so pass one of them"
+        )
+    elif values.get("config") is None and values.get("init_from") is None:
+        del values["config"]  # TrainConfig's default preset
     if values.get("data_weights") is not None:
         values["data_weights"] = [w for group in values["data_weights"] for w in group]
     if values.get("fsdp") in ("true", "false"):

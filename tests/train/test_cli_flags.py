@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from timemoe_forecaster.cli import TIME_LIMIT_EXIT, build_parser, main, train_config_from_args
 
@@ -44,3 +45,22 @@ def test_forecast_uses_all_history_by_default_as_the_estimators_do(tmp_path, cap
     printed = [float(line.split()[-1]) for line in out.splitlines() if line.split()[:1] == ["forecast"]]
     expected = TimeMoEForecaster().fit(y).predict(fh=[1, 2, 3]).to_numpy()
     np.testing.assert_allclose(printed, expected, atol=1e-4)
+
+
+def test_config_beside_init_from_is_refused_not_ignored(tmp_path, capsys):
+    # --init-from trains its checkpoint's architecture: --config small was ignored (a tiny model trained) and
+    # train_config.json recorded "small"; without --config it recorded the default "tiny".
+    from timemoe_forecaster.train.config import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["pretrain", "--init-from", str(tmp_path)])
+    assert train_config_from_args(args).config is None
+    assert train_config_from_args(parser.parse_args(["pretrain"])).config == "tiny"
+    with pytest.raises(SystemExit) as stop:
+        main(["pretrain", "--init-from", str(tmp_path), "--config", "small", "--output-dir", ""])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config and --init-from both choose the model" in err
+    assert TrainConfig(init_from="somewhere").config is None
+    with pytest.raises(ValueError, match="both choose the model"):
+        TrainConfig(init_from="somewhere", config="small")

@@ -560,6 +560,25 @@ def test_a_run_from_a_base_model_resumes_whatever_spelling_its_path_has(tmp_path
         train(small_config(run, config="small", resume=True, max_steps=9))
 
 
+def test_a_run_from_a_base_model_resumes_after_the_base_is_gone(tmp_path):
+    # The resume loaded the base again, only to overwrite every weight with the checkpoint's: once the base was
+    # gone (a purged scratch folder, a hub id offline), the run could not be continued at all.
+    base = tmp_path / "base"
+    train(small_config(base, max_steps=2))
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    train(small_config(straight, init_from=str(base), max_steps=4))
+    assert not train(small_config(run, init_from=str(base), max_steps=4, time_limit=1e-9))["finished"]
+    base.rename(tmp_path / "moved")
+    assert train(small_config(run, init_from=str(base), resume=True, max_steps=4))["finished"]
+    resumed, uninterrupted = (TimeMoEForPrediction.from_pretrained(d).state_dict() for d in (run, straight))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert "base" in json.loads((run / "config.json").read_text())["timemoe_forecaster"]["trained_from"]
+    # A base still there must be the model the run was trained from.
+    train(small_config(base, config="small", max_steps=1))
+    with pytest.raises(ValueError, match="trained from another model"):
+        train(small_config(run, init_from=str(base), resume=True, max_steps=5))
+
+
 def test_resume_with_other_shard_count_is_refused(tmp_path):
     train(small_config(tmp_path, max_steps=2, save_every=1))
     with pytest.raises(ValueError, match="grad-accum"):

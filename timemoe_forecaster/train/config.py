@@ -27,11 +27,14 @@ COMPILE_MODES = ("blocks", "model", "model-cudagraphs", "model-step-graph")
 WHOLE_MODEL_COMPILES = ("model", "model-cudagraphs", "model-step-graph")  # one graph of the whole forward
 
 
+DEFAULT_PRESET = "tiny"  # the model a run builds when given neither config nor init_from
+
+
 @dataclass
 class TrainConfig:
     """Every training setting; each field is one CLI flag (``--max-steps`` for ``max_steps``)."""
 
-    config: str | None = "tiny"  # preset name or config.json path (None, or ignored, with init_from)
+    config: str | None = DEFAULT_PRESET  # preset name or config.json path (None with init_from)
     init_from: str | None = None  # checkpoint directory to start from (fine-tuning)
     data: list[str] = field(default_factory=lambda: ["synthetic"])  # "synthetic" and/or paths
     data_weights: list[float] | None = None  # mixture weight per data source
@@ -82,6 +85,15 @@ class TrainConfig:
         elif isinstance(self.output_dir, (str, os.PathLike)):
             # "~" as every path read is (--output-dir=~/run, which the shell leaves alone, wrote ./~/run).
             self.output_dir = os.path.expanduser(os.fspath(self.output_dir))
+        if self.init_from is not None and self.config is not None:
+            # init_from trains the checkpoint's own architecture: another config was ignored without a word, and
+            # train_config.json recorded it (or the default preset) as the model trained.
+            if self.config != DEFAULT_PRESET:
+                raise ValueError(
+                    f"TrainConfig: config {self.config!r} and init_from {self.init_from!r} both choose the model; "
+                    "init_from trains the checkpoint's own architecture, so give one of them"
+                )
+            self.config = None
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.eval_data, str):

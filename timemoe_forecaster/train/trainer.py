@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import count_non_finite
-from ..config import resolve_config
+from ..config import TimeMoEConfig, resolve_config
 from ..loading import shares_cached_weights
 from ..model.modeling import TimeMoEForPrediction, count_loss_points
 from . import state as ckpt
@@ -660,6 +660,14 @@ RESUMED_GROUP_SETTINGS = ("lr", "initial_lr", "weight_decay", "betas", "eps")
 FIXED_ON_RESUME = ("optim_dtype", "seed")
 
 
+def architecture_differences(saved_config, model_config) -> list[str]:
+    """The model fields (not the extra keys) in which two configs differ, each as "field saved vs ours"."""
+    fields = {f.name for f in dataclasses.fields(saved_config)} - {"extra", "use_cache"}
+    arch = {k: v for k, v in saved_config.to_dict().items() if k in fields}
+    ours = {k: v for k, v in model_config.to_dict().items() if k in fields}
+    return [f"{k} {arch[k]} vs {ours.get(k)}" for k in arch if arch[k] != ours.get(k)]
+
+
 def check_resumable(path, saved_config, trainer_state: dict, model_config, cfg: TrainConfig) -> None:
     """Refuse (ValueError) a resume this run's settings cannot honour; log at INFO the settings that changed.
 
@@ -670,10 +678,7 @@ def check_resumable(path, saved_config, trainer_state: dict, model_config, cfg: 
     # The model's own fields only: to_dict writes the extra keys at the top level too, and among them our
     # description, which names the base model as typed, so "base", "./base" and its absolute path were three
     # different models and a re-queued fine-tune could not resume.
-    fields = {f.name for f in dataclasses.fields(saved_config)} - {"extra", "use_cache"}
-    arch = {k: v for k, v in saved_config.to_dict().items() if k in fields}
-    ours = {k: v for k, v in model_config.to_dict().items() if k in fields}
-    differ = [f"{k} {arch[k]} vs {ours.get(k)}" for k in arch if arch[k] != ours.get(k)]
+    differ = architecture_differences(saved_config, model_config)
     if differ:
         raise ValueError(
             f"{path} holds a different model than this run builds ({', '.join(differ)}); resume with the --config "
@@ -801,8 +806,11 @@ def describe_as_trained_from(config, init_from) -> None:
     config.extra = {**config.extra, "timemoe_forecaster": described}  # a new dict: the loaded one may be shared
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
-    """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32."""
+def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None = None) -> TimeMoEForPrediction:
+    """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32; resuming
+    a run trained from ``init_from`` (``resume_from``: its checkpoint), that checkpoint's architecture."""
+    if cfg.init_from is not None and resume_from is not None:
+        return _model_to_resume(cfg, device, Path(resume_from))
     if cfg.init_from is not None:
         model = TimeMoEForPrediction.from_pretrained(
             cfg.init_from,
@@ -818,6 +826,26 @@ def build_model(cfg: TrainConfig, device: torch.device) -> TimeMoEForPrediction:
         return model
     config = resolve_config(cfg.config)
     require_univariate(config, f"the model config {cfg.config!r}")
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        return TimeMoEForPrediction(config, attn_backend=cfg.attn_backend, moe_dispatch=cfg.moe_dispatch)
+
+
+def _model_to_resume(cfg: TrainConfig, device: torch.device, checkpoint: Path) -> TimeMoEForPrediction:
+    """The model of a run trained from ``init_from``, built from its checkpoint's config, with fresh weights that
+    the checkpoint replaces. The checkpoint holds every weight: a resume needed the base as well, and failed once
+    it was gone (a purged scratch folder, a hub id offline), after reading gigabytes only to overwrite them. A base
+    still on disk must be the model the run was trained from."""
+    config = TimeMoEConfig.from_json_file(checkpoint / "config.json")
+    base = Path(os.path.expanduser(str(cfg.init_from))) / "config.json"
+    if base.is_file():
+        differ = architecture_differences(config, TimeMoEConfig.from_json_file(base))
+        if differ:
+            raise ValueError(
+                f"{checkpoint} was trained from another model than {cfg.init_from} ({', '.join(differ)}); resume "
+                "with the --init-from (timemoe finetune: --model) of the run that wrote it"
+            )
+    require_univariate(config, f"the model of {checkpoint}")
     torch.manual_seed(cfg.seed)
     with torch.device(device):
         return TimeMoEForPrediction(config, attn_backend=cfg.attn_backend, moe_dispatch=cfg.moe_dispatch)
@@ -923,7 +951,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cfg.lr * cfg.max_steps / cfg.warmup_steps,
         )
     with output_dir_lock(cfg), distributed_context(cfg.device) as ctx:
-        model = build_model(cfg, ctx.device)
+        resumed_from = ckpt.latest_checkpoint(cfg.output_dir, intact=True) if cfg.resume else None
+        model = build_model(cfg, ctx.device, resumed_from)
         _check_fused_dispatch(cfg, model, ctx.device)
         if cfg.max_length > model.config.max_position_embeddings:
             raise ValueError(
@@ -957,7 +986,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             _check_eval_data(eval_stream, cfg)
 
         trainer = Trainer(cfg, ctx, model, streams, eval_stream if cfg.eval_every else None)
-        resumed_from = ckpt.latest_checkpoint(cfg.output_dir, intact=True) if cfg.resume else None
         if resumed_from is not None:
             trainer.load(resumed_from)
         elif cfg.resume:
