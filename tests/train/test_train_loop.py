@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.helpers import make_model
 from timemoe_forecaster import TimeMoEForPrediction
 from timemoe_forecaster.train import state as ckpt
 from timemoe_forecaster.train.metrics import read_metrics
@@ -577,6 +578,18 @@ def test_a_run_from_a_base_model_resumes_after_the_base_is_gone(tmp_path):
     train(small_config(base, config="small", max_steps=1))
     with pytest.raises(ValueError, match="trained from another model"):
         train(small_config(run, init_from=str(base), resume=True, max_steps=5))
+
+
+def test_a_run_into_the_folder_of_its_base_model_is_refused(tmp_path, monkeypatch):
+    # finetune --model m --output-dir m replaced the base's weights with the fine-tuned ones, without a word.
+    base = tmp_path / "m"
+    make_model(seed=1).save_pretrained(base)
+    before = (base / "model.safetensors").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for spelling in (str(base), "./m/"):
+        with pytest.raises(FileExistsError, match="is the folder of the model trained from"):
+            train(small_config(spelling, init_from="m", max_steps=1))
+    assert (base / "model.safetensors").read_bytes() == before and not (base / "checkpoints").exists()
 
 
 def test_resume_with_other_shard_count_is_refused(tmp_path):

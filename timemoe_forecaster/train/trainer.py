@@ -864,7 +864,16 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
     survive the new run's and a later ``--resume`` would continue the wrong one, and the final model would be
     replaced. Nothing is deleted here; the error says how to go on.
     """
-    if cfg.resume or cfg.output_dir is None:
+    if cfg.output_dir is None:
+        return
+    base = Path(os.path.expanduser(str(cfg.init_from))) if cfg.init_from is not None else None
+    if base is not None and base.is_dir() and Path(cfg.output_dir).resolve() == base.resolve():
+        # The final save replaced the base model's files: a downloaded checkpoint fine-tuned into itself was gone.
+        raise FileExistsError(
+            f"--output-dir {cfg.output_dir} is the folder of the model trained from ({cfg.init_from}): its weights "
+            "would be replaced; choose another --output-dir"
+        )
+    if cfg.resume:
         return
     latest = ckpt.latest_checkpoint(cfg.output_dir)
     if latest is not None:
