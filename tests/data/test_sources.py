@@ -104,6 +104,17 @@ def test_comma_separated_paths_and_options(series, tmp_path):
     _same(_all(listed), series + series)
 
 
+def test_a_file_whose_name_holds_a_comma_or_hash_opens_as_itself(series, tmp_path):
+    # "sales, 2023.csv" was split into "…/sales" ("does not exist", of a file that does) and " 2023.csv";
+    # "run#1.csv" failed with "bad option '1.csv'".
+    wide = pd.DataFrame({f"s{k}": s for k, s in enumerate(series)})
+    for name in ("sales, 2023.csv", "run#1.csv"):
+        wide.to_csv(tmp_path / name, index=False)
+        _same(_all(open_source(str(tmp_path / name))), series)
+    with pytest.raises(FileNotFoundError, match="',' separates paths and '#' starts options"):
+        open_source(f"{tmp_path / 'sales, 2023.csv'},{tmp_path / 'run#1.csv'}")
+
+
 def test_sktime_panel_and_rows_orientation(series, tmp_path):
     n = len(series[0])
     index = pd.MultiIndex.from_product([["a", "b"], range(n)], names=["instance", "time"])

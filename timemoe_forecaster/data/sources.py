@@ -260,8 +260,23 @@ def open_sources(spec: Any, **kwargs: Any) -> list[SeriesSource]:
         # 'list' is not numeric: could not convert string to float: 'a.json'").
         return [source for item in spec for source in open_sources(os.fspath(item), **kwargs)]
     if isinstance(spec, str) and ("," in spec or "#" in spec or spec.startswith("synthetic")):
-        return [_open_one_string(part.strip(), kwargs) for part in spec.split(",") if part.strip()]
+        if _is_existing_path(spec):  # "sales, 2023.csv", "run#1.csv": a file's own name, not a list or options
+            return [_open_one(spec, dict(kwargs))]
+        try:
+            return [_open_one_string(part.strip(), kwargs) for part in spec.split(",") if part.strip()]
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{err} (in the spec {spec!r}, ',' separates paths and '#' starts options: a file whose name holds "
+                "them opens when it is the whole spec, or through its folder)"
+            ) from None
     return [_open_one(spec, dict(kwargs))]
+
+
+def _is_existing_path(spec: str) -> bool:
+    try:
+        return Path(spec).expanduser().exists()
+    except OSError:  # a name too long for the file system
+        return False
 
 
 def _open_one_string(part: str, kwargs: dict) -> SeriesSource:
