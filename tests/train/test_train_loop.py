@@ -738,3 +738,12 @@ def test_synthetic_specs_with_options_follow_the_seed_and_evaluate_on_other_seri
 def test_fused_dispatch_where_it_cannot_run_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--moe-dispatch fused needs a CUDA device"):
         train(small_config(moe_dispatch="fused", max_steps=1))
+
+
+def test_a_trainer_state_without_what_a_resume_reads_is_named(tmp_path):
+    # A state file that loads but lacks keys failed with a bare KeyError ('num_shards') from inside the resume.
+    train(small_config(tmp_path, max_steps=2))
+    path = ckpt.latest_checkpoint(tmp_path)
+    torch.save({"step": 2}, path / ckpt.TRAINER_FILE)
+    with pytest.raises(ValueError, match=r"trainer_state.pt is not a trainer state .*num_shards.*delete .*step_0+2"):
+        train(small_config(tmp_path, max_steps=4, resume=True))

@@ -265,9 +265,29 @@ def load_checkpoint(path: str | Path, weights: bool = True) -> dict[str, Any]:
     return {
         "model": read_model(path) if weights else {},
         "optimizer": upgrade_optimizer_state(_read_state(path / OPTIMIZER_FILE)) if weights else {},
-        "trainer": _read_state(path / TRAINER_FILE),
+        "trainer": _checked_trainer_state(_read_state(path / TRAINER_FILE), path / TRAINER_FILE),
         "config": TimeMoEConfig.from_json_file(path / "config.json"),
     }
+
+
+# What a resume reads from the trainer state; a file without them failed with a bare KeyError deep in the resume.
+TRAINER_STATE_KEYS = {"step": int, "num_shards": int, "scheduler": dict, "data": list, "rng": list}
+
+
+def _checked_trainer_state(state: Any, file: Path) -> dict:
+    wrong = (
+        list(TRAINER_STATE_KEYS)
+        if not isinstance(state, dict)
+        else [k for k, kind in TRAINER_STATE_KEYS.items() if not isinstance(state.get(k), kind)]
+    )
+    if not wrong and "last_epoch" not in state["scheduler"]:
+        wrong = ["scheduler.last_epoch"]
+    if wrong:
+        raise ValueError(
+            f"{file} is not a trainer state this library writes (missing or malformed: {', '.join(wrong)}); "
+            f"delete {file.parent} to resume from the checkpoint before it"
+        )
+    return state
 
 
 def _read_state(file: Path) -> Any:
