@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped = f" ({result['skipped_steps']} skipped: non-finite gradients)" if result["skipped_steps"] else ""
             saved = f"model in {result['output_dir']}" if result["output_dir"] else "nothing saved (no --output-dir)"
             print(f"trained {result['steps']} steps{skipped}, final loss {result['final_loss']:.4f}; {saved}")
-    if result["finished"] or not result["losses"]:  # a signal during the last step still finishes the run
+    if result["finished"]:  # a signal during the last step still finishes the run
         return 0
     # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
     if result.get("stopped_by") in ("SIGINT", "SIGTERM"):
