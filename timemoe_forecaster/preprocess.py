@@ -116,9 +116,9 @@ def warn_if_past_default_context(context_length, config, name: str = "context_le
     default = config.default_context_length
     if context_length is not None and default is not None and context_length > default:
         log.warning(
-            "%s=%d is longer than this model's default context of %d points (the windows it was trained on, as "
-            "its config.json records): models forecast worse from contexts longer than they were trained on "
-            "(docs/estimators.md); leave it unset to use %d",
+            "%s=%d is longer than this model's default context of %d points (as its config.json records: the "
+            "windows it was trained on, or for the embedded default the length that forecast best on validation "
+            "data): models forecast worse from longer contexts (docs/estimators.md); leave it unset to use %d",
             name,
             context_length,
             default,
@@ -132,7 +132,7 @@ def log_history_cut(what: str, longest: int, points: int, limit: int) -> None:
     if points < limit:
         log.info(
             "%s has up to %d points; the most recent %d of each series are used, this model's default context "
-            "(the windows it was trained on; set context_length to change it)",
+            "(as its config.json records; set context_length to change it)",
             what,
             longest,
             points,
