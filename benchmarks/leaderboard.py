@@ -196,7 +196,9 @@ def cell_scope(args, plan: dict, key: str) -> dict:
             preset=args.preset,
             dtype=args.dtype or "fp32",
             context_length=context_lengths(args.context_length),
-            normalize_window=default_normalize_window(args.model_path, args.preset) if normalize is None else normalize,
+            normalize_window=(
+                default_normalize_window(args.model_path, args.preset, args.setting) if normalize is None else normalize
+            ),
         )
         if args.preset or args.setting == "full-shot":  # random preset weights and fine-tuning are seeded
             scope["seed"] = args.seed

@@ -43,13 +43,16 @@ def torch_dtype(name: str | None):
     raise ValueError(f"unknown dtype {name!r}; choose from {DTYPES}")
 
 
-def default_normalize_window(model_path: str | None, preset: str | None = None) -> bool:
+def default_normalize_window(model_path: str | None, preset: str | None = None, setting: str = "zero-shot") -> bool:
     """The embedded default was trained on standardised windows and is evaluated so (the model card's cells);
-    other checkpoints as the official run_eval.py does, on the dataset-scaled values."""
-    return model_path is None and not preset
+    other checkpoints as the official run_eval.py does, on the dataset-scaled values. Full-shot always
+    standardises: its fine-tuning trains on standardised windows, whatever the checkpoint."""
+    return setting == "full-shot" or (model_path is None and not preset)
 
 
-def model_label(model_path: str | None, preset: str | None = None, normalize_window: bool | None = None) -> str:
+def model_label(
+    model_path: str | None, preset: str | None = None, normalize_window: bool | None = None, setting: str = "zero-shot"
+) -> str:
     """Board name of a checkpoint: Time-MoE[default], Time-MoE[<folder name>] or Time-MoE[preset:tiny],
     with the window setting appended where it is not the model's default, so that the two settings are
     separate cells (a rerun with the other setting must not be skipped as already done)."""
@@ -61,7 +64,7 @@ def model_label(model_path: str | None, preset: str | None = None, normalize_win
         name = Path(str(model_path).rstrip("/")).name or str(model_path)
         if name == "default":  # a folder named so (the embedded one, say) is evaluated another way: its own cell
             name = f"path:{os.path.normpath(str(model_path))}"
-    usual = default_normalize_window(model_path, preset)
+    usual = default_normalize_window(model_path, preset, setting)
     if normalize_window is not None and normalize_window != usual:
         name += ", window-normalised" if normalize_window else ", raw windows"
     return f"Time-MoE[{name}]"
@@ -103,7 +106,14 @@ class TimeMoERunner:
         self.batch_tokens = batch_tokens
         self.context_lengths = dict(DEFAULT_CONTEXT if context_lengths is None else context_lengths)
         if normalize_window is None:
-            normalize_window = default_normalize_window(model_path, preset)
+            normalize_window = default_normalize_window(model_path, preset, setting)
+        if setting == "full-shot" and not normalize_window:
+            # Fine-tuned on standardised windows, scored on dataset-scaled ones: the tuned weights scored worse
+            # on validation than the zero-shot ones, which were then chosen, and the row said "full-shot".
+            raise ValueError(
+                "full-shot fine-tunes on standardised windows (all training here does), so it scores on "
+                "standardised windows too: drop --no-normalize-window"
+            )
         self.normalize_window = normalize_window
         self.max_windows = max_windows
         self.horizons = list(HORIZONS if horizons is None else horizons)  # those scored on val when fine-tuning
@@ -116,7 +126,7 @@ class TimeMoERunner:
             "val_windows": 32,
             **(finetune or {}),
         }
-        self.name = label or model_label(model_path, preset, normalize_window)
+        self.name = label or model_label(model_path, preset, normalize_window, setting)
         self.seed = seed
         self._base = None
         self._model = None

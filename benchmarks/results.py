@@ -169,6 +169,10 @@ class ResultStore:
             new = {k: self.rows[k] for k in self._unsaved}
             self.rows = {**self.rows, **self._rows_on_disk(), **new}
             self._unsaved.clear()
+            if not new and self.csv_path.exists():
+                # Nothing of this run's to add: a rerun of cells all done rewrote the committed file anyway (and
+                # gave an older one the newer columns), a diff for no result.
+                return
             lines = [",".join(COLUMNS)]
             for row in self.all_rows():
                 lines.append(",".join(_quote(str(row.get(c, ""))) for c in COLUMNS))

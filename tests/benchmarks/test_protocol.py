@@ -297,6 +297,20 @@ def test_the_embedded_default_is_window_normalised_unless_asked_and_the_label_sa
     assert ours.model_label("/x/assets/default") == "Time-MoE[path:/x/assets/default]"
 
 
+def test_full_shot_scores_standardised_windows_as_it_fine_tunes_on_them():
+    # A checkpoint given by path was scored on dataset-scaled windows while fine-tuning trained it on standardised
+    # ones: the tuned weights lost on validation, the zero-shot ones were kept, and the row said "full-shot".
+    ours = importlib.import_module("ours")
+    leaderboard = importlib.import_module("leaderboard")
+    plan = {"max_windows": None, "horizons": [96]}
+    full = leaderboard.build_timemoe(leaderboard.parse_args(["--setting", "full-shot", "--preset", "tiny"]), plan)
+    assert full.normalize_window and full.name == "Time-MoE[preset:tiny]"
+    zero = leaderboard.build_timemoe(leaderboard.parse_args(["--preset", "tiny"]), plan)
+    assert not zero.normalize_window  # zero-shot keeps run_eval.py's setting for other checkpoints
+    with pytest.raises(ValueError, match="full-shot fine-tunes on standardised windows"):
+        ours.TimeMoERunner("/some/ckpt", setting="full-shot", normalize_window=False)
+
+
 def test_full_shot_scores_only_the_horizons_of_the_run():
     ours = importlib.import_module("ours")
     data, _ = _etth_like()
@@ -567,3 +581,15 @@ def test_a_damaged_dataset_and_an_out_that_is_a_file_are_named(tmp_path, capsys)
     (tmp_path / "file").write_text("")
     assert leaderboard.main(["--quick", "--no-progress", "--models", "naive", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_a_save_with_nothing_new_leaves_the_results_file_as_it_is(tmp_path):
+    # A rerun whose cells were all done rewrote the committed leaderboard.csv (an older file gained the newer
+    # window_set column on every line): a diff in the repository for no result.
+    old_format = ",".join(results.COLUMNS[:-1]) + "\nD,zero-shot,A,96,1.000000,1.000000,ran,10,1.0\n"
+    (tmp_path / "leaderboard.csv").write_text(old_format)
+    store = results.ResultStore(tmp_path)
+    store.save()
+    assert (tmp_path / "leaderboard.csv").read_text() == old_format
+    store.add("D", "zero-shot", "A", 192, {"mse": 2.0, "mae": 2.0, "windows": 10, "seconds": 1.0}, {})
+    assert sorted(r["horizon"] for r in results.read_rows(tmp_path) if r["source"] == "ran") == ["192", "96"]
