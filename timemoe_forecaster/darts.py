@@ -59,9 +59,10 @@ class TimeMoEModel(GlobalForecastingModel):
             A preset name (``"tiny"``…) with ``model_path=None`` builds a fresh model seeded by
             ``seed``; a dict overrides checkpoint config keys, or with ``"preset"`` a preset's.
         context_length
-            Points of history fed to the model; None is the model's default context (the windows it was last
-            trained on, where its config.json records them: fine-tuning records the longest window it drew,
-            ``max_length`` or less on shorter series), else all history up to the model's limit
+            Points of history fed to the model; None is the model's default context where its config.json
+            records one (fine-tuning records the longest window it drew, ``max_length`` or less on shorter
+            series; the embedded default records 3,072, the length that forecast best on validation data), else
+            all history up to the model's limit
             (``max_position_embeddings``), keeping the most recent points of longer series. A value above the
             limit is a ``ValueError``; one above the recorded default, a logged warning.
         device

@@ -57,10 +57,11 @@ class TimeMoEForecaster(BaseForecaster):
         keys of the checkpoint (``{"max_position_embeddings": 2048}``); ``{"preset": "tiny", ...}``
         is a fresh preset model with overrides.
     context_length : int or None, default=None
-        Points of history fed to the model per series. None: the model's default context, the windows it
-        was last trained on where its config.json records them (``config.default_context_length``; fine-tuning
-        records the longest window it drew: ``max_length``, or less on shorter series), else all history up
-        to the model's limit (``max_position_embeddings``, 4096 for the presets and the embedded default);
+        Points of history fed to the model per series. None: the model's default context where its
+        config.json records one (``config.default_context_length``: fine-tuning records the longest window it
+        drew, ``max_length`` or less on shorter series; the embedded default records 3,072, the length that
+        forecast best on validation data), else all history up to the model's limit
+        (``max_position_embeddings``, 4096 for the presets and the embedded default);
         longer series keep their most recent points. A value above the limit is an error; one above the
         recorded default is a logged warning (models forecast worse from contexts longer than they were
         trained on).
