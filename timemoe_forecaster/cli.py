@@ -190,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-length",
         type=int,
         default=None,
-        help="at most this many last points as context (default: the model's default context, the windows it was "
-        "trained on where its config.json records them, else all up to its limit, as the estimators)",
+        help="at most this many last points as context (default: the model's default context where its config.json "
+        "records one, 3072 for the embedded default, else all up to its limit, as the estimators)",
     )
     fc.add_argument(
         "--show", type=_non_negative_int, default=6, help="last observations to print, 0 = none (default: %(default)s)"

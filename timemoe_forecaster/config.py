@@ -219,7 +219,8 @@ class TimeMoEConfig:
         """The context the model forecasts from when none is asked for, where its config.json records one under
         ``"timemoe_forecaster"``: our trainer and fine-tuning write the longest window they trained on, since the
         model forecasts worse from longer contexts than it was trained on (fine-tuned on 256-point windows, MSE 0.71
-        from 4,096 points against 0.08 from 256, helper-measured). None where not recorded (official checkpoints:
+        from 4,096 points against 0.08 from 256, helper-measured); the embedded default's records the length that
+        forecast best on validation data (docs/model_card.md). None where not recorded (official checkpoints:
         their full window)."""
         meta = self.extra.get(OUR_SECTION)
         value = meta.get("default_context_length") if isinstance(meta, dict) else None
