@@ -157,7 +157,11 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timemoe", description="Time-MoE pretraining, fine-tuning and forecasting")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    talk.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings and errors only (with --no-progress: silent)"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("pretrain", help="train a model from scratch (or from --init-from)")
@@ -556,9 +560,9 @@ def _future_index(index, horizon: int) -> list:
 
 
 # entry ------------------------------------------------------------------------------------------
-def _setup(verbose: bool) -> None:
+def _setup(verbose: bool, quiet: bool = False) -> None:
     rank = int(os.environ.get("RANK", "0"))
-    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
+    level = logging.DEBUG if verbose else logging.INFO if rank == 0 and not quiet else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -570,7 +574,7 @@ def _setup(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup(args.verbose)
+    _setup(args.verbose, args.quiet)
     try:
         if args.command == "forecast":
             return run_forecast(args)

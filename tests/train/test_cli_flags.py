@@ -64,3 +64,22 @@ def test_config_beside_init_from_is_refused_not_ignored(tmp_path, capsys):
     assert TrainConfig(init_from="somewhere").config is None
     with pytest.raises(ValueError, match="both choose the model"):
         TrainConfig(init_from="somewhere", config="small")
+
+
+def test_quiet_leaves_warnings_and_the_summary_only():
+    # --no-progress silenced the bar but every log line stayed, with no way to turn the INFO ones off.
+    import subprocess
+    import sys
+
+    args = ["pretrain", "--config", "tiny", "--max-steps", "2", "--batch-size", "2", "--max-length", "32"]
+    args += ["--output-dir", "", "--no-progress", "--warmup-steps", "5"]  # warmup > steps: a warning is logged
+    runs = {}
+    for flags in ([], ["-q"]):
+        runs[bool(flags)] = subprocess.run(
+            [sys.executable, "-m", "timemoe_forecaster.cli", *flags, *args], capture_output=True, text=True, timeout=300
+        )
+    loud, quiet = runs[False], runs[True]
+    assert loud.returncode == quiet.returncode == 0
+    assert " INFO " in loud.stderr and " INFO " not in quiet.stderr
+    assert " WARNING " in quiet.stderr and "warmup_steps 5 exceeds max_steps 2" in quiet.stderr
+    assert "trained 2 steps" in quiet.stdout
