@@ -59,10 +59,14 @@ def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     router_logits [T, E] -> weights [T, K] (fp32), experts [T, K] (int64).
     """
     probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)  # [T, E]
-    if top_k > 4:
+    if top_k > 4 or probs.device.type != "cuda":
+        # torch.topk, as the reference routes: the maxima below break ties (equal probabilities, common with
+        # bf16 router logits) towards the lowest expert, and so chose other experts than the reference for
+        # 35 of 12,288 routes of the embedded default in bf16. On a CPU topk is also the faster of the two.
         return torch.topk(probs, top_k, dim=-1)
-    # For the usual k of 1 or 2: k row-wise maxima instead of topk, whose CUDA kernel took ~0.7 ms for
-    # 524k rows of 8 on an H100 (docs/performance.md). Same values, same descending order.
+    # On CUDA, for the usual k of 1 or 2: k row-wise maxima instead of topk, whose kernel took ~0.7 ms for
+    # 524k rows of 8 on an H100 (docs/performance.md). Same values, same descending order; ties may pick other
+    # experts than topk, whose order for ties is itself unspecified.
     weights, experts, remaining = [], [], probs
     for _ in range(top_k):
         value, index = remaining.max(dim=-1)  # [T]
