@@ -87,6 +87,15 @@ def rolling_residuals(
         finals.append(clean[-1][-context_length:])
     # Standard scale even when the model sees raw values: residuals of series of different size are pooled.
     _, final_scale, constant = scale_stats(finals, "standard")
+    # ... and never below the spread of the points the calibration forecasts read and score. A series that went
+    # flat lately (final std 1e-6, errors of 10 before) had residuals of 1e7 once divided, and a short series of
+    # the same panel borrows the pooled set (too few residuals of its own): its intervals came out 1e5 times too
+    # wide. A series' own intervals do not move: its residuals are divided and multiplied by the same scale.
+    span = context_length + num_windows + horizon
+    _, region_scale, region_constant = scale_stats([c[-span:] for c in clean], "standard")
+    final_scale = np.where(
+        constant, np.where(region_constant, final_scale, region_scale), np.maximum(final_scale, region_scale)
+    )
     contexts = []
     for i, c in enumerate(clean):
         observed = ~np.isnan(raw[i])

@@ -1142,3 +1142,25 @@ def test_update_after_a_gap_in_a_ragged_datetime_panel(checkpoint):
     np.testing.assert_allclose(
         pred.loc["s0"].to_numpy(), forecaster(checkpoint).fit(s0).predict(fh=[1, 2]).to_numpy(), rtol=1e-5
     )
+
+
+def test_an_instance_gone_flat_does_not_blow_up_a_short_instances_intervals(checkpoint):
+    # A's residuals were divided by the spread of its final context (1e-6, while its errors were about 10), and
+    # B, too short for residuals of its own, borrowed the pooled set: B's 90% interval was 1e5 times too wide.
+    rng = np.random.default_rng(0)
+    a = np.r_[100 + 10 * rng.standard_normal(500), 100 + 1e-6 * rng.standard_normal(70)]
+    b = 10 + np.sin(np.arange(14.0))
+
+    def instance(key, values, first):
+        index = pd.MultiIndex.from_arrays([[key] * len(values), range(first, first + len(values))])
+        return pd.DataFrame({"y": values}, index=index)
+
+    panel = pd.concat([instance("A", a, 0), instance("B", b, 556)])
+    together = forecaster(checkpoint, context_length=64).fit(panel).predict_interval(fh=[1, 2, 3])
+    alone = forecaster(checkpoint, context_length=64).fit(pd.Series(b)).predict_interval(fh=[1, 2, 3])
+    width = (together.loc["B"].iloc[:, 1] - together.loc["B"].iloc[:, 0]).to_numpy()
+    width_alone = (alone.iloc[:, 1] - alone.iloc[:, 0]).to_numpy()
+    assert (width < 20 * width_alone).all() and (width < np.ptp(b) * 20).all()
+    # A has residuals enough of its own: its intervals are those it gets alone, as before.
+    a_alone = forecaster(checkpoint, context_length=64).fit(pd.Series(a)).predict_interval(fh=[1, 2, 3])
+    np.testing.assert_allclose(together.loc["A"].to_numpy(), a_alone.to_numpy(), rtol=1e-6)
