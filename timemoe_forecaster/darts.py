@@ -78,9 +78,10 @@ class TimeMoEModel(GlobalForecastingModel):
             ``batch_size``, ``max_length``, …): ``fit`` fine-tunes a private copy of the model on every
             component of the given series.
         scaling
-            "standard" (each context standardised by its own mean and std, forecasts mapped back) or
-            "none" (raw values, for models trained on unscaled values; refused with ``fine_tune``, which trains on
-            standardised windows).
+            "standard" (each context standardised by its own mean and std, forecasts mapped back),
+            "robust" (the same after clipping values beyond 20 robust standard deviations from the context's
+            median: one glitch no longer sets the scale) or "none" (raw values, for models trained on
+            unscaled values; refused with ``fine_tune``, which trains on standardised windows).
         seed
             Seed of a fresh preset model and of fine-tuning.
         progress

@@ -26,7 +26,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SCALINGS = ("standard", "none")
+SCALINGS = ("standard", "robust", "none")
+# scaling="robust": values further than this many robust standard deviations (1.4826 x the median absolute
+# deviation) from the context's median are clipped to that bound before the standard scaling. On the validation
+# splits of ETTh1/2 and ETTm1/2 (context 512, horizon 96) it changed no forecast; on Weather, whose channels have
+# real heavy tails, MSE 0.397 -> 0.415 (at 10: 0.422), so it is not the default. One glitch of 1e8 in a series
+# living in [9, 11] moved the standard forecast to 2e5-4e5; clipped, it stays in [9, 11].
+ROBUST_CLIP = 20.0
 MIN_OBSERVED = 2
 
 
@@ -160,6 +166,17 @@ def scale_stats(contexts: list[np.ndarray], scaling: str) -> tuple[np.ndarray, n
     return loc, scale, constant
 
 
+def clip_outliers(x: np.ndarray, k: float = ROBUST_CLIP) -> np.ndarray:
+    """``x`` with values beyond median +- k robust standard deviations clipped to those bounds (for
+    ``scaling="robust"``); as it is where the median absolute deviation is 0 (a mostly constant or intermittent
+    context, where every non-zero value would be an outlier)."""
+    median = float(np.median(x))
+    spread = 1.4826 * float(np.median(np.abs(x - median)))
+    if not spread > 0:
+        return x
+    return np.clip(x, median - k * spread, median + k * spread)
+
+
 def mean_std(x: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of ``x`` at any magnitude: taken of x / max|x| and scaled back, because
     x.std() squares the values, which overflows above ~1e154 (forecasts -inf) and underflows below ~1e-154
@@ -237,6 +254,8 @@ def forecast_contexts(
     out = np.empty((n, int(horizon)), dtype=np.float64)  # [N, L]
     if n == 0:
         return out
+    if scaling == "robust":
+        contexts = [clip_outliers(c) for c in contexts]
     loc, scale, constant = scale_stats(contexts, scaling)
     if scaling == "none":
         _check_raw_range([c for c, flat in zip(contexts, constant) if not flat])  # constants skip the model

@@ -78,9 +78,12 @@ class TimeMoEForecaster(BaseForecaster):
         (default ``steps=100``), ``lr``, ``batch_size``, ``max_length``, ``weight_decay``,
         ``warmup_steps``, ``min_lr_ratio``, and ``seed``, ``progress`` and ``device`` (default: the
         estimator's).
-    scaling : {"standard", "none"}, default="standard"
+    scaling : {"standard", "robust", "none"}, default="standard"
         "standard": each context is standardised by its own mean and standard deviation and the
         forecast mapped back (shift- and scale-equivariant; a constant series forecasts the constant).
+        "robust": the same after clipping values beyond 20 robust standard deviations from the context's
+        median, so that one glitch (a 1e8 in a series near 10) does not set the scale; it changes nothing
+        on series without such values, but on genuinely heavy-tailed ones can forecast worse.
         "none": raw values, for models trained on unscaled values; refused with ``fine_tune`` and by
         ``pretrain``, which train on standardised windows.
     conformal_windows : int, default=20

@@ -281,3 +281,30 @@ def test_a_series_with_several_channels_is_a_clear_error():
     model = make_model()
     with pytest.raises(ValueError, match=r"series 1 must be 1-D \(one channel\), got shape \(10, 2\)"):
         preprocess.forecast_series(model, [np.ones(10), np.ones((10, 2))], 3)
+
+
+def test_robust_scaling_keeps_one_glitch_from_setting_the_scale():
+    # One 1e8 in a series living in [9, 11] set the mean and std of its context: the forecast came out near 2e5.
+    from timemoe_forecaster import TimeMoEForPrediction
+
+    model = TimeMoEForPrediction.from_pretrained(None)
+    x = 10 + np.sin(2 * np.pi * np.arange(1000) / 24)
+    clean = x[-256:].copy()
+    x[-100] = 1e8
+    standard = preprocess.forecast_contexts(model, [x[-256:]], 24)[0]
+    robust = preprocess.forecast_contexts(model, [x[-256:]], 24, scaling="robust")[0]
+    assert standard.max() > 1e3  # the failure the option exists for
+    assert 8 < robust.min() and robust.max() < 12
+    # Without such values nothing is clipped: the same forecasts as "standard", bit for bit.
+    noisy = clean + np.random.default_rng(0).normal(0, 0.3, clean.size)
+    np.testing.assert_array_equal(
+        preprocess.forecast_contexts(model, [clean, noisy], 24, scaling="robust"),
+        preprocess.forecast_contexts(model, [clean, noisy], 24),
+    )
+
+
+def test_clip_outliers_leaves_contexts_without_spread_as_they_are():
+    intermittent = np.r_[np.zeros(95), 3.0, 0, 0, 7.0, 0]  # median absolute deviation 0: every spike would go
+    np.testing.assert_array_equal(preprocess.clip_outliers(intermittent), intermittent)
+    spiky = np.r_[np.arange(100.0), 1e9]
+    assert preprocess.clip_outliers(spiky).max() < 1e3 and (preprocess.clip_outliers(spiky)[:100] == spiky[:100]).all()

@@ -1164,3 +1164,18 @@ def test_an_instance_gone_flat_does_not_blow_up_a_short_instances_intervals(chec
     # A has residuals enough of its own: its intervals are those it gets alone, as before.
     a_alone = forecaster(checkpoint, context_length=64).fit(pd.Series(a)).predict_interval(fh=[1, 2, 3])
     np.testing.assert_allclose(together.loc["A"].to_numpy(), a_alone.to_numpy(), rtol=1e-6)
+
+
+def test_robust_scaling_through_the_estimator_forecasts_and_calibrates_clipped_contexts(checkpoint):
+    y = load_airline()
+    glitched = y.copy()
+    glitched.iloc[-30] = 1e9  # a glitch inside every context read
+    robust = forecaster(checkpoint, scaling="robust").fit(glitched)
+    standard = forecaster(checkpoint).fit(glitched)
+    assert abs(robust.predict(fh=[1, 2]) - y.iloc[-1]).max() < abs(standard.predict(fh=[1, 2]) - y.iloc[-1]).max()
+    interval = robust.predict_interval(fh=[1, 2])
+    assert np.isfinite(interval.to_numpy()).all() and (interval.iloc[:, 1] - interval.iloc[:, 0]).max() < 1e5
+    assert (
+        forecaster(checkpoint, scaling="robust").fit(y).predict(fh=[1, 2])
+        == forecaster(checkpoint).fit(y).predict(fh=[1, 2])
+    ).all()
