@@ -949,7 +949,7 @@ def test_bad_parameters_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="model_path"):
         TimeMoEForecaster(model_path=str(tmp_path), config="tiny").fit(y)
     with pytest.raises(ValueError, match="scaling"):
-        TimeMoEForecaster(scaling="robust")
+        TimeMoEForecaster(scaling="minmax")  # "robust" is one now
     with pytest.raises(TypeError, match="fine_tune"):
         TimeMoEForecaster(fine_tune=10)
     # At construction: at fit, it failed after loading the model, and a grid search's every candidate failed.
