@@ -92,10 +92,9 @@ def rolling_residuals(
     # the same panel borrows the pooled set (too few residuals of its own): its intervals came out 1e5 times too
     # wide. A series' own intervals do not move: its residuals are divided and multiplied by the same scale.
     span = context_length + num_windows + horizon
-    _, region_scale, region_constant = scale_stats([c[-span:] for c in clean], "standard")
-    final_scale = np.where(
-        constant, np.where(region_constant, final_scale, region_scale), np.maximum(final_scale, region_scale)
-    )
+    _, region_scale, _ = scale_stats([c[-span:] for c in clean], "standard")
+    # The region holds the final context: a constant one's stand-in scale of 1 gives way to the region's spread.
+    final_scale = np.where(constant, region_scale, np.maximum(final_scale, region_scale))
     contexts = []
     for i, c in enumerate(clean):
         observed = ~np.isnan(raw[i])

@@ -82,9 +82,11 @@ class TrainConfig:
             # "" is "no output folder", as None: Path("") is the working directory, where the run wrote its
             # checkpoints and train_config.json while the summary said nothing was saved.
             self.output_dir = None
-        elif isinstance(self.output_dir, (str, os.PathLike)):
-            # "~" as every path read is (--output-dir=~/run, which the shell leaves alone, wrote ./~/run).
-            self.output_dir = os.path.expanduser(os.fspath(self.output_dir))
+        for name in ("output_dir", "init_from"):
+            # "~" as every path read is (--output-dir=~/run, which the shell leaves alone, wrote ./~/run); a hub
+            # id never starts with it.
+            if isinstance(getattr(self, name), (str, os.PathLike)):
+                setattr(self, name, os.path.expanduser(os.fspath(getattr(self, name))))
         if self.init_from is not None and self.config is not None:
             # init_from trains the checkpoint's own architecture: another config was ignored without a word, and
             # train_config.json recorded it (or the default preset) as the model trained.

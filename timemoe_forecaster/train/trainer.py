@@ -837,7 +837,7 @@ def _model_to_resume(cfg: TrainConfig, device: torch.device, checkpoint: Path) -
     it was gone (a purged scratch folder, a hub id offline), after reading gigabytes only to overwrite them. A base
     still on disk must be the model the run was trained from."""
     config = TimeMoEConfig.from_json_file(checkpoint / "config.json")
-    base = Path(os.path.expanduser(str(cfg.init_from))) / "config.json"
+    base = Path(cfg.init_from) / "config.json"
     if base.is_file():
         differ = architecture_differences(config, TimeMoEConfig.from_json_file(base))
         if differ:
@@ -866,7 +866,7 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
     """
     if cfg.output_dir is None:
         return
-    base = Path(os.path.expanduser(str(cfg.init_from))) if cfg.init_from is not None else None
+    base = Path(cfg.init_from) if cfg.init_from is not None else None
     if base is not None and base.is_dir() and Path(cfg.output_dir).resolve() == base.resolve():
         # The final save replaced the base model's files: a downloaded checkpoint fine-tuned into itself was gone.
         raise FileExistsError(
