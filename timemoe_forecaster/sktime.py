@@ -40,6 +40,8 @@ from .loading import check_seed, check_training_settings
 log = logging.getLogger(__name__)
 
 _MTYPES = ["pd.DataFrame", "pd-multiindex", "pd_multiindex_hier"]
+# predict_proba's smallest standard deviation, relative to the forecast (see _predict_proba).
+SIGMA_FLOOR = 1e-9
 
 
 class TimeMoEForecaster(BaseForecaster):
@@ -475,6 +477,11 @@ class TimeMoEForecaster(BaseForecaster):
         mean, var = self._residual_moments(series, steps)
         mu = np.take_along_axis(points + mean, steps - 1, axis=1)
         sigma = np.sqrt(np.take_along_axis(var, steps - 1, axis=1))
+        # A series forecast exactly on its history (a constant one) has variance 0, and a normal with sigma 0 is
+        # 0/0 for skpro: log_pdf NaN even at the forecast, which metrics drop or propagate. A billionth of the
+        # forecast's size (1e-109 at 0) keeps it a point mass in all but name, with log_pdf finite at mu and
+        # hugely negative elsewhere; predict_var and predict_interval still give 0 and zero width.
+        sigma = np.maximum(sigma, SIGMA_FLOOR * np.maximum(np.abs(mu), 1e-100))
         columns = self._context.columns
         frames = [pd.DataFrame(to_rows(v, series.num_columns), index=index, columns=columns) for v in (mu, sigma)]
         return Normal(mu=frames[0], sigma=frames[1], index=index, columns=columns)

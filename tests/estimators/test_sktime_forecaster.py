@@ -310,6 +310,24 @@ def test_a_step_with_one_residual_is_no_point_mass(checkpoint):
     assert np.isfinite(LogLoss().evaluate_by_index(truth, dist).to_numpy()).all()
 
 
+@pytest.mark.parametrize("level", [5.0, 0.0])
+def test_a_constant_series_distribution_can_be_scored(checkpoint, level):
+    # Forecast exactly on its history, a constant series has variance 0; its normal had sigma 0, and skpro's
+    # log_pdf was 0/0 = NaN even at the forecast itself, so log-loss was NaN.
+    from sktime.performance_metrics.forecasting.probabilistic import LogLoss
+
+    f = forecaster(checkpoint).fit(pd.Series(np.full(40, level)))
+    dist = f.predict_proba(fh=[1, 2])
+    np.testing.assert_array_equal(dist.mean().to_numpy(), level)
+    np.testing.assert_array_equal(f.predict_var(fh=[1, 2]).to_numpy(), 0.0)
+    assert (dist.var().to_numpy() < 1e-12 * max(level, 1) ** 2).all()  # still a point mass in all but name
+    at_forecast = pd.DataFrame({0: [level, level]}, index=pd.RangeIndex(40, 42))
+    log_pdf = dist.log_pdf(at_forecast).to_numpy()
+    assert np.isfinite(log_pdf).all() and (log_pdf > 0).all()
+    assert np.isfinite(LogLoss().evaluate_by_index(at_forecast, dist).to_numpy()).all()
+    assert (dist.log_pdf(at_forecast + 0.1).to_numpy() < -1e6).all()
+
+
 def test_variance_and_distribution_work_inside_a_target_transforming_pipeline(checkpoint):
     # sktime's TransformedTargetForecaster gives predict_var/predict_proba of a forecaster with its own
     # distribution only through skpro, which the [sktime] extra now installs; without it both raised.
