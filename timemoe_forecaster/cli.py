@@ -28,7 +28,8 @@ TIME_LIMIT_EXIT = 75
 
 _HELP = {
     "config": "model preset (tiny, small, base, large, ultra) or a config.json path",
-    "init_from": "checkpoint directory to start from instead of a fresh model (default: none, a fresh model)",
+    "init_from": "checkpoint directory (or 'default', the embedded model) to start from instead of a fresh model "
+    "(default: none, a fresh model)",
     "data": "training data: 'synthetic' and/or paths (several, or comma-separated; options after '#')",
     "data_weights": "mixture weight per data source (same order as --data) (default: each source's own or 1)",
     "eval_data": "held-out data for --eval-every (default: the training data with another seed)",
@@ -226,7 +227,9 @@ def train_config_from_args(args: argparse.Namespace):
             )
         values["init_from"] = args.model
         values["config"] = None  # the architecture is the checkpoint's; train_config.json recorded "tiny"
-    elif values.get("config") is not None and values.get("init_from") is not None:
+    elif values.get("init_from") is not None:  # as finetune --model: 'default' is the embedded model
+        values["init_from"] = _model_path(values["init_from"])
+    if args.command != "finetune" and values.get("config") is not None and values.get("init_from") is not None:
         raise ValueError(
             "--config and --init-from both choose the model: --init-from trains its checkpoint's own architecture "
             "(--config was ignored), so pass one of them"
@@ -619,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     # Not 0: a script's `timemoe pretrain ... && next-step` must not go on as if the run had finished.
     if result.get("stopped_by") in ("SIGINT", "SIGTERM"):
         return 128 + getattr(signal, result["stopped_by"])
-    return TIME_LIMIT_EXIT
+    # 75 says "resume me": a slice loop (docs/pretraining.md) ran forever on a run that saved nothing to resume.
+    return TIME_LIMIT_EXIT if result["checkpoint"] else 1
 
 
 def _error_text(err: Exception) -> str:

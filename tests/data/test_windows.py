@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from timemoe_forecaster.data import ArraySource, SyntheticSource, WindowSampler, is_low_quality, iter_eval_windows
-from timemoe_forecaster.data.windows import keep_good_stretch, low_quality_blocks, standardise
+from timemoe_forecaster.data.windows import (
+    FRUITLESS_PICKS,
+    SHARD_IMBALANCE,
+    keep_good_stretch,
+    low_quality_blocks,
+    standardise,
+)
 
 
 def test_quality_filter_cases():
@@ -77,7 +83,7 @@ def test_sampler_is_deterministic_and_resumes_exactly():
 def test_ranks_read_disjoint_series():
     # Each series is a constant offset + tiny noise; the offset reveals which series a window came from.
     rng = np.random.default_rng(2)
-    series = [k * 1000.0 + rng.normal(size=300) for k in range(10)]
+    series = [k * 1000.0 + rng.normal(size=300) for k in range(9)]  # 5 windows each: 3 series to a rank
 
     class Tagged(ArraySource):
         seen: set
@@ -93,9 +99,9 @@ def test_ranks_read_disjoint_series():
         sampler = WindowSampler(src, max_length=64, seed=0, rank=rank, world_size=3)
         for _ in range(100):
             sampler.sample()
-        assert all(i % 3 == rank for i in src.seen)
+        assert len(src.seen) == 3
         seen.append(src.seen)
-    assert seen[0] | seen[1] | seen[2] == set(range(10))
+    assert seen[0] | seen[1] | seen[2] == set(range(9)) and not (seen[0] & seen[1] or seen[1] & seen[2])
     with pytest.raises(ValueError, match="rank 0 of 3"):
         WindowSampler(Tagged(series), rank=1, world_size=3).load_state_dict(sampler.state_dict() | {"rank": 0})
 
@@ -162,11 +168,12 @@ def test_sources_get_their_weight_of_windows_however_often_theirs_are_rejected(c
 
 def test_a_shard_of_only_short_series_reads_the_whole_source(caplog):
     # Series 0 and 2 are long, series 1 too short: shard 1 of 2 held only series 1, and a 2-process run (or one
-    # with --grad-accum 2) failed with "no usable window" on data one process trains on.
+    # with --grad-accum 2) failed with "no usable window" on data one process trains on. (Series picked uniformly are
+    # dealt as i % 2; weighted by length, they are dealt by windows, and an empty share is a lopsided one.)
     rng = np.random.default_rng(1)
     src = ArraySource([rng.normal(size=500), rng.normal(size=10), rng.normal(size=500)], name="three")
     with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
-        shard = WindowSampler(src, max_length=64, rank=1, world_size=2)
+        shard = WindowSampler(src, max_length=64, rank=1, world_size=2, series_weighting="uniform")
     assert "shard 1 of 2 holds no series of at least min_length=16 points" in caplog.text
     assert shard.sample().shape == (65,)
     with pytest.raises(ValueError, match="no usable window"):  # nothing long enough anywhere: still an error
@@ -174,12 +181,14 @@ def test_a_shard_of_only_short_series_reads_the_whole_source(caplog):
 
 
 def test_a_shard_whose_series_all_fail_the_quality_filter_reads_the_whole_source(caplog):
-    # Long enough, but constant: shard 1 of 2 holds series 1 and 3, which the quality filter rejects. Every window
-    # of the source on that shard paid max_tries draws before going to another source (a 2-shard run of real
-    # data 5x slower than one shard), and the source got half its weight there.
+    # Long enough, but constant: shard 1 of 2 holds series 1 and 2 (dealt 0, 1, 1, 0), which the quality filter
+    # rejects. Every window of the source on that shard paid max_tries draws before going to another source (a
+    # 2-shard run of real data 5x slower than one shard), and the source got half its weight there.
     rng = np.random.default_rng(2)
     good = ArraySource([rng.normal(size=600) for _ in range(4)], name="good")
-    mixed = ArraySource([rng.normal(size=600), np.full(600, 2.0)] * 2, name="mixed")
+    mixed = ArraySource(
+        [rng.normal(size=600), np.full(600, 2.0), np.full(600, 2.0), rng.normal(size=600)], name="mixed"
+    )
     sampler = WindowSampler([good, mixed], weights=[1, 3], max_length=64, max_tries=50, rank=1, world_size=2, seed=5)
     tries = []
     original = sampler._try_window
@@ -194,6 +203,75 @@ def test_a_shard_whose_series_all_fail_the_quality_filter_reads_the_whole_source
     resumed = WindowSampler([good, mixed], weights=[1, 3], max_length=64, max_tries=50, rank=1, world_size=2, seed=5)
     resumed.load_state_dict(sampler.state_dict())
     assert all(np.array_equal(sampler.sample(), resumed.sample()) for _ in range(20))
+
+
+def test_shards_hold_equal_shares_of_windows_so_every_point_stays_equally_likely(caplog):
+    # Dealt as i % S, each shard drew its own series at the source's full weight: a 200-point series alone in a shard
+    # beside a 100,000-point one got half of that shard's windows (0.3% on one shard), so the mix of a run changed
+    # with its number of processes x --grad-accum.
+    rng = np.random.default_rng(6)
+    lengths = rng.integers(100, 5000, size=200)
+    src = ArraySource([rng.normal(size=n) for n in lengths], name="lengths")
+    windows = np.ceil(lengths / 65)
+    shares = []
+    for rank in range(4):
+        sampler = WindowSampler(src, max_length=64, rank=rank, world_size=4)
+        indices, _ = sampler._shards[0]
+        shares.append(windows[np.asarray(indices)].sum() / windows.sum())
+        assert len(indices) < 200  # a real split, not the whole source
+    np.testing.assert_allclose(shares, 0.25, atol=0.25 * SHARD_IMBALANCE)
+    dealt = [set(np.asarray(WindowSampler(src, max_length=64, rank=r, world_size=4)._shards[0][0])) for r in range(4)]
+    assert set.union(*dealt) == set(range(200)) and sum(map(len, dealt)) == 200
+    # One series too large a part of the source to deal evenly: every shard reads all of it, so each keeps its share.
+    lopsided = ArraySource([rng.normal(size=100_000), rng.normal(size=200), rng.normal(size=200)], name="lopsided")
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        for rank in range(2):
+            sampler = WindowSampler(lopsided, max_length=64, rank=rank, world_size=2, seed=rank)
+            picks = np.array([sampler._pick_series(0) for _ in range(4000)])
+            assert np.mean(picks > 0) < 0.02  # 8 of 1,547 windows: 0.5% (it was 50% on shard 1)
+    assert "would hold" in caplog.text and "shards overlap" in caplog.text
+
+
+def test_a_source_that_never_gives_a_window_is_left_out_for_good(caplog):
+    # Its windows were retried max_tries times every time the mixture drew it: 8x slower training, forever.
+    rng = np.random.default_rng(7)
+    good = ArraySource([rng.normal(size=600) for _ in range(4)], name="good")
+    zeros = ArraySource([np.zeros(1000)], name="zeros")
+    sampler = WindowSampler([good, zeros], weights=[1, 1], max_length=64, max_tries=20, seed=8)
+    tries = []
+    original = sampler._try_window
+    sampler._try_window = lambda k: (tries.append(k), original(k))[1]
+    with caplog.at_level("WARNING", logger="timemoe_forecaster.data.windows"):
+        for _ in range(300):
+            sampler.sample()
+    assert tries.count(1) == FRUITLESS_PICKS * 20 and "'zeros' gave no usable window in 200 draws" in caplog.text
+    assert "left out from now on" in caplog.text
+    # Part of the state: a resumed sampler leaves it out too, and draws the same windows.
+    resumed = WindowSampler([good, zeros], weights=[1, 1], max_length=64, max_tries=20, seed=8)
+    resumed.load_state_dict(sampler.state_dict())
+    assert all(np.array_equal(sampler.sample(), resumed.sample()) for _ in range(20))
+    assert resumed._live_weights[1] == 0
+
+
+def test_a_resume_with_another_data_list_finds_widened_sources_by_name():
+    # Widened sources were saved by position: a shorter --data list failed the resume with an IndexError, and a
+    # reordered one widened another source.
+    rng = np.random.default_rng(9)
+    good = ArraySource([rng.normal(size=600) for _ in range(4)], name="good")
+    mixed = ArraySource(
+        [rng.normal(size=600), np.full(600, 2.0), np.full(600, 2.0), rng.normal(size=600)], name="mixed"
+    )
+    sampler = WindowSampler([good, mixed], weights=[1, 3], max_length=64, max_tries=50, rank=1, world_size=2)
+    for _ in range(50):
+        sampler.sample()
+    state = sampler.state_dict()
+    assert sampler._widened == {1}
+    reordered = WindowSampler([mixed, good], max_length=64, max_tries=50, rank=1, world_size=2)
+    reordered.load_state_dict(state)
+    assert reordered._widened == {0} and len(reordered._shards[0][0]) == 4 and len(reordered._shards[1][0]) == 2
+    shorter = WindowSampler([good], max_length=64, rank=1, world_size=2)
+    shorter.load_state_dict(state)
+    assert shorter._widened == set() and shorter.sample().shape[0] >= 16
 
 
 def test_spec_string_gives_one_weighted_source_per_input(tmp_path):

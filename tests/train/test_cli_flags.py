@@ -26,7 +26,8 @@ def test_a_time_limited_run_without_output_dir_does_not_advise_resuming(tmp_path
     monkeypatch.chdir(tmp_path)
     args = ["pretrain", "--config", "tiny", "--data", "synthetic", "--max-steps", "1000", "--batch-size", "2"]
     args += ["--max-length", "32", "--output-dir", "", "--time-limit", "1e-9", "--no-progress"]
-    assert main(args) == TIME_LIMIT_EXIT  # unfinished, so not 0, although there is nothing to resume
+    # Unfinished, so not 0; not 75 either, which asks to be resumed: a resume loop ran forever.
+    assert main(args) == 1 != TIME_LIMIT_EXIT
     out = capsys.readouterr().out
     assert "nothing was saved (no --output-dir), so the run cannot be resumed" in out and "--resume" not in out
     assert list(tmp_path.iterdir()) == []
@@ -83,3 +84,14 @@ def test_quiet_leaves_warnings_and_the_summary_only():
     assert " INFO " in loud.stderr and " INFO " not in quiet.stderr
     assert " WARNING " in quiet.stderr and "warmup_steps 5 exceeds max_steps 2" in quiet.stderr
     assert "trained 2 steps" in quiet.stdout
+
+
+def test_pretrain_init_from_default_is_the_embedded_model_as_finetune_model_default_is():
+    # finetune --model default trained the embedded model; pretrain --init-from default said it did not exist.
+    from timemoe_forecaster.checkpoint import default_checkpoint
+
+    parser = build_parser()
+    cfg = train_config_from_args(parser.parse_args(["pretrain", "--init-from", "default"]))
+    assert cfg.init_from == str(default_checkpoint()) and cfg.config is None
+    tuned = train_config_from_args(parser.parse_args(["finetune", "--model", "default", "--data", "synthetic"]))
+    assert tuned.init_from == cfg.init_from

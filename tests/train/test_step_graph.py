@@ -84,8 +84,9 @@ def test_the_trainer_refuses_a_step_graph_off_the_gpu():
     ctx = DistContext(device=torch.device("cpu"))
     model = build_model(cfg, ctx.device)
     stream = make_stream(open_data(cfg.data, cfg.seed), cfg, 0, 1, cfg.seed)
-    with pytest.raises(ValueError, match="needs a CUDA device and one process"):
+    with pytest.raises(ValueError, match="needs a CUDA device and one process") as refused:
         Trainer(cfg, ctx, model, [stream])
+    assert "use --compile model (" in str(refused.value)  # not model-cudagraphs, which needs a GPU as well
 
 
 def test_tensor_learning_rates_follow_the_schedule_and_save_as_floats():

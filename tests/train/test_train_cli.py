@@ -65,6 +65,17 @@ def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_pa
     assert "trained 6 steps" in capsys.readouterr().out
 
 
+def test_a_fresh_run_refuses_a_directory_holding_a_saved_model(tmp_path, capsys):
+    # Without checkpoints beside it, a saved model's folder was taken: the final save replaced its weights.
+    out = tmp_path / "saved"
+    TimeMoEForPrediction(TimeMoEConfig.from_preset("tiny")).save_pretrained(out)
+    weights = (out / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--config", "tiny", *FAST, "--max-steps", "1", "--output-dir", str(out)])
+    assert "already holds a saved model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights and not (out / "checkpoints").exists()
+
+
 def test_a_time_limited_run_points_at_its_checkpoint_not_at_a_model(tmp_path, capsys):
     # It printed "model in <dir>" although only a checkpoint was there: from_pretrained(<dir>) then failed.
     args = ["pretrain", "--config", "tiny", "--data", "synthetic", "--max-steps", "1000", "--batch-size", "2"]

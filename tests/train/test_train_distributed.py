@@ -116,6 +116,10 @@ def kill_after_step_2_and_resume(output_dir: Path, *extra: str) -> None:
 def test_ddp_two_processes_equal_one_process_with_accumulation(single, tmp_path, extra):
     torchrun(tmp_path, "--fsdp", "false", "--save-every", "1", *extra)
     assert_same(weights(single), weights(tmp_path))
+    # Seeded alike for the same initial weights, the ranks' torch generators stayed alike: every rank drew the
+    # same dropout masks. Each has its own stream after the init.
+    rng = ckpt.load_checkpoint(tmp_path / "checkpoints" / "step_00000003", weights=False)["trainer"]["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
     kill_after_step_2_and_resume(tmp_path, "--fsdp", "false", "--save-every", "1", *extra)
 
 

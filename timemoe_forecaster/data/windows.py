@@ -93,16 +93,28 @@ MAX_KEPT_RUNS = 1 << 20
 # Points the quality filter must have seen from a source before it says how much it kept.
 QUALITY_REPORT_POINTS = 200_000
 
+# A source that has never given a window is left out for good after this many windows it failed (max_tries draws
+# each): a source of rejected series (all zeros, say) cost every window drawn from it max_tries draws, forever (8x
+# slower training). One that gave a window once is never left out: its windows are rare, not absent.
+FRUITLESS_PICKS = 10
+
+# A shard may hold this much more or less than its 1/S share of a source's windows before every shard reads the whole
+# source: drawn at the source's full weight, a shard's series are drawn in proportion to 1 / its share.
+SHARD_IMBALANCE = 0.1
+
 
 class WindowSampler:
     """Endless, deterministic stream of standardised float32 windows of ``min_length..max_length + 1`` points.
 
     sources: SeriesSource(s) or specs for :func:`open_source` (a comma-separated spec string gives one source per
     input, weighted by its ``#weight=``). weights: mixture weight per source (default: each
-    source's ``weight`` attribute, else equal). Rank ``r`` of ``world_size`` only reads series ``i`` with
-    ``i % world_size == r`` and draws from its own random stream. ``series_weighting="length"`` picks series in
-    proportion to their number of windows (every point equally likely, as in a concatenated corpus);
-    ``"uniform"`` picks every series equally often. Sources that cannot list their lengths (synthetic) are uniform.
+    source's ``weight`` attribute, else equal). Rank ``r`` of ``world_size`` reads its own share of each source's
+    series and draws from its own random stream. ``series_weighting="length"`` picks series in proportion to their
+    number of windows (every point equally likely, as in a concatenated corpus), and the series are dealt to the
+    ranks so that each holds about 1 / world_size of the source's windows (where one series is too large a part of
+    them for that, every rank reads the whole source); ``"uniform"`` picks every series equally often and rank
+    ``r`` reads series ``i`` with ``i % world_size == r``. Sources that cannot list their lengths (synthetic) are
+    uniform.
     """
 
     def __init__(
@@ -153,6 +165,9 @@ class WindowSampler:
         # Sources whose shard gave no window in max_tries draws and now read all their series; in the state, so a
         # resumed sampler goes on as this one would.
         self._widened: set[int] = set()
+        # Per source: whether it ever gave a window, and the windows it failed (max_tries draws each) until then.
+        self._gave = np.zeros(len(self.sources), dtype=bool)
+        self._fruitless = np.zeros(len(self.sources), dtype=np.int64)
         for k in sorted(self._dead):
             logger.warning(
                 "source %r has no series of at least min_length=%d points%s: it gives no windows, and its weight "
@@ -170,62 +185,78 @@ class WindowSampler:
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.rank,)))
         self.num_windows = 0
 
-    def _shard(self, k: int, whole: bool = False) -> tuple[int, int, np.ndarray | None] | None:
-        """(first index, stride, cumulative length weights or None) of this rank's series of source ``k``
-        (``whole``: of all its series); None when its lengths show that none of them is long enough for a window."""
-        src = self.sources[k]
-        n = len(src)
-        first, stride = (0, 1) if whole else (self.rank, self.world_size)
-        if stride > 1 and n <= self.rank:
-            key = (str(src.name), n, self.rank, self.world_size)
-            if key not in _OVERLAP_WARNED:
-                _OVERLAP_WARNED.add(key)
-                logger.warning(
-                    "source %r has %d series, fewer than its %d data shards (processes x --grad-accum): shard %d "
-                    "reads all of them (shards overlap)",
-                    src.name,
-                    n,
-                    self.world_size,
-                    self.rank,
-                )
-            first, stride = 0, 1
-        all_lengths = self._lengths[k]
-        if all_lengths is None:
-            return first, stride, None
-        lengths = all_lengths[first::stride].astype(np.float64)
-        if not (lengths >= self.min_length).any():
-            if stride == 1 or not (all_lengths >= self.min_length).any():
-                return None
-            # This shard's series are all too short while others' are not: read the whole source, as when there
-            # are fewer series than shards (a 2-process run failed on data one process trains on).
-            key = (str(src.name), len(all_lengths), self.rank, self.world_size, "short")
-            if key not in _OVERLAP_WARNED:  # evaluation builds a fresh sampler at every evaluation
-                _OVERLAP_WARNED.add(key)
-                logger.warning(
-                    "source %r: shard %d of %d holds no series of at least min_length=%d points; it reads all of "
-                    "the source's series (shards overlap)",
-                    src.name,
-                    self.rank,
-                    self.world_size,
-                    self.min_length,
-                )
-            first, stride = 0, 1
-            lengths = all_lengths.astype(np.float64)
-        if self.series_weighting != "length":
-            return first, stride, None
-        windows = np.ceil(lengths / (self.max_length + 1))
+    def _shard(self, k: int, whole: bool = False) -> tuple[Sequence[int], np.ndarray | None] | None:
+        """(series indices, cumulative length weights or None) of this rank's share of source ``k`` (``whole``: all
+        its series); None when its lengths show that none of them is long enough for a window. Indices are a range
+        where they can be: a synthetic source counts its series in billions."""
+        n = len(self.sources[k])
+        lengths = self._lengths[k]
+        if lengths is not None and not (lengths >= self.min_length).any():
+            return None
+        if whole or self.world_size == 1:
+            indices = range(n)
+        elif n <= self.rank:
+            self._warn_overlap(k, f"is one of more data shards than the source's {n} series")
+            indices = range(n)
+        elif lengths is not None and self.series_weighting == "length":
+            indices = self._dealt_by_windows(k)
+        else:
+            indices = range(self.rank, n, self.world_size)
+        if lengths is not None and not (lengths[np.asarray(indices)] >= self.min_length).any():
+            # This shard's series are all too short while others' are not (a 2-process run failed on data one
+            # process trains on).
+            self._warn_overlap(k, f"holds no series of at least min_length={self.min_length} points")
+            indices = range(n)
+        if lengths is None or self.series_weighting != "length":
+            return indices, None
+        return indices, np.cumsum(self._windows_per_series(lengths[np.asarray(indices)]))
+
+    def _windows_per_series(self, lengths: np.ndarray) -> np.ndarray:
+        windows = np.ceil(lengths.astype(np.float64) / (self.max_length + 1))
         windows[lengths < self.min_length] = 0
-        return first, stride, np.cumsum(windows)
+        return windows
+
+    def _dealt_by_windows(self, k: int) -> Sequence[int]:
+        """This rank's series of source ``k``, dealt so that every rank holds about the same number of windows:
+        largest first, in a snake order over the ranks. Dealt as ``i % world_size``, a rank whose few series were
+        short drew them at the source's full weight, each point many times as often as on the other ranks (a 200-point
+        series beside a 100,000-point one: half of a shard's windows). All of them when the deal stays lopsided."""
+        windows = self._windows_per_series(self._lengths[k])
+        size = self.world_size
+        order = np.argsort(-windows, kind="stable")
+        turn = np.arange(order.size)
+        rank_of = np.empty(order.size, dtype=np.int64)
+        rank_of[order] = np.where((turn // size) % 2 == 0, turn % size, size - 1 - turn % size)
+        mine = rank_of == self.rank
+        share = windows[mine].sum() / windows.sum() * size
+        if abs(share - 1) > SHARD_IMBALANCE:
+            self._warn_overlap(k, f"would hold {share / size:.1%} of its windows, not {1 / size:.1%}")
+            return range(windows.size)
+        return np.flatnonzero(mine)
+
+    def _warn_overlap(self, k: int, why: str) -> None:
+        src = self.sources[k]
+        key = (str(src.name), len(src), self.rank, self.world_size, why)
+        if key in _OVERLAP_WARNED:  # evaluation builds a fresh sampler at every evaluation
+            return
+        _OVERLAP_WARNED.add(key)
+        logger.warning(
+            "source %r: shard %d of %d %s (data shards: processes x --grad-accum); it reads all of the source's "
+            "series (shards overlap)",
+            src.name,
+            self.rank,
+            self.world_size,
+            why,
+        )
 
     def _pick_series(self, k: int) -> int:
-        first, stride, cum = self._shards[k]
+        indices, cum = self._shards[k]
         if cum is not None:
             j = int(np.searchsorted(cum, self._rng.random() * cum[-1], side="right"))
             j = min(j, cum.shape[0] - 1)
         else:
-            count = len(range(first, len(self.sources[k]), stride))
-            j = int(self._rng.integers(count))
-        return first + j * stride
+            j = int(self._rng.integers(len(indices)))
+        return int(indices[j])
 
     def _try_window(self, k: int) -> np.ndarray | None:
         rng = self._rng
@@ -291,7 +322,8 @@ class WindowSampler:
         is drawn again from the same source: redrawing the source gave a source whose windows are often rejected
         far less than its weight (a weight of 1 in 2 on a 90%-constant source gave it 8% of the windows). Only a
         source that gives no window in ``max_tries`` draws hands this one window to another source (with a
-        warning, once per source); when every source has failed so, it is an error."""
+        warning, once per source); when every source has failed so, it is an error. A source that has failed
+        ``FRUITLESS_PICKS`` windows so without ever giving one is left out from then on."""
         failed, weights = set(self._dead), self._live_weights
         while True:
             if weights is None:  # every source with weight has failed this window
@@ -302,6 +334,7 @@ class WindowSampler:
                     w = self._try_window(k)
                     if w is not None:
                         self.num_windows += 1
+                        self._gave[k] = True
                         return w
                 # A shard whose series all fail (the quality filter, say) while the source's others do not: every
                 # later window of the source paid max_tries draws before going elsewhere, which made a 2-shard run
@@ -310,7 +343,11 @@ class WindowSampler:
                     break
             failed.add(k)
             weights = self._weights_without(failed)
-            if k not in self._warned_dry:
+            if not self._gave[k]:
+                self._fruitless[k] += 1
+                if self._fruitless[k] >= FRUITLESS_PICKS:
+                    self._leave_out(k)
+            if k not in self._warned_dry and weights is not None:  # with none left, the error says it
                 self._warned_dry.add(k)
                 logger.warning(
                     "source %r gave no usable window in %d draws; that window came from another source",
@@ -318,10 +355,23 @@ class WindowSampler:
                     self.max_tries,
                 )
 
+    def _leave_out(self, k: int) -> None:
+        self._dead.add(k)
+        self._live_weights = self._weights_without(self._dead)
+        if self._live_weights is not None:
+            logger.warning(
+                "source %r gave no usable window in %d draws (%d windows' worth); it is left out from now on and "
+                "its weight goes to the other sources",
+                self.sources[k].name,
+                FRUITLESS_PICKS * self.max_tries,
+                FRUITLESS_PICKS,
+            )
+
     def _widen(self, k: int) -> bool:
         """Let source ``k``, whose shard gave no window in ``max_tries`` draws, read all of its series; False when
         it read them all already."""
-        whole = None if k in self._widened or self._shards[k][1] == 1 else self._shard(k, whole=True)
+        reads_all = len(self._shards[k][0]) == len(self.sources[k])
+        whole = None if k in self._widened or reads_all else self._shard(k, whole=True)
         if whole is None:
             return False
         self._widened.add(k)
@@ -361,8 +411,22 @@ class WindowSampler:
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
-            "widened": sorted(self._widened),
+            # By source, not by position: a resume may change the --data list (a position then named another
+            # source, or none: IndexError).
+            "widened_sources": [self._source_keys()[k] for k in sorted(self._widened)],
+            "fruitless_sources": {self._source_keys()[k]: int(n) for k, n in enumerate(self._fruitless) if n},
+            "gave_sources": [self._source_keys()[k] for k in np.flatnonzero(self._gave)],
         }
+
+    def _source_keys(self) -> list[str]:
+        """A name per source that a resumed sampler with another --data list finds it by: its name, number of
+        series, and its place among sources of the same name and size."""
+        keys, seen = [], {}
+        for src in self.sources:
+            base = f"{src.name}|{len(src)}"
+            seen[base] = seen.get(base, 0) + 1
+            keys.append(f"{base}|{seen[base]}")
+        return keys
 
     def load_state_dict(self, state: dict) -> None:
         if (state.get("rank"), state.get("world_size")) != (self.rank, self.world_size):
@@ -372,10 +436,26 @@ class WindowSampler:
             )
         self._rng.bit_generator.state = state["rng"]
         self.num_windows = int(state["num_windows"])
-        for k in state.get("widened", []):  # absent from checkpoints before session 28: none widened
+        index = {key: k for k, key in enumerate(self._source_keys())}
+        if "widened_sources" in state:
+            widened = [index[key] for key in state["widened_sources"] if key in index]
+        else:  # before session 32, by position (before session 28, absent: none widened)
+            widened = [k for k in state.get("widened", []) if 0 <= k < len(self.sources)]
+        for k in widened:
             if k not in self._widened:
                 self._widened.add(k)
                 self._shards[k] = self._shard(k, whole=True)
+        for key in state.get("gave_sources", []):
+            if key in index:
+                self._gave[index[key]] = True
+        for key, count in state.get("fruitless_sources", {}).items():
+            if key in index and not self._gave[index[key]]:
+                self._fruitless[index[key]] = count
+                if count >= FRUITLESS_PICKS:
+                    self._dead.add(index[key])
+        self._live_weights = self._weights_without(self._dead)
+        if self._live_weights is None:
+            raise ValueError(self._no_window_message())
 
 
 def iter_eval_windows(

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..checkpoint import count_non_finite
@@ -147,7 +148,8 @@ class Trainer:
         if self.step_graph and (not on_gpu or ctx.world_size > 1):
             raise ValueError(
                 "--compile model-step-graph records the whole step on one GPU: it needs a CUDA device and one "
-                f"process (this run: {ctx.device}, {ctx.world_size} processes); use --compile model-cudagraphs"
+                f"process (this run: {ctx.device}, {ctx.world_size} processes); use "
+                + ("--compile model-cudagraphs" if on_gpu else "--compile model (CUDA graphs need a GPU too)")
             )
         self.optimizer = build_optimizer(
             self.train_model,
@@ -806,6 +808,12 @@ def describe_as_trained_from(config, init_from) -> None:
     config.extra = {**config.extra, "timemoe_forecaster": described}  # a new dict: the loaded one may be shared
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """Torch's seed for the training of rank ``rank``: its own stream, not seed + rank (run seed 1's rank 0
+    would be run seed 0's rank 1)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(rank,)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def build_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None = None) -> TimeMoEForPrediction:
     """A fresh model (seeded init, built on the target device) or the ``init_from`` checkpoint in fp32; resuming
     a run trained from ``init_from`` (``resume_from``: its checkpoint), that checkpoint's architecture."""
@@ -880,6 +888,14 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
         raise FileExistsError(
             f"{cfg.output_dir} already holds checkpoints of an earlier run (latest: {latest.name}); pass --resume "
             "(resume=True) to continue it, or choose another --output-dir"
+        )
+    # A saved model without checkpoints (save_pretrained's folder, a finished run whose checkpoints were removed):
+    # the final save replaced its weights, and its metrics were truncated.
+    out = Path(cfg.output_dir)
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors*")):
+        raise FileExistsError(
+            f"{cfg.output_dir} already holds a saved model (config.json and safetensors weights) that this run would "
+            "replace; choose another --output-dir (to train from that model, pass it as --init-from / --model)"
         )
 
 
@@ -962,6 +978,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     with output_dir_lock(cfg), distributed_context(cfg.device) as ctx:
         resumed_from = ckpt.latest_checkpoint(cfg.output_dir, intact=True) if cfg.resume else None
         model = build_model(cfg, ctx.device, resumed_from)
+        # Every rank seeded its init alike (the same weights); left so, every rank drew the same dropout masks.
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
         _check_fused_dispatch(cfg, model, ctx.device)
         if cfg.max_length > model.config.max_position_embeddings:
             raise ValueError(
