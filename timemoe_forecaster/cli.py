@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     talk.add_argument(
-        "-q", "--quiet", action="store_true", help="log warnings and errors only (with --no-progress: silent)"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="log warnings and errors only (with --no-progress, training prints only its summary line)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)

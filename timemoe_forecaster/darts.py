@@ -95,7 +95,7 @@ class TimeMoEModel(GlobalForecastingModel):
         --------
         >>> from darts.datasets import AirPassengersDataset
         >>> from timemoe_forecaster.darts import TimeMoEModel
-        >>> series = AirPassengersDataset().load()
+        >>> series = AirPassengersDataset().load()  # darts downloads it on first use
         >>> model = TimeMoEModel(config="tiny").fit(series)  # doctest: +SKIP
         >>> model.predict(12)  # doctest: +SKIP
         """
