@@ -350,6 +350,20 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path):
     assert not (tmp_path / "model.safetensors").exists()  # not finished: no final model yet
 
 
+def test_a_resumed_runs_first_metrics_line_averages_the_same_steps(tmp_path):
+    # A line averages the steps since the last one. Resumed from step 3 with a line every 4 steps, the step-4 line
+    # averaged step 4 alone (the uninterrupted run's averages steps 1-4): the weights matched, metrics.jsonl did not.
+    straight = small_config(tmp_path / "straight", save_every=3, log_every=4)
+    train(straight)
+    killed = small_config(tmp_path / "killed", save_every=3, log_every=4)
+    make_trainer(killed).run(until=5)  # "killed" after step 5; the last checkpoint is step 3
+    train(small_config(tmp_path / "killed", save_every=3, log_every=4, resume=True))
+    a, b = read_metrics(straight.output_dir), read_metrics(killed.output_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [4, 6]
+    for key in ("loss", "ar_loss", "aux_loss", "grad_norm", "lr"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+
+
 def test_resume_survives_a_metrics_line_cut_short(tmp_path, caplog):
     # A run killed while writing metrics.jsonl left half a record; every --resume then failed on it with
     # "Expecting ',' delimiter" although the checkpoint was intact.

@@ -176,6 +176,9 @@ class Trainer:
         self.update_before_sync = bool(self.optimizer.defaults.get("fused")) and not self.fsdp
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        # The steps since the last metrics line, which the next line averages; saved with a checkpoint, so that a
+        # resumed run's first line covers the same steps as an uninterrupted run's.
+        self.unlogged: list[dict[str, Any]] = []
         self.stopped_by: str | None = None  # why run() stopped before its last step: a time limit or a signal
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
@@ -505,6 +508,7 @@ class Trainer:
                 "rng": rng,
                 "num_shards": self.ctx.world_size * self.cfg.grad_accum,
                 "train_config": json.dumps(self.cfg.to_dict()),
+                "unlogged": [{k: _plain(r[k]) for k in SUMMARISED} for r in self.unlogged],
             }
             path = ckpt.save_checkpoint(
                 self.cfg.output_dir,
@@ -561,6 +565,7 @@ class Trainer:
         rng = trainer_state["rng"]
         ckpt.restore_rng(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
         self.step = int(trainer_state["step"])
+        self.unlogged = list(trainer_state.get("unlogged", []))  # absent before session 32: the line covers fewer
         self._pending = self._pending_states = None
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -579,7 +584,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         until = cfg.max_steps if until is None else min(until, cfg.max_steps)
         metrics = MetricsWriter(cfg.output_dir, ctx.is_main, cfg.progress, cfg.max_steps, self.step)
-        meter, start, window = Throughput(), time.monotonic(), []
+        meter, start = Throughput(), time.monotonic()
 
         def limit_reached() -> bool:
             return bool(cfg.time_limit) and time.monotonic() - start > cfg.time_limit
@@ -596,14 +601,14 @@ class Trainer:
                 launch_next = self.step_graph and not (boundary or time_up or evaluating)  # nothing in between
                 record = self.train_step(prefetch=not boundary, time_up=time_up, launch_next=launch_next)
                 meter.add(record["tokens"])
-                window.append(record)
+                self.unlogged.append(record)
                 metrics.advance()
                 evaluated = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == until)
                 # A time-limited stop logs the steps since the last line too: they would be lost otherwise.
                 if self.step % cfg.log_every == 0 or self.step == until or evaluated or record["time_up"]:
                     if ctx.device.type == "cuda":
                         torch.cuda.synchronize(ctx.device)
-                    out = _summarise(window, meter.rate(), self.step)
+                    out = _summarise(self.unlogged, meter.rate(), self.step)
                     # Not on a stop: the time the sender of a signal waits before killing goes to the checkpoint.
                     if evaluated and self.eval_stream is not None and not record["time_up"]:
                         eval_loss = self.evaluate(should_stop=stop_asked)
@@ -614,7 +619,7 @@ class Trainer:
                     if ctx.device.type == "cuda":
                         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                     metrics.log(out)
-                    window = []
+                    self.unlogged = []
                 saving = cfg.output_dir is not None and (
                     (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
                 )
@@ -715,6 +720,15 @@ def _plain_scheduler_state(scheduler) -> dict:
     if "_last_lr" in state:
         state["_last_lr"] = [float(v) for v in state["_last_lr"]]
     return state
+
+
+# What a metrics line reads of each step's record (``_summarise``).
+SUMMARISED = ("loss", "ar_loss", "aux_loss", "lr", "grad_norm", "skipped")
+
+
+def _plain(value) -> float | bool:
+    """A record's value as a Python number (a loss may still be a device tensor)."""
+    return value if isinstance(value, bool) else float(value)
 
 
 def _summarise(window: list[dict], tokens_per_s: float, step: int) -> dict[str, Any]:
