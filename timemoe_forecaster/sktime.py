@@ -717,7 +717,11 @@ def _in_time_order(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.index.nlevels == 1:
         return frame.sort_index()
     instance, _ = pd.factorize(frame.index.droplevel(-1), sort=False)
-    order = np.lexsort((frame.index.get_level_values(-1), instance))
+    times = frame.index.get_level_values(-1)
+    # Periods and datetimes as their int64 ticks: lexsort made a PeriodIndex an array of Period objects (4.4 s of a
+    # 1M-row panel's update, 10x a DatetimeIndex's).
+    keys = times.asi8 if isinstance(times, (pd.PeriodIndex, pd.DatetimeIndex, pd.TimedeltaIndex)) else times
+    order = np.lexsort((keys, instance))
     return frame.iloc[order]
 
 

@@ -308,3 +308,28 @@ def test_clip_outliers_leaves_contexts_without_spread_as_they_are():
     np.testing.assert_array_equal(preprocess.clip_outliers(intermittent), intermittent)
     spiky = np.r_[np.arange(100.0), 1e9]
     assert preprocess.clip_outliers(spiky).max() < 1e3 and (preprocess.clip_outliers(spiky)[:100] == spiky[:100]).all()
+
+
+def test_a_context_is_filled_from_its_own_end_of_the_series_as_if_the_whole_were_filled():
+    # Each forecast filled and copied the whole history before cutting the context (a 1e7-point series: 50 ms a
+    # forecast). The context it reads must stay what filling the whole series gives, whatever the gaps.
+    rng = np.random.default_rng(3)
+    cases = []
+    for _ in range(200):
+        x = rng.normal(size=int(rng.integers(2, 9000)))
+        for _ in range(int(rng.integers(0, 4))):  # gaps of any length, anywhere (also across the context's start)
+            a = int(rng.integers(0, x.size))
+            x[a : a + int(rng.integers(1, 6000))] = np.nan
+        cases.append(x)
+    sparse = np.full(20_000, np.nan)
+    sparse[[3, 10_000]] = [1.0, 2.0]  # the only observation before the context lies 10,000 points back
+    cases += [sparse, np.r_[1.0, 2.0, np.full(5000, np.nan)], np.r_[np.full(7000, np.nan), 1.0, np.nan, 3.0]]
+    for x in cases:
+        for length in (1, 32, 512, 4096):
+            try:
+                expected = preprocess.fill_missing(x)[-length:]
+            except ValueError:  # too few observations in the whole series: the same error
+                with pytest.raises(ValueError, match="observ"):
+                    preprocess.prepare([x], length)
+                continue
+            np.testing.assert_array_equal(preprocess.prepare([x], length)[0], expected)
