@@ -456,15 +456,6 @@ def run_forecast(args: argparse.Namespace) -> int:
     meta = model.config.extra.get("timemoe_forecaster")
     status = meta.get("status") if isinstance(meta, dict) else None
     status = status if isinstance(status, str) else ""
-    if args.horizon > model.config.max_position_embeddings:
-        # Each pass forecasts at most the longest head's steps and feeds them back: 100,000 steps took minutes.
-        log.warning(
-            "--horizon %d is longer than the model's whole context window (%d points): about %d forecast passes, "
-            "each on forecasts of forecasts; this takes a while and drifts far from the data",
-            args.horizon,
-            model.config.max_position_embeddings,
-            -(-args.horizon // max(model.config.horizon_lengths)),
-        )
     series = load_series(args.dataset, args.column)
     values = series.to_numpy(dtype=float)
     given = np.flatnonzero(~np.isnan(values))  # not isfinite: a last value of inf is an error, not dropped

@@ -132,6 +132,21 @@ def warn_if_past_default_context(context_length, config, name: str = "context_le
         )
 
 
+def warn_if_horizon_past_window(horizon: int, config, name: str = "the horizon") -> None:
+    """A logged warning when ``horizon`` is longer than the model's whole context window: every point past it is
+    forecast from forecasts only, each pass at most the longest head's steps (100,000 steps took minutes). The
+    estimators took such horizons without a word; the CLI warned."""
+    if horizon > config.max_position_embeddings:
+        log.warning(
+            "%s (%d points) is longer than the model's whole context window (%d points): about %d forecast passes, "
+            "each on forecasts of forecasts; this takes a while and drifts far from the data",
+            name,
+            horizon,
+            config.max_position_embeddings,
+            -(-horizon // max(config.horizon_lengths)),
+        )
+
+
 def log_history_cut(what: str, longest: int, points: int, limit: int) -> None:
     """Says that ``what`` has up to ``longest`` points of which each forecast reads ``points``: a warning at the
     model's limit, information at its recorded default context (shorter by design)."""
@@ -379,6 +394,7 @@ def forecast_series(
     :func:`context_points`).
     """
     length = context_points(context_length, model.config)
+    warn_if_horizon_past_window(horizon, model.config)
     contexts = prepare(series, length, names)
     return forecast_contexts(
         model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress

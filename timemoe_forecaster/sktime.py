@@ -372,6 +372,12 @@ class TimeMoEForecaster(BaseForecaster):
     def _update(self, y, X=None, update_params=True):
         """Extend the stored context with ``y`` (its known values win); the model is not retrained."""
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
+        appended = self._appended(new)
+        if appended is not None:
+            self._context = appended
+            self._settle_time_grid()
+            self._check_lengths()
+            return self
         merged = pd.concat([self._context, new])
         if merged.index.has_duplicates:
             # sktime's convention (its update_data): at a time both hold, a value of the update replaces the stored
@@ -385,6 +391,50 @@ class TimeMoEForecaster(BaseForecaster):
         self._settle_time_grid()
         self._check_lengths()
         return self
+
+    def _appended(self, new: pd.DataFrame) -> pd.DataFrame | None:
+        """The stored context extended by ``new``, where that is all the general merge would do: one series (not
+        a panel), every row of ``new`` up to the stored end repeating the stored value or NaN, which keeps it
+        (sktime's ``update_predict`` and ``evaluate`` send all of y so far), and the rest the next points of the
+        time grid, in order. None otherwise. The merge concatenated, de-duplicated, sorted and checked the whole
+        history at every update, so a loop of updates took time quadratic in its length (36 ms an update at
+        1e6 points, more than a fresh fit)."""
+        context = self._context
+        if context.index.nlevels != 1 or new.index.nlevels != 1 or list(new.columns) != list(context.columns):
+            return None
+        if len(context) < 2 or new.index.has_duplicates:
+            return None
+        try:
+            later = np.asarray(new.index > context.index[-1])
+        except TypeError:  # another kind of index than the stored one: the merge says what is wrong
+            return None
+        overlap, tail = new[~later], new[later]
+        if len(overlap):
+            stored = context.reindex(overlap.index).to_numpy()  # NaN where the stored index lacks the time
+            given = overlap.to_numpy()
+            if not ((stored == given) | np.isnan(given)).all():
+                return None
+        if not len(tail):
+            return context
+        if not tail.index.equals(self._next_times(len(tail))):
+            return None
+        return pd.concat([context, tail])
+
+    def _next_times(self, count: int) -> pd.Index | None:
+        """The ``count`` points of the time grid after the stored context's end; None where the grid is unknown."""
+        times = self._context.index
+        end = times[-1]
+        if isinstance(times, pd.PeriodIndex):
+            return pd.period_range(end + 1, periods=count, freq=times.freq, name=times.name)
+        if isinstance(times, pd.DatetimeIndex):
+            freq = getattr(getattr(self, "_cutoff", None), "freq", None) or getattr(self, "_freq", None) or times.freq
+            if freq is None:
+                return None
+            freq = pd.tseries.frequencies.to_offset(freq)
+            return pd.date_range(end + freq, periods=count, freq=freq, name=times.name)
+        if pd.api.types.is_integer_dtype(times.dtype):
+            return pd.Index(np.arange(end + 1, end + 1 + count, dtype=times.dtype), name=times.name)
+        return None
 
     def _columns_as_fitted(self, new: pd.DataFrame) -> pd.DataFrame:
         """``update``'s data under the fitted data's column names.

@@ -297,3 +297,17 @@ def test_borrowed_tails_cover_heavy_tailed_errors_of_series_of_any_scale():
         hits += int(np.sum((new >= offsets[:, 0, 0]) & (new <= offsets[:, 0, 1])))
         total += 5
     assert 0.947 <= hits / total <= 0.965, hits / total
+
+
+def test_many_calibration_forecasts_are_announced(caplog, monkeypatch):
+    # A panel's intervals took minutes (1,000 series: 248 s on a CPU) without a word by default.
+    monkeypatch.setattr(conformal, "MANY_CALIBRATION_FORECASTS", 20)
+    model = make_model(seed=4)
+    x = np.sin(np.arange(60) / 5) * 3
+    with caplog.at_level("INFO", logger="timemoe_forecaster.conformal"):
+        conformal.rolling_residuals(model, [x], 3, context_length=32, num_windows=4)
+        assert "calibration forecasts" not in caplog.text  # 6 of them
+        conformal.rolling_residuals(model, [x] * 4, 3, context_length=32, num_windows=4)
+    assert (
+        "prediction intervals: 24 calibration forecasts (4 series x up to conformal_windows + H - 1 = 6" in caplog.text
+    )

@@ -396,6 +396,50 @@ def test_panel_rows_are_put_in_time_order_within_instances_in_their_first_order(
         np.testing.assert_array_equal(out.loc[key]["y"], frame.sort_index().loc[key]["y"])
 
 
+@pytest.mark.parametrize(
+    "index",
+    [
+        pd.RangeIndex(60),
+        pd.period_range("2000-01", periods=60, freq="M"),
+        pd.date_range("2000-01-01", periods=60, freq="D"),
+    ],
+)
+def test_an_update_that_appends_gives_what_the_general_merge_gives(checkpoint, index, monkeypatch):
+    # Appends (the next points, or all of y so far plus them, as update_predict and evaluate send) skip the merge
+    # of the whole history (quadratic in a loop of updates); everything else still merges. Either way the stored
+    # context, cutoff and forecasts must be the merge's.
+    y = pd.DataFrame({"a": np.sin(np.arange(60) / 4) * 5 + 20, "b": np.cos(np.arange(60) / 3)}, index=index)
+    changed = y.iloc[30:52].copy()
+    changed.iloc[3, 0] = 99.0  # a stored value revised: merged
+    blanks = y.iloc[30:52].copy()
+    blanks.iloc[[2, 5], 1] = np.nan  # NaN in an update keeps the stored value
+    gap = y.iloc[[50, 51, 53]]  # skips a point: filled as missing
+    cases = {
+        "next points": y.iloc[50:52],
+        "all of y": y.iloc[:52],
+        "blanks": blanks,
+        "revised": changed,
+        "gap": gap,
+        "one column": y.iloc[50:52][["a"]],
+        "nothing new": y.iloc[40:50],
+    }
+    for name, update in cases.items():
+        fast = forecaster(checkpoint).fit(y.iloc[:50])
+        fast.update(update, update_params=False)
+        merged = forecaster(checkpoint).fit(y.iloc[:50])
+        monkeypatch.setattr(merged, "_appended", lambda new: None)
+        merged.update(update, update_params=False)
+        # (A DatetimeIndex's freq attribute may differ: the merge drops it unless it fills gaps; forecasts read
+        # sktime's cutoff for the frequency.)
+        pd.testing.assert_frame_equal(fast._context, merged._context, obj=name, check_freq=False)
+        assert fast.cutoff.equals(merged.cutoff), name
+        pd.testing.assert_frame_equal(fast.predict(fh=[1, 2]), merged.predict(fh=[1, 2]), obj=name)
+    fitted = forecaster(checkpoint).fit(y.iloc[:50])
+    appends = {name for name, update in cases.items() if fitted._appended(update) is not None}
+    assert appends == {"next points", "all of y", "blanks", "nothing new"}
+    assert fitted._appended(y.iloc[40:50]) is fitted._context
+
+
 def test_forecast_groups_share_a_call_only_where_the_heads_agree():
     from timemoe_forecaster.sktime import _forecast_groups
 
@@ -1220,3 +1264,18 @@ def test_robust_scaling_through_the_estimator_forecasts_and_calibrates_clipped_c
         forecaster(checkpoint, scaling="robust").fit(y).predict(fh=[1, 2])
         == forecaster(checkpoint).fit(y).predict(fh=[1, 2])
     ).all()
+
+
+def test_a_horizon_past_the_models_whole_window_is_warned_about(checkpoint, caplog):
+    # The CLI warned; the estimators forecast 8,000 steps from forecasts of forecasts without a word.
+    from timemoe_forecaster import TimeMoEForPrediction
+
+    limit = TimeMoEForPrediction.from_pretrained(checkpoint).config.max_position_embeddings
+    f = forecaster(checkpoint).fit(pd.Series(np.sin(np.arange(60) / 4)))
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.predict(fh=[limit])
+        assert "whole context window" not in caplog.text
+        assert np.isfinite(f.predict(fh=[limit + 1]).to_numpy()).all()
+    assert f"the horizon ({limit + 1} points) is longer than the model's whole context window ({limit} points)" in (
+        caplog.text
+    )

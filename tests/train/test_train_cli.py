@@ -209,7 +209,7 @@ def test_a_horizon_beyond_the_context_window_is_warned_of(tmp_path, capsys, capl
     make_model(max_position_embeddings=16).save_pretrained(tmp_path / "m")
     with caplog.at_level("WARNING"):
         assert main(["forecast", "--model", str(tmp_path / "m"), "--horizon", "17", "--show", "0"]) == 0
-    assert "--horizon 17 is longer than the model's whole context window (16 points)" in caplog.text
+    assert "the horizon (17 points) is longer than the model's whole context window (16 points)" in caplog.text
 
 
 def test_forecast_defaults_to_the_recorded_context_and_warns_past_it(tmp_path, capsys, caplog):
