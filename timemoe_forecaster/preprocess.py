@@ -189,7 +189,9 @@ def clip_outliers(x: np.ndarray, k: float = ROBUST_CLIP) -> np.ndarray:
     spread = 1.4826 * float(np.median(np.abs(x - median)))
     if not spread > 0:
         return x
-    return np.clip(x, median - k * spread, median + k * spread)
+    low, high = median - k * spread, median + k * spread
+    # Copied only where something is clipped: every context was copied (+0.7 GB over 300 series' calibration).
+    return np.clip(x, low, high) if (x.min() < low or x.max() > high) else x
 
 
 def mean_std(x: np.ndarray) -> tuple[float, float]:

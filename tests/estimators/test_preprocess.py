@@ -308,6 +308,8 @@ def test_clip_outliers_leaves_contexts_without_spread_as_they_are():
     np.testing.assert_array_equal(preprocess.clip_outliers(intermittent), intermittent)
     spiky = np.r_[np.arange(100.0), 1e9]
     assert preprocess.clip_outliers(spiky).max() < 1e3 and (preprocess.clip_outliers(spiky)[:100] == spiky[:100]).all()
+    calm = np.sin(np.arange(500.0))
+    assert preprocess.clip_outliers(calm) is calm  # nothing to clip: no copy (every calibration context was copied)
 
 
 def test_a_context_is_filled_from_its_own_end_of_the_series_as_if_the_whole_were_filled():
