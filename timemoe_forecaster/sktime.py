@@ -221,10 +221,16 @@ class TimeMoEForecaster(BaseForecaster):
         one. A new ``model_path``, ``config``, ``device`` or ``dtype`` drops the weights too, with a warning."""
         if not params:  # skbase changes nothing then, and resets nothing
             return super().set_params()
+        # Checked before anything changes: skbase sets and resets first, so a refused value stayed set (every later
+        # set_params failed on it) and the pretrained weights were gone.
+        current = self.get_params(deep=False)
+        type(self)(**{**current, **{k: v for k, v in params.items() if k in current}})
         pretrained = {}
         if getattr(self, "_state", None) in ("pretrained", "fitted"):
             pretrained = {a: getattr(self, a) for a in getattr(self, "_pretrained_attrs", []) if hasattr(self, a)}
         before = {name: getattr(self, name) for name in self._MODEL_PARAMS}
+        # What pretrain() trained with (fine_tune stands in for pretrain_settings when that is None).
+        before_recipe = (self.pretrain_settings, self.seed, self.fine_tune)
         super().set_params(**params)
         if pretrained:
             changed = [name for name in self._MODEL_PARAMS if name in params and not _same(params[name], before[name])]
@@ -238,6 +244,14 @@ class TimeMoEForecaster(BaseForecaster):
                     setattr(self, name, value)
                 self._pretrained_attrs = list(pretrained)
                 self._state = "pretrained"
+                recipe = ("pretrain_settings", "seed") + (("fine_tune",) if before_recipe[0] is None else ())
+                retrained = [n for n in recipe if n in params and not _same(params[n], before_recipe[recipe.index(n)])]
+                if retrained:
+                    log.warning(
+                        "set_params(%s): the weights from pretrain() were trained with the earlier value(s) and are "
+                        "kept; call pretrain() again to train with the new ones",
+                        ", ".join(f"{name}=..." for name in retrained),
+                    )
         return self
 
     def __sklearn_clone__(self):

@@ -1279,3 +1279,22 @@ def test_a_horizon_past_the_models_whole_window_is_warned_about(checkpoint, capl
     assert f"the horizon ({limit + 1} points) is longer than the model's whole context window ({limit} points)" in (
         caplog.text
     )
+
+
+def test_a_refused_set_params_changes_nothing(checkpoint, caplog):
+    # skbase set the values and reset the forecaster before the check refused them: the pretrained weights were
+    # gone, and the refused value stayed set, so every later set_params failed on it.
+    y = panel(n_instances=2, length=60)
+    f = forecaster(checkpoint, pretrain_settings={"steps": 1, "batch_size": 2, "max_length": 16})
+    f.pretrain(y).fit(y)
+    weights = f.pretrained_model_
+    for bad in ({"fine_tune": {"stepz": 1}}, {"batch_size": 0}, {"scaling": "nope"}):
+        with pytest.raises(ValueError):
+            f.set_params(**bad)
+        assert f.state == "fitted" and f.pretrained_model_ is weights and f.fine_tune is None and f.batch_size == 64
+    f.set_params(context_length=16)  # works, and keeps the weights
+    assert f.pretrained_model_ is weights and f.context_length == 16
+    # Weights trained under other settings are kept, but not silently.
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.set_params(pretrain_settings={"steps": 5, "batch_size": 2, "max_length": 16})
+    assert f.pretrained_model_ is weights and "call pretrain() again" in caplog.text
