@@ -114,10 +114,11 @@ class TimeMoEModel(GlobalForecastingModel):
             raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
         if fine_tune is not None:
             preprocess.refuse_training_with_raw_scaling(scaling)
-        from .loading import check_seed, check_training_settings
+        from .loading import check_model_dtype, check_seed, check_training_settings
 
         check_training_settings(fine_tune)
         check_seed(seed)
+        check_model_dtype(dtype)
         self.model_path = model_path
         self.config = config
         self.context_length = context_length
@@ -466,7 +467,8 @@ def _model_from_weights(config: dict, state: dict, device, dtype):
     with torch.device("meta"):
         model = TimeMoEForPrediction(TimeMoEConfig.from_dict(config))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, assign=True)
-    return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).requires_grad_(False).eval()
+    target = None if isinstance(dtype, str) and dtype == "auto" else resolve_dtype(dtype)  # auto: as saved
+    return model.to(device=resolve_device(device), dtype=target).requires_grad_(False).eval()
 
 
 def _context_window(values: np.ndarray, observed_at: np.ndarray, cut: int, length: int) -> np.ndarray:

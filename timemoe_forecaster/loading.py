@@ -62,6 +62,16 @@ def resolve_device(device) -> torch.device:
 MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
+def check_model_dtype(dtype) -> None:
+    """An estimator's ``dtype``: a float dtype, its name, None (float32) or "auto" (the checkpoint's own); checked
+    at construction, not at the first fit."""
+    if not (isinstance(dtype, str) and dtype == "auto"):
+        try:
+            resolve_dtype(dtype)
+        except ValueError as err:
+            raise ValueError(f"{err}; or 'auto' for the dtype the checkpoint's weights are stored in") from None
+
+
 def resolve_dtype(dtype) -> torch.dtype:
     """None means float32 (exact and safe on every device); strings like 'bfloat16' are accepted."""
     if dtype is None:
@@ -91,7 +101,7 @@ def _file_stamp(directory: Path) -> tuple:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype, device: str) -> TimeMoEForPrediction:
+def _cached_weights(directory: str, stamp: tuple, dtype: torch.dtype | str, device: str) -> TimeMoEForPrediction:
     model = load_pretrained(directory, dtype=dtype, device=device)
     model.__dict__[_FINGERPRINT] = weights_fingerprint(model)
     _hold(model)
@@ -252,7 +262,9 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
     """
     check_seed(seed)
     preset, overrides = split_config(config)
-    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
+    # "auto": the dtype the checkpoint's weights are stored in (as from_pretrained takes it); a fresh model's float32.
+    auto = isinstance(dtype, str) and dtype == "auto"
+    target_device, target_dtype = resolve_device(device), torch.float32 if auto else resolve_dtype(dtype)
     if preset is not None:
         if model_path is not None:
             raise ValueError(
@@ -273,7 +285,8 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
         raise ValueError(f"model_path: {err}") from None
     except TypeError as err:
         raise TypeError(f"model_path: {err}") from None
-    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), target_dtype, str(target_device))
+    stored = "auto" if auto else target_dtype
+    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), stored, str(target_device))
     cfg = cached.config
     if overrides:
         try:

@@ -1298,3 +1298,18 @@ def test_a_refused_set_params_changes_nothing(checkpoint, caplog):
     with caplog.at_level("WARNING", logger="timemoe_forecaster"):
         f.set_params(pretrain_settings={"steps": 5, "batch_size": 2, "max_length": 16})
     assert f.pretrained_model_ is weights and "call pretrain() again" in caplog.text
+
+
+def test_dtype_auto_keeps_the_checkpoints_own_dtype_and_bad_dtypes_fail_at_construction():
+    # Documented for the estimators, "auto" was refused at fit ("dtype must be one of ..."), and so was any bad
+    # dtype, after the model had loaded.
+    from timemoe_forecaster.darts import TimeMoEModel
+
+    y = pd.Series(np.sin(np.arange(200) / 5) * 3 + 10)
+    stored = TimeMoEForecaster(device="cpu", dtype="auto").fit(y)  # the embedded default is stored in bf16
+    assert next(stored.model_.parameters()).dtype == torch.bfloat16 and np.isfinite(stored.predict(fh=[1])).all().all()
+    fresh = TimeMoEForecaster(config="tiny", context_length=32, dtype="auto").fit(y)  # a fresh model: float32
+    assert next(fresh.model_.parameters()).dtype == torch.float32
+    for make in (TimeMoEForecaster, TimeMoEModel):
+        with pytest.raises(ValueError, match="dtype must be one of .* or 'auto'"):
+            make(dtype="int8")
