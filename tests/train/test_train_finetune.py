@@ -168,12 +168,20 @@ def test_the_model_records_the_longest_window_it_was_trained_on_as_its_default_c
     assert model.config.default_context_length is None  # a fresh model: its whole window
     train_on_series(model, [sine(300), sine(50)], steps=1, batch_size=2, max_length=64)
     assert model.config.default_context_length == 64
-    train_on_series(model, [sine(40)], steps=1, batch_size=2, max_length=64)  # series shorter than max_length
-    assert model.config.default_context_length == 39  # 40 points: 39 of context before the last
+    train_on_series(model, [sine(200)], steps=1, batch_size=2, max_length=256)  # series shorter than max_length
+    assert model.config.default_context_length == 199  # 200 points: 199 of context before the last
     model.save_pretrained(tmp_path)
     from timemoe_forecaster import TimeMoEForPrediction
 
-    assert TimeMoEForPrediction.from_pretrained(tmp_path).config.default_context_length == 39
+    assert TimeMoEForPrediction.from_pretrained(tmp_path).config.default_context_length == 199
+    # Much shorter series set no default below 128 points (nor below max_length): fine-tuned on 2-point series,
+    # every later forecast read 1 point and came out flat.
+    train_on_series(model, [sine(2), sine(3)], steps=1, batch_size=2, max_length=512)
+    assert model.config.default_context_length == 128
+    train_on_series(model, [sine(12)], steps=1, batch_size=2, max_length=64)
+    assert model.config.default_context_length == 64
+    with pytest.raises(ValueError, match="max_length must be at least 2"):
+        train_on_series(model, [sine(300)], steps=1, batch_size=2, max_length=1)
 
 
 def test_a_named_checkpoint_fine_tuned_no_longer_calls_itself_by_its_name():

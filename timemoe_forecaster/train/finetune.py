@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 100
 
+# The shortest default context a fine-tune records (twice the longest head of the presets): series shorter than
+# that set the windows, not the length the model reads well from.
+MIN_RECORDED_CONTEXT = 128
+
 
 # Interior gaps up to this many points are interpolated, as forecasting fills them; longer ones split the
 # series, so that training never sees long straight lines that are not in the data.
@@ -208,6 +212,10 @@ def train_on_series(
     if max_length is None:  # 512, or the whole window a smaller model takes
         max_length = min(512, model.config.max_position_embeddings)
     _check_count("max_length", max_length)
+    if max_length < 2:
+        raise ValueError(
+            f"max_length must be at least 2 (a window of one input point teaches nothing), got {max_length}"
+        )
     if max_length > model.config.max_position_embeddings:
         raise ValueError(
             f"max_length {max_length} exceeds the model's max_position_embeddings "
@@ -296,7 +304,14 @@ def train_on_series(
         describe_as_trained_from(model.config, meta["name"])
     # The longest context it was trained on (max_length, or less on shorter series) is its default from now on:
     # fine-tuned on 256-point windows, the default model's MSE on ETTh1 was 0.71 from 4,096 points, 0.08 from 256.
-    model.config.record_default_context_length(min(max_length, max(len(s) for s in segments) - 1))
+    # Where the series, not max_length, set the windows, not below MIN_RECORDED_CONTEXT (nor max_length, nor the
+    # model's own default): fine-tuned on 2-point series, every later forecast (after an update brought more
+    # history) read 1 point and came out flat, without a word.
+    trained = min(max_length, max(len(s) for s in segments) - 1)
+    if trained < max_length:
+        before = model.config.default_context_length or model.config.max_position_embeddings
+        trained = max(trained, min(MIN_RECORDED_CONTEXT, max_length, before))
+    model.config.record_default_context_length(trained)
     losses = [r["loss"] for r in history]
     _check_converged(model, losses, lr, max(segments, key=len)[-(max_length + 1) :])
     _check_steps_taken(history, lr)
