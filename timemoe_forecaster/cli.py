@@ -344,6 +344,10 @@ def _default_column(frame, path: Path):
     chosen = (series or candidates)[-1]
     if not numeric(chosen):
         _numbers(frame[chosen], path, chosen)  # raises, naming the values that are no numbers
+    others = [str(c) for c in series if c != chosen]
+    if others:  # the choice was only shown in the header line
+        log.info("%s: forecasting its last numeric column %r (also numeric: %s); choose with --column", path.name,
+                    str(chosen), ", ".join(repr(c) for c in others))  # fmt: skip
     return chosen
 
 
@@ -381,7 +385,7 @@ def _numbers(column, path: Path, name):
 
 
 # Formats open_source reads that are no table; read as CSV text they gave confusing errors.
-_NOT_TABLES = (".npy", ".npz", ".json", ".jsonl", ".bin")
+_NOT_TABLES = (".npy", ".npz", ".json", ".jsonl", ".bin", ".xlsx", ".xls", ".xlsm", ".ods")
 
 
 def _one_series_of_long_table(frame, path: Path, column: str | None):

@@ -99,7 +99,7 @@ class TimeMoEModel(GlobalForecastingModel):
         >>> from darts.datasets import AirPassengersDataset
         >>> from timemoe_forecaster.darts import TimeMoEModel
         >>> series = AirPassengersDataset().load()  # darts downloads it on first use
-        >>> model = TimeMoEModel(config="tiny").fit(series)  # doctest: +SKIP
+        >>> model = TimeMoEModel().fit(series)  # the embedded default checkpoint, zero-shot  # doctest: +SKIP
         >>> model.predict(12)  # doctest: +SKIP
         """
         super().__init__(add_encoders=add_encoders)
@@ -229,6 +229,7 @@ class TimeMoEModel(GlobalForecastingModel):
         self._model = self._saved_weights = self._saved_fingerprint = None
         try:
             model = self._load()
+            preprocess.warn_if_untrained(self.config, self.fine_tune is not None or self._saved_weights is not None)
             if self.fine_tune is not None:
                 from .loading import train_private_copy
 

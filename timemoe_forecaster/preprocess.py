@@ -132,6 +132,19 @@ def warn_if_past_default_context(context_length, config, name: str = "context_le
         )
 
 
+def warn_if_untrained(config, trained: bool) -> None:
+    """A logged warning when an estimator forecasts with a fresh preset model that no training has touched."""
+    from .loading import split_config
+
+    preset, _ = split_config(config)
+    if preset is not None and not trained:
+        log.warning(
+            "config=%r builds a fresh, randomly initialised model: its forecasts are meaningless until it is "
+            "trained (fine_tune=..., or pretrain() on a panel); leave config unset for the pretrained default",
+            preset,
+        )
+
+
 def warn_if_horizon_past_window(horizon: int, config, name: str = "the horizon") -> None:
     """A logged warning when ``horizon`` is longer than the model's whole context window: every point past it is
     forecast from forecasts only, each pass at most the longest head's steps (100,000 steps took minutes). The

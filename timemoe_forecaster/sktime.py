@@ -127,7 +127,7 @@ class TimeMoEForecaster(BaseForecaster):
     >>> from sktime.datasets import load_airline
     >>> from timemoe_forecaster import TimeMoEForecaster
     >>> y = load_airline()
-    >>> f = TimeMoEForecaster(config="tiny", context_length=64).fit(y)  # doctest: +SKIP
+    >>> f = TimeMoEForecaster().fit(y)  # the embedded default checkpoint, zero-shot  # doctest: +SKIP
     >>> f.predict(fh=[1, 2, 3])  # doctest: +SKIP
     """
 
@@ -349,6 +349,8 @@ class TimeMoEForecaster(BaseForecaster):
         if getattr(self, "pretrained_model_", None) is not None:  # set_params(scaling="none") after pretrain
             preprocess.refuse_training_with_raw_scaling(self.scaling, "pretrain")
         model = self._base_model()
+        pretrained = getattr(self, "pretrained_model_", None) is not None
+        preprocess.warn_if_untrained(self.config, pretrained or self.fine_tune is not None)
         if self.fine_tune is not None:
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
         self.model_ = model

@@ -1313,3 +1313,22 @@ def test_dtype_auto_keeps_the_checkpoints_own_dtype_and_bad_dtypes_fail_at_const
     for make in (TimeMoEForecaster, TimeMoEModel):
         with pytest.raises(ValueError, match="dtype must be one of .* or 'auto'"):
             make(dtype="int8")
+
+
+def test_a_fresh_preset_model_forecasting_untrained_is_warned_about(caplog):
+    # The docstring's example used config="tiny": forecasts from random weights (388 for the airline data's 432),
+    # with nothing said.
+    from darts import TimeSeries
+
+    from timemoe_forecaster.darts import TimeMoEModel
+
+    y = pd.Series(np.sin(np.arange(80) / 4) * 3 + 10)
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        TimeMoEForecaster(config="tiny", context_length=32).fit(y)
+        TimeMoEModel(config={"preset": "tiny"}).fit(TimeSeries.from_values(y.to_numpy()))
+    assert caplog.text.count("randomly initialised model: its forecasts are meaningless") == 2
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        TimeMoEForecaster(config="tiny", context_length=32, fine_tune={"steps": 1, "max_length": 16}).fit(y)
+        TimeMoEForecaster(context_length=32).fit(y)
+    assert "randomly initialised" not in caplog.text

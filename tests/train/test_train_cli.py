@@ -592,3 +592,19 @@ def test_every_documented_train_command_makes_a_valid_config():
     for words in commands:
         config = train_config_from_args(parser.parse_args(words))  # TrainConfig validates flag combinations
         assert config.config or config.init_from, words
+
+
+def test_forecast_names_the_other_numeric_columns_and_refuses_spreadsheets(tmp_path, capsys, caplog):
+    # With several numeric columns the last was forecast, named only in the header line; an Excel file gave a
+    # UnicodeDecodeError from the CSV reader.
+    csv = tmp_path / "multi.csv"
+    rows = [f"2020-01-{d:02d},{d % 5},{10 + d % 3},7" for d in range(1, 21)]
+    csv.write_text("date,sales,price,store\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("INFO", logger="timemoe_forecaster.cli"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
+    assert "forecasting its last numeric column 'price' (also numeric: 'sales'); choose with --column" in caplog.text
+    book = tmp_path / "book.xlsx"
+    book.write_bytes(b"PK\x03\x04\x84 not a csv")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(book)])
+    assert "not .xlsx files; convert it to a CSV" in capsys.readouterr().err
