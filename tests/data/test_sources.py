@@ -426,10 +426,15 @@ def test_decimal_commas_and_semicolon_files_are_an_error_not_wrong_numbers(tmp_p
     (tmp_path / "e.csv").write_text("load\n12,5\n13,7\n11,2\n")
     with pytest.raises(ValueError, match=r"e\.csv: data rows hold one field more than the header.*decimal commas"):
         open_source(tmp_path / "e.csv")
-    # A ';'-separated file read with ',' is one column named "a;b" whose values "1;2" even read as dates.
+    # A ';'-separated file read with ',' was one column named "a;b" whose values "1;2" even read as dates; then an
+    # error asking to re-save the file. It reads as ';'-separated, decimal commas (and '.' thousands) as numbers,
+    # '.' decimals and dates such as 31.12.2020 as they are (a European spreadsheet's export: BOM, CRLF).
     (tmp_path / "semi.csv").write_text("a;b\n1;2\n3;4\n")
-    with pytest.raises(ValueError, match=r"semi\.csv looks ';'-separated"):
-        open_source(tmp_path / "semi.csv")
+    _same(_all(open_source(tmp_path / "semi.csv")), [np.array([1, 3], "f4"), np.array([2, 4], "f4")])
+    rows = ["01.11.2020;1.000,5;9.5", "02.11.2020;1.200;9.25", "03.11.2020;980,25;", "04.11.2020;-1,5;10"]
+    (tmp_path / "de.csv").write_bytes(("\ufeffDatum;Umsatz;Preis\r\n" + "\r\n".join(rows) + "\r\n").encode())
+    got = _all(open_source(tmp_path / "de.csv"))
+    _same(got, [np.array([1000.5, 1200, 980.25, -1.5], "f4"), np.array([9.5, 9.25, np.nan, 10], "f4")])
     # R's write.table row names (a counter from 1) are no data: dropped, the values stay as written.
     (tmp_path / "r.csv").write_text('"load","temp"\n"1",5,1.5\n"2",7,2.5\n"3",2,3.5\n')
     _same(_all(open_source(tmp_path / "r.csv")), [np.array([5, 7, 2], "f4"), np.array([1.5, 2.5, 3.5], "f4")])

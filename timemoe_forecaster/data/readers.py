@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import lzma
 import zipfile
 import zlib
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from .frames import TIME_NAMES, frame_to_series, reads_as_dates
+
+logger = logging.getLogger(__name__)
 
 # What a damaged, cut-short or mis-encoded file raises from inside gzip, zipfile, the codecs or pandas; each becomes
 # one line that names the file (the readers' callers, the CLI included, report ValueError as one line).
@@ -54,8 +57,12 @@ def read_frame(path: Path, fmt: str):
         sep = "\t" if fmt == ".tsv" else ","
         # In a one-column file an empty cell is a blank line, which pandas skips: the gap closed up without a word
         # (30 values with 2 missing read as 28 contiguous ones). The header alone tells the column count.
-        one_column = pd.read_csv(path, sep=sep, nrows=0).shape[1] == 1
-        text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=not one_column)
+        header = pd.read_csv(path, sep=sep, nrows=0)
+        one_column = header.shape[1] == 1
+        if sep == "," and one_column and ";" in str(header.columns[0]) and "\t" not in str(header.columns[0]):
+            sep, text_frame = ";", _semicolon_table(path)
+        else:
+            text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=not one_column)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty (no header, no rows)") from None
     except _parse_errors() as err:
@@ -63,6 +70,31 @@ def read_frame(path: Path, fmt: str):
     _check_separator(text_frame, path)
     _check_header(text_frame, path)
     return _without_row_names(text_frame, path, sep)
+
+
+# A number as a ';'-separated file (a European spreadsheet's export) writes it: decimal comma, '.' between thousands.
+_COMMA_DECIMAL = r"[-+]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?"
+
+
+def _semicolon_table(path: Path):
+    """A ';'-separated file, its columns of decimal-comma numbers ("1.234,5") read as numbers. They were refused
+    ("save it comma-separated"), with no way to read them but re-saving the file. A column is read so only when one
+    of its values has a decimal comma and all are such numbers; otherwise pandas' own reading stands ('.'
+    decimals, dates such as 31.12.2020, text)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep=";", dtype=str)
+    for name in frame.columns:
+        text = frame[name].str.strip()
+        given = text.dropna()
+        if len(given) and given.str.contains(",", regex=False).any() and given.str.fullmatch(_COMMA_DECIMAL).all():
+            frame[name] = pd.to_numeric(text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
+        else:
+            numbers = pd.to_numeric(given, errors="coerce")
+            if len(given) and numbers.notna().all():
+                frame[name] = pd.to_numeric(text)
+    logger.info("%s: read as ';'-separated (a decimal comma where a column has one)", path)
+    return frame
 
 
 def _read_parquet(path: Path):
