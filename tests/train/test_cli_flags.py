@@ -95,3 +95,12 @@ def test_pretrain_init_from_default_is_the_embedded_model_as_finetune_model_defa
     assert cfg.init_from == str(default_checkpoint()) and cfg.config is None
     tuned = train_config_from_args(parser.parse_args(["finetune", "--model", "default", "--data", "synthetic"]))
     assert tuned.init_from == cfg.init_from
+
+
+def test_python_m_runs_the_command_line():
+    # Without the `timemoe` script on PATH (a notebook's kernel env, say) there was no way in: no __main__.py.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "timemoe_forecaster", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("timemoe ")
