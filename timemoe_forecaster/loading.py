@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import threading
 import weakref
@@ -318,6 +319,23 @@ def check_training_settings(settings: dict | None, name: str = "fine-tuning") ->
     unknown = sorted(set(settings or {}) - accepted)
     if unknown:
         raise ValueError(f"unknown {name} setting(s) {unknown}; accepted: {sorted(accepted)}")
+    # Values too, at construction: fine_tune={"batch_size": 0} failed at fit, after the model had loaded, with a
+    # message that read like the estimator's own batch_size (and {"lr": "1e-3"} named an internal class).
+    for key, value in (settings or {}).items():
+        if key in _SETTING_COUNTS and value is not None:
+            least = _SETTING_COUNTS[key]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} setting {key!r} must be an integer >= {least}, got {value!r}")
+        elif key in _SETTING_RATES:
+            low, high = _SETTING_RATES[key]
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and low <= value <= high) or (key == "lr" and value == 0):
+                raise ValueError(f"{name} setting {key!r} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+# What train_on_series takes for its counts (the least value) and rates (their range), checked by the estimators.
+_SETTING_COUNTS = {"steps": 1, "epochs": 1, "batch_size": 1, "max_length": 2, "warmup_steps": 0}
+_SETTING_RATES = {"lr": (0.0, 1e30), "weight_decay": (0.0, 1e30), "min_lr_ratio": (0.0, 1.0)}
 
 
 def train_private_copy(model: TimeMoEForPrediction, series: list, settings: dict | None, *, seed: int, progress: bool):

@@ -1332,3 +1332,27 @@ def test_a_fresh_preset_model_forecasting_untrained_is_warned_about(caplog):
         TimeMoEForecaster(config="tiny", context_length=32, fine_tune={"steps": 1, "max_length": 16}).fit(y)
         TimeMoEForecaster(context_length=32).fit(y)
     assert "randomly initialised" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"batch_size": 0}, "fine_tune setting 'batch_size' must be an integer >= 1, got 0"),
+        ({"steps": 2.5}, "fine_tune setting 'steps' must be an integer >= 1"),
+        ({"max_length": 1}, "fine_tune setting 'max_length' must be an integer >= 2"),
+        ({"lr": "1e-3"}, "fine_tune setting 'lr' must be a number"),
+        ({"lr": 0}, "fine_tune setting 'lr' must be a number"),
+        ({"min_lr_ratio": 2}, "fine_tune setting 'min_lr_ratio' must be a number in \\[0, 1\\]"),
+    ],
+)
+def test_bad_training_setting_values_fail_at_construction_naming_the_setting(settings, message):
+    # They failed at fit, after the model had loaded, with messages that read like the estimator's own batch_size
+    # or named an internal class (TrainConfig).
+    from timemoe_forecaster.darts import TimeMoEModel
+
+    with pytest.raises(ValueError, match=message):
+        TimeMoEForecaster(fine_tune=settings)
+    with pytest.raises(ValueError, match=message.replace("fine_tune", "pretrain_settings")):
+        TimeMoEForecaster(pretrain_settings=settings)
+    with pytest.raises(ValueError, match="setting '"):
+        TimeMoEModel(fine_tune=settings)
