@@ -114,11 +114,12 @@ class TimeMoEModel(GlobalForecastingModel):
             raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
         if fine_tune is not None:
             preprocess.refuse_training_with_raw_scaling(scaling)
-        from .loading import check_model_dtype, check_seed, check_training_settings
+        from .loading import check_config, check_model_dtype, check_seed, check_training_settings
 
         check_training_settings(fine_tune)
         check_seed(seed)
         check_model_dtype(dtype)
+        check_config(config)
         self.model_path = model_path
         self.config = config
         self.context_length = context_length

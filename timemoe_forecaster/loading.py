@@ -228,6 +228,17 @@ def split_config(config) -> tuple[str | None, dict[str, Any]]:
     raise TypeError(f"config must be None, a preset name or a dict of overrides, got {type(config).__name__}")
 
 
+def check_config(config) -> None:
+    """An estimator's ``config``: checked at construction (a preset name, or a dict of known keys), not at the
+    first fit after the checkpoint loaded: ``config={"preset": "nope"}`` or ``config=3`` constructed silently."""
+    import dataclasses
+
+    _, overrides = split_config(config)
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TimeMoEConfig)})
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in {config!r}")
+
+
 def check_seed(seed) -> None:
     """A seed is a non-negative integer (what ``torch.manual_seed`` and numpy both accept)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:

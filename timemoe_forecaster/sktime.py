@@ -35,7 +35,7 @@ from .frames import (
     steps_between,
     to_rows,
 )
-from .loading import check_model_dtype, check_seed, check_training_settings
+from .loading import check_config, check_model_dtype, check_seed, check_training_settings
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class TimeMoEForecaster(BaseForecaster):
             preprocess.check_context_length(self.context_length, 1 << 62)
         check_seed(self.seed)
         check_model_dtype(self.dtype)
+        check_config(self.config)
         for name in ("fine_tune", "pretrain_settings"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):

@@ -1356,3 +1356,21 @@ def test_bad_training_setting_values_fail_at_construction_naming_the_setting(set
         TimeMoEForecaster(pretrain_settings=settings)
     with pytest.raises(ValueError, match="setting '"):
         TimeMoEModel(fine_tune=settings)
+
+
+@pytest.mark.parametrize(
+    "config, error, message",
+    [
+        ({"preset": "nope"}, ValueError, "is not a preset"),
+        ("huge", ValueError, "is not a preset"),
+        (3, TypeError, "config must be None, a preset name or a dict"),
+        ({"preset": "tiny", "hidden_sizes": 8}, ValueError, "unknown config key\\(s\\) \\['hidden_sizes'\\]"),
+    ],
+)
+def test_a_bad_config_fails_at_construction(config, error, message):
+    # They constructed silently and failed at fit, after the checkpoint had loaded (in a grid search: every fit).
+    from timemoe_forecaster.darts import TimeMoEModel
+
+    for make in (TimeMoEForecaster, TimeMoEModel):
+        with pytest.raises(error, match=message):
+            make(config=config)
