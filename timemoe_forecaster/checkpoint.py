@@ -529,14 +529,11 @@ def load_pretrained(
 
     ``dtype``: None for float32 (as transformers and the estimators load), "auto" for the dtype the weights
     are stored in, or a float dtype (or its name)."""
-    from .loading import resolve_device, resolve_dtype  # loading imports this module
+    from .loading import resolve_device, resolve_stored_dtype  # loading imports this module
 
     # Checked before any download or read: 'int8' failed deep in load_state_dict, and torch's own error for
     # a missing GPU came after every weight was read.
-    try:
-        dtype = None if isinstance(dtype, str) and dtype == "auto" else resolve_dtype(dtype)
-    except ValueError as err:
-        raise ValueError(f"{err}; or 'auto' for the dtype the weights are stored in") from None
+    dtype = resolve_stored_dtype(dtype)
     device = resolve_device(device) if device is not None else None
     hub_options = {k: model_kwargs.pop(k) for k in HUB_OPTIONS if k in model_kwargs}
     _check_model_kwargs(model_cls, model_kwargs)  # before a download, not after reading every weight

@@ -232,7 +232,7 @@ def train_config_from_args(args: argparse.Namespace):
         values["config"] = None  # the architecture is the checkpoint's; train_config.json recorded "tiny"
     elif values.get("init_from") is not None:  # as finetune --model: 'default' is the embedded model
         values["init_from"] = _model_path(values["init_from"])
-    if args.command != "finetune" and values.get("config") is not None and values.get("init_from") is not None:
+    if values.get("config") is not None and values.get("init_from") is not None:  # finetune set config None
         raise ValueError(
             "--config and --init-from both choose the model: --init-from trains its checkpoint's own architecture "
             "(--config was ignored), so pass one of them"
@@ -346,8 +346,13 @@ def _default_column(frame, path: Path):
         _numbers(frame[chosen], path, chosen)  # raises, naming the values that are no numbers
     others = [str(c) for c in series if c != chosen]
     if others:  # the choice was only shown in the header line
-        log.info("%s: forecasting its last numeric column %r (also numeric: %s); choose with --column", path.name,
-                    str(chosen), ", ".join(repr(c) for c in others))  # fmt: skip
+        also = ", ".join(repr(c) for c in others)
+        log.info(
+            "%s: forecasting its last numeric column %r (also numeric: %s); choose with --column",
+            path.name,
+            str(chosen),
+            also,
+        )
     return chosen
 
 

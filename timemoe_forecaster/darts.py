@@ -114,11 +114,11 @@ class TimeMoEModel(GlobalForecastingModel):
             raise TypeError(f"fine_tune must be None or a dict of settings, got {type(fine_tune).__name__}")
         if fine_tune is not None:
             preprocess.refuse_training_with_raw_scaling(scaling)
-        from .loading import check_config, check_model_dtype, check_seed, check_training_settings
+        from .loading import check_config, check_seed, check_training_settings, resolve_stored_dtype
 
         check_training_settings(fine_tune)
         check_seed(seed)
-        check_model_dtype(dtype)
+        resolve_stored_dtype(dtype)
         check_config(config)
         self.model_path = model_path
         self.config = config
@@ -463,33 +463,21 @@ def _model_from_weights(config: dict, state: dict, device, dtype):
     import torch
 
     from .config import TimeMoEConfig
-    from .loading import resolve_device, resolve_dtype
+    from .loading import resolve_device, resolve_stored_dtype
     from .model import TimeMoEForPrediction
 
     with torch.device("meta"):
         model = TimeMoEForPrediction(TimeMoEConfig.from_dict(config))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, assign=True)
-    target = None if isinstance(dtype, str) and dtype == "auto" else resolve_dtype(dtype)  # auto: as saved
+    target = resolve_stored_dtype(dtype)  # auto (None): as saved
     return model.to(device=resolve_device(device), dtype=target).requires_grad_(False).eval()
 
 
 def _context_window(values: np.ndarray, observed_at: np.ndarray, cut: int, length: int) -> np.ndarray:
-    """The points of ``values[:cut]`` that predict() on the truncated series would use, as a copy.
-
-    The last ``length`` points, reaching back to the last observation before them when they start in
-    a gap (interpolating across it, or holding it over trailing NaN, needs that value) and to at least
-    ``MIN_OBSERVED`` observations; nothing older changes the filled values of the last ``length``.
-    A copy, so that thousands of cut-offs never hold whole prefixes. ``observed_at``: indices of the
-    observed points of ``values``, sorted.
-    """
-    lo = max(0, cut - length)
-    if lo > 0 and np.isnan(values[lo]):
-        before = int(np.searchsorted(observed_at, lo)) - 1  # last observation before lo
-        lo = int(observed_at[before]) if before >= 0 else lo
-    count = int(np.searchsorted(observed_at, cut))  # observations before the cut-off
-    if count >= preprocess.MIN_OBSERVED:
-        lo = min(lo, int(observed_at[count - preprocess.MIN_OBSERVED]))
-    return values[lo:cut].copy()
+    """The points of ``values[:cut]`` that predict() on the truncated series would use (``preprocess.context_start``),
+    as a copy, so that thousands of cut-offs never hold whole prefixes. ``observed_at``: indices of the observed
+    points of ``values``, sorted."""
+    return values[preprocess.context_start(values, cut, length, observed_at) : cut].copy()
 
 
 def _time_at(s: TimeSeries, position: int):

@@ -63,14 +63,15 @@ def resolve_device(device) -> torch.device:
 MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def check_model_dtype(dtype) -> None:
-    """An estimator's ``dtype``: a float dtype, its name, None (float32) or "auto" (the checkpoint's own); checked
-    at construction, not at the first fit."""
-    if not (isinstance(dtype, str) and dtype == "auto"):
-        try:
-            resolve_dtype(dtype)
-        except ValueError as err:
-            raise ValueError(f"{err}; or 'auto' for the dtype the checkpoint's weights are stored in") from None
+def resolve_stored_dtype(dtype) -> torch.dtype | None:
+    """A model's ``dtype`` where "auto" is allowed: None for "auto" (the dtype the weights are stored in), else
+    :func:`resolve_dtype`'s (None is float32). The estimators check it at construction (not at the first fit)."""
+    if isinstance(dtype, str) and dtype == "auto":
+        return None
+    try:
+        return resolve_dtype(dtype)
+    except ValueError as err:
+        raise ValueError(f"{err}; or 'auto' for the dtype the weights are stored in") from None
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -275,8 +276,8 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
     check_seed(seed)
     preset, overrides = split_config(config)
     # "auto": the dtype the checkpoint's weights are stored in (as from_pretrained takes it); a fresh model's float32.
-    auto = isinstance(dtype, str) and dtype == "auto"
-    target_device, target_dtype = resolve_device(device), torch.float32 if auto else resolve_dtype(dtype)
+    stored = resolve_stored_dtype(dtype)
+    target_device, target_dtype = resolve_device(device), stored or torch.float32
     if preset is not None:
         if model_path is not None:
             raise ValueError(
@@ -297,8 +298,8 @@ def load_model(model_path=None, config=None, *, seed: int = 0, device="auto", dt
         raise ValueError(f"model_path: {err}") from None
     except TypeError as err:
         raise TypeError(f"model_path: {err}") from None
-    stored = "auto" if auto else target_dtype
-    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), stored, str(target_device))
+    as_stored = "auto" if stored is None else stored
+    cached = _cached_weights(str(directory.resolve()), _file_stamp(directory), as_stored, str(target_device))
     cfg = cached.config
     if overrides:
         try:

@@ -249,28 +249,39 @@ def prepare(series: list[np.ndarray], max_length: int, names: list[str] | None =
             raise ValueError(
                 f"{name} must be 1-D (one channel), got shape {values.shape}; pass each channel as its own series"
             )
-        filled = fill_missing(_reaching_back(values, max_length), name)
+        # Only the context's end of the series: filling and copying all of it took 50 ms a forecast of a 1e7-point
+        # history, as long as the model's own work.
+        filled = fill_missing(values[context_start(values, values.size, max_length) :], name)
         # A copy, not a view: a view would keep the whole filled series alive with every context.
         out.append(filled[-max_length:].copy() if filled.size > max_length else filled)
     return out
 
 
-def _reaching_back(values: np.ndarray, max_length: int) -> np.ndarray:
-    """The last ``max_length`` points of ``values`` and as far before them as the last observation at or before
-    their start, which filling them needs: each forecast filled and copied the whole series (50 ms a forecast of
-    a 1e7-point history, as long as the model's own work). All of ``values`` where fewer than ``MIN_OBSERVED``
-    observations would remain (the error then counts the whole series')."""
-    start = values.size - max_length
-    if start <= 0:
-        return values
-    nearby = np.flatnonzero(~np.isnan(values[max(0, start - 4096) : start + 1]))
-    if nearby.size:
-        first = max(0, start - 4096) + int(nearby[-1])
-    else:
-        earlier = np.flatnonzero(~np.isnan(values[: start + 1]))
-        first = int(earlier[-1]) if earlier.size else start
-    window = values[first:]
-    return window if np.count_nonzero(~np.isnan(window)) >= MIN_OBSERVED else values
+def context_start(values: np.ndarray, end: int, length: int, observed_at: np.ndarray | None = None) -> int:
+    """Where the points of ``values[:end]`` that a forecast from its last ``length`` points reads begin.
+
+    The last ``length`` points, reaching back to the last observation before them when they start in a gap
+    (interpolating across it, or holding it over trailing NaN, needs that value) and to at least ``MIN_OBSERVED``
+    observations; nothing older changes their filled values. ``observed_at``: the sorted indices of the observed
+    points of ``values``, for a caller that cuts many contexts of one series; without it, only as much of the end of
+    ``values`` is searched as the answer needs.
+    """
+    lo = max(0, end - length)
+    in_gap = lo > 0 and np.isnan(values[lo])
+    span = length + 4096
+    while observed_at is None:
+        first = max(0, end - span)
+        seen = first + np.flatnonzero(~np.isnan(values[first:end]))
+        if first == 0 or (seen.size >= MIN_OBSERVED and (not in_gap or seen[0] < lo)):
+            observed_at = seen
+        span *= 2
+    if in_gap:
+        before = int(np.searchsorted(observed_at, lo)) - 1  # the last observation before lo
+        lo = int(observed_at[before]) if before >= 0 else lo
+    count = int(np.searchsorted(observed_at, end))  # observations before end
+    if count >= MIN_OBSERVED:
+        lo = min(lo, int(observed_at[count - MIN_OBSERVED]))
+    return lo
 
 
 def forecast_contexts(

@@ -35,7 +35,7 @@ from .frames import (
     steps_between,
     to_rows,
 )
-from .loading import check_config, check_model_dtype, check_seed, check_training_settings
+from .loading import check_config, check_seed, check_training_settings, resolve_stored_dtype
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class TimeMoEForecaster(BaseForecaster):
         if self.context_length is not None:
             preprocess.check_context_length(self.context_length, 1 << 62)
         check_seed(self.seed)
-        check_model_dtype(self.dtype)
+        resolve_stored_dtype(self.dtype)
         check_config(self.config)
         for name in ("fine_tune", "pretrain_settings"):
             value = getattr(self, name)

@@ -156,7 +156,8 @@ class WindowSampler:
         self._lengths = [s.lengths() for s in self.sources]
         self._shards = [self._shard(k) for k in range(len(self.sources))]
         # Sources whose series are all too short for a window: their weight goes to the others. Derived from the
-        # data and min_length alone, so a resumed sampler derives the same.
+        # data and min_length alone, so a resumed sampler derives the same; later also those left out for giving no
+        # window (_leave_out), which the state carries.
         self._dead: set[int] = {k for k, shard in enumerate(self._shards) if shard is None}
         self._warned_dry: set[int] = set()
         # Points the quality filter saw and kept per source, for one warning when it drops most of a source (the
@@ -202,14 +203,17 @@ class WindowSampler:
             indices = self._dealt_by_windows(k)
         else:
             indices = range(self.rank, n, self.world_size)
-        if lengths is not None and not (lengths[np.asarray(indices)] >= self.min_length).any():
+        if lengths is None:
+            return indices, None
+        mine = lengths[np.asarray(indices)]
+        if not (mine >= self.min_length).any():
             # This shard's series are all too short while others' are not (a 2-process run failed on data one
             # process trains on).
             self._warn_overlap(k, f"holds no series of at least min_length={self.min_length} points")
-            indices = range(n)
-        if lengths is None or self.series_weighting != "length":
+            indices, mine = range(n), lengths
+        if self.series_weighting != "length":
             return indices, None
-        return indices, np.cumsum(self._windows_per_series(lengths[np.asarray(indices)]))
+        return indices, np.cumsum(self._windows_per_series(mine))
 
     def _windows_per_series(self, lengths: np.ndarray) -> np.ndarray:
         windows = np.ceil(lengths.astype(np.float64) / (self.max_length + 1))
@@ -405,6 +409,7 @@ class WindowSampler:
             yield self.sample()
 
     def state_dict(self) -> dict:
+        keys = self._source_keys()
         return {
             "rng": self._rng.bit_generator.state,
             "num_windows": self.num_windows,
@@ -413,9 +418,9 @@ class WindowSampler:
             "world_size": self.world_size,
             # By source, not by position: a resume may change the --data list (a position then named another
             # source, or none: IndexError).
-            "widened_sources": [self._source_keys()[k] for k in sorted(self._widened)],
-            "fruitless_sources": {self._source_keys()[k]: int(n) for k, n in enumerate(self._fruitless) if n},
-            "gave_sources": [self._source_keys()[k] for k in np.flatnonzero(self._gave)],
+            "widened_sources": [keys[k] for k in sorted(self._widened)],
+            "fruitless_sources": {keys[k]: int(n) for k, n in enumerate(self._fruitless) if n},
+            "gave_sources": [keys[k] for k in np.flatnonzero(self._gave)],
         }
 
     def _source_keys(self) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import count_non_finite
+from ..checkpoint import checkpoint_files, count_non_finite
 from ..config import TimeMoEConfig, resolve_config
 from ..loading import shares_cached_weights
 from ..model.modeling import TimeMoEForPrediction, count_loss_points
@@ -905,10 +905,10 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
         )
     # A saved model without checkpoints (save_pretrained's folder, a finished run whose checkpoints were removed):
     # the final save replaced its weights, and its metrics were truncated.
-    out = Path(cfg.output_dir)
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors*")):
+    files = checkpoint_files(Path(cfg.output_dir))  # config.json, then the weights a load would read
+    if len(files) > 1 and all(f.exists() for f in files):
         raise FileExistsError(
-            f"{cfg.output_dir} already holds a saved model (config.json and safetensors weights) that this run would "
+            f"{cfg.output_dir} already holds a saved model (config.json and its weights) that this run would "
             "replace; choose another --output-dir (to train from that model, pass it as --init-from / --model)"
         )
 
