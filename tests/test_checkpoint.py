@@ -94,6 +94,25 @@ def test_a_save_cut_short_after_its_weights_loads_the_new_weights(tmp_path, monk
     assert_same_weights(new, TimeMoEForPrediction.from_pretrained(tmp_path))
 
 
+def test_an_index_whose_shards_are_gone_gives_way_to_the_single_file_beside_it(tmp_path, caplog):
+    # transformers' save_pretrained leaves the old index when an unsharded save replaces a sharded one, and loads
+    # model.safetensors; we refused the folder ("shard ... listed in model.safetensors.index.json is missing").
+    from timemoe_forecaster.checkpoint import checkpoint_files
+
+    make_model(seed=1).save_pretrained(tmp_path / "sharded", max_shard_size="4KiB")
+    model = make_model(seed=2)
+    model.save_pretrained(tmp_path / "resaved")
+    index = tmp_path / "resaved" / "model.safetensors.index.json"
+    index.write_bytes((tmp_path / "sharded" / index.name).read_bytes())
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        assert_same_weights(model, TimeMoEForPrediction.from_pretrained(tmp_path / "resaved"))
+    assert "names shards that are gone" in caplog.text
+    assert checkpoint_files(tmp_path / "resaved")[-1].name == "model.safetensors"
+    (tmp_path / "resaved" / "model.safetensors").unlink()  # no single file: the index's missing shard is named
+    with pytest.raises(CheckpointError, match="listed in model.safetensors.index.json is missing"):
+        TimeMoEForPrediction.from_pretrained(tmp_path / "resaved")
+
+
 def test_the_trainers_model_files_replace_an_earlier_sharded_save(tmp_path):
     from timemoe_forecaster.train import state as train_state
 

@@ -255,3 +255,29 @@ def test_the_cache_sees_a_shard_in_a_subfolder_change(tmp_path):
     os.utime(path / "sub" / name, ns=(1, 1))  # a new time whatever the clock's resolution
     after = load_model(str(path), device="cpu").state_dict()["model.norm.weight"]
     torch.testing.assert_close(after, before + 7.0)
+
+
+def test_a_save_keeps_the_code_files_auto_map_names_without_running_them(tmp_path, caplog):
+    # A fine-tune of an official checkpoint kept auto_map in config.json but not the modules it names, so the
+    # official loader (AutoModelForCausalLM, trust_remote_code=True) failed on the saved folder.
+    from timemoe_forecaster.train.state import write_model
+
+    path = _checkpoint(tmp_path / "official")
+    auto_map = {"AutoConfig": "configuration_time_moe.TimeMoeConfig", "AutoModelForCausalLM": "modeling_time_moe.M"}
+    _edit_config(path, lambda c: c.update({"auto_map": auto_map}))
+    code = {"configuration_time_moe.py": b"raise SystemExit('ran')\n", "modeling_time_moe.py": b"import os\n"}
+    code["ts_generation_mixin.py"] = b"# imported by modeling_time_moe\n"
+    for name, text in code.items():
+        (path / name).write_bytes(text)
+    model = TimeMoEForPrediction.from_pretrained(path)  # the SystemExit module is never imported
+    model.save_pretrained(tmp_path / "saved")
+    write_model(tmp_path / "trained", model.config, model.state_dict())  # what finetune and pretrain write
+    for folder in ("saved", "trained"):
+        assert {name: (tmp_path / folder / name).read_bytes() for name in code} == code
+        assert json.loads((tmp_path / folder / "config.json").read_text())["auto_map"] == auto_map
+    for name in code:  # loaded from the hub, say, where only config.json and the weights come
+        (path / name).unlink()
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        TimeMoEForPrediction.from_pretrained(path).save_pretrained(tmp_path / "bare")
+    assert "configuration_time_moe.py, modeling_time_moe.py: not in" in caplog.text
+    assert not list((tmp_path / "bare").glob("*.py"))

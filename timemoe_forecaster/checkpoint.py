@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -259,11 +260,51 @@ def write_official(
         index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
         _atomic_write(directory / SAFE_INDEX, lambda p: Path(p).write_text(index + "\n"))
         written.add(SAFE_INDEX)
+    _copy_code_files(config, directory)
     _atomic_write(directory / "config.json", lambda p: config.to_json_file(p, torch_dtype=stored_dtype))
     for path in directory.iterdir():
         ours = path.name in (SAFE_SINGLE, SAFE_INDEX) or _OUR_SHARD.fullmatch(path.name)
         if ours and path.name not in written and path.is_file():
             path.unlink()
+
+
+def _auto_map_modules(config: TimeMoEConfig) -> list[str]:
+    """The files of the modules that config.json's ``auto_map`` names in the checkpoint's own folder
+    ("modeling_time_moe.TimeMoeForPrediction" -> modeling_time_moe.py; "owner/repo--module.Class" lives
+    elsewhere)."""
+    auto_map = config.extra.get("auto_map")
+    if not isinstance(auto_map, dict):
+        return []
+    refs = [r for value in auto_map.values() for r in (value if isinstance(value, (list, tuple)) else [value])]
+    return sorted({r.rsplit(".", 1)[0] + ".py" for r in refs if isinstance(r, str) and "." in r and "--" not in r})
+
+
+def _copy_code_files(config: TimeMoEConfig, directory: Path) -> None:
+    """The official checkpoints' Python files, copied beside a save of a model loaded from one.
+
+    config.json keeps ``auto_map``, and the official loader (``AutoModelForCausalLM.from_pretrained(path,
+    trust_remote_code=True)``) imports the modules it names from the saved folder: a save without them (a
+    fine-tune of an official checkpoint, say) could not be loaded that way. The top-level ``.py`` files of the
+    folder the config was read from are copied as bytes (the modules import each other); nothing here imports
+    or runs them."""
+    modules = _auto_map_modules(config)
+    if not modules:
+        return
+    source = getattr(config, "code_source", None)
+    if source is not None and Path(source).is_dir() and Path(source).resolve() != directory.resolve():
+        if any((Path(source) / name).is_file() for name in modules):
+            for path in sorted(Path(source).glob("*.py")):
+                if path.is_file():
+                    shutil.copyfile(path, directory / path.name)
+    missing = [name for name in modules if not (directory / name).is_file()]
+    if missing:
+        log.warning(
+            "config.json keeps its auto_map, which names %s: not in %s, so the official loader "
+            "(AutoModelForCausalLM with trust_remote_code=True) cannot load this save until they are copied there "
+            "from the original checkpoint; timemoe_forecaster does not need them",
+            ", ".join(missing),
+            directory,
+        )
 
 
 # Loading -------------------------------------------------------------------------------------
@@ -336,17 +377,36 @@ def count_non_finite(tensor: torch.Tensor) -> int:
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory under their official names."""
-    if (directory / SAFE_INDEX).exists():
-        return _read_shards(directory, SAFE_INDEX, _read_safetensors)
-    if (directory / SAFE_SINGLE).exists():
-        return _read_safetensors(directory / SAFE_SINGLE)
-    if (directory / BIN_INDEX).exists():  # transformers' save_pretrained(safe_serialization=False), sharded
-        return _read_shards(directory, BIN_INDEX, _read_bin)
-    if (directory / BIN_SINGLE).exists():
-        return _read_bin(directory / BIN_SINGLE)
+    for index_name, single, read in ((SAFE_INDEX, SAFE_SINGLE, _read_safetensors), (BIN_INDEX, BIN_SINGLE, _read_bin)):
+        if _reads_index(directory, index_name, single):
+            return _read_shards(directory, index_name, read)
+        if (directory / single).exists():
+            if (directory / index_name).exists():
+                log.warning(
+                    "%s names shards that are gone; reading %s beside it (an unsharded save over a sharded one "
+                    "leaves the old index behind)",
+                    directory / index_name,
+                    single,
+                )
+            return read(directory / single)
     raise CheckpointError(
         f"no weights in {directory}: expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}"
     )
+
+
+def _reads_index(directory: Path, index_name: str, single: str) -> bool:
+    """Whether a load reads ``index_name``'s shards: when it exists, unless the shards it names are gone and a
+    single weights file stands beside it. transformers' ``save_pretrained`` leaves the old index when an unsharded
+    save replaces a sharded one, and loads the single file; such folders were refused here."""
+    if not (directory / index_name).is_file():
+        return False
+    if not (directory / single).exists():
+        return True  # the load names what is wrong with the index or its shards
+    try:
+        names = set(read_json(directory / index_name)["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return True
+    return all(not _inside(name) or (directory / name).exists() for name in names)
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
@@ -355,7 +415,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
     built from them changes when they appear."""
     files = [directory / "config.json"]
     for index_name, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
-        if (directory / index_name).is_file():
+        if _reads_index(directory, index_name, single):
             files.append(directory / index_name)
             try:
                 names = read_json(directory / index_name)["weight_map"].values()
@@ -543,6 +603,7 @@ def load_pretrained(
         raise CheckpointError(f"{config_path} is missing")
     try:
         config = TimeMoEConfig.from_json_file(config_path)
+        config.code_source = directory  # where auto_map's code files are, for a later save (_copy_code_files)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     official = read_weights(directory)

@@ -40,19 +40,35 @@ MIN_OWN_RESIDUALS = 10
 # From this many calibration forecasts on, a call says how many it makes (at INFO; they take seconds to minutes).
 MANY_CALIBRATION_FORECASTS = 1000
 
+# Which cut-offs calibrate the horizon steps (``calibration_cutoffs``).
+CUTOFF_MODES = ("per_step", "spread")
 
-def calibration_cutoffs(length: int, horizon: int, num_windows: int) -> np.ndarray:
+
+def calibration_cutoffs(length: int, horizon: int, num_windows: int, mode: str = "per_step") -> np.ndarray:
     """Cut-offs (number of points used as history) for a cleaned series whose last observation is point
     ``length``.
 
-    The last ``num_windows + horizon - 1`` positions, so that every step h has ``num_windows`` cut-offs with an
-    observed target (``rolling_residuals`` keeps those most recent ``num_windows`` residuals per step);
-    histories shorter than half the series (and than 2 points) are not used.
+    ``mode="per_step"``: the last ``num_windows + horizon - 1`` positions, so that every step h has ``num_windows``
+    cut-offs with an observed target (``rolling_residuals`` keeps those most recent ``num_windows`` residuals per
+    step). ``mode="spread"``: ``num_windows`` cut-offs whose ``horizon`` targets are all observed, the last one
+    ``horizon`` points before the end and the others evenly spaced before it, ``horizon`` points apart (windows
+    that do not overlap) where the history allows, closer where it does not: every step is calibrated on the same
+    cut-offs, ``horizon - 1`` fewer forecasts, and their errors come from a longer stretch of the series.
+    Histories shorter than half the series (and than 2 points) are not used in either mode.
     """
+    if mode not in CUTOFF_MODES:
+        raise ValueError(f"conformal_cutoffs must be one of {CUTOFF_MODES}, got {mode!r}")
     earliest = max(2, length // 2)
-    latest = length - 1
+    if mode == "spread":
+        # A horizon past half the history leaves no fully observed cut-off: the earliest one calibrates the steps
+        # it reaches, and the others borrow from them, as in per_step mode.
+        latest = min(max(earliest, length - horizon), length - 1)
+        room = latest - earliest
+        stride = min(horizon, room // (num_windows - 1)) if num_windows > 1 else 1
+        count = num_windows if stride >= 1 else room + 1
+        return np.sort(latest - max(stride, 1) * np.arange(count))
     first = max(earliest, length - (num_windows + horizon - 1))
-    return np.arange(first, latest + 1)
+    return np.arange(first, length)
 
 
 def rolling_residuals(
@@ -67,6 +83,7 @@ def rolling_residuals(
     device=None,
     progress: bool = False,
     aligned: bool = False,
+    cutoffs: str = "per_step",
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Per series, normalised residuals [W, L] (at most ``num_windows`` per step, the most recent; NaN where a
     step has fewer), and the scale [N] they were divided by (that of the series' final context).
@@ -75,7 +92,11 @@ def rolling_residuals(
     set. ``aligned=True`` gives a row per cut-off instead ([W + L - 1, L], NaN where the target lies beyond the
     history or is missing), which is (L + W - 1) / W times the memory: at L 720, 300 series took 7.8 GB.
 
-    Each step keeps the same number of residuals whatever the horizon: step 1 of a call that asks for
+    ``cutoffs`` chooses the cut-offs (``calibration_cutoffs``): "per_step" (each step its own most recent ones,
+    ``num_windows + L - 1`` forecasts per series) or "spread" (the same ``num_windows`` for every step, up to L
+    points apart).
+
+    In "per_step" mode each step keeps the same number of residuals whatever the horizon: step 1 of a call that asks for
     step 12 too is calibrated on the cut-offs of a call for step 1 alone, not on more of them (nor, in a panel,
     on more because another series ends far behind the cut-off). The forecasts at those cut-offs still follow
     the horizon's head schedule, as the final forecast does.
@@ -85,6 +106,7 @@ def rolling_residuals(
     last ``g`` points are held likewise, and only cut-offs with observed targets count. Cut-offs at the
     series' end would score forecasts against the missing values, leaving no residuals at all.
     """
+    calibration_cutoffs(2, horizon, num_windows, cutoffs)  # a bad mode fails before any forecast
     raw, clean, finals, jobs = [], [], [], []
     for s in series:
         x = np.asarray(s, dtype=np.float64)
@@ -98,7 +120,7 @@ def rolling_residuals(
     # flat lately (final std 1e-6, errors of 10 before) had residuals of 1e7 once divided, and a short series of
     # the same panel borrows the pooled set (too few residuals of its own): its intervals came out 1e5 times too
     # wide. A series' own intervals do not move: its residuals are divided and multiplied by the same scale.
-    span = context_length + num_windows + horizon
+    span = context_length + (num_windows * horizon if cutoffs == "spread" else num_windows + horizon)
     _, region_scale, _ = scale_stats([c[-span:] for c in clean], "standard")
     # The region holds the final context: a constant one's stand-in scale of 1 gives way to the region's spread.
     final_scale = np.where(constant, region_scale, np.maximum(final_scale, region_scale))
@@ -111,7 +133,7 @@ def rolling_residuals(
         # just before a cut-off was interpolated towards the target it is scored on; the final forecast only
         # holds its last observation over such points. Each history is filled as that forecast's would be.
         last_seen = np.maximum.accumulate(np.where(observed, np.arange(c.size), 0))
-        for t in calibration_cutoffs(observed_end, horizon, num_windows):
+        for t in calibration_cutoffs(observed_end, horizon, num_windows, cutoffs):
             if t - gap < 2:
                 continue
             lo, hi = max(0, t - gap - context_length), t - gap
@@ -126,12 +148,14 @@ def rolling_residuals(
     if len(contexts) >= MANY_CALIBRATION_FORECASTS and not progress:
         # Silent by default, a panel's intervals took minutes with nothing said (1,000 series: 248 s on a CPU).
         log.info(
-            "prediction intervals: %d calibration forecasts (%d series x up to conformal_windows + H - 1 = %d "
-            "cut-offs, horizon %d); progress=True shows their progress, fewer conformal_windows make it faster",
+            "prediction intervals: %d calibration forecasts (%d series x up to %s = %d cut-offs, horizon %d); "
+            "progress=True shows their progress; fewer conformal_windows%s make it faster",
             len(contexts),
             len(series),
-            num_windows + horizon - 1,
+            "conformal_windows" if cutoffs == "spread" else "conformal_windows + H - 1",
+            num_windows if cutoffs == "spread" else num_windows + horizon - 1,
             horizon,
+            "" if cutoffs == "spread" else ', or conformal_cutoffs="spread" (conformal_windows per series),',
         )
     # Labelled apart from the point forecast's bar: it counts cut-offs (10-20 per series), not the user's series.
     preds = forecast_contexts(

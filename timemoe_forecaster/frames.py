@@ -286,16 +286,40 @@ def _longest_instances(frame: pd.DataFrame, times: pd.DatetimeIndex) -> list[pd.
     return [times[starts[k] : stops[k]] for k in order]
 
 
+def refuse_non_numeric(y, what: str = "y") -> None:
+    """A clear error for text, categorical, datetime or boolean columns of a pandas ``y``, naming them (sktime's
+    own check says only "Forecasters do not support categorical features in endogeneous y"). Others pass."""
+    if isinstance(y, pd.Series):
+        if _is_number(y.dtype):
+            return
+        named = f" ({y.name!r})" if y.name is not None else ""
+        problem = f"{what}{named} must hold numbers, not {y.dtype}"
+    elif isinstance(y, pd.DataFrame):
+        bad = [(name, dtype) for name, dtype in y.dtypes.items() if not _is_number(dtype)]
+        if not bad:
+            return
+        named = ", ".join(f"{name!r} ({dtype})" for name, dtype in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        problem = f"{what} must hold numbers; column(s) {named}{more} do not"
+    else:
+        return
+    raise TypeError(
+        f"{problem}. Convert numbers stored as text with pd.to_numeric (errors='coerce' turns what is no number "
+        f"into NaN, treated as missing), or drop what is not a series of numbers"
+    )
+
+
+def _is_number(dtype) -> bool:
+    """Real numbers; booleans are flags, not a series to forecast (``astype(float)`` makes them one)."""
+    types = pd.api.types
+    return types.is_numeric_dtype(dtype) and not (types.is_bool_dtype(dtype) or types.is_complex_dtype(dtype))
+
+
 def checked_frame(y, require_points: bool = True, copy: bool = True) -> pd.DataFrame:
     """A validated float64 copy of ``y`` (numeric, no inf, at least 2 observations per series)."""
     if not isinstance(y, pd.DataFrame):
         y = pd.DataFrame(y)
-    for col in y.columns:
-        if not pd.api.types.is_numeric_dtype(y[col]) or pd.api.types.is_bool_dtype(y[col]):
-            raise TypeError(
-                f"column {col!r} of y has dtype {y[col].dtype}; TimeMoEForecaster needs numeric values. "
-                "Convert it (e.g. pd.to_numeric) or drop it"
-            )
+    refuse_non_numeric(y)
     if len(y) == 0:
         raise ValueError("y is empty; pass a series with at least 2 observed points")
     refuse_duplicate_times(y.index)

@@ -36,6 +36,40 @@ def test_cutoffs_cover_the_horizon_and_stay_in_the_history():
     assert conformal.calibration_cutoffs(10, horizon=30, num_windows=20).min() >= 5
 
 
+def test_spread_cutoffs_are_windows_apart_where_the_history_allows():
+    # the last one H points before the end, the others H apart: windows that do not overlap
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(100, 5, 10, "spread"), np.arange(50, 96, 5))
+    # less room (only histories of at least half the series): as far apart as it allows
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(60, 5, 10, "spread"), np.arange(37, 56, 2))
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(60, 5, 40, "spread"), np.arange(30, 56))
+    # a horizon past half the history: the earliest allowed cut-off alone, its far steps unobserved
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(10, 30, 20, "spread"), [5])
+    with pytest.raises(ValueError, match="conformal_cutoffs must be one of"):
+        conformal.calibration_cutoffs(100, 5, 10, "every")
+
+
+def test_spread_cutoffs_make_one_forecast_per_window_and_calibrate_every_step_on_them(monkeypatch):
+    model = make_model(seed=4)
+    x = np.sin(np.arange(80) / 5) * 3 + np.arange(80) * 0.1
+    made = []
+    real = conformal.forecast_contexts
+    monkeypatch.setattr(
+        conformal, "forecast_contexts", lambda m, c, *a, **k: made.append(len(c)) or real(m, c, *a, **k)
+    )
+    spread, scale = conformal.rolling_residuals(
+        model, [x, x[:70]], 6, context_length=32, num_windows=4, cutoffs="spread"
+    )
+    per_step, _ = conformal.rolling_residuals(model, [x, x[:70]], 6, context_length=32, num_windows=4)
+    assert made == [2 * 4, 2 * (4 + 6 - 1)]
+    assert spread[0].shape == (4, 6) and not np.isnan(spread[0]).any()  # 4 residuals at every step
+    from timemoe_forecaster.preprocess import forecast_series
+
+    for row, t in enumerate([56, 62, 68, 74]):  # the same cut-offs for all 6 steps, 6 apart
+        direct = forecast_series(model, [x[:t]], 6, context_length=32)[0]
+        np.testing.assert_allclose(spread[0][row] * scale[0], x[t : t + 6] - direct, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(spread[0][:, 0], per_step[0][:, 0])  # per_step: step 1 on the 4 latest cut-offs
+
+
 def test_the_calibration_progress_bar_counts_cut_offs_under_its_own_name(capsys):
     # It read "forecast: .../1843 series" for a panel of 150 series, like the point forecast's bar.
     model = make_model(seed=4)

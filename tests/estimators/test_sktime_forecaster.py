@@ -753,7 +753,8 @@ def test_training_with_raw_scaling_is_refused():
 
 
 # Intervals ---------------------------------------------------------------------------------------
-def test_conformal_interval_coverage_on_synthetic_panel(checkpoint):
+@pytest.mark.parametrize("cutoffs", ["per_step", "spread"])
+def test_conformal_interval_coverage_on_synthetic_panel(checkpoint, cutoffs):
     rng = np.random.default_rng(7)
     n, length, horizon = 60, 104, 4
     t = np.arange(length)
@@ -767,7 +768,7 @@ def test_conformal_interval_coverage_on_synthetic_panel(checkpoint):
     y = pd.concat(frames)
     train = y[y.index.get_level_values(1) < length - horizon]
     test = y[y.index.get_level_values(1) >= length - horizon]
-    f = forecaster(checkpoint, context_length=32).fit(train)
+    f = forecaster(checkpoint, context_length=32, conformal_cutoffs=cutoffs).fit(train)
     intervals = f.predict_interval(fh=range(1, horizon + 1), coverage=0.8)
     lower = intervals[("y", 0.8, "lower")].to_numpy()
     upper = intervals[("y", 0.8, "upper")].to_numpy()
@@ -1374,3 +1375,20 @@ def test_a_bad_config_fails_at_construction(config, error, message):
     for make in (TimeMoEForecaster, TimeMoEModel):
         with pytest.raises(error, match=message):
             make(config=config)
+
+
+# Input checks ------------------------------------------------------------------------------------
+def test_text_and_date_columns_are_refused_by_name(checkpoint):
+    # sktime's own check said "Forecasters do not support categorical features in endogeneous y", naming nothing
+    y = pd.DataFrame({"a": np.arange(30.0), "b": ["x"] * 30, "d": pd.date_range("2020", periods=30)})
+    with pytest.raises(TypeError, match=r"column\(s\) 'b' \(.*\), 'd' \(datetime64.*\) do not.*pd.to_numeric"):
+        forecaster(checkpoint).fit(y)
+    with pytest.raises(TypeError, match=r"y \('sales'\) must hold numbers, not"):
+        forecaster(checkpoint).pretrain(pd.Series(["1.0"] * 30, name="sales"))
+    f = forecaster(checkpoint).fit(pd.Series(np.arange(30.0)))
+    with pytest.raises(TypeError, match="y must hold numbers, not"):
+        f.update(pd.Series(["31"], index=[30]))
+    assert f.cutoff[0] == 29  # nothing moved
+    with pytest.raises(TypeError, match=r"'flag' \(bool\) do not"):  # flags: astype(float) makes them a series
+        f.fit(pd.DataFrame({"flag": [True, False] * 15, "n": np.arange(30, dtype=np.int8)}))
+    f.fit(pd.DataFrame({"n": np.arange(30, dtype=np.int8)}))

@@ -149,7 +149,15 @@ def test_a_stop_at_the_last_step_is_a_finished_run_and_skips_its_evaluation(
     args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(out), "--max-steps", str(max_steps)]
     assert main([*args, "--eval-every", "1", "--log-every", "1"]) == code
     assert (out / "model.safetensors").exists() is (code == 0)
-    assert checkpoints(out) == [1] and "eval_loss" not in read_metrics(out)[-1]
+    assert checkpoints(out) == [1]
+    if code == 0:  # finished: the line is written, without the evaluation
+        assert [r["step"] for r in read_metrics(out)] == [1] and "eval_loss" not in read_metrics(out)[0]
+    else:  # the checkpoint keeps the step and the pending evaluation; the resumed run writes the line with it
+        assert read_metrics(out) == []
+        monkeypatch.undo()
+        assert main([*args, "--eval-every", "1", "--log-every", "1", "--resume"]) == 0
+        assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+        assert all("eval_loss" in r for r in read_metrics(out))
 
 
 def test_a_stop_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, monkeypatch, caplog):
@@ -174,5 +182,8 @@ def test_a_stop_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, mon
     args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(out), "--max-steps", "6", "--log-every", "1"]
     assert main([*args, "--eval-every", "2", "--eval-batches", "1000"]) == 143
     assert len(evaluated) == 3  # abandoned before the fourth batch
-    assert checkpoints(out) == [2] and "eval_loss" not in read_metrics(out)[-1]
+    assert checkpoints(out) == [2] and [r["step"] for r in read_metrics(out)] == [1]  # step 2's line waits for its
     assert "evaluation abandoned after 3 of 1000 batches" in caplog.text and "SIGTERM at step 2" in caplog.text
+    monkeypatch.undo()  # evaluation, which the resumed run runs first
+    assert main([*args, "--eval-every", "2", "--eval-batches", "2", "--resume", "--max-steps", "2"]) == 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2] and "eval_loss" in read_metrics(out)[1]

@@ -345,7 +345,7 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path):
     result = train(small_config(tmp_path, max_steps=50, time_limit=1e-9, log_every=10))
     assert result["steps"] == 1  # the limit is checked as each step starts: already passed at step 1
     assert result["finished"] is False
-    assert [r["step"] for r in read_metrics(tmp_path)] == [1]  # logged although off the --log-every grid
+    assert read_metrics(tmp_path) == []  # step 1 is off the --log-every grid: the checkpoint keeps it for the next line
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000001"
     assert not (tmp_path / "model.safetensors").exists()  # not finished: no final model yet
 
@@ -361,6 +361,37 @@ def test_a_resumed_runs_first_metrics_line_averages_the_same_steps(tmp_path):
     a, b = read_metrics(straight.output_dir), read_metrics(killed.output_dir)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [4, 6]
     for key in ("loss", "ar_loss", "aux_loss", "grad_norm", "lr"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+
+
+def stop_signal_after(step: int):
+    """Trainer.train_step with a stop signal arriving during step ``step - 1``, so that step ``step`` is the last."""
+    real = Trainer.train_step
+
+    def train_step(self, **kwargs):
+        record = real(self, **kwargs)
+        if self.step == step - 1:
+            self.stop_request.received = "SIGTERM"
+        return record
+
+    return mock.patch.object(Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # off the log grid; at an evaluation
+def test_a_stopped_and_resumed_run_writes_the_lines_of_an_uninterrupted_one(tmp_path, stop_at):
+    # A stop logged the steps since the last line (an extra line at the stop, and the next line averaged fewer
+    # steps), and a stop at an evaluation step lost that evaluation for good.
+    settings = dict(max_steps=8, log_every=4, eval_every=4, eval_batches=1, save_every=100)
+    straight = small_config(tmp_path / "straight", **settings)
+    train(straight)
+    stopped = small_config(tmp_path / "stopped", **settings)
+    with stop_signal_after(stop_at):
+        assert train(stopped)["steps"] == stop_at
+    assert read_metrics(stopped.output_dir) == []
+    train(small_config(tmp_path / "stopped", resume=True, **settings))
+    a, b = read_metrics(straight.output_dir), read_metrics(stopped.output_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [4, 8]
+    for key in ("loss", "ar_loss", "aux_loss", "grad_norm", "lr", "eval_loss"):
         assert [r[key] for r in a] == [r[key] for r in b], key
 
 

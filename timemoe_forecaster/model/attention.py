@@ -126,7 +126,19 @@ def _varlen_kernel() -> Callable | None:
     return None
 
 
-_VARLEN = _varlen_kernel()
+# Resolved when the backend is first chosen (``check_backend``), not at import: importing
+# torch.nn.attention.varlen pulls in dynamo, which was 1.3 of the 1.9 s that importing this package took.
+_VARLEN: Callable | None = None
+_VARLEN_RESOLVED = False
+
+
+def _varlen() -> Callable | None:
+    global _VARLEN, _VARLEN_RESOLVED
+    if not _VARLEN_RESOLVED:
+        _VARLEN, _VARLEN_RESOLVED = _varlen_kernel(), True
+    return _VARLEN
+
+
 _HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 
 
@@ -140,11 +152,12 @@ def _packed_call(kernel, q, k, v, mask: AttentionMask) -> torch.Tensor:
 
 def varlen_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
     """Packed rows through PyTorch's variable-length flash kernel (CUDA, no cache); else SDPA."""
-    usable = _VARLEN is not None and q.is_cuda and mask.cu_seqlens is not None and q.shape[2] == k.shape[2]
+    kernel = _varlen()
+    usable = kernel is not None and q.is_cuda and mask.cu_seqlens is not None and q.shape[2] == k.shape[2]
     if not usable or (training and dropout > 0):
         return sdpa_attention(q, k, v, mask, dropout, training)
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
-    return _packed_call(_VARLEN, q, k, v, mask)
+    return _packed_call(kernel, q, k, v, mask)
 
 
 def flash_attn_attention(q, k, v, mask: AttentionMask, dropout: float, training: bool) -> torch.Tensor:
@@ -271,6 +284,8 @@ ATTENTION_BACKENDS: dict[str, Callable] = {
 def check_backend(name: str) -> str:
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(ATTENTION_BACKENDS)}")
+    if name == "varlen":
+        _varlen()  # imported here, outside any compiled region that will call it
     if name == "flash_attn" and not _HAS_FLASH_ATTN:
         raise ValueError("attention backend 'flash_attn' needs the flash-attn package: pip install flash-attn")
     return name

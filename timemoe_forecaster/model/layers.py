@@ -37,25 +37,25 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
-@torch.library.custom_op("timemoe::rotary_cos_sin", mutates_args=())
-def rotary_cos_sin(
+def rotary_angles(
     position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles of ``position_ids`` [B, S]: two [B, S, D] tensors in ``dtype``.
-
-    An opaque op on purpose. As plain tensor code, torch.compile's inductor inlined these pointwise
-    ops into every layer's rotary kernel, forward and backward, recomputing pow, cos and sin for each
-    element of q and k: 1.5 ms of a 37 ms large training step on an H100
-    (``benchmarks/results/raw/profiles/session3/profile_train_large_compiled-model.txt``). Behind the op
-    the angles are computed once per forward and every layer reads them. In an eager CPU forecast the op's
-    dispatch costs under 1 ms of 36, within the machine's noise (``python -m benchmarks.eager_overheads_cpu``).
-    """
+    """cos and sin of the rotary angles of ``position_ids`` [B, S]: two [B, S, D] tensors in ``dtype``."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float()
     inv_freq = 1.0 / (theta ** (exponents / head_dim))  # [D/2]
     # Angles in fp32 whatever the model dtype: positions up to 4096 need the mantissa.
     freqs = position_ids.float()[..., None] * inv_freq  # [B, S, D/2]
     angles = torch.cat((freqs, freqs), dim=-1)  # [B, S, D]
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+# ``rotary_angles`` as an opaque op, for torch.compile only. As plain tensor code, inductor inlined these
+# pointwise ops into every layer's rotary kernel, forward and backward, recomputing pow, cos and sin for each
+# element of q and k: 1.5 ms of a 37 ms large training step on an H100
+# (``benchmarks/results/raw/profiles/session3/profile_train_large_compiled-model.txt``). Behind the op the angles
+# are computed once per forward and every layer reads them. Eager code calls the function itself: the op's
+# dispatch imported dynamo on the first forecast (1.3 s on a CPU) and cost up to 1 ms of a 36 ms CPU forecast.
+rotary_cos_sin = torch.library.custom_op("timemoe::rotary_cos_sin", mutates_args=())(rotary_angles)
 
 
 @rotary_cos_sin.register_fake
@@ -76,7 +76,8 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.theta = head_dim, theta
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return rotary_cos_sin(position_ids, self.head_dim, float(self.theta), dtype)
+        angles = rotary_cos_sin if torch.compiler.is_compiling() else rotary_angles
+        return angles(position_ids, self.head_dim, float(self.theta), dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -179,6 +179,7 @@ class Trainer:
         # The steps since the last metrics line, which the next line averages; saved with a checkpoint, so that a
         # resumed run's first line covers the same steps as an uninterrupted run's.
         self.unlogged: list[dict[str, Any]] = []
+        self.eval_due = False  # a stop skipped the evaluation of self.step: the resumed run runs it first
         self.stopped_by: str | None = None  # why run() stopped before its last step: a time limit or a signal
         self._pending: tuple | None = None  # the next step's prepared batches, made while the GPU works
         self._pending_states: list | None = None  # stream states from before that fetch
@@ -509,6 +510,7 @@ class Trainer:
                 "num_shards": self.ctx.world_size * self.cfg.grad_accum,
                 "train_config": json.dumps(self.cfg.to_dict()),
                 "unlogged": [{k: _plain(r[k]) for k in SUMMARISED} for r in self.unlogged],
+                "eval_due": self.eval_due,
             }
             path = ckpt.save_checkpoint(
                 self.cfg.output_dir,
@@ -566,6 +568,7 @@ class Trainer:
         ckpt.restore_rng(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
         self.step = int(trainer_state["step"])
         self.unlogged = list(trainer_state.get("unlogged", []))  # absent before session 32: the line covers fewer
+        self.eval_due = bool(trainer_state.get("eval_due", False))  # absent before session 33
         self._pending = self._pending_states = None
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -579,6 +582,38 @@ class Trainer:
         barrier(self.ctx)
 
     # Loop ----------------------------------------------------------------------------------------
+    def _log_line(self, metrics, meter, evaluate: bool, stop_asked, record: dict | None = None) -> None:
+        """One metrics line over the steps since the last one, with ``eval_loss`` when ``evaluate``. A stop asked
+        during the evaluation marks ``record`` as the last step and leaves the line to the resumed run (with an
+        output folder to resume from; without one the line is written without ``eval_loss``)."""
+        ctx = self.ctx
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        out = _summarise(self.unlogged, meter.rate(), self.step)
+        if evaluate:
+            eval_loss = self.evaluate(should_stop=stop_asked)
+            if eval_loss is None:  # a stop came during the evaluation: save and stop now
+                if record is not None:
+                    record["time_up"] = True
+                if self.cfg.output_dir is not None:
+                    self.eval_due = True
+                    return
+            else:
+                out["eval_loss"] = eval_loss
+                if record is not None:
+                    record["eval_loss"] = eval_loss
+        if ctx.device.type == "cuda":
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+        metrics.log(out)
+        self.unlogged = []
+        self.eval_due = False
+
+    def _stop_reason(self, limit_reached) -> str:
+        signalled = getattr(self.stop_request, "received", None)
+        if signalled is not None:
+            return signalled
+        return f"time limit of {self.cfg.time_limit:g} s" if limit_reached() else "another process's stop"
+
     def run(self, until: int | None = None) -> list[dict[str, Any]]:
         """Train from ``self.step`` to ``until`` (default ``max_steps``); return the per-step records."""
         cfg, ctx = self.cfg, self.ctx
@@ -593,6 +628,12 @@ class Trainer:
             return limit_reached() or getattr(self.stop_request, "received", None) is not None
 
         try:
+            if self.eval_due and self.eval_stream is not None:  # the stop that saved the checkpoint skipped it
+                self._log_line(metrics, meter, True, stop_asked)
+                if self.eval_due:  # stopped again during it: the checkpoint it resumed from still holds all
+                    self.stopped_by = self._stop_reason(limit_reached)
+                    log.warning("%s at step %d during the evaluation: stopping", self.stopped_by, self.step)
+                    return self.history
             while self.step < until:
                 next_step = self.step + 1
                 boundary = next_step >= until or (cfg.save_every and next_step % cfg.save_every == 0)
@@ -604,22 +645,17 @@ class Trainer:
                 self.unlogged.append(record)
                 metrics.advance()
                 evaluated = cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == until)
-                # A time-limited stop logs the steps since the last line too: they would be lost otherwise.
-                if self.step % cfg.log_every == 0 or self.step == until or evaluated or record["time_up"]:
-                    if ctx.device.type == "cuda":
-                        torch.cuda.synchronize(ctx.device)
-                    out = _summarise(self.unlogged, meter.rate(), self.step)
-                    # Not on a stop: the time the sender of a signal waits before killing goes to the checkpoint.
-                    if evaluated and self.eval_stream is not None and not record["time_up"]:
-                        eval_loss = self.evaluate(should_stop=stop_asked)
-                        if eval_loss is None:  # a stop came during the evaluation: save and stop now
-                            record["time_up"] = True
-                        else:
-                            out["eval_loss"] = record["eval_loss"] = eval_loss
-                    if ctx.device.type == "cuda":
-                        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
-                    metrics.log(out)
-                    self.unlogged = []
+                due = self.step % cfg.log_every == 0 or self.step == until or evaluated
+                # A stop saves a checkpoint, which keeps the steps since the last line: the resumed run writes the
+                # lines an uninterrupted one would. An evaluation due at the stop is not run now (the time the sender
+                # of a signal waits before killing goes to the checkpoint): the resumed run runs it and writes its
+                # line first. Without --output-dir nothing is kept, so a stop logs the steps since the last line.
+                kept = record["time_up"] and cfg.output_dir is not None and self.step < cfg.max_steps
+                if kept and evaluated and self.eval_stream is not None:
+                    self.eval_due = True
+                elif due or (record["time_up"] and not kept):
+                    evaluate = evaluated and self.eval_stream is not None and not record["time_up"]
+                    self._log_line(metrics, meter, evaluate, stop_asked, record)
                 saving = cfg.output_dir is not None and (
                     (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
                 )
@@ -627,14 +663,7 @@ class Trainer:
                     # Every process stops at this step: the one that hit the limit or got the signal voted for all.
                     # Asked now, not before the step: a signal or the limit that reached this process during the
                     # step was reported as "another process's stop".
-                    signalled = getattr(self.stop_request, "received", None)
-                    self.stopped_by = (
-                        signalled
-                        if signalled is not None
-                        else f"time limit of {cfg.time_limit:g} s"
-                        if limit_reached()
-                        else "another process's stop"
-                    )
+                    self.stopped_by = self._stop_reason(limit_reached)
                     log.warning(
                         "%s at step %d: %s",
                         self.stopped_by,
