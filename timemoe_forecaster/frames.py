@@ -290,12 +290,12 @@ def refuse_non_numeric(y, what: str = "y") -> None:
     """A clear error for text, categorical, datetime or boolean columns of a pandas ``y``, naming them (sktime's
     own check says only "Forecasters do not support categorical features in endogeneous y"). Others pass."""
     if isinstance(y, pd.Series):
-        if _is_number(y.dtype):
+        if _is_number(y):
             return
         named = f" ({y.name!r})" if y.name is not None else ""
         problem = f"{what}{named} must hold numbers, not {y.dtype}"
     elif isinstance(y, pd.DataFrame):
-        bad = [(name, dtype) for name, dtype in y.dtypes.items() if not _is_number(dtype)]
+        bad = [(name, y[name].dtype) for name in y.columns if not _is_number(y[name])]
         if not bad:
             return
         named = ", ".join(f"{name!r} ({dtype})" for name, dtype in bad[:5])
@@ -304,14 +304,18 @@ def refuse_non_numeric(y, what: str = "y") -> None:
     else:
         return
     raise TypeError(
-        f"{problem}. Convert numbers stored as text with pd.to_numeric (errors='coerce' turns what is no number "
-        f"into NaN, treated as missing), or drop what is not a series of numbers"
+        f"{problem}: forecasting needs numbers, not text, categorical, date or boolean values. Convert numbers "
+        f"stored as text with pd.to_numeric (errors='coerce' turns what is no number into NaN, treated as missing) "
+        f"and flags with astype(float), or drop what is not a series of numbers"
     )
 
 
-def _is_number(dtype) -> bool:
-    """Real numbers; booleans are flags, not a series to forecast (``astype(float)`` makes them one)."""
-    types = pd.api.types
+def _is_number(values) -> bool:
+    """Real numbers; booleans are flags, not a series to forecast (``astype(float)`` makes them one). Numbers held
+    in an object column (sktime's own test data, frames built row by row) count."""
+    types, dtype = pd.api.types, values.dtype
+    if types.is_object_dtype(dtype):
+        return types.infer_dtype(values, skipna=True) in ("floating", "integer", "mixed-integer-float", "empty")
     return types.is_numeric_dtype(dtype) and not (types.is_bool_dtype(dtype) or types.is_complex_dtype(dtype))
 
 

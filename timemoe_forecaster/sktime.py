@@ -371,27 +371,25 @@ class TimeMoEForecaster(BaseForecaster):
         self._check_lengths(fitting=True)
         return self
 
-    # Text columns are refused by name before sktime's own check, which names none.
+    # sktime's own refusal of text columns names none of them: ours does.
     def fit(self, y, X=None, fh=None):
         """sktime's ``fit``."""
-        refuse_non_numeric(y)
-        return super().fit(y, X=X, fh=fh)
+        with _non_numeric_named(y):
+            return super().fit(y, X=X, fh=fh)
 
     def pretrain(self, y, X=None, fh=None):
         """sktime's ``pretrain``."""
-        refuse_non_numeric(y)
-        return super().pretrain(y, X=X, fh=fh)
+        with _non_numeric_named(y):
+            return super().pretrain(y, X=X, fh=fh)
 
     def update(self, y, X=None, update_params=True):
         """sktime's ``update``, undone when the new data are refused (see ``_undone_on_failure``)."""
-        refuse_non_numeric(y)
-        with self._undone_on_failure():
+        with self._undone_on_failure(), _non_numeric_named(y):
             return super().update(y, X=X, update_params=update_params)
 
     def update_predict_single(self, y=None, fh=None, X=None, update_params=True):
         """sktime's ``update_predict_single``, undone when the new data are refused."""
-        refuse_non_numeric(y)
-        with self._undone_on_failure():
+        with self._undone_on_failure(), _non_numeric_named(y):
             return super().update_predict_single(y=y, fh=fh, X=X, update_params=update_params)
 
     @contextlib.contextmanager
@@ -804,6 +802,19 @@ class TimeMoEForecaster(BaseForecaster):
 
 
 __all__ = ["TimeMoEForecaster"]
+
+
+@contextlib.contextmanager
+def _non_numeric_named(y):
+    """sktime's "Forecasters do not support categorical features in endogeneous y", which names no column, as
+    ours, which names them (sktime checks first; its own test data hold numbers in object columns, and nested
+    frames hold series in them, so the data are only looked at once sktime has refused them)."""
+    try:
+        yield
+    except TypeError as err:
+        if "categorical" in str(err):
+            refuse_non_numeric(y)
+        raise
 
 
 def _in_time_order(frame: pd.DataFrame) -> pd.DataFrame:

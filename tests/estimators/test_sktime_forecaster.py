@@ -278,7 +278,7 @@ def test_predict_var_and_proba_describe_the_conformal_distribution(checkpoint):
     dist = f.predict_proba(fh=fh)
     series, steps, _ = f._plan(ForecastingHorizon(fh))
     residuals, scale = conformal.rolling_residuals(
-        f.model_, series.values, 3, context_length=f._context_points(), num_windows=20
+        f.model_, series.values, 3, context_length=f._context_points(), num_windows=20, cutoffs=f.conformal_cutoffs
     )
     own = residuals[0] * scale[0]  # 20 residuals per step: the series' own set
     np.testing.assert_allclose(var.to_numpy().ravel(), np.nanvar(own, axis=0, ddof=1), rtol=1e-6)
@@ -1255,7 +1255,9 @@ def test_an_instance_gone_flat_does_not_blow_up_a_short_instances_intervals(chec
 def test_robust_scaling_through_the_estimator_forecasts_and_calibrates_clipped_contexts(checkpoint):
     y = load_airline()
     glitched = y.copy()
-    glitched.iloc[-30] = 1e9  # a glitch inside every context read
+    # A glitch inside every context read, before the first calibration cut-off (H 2, 20 cut-offs 2 apart from
+    # 40 points before the end): as a calibration target it would be an observed error of 1e9, in any scaling.
+    glitched.iloc[-45] = 1e9
     robust = forecaster(checkpoint, scaling="robust").fit(glitched)
     standard = forecaster(checkpoint).fit(glitched)
     assert abs(robust.predict(fh=[1, 2]) - y.iloc[-1]).max() < abs(standard.predict(fh=[1, 2]) - y.iloc[-1]).max()
@@ -1383,11 +1385,12 @@ def test_text_and_date_columns_are_refused_by_name(checkpoint):
     y = pd.DataFrame({"a": np.arange(30.0), "b": ["x"] * 30, "d": pd.date_range("2020", periods=30)})
     with pytest.raises(TypeError, match=r"column\(s\) 'b' \(.*\), 'd' \(datetime64.*\) do not.*pd.to_numeric"):
         forecaster(checkpoint).fit(y)
-    with pytest.raises(TypeError, match=r"y \('sales'\) must hold numbers, not"):
-        forecaster(checkpoint).pretrain(pd.Series(["1.0"] * 30, name="sales"))
+    panel = pd.DataFrame({"sales": ["1.0"] * 60}, index=pd.MultiIndex.from_product([["a", "b"], range(30)]))
+    with pytest.raises(TypeError, match=r"column\(s\) 'sales' \(.*\) do not"):
+        forecaster(checkpoint).pretrain(panel)
     f = forecaster(checkpoint).fit(pd.Series(np.arange(30.0)))
-    with pytest.raises(TypeError, match="y must hold numbers, not"):
-        f.update(pd.Series(["31"], index=[30]))
+    with pytest.raises(TypeError, match=r"y \('sales'\) must hold numbers, not"):
+        f.update(pd.Series(["31"], index=[30], name="sales"))
     assert f.cutoff[0] == 29  # nothing moved
     with pytest.raises(TypeError, match=r"'flag' \(bool\) do not"):  # flags: astype(float) makes them a series
         f.fit(pd.DataFrame({"flag": [True, False] * 15, "n": np.arange(30, dtype=np.int8)}))
