@@ -14,7 +14,13 @@ import contextlib
 import numpy as np
 import torch
 
-from .model.modeling import DEFAULT_MAX_BATCH_TOKENS, TimeMoEForPrediction, build_attention_mask, check_series_shape
+from .model.modeling import (
+    CPU_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    TimeMoEForPrediction,
+    build_attention_mask,
+    check_series_shape,
+)
 
 
 class _Fill:
@@ -145,7 +151,7 @@ def forecast(
     context: torch.Tensor,
     horizon: int,
     attention_mask: torch.Tensor | None = None,
-    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None | str = "auto",
 ) -> torch.Tensor:
     """Forecast ``horizon`` points after each row of ``context`` (values used as given).
 
@@ -156,8 +162,10 @@ def forecast(
     most that many context points (rows x S) at a time, and one pass of prefill plus decode steps
     caches at most ``CACHE_CHUNKS`` times as many positions (rows x (S + fed-back points)) and at most
     ``CACHE_BYTES_PER_TOKEN`` times as many bytes of keys and values (16 GiB at the default). None runs
-    the whole batch at once.
+    the whole batch at once. "auto": ``DEFAULT_MAX_BATCH_TOKENS`` (2^16) on a GPU, ``CPU_MAX_BATCH_TOKENS``
+    (2^12) for a model on the CPU, where larger chunks only cost memory (and time).
     """
+    max_batch_tokens = resolve_batch_tokens(model, max_batch_tokens)
     x, valid, horizon = prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens)
     with eval_mode(model):
         out = run_forecast(model, x, valid, horizon, max_batch_tokens)
@@ -179,6 +187,14 @@ def eval_mode(model: torch.nn.Module):
             m.training = True
 
 
+def resolve_batch_tokens(model, max_batch_tokens):
+    """``max_batch_tokens`` with "auto" replaced by the size for the model's device."""
+    if isinstance(max_batch_tokens, str) and max_batch_tokens == "auto":
+        cpu = next(model.parameters()).device.type == "cpu"
+        return CPU_MAX_BATCH_TOKENS if cpu else DEFAULT_MAX_BATCH_TOKENS
+    return max_batch_tokens
+
+
 def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     """Check the inputs and move them to the model: x [B, S, C] in the model's dtype (padding zeroed),
     valid [B, S] bool or None, and the horizon as a Python int (a numpy integer is fine too, and a CUDA
@@ -186,7 +202,7 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     _check_inputs(model, context, horizon, attention_mask)
     integer = isinstance(max_batch_tokens, (int, np.integer)) and not isinstance(max_batch_tokens, bool)
     if max_batch_tokens is not None and (not integer or max_batch_tokens < 1):
-        raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
+        raise ValueError(f"max_batch_tokens must be a positive integer, None or 'auto', got {max_batch_tokens!r}")
     param = next(model.parameters())
     x = context.to(device=param.device, dtype=param.dtype, copy=True)
     x = x.unsqueeze(-1) if context.dim() == 2 else x  # [B, S, C]
