@@ -272,7 +272,10 @@ def test_a_save_keeps_the_code_files_auto_map_names_without_running_them(tmp_pat
     model = TimeMoEForPrediction.from_pretrained(path)  # the SystemExit module is never imported
     model.save_pretrained(tmp_path / "saved")
     write_model(tmp_path / "trained", model.config, model.state_dict())  # what finetune and pretrain write
-    for folder in ("saved", "trained"):
+    from timemoe_forecaster.loading import load_model
+
+    load_model(str(path), {"max_position_embeddings": 64}).save_pretrained(tmp_path / "overridden")  # config.replace
+    for folder in ("saved", "trained", "overridden"):
         assert {name: (tmp_path / folder / name).read_bytes() for name in code} == code
         assert json.loads((tmp_path / folder / "config.json").read_text())["auto_map"] == auto_map
     for name in code:  # loaded from the hub, say, where only config.json and the weights come

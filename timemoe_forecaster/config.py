@@ -324,7 +324,10 @@ class TimeMoEConfig:
         # dataclasses.replace copies shallowly: the copy's extra (and head list) were the original's objects.
         changes.setdefault("extra", copy.deepcopy(self.extra))
         changes.setdefault("horizon_lengths", list(self.horizon_lengths))
-        return dataclasses.replace(self, **changes)
+        copied = dataclasses.replace(self, **changes)
+        if hasattr(self, "code_source"):  # where auto_map's code files are (checkpoint._copy_code_files): not a field
+            copied.code_source = self.code_source
+        return copied
 
 
 _PAPER_COMMON: dict[str, Any] = dict(

@@ -53,20 +53,23 @@ def calibration_cutoffs(length: int, horizon: int, num_windows: int, mode: str =
     step). ``mode="spread"``: ``num_windows`` cut-offs whose ``horizon`` targets are all observed, the last one
     ``horizon`` points before the end and the others evenly spaced before it, ``horizon`` points apart (windows
     that do not overlap) where the history allows, closer where it does not: every step is calibrated on the same
-    cut-offs, ``horizon - 1`` fewer forecasts, and their errors come from a longer stretch of the series.
+    cut-offs, ``horizon - 1`` fewer forecasts, and their errors come from a longer stretch of the series. Where
+    fewer than ``num_windows`` cut-offs are fully observed (a horizon near half the history), the
+    ``num_windows`` earliest allowed ones: the near steps keep ``num_windows`` residuals, the far ones fewer.
     Histories shorter than half the series (and than 2 points) are not used in either mode.
     """
     if mode not in CUTOFF_MODES:
         raise ValueError(f"conformal_cutoffs must be one of {CUTOFF_MODES}, got {mode!r}")
     earliest = max(2, length // 2)
     if mode == "spread":
-        # A horizon past half the history leaves no fully observed cut-off: the earliest one calibrates the steps
-        # it reaches, and the others borrow from them, as in per_step mode.
         latest = min(max(earliest, length - horizon), length - 1)
         room = latest - earliest
+        if room + 1 < num_windows:
+            # Too few fully observed cut-offs: later ones, partly observed, make up the near steps' sets, as in
+            # per_step mode (a horizon near half the history left every step 5 residuals of the 20 asked for).
+            return np.arange(earliest, min(length - 1, earliest + num_windows - 1) + 1)
         stride = min(horizon, room // (num_windows - 1)) if num_windows > 1 else 1
-        count = num_windows if stride >= 1 else room + 1
-        return np.sort(latest - max(stride, 1) * np.arange(count))
+        return np.sort(latest - stride * np.arange(num_windows))
     first = max(earliest, length - (num_windows + horizon - 1))
     return np.arange(first, length)
 
@@ -84,6 +87,7 @@ def rolling_residuals(
     progress: bool = False,
     aligned: bool = False,
     cutoffs: str = "per_step",
+    reach: list[int] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Per series, normalised residuals [W, L] (at most ``num_windows`` per step, the most recent; NaN where a
     step has fewer), and the scale [N] they were divided by (that of the series' final context).
@@ -94,7 +98,9 @@ def rolling_residuals(
 
     ``cutoffs`` chooses the cut-offs (``calibration_cutoffs``): "per_step" (each step its own most recent ones,
     ``num_windows + L - 1`` forecasts per series) or "spread" (the same ``num_windows`` for every step, up to L
-    points apart).
+    points apart). ``reach`` [N]: the horizon each series' cut-offs are placed for (default L), when a panel's
+    series that need shorter horizons are forecast in one call at L: a series' calibration then does not depend
+    on how far another one reaches.
 
     In "per_step" mode each step keeps the same number of residuals whatever the horizon: step 1 of a call that asks for
     step 12 too is calibrated on the cut-offs of a call for step 1 alone, not on more of them (nor, in a panel,
@@ -120,20 +126,26 @@ def rolling_residuals(
     # flat lately (final std 1e-6, errors of 10 before) had residuals of 1e7 once divided, and a short series of
     # the same panel borrows the pooled set (too few residuals of its own): its intervals came out 1e5 times too
     # wide. A series' own intervals do not move: its residuals are divided and multiplied by the same scale.
-    span = context_length + (num_windows * horizon if cutoffs == "spread" else num_windows + horizon)
-    _, region_scale, _ = scale_stats([c[-span:] for c in clean], "standard")
-    # The region holds the final context: a constant one's stand-in scale of 1 gives way to the region's spread.
-    final_scale = np.where(constant, region_scale, np.maximum(final_scale, region_scale))
-    contexts = []
+    reach = [horizon] * len(series) if reach is None else [int(r) for r in reach]
+    plans = []  # per series: observed mask, end of the observations, trailing gap, cut-offs
     for i, c in enumerate(clean):
         observed = ~np.isnan(raw[i])
         observed_end = int(np.flatnonzero(observed)[-1]) + 1
         gap = c.size - observed_end  # trailing points not observed
+        plans.append((observed, observed_end, gap, calibration_cutoffs(observed_end, reach[i], num_windows, cutoffs)))
+    # The region: from the earliest calibration context to the end.
+    regions = [c[max(0, int(p[3].min()) - p[2] - context_length) :] if p[3].size else c for c, p in zip(clean, plans)]
+    _, region_scale, _ = scale_stats(regions, "standard")
+    # The region holds the final context: a constant one's stand-in scale of 1 gives way to the region's spread.
+    final_scale = np.where(constant, region_scale, np.maximum(final_scale, region_scale))
+    contexts = []
+    for i, c in enumerate(clean):
+        observed, observed_end, gap, cuts = plans[i]
         # The last observation at or before each point. The series was filled as a whole, so a point missing
         # just before a cut-off was interpolated towards the target it is scored on; the final forecast only
         # holds its last observation over such points. Each history is filled as that forecast's would be.
         last_seen = np.maximum.accumulate(np.where(observed, np.arange(c.size), 0))
-        for t in calibration_cutoffs(observed_end, horizon, num_windows, cutoffs):
+        for t in cuts:
             if t - gap < 2:
                 continue
             lo, hi = max(0, t - gap - context_length), t - gap

@@ -626,6 +626,7 @@ class TimeMoEForecaster(BaseForecaster):
                 context_length=self._context_points(),
                 num_windows=self.conformal_windows,
                 cutoffs=self.conformal_cutoffs,
+                reach=[int(needed[i]) for i in rows],  # each series' cut-offs for its own horizon
                 scaling=self.scaling,
                 batch_size=self.batch_size,
                 device=self._device(),

@@ -41,9 +41,11 @@ def test_spread_cutoffs_are_windows_apart_where_the_history_allows():
     np.testing.assert_array_equal(conformal.calibration_cutoffs(100, 5, 10, "spread"), np.arange(50, 96, 5))
     # less room (only histories of at least half the series): as far apart as it allows
     np.testing.assert_array_equal(conformal.calibration_cutoffs(60, 5, 10, "spread"), np.arange(37, 56, 2))
-    np.testing.assert_array_equal(conformal.calibration_cutoffs(60, 5, 40, "spread"), np.arange(30, 56))
-    # a horizon past half the history: the earliest allowed cut-off alone, its far steps unobserved
-    np.testing.assert_array_equal(conformal.calibration_cutoffs(10, 30, 20, "spread"), [5])
+    # fewer fully observed cut-offs than windows: the earliest ones, partly observed, make up the near steps' sets
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(60, 5, 40, "spread"), np.arange(30, 60))
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(200, 96, 20, "spread"), np.arange(100, 120))
+    # a horizon past half the history: every allowed cut-off, as per_step takes them; the far steps unobserved
+    np.testing.assert_array_equal(conformal.calibration_cutoffs(10, 30, 20, "spread"), np.arange(5, 10))
     with pytest.raises(ValueError, match="conformal_cutoffs must be one of"):
         conformal.calibration_cutoffs(100, 5, 10, "every")
 
@@ -246,8 +248,9 @@ def test_residuals_are_normalised_even_when_the_model_sees_raw_values():
     model = make_model(seed=4)
     x = np.sin(np.arange(60) / 5) * 300 + 5000
     _, scale = conformal.rolling_residuals(model, [x], 3, context_length=32, num_windows=4, scaling="none")
-    # The final context's spread, or that of the points the calibration reads and scores (32 + 4 + 3) if larger.
-    np.testing.assert_allclose(scale, [max(x[-32:].std(), x[-39:].std())])
+    # The final context's spread, or that of the points the calibration reads and scores if larger: from the
+    # earliest calibration context (32 points before cut-off 54, the first of 4 + 3 - 1) to the end.
+    np.testing.assert_allclose(scale, [max(x[-32:].std(), x[54 - 32 :].std())])
     assert scale[0] > 100  # not 1, as raw values would have it
 
 

@@ -477,6 +477,23 @@ def test_an_instance_ending_early_changes_no_other_instances_forecast(checkpoint
     np.testing.assert_allclose(together.predict_var(fh=fh).loc[expected.index], alone.predict_var(fh=fh))
 
 
+@pytest.mark.parametrize("cutoffs", ["spread", "per_step"])
+def test_a_series_intervals_do_not_move_when_another_ends_a_few_steps_earlier(checkpoint, cutoffs):
+    # Series whose horizons share a head are calibrated in one call at the longest horizon: "spread" placed A's
+    # cut-offs for B's horizon (11 instead of 8), and A's interval moved by 1.3 on a series of amplitude 3.
+    rng = np.random.default_rng(0)
+
+    def instance(name, n):
+        index = pd.MultiIndex.from_product([[name], pd.RangeIndex(n)], names=["id", "t"])
+        return pd.DataFrame({"y": 10 + 3 * np.sin(np.arange(n) / 3) + rng.normal(size=n)}, index=index)
+
+    a, b = instance("A", 200), instance("B", 197)
+    fh = list(range(1, 9))
+    alone = forecaster(checkpoint, conformal_cutoffs=cutoffs).fit(a).predict_interval(fh=fh, coverage=0.8)
+    together = forecaster(checkpoint, conformal_cutoffs=cutoffs).fit(pd.concat([a, b]))
+    np.testing.assert_allclose(together.predict_interval(fh=fh, coverage=0.8).loc["A"], alone.loc["A"], rtol=1e-5)
+
+
 def test_missing_values_are_interpolated(checkpoint):
     y = load_airline()
     gappy = y.copy()

@@ -160,6 +160,29 @@ def test_a_stop_at_the_last_step_is_a_finished_run_and_skips_its_evaluation(
         assert all("eval_loss" in r for r in read_metrics(out))
 
 
+def test_a_stop_during_the_last_steps_evaluation_still_writes_its_line(tmp_path, monkeypatch):
+    # The run finishes (final model, status 0), so no resume runs a deferred evaluation: the line is written now,
+    # without eval_loss. Deferred, it was never written.
+    import timemoe_forecaster.train.trainer as trainer
+
+    stop = Signalled()
+    stop.received = None
+    monkeypatch.setattr(trainer, "StopRequest", lambda: stop)
+    original = trainer.Trainer._eval_loss
+
+    def counted(self, batch):
+        if self.step == 4:
+            stop.received = "SIGTERM"
+        return original(self, batch)
+
+    monkeypatch.setattr(trainer.Trainer, "_eval_loss", counted)
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", "tiny", *FAST, "--output-dir", str(out), "--max-steps", "4", "--log-every", "2"]
+    assert main([*args, "--eval-every", "2", "--eval-batches", "6"]) == 0
+    assert (out / "model.safetensors").exists()
+    assert [r["step"] for r in read_metrics(out)] == [2, 4] and "eval_loss" not in read_metrics(out)[1]
+
+
 def test_a_stop_during_an_evaluation_abandons_it_and_saves_at_once(tmp_path, monkeypatch, caplog):
     # An evaluation under way when the signal came ran to its end (26 s for 1,500 batches of tiny on a CPU),
     # past the grace period after which torchrun or Slurm kill: the checkpoint the stop was for was lost.

@@ -393,6 +393,24 @@ def test_a_stopped_and_resumed_run_writes_the_lines_of_an_uninterrupted_one(tmp_
     assert [r["step"] for r in a] == [r["step"] for r in b] == [4, 8]
     for key in ("loss", "ar_loss", "aux_loss", "grad_norm", "lr", "eval_loss"):
         assert [r[key] for r in a] == [r[key] for r in b], key
+    # the line left to the resumed run has no rate: its steps ran before the stop
+    assert ("tokens_per_s" in b[0]) is (stop_at == 3) and "tokens_per_s" in b[1]
+
+
+def test_a_resumed_run_from_an_official_checkpoint_keeps_its_code_files(tmp_path):
+    # The resume rebuilt the config from the checkpoint without where auto_map's code files were: the resumed run's
+    # final model had none, and the official loader (trust_remote_code) could not load it.
+    base = tmp_path / "base"
+    make_model().save_pretrained(base)
+    config = json.loads((base / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_time_moe.TimeMoeForPrediction"}
+    (base / "config.json").write_text(json.dumps(config))
+    (base / "modeling_time_moe.py").write_text("raise SystemExit('never imported')\n")
+    settings = dict(init_from=str(base), max_steps=4, save_every=100)
+    with stop_signal_after(2):
+        train(small_config(tmp_path / "run", **settings))
+    train(small_config(tmp_path / "run", resume=True, **settings))
+    assert (tmp_path / "run" / "modeling_time_moe.py").read_text() == "raise SystemExit('never imported')\n"
 
 
 def test_resume_survives_a_metrics_line_cut_short(tmp_path, caplog):

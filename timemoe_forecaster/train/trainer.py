@@ -590,12 +590,14 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         out = _summarise(self.unlogged, meter.rate(), self.step)
+        if record is None:  # the line a stop left to this resumed run: its steps ran before, at a rate not kept
+            del out["tokens_per_s"]
         if evaluate:
             eval_loss = self.evaluate(should_stop=stop_asked)
             if eval_loss is None:  # a stop came during the evaluation: save and stop now
                 if record is not None:
                     record["time_up"] = True
-                if self.cfg.output_dir is not None:
+                if self.cfg.output_dir is not None and self.step < self.cfg.max_steps:  # a resume runs it
                     self.eval_due = True
                     return
             else:
@@ -888,6 +890,7 @@ def _model_to_resume(cfg: TrainConfig, device: torch.device, checkpoint: Path) -
     it was gone (a purged scratch folder, a hub id offline), after reading gigabytes only to overwrite them. A base
     still on disk must be the model the run was trained from."""
     config = TimeMoEConfig.from_json_file(checkpoint / "config.json")
+    config.code_source = checkpoint  # its saves copied the base's auto_map code files: later saves copy them on
     base = Path(cfg.init_from) / "config.json"
     if base.is_file():
         differ = architecture_differences(config, TimeMoEConfig.from_json_file(base))
