@@ -10,6 +10,8 @@ one row of a left-padded batch (channel independence), chunked by ``batch_size``
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -230,7 +232,8 @@ class TimeMoEModel(GlobalForecastingModel):
         self._model = self._saved_weights = self._saved_fingerprint = None
         try:
             model = self._load()
-            preprocess.warn_if_untrained(self.config, self.fine_tune is not None or self._saved_weights is not None)
+            if _fit_warning_due("untrained"):
+                preprocess.warn_if_untrained(self.config, self.fine_tune is not None or self._saved_weights is not None)
             if self.fine_tune is not None:
                 from .loading import train_private_copy
 
@@ -240,7 +243,8 @@ class TimeMoEModel(GlobalForecastingModel):
         except BaseException:
             self._model, self._saved_weights, self._saved_fingerprint, self.fine_tune_result = previous
             raise
-        preprocess.warn_if_past_default_context(self.context_length, self._load().config)
+        if _fit_warning_due("context"):
+            preprocess.warn_if_past_default_context(self.context_length, self._load().config)
         from darts.utils.ts_utils import seq2series
 
         # A list of one series is that series, as darts' own models store it, so predict(n) needs no `series`.
@@ -295,6 +299,7 @@ class TimeMoEModel(GlobalForecastingModel):
             batch_size=self.batch_size,
             device=next(model.parameters()).device,
             progress=self.progress or bool(verbose),
+            warn=show_warnings,
         )  # [sum of components, n]
         out, row = [], 0
         for s in series_list:
@@ -310,6 +315,18 @@ class TimeMoEModel(GlobalForecastingModel):
             preprocess.log_history_cut("series", longest, points, model.config.max_position_embeddings)
 
     # Historical forecasts: every cut-off of every series in one batched call -------------------------
+    def historical_forecasts(self, *args, **kwargs):
+        """darts' ``historical_forecasts``. With ``retrain``, darts fits a fresh copy of this model at every
+        cut-off: its fit-time warnings (a context past the model's default, an untrained preset) come once per
+        call, not once per cut-off (31 times over a 31-cut-off backtest), and not at all with
+        ``show_warnings=False``, which darts does not pass to ``fit``."""
+        show = inspect.signature(super().historical_forecasts).bind_partial(*args, **kwargs).arguments
+        token = _FIT_WARNINGS_SAID.set(set() if show.get("show_warnings", True) else None)
+        try:
+            return super().historical_forecasts(*args, **kwargs)
+        finally:
+            _FIT_WARNINGS_SAID.reset(token)
+
     def _check_optimizable_historical_forecasts(self, retrain) -> bool:
         from darts.utils.historical_forecasts.utils import _check_optimizable_historical_forecasts_global_models
 
@@ -385,6 +402,7 @@ class TimeMoEModel(GlobalForecastingModel):
                 points[lo : lo + len(contexts)] = preprocess.forecast_series(
                     model, contexts, forecast_horizon, context_length=length, scaling=self.scaling,
                     batch_size=self.batch_size, device=next(model.parameters()).device,
+                    warn=show_warnings and lo == 0,  # once per call, not per chunk
                 )  # fmt: skip
                 bar.update(len(contexts))
         out, row, job = [], 0, 0
@@ -515,6 +533,21 @@ def _forecastable_cuts(s: TimeSeries, values: np.ndarray, cuts: np.ndarray, idx:
             at,
         )
     return cuts[enough]
+
+
+# Inside historical_forecasts (backtest and residuals call it too): the fit-time warnings given so far, or None
+# with show_warnings=False. Outside: the default, every fit warns.
+_FIT_WARNINGS_SAID: contextvars.ContextVar = contextvars.ContextVar("fit_warnings_said", default=...)
+
+
+def _fit_warning_due(kind: str) -> bool:
+    said = _FIT_WARNINGS_SAID.get()
+    if said is ...:
+        return True
+    if said is None or kind in said:
+        return False
+    said.add(kind)
+    return True
 
 
 def _as_list(series) -> list[TimeSeries]:

@@ -413,14 +413,17 @@ def forecast_series(
     device=None,
     names: list[str] | None = None,
     progress: bool = False,
+    warn: bool = True,
 ) -> np.ndarray:
     """Forecast ``horizon`` points after each raw series (NaN allowed); returns [N, L] float64.
 
     Each series keeps its most recent ``context_length`` points (None: the model's default context, see
-    :func:`context_points`).
+    :func:`context_points`). ``warn=False``: no warning of a horizon past the model's window (darts'
+    ``show_warnings=False``).
     """
     length = context_points(context_length, model.config)
-    warn_if_horizon_past_window(horizon, model.config)
+    if warn:
+        warn_if_horizon_past_window(horizon, model.config)
     contexts = prepare(series, length, names)
     return forecast_contexts(
         model, contexts, horizon, scaling=scaling, batch_size=batch_size, device=device, progress=progress

@@ -497,3 +497,32 @@ def test_fit_takes_darts_fit_options_left_unset_and_refuses_them_set(checkpoint,
     assert np.isfinite(m.predict(3).values()).all()
     with pytest.raises(TypeError, match=r"does not use: \['epochs', 'val_series'\]"):
         model(checkpoint).fit(airline, val_series=airline, epochs=3)
+
+
+def test_a_retraining_backtest_gives_its_fit_warnings_once_and_none_with_show_warnings_false(caplog):
+    # darts fits a fresh copy at every cut-off and does not pass show_warnings to fit: a fit-time warning (here:
+    # an untrained preset) came once per cut-off, 31 times in a 31-cut-off backtest, with show_warnings=False too.
+    s = TimeSeries.from_values(np.sin(np.arange(40) / 3))
+    f = TimeMoEModel(config="tiny", context_length=16, device="cpu")
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.historical_forecasts(s, start=30, retrain=True)
+    assert caplog.text.count("randomly initialised") == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.backtest(s, start=30, retrain=True, show_warnings=False)
+        f.fit(s)  # outside a backtest, every fit warns
+    assert caplog.text.count("randomly initialised") == 1
+
+
+def test_show_warnings_false_silences_the_horizon_past_the_window(checkpoint, caplog):
+    from timemoe_forecaster import TimeMoEForPrediction
+
+    limit = TimeMoEForPrediction.from_pretrained(checkpoint).config.max_position_embeddings
+    s = TimeSeries.from_values(np.sin(np.arange(40) / 3))
+    f = model(checkpoint).fit(s)
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.predict(limit + 1, show_warnings=False)
+    assert "whole context window" not in caplog.text
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        f.predict(limit + 1)
+    assert "whole context window" in caplog.text
