@@ -66,9 +66,9 @@ class TimeMoEModel(GlobalForecastingModel):
         context_length
             Points of history fed to the model; None is the model's default context where its config.json
             records one (fine-tuning records the longest window it drew, ``max_length`` or less on shorter
-            series; the embedded default records 3,072, the length that forecast best on validation data), else
-            all history up to the model's limit
-            (``max_position_embeddings``), keeping the most recent points of longer series. A value above the
+            series, but at least 128 points, or ``max_length`` where that is shorter; the embedded default
+            records 3,072, the length that forecast best on validation data), else all history up to the model's
+            limit (``max_position_embeddings``), keeping the most recent points of longer series. A value above the
             limit is a ``ValueError``; one above the recorded default, a logged warning.
         device
             "auto" (CUDA when available), "cpu", "cuda", …

@@ -62,7 +62,8 @@ class TimeMoEForecaster(BaseForecaster):
     context_length : int or None, default=None
         Points of history fed to the model per series. None: the model's default context where its
         config.json records one (``config.default_context_length``: fine-tuning records the longest window it
-        drew, ``max_length`` or less on shorter series; the embedded default records 3,072, the length that
+        drew, ``max_length`` or less on shorter series, but at least 128 points, or ``max_length`` where that is
+        shorter; the embedded default records 3,072, the length that
         forecast best on validation data), else all history up to the model's limit
         (``max_position_embeddings``, 4096 for the presets and the embedded default);
         longer series keep their most recent points. A value above the limit is an error; one above the
