@@ -237,8 +237,14 @@ class TimeMoEModel(GlobalForecastingModel):
             if self.fine_tune is not None:
                 from .loading import train_private_copy
 
+                listed = _as_list(series)
+                names = [
+                    f"series {k}, component {c!r}" if len(listed) > 1 else f"component {c!r}"
+                    for k, s in enumerate(listed)
+                    for c in s.components
+                ]
                 self._model, self.fine_tune_result = train_private_copy(
-                    model, values, self.fine_tune, seed=self.seed, progress=self.progress or bool(verbose)
+                    model, values, self.fine_tune, seed=self.seed, progress=self.progress or bool(verbose), names=names
                 )
         except BaseException:
             self._model, self._saved_weights, self._saved_fingerprint, self.fine_tune_result = previous

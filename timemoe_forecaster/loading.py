@@ -350,8 +350,11 @@ _SETTING_COUNTS = {"steps": 1, "epochs": 1, "batch_size": 1, "max_length": 2, "w
 _SETTING_RATES = {"lr": (0.0, 1e30), "weight_decay": (0.0, 1e30), "min_lr_ratio": (0.0, 1.0)}
 
 
-def train_private_copy(model: TimeMoEForPrediction, series: list, settings: dict | None, *, seed: int, progress: bool):
-    """Fine-tune a private copy of ``model`` on ``series`` (1-D float arrays); returns (copy, result dict)."""
+def train_private_copy(
+    model: TimeMoEForPrediction, series: list, settings: dict | None, *, seed: int, progress: bool, names=None
+):
+    """Fine-tune a private copy of ``model`` on ``series`` (1-D float arrays, called ``names`` in warnings);
+    returns (copy, result dict)."""
     from .train.finetune import train_on_series
 
     settings = dict(settings or {})
@@ -364,6 +367,6 @@ def train_private_copy(model: TimeMoEForPrediction, series: list, settings: dict
     settings.setdefault("device", param.device)
     with torch.inference_mode(False):  # weights that can be trained, under a caller's inference_mode too
         trained = private_copy(model)
-    result = train_on_series(trained, series, **settings)
+    result = train_on_series(trained, series, names=names, **settings)
     trained.requires_grad_(False).eval()
     return trained, result

@@ -323,8 +323,9 @@ class TimeMoEForecaster(BaseForecaster):
     def _train(self, model, frame: pd.DataFrame, settings: dict | None):
         from .loading import train_private_copy
 
-        series = split_series(frame).values
-        return train_private_copy(model, series, settings, seed=self.seed, progress=self.progress)
+        series = split_series(frame)
+        names = [str(name) for name in series.names]
+        return train_private_copy(model, series.values, settings, seed=self.seed, progress=self.progress, names=names)
 
     def _context_points(self) -> int:
         return preprocess.context_points(self.context_length, self.model_.config)

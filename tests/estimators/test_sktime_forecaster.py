@@ -1412,3 +1412,18 @@ def test_text_and_date_columns_are_refused_by_name(checkpoint):
     with pytest.raises(TypeError, match=r"'flag' \(bool\) do not"):  # flags: astype(float) makes them a series
         f.fit(pd.DataFrame({"flag": [True, False] * 15, "n": np.arange(30, dtype=np.int8)}))
     f.fit(pd.DataFrame({"n": np.arange(30, dtype=np.int8)}))
+
+
+def test_a_series_left_out_of_fine_tuning_is_named_by_its_instance(checkpoint, caplog):
+    # The warning named it by its flat position ("series 1"), which a panel's user cannot map back.
+    t = np.arange(80)
+    sparse = np.full(80, np.nan)
+    sparse[[0, 79]] = 1.0  # two observations 79 points apart: nothing to train on
+    frames = [
+        pd.DataFrame({"y": values}, index=pd.MultiIndex.from_product([[name], t]))
+        for name, values in (("shop_a", np.sin(t / 4)), ("shop_b", sparse))
+    ]
+    settings = {"steps": 1, "batch_size": 2, "max_length": 16}
+    with caplog.at_level("WARNING", logger="timemoe_forecaster"):
+        forecaster(checkpoint, fine_tune=settings).fit(pd.concat(frames))
+    assert "left out of fine-tuning (instance 'shop_b', column 'y' of y)" in caplog.text

@@ -33,7 +33,7 @@ MIN_RECORDED_CONTEXT = 128
 MAX_FILLED_GAP = 32
 
 
-def _segments(series) -> list[np.ndarray]:
+def _segments(series, names: list[str] | None = None) -> list[np.ndarray]:
     """Training pieces of every series as float32, each standardised by its own mean and std.
 
     Standardising in float64 before the cast keeps what float32 would lose: a series at a level of 1e8
@@ -53,11 +53,12 @@ def _segments(series) -> list[np.ndarray]:
     if left_out:  # forecast later all the same, but never trained on: say so
         log.warning(
             "%d of %d series have no two observations within %d points of each other and are left out of "
-            "fine-tuning (series %s)",
+            "fine-tuning (%s)",
             len(left_out),
             len(series),
             MAX_FILLED_GAP + 1,
-            ", ".join(map(str, left_out[:5])) + (", ..." if len(left_out) > 5 else ""),
+            ", ".join(names[k] if names else f"series {k}" for k in left_out[:5])
+            + (", ..." if len(left_out) > 5 else ""),
         )
     return segments
 
@@ -184,6 +185,7 @@ def train_on_series(
     seed: int = 0,
     progress: bool = False,
     device: str | torch.device | None = None,
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on ``series`` (1-D arrays on their own scale, NaN allowed).
 
@@ -192,7 +194,8 @@ def train_on_series(
     ceil(windows / batch_size), a training piece of n points (a series, or its part between gaps longer than
     MAX_FILLED_GAP, shorter gaps filled) making ceil(n / (max_length + 1)) windows; at least one step, so one
     epoch of fewer windows than batch_size draws each point more than once. ``device=None`` trains where the
-    model already is.
+    model already is. ``names``: what warnings call the series (an estimator's instance and column names; default
+    their positions).
     Returns {"steps", "skipped_steps", "final_loss", "losses"}; the model is left in eval mode.
     """
     from ..data import ArraySource, PackedBatchStream, WindowSampler
@@ -221,7 +224,7 @@ def train_on_series(
             f"max_length {max_length} exceeds the model's max_position_embeddings "
             f"({model.config.max_position_embeddings})"
         )
-    segments = _segments(series)
+    segments = _segments(series, names)
     if epochs is not None:
         _check_count("epochs", epochs)
         windows = sum(math.ceil(len(s) / (max_length + 1)) for s in segments)
