@@ -44,6 +44,12 @@ MANY_CALIBRATION_FORECASTS = 1000
 CUTOFF_MODES = ("per_step", "spread")
 
 
+def check_cutoff_mode(mode) -> str:
+    if not isinstance(mode, str) or mode not in CUTOFF_MODES:
+        raise ValueError(f"conformal_cutoffs must be one of {CUTOFF_MODES}, got {mode!r}")
+    return mode
+
+
 def calibration_cutoffs(length: int, horizon: int, num_windows: int, mode: str = "per_step") -> np.ndarray:
     """Cut-offs (number of points used as history) for a cleaned series whose last observation is point
     ``length``.
@@ -58,8 +64,7 @@ def calibration_cutoffs(length: int, horizon: int, num_windows: int, mode: str =
     ``num_windows`` earliest allowed ones: the near steps keep ``num_windows`` residuals, the far ones fewer.
     Histories shorter than half the series (and than 2 points) are not used in either mode.
     """
-    if mode not in CUTOFF_MODES:
-        raise ValueError(f"conformal_cutoffs must be one of {CUTOFF_MODES}, got {mode!r}")
+    check_cutoff_mode(mode)
     earliest = max(2, length // 2)
     if mode == "spread":
         latest = min(max(earliest, length - horizon), length - 1)
@@ -112,7 +117,7 @@ def rolling_residuals(
     last ``g`` points are held likewise, and only cut-offs with observed targets count. Cut-offs at the
     series' end would score forecasts against the missing values, leaving no residuals at all.
     """
-    calibration_cutoffs(2, horizon, num_windows, cutoffs)  # a bad mode fails before any forecast
+    check_cutoff_mode(cutoffs)
     raw, clean, finals, jobs = [], [], [], []
     for s in series:
         x = np.asarray(s, dtype=np.float64)
@@ -134,7 +139,10 @@ def rolling_residuals(
         gap = c.size - observed_end  # trailing points not observed
         plans.append((observed, observed_end, gap, calibration_cutoffs(observed_end, reach[i], num_windows, cutoffs)))
     # The region: from the earliest calibration context to the end.
-    regions = [c[max(0, int(p[3].min()) - p[2] - context_length) :] if p[3].size else c for c, p in zip(clean, plans)]
+    regions = [
+        c[max(0, int(cuts.min()) - gap - context_length) :] if cuts.size else c
+        for c, (_, _, gap, cuts) in zip(clean, plans)
+    ]
     _, region_scale, _ = scale_stats(regions, "standard")
     # The region holds the final context: a constant one's stand-in scale of 1 gives way to the region's spread.
     final_scale = np.where(constant, region_scale, np.maximum(final_scale, region_scale))
@@ -159,15 +167,16 @@ def rolling_residuals(
             jobs.append((i, t))
     if len(contexts) >= MANY_CALIBRATION_FORECASTS and not progress:
         # Silent by default, a panel's intervals took minutes with nothing said (1,000 series: 248 s on a CPU).
+        spread = cutoffs == "spread"
         log.info(
             "prediction intervals: %d calibration forecasts (%d series x up to %s = %d cut-offs, horizon %d); "
             "progress=True shows their progress; fewer conformal_windows%s make it faster",
             len(contexts),
             len(series),
-            "conformal_windows" if cutoffs == "spread" else "conformal_windows + H - 1",
-            num_windows if cutoffs == "spread" else num_windows + horizon - 1,
+            "conformal_windows" if spread else "conformal_windows + H - 1",
+            num_windows if spread else num_windows + horizon - 1,
             horizon,
-            "" if cutoffs == "spread" else ', or conformal_cutoffs="spread" (conformal_windows per series),',
+            "" if spread else ', or conformal_cutoffs="spread" (conformal_windows per series),',
         )
     # Labelled apart from the point forecast's bar: it counts cut-offs (10-20 per series), not the user's series.
     preds = forecast_contexts(

@@ -224,7 +224,8 @@ class TimeMoEModel(GlobalForecastingModel):
                 f"TimeMoEModel.fit got arguments it does not use: {used} (fine-tuning takes its settings from "
                 "fine_tune={...} at construction)"
             )
-        values = _component_arrays(_as_list(series))
+        listed = _as_list(series)
+        values = _component_arrays(listed)
         # A refit that fails (a series fine-tuning refuses, Ctrl-C in a notebook) leaves the model as it was: it
         # kept the base model it had just loaded, and forecast zero-shot while still reporting the earlier fit.
         previous = (self._model, self._saved_weights, self._saved_fingerprint, getattr(self, "fine_tune_result", None))
@@ -237,7 +238,6 @@ class TimeMoEModel(GlobalForecastingModel):
             if self.fine_tune is not None:
                 from .loading import train_private_copy
 
-                listed = _as_list(series)
                 names = [
                     f"series {k}, component {c!r}" if len(listed) > 1 else f"component {c!r}"
                     for k, s in enumerate(listed)

@@ -22,7 +22,7 @@ except ImportError as err:  # a bare ModuleNotFoundError named no extra
     raise missing("sktime", "TimeMoEForecaster", err) from None
 
 from . import preprocess
-from .conformal import CUTOFF_MODES, residual_moments, residual_offsets, rolling_residuals
+from .conformal import check_cutoff_mode, residual_moments, residual_offsets, rolling_residuals
 from .forecast import head_schedule
 from .frames import (
     checked_frame,
@@ -202,8 +202,7 @@ class TimeMoEForecaster(BaseForecaster):
 
     def __post_init__(self):
         preprocess.check_scaling(self.scaling)
-        if not isinstance(self.conformal_cutoffs, str) or self.conformal_cutoffs not in CUTOFF_MODES:
-            raise ValueError(f"conformal_cutoffs must be one of {CUTOFF_MODES}, got {self.conformal_cutoffs!r}")
+        check_cutoff_mode(self.conformal_cutoffs)
         for name in ("batch_size", "conformal_windows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -324,8 +323,9 @@ class TimeMoEForecaster(BaseForecaster):
         from .loading import train_private_copy
 
         series = split_series(frame)
-        names = [str(name) for name in series.names]
-        return train_private_copy(model, series.values, settings, seed=self.seed, progress=self.progress, names=names)
+        return train_private_copy(
+            model, series.values, settings, seed=self.seed, progress=self.progress, names=series.names
+        )
 
     def _context_points(self) -> int:
         return preprocess.context_points(self.context_length, self.model_.config)

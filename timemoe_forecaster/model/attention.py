@@ -127,7 +127,8 @@ def _varlen_kernel() -> Callable | None:
 
 
 # Resolved when the backend is first chosen (``check_backend``), not at import: importing
-# torch.nn.attention.varlen pulls in dynamo, which was 1.3 of the 1.9 s that importing this package took.
+# torch.nn.attention.varlen pulls in dynamo. Importing this package took 0.99 s after torch with that import and
+# takes 0.016 s without it (benchmarks/results/raw/session33/import_cost.py).
 _VARLEN: Callable | None = None
 _VARLEN_RESOLVED = False
 

@@ -54,7 +54,7 @@ def rotary_angles(
 # element of q and k: 1.5 ms of a 37 ms large training step on an H100
 # (``benchmarks/results/raw/profiles/session3/profile_train_large_compiled-model.txt``). Behind the op the angles
 # are computed once per forward and every layer reads them. Eager code calls the function itself: the op's
-# dispatch imported dynamo on the first forecast (1.3 s on a CPU) and cost up to 1 ms of a 36 ms CPU forecast.
+# dispatch imported dynamo on the first forecast of a process and cost up to 1 ms of a 36 ms CPU forecast.
 rotary_cos_sin = torch.library.custom_op("timemoe::rotary_cos_sin", mutates_args=())(rotary_angles)
 
 

@@ -206,7 +206,7 @@ class TimeMoEForPrediction(nn.Module):
             OutputHead(config.hidden_size, h, config.input_size) for h in config.horizon_lengths
         )
         # Built on the meta device (a checkpoint about to fill them), the weights hold no values to draw: meta's
-        # normal_ only imported dynamo (1.3 s on a CPU) on the first forecast's load.
+        # normal_ only imported dynamo on the first forecast's load.
         if not next(self.parameters()).is_meta:
             self.reset_parameters()
 
