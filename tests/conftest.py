@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.helpers import make_model
-from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction, memo
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,6 +26,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_remembered():
+    """Forecasters that load one checkpoint share its cached model, and with it the memo of that model's
+    forecasts: each test starts from an empty memo, so it sees the forecasts it makes, not an earlier test's."""
+    memo.clear()
+    yield
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from .frames import (
     to_rows,
 )
 from .loading import check_config, check_seed, check_training_settings, resolve_stored_dtype
+from .memo import remembered, series_digest
 
 log = logging.getLogger(__name__)
 
@@ -538,7 +539,7 @@ class TimeMoEForecaster(BaseForecaster):
         series, steps, index = self._plan(fh)
         horizon = int(steps.max())
         points = self._point_forecasts(series, steps)
-        residuals, scale = self._residuals(series.values, steps)
+        residuals, scale = self._residuals(series, steps)
         offsets = residual_offsets(residuals, alpha, horizon) * scale[:, None, None]  # [N, H, Q]
         quantiles = points[:, :, None] + offsets  # [N, H, Q]
         picked = np.take_along_axis(quantiles, (steps - 1)[:, :, None], axis=1)  # [N, m, Q]
@@ -582,7 +583,7 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _residual_moments(self, series, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance [N, H] of the conformal distribution's offsets, in the series' own units."""
-        residuals, scale = self._residuals(series.values, steps)
+        residuals, scale = self._residuals(series, steps)
         mean, var = residual_moments(residuals, int(steps.max()))
         return mean * scale[:, None], var * scale[:, None] ** 2
 
@@ -590,9 +591,13 @@ class TimeMoEForecaster(BaseForecaster):
         """The model's forecasts of every (instance, column) of ``series`` [N, H], each as far as its own steps
         (``steps`` [N, m]) reach and NaN after: the heads follow the horizon, so forecasting every series as far
         as the farthest one (an instance that ended months before the others) changed the others' forecasts
-        and multiplied the cost by the panel's size."""
-        out = np.full((len(series.values), int(steps.max())), np.nan)
-        for horizon, rows in _forecast_groups(steps, self.model_.config.horizon_lengths):
+        and multiplied the cost by the panel's size. Read-only: remembered for the next method (``memo``)."""
+        needed = steps.max(axis=1)
+        return remembered(self.model_, self._memo_key("points", series, needed), lambda: self._forecast(series, needed))
+
+    def _forecast(self, series, needed: np.ndarray) -> np.ndarray:
+        out = np.full((len(series.values), int(needed.max())), np.nan)
+        for horizon, rows in _forecast_groups(needed, self.model_.config.horizon_lengths):
             out[rows, :horizon] = preprocess.forecast_series(
                 self.model_,
                 [series.values[i] for i in rows],
@@ -606,10 +611,15 @@ class TimeMoEForecaster(BaseForecaster):
             )
         return out
 
-    def _residuals(self, values, steps: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def _memo_key(self, kind: str, series, needed: np.ndarray, *calibration) -> tuple:
+        """What a forecast or calibration of ``series`` depends on besides the model's weights."""
+        settings = (self._context_points(), self.scaling, self.batch_size, str(self._device()))
+        return (kind, series_digest(series.values), needed.astype(np.int64).tobytes(), settings, calibration)
+
+    def _residuals(self, series, steps: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """Calibration residuals per series [W, H] (NaN past its own horizon) and their scales [N], each series
-        calibrated at its own horizon, as it is forecast (``_point_forecasts``)."""
-        # Recomputed per call: predict-like methods must not change the estimator's state.
+        calibrated at its own horizon, as it is forecast (``_point_forecasts``). Read-only, and remembered: the
+        next interval method on the same data reuses them (``memo``); the forecaster's state never changes."""
         if self.fine_tune is not None:
             log.warning(
                 "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
@@ -618,9 +628,14 @@ class TimeMoEForecaster(BaseForecaster):
                 "conformal_cutoffs='per_step'; as a one-instance panel, "
                 "pretrain_settings, no fine_tune), then fit on y (docs/estimators.md)"
             )
-        width, needed = int(steps.max()), steps.max(axis=1)
+        needed = steps.max(axis=1)
+        key = self._memo_key("residuals", series, needed, self.conformal_windows, self.conformal_cutoffs)
+        return remembered(self.model_, key, lambda: self._calibrate(series.values, needed))
+
+    def _calibrate(self, values, needed: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        width = int(needed.max())
         residuals, scale = [None] * len(values), np.empty(len(values))
-        for horizon, rows in _forecast_groups(steps, self.model_.config.horizon_lengths):
+        for horizon, rows in _forecast_groups(needed, self.model_.config.horizon_lengths):
             got, got_scale = rolling_residuals(
                 self.model_,
                 [values[i] for i in rows],
@@ -836,12 +851,11 @@ def _in_time_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[order]
 
 
-def _forecast_groups(steps: np.ndarray, horizon_lengths: list[int]) -> list[tuple[int, np.ndarray]]:
-    """(horizon, row indices): the fewest forecasts that give every row of ``steps`` [N, m] what a forecast as far
-    as its own farthest step gives. A longer forecast serves a row when the heads it uses for the row's steps are
+def _forecast_groups(needed: np.ndarray, horizon_lengths: list[int]) -> list[tuple[int, np.ndarray]]:
+    """(horizon, row indices): the fewest forecasts that give every series what a forecast as far as its own
+    farthest step (``needed`` [N]) gives. A longer forecast serves a row when the heads it uses for the row's steps are
     the ones the row's own horizon uses (the last one may be cut): horizons 8 to 15 all start with the 8-point
     head, so one call serves a ragged panel whose instances end within a few steps of each other."""
-    needed = steps.max(axis=1)
     groups: list[tuple[int, list, list[int]]] = []  # (horizon, its head schedule, rows), longest first
     for horizon in sorted(np.unique(needed).tolist(), reverse=True):
         own = head_schedule(horizon_lengths, horizon)

@@ -444,7 +444,7 @@ def test_forecast_groups_share_a_call_only_where_the_heads_agree():
     from timemoe_forecaster.sktime import _forecast_groups
 
     needed = np.array([2, 5, 8, 11, 14, 16, 40, 70, 72, 79, 5])
-    groups = {h: rows.tolist() for h, rows in _forecast_groups(needed[:, None], [1, 8, 32, 64])}
+    groups = {h: rows.tolist() for h, rows in _forecast_groups(needed, [1, 8, 32, 64])}
     # 1-7: the 1-point head alone; 8-15: 8 then ones; 16: 8, 8; 40: 32, 8; 70: 64, then ones; 72-79: 64, 8, ...
     assert groups == {5: [0, 1, 10], 14: [3, 4], 16: [2, 5], 40: [6], 70: [7], 79: [8, 9]}  # 8 is 16's first head
 
@@ -669,10 +669,10 @@ def test_progress_shows_forecast_batches_of_predict_and_intervals(checkpoint, ca
     capsys.readouterr()
     f.predict(fh=[1, 2])
     assert "forecast:" in capsys.readouterr().err
-    f.predict_interval(fh=[1, 2])  # the calibration forecasts too
-    assert "forecast:" in capsys.readouterr().err
-    forecaster(checkpoint, batch_size=2).fit(data).predict(fh=[1, 2])
-    assert "forecast:" not in capsys.readouterr().err
+    f.predict_interval(fh=[1, 2])  # the calibration forecasts too (the point forecasts are remembered)
+    assert "calibration forecasts:" in capsys.readouterr().err
+    forecaster(checkpoint, batch_size=2).fit(panel(n_instances=3, length=41)).predict_interval(fh=[1, 2])
+    assert "forecast" not in capsys.readouterr().err
 
 
 def test_a_cutoff_before_an_instance_starts_is_a_clear_error(checkpoint):
