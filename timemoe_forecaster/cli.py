@@ -284,17 +284,48 @@ def load_series(dataset: str, column: str | None = None):
     values = _numbers(frame[column], path, column)
     if values.notna().sum() < 2:
         raise ValueError(f"column {column!r} of {path} has fewer than two numeric values")
-    times = _time_column(frame, exclude=column)
-    if times is not None:  # print the forecast against dates that continue the file's own
-        order = np.argsort(times.to_numpy(), kind="stable")
-        values = _with_skipped_times(
-            pd.Series(values.to_numpy()[order], index=pd.DatetimeIndex(times.to_numpy()[order])), path
-        )
-    return values.rename(column)
+    dated = _time_column(frame, exclude=column)
+    if dated is None:
+        return values.rename(column)
+    times, offsets = dated  # print the forecast against dates that continue the file's own
+    order = np.argsort(times.to_numpy(), kind="stable")
+    index = pd.DatetimeIndex(times.to_numpy()[order])
+    written = None if offsets is None else pd.Series(offsets[order], index=index)
+    series = _with_skipped_times(pd.Series(values.to_numpy()[order], index=index), path, written).rename(column)
+    if written is not None:  # the index is a timeline (UTC, or the repeated hour counted twice): see _as_written
+        series.attrs[_WRITTEN_OFFSETS] = written
+    return series
 
 
-def _with_skipped_times(series, path: Path):
-    """``series`` with a missing value at each time its regular index skips, as the estimators read it.
+# Where load_series leaves the offset at which the file wrote each time of a series' index, when it has one.
+_WRITTEN_OFFSETS = "timemoe_written_offsets"
+
+
+def _as_written(times, offsets) -> list:
+    """Times of a series' index, or of its forecast, as its file wrote them (``offsets``: what load_series recorded,
+    None for times shown as they are). The index is then a timeline: UTC instants where the UTC offsets changed
+    (they were printed in UTC), or local times counting twice the hour the clocks went back. Each time takes the
+    offset of the latest row at or before it, a forecast the last row's: the file names no time zone, so a later
+    daylight-saving change is not foreseen."""
+    import datetime
+
+    import pandas as pd
+
+    if offsets is None:
+        return list(times)
+    shown = []
+    for t in times:
+        if isinstance(t, pd.Timestamp):  # not the +1, +2 of an undated forecast
+            at = max(int(offsets.index.searchsorted(t, side="right")) - 1, 0)
+            offset = offsets.iloc[at].to_pytimedelta()
+            t = t.tz_convert(datetime.timezone(offset)) if t.tz is not None else t + offset
+        shown.append(t)
+    return shown
+
+
+def _with_skipped_times(series, path: Path, written=None):
+    """``series`` with a missing value at each time its regular index skips, as the estimators read it (``written``:
+    the offsets of its times, for :func:`_as_written`).
 
     Rows left out of a dated file (60 hours of an hourly series) were joined as if adjacent, shifting a daily
     cycle's phase in the context without a word; only empty cells were counted as missing."""
@@ -314,7 +345,7 @@ def _with_skipped_times(series, path: Path):
         path,
         len(skipped),
         freq,
-        _time_text(skipped[0], dates_only=False),
+        _time_text(_as_written(skipped[:1], written)[0], dates_only=False),
     )
     return series.reindex(full)
 
@@ -414,7 +445,8 @@ def _one_series_of_long_table(frame, path: Path, column: str | None):
 
 
 def _time_column(frame, exclude: str):
-    """The first text column whose every value reads as a date or time, parsed; None if there is none."""
+    """The first text column whose every value reads as a date or time: its times, and the offset at which the file
+    wrote each (for :func:`_as_written`) or None where they print as read; None if there is none."""
     import pandas as pd
 
     from .data.frames import parse_times
@@ -433,17 +465,51 @@ def _time_column(frame, exclude: str):
                     _line(column.index[column.isna()][0]),
                 )
             continue
-        parsed = parse_times(column)
+        parsed = parse_times(column, where=f"column {name!r}")
         if parsed is not None and parsed.is_unique:
-            return parsed
+            return parsed, _offsets_of(column, parsed)
         if parsed is not None:
-            twice = parsed[parsed.duplicated()].iloc[0]
-            log.warning(
-                "column %r reads as dates but %s appears more than once; rows are kept in file order and the "
-                "forecast is numbered, not dated (remove the duplicate rows to get dates)",
-                name,
-                twice,
-            )
+            dated = _repeated_local_hour(name, parsed)
+            if dated is not None:
+                return dated
+    return None
+
+
+def _offsets_of(column, parsed):
+    """The UTC offset each time of ``column`` was written with, where they differ (pandas read them as UTC: local
+    times across a daylight-saving change, +01:00 then +02:00); None otherwise."""
+    from .data.local_time import written_offsets
+
+    if str(parsed.dt.tz) != "UTC":  # no offsets, or the same one throughout: pandas kept it
+        return None
+    return written_offsets(column)
+
+
+def _repeated_local_hour(name, parsed):
+    """Dates of a column that repeats a time: the hour repeated when daylight saving time ends, in file order, as
+    a timeline and offsets (:func:`_time_column`); else None, with a warning that says why nothing is dated."""
+    from .data.local_time import fall_back_timeline, repeats_somewhere
+
+    twice = parsed[parsed.duplicated()].iloc[0]
+    read = fall_back_timeline(parsed)
+    if read is not None:
+        log.info("column %r repeats %s: read as the hour repeated when daylight saving time ends", name, twice)
+        return read
+    if parsed.dt.tz is None and repeats_somewhere(twice):
+        # The rows are out of order, or not a step apart: which copy is summer time cannot be told.
+        fix = (
+            "if the clocks went back then, keep the rows in the order they were recorded, or write the times with "
+            "their UTC offsets (02:00+02:00, then 02:00+01:00 in central Europe) or in UTC"
+        )
+    else:
+        fix = "remove the duplicate rows to get dates"
+    log.warning(
+        "column %r reads as dates but %s appears more than once; rows are kept in file order and the forecast is "
+        "numbered, not dated (%s)",
+        name,
+        twice,
+        fix,
+    )
     return None
 
 
@@ -475,7 +541,8 @@ def run_forecast(args: argparse.Namespace) -> int:
         if isinstance(series.index, pd.RangeIndex):  # no time column: rows as read, named by their file lines
             where = "lines " + ", ".join(_line(int(i)) for i in series.index[infinite[:3]])
         else:
-            where = ", ".join(_time_text(t) for t in series.index[infinite[:3]])
+            written = series.attrs.get(_WRITTEN_OFFSETS)
+            where = ", ".join(_time_text(t) for t in _as_written(series.index[infinite[:3]], written))
         raise ValueError(f"{args.dataset} holds {infinite.size} infinite values (at {where}); fix or remove them")
     limit = model.config.max_position_embeddings
     if args.context_length is not None and args.context_length > limit:
@@ -506,12 +573,13 @@ def run_forecast(args: argparse.Namespace) -> int:
     future = _future_index(index, args.horizon)
     print(f"\n{'':>10} {'time':>20} {name[:24]:>24}")
     first_shown = len(values) - min(args.show, len(values))  # not values[-show:]: -0 would print them all
-    shown = list(index[first_shown:]) + list(future)
+    shown = _as_written(list(index[first_shown:]) + list(future), series.attrs.get(_WRITTEN_OFFSETS))
     # Dates alone only when every time shown is a midnight: hourly output printed its midnights as bare dates.
     dates_only = all(not isinstance(t, pd.Timestamp) or t == t.normalize() for t in shown)
-    for t, v in zip(index[first_shown:], values[first_shown:]):
+    observed = len(values) - first_shown
+    for t, v in zip(shown[:observed], values[first_shown:]):
         print(f"{'observed':>10} {_time_text(t, dates_only):>20} {v:>24.4f}")
-    for t, v in zip(future, pred):
+    for t, v in zip(shown[observed:], pred):
         print(f"{'forecast':>10} {_time_text(t, dates_only):>20} {v:>24.4f}")
     return 0
 

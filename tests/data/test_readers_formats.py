@@ -55,6 +55,25 @@ def test_day_first_month_starts_are_read_as_months(tmp_path, fmt, freq):
     np.testing.assert_array_equal(_all(open_source(tmp_path / "monthly.csv"))[0], np.arange(36, dtype=np.float32))
 
 
+@pytest.mark.parametrize("start, months", [("2022-01-01", 12), ("2022-02-01", 11), ("2022-03-01", 6)])
+def test_day_first_month_starts_of_a_year_or_less_are_read_as_months(start, months, caplog):
+    # Within one year, 01.02.2022 ... 01.12.2022 read month-first are January 2 ... 12: daily, with a frequency
+    # as the months have one, and more regular, so that reading won. Between dots, dates are day-first.
+    starts = pd.date_range(start, periods=months, freq="MS")
+    dotted = pd.Series(starts.strftime("%d.%m.%Y"))
+    assert frames.parse_times(dotted).tolist() == list(starts)
+    # With slashes both orders are written (US, UK): nothing tells, so the daily reading stands (January 1 to 12),
+    # with a warning where the dates are printed (where=). Rows are in the same order either way.
+    slashes = pd.Series(starts.strftime("%d/%m/%Y"))
+    with caplog.at_level("WARNING"):
+        assert frames.parse_times(slashes).tolist() == [pd.Timestamp(d.year, 1, d.month) for d in starts]
+        assert not caplog.text
+        frames.parse_times(dotted, where="column 'date'")
+        assert not caplog.text
+        frames.parse_times(slashes, where="column 'date'")
+    assert "column 'date': dates such as" in caplog.text and "read month-first" in caplog.text
+
+
 @pytest.mark.parametrize("fmt", ["%m/%d/%Y", "%d.%m.%Y"])
 def test_dates_that_read_both_ways_keep_the_reading_with_a_frequency(fmt):
     monthly = pd.date_range("2022-01-01", periods=24, freq="MS")  # US month-first months
@@ -148,3 +167,18 @@ def test_empty_cells_of_a_one_column_file_stay_missing_values(tmp_path, suffix):
     (series,) = open_source(str(path))
     assert len(series) == 30
     np.testing.assert_array_equal(np.flatnonzero(np.isnan(series)), [10, 11])
+
+
+def test_only_a_step_back_that_a_clock_takes_reads_as_the_repeated_hour():
+    from timemoe_forecaster.data.local_time import fall_back_timeline
+
+    # Berlin's clocks went back at 03:00 to 02:00 on 2023-10-29: 02:00 twice, an hour apart.
+    wall = pd.Series(pd.date_range("2023-10-28 20:00", periods=12, freq="h", tz="Europe/Berlin").tz_localize(None))
+    timeline, offsets = fall_back_timeline(wall)
+    assert (np.diff(timeline.asi8) == 3600 * 10**9).all() and list(timeline + offsets) == list(wall)
+    # A row written twice at an hour no clock repeats, or a daily series repeating a day at 02:00, is no such hour.
+    hourly = pd.Series(pd.date_range("2023-05-01", periods=12, freq="h"))
+    assert fall_back_timeline(pd.concat([hourly[:6], hourly[5:]], ignore_index=True)) is None
+    daily = pd.Series(pd.date_range("2023-10-20 02:00", periods=15, freq="D"))
+    assert fall_back_timeline(pd.concat([daily[:10], daily[9:]], ignore_index=True)) is None
+    assert fall_back_timeline(wall.sample(frac=1.0, random_state=0)) is None  # out of order

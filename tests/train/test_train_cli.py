@@ -281,6 +281,84 @@ def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_pat
     assert "2024-01-05" in caplog.text and "more than once" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "zone, start, freq",
+    [("Europe/Berlin", "2023-10-28 00:00", "h"), ("America/New_York", "2023-11-04 12:00", "30min")],
+)
+def test_forecast_dates_local_times_that_repeat_the_hour_the_clocks_go_back(
+    tmp_path, capsys, caplog, zone, start, freq
+):
+    # Local times without offsets show the hour twice when daylight saving time ends (02:00, 02:00 in Berlin): read
+    # as a repeated date, the forecast was numbered, with advice to remove "duplicate" rows that were real data.
+    wall = pd.date_range(start, periods=60, freq=freq, tz=zone).tz_localize(None)
+    assert not wall.is_unique
+    csv = tmp_path / "local.csv"
+    csv.write_text("time,load\n" + "\n".join(f"{t},{i}" for i, t in enumerate(wall)) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "60"]) == 0
+    out = capsys.readouterr().out
+    observed = [" ".join(row[:2]) for row in _dates_and_values(out, "observed")]
+    assert observed == [str(t) for t in wall]  # printed as the file wrote them, the repeated times included
+    after = pd.date_range(wall[-1], periods=3, freq=freq)[1:]
+    assert [" ".join(row[:2]) for row in _dates_and_values(out, "forecast")] == [str(t) for t in after]
+    assert "more than once" not in caplog.text and "skips" not in caplog.text
+    # Newest first, as some exports write them: the same dates, the rows put in time order.
+    header, *lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([header, *lines[::-1]]) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "60"]) == 0
+    out = capsys.readouterr().out
+    assert [row[-1] for row in _dates_and_values(out, "observed")] == [f"{i:.4f}" for i in range(60)]
+    assert [" ".join(row[:2]) for row in _dates_and_values(out, "forecast")] == [str(t) for t in after]
+    # Shuffled, which copy came first cannot be told: numbered, and the warning says what would date it.
+    shuffled = [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]
+    csv.write_text("\n".join([header, *shuffled]) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
+    assert [row[0] for row in _dates_and_values(capsys.readouterr().out, "forecast")] == ["60", "61"]
+    assert "appears more than once" in caplog.text and "keep the rows in the order they were recorded" in caplog.text
+
+
+def test_forecast_prints_times_at_the_utc_offsets_the_file_wrote(tmp_path, capsys):
+    # Offsets that change across daylight saving time (+01:00, then +02:00) are read as UTC, and the dates were
+    # printed so: 17:00+00:00 for 19:00+02:00 in the file. A forecast takes the last row's offset.
+    local = pd.date_range("2023-03-24", periods=72, freq="h", tz="Europe/Berlin")
+    csv = tmp_path / "offsets.csv"
+    csv.write_text("time,load\n" + "\n".join(f"{t.isoformat()},{i % 24}" for i, t in enumerate(local)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "72"]) == 0
+    out = capsys.readouterr().out
+    observed = [" ".join(row[:2]) for row in _dates_and_values(out, "observed")]
+    assert observed == [str(t) for t in local]  # 2023-03-26 01:00:00+01:00, then 03:00:00+02:00
+    forecast = [" ".join(row[:2]) for row in _dates_and_values(out, "forecast")]
+    assert forecast == ["2023-03-27 01:00:00+02:00", "2023-03-27 02:00:00+02:00"]
+    assert "+00:00" not in out
+
+
+@pytest.mark.parametrize("start, months", [("2022-01-01", 12), ("2022-03-01", 6)])
+def test_forecast_dates_day_first_months_of_a_year_or_less_as_months(tmp_path, capsys, start, months):
+    # 01.02.2022 ... 01.12.2022 also read month-first, as January 2 ... 12: both readings have a frequency, and the
+    # more regular daily one won. Dates between dots are written day-first only.
+    dates = pd.date_range(start, periods=months, freq="MS")
+    csv = tmp_path / "months.csv"
+    csv.write_text("date,sales\n" + "\n".join(f"{d:%d.%m.%Y},{50 + i}" for i, d in enumerate(dates)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert [row[0] for row in _dates_and_values(out, "observed")] == [str(dates[-1].date())]
+    after = pd.date_range(dates[-1], periods=3, freq="MS")[1:]
+    assert [row[0] for row in _dates_and_values(out, "forecast")] == [str(d.date()) for d in after]
+
+
+def test_forecast_warns_of_dates_that_read_as_days_and_as_months_alike(tmp_path, capsys, caplog):
+    # 01/02/2022 ... 01/12/2022: January 2 to 12 (US) or February to December (UK); nothing in them tells.
+    dates = pd.date_range("2022-01-01", periods=12, freq="MS")
+    csv = tmp_path / "slashes.csv"
+    csv.write_text("date,sales\n" + "\n".join(f"{d:%d/%m/%Y},{50 + i}" for i, d in enumerate(dates)) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "0"]) == 0
+    both = "dates such as '01/02/2022' read both month-first (2022-01-02, frequency D) and day-first (2022-02-01"
+    assert f"column 'date': {both}, frequency MS); read month-first" in caplog.text
+    assert "write them year-first (yyyy-mm-dd)" in caplog.text
+
+
 def test_forecast_does_not_take_codes_for_dates(tmp_path, capsys):
     # pandas' last-resort date reading took T1, T2, ... for days of the year 1: the forecast was dated 0001-01-31.
     csv = tmp_path / "codes.csv"

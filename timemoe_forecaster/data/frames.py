@@ -223,9 +223,10 @@ def _looks_like_dates(text: pd.Series) -> bool:
     return bool(text.str.contains(_DATE_LIKE, case=False, regex=True).all())
 
 
-def parse_times(col: pd.Series) -> pd.Series | None:
+def parse_times(col: pd.Series, where: str | None = None) -> pd.Series | None:
     """Text dates read in one format for the whole column, or None when no single format reads them all, or when
-    the values do not look like dates.
+    the values do not look like dates. ``where`` (a column's name, for printed dates) asks for a warning when the
+    dates read two ways and nothing tells which is meant.
 
     The last check comes first: pandas' last resort reads almost any text as a date ('12,5', 'T1', '3rd', '1;2'),
     so a column of such values would be skipped as the time axis (its data silently lost), date a forecast in
@@ -233,9 +234,9 @@ def parse_times(col: pd.Series) -> pd.Series | None:
 
     Reading each value on its own would take 01.02.2020 as January 2 and 13.02.2020 as February 13 in
     the same column and silently reorder the rows. So pandas infers one format from the first value;
-    month-first and day-first are both tried, and when both read every value differently, the reading
-    with a calendar frequency wins, else the one with the more regular spacing (month-first on a tie, as
-    pandas does).
+    month-first and day-first are both tried, and when both read every value differently, dates written
+    between dots are day-first, else the reading with a calendar frequency wins, else the one with the more
+    regular spacing (month-first on a tie, as pandas does).
     """
     text = col.astype(str).str.strip()
     if not _looks_like_dates(text):
@@ -257,21 +258,51 @@ def parse_times(col: pd.Series) -> pd.Series | None:
         iso = _read_every_value(text, format="ISO8601")
         return iso if iso is not None else _read_every_value(text, format="mixed")
     if len(readings) == 2 and not readings[0].equals(readings[1]):
-        return _likelier_reading(*readings)
+        return _likelier_reading(text, *readings, where=where)
     return readings[0]
 
 
-def _likelier_reading(month_first: pd.Series, day_first: pd.Series) -> pd.Series:
-    """Of two readings of the same dates, the one with a calendar frequency, else the one with the more regular
-    spacing (month-first on a tie). Regularity alone misleads for month starts written day-first: 01.02.2022 read
-    month-first is January 2, twelve days in a row each January (two distinct gaps), while the true months are 28
-    to 31 days apart (four distinct gaps). A frequency pandas can name is what real data has."""
+def _likelier_reading(text: pd.Series, month_first: pd.Series, day_first: pd.Series, where: str | None) -> pd.Series:
+    """Of two readings of the same dates ``text``: day-first for dates between dots, else the one with a calendar
+    frequency, else the one with the more regular spacing (month-first on a tie). Regularity alone misleads for
+    month starts written day-first: 01.02.2022 read month-first is January 2, twelve days in a row each January
+    (two distinct gaps), while the true months are 28 to 31 days apart (four distinct gaps). A frequency pandas
+    can name is what real data has."""
+    if text.str.match(_DOTTED).all():
+        # Dates between dots are day-first wherever they are written so (German, Russian, Turkish...); none writes
+        # the month first. Only this settles month starts of a year or less: both readings have a frequency then.
+        return day_first
     has_freq = [_frequency(r) is not None for r in (month_first, day_first)]
     if has_freq[0] != has_freq[1]:
         return month_first if has_freq[0] else day_first
-    return min((month_first, day_first), key=_irregularity)
+    chosen = min((month_first, day_first), key=_irregularity)
+    if has_freq[0] and where is not None:
+        _warn_read_both_ways(text, month_first, day_first, chosen is month_first, where)
+    return chosen
 
 
+def _warn_read_both_ways(
+    text: pd.Series, month_first: pd.Series, day_first: pd.Series, chose_month_first: bool, where: str
+) -> None:
+    """Say that dates such as 01/02/2022 (month starts of a year or less, or the first days of one month) read as
+    daily and as monthly alike: nothing in them tells, so the dates printed may be the wrong ones."""
+    first = int(np.flatnonzero((month_first != day_first).to_numpy())[0])
+    log.warning(
+        "%s: dates such as %r read both month-first (%s, frequency %s) and day-first (%s, frequency %s); read "
+        "%s. Nothing in them tells which is meant: write them year-first (yyyy-mm-dd), or day-first between dots "
+        "(dd.mm.yyyy)",
+        where,
+        text.iloc[first],
+        month_first.iloc[first].date(),
+        _frequency(month_first),
+        day_first.iloc[first].date(),
+        _frequency(day_first),
+        "month-first" if chose_month_first else "day-first",
+    )
+
+
+# Day, month and year between dots (01.02.2022, 1.2.22), maybe with a time of day after a space or a T.
+_DOTTED = r"^\d{1,2}\.\d{1,2}\.\d{2,4}(?:$|[ T])"
 _YEAR_FIRST = r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:$|[ T])"
 _ISO_WEEK = r"^(\d{4})-?W(\d{2})(?:-?([1-7]))?$"
 
