@@ -289,6 +289,10 @@ def load_series(dataset: str, column: str | None = None):
         return values.rename(column)
     times, offsets = dated  # print the forecast against dates that continue the file's own
     order = np.argsort(times.to_numpy(), kind="stable")
+    if offsets is _ORDER_ONLY:  # a repeated date: rows in time order, numbered (see _repeated_local_hour)
+        series = pd.Series(values.to_numpy()[order]).rename(column)
+        series.attrs[_FILE_ROWS] = order
+        return series
     index = pd.DatetimeIndex(times.to_numpy()[order])
     written = None if offsets is None else pd.Series(offsets[order], index=index)
     series = _with_skipped_times(pd.Series(values.to_numpy()[order], index=index), path, written).rename(column)
@@ -299,6 +303,10 @@ def load_series(dataset: str, column: str | None = None):
 
 # Where load_series leaves the offset at which the file wrote each time of a series' index, when it has one.
 _WRITTEN_OFFSETS = "timemoe_written_offsets"
+# ... and the file row of each point of a numbered series whose rows it put in time order.
+_FILE_ROWS = "timemoe_file_rows"
+# What _time_column gives for the offsets of times that order the rows but cannot date them.
+_ORDER_ONLY = "order only"
 
 
 def _as_written(times, offsets) -> list:
@@ -446,7 +454,8 @@ def _one_series_of_long_table(frame, path: Path, column: str | None):
 
 def _time_column(frame, exclude: str):
     """The first text column whose every value reads as a date or time: its times, and the offset at which the file
-    wrote each (for :func:`_as_written`) or None where they print as read; None if there is none."""
+    wrote each (for :func:`_as_written`), None where they print as read, or ``_ORDER_ONLY`` where a repeated time
+    leaves them fit to order the rows but not to date them; None if there is none."""
     import pandas as pd
 
     from .data.frames import parse_times
@@ -470,8 +479,7 @@ def _time_column(frame, exclude: str):
             return parsed, _offsets_of(column, parsed)
         if parsed is not None:
             dated = _repeated_local_hour(name, parsed)
-            if dated is not None:
-                return dated
+            return dated if dated is not None else (parsed, _ORDER_ONLY)
     return None
 
 
@@ -504,8 +512,8 @@ def _repeated_local_hour(name, parsed):
     else:
         fix = "remove the duplicate rows to get dates"
     log.warning(
-        "column %r reads as dates but %s appears more than once; rows are kept in file order and the forecast is "
-        "numbered, not dated (%s)",
+        "column %r reads as dates but %s appears more than once; rows are put in time order (rows of the same time "
+        "in file order) and the forecast is numbered, not dated (%s)",
         name,
         twice,
         fix,
@@ -538,8 +546,9 @@ def run_forecast(args: argparse.Namespace) -> int:
     values = values[: len(values) - trailing]
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
-        if isinstance(series.index, pd.RangeIndex):  # no time column: rows as read, named by their file lines
-            where = "lines " + ", ".join(_line(int(i)) for i in series.index[infinite[:3]])
+        if isinstance(series.index, pd.RangeIndex):  # no dates: points named by their file lines
+            rows = series.attrs.get(_FILE_ROWS, series.index)
+            where = "lines " + ", ".join(_line(int(rows[i])) for i in infinite[:3])
         else:
             written = series.attrs.get(_WRITTEN_OFFSETS)
             where = ", ".join(_time_text(t) for t in _as_written(series.index[infinite[:3]], written))

@@ -279,6 +279,19 @@ def test_forecast_of_a_csv_with_a_repeated_date_says_why_it_is_not_dated(tmp_pat
     with caplog.at_level("WARNING"):
         assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "0"]) == 0
     assert "2024-01-05" in caplog.text and "more than once" in caplog.text
+    # Newest first, the series was forecast reversed: the rows are put in time order (the copies in file order).
+    header, *lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([header, *lines[::-1]]) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "20"]) == 0
+    observed = _dates_and_values(capsys.readouterr().out, "observed")
+    assert [row[-1] for row in observed] == [f"{i:.4f}" for i in [0, 1, 2, 3, 5, 4, *range(6, 20)]]
+    assert [row[0] for row in observed] == [str(i) for i in range(20)]
+    # An infinite value is named by its line in the file, not by its place in time order.
+    lines[0] = lines[0].split(",")[0] + ",inf"  # day 1, the first point in time, on the file's last line
+    csv.write_text("\n".join([header, *lines[::-1]]) + "\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(csv), "--horizon", "2"])
+    assert "infinite values (at lines 21)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
