@@ -79,6 +79,32 @@ def calibration_cutoffs(length: int, horizon: int, num_windows: int, mode: str =
     return np.arange(first, length)
 
 
+def _cutoff_plan(raw: np.ndarray, reach: int, num_windows: int, cutoffs: str):
+    """For a series from its first observation on: its observed mask, the end of its observations, the trailing
+    points not observed (gap), and its calibration cut-offs."""
+    observed = ~np.isnan(raw)
+    observed_end = int(np.flatnonzero(observed)[-1]) + 1
+    gap = raw.size - observed_end
+    return observed, observed_end, gap, calibration_cutoffs(observed_end, reach, num_windows, cutoffs)
+
+
+def first_calibration_targets(
+    series: list[np.ndarray], reach: list[int], num_windows: int, cutoffs: str = "per_step"
+) -> list[int]:
+    """Per series (as given, leading NaN included), the position of the first point that a calibration forecast
+    of ``rolling_residuals`` (same ``reach``, ``num_windows`` and ``cutoffs``) is scored on. Every calibration
+    context ends before it, so a model trained on the points before it and no later ones is calibrated on errors
+    it could not have learnt (a model fine-tuned on the whole series is scored on its own training targets)."""
+    check_cutoff_mode(cutoffs)
+    firsts = []
+    for x, r in zip(series, reach):
+        x = np.asarray(x, dtype=np.float64)
+        start = int(np.argmax(~np.isnan(x)))
+        cuts = _cutoff_plan(x[start:], int(r), num_windows, cutoffs)[3]
+        firsts.append(start + int(cuts.min()) if cuts.size else x.size)
+    return firsts
+
+
 def rolling_residuals(
     model,
     series: list[np.ndarray],
@@ -132,12 +158,7 @@ def rolling_residuals(
     # the same panel borrows the pooled set (too few residuals of its own): its intervals came out 1e5 times too
     # wide. A series' own intervals do not move: its residuals are divided and multiplied by the same scale.
     reach = [horizon] * len(series) if reach is None else [int(r) for r in reach]
-    plans = []  # per series: observed mask, end of the observations, trailing gap, cut-offs
-    for i, c in enumerate(clean):
-        observed = ~np.isnan(raw[i])
-        observed_end = int(np.flatnonzero(observed)[-1]) + 1
-        gap = c.size - observed_end  # trailing points not observed
-        plans.append((observed, observed_end, gap, calibration_cutoffs(observed_end, reach[i], num_windows, cutoffs)))
+    plans = [_cutoff_plan(r, reach[i], num_windows, cutoffs) for i, r in enumerate(raw)]
     # The region: from the earliest calibration context to the end.
     regions = [
         c[max(0, int(cuts.min()) - gap - context_length) :] if cuts.size else c

@@ -22,7 +22,13 @@ except ImportError as err:  # a bare ModuleNotFoundError named no extra
     raise missing("sktime", "TimeMoEForecaster", err) from None
 
 from . import preprocess
-from .conformal import check_cutoff_mode, residual_moments, residual_offsets, rolling_residuals
+from .conformal import (
+    check_cutoff_mode,
+    first_calibration_targets,
+    residual_moments,
+    residual_offsets,
+    rolling_residuals,
+)
 from .forecast import head_schedule
 from .frames import (
     checked_frame,
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 _MTYPES = ["pd.DataFrame", "pd-multiindex", "pd_multiindex_hier"]
 # predict_proba's smallest standard deviation, relative to the forecast (see _predict_proba).
 SIGMA_FLOOR = 1e-9
+# Whose errors calibrate a fine-tuned forecaster's intervals (the calibration_model parameter).
+CALIBRATION_MODELS = ("held_out", "fitted")
 
 
 class TimeMoEForecaster(BaseForecaster):
@@ -100,6 +108,13 @@ class TimeMoEForecaster(BaseForecaster):
         ``conformal_windows`` most recent cut-offs (``conformal_windows + H - 1`` forecasts per series), as before
         session 33; their errors are close neighbours, and on the benchmark sets its intervals came out far too
         narrow at long horizons (80 % intervals covered 49 % of the next 96 points, "spread" 79 %).
+    calibration_model : {"held_out", "fitted"}, default="held_out"
+        Whose errors calibrate the intervals of a fine-tuned forecaster (``fine_tune``; otherwise ignored).
+        "held_out": a second copy, fine-tuned with the same settings on each series up to its first calibration
+        target, so that the calibration forecasts are scored on points their model never trained on; it is
+        trained at the first interval call (one more fine-tune) and remembered with the residuals. "fitted": the
+        fitted model itself, which was trained on those very targets: no second fine-tune, but its intervals
+        can come out too narrow (a warning says so).
     pretrain_settings : dict or None, default=None
         Training settings for ``pretrain`` (same keys as ``fine_tune``). None: ``fine_tune`` when
         given, else the defaults of ``train_on_series`` (100 steps).
@@ -182,6 +197,7 @@ class TimeMoEForecaster(BaseForecaster):
         seed=0,
         progress=False,
         conformal_cutoffs="spread",
+        calibration_model="held_out",
     ):
         self.model_path = model_path
         self.config = config
@@ -196,6 +212,7 @@ class TimeMoEForecaster(BaseForecaster):
         self.seed = seed
         self.progress = progress
         self.conformal_cutoffs = conformal_cutoffs
+        self.calibration_model = calibration_model
         super().__init__()
         # sktime creates these only when remember_data is on at construction; a user may turn it on
         # later with set_config, and sktime then expects them to exist.
@@ -204,6 +221,8 @@ class TimeMoEForecaster(BaseForecaster):
     def __post_init__(self):
         preprocess.check_scaling(self.scaling)
         check_cutoff_mode(self.conformal_cutoffs)
+        if not isinstance(self.calibration_model, str) or self.calibration_model not in CALIBRATION_MODELS:
+            raise ValueError(f"calibration_model must be one of {CALIBRATION_MODELS}, got {self.calibration_model!r}")
         for name in ("batch_size", "conformal_windows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -620,25 +639,27 @@ class TimeMoEForecaster(BaseForecaster):
         """Calibration residuals per series [W, H] (NaN past its own horizon) and their scales [N], each series
         calibrated at its own horizon, as it is forecast (``_point_forecasts``). Read-only, and remembered: the
         next interval method on the same data reuses them (``memo``); the forecaster's state never changes."""
-        if self.fine_tune is not None:
+        if self.fine_tune is not None and self.calibration_model == "fitted":
             log.warning(
                 "this forecaster was fine-tuned on y, so its intervals are calibrated on the errors of a model trained "
-                "on those very points: they can come out too narrow. To keep the calibration points out of training, "
-                "pretrain on y without its last conformal_windows x H points (conformal_windows + H with "
-                "conformal_cutoffs='per_step'; as a one-instance panel, "
-                "pretrain_settings, no fine_tune), then fit on y (docs/estimators.md)"
+                "on those very points (calibration_model='fitted'): they can come out too narrow. "
+                "calibration_model='held_out' calibrates on a copy fine-tuned without them"
             )
         needed = steps.max(axis=1)
-        key = self._memo_key("residuals", series, needed, self.conformal_windows, self.conformal_cutoffs)
-        return remembered(self.model_, key, lambda: self._calibrate(series.values, needed))
+        calibration = (self.conformal_windows, self.conformal_cutoffs, self.calibration_model)
+        key = self._memo_key("residuals", series, needed, *calibration)
+        return remembered(self.model_, key, lambda: self._calibrate(series, needed))
 
-    def _calibrate(self, values, needed: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def _calibrate(self, series, needed: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        model = self.model_
+        if self.fine_tune is not None and self.calibration_model == "held_out":
+            model = self._held_out_model(series, needed)
         width = int(needed.max())
-        residuals, scale = [None] * len(values), np.empty(len(values))
-        for horizon, rows in _forecast_groups(needed, self.model_.config.horizon_lengths):
+        residuals, scale = [None] * len(series.values), np.empty(len(series.values))
+        for horizon, rows in _forecast_groups(needed, model.config.horizon_lengths):
             got, got_scale = rolling_residuals(
-                self.model_,
-                [values[i] for i in rows],
+                model,
+                [series.values[i] for i in rows],
                 horizon,
                 context_length=self._context_points(),
                 num_windows=self.conformal_windows,
@@ -654,6 +675,26 @@ class TimeMoEForecaster(BaseForecaster):
                 residuals[i][:, needed[i] :] = np.nan  # past its own horizon: pooled sets hold what they held alone
                 scale[i] = got_scale[j]
         return residuals, scale
+
+    def _held_out_model(self, series, needed: np.ndarray):
+        """The model fine-tuned as ``fit`` fine-tuned ``model_`` (same base, settings and seed), on every series up
+        to its first calibration target (``first_calibration_targets``): the fitted model's training windows held
+        the targets its calibration forecasts are scored on, so its errors there understate its errors ahead."""
+        from .loading import train_private_copy
+
+        firsts = first_calibration_targets(
+            series.values, [int(n) for n in needed], self.conformal_windows, self.conformal_cutoffs
+        )
+        log.info(
+            "fine-tuning a copy of the model without the last %s point(s) of each series, to calibrate the intervals "
+            "on points it never trained on (calibration_model='held_out')",
+            _spread_text([len(v) - f for v, f in zip(series.values, firsts)]),
+        )
+        kept = [np.asarray(v, dtype=np.float64)[:f] for v, f in zip(series.values, firsts)]
+        model, _ = train_private_copy(
+            self._base_model(), kept, self.fine_tune, seed=self.seed, progress=self.progress, names=series.names
+        )
+        return model
 
     def _device(self):
         return next(self.model_.parameters()).device
@@ -867,6 +908,12 @@ def _forecast_groups(needed: np.ndarray, horizon_lengths: list[int]) -> list[tup
         else:
             groups.append((horizon, own, rows))
     return [(horizon, np.sort(np.asarray(rows))) for horizon, _, rows in groups]
+
+
+def _spread_text(counts: list[int]) -> str:
+    """``[96, 96, 120]`` as "96 to 120", ``[96, 96]`` as "96"."""
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low} to {high}"
 
 
 def _unknown_frequency() -> ValueError:

@@ -358,3 +358,15 @@ def test_many_calibration_forecasts_are_announced(caplog, monkeypatch):
     assert (
         "prediction intervals: 24 calibration forecasts (4 series x up to conformal_windows + H - 1 = 6" in caplog.text
     )
+
+
+@pytest.mark.parametrize("mode, first", [("spread", 50), ("per_step", 86)])
+def test_first_calibration_target_is_the_earliest_cutoff_in_the_series_as_given(mode, first):
+    from timemoe_forecaster.conformal import calibration_cutoffs, first_calibration_targets
+
+    # 100 observed points: spread's 5 cut-offs 10 apart end 10 before the end (50 ... 90); per_step's are the last
+    # 5 + 10 - 1 positions (86 ... 99). Leading NaN shift them; trailing NaN (not observed yet) do not.
+    assert int(calibration_cutoffs(100, 10, 5, mode).min()) == first
+    plain = np.arange(100.0)
+    padded = np.concatenate([np.full(3, np.nan), plain, np.full(4, np.nan)])
+    assert first_calibration_targets([plain, padded], [10, 10], 5, mode) == [first, first + 3]

@@ -945,15 +945,57 @@ def test_pretrain_after_fit_reads_the_panel_at_its_own_frequency(checkpoint, mon
     assert lengths == [[48, 48, 48], [48, 48, 48]] and "skips" not in caplog.text
 
 
-def test_intervals_of_a_fine_tuned_forecaster_warn_that_they_are_calibrated_in_sample(checkpoint, caplog):
+def test_a_fine_tuned_forecaster_is_calibrated_on_a_copy_that_never_trained_on_the_calibration_targets(
+    checkpoint, monkeypatch
+):
+    from timemoe_forecaster import loading
+    from timemoe_forecaster.conformal import first_calibration_targets
+
+    trained = []  # (the model trained from, the lengths of the series it trained on)
+    original = loading.train_private_copy
+
+    def recording(model, series, *args, **kwargs):
+        trained.append((model, [len(s) for s in series]))
+        return original(model, series, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "train_private_copy", recording)
+    data = panel(n_instances=2, length=120, ragged=True)  # 120 and 117 points
+    settings = {"steps": 2, "batch_size": 4, "max_length": 32, "lr": 1e-3}
+    f = forecaster(checkpoint, fine_tune=settings, conformal_windows=5).fit(data)
+    assert [lengths for _, lengths in trained] == [[120, 117]]
+    held_out = f.predict_interval(fh=[1, 2, 3, 4])
+    f.predict_quantiles(fh=[1, 2, 3, 4], alpha=[0.1, 0.9])  # the same calibration: no third fine-tune
+    assert len(trained) == 2
+    base, lengths = trained[1]
+    # Trained as fit trained, from the base model: its weights are the checkpoint's (aliases of the cached ones).
+    first_weight = [next(m.parameters()) for m in (base, trained[0][0], f.model_)]
+    assert first_weight[0].data_ptr() == first_weight[1].data_ptr() != first_weight[2].data_ptr()
+    # Each series up to its first calibration target; instance 1 ends 3 points early, so it reaches 3 further.
+    values = [data.xs(k, level="id")["a"].to_numpy() for k in ("s0", "s1")]
+    assert lengths == first_calibration_targets(values, [4, 7], 5, "spread")
+    assert lengths[0] < 120 - 4 * 4  # 5 cut-offs up to 4 apart, the last 4 before the end
+    # The fitted model's own errors give other intervals.
+    fitted = forecaster(checkpoint, fine_tune=settings, conformal_windows=5, calibration_model="fitted").fit(data)
+    assert len(trained) == 3
+    assert not np.allclose(fitted.predict_interval(fh=[1, 2, 3, 4]).to_numpy(), held_out.to_numpy())
+    assert len(trained) == 3  # no second fine-tune
+
+
+def test_only_intervals_calibrated_on_the_fitted_fine_tuned_model_warn_that_they_can_be_narrow(checkpoint, caplog):
     y = load_airline()
-    tuned = forecaster(checkpoint, fine_tune={"steps": 1, "batch_size": 4, "max_length": 32}).fit(y)
-    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
-        forecaster(checkpoint).fit(y).predict_interval(fh=[1])
-    assert "fine-tuned" not in caplog.text
-    with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
-        tuned.predict_interval(fh=[1])
-    assert "fine-tuned on y, so its intervals are calibrated on the errors of a model trained" in caplog.text
+    settings = {"steps": 1, "batch_size": 4, "max_length": 32}
+    said = "fine-tuned on y, so its intervals are calibrated on the errors of a model trained"
+    for f, warned in [
+        (forecaster(checkpoint), False),
+        (forecaster(checkpoint, fine_tune=settings), False),
+        (forecaster(checkpoint, fine_tune=settings, calibration_model="fitted"), True),
+    ]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="timemoe_forecaster"):
+            f.fit(y).predict_interval(fh=[1])
+        assert (said in caplog.text) is warned
+    with pytest.raises(ValueError, match="calibration_model must be one of"):
+        TimeMoEForecaster(calibration_model="in_sample")
 
 
 def test_zero_shot_weights_are_read_only_aliases(checkpoint):
