@@ -194,9 +194,12 @@ def test_shards_that_are_symlinks_load_as_in_the_hub_cache(tmp_path):
 
 
 def test_load_with_dtype_and_device(tmp_path):
-    make_model().save_pretrained(tmp_path)
+    saved = make_model()
+    saved.save_pretrained(tmp_path)
     model = TimeMoEForPrediction.from_pretrained(str(tmp_path), dtype="bfloat16", device="cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
+    for (key, want), got in zip(saved.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(got, want.to(torch.bfloat16)), key  # the stored weights, cast
     assert model.forecast(torch.randn(1, 8), 4).shape == (1, 4)
 
 

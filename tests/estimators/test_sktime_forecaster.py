@@ -96,6 +96,8 @@ def test_in_sample_fh_is_a_clear_error(checkpoint):
     f = forecaster(checkpoint).fit(load_airline())
     with pytest.raises(Exception, match="in-sample|insample"):
         f.predict(fh=[-1, 0, 1])
+    with pytest.raises(ValueError, match=r"in-sample or current steps \[-1, 0\].*only forecasts after the end"):
+        f._predict(ForecastingHorizon([-1, 0, 1], is_relative=True, freq=f.cutoff.freq))
 
 
 # Batching: channels, panels, hierarchies ---------------------------------------------------------
@@ -815,6 +817,13 @@ def test_default_model_is_pretrained_and_placeholders_are_flagged(caplog, tmp_pa
     assert y.min() * 0.5 < pred.min() and pred.max() < y.max() * 1.5  # on the data's scale
     # A checkpoint labelled as a placeholder still says so loudly.
     from timemoe_forecaster import TimeMoEConfig, TimeMoEForPrediction
+    from timemoe_forecaster.preprocess import forecast_series
+
+    embedded = TimeMoEForPrediction.from_pretrained(None)  # the pretrained weights, not a model of their shape
+    for (key, want), got in zip(embedded.state_dict().items(), f.model_.state_dict().values(), strict=True):
+        assert torch.equal(got, want), key
+    expected = forecast_series(embedded, [y.to_numpy(dtype=float)], 3, context_length=96)[0]
+    np.testing.assert_allclose(pred.to_numpy(), expected, rtol=1e-6)
 
     config = TimeMoEConfig.from_preset("tiny", extra={"timemoe_forecaster": {"status": "UNTRAINED PLACEHOLDER"}})
     TimeMoEForPrediction(config).save_pretrained(tmp_path)
@@ -1077,7 +1086,7 @@ def test_pipelines_evaluate_gridsearch_clone_pickle(checkpoint):
         (pd.Series([np.nan, 1.0]), ValueError, "observed point"),
         (pd.Series([], dtype=float), ValueError, "empty"),
         (pd.Series([True, False, True]), TypeError, "numeric"),
-        (pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]}), TypeError, "numeric|categorical"),
+        (pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["x", "y", "z"]}), TypeError, r"column\(s\) 'b' \(.*\) do not"),
     ],
 )
 def test_bad_series_are_clear_errors(checkpoint, y, error, message):

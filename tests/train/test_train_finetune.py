@@ -323,6 +323,9 @@ def test_a_bfloat16_model_fine_tunes_and_comes_back_in_bfloat16():
     # Trained in float32 master weights and cast back; the divergence check then scores a window in the model's
     # own dtype (a float32 window failed against bf16 weights).
     model = make_model().to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     result = train_on_series(model, [sine(100)], steps=2, batch_size=4, max_length=32, lr=1e-3)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert len(changed) > len(before) // 2  # the trained weights came back, rounded to bf16
     assert np.isfinite(result["losses"]).all()
     assert next(model.parameters()).dtype == torch.bfloat16

@@ -254,14 +254,32 @@ class FixedStream:
         return {}
 
 
+@pytest.mark.parametrize("fused", [False, True])  # clip_grad_norm_, or the fused AdamW's grad_scale
+def test_clipping_scales_the_first_moments_by_clip_over_norm(fused):
+    # One step from the same start on the same batch: Adam's first moment is (1 - beta1) * gradient, so a clipped
+    # step's moments are the unclipped step's times grad_clip / norm (the update itself would hide the scale).
+    moments, norms = [], []
+    for clip in (0.0, 0.01):
+        trainer = make_trainer(small_config(max_steps=2, fused=fused, grad_clip=clip))
+        norms.append(trainer.train_step(prefetch=False)["grad_norm"])
+        moments.append([trainer.optimizer.state[p]["exp_avg"].clone() for p in trainer.model.parameters()])
+    assert norms[0] == pytest.approx(norms[1], rel=1e-5) and norms[0] > 2 * 0.01  # the clip is active
+    factor = 0.01 / (norms[0] + 1e-6)
+    for clipped, plain in zip(moments[1], moments[0], strict=True):
+        torch.testing.assert_close(clipped, plain * factor, rtol=1e-4, atol=1e-10)
+
+
 def test_activation_checkpointing_gives_the_same_gradients():
     cfg = small_config()
     batch = make_stream(open_data(cfg.data, 0), cfg, 0, 1, 0).next_batch()
     grads = []
     for ac in (False, True):
         model = build_model(cfg, torch.device("cpu"))
+        runs = []
+        model.model.layers[0].self_attn.register_forward_hook(lambda *_, runs=runs: runs.append(1))
         wrapped = parallelize(model, DistContext(), activation_checkpointing=ac)
         wrapped(**batch).loss.backward()
+        assert len(runs) == (2 if ac else 1)  # checkpointed: the block runs again in the backward
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
         assert set(model.state_dict()) == set(build_model(cfg, torch.device("cpu")).state_dict())
     for (name, a), b in zip(grads[0].items(), grads[1].values()):
@@ -335,6 +353,13 @@ def test_compile_setting_is_normalised_and_checked():
 
 
 def test_bf16_optimizer_setting_trains_on_cpu(tmp_path):
+    trainer = make_trainer(small_config(optim_dtype="bf16", max_steps=3))
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}  # bf16 weights ...
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert not trainer.train_step(prefetch=False)["skipped"]
+    states = list(trainer.optimizer.state.values())
+    assert states and all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.bfloat16 for s in states)  # ... states
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())  # and it trained
     result = train(small_config(tmp_path, optim_dtype="bf16", max_steps=3))
     assert all(v == v for v in result["losses"])
     model = TimeMoEForPrediction.from_pretrained(tmp_path, dtype="auto")  # as stored
