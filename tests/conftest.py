@@ -30,8 +30,8 @@ def _one_torch_thread():
 
 @pytest.fixture(autouse=True)
 def _nothing_remembered():
-    """Forecasters that load one checkpoint share its cached model, and with it the memo of that model's
-    forecasts: each test starts from an empty memo, so it sees the forecasts it makes, not an earlier test's."""
+    """The memo outlives a test: a model a test keeps (a module-level fixture's) would carry its entries into the
+    next one. Each test starts from an empty memo, so it sees the forecasts it makes, not an earlier test's."""
     memo.clear()
     yield
 

@@ -8,8 +8,10 @@ entries go with the model, and every fit makes its own), so predict-like methods
 exactly as it was.
 
 An entry is valid while the model's weights are the ones it was computed with: the key holds every parameter's
-identity, dtype, device and version counter, which any in-place change (an optimiser step,
-``load_state_dict``) moves. Writes through ``param.data`` bypass the counter; call ``forget(model)`` after those.
+identity, storage address, dtype, device and version counter: any in-place change (an optimiser step,
+``load_state_dict``) moves the counter, and new storage put under a parameter (``param.data = ...``, as
+``torch.nn.utils.vector_to_parameters`` does) moves the address. In-place writes through ``param.data`` bypass
+both; call ``forget(model)`` after those.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def clear() -> None:
 
 
 def _weights_state(model) -> tuple:
-    return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+    return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
 def _arrays(value):

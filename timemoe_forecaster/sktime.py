@@ -388,6 +388,10 @@ class TimeMoEForecaster(BaseForecaster):
         pretrained = getattr(self, "pretrained_model_", None) is not None
         preprocess.warn_if_untrained(self.config, pretrained or self.fine_tune is not None)
         if self.fine_tune is not None:
+            if not pretrained:  # the held-out calibration copy reloads this base: it must find the same weights
+                from .loading import weights_fingerprint
+
+                self._base_fingerprint = model.__dict__.get("_checkpoint_fingerprint") or weights_fingerprint(model)
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
         self.model_ = model
         self._check_lengths(fitting=True)
@@ -691,9 +695,33 @@ class TimeMoEForecaster(BaseForecaster):
             _spread_text([len(v) - f for v, f in zip(series.values, firsts)]),
         )
         kept = [np.asarray(v, dtype=np.float64)[:f] for v, f in zip(series.values, firsts)]
-        model, _ = train_private_copy(
-            self._base_model(), kept, self.fine_tune, seed=self.seed, progress=self.progress, names=series.names
-        )
+        way_out = "or fit with calibration_model='fitted'"
+        try:
+            base = self._base_model()
+        except (ValueError, TypeError, OSError) as err:
+            raise ValueError(
+                "calibration_model='held_out' fine-tunes a copy of the model this forecaster was fine-tuned from, "
+                f"reloaded from model_path={self.model_path!r}, and that failed: {err}; {way_out}"
+            ) from None
+        fingerprint = getattr(self, "_base_fingerprint", None)
+        if fingerprint is not None and getattr(self, "pretrained_model_", None) is None:
+            from .loading import weights_fingerprint
+
+            if (base.__dict__.get("_checkpoint_fingerprint") or weights_fingerprint(base)) != fingerprint:
+                raise ValueError(
+                    f"calibration_model='held_out' fine-tunes a copy of the model at model_path={self.model_path!r}, "
+                    f"which has changed since this forecaster was fine-tuned from it: fit it again, {way_out}"
+                )
+        try:
+            model, _ = train_private_copy(
+                base, kept, self.fine_tune, seed=self.seed, progress=self.progress, names=series.names
+            )
+        except ValueError as err:
+            raise ValueError(
+                "calibration_model='held_out' fine-tunes a copy on each series up to its first calibration target "
+                f"(without its last {_spread_text([len(v) - f for v, f in zip(series.values, firsts)])} point(s)), "
+                f"and that failed: {err}. Give more history or fewer conformal_windows, {way_out}"
+            ) from None
         return model
 
     def _device(self):

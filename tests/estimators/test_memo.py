@@ -156,3 +156,15 @@ def test_series_digest_tells_values_lengths_and_nan_apart():
     }
     assert len(digests) == 4
     assert memo.series_digest([a]) == memo.series_digest([a.copy()])
+
+
+def test_new_storage_put_under_the_weights_is_forecast_again(counted):
+    # vector_to_parameters (and any ``param.data = ...``) swaps the storage without moving the version counter.
+    f = TimeMoEForecaster(config={"preset": "tiny", "max_position_embeddings": 128}, context_length=48, device="cpu")
+    f.fit(load_airline(), fh=[1, 2, 3])
+    before = f.predict()
+    vector = torch.nn.utils.parameters_to_vector(f.model_.parameters())
+    torch.nn.utils.vector_to_parameters(vector * 1.5, f.model_.parameters())
+    after = f.predict()
+    assert counted["forecast"] == 2
+    assert not np.allclose(before.to_numpy(), after.to_numpy())

@@ -1478,3 +1478,37 @@ def test_a_series_left_out_of_fine_tuning_is_named_by_its_instance(checkpoint, c
     with caplog.at_level("WARNING", logger="timemoe_forecaster"):
         forecaster(checkpoint, fine_tune=settings).fit(pd.concat(frames))
     assert "left out of fine-tuning (instance 'shop_b', column 'y' of y)" in caplog.text
+
+
+def test_held_out_calibration_says_when_its_base_model_is_gone_changed_or_leaves_nothing_to_train(tmp_path):
+    import pickle
+    import shutil
+
+    from tests.helpers import make_model
+
+    settings = {"steps": 1, "batch_size": 4, "max_length": 32}
+    path = tmp_path / "ckpt"
+    make_model(seed=5).save_pretrained(path)
+    f = forecaster(str(path), fine_tune=settings).fit(load_airline())
+    blob = pickle.dumps(f)
+    make_model(seed=9).save_pretrained(path)  # another checkpoint at the same path: not the base fit used
+    with pytest.raises(ValueError, match="has changed since this forecaster was fine-tuned"):
+        f.predict_interval(fh=[1])
+    shutil.rmtree(path)
+    restored = pickle.loads(blob)  # its fine-tuned weights travel with it, its base does not
+    assert restored.predict(fh=[1]).shape == (1,)
+    with pytest.raises(ValueError, match="calibration_model='held_out' fine-tunes a copy .* does not exist"):
+        restored.predict_interval(fh=[1])
+    # Before the first calibration target: one observation and a long gap, nothing a copy can train on.
+    rng = np.random.default_rng(0)
+    y = pd.Series(np.r_[[5.0], np.full(60, np.nan), 5 + rng.normal(size=60).cumsum()])
+    tuned = forecaster(make_checkpoint(tmp_path / "other"), fine_tune=settings).fit(y)
+    with pytest.raises(ValueError, match="up to its first calibration target .* calibration_model='fitted'"):
+        tuned.predict_interval(fh=[1, 2, 3])
+
+
+def make_checkpoint(path):
+    from tests.helpers import make_model
+
+    make_model(seed=5).save_pretrained(path)
+    return str(path)

@@ -699,3 +699,17 @@ def test_forecast_names_the_other_numeric_columns_and_refuses_spreadsheets(tmp_p
     with pytest.raises(SystemExit):
         main(["forecast", "--dataset", str(book)])
     assert "not .xlsx files; convert it to a CSV" in capsys.readouterr().err
+
+
+def test_forecast_of_series_stacked_one_after_another_keeps_the_file_order(tmp_path, capsys, caplog):
+    # Two series with the same dates, one after the other (no id column): put in time order, their rows were
+    # interleaved, and the forecast was of a series jumping between them at every step.
+    days = [f"{d.date()}" for d in pd.date_range("2024-01-01", periods=30, freq="D")]
+    csv = tmp_path / "stacked.csv"
+    rows = [f"{d},{100 + i}" for i, d in enumerate(days)] + [f"{d},{-i}" for i, d in enumerate(days)]
+    csv.write_text("date,value\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "4"]) == 0
+    observed = _dates_and_values(capsys.readouterr().out, "observed")
+    assert [row[-1] for row in observed] == [f"{-i:.4f}" for i in range(26, 30)]
+    assert "several series one after another" in caplog.text
