@@ -112,9 +112,11 @@ class TimeMoEForecaster(BaseForecaster):
         Whose errors calibrate the intervals of a fine-tuned forecaster (``fine_tune``; otherwise ignored).
         "held_out": a second copy, fine-tuned with the same settings on each series up to its first calibration
         target, so that the calibration forecasts are scored on points their model never trained on; it is
-        trained at the first interval call (one more fine-tune) and remembered with the residuals. "fitted": the
-        fitted model itself, which was trained on those very targets: no second fine-tune, but its intervals
-        can come out too narrow (a warning says so).
+        trained at the first interval call for a horizon and data (one more fine-tune; a new horizon or an
+        ``update`` trains another) and remembered with the residuals. On five benchmark series fine-tuned hard,
+        80 % intervals covered 75 % held out, 58 % "fitted" (docs/estimators.md). "fitted": the fitted model
+        itself, which was trained on those very targets: no second fine-tune, but its intervals can come out
+        too narrow (a warning says so).
     pretrain_settings : dict or None, default=None
         Training settings for ``pretrain`` (same keys as ``fine_tune``). None: ``fine_tune`` when
         given, else the defaults of ``train_on_series`` (100 steps).
