@@ -691,10 +691,11 @@ class TimeMoEForecaster(BaseForecaster):
         firsts = first_calibration_targets(
             series.values, [int(n) for n in needed], self.conformal_windows, self.conformal_cutoffs
         )
+        left_out = _spread_text([len(v) - f for v, f in zip(series.values, firsts)])
         log.info(
             "fine-tuning a copy of the model without the last %s point(s) of each series, to calibrate the intervals "
             "on points it never trained on (calibration_model='held_out')",
-            _spread_text([len(v) - f for v, f in zip(series.values, firsts)]),
+            left_out,
         )
         kept = [np.asarray(v, dtype=np.float64)[:f] for v, f in zip(series.values, firsts)]
         way_out = "or fit with calibration_model='fitted'"
@@ -721,7 +722,7 @@ class TimeMoEForecaster(BaseForecaster):
         except ValueError as err:
             raise ValueError(
                 "calibration_model='held_out' fine-tunes a copy on each series up to its first calibration target "
-                f"(without its last {_spread_text([len(v) - f for v, f in zip(series.values, firsts)])} point(s)), "
+                f"(without its last {left_out} point(s)), "
                 f"and that failed: {err}. Give more history or fewer conformal_windows, {way_out}"
             ) from None
         return model
