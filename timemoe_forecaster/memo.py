@@ -48,24 +48,37 @@ def remembered(model, key: tuple, compute: Callable[[], object]):
 
     The value's arrays are made read-only before they are kept, so a caller that changed them would fail loudly
     instead of changing what the next call gets."""
+    value = recall(model, key)
+    if value is None:
+        value = compute()
+        keep(model, key, value)
+    return value
+
+
+def recall(model, key: tuple):
+    """What was kept for ``model`` (with the same weights) under ``key``, or None."""
     full_key = (_weights_state(model), key)
     with _lock:
         entries = _memo.get(model)
-        if entries is not None and full_key in entries:
-            entries.move_to_end(full_key)
-            return entries[full_key]
-    value = compute()
+        if entries is None or full_key not in entries:
+            return None
+        entries.move_to_end(full_key)
+        return entries[full_key]
+
+
+def keep(model, key: tuple, value) -> None:
+    """Keeps ``value`` (not None) for ``model`` under ``key``, its arrays made read-only, unless they are too large."""
     arrays = list(_arrays(value))
     for a in arrays:
         a.setflags(write=False)
     if sum(a.nbytes for a in arrays) > MAX_ENTRY_BYTES:
-        return value
+        return
+    full_key = (_weights_state(model), key)
     with _lock:
         entries = _memo.setdefault(model, OrderedDict())
         entries[full_key] = value
         while len(entries) > ENTRIES_PER_MODEL:
             entries.popitem(last=False)
-    return value
 
 
 def forget(model) -> None:

@@ -990,6 +990,41 @@ def test_a_fine_tuned_forecaster_is_calibrated_on_a_copy_that_never_trained_on_t
     assert len(trained) == 3  # no second fine-tune
 
 
+def test_a_held_out_copy_serves_later_cuts_of_the_same_series_and_never_an_earlier_one(checkpoint, monkeypatch):
+    from timemoe_forecaster import loading
+    from timemoe_forecaster.conformal import first_calibration_targets
+
+    trained = []
+    original = loading.train_private_copy
+
+    def recording(model, series, *args, **kwargs):
+        trained.append([len(s) for s in series])
+        return original(model, series, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "train_private_copy", recording)
+    y = load_airline()
+    settings = {"steps": 1, "batch_size": 4, "max_length": 32}
+    f = forecaster(checkpoint, fine_tune=settings, conformal_windows=5).fit(y.iloc[:120])
+
+    def served(fh):  # the first calibration target of an interval call at fh: the copy must have stopped before it
+        f.predict_interval(fh=fh)
+        values = [f._context.iloc[:, 0].to_numpy()]
+        return first_calibration_targets(values, [max(fh)], 5, "spread")[0]
+
+    first = served([1, 2, 3, 4, 5, 6])
+    assert trained[1:] == [[first]]
+    assert served([1, 2, 3]) >= first and len(trained) == 2  # later targets: the same copy
+    f.update(y.iloc[120:122], update_params=False)  # appended points: the same series, longer
+    assert served([1, 2, 3]) >= first and len(trained) == 2
+    earlier = served(list(range(1, 13)))  # a longer horizon reaches further back: a new copy, cut before it
+    assert earlier < first and trained[2:] == [[earlier]]
+    changed = y.iloc[:122].copy()
+    changed.iloc[5] += 50.0  # a point the copy trained on is not what it was: a new copy
+    f.update(changed, update_params=False)
+    served([1, 2, 3])
+    assert len(trained) == 4
+
+
 def test_only_intervals_calibrated_on_the_fitted_fine_tuned_model_warn_that_they_can_be_narrow(checkpoint, caplog):
     y = load_airline()
     settings = {"steps": 1, "batch_size": 4, "max_length": 32}
