@@ -288,10 +288,6 @@ def load_series(dataset: str, column: str | None = None):
     if dated is None:
         return values.rename(column)
     times, offsets = dated  # print the forecast against dates that continue the file's own
-    if offsets is _FILE_ORDER:  # most dates repeat: several series one after another (see _repeated_local_hour)
-        series = values.reset_index(drop=True).rename(column)
-        series.attrs[_FILE_ROWS] = np.arange(len(series))
-        return series
     order = np.argsort(times.to_numpy(), kind="stable")
     if offsets is _ORDER_ONLY:  # a repeated date: rows in time order, numbered (see _repeated_local_hour)
         series = pd.Series(values.to_numpy()[order]).rename(column)
@@ -311,8 +307,6 @@ _WRITTEN_OFFSETS = "timemoe_written_offsets"
 _FILE_ROWS = "timemoe_file_rows"
 # What _time_column gives for the offsets of times that order the rows but cannot date them.
 _ORDER_ONLY = "order only"
-# ... and for times most of which repeat (series stacked one after another): the rows stay in file order.
-_FILE_ORDER = "file order"
 
 
 def _as_written(times, offsets) -> list:
@@ -495,7 +489,7 @@ def _time_column(frame, exclude: str):
                     parsed[parsed.duplicated()].iloc[0],
                     int(parsed.value_counts().max()),
                 )
-                return parsed, _FILE_ORDER
+                return None  # undated, as a file without a date column
             dated = _repeated_local_hour(name, parsed)
             return dated if dated is not None else (parsed, _ORDER_ONLY)
     return None

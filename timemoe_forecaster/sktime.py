@@ -639,7 +639,7 @@ class TimeMoEForecaster(BaseForecaster):
 
     def _memo_key(self, kind: str, series, needed: np.ndarray, *calibration) -> tuple:
         """What a forecast or calibration of ``series`` depends on besides the model's weights."""
-        settings = (self._context_points(), self.scaling, self.batch_size, str(self._device()))
+        settings = (self._context_points(), self.scaling, self.batch_size)  # the device is in the weights' state
         return (kind, series_digest(series.values), needed.astype(np.int64).tobytes(), settings, calibration)
 
     def _residuals(self, series, steps: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -696,11 +696,10 @@ class TimeMoEForecaster(BaseForecaster):
         earlier = recall(self.model_, key)
         if earlier is not None:
             copy, cuts, digest = earlier
-            if all(c <= f for c, f in zip(cuts, firsts)):
-                if series_digest(np.asarray(v)[:c] for v, c in zip(series.values, cuts)) == digest:
-                    return copy
+            if all(c <= f for c, f in zip(cuts, firsts)) and _prefixes_digest(series.values, cuts) == digest:
+                return copy
         copy = self._fine_tuned_copy(series, firsts)
-        keep(self.model_, key, (copy, firsts, series_digest(np.asarray(v)[:f] for v, f in zip(series.values, firsts))))
+        keep(self.model_, key, (copy, firsts, _prefixes_digest(series.values, firsts)))
         return copy
 
     def _fine_tuned_copy(self, series, firsts: list[int]):
@@ -954,6 +953,11 @@ def _forecast_groups(needed: np.ndarray, horizon_lengths: list[int]) -> list[tup
         else:
             groups.append((horizon, own, rows))
     return [(horizon, np.sort(np.asarray(rows))) for horizon, _, rows in groups]
+
+
+def _prefixes_digest(values: list, cuts: list[int]) -> str:
+    """The digest of each series' points before its cut."""
+    return series_digest(np.asarray(v)[:c] for v, c in zip(values, cuts))
 
 
 def _spread_text(counts: list[int]) -> str:
