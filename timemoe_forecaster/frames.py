@@ -21,10 +21,12 @@ _PANDAS_COPIES_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
 
 
 class SeriesSet:
-    """Every (instance, column) of a frame as a 1-D array, instance-major."""
+    """Every (instance, column) of a frame as a 1-D array, instance-major; ``times`` holds each instance's time
+    labels (its values' index), ``ends`` the last of them."""
 
-    def __init__(self, values, keys, ends, names, num_columns):
+    def __init__(self, values, keys, ends, names, num_columns, times=None):
         self.values, self.keys, self.ends, self.names, self.num_columns = values, keys, ends, names, num_columns
+        self.times = times
 
 
 def _regular_range(times: pd.Index, freq) -> pd.Index | None:
@@ -384,19 +386,19 @@ def split_series(frame: pd.DataFrame):
     columns = list(frame.columns)
     if frame.index.nlevels == 1:
         values = frame.to_numpy(np.float64)
-        return SeriesSet(
-            list(values.T), [None], [frame.index[-1]], [f"column {c!r} of y" for c in columns], len(columns)
-        )
+        names = [f"column {c!r} of y" for c in columns]
+        return SeriesSet(list(values.T), [None], [frame.index[-1]], names, len(columns), [frame.index])
     levels = list(range(frame.index.nlevels - 1))
-    values, keys, ends, names = [], [], [], []
+    values, keys, ends, names, times = [], [], [], [], []
     for key, group in frame.groupby(level=levels, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         keys.append(key)
         ends.append(group.index[-1][-1])
+        times.append(group.index.get_level_values(-1))
         block = group.to_numpy(np.float64)
         values.extend(block.T)
         names.extend(f"instance {key if len(key) > 1 else key[0]!r}, column {c!r} of y" for c in columns)
-    return SeriesSet(values, keys, ends, names, len(columns))
+    return SeriesSet(values, keys, ends, names, len(columns), times)
 
 
 def steps_between(end, cutoff: pd.Index, what: str = "a series of y") -> int:

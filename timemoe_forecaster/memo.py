@@ -8,15 +8,17 @@ entries go with the model, and every fit makes its own), so predict-like methods
 exactly as it was.
 
 An entry is valid while the model's weights are the ones it was computed with: the key holds every parameter's
-identity, storage address, dtype, device and version counter: any in-place change (an optimiser step,
-``load_state_dict``) moves the counter, and new storage put under a parameter (``param.data = ...``, as
-``torch.nn.utils.vector_to_parameters`` does) moves the address. In-place writes through ``param.data`` bypass
-both; call ``forget(model)`` after those.
+identity, storage (a token per live storage object), address, dtype, device and version counter: any in-place
+change (an optimiser step, ``load_state_dict``) moves the counter, and new storage put under a parameter
+(``param.data = ...``, as ``torch.nn.utils.vector_to_parameters`` does) gets a new token, even where the allocator
+hands it the address of weights freed before (an address alone let a loop of such swaps serve the forecast of
+earlier weights). In-place writes through ``param.data`` bypass all of these; call ``forget(model)`` after those.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -31,6 +33,10 @@ MAX_ENTRY_BYTES = 256 << 20
 
 _lock = threading.Lock()
 _memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> OrderedDict(key -> value)
+# A serial number per live storage object (torch keeps one Python object per storage while it lives): a storage
+# allocated where a freed one was gets a new number, where its address and version counter can repeat.
+_storage_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_serials = itertools.count()
 
 
 def series_digest(values: Iterable[np.ndarray]) -> str:
@@ -94,7 +100,19 @@ def clear() -> None:
 
 
 def _weights_state(model) -> tuple:
-    return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+    return tuple((id(p), _storage_token(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def _storage_token(p) -> int | None:
+    try:
+        storage = p.untyped_storage()
+    except (RuntimeError, NotImplementedError, TypeError):  # a tensor without a plain storage: its address stands
+        return None
+    with _lock:
+        token = _storage_tokens.get(storage)
+        if token is None:
+            token = _storage_tokens[storage] = next(_serials)
+    return token
 
 
 def _arrays(value):

@@ -396,6 +396,8 @@ class TimeMoEForecaster(BaseForecaster):
 
                 self._base_fingerprint = model.__dict__.get("_checkpoint_fingerprint") or weights_fingerprint(model)
             model, self.fine_tune_result_ = self._train(model, self._context, self.fine_tune)
+            trained = split_series(self._context)
+            self._fine_tuned_ends = dict(zip(trained.keys, trained.ends))  # what model_ trained on, per instance
         self.model_ = model
         self._check_lengths(fitting=True)
         return self
@@ -654,13 +656,27 @@ class TimeMoEForecaster(BaseForecaster):
             )
         needed = steps.max(axis=1)
         calibration = (self.conformal_windows, self.conformal_cutoffs, self.calibration_model)
-        key = self._memo_key("residuals", series, needed, *calibration)
-        return remembered(self.model_, key, lambda: self._calibrate(series, needed))
+        unseen = self._points_after_fit(series) if self._held_out() else None
+        key = self._memo_key("residuals", series, needed, *calibration, None if unseen is None else unseen.tobytes())
+        return remembered(self.model_, key, lambda: self._calibrate(series, needed, unseen))
 
-    def _calibrate(self, series, needed: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def _held_out(self) -> bool:
+        return self.fine_tune is not None and self.calibration_model == "held_out"
+
+    def _calibrate(self, series, needed: np.ndarray, unseen: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
         model = self.model_
-        if self.fine_tune is not None and self.calibration_model == "held_out":
-            model = self._held_out_model(series, needed)
+        if unseen is not None:
+            firsts = first_calibration_targets(
+                series.values, [int(n) for n in needed], self.conformal_windows, self.conformal_cutoffs
+            )
+            if all(len(v) - f <= u for v, f, u in zip(series.values, firsts, unseen)):
+                # update() appended every calibration target after the data fit trained on: model_ never saw
+                # them, and it trained on more than a copy would.
+                log.info(
+                    "calibrating on the fitted model: every calibration target came after the data it was fine-tuned on"
+                )
+            else:
+                model = self._held_out_model(series, firsts)
         width = int(needed.max())
         residuals, scale = [None] * len(series.values), np.empty(len(series.values))
         for horizon, rows in _forecast_groups(needed, model.config.horizon_lengths):
@@ -683,35 +699,44 @@ class TimeMoEForecaster(BaseForecaster):
                 scale[i] = got_scale[j]
         return residuals, scale
 
-    def _held_out_model(self, series, needed: np.ndarray):
+    def _points_after_fit(self, series) -> np.ndarray:
+        """Per series [N], how many of its last points came after the data ``fit`` fine-tuned ``model_`` on (points
+        that ``update`` appended; all of an instance that fit never saw); 0 where that is unknown (a forecaster
+        pickled before fit recorded it)."""
+        ends = getattr(self, "_fine_tuned_ends", None)
+        counts = np.zeros(len(series.values), dtype=np.int64)
+        if ends is None or series.times is None:
+            return counts
+        for k, (key, times) in enumerate(zip(series.keys, series.times)):
+            after = len(times) - int(times.searchsorted(ends[key], side="right")) if key in ends else len(times)
+            counts[k * series.num_columns : (k + 1) * series.num_columns] = after
+        return counts
+
+    def _held_out_model(self, series, firsts: list[int]):
         """The model fine-tuned as ``fit`` fine-tuned ``model_`` (same base, settings and seed), on every series up
-        to its first calibration target (``first_calibration_targets``): the fitted model's training windows held
-        the targets its calibration forecasts are scored on, so its errors there understate its errors ahead."""
-        firsts = first_calibration_targets(
-            series.values, [int(n) for n in needed], self.conformal_windows, self.conformal_cutoffs
-        )
-        # A copy trained on shorter prefixes of the same series never saw these targets either (a shorter horizon
-        # after a longer one, an update that appended points): it serves, where a fine-tune each time would not.
+        to a cut at or before its first calibration target (``firsts``, from ``first_calibration_targets``;
+        ``_copy_cuts``): the fitted model's training windows held the targets its calibration forecasts are scored
+        on, so its errors there understate its errors ahead."""
+        cuts = _copy_cuts(series.values, firsts)
+        digest = _prefixes_digest(series.values, cuts)
         key = ("held-out copy", len(series.values), repr(self.fine_tune), self.seed)
         earlier = recall(self.model_, key)
-        if earlier is not None:
-            copy, cuts, digest = earlier
-            if all(c <= f for c, f in zip(cuts, firsts)) and _prefixes_digest(series.values, cuts) == digest:
-                return copy
-        copy = self._fine_tuned_copy(series, firsts)
-        keep(self.model_, key, (copy, firsts, _prefixes_digest(series.values, firsts)))
+        if earlier is not None and earlier[1] == (cuts, digest):
+            return earlier[0]
+        copy = self._fine_tuned_copy(series, cuts)
+        keep(self.model_, key, (copy, (cuts, digest)))
         return copy
 
-    def _fine_tuned_copy(self, series, firsts: list[int]):
+    def _fine_tuned_copy(self, series, cuts: list[int]):
         from .loading import train_private_copy
 
-        left_out = _spread_text([len(v) - f for v, f in zip(series.values, firsts)])
+        left_out = _spread_text([len(v) - c for v, c in zip(series.values, cuts)])
         log.info(
             "fine-tuning a copy of the model without the last %s point(s) of each series, to calibrate the intervals "
             "on points it never trained on (calibration_model='held_out')",
             left_out,
         )
-        kept = [np.asarray(v, dtype=np.float64)[:f] for v, f in zip(series.values, firsts)]
+        kept = [np.asarray(v, dtype=np.float64)[:c] for v, c in zip(series.values, cuts)]
         way_out = "or fit with calibration_model='fitted'"
         try:
             base = self._base_model()
@@ -736,7 +761,7 @@ class TimeMoEForecaster(BaseForecaster):
         except ValueError as err:
             raise ValueError(
                 "calibration_model='held_out' fine-tunes a copy on each series up to its first calibration target "
-                f"(without its last {left_out} point(s)), "
+                f"at most (without its last {left_out} point(s)), "
                 f"and that failed: {err}. Give more history or fewer conformal_windows, {way_out}"
             ) from None
         return model
@@ -953,6 +978,21 @@ def _forecast_groups(needed: np.ndarray, horizon_lengths: list[int]) -> list[tup
         else:
             groups.append((horizon, own, rows))
     return [(horizon, np.sort(np.asarray(rows))) for horizon, _, rows in groups]
+
+
+def _copy_cuts(values: list, firsts: list[int]) -> list[int]:
+    """Where each series' held-out calibration copy stops training: its first calibration target, rounded down on a
+    grid of 2**k of its observed points, the largest step no longer than an eighth of them. A function of the call
+    alone, so a call gets the same copy, and the same intervals, whatever ran before it (reusing any copy whose cuts
+    preceded the targets made them depend on the earlier calls and on what the memo still held). Calls whose
+    targets move by less than a step (a shorter horizon, a few appended points) share one copy."""
+    cuts = []
+    for v, first in zip(values, firsts):
+        start = int(np.argmax(~np.isnan(v))) if len(v) else 0
+        observed = first - start
+        step = 1 << max(0, (observed // 8).bit_length() - 1)
+        cuts.append(first - observed % step)
+    return cuts
 
 
 def _prefixes_digest(values: list, cuts: list[int]) -> str:

@@ -168,3 +168,29 @@ def test_new_storage_put_under_the_weights_is_forecast_again(counted):
     after = f.predict()
     assert counted["forecast"] == 2
     assert not np.allclose(before.to_numpy(), after.to_numpy())
+
+
+def test_new_weights_put_where_freed_ones_were_are_forecast_again():
+    # A loop that swaps storage under the weights (perturbations, model soups) can get new weights at the address
+    # of weights freed before, with the version counter where it was: the (identity, address, version) key then
+    # matched an entry made for other weights and served its stale forecast. Here the address is reused on purpose:
+    # each parameter's storage wraps a numpy buffer, is dropped, and a new storage wraps the same (changed) buffer.
+    f = TimeMoEForecaster(config={"preset": "tiny", "max_position_embeddings": 128}, context_length=48, device="cpu")
+    f.fit(load_airline(), fh=[1, 2, 3])
+    params = list(f.model_.parameters())
+    buffers = [p.detach().numpy().copy() for p in params]
+    for p, b in zip(params, buffers):
+        p.data = torch.from_numpy(b)
+    addresses = [p.data_ptr() for p in params]
+    before = f.predict().to_numpy()
+    for p in params:
+        p.data = torch.zeros(1)  # the buffers' storages are freed
+    for b in buffers:
+        b *= 1.5  # no tensor holds them now
+    for p, b in zip(params, buffers):
+        p.data = torch.from_numpy(b)  # new storages at the old addresses, version counters as they were
+    assert [p.data_ptr() for p in params] == addresses
+    after = f.predict().to_numpy()
+    memo.clear()
+    np.testing.assert_array_equal(after, f.predict().to_numpy())
+    assert not np.allclose(after, before)

@@ -17,6 +17,7 @@ pytest.importorskip("sktime")
 from sktime.datasets import load_airline, load_longley  # noqa: E402
 from sktime.forecasting.base import ForecastingHorizon  # noqa: E402
 
+import timemoe_forecaster.sktime as sk  # noqa: E402
 from tests.helpers import make_model  # noqa: E402
 from timemoe_forecaster import TimeMoEForecaster  # noqa: E402
 
@@ -981,7 +982,8 @@ def test_a_fine_tuned_forecaster_is_calibrated_on_a_copy_that_never_trained_on_t
     assert first_weight[0].data_ptr() == first_weight[1].data_ptr() != first_weight[2].data_ptr()
     # Each series up to its first calibration target; instance 1 ends 3 points early, so it reaches 3 further.
     values = [data.xs(k, level="id")["a"].to_numpy() for k in ("s0", "s1")]
-    assert lengths == first_calibration_targets(values, [4, 7], 5, "spread")
+    firsts = first_calibration_targets(values, [4, 7], 5, "spread")
+    assert lengths == sk._copy_cuts(values, firsts) and all(c <= f for c, f in zip(lengths, firsts))
     assert lengths[0] < 120 - 4 * 4  # 5 cut-offs up to 4 apart, the last 4 before the end
     # The fitted model's own errors give other intervals.
     fitted = forecaster(checkpoint, fine_tune=settings, conformal_windows=5, calibration_model="fitted").fit(data)
@@ -990,7 +992,7 @@ def test_a_fine_tuned_forecaster_is_calibrated_on_a_copy_that_never_trained_on_t
     assert len(trained) == 3  # no second fine-tune
 
 
-def test_a_held_out_copy_serves_later_cuts_of_the_same_series_and_never_an_earlier_one(checkpoint, monkeypatch):
+def test_a_held_out_copy_is_the_call_s_own_and_serves_later_calls_that_cut_where_it_did(checkpoint, monkeypatch):
     from timemoe_forecaster import loading
     from timemoe_forecaster.conformal import first_calibration_targets
 
@@ -1006,23 +1008,81 @@ def test_a_held_out_copy_serves_later_cuts_of_the_same_series_and_never_an_earli
     settings = {"steps": 1, "batch_size": 4, "max_length": 32}
     f = forecaster(checkpoint, fine_tune=settings, conformal_windows=5).fit(y.iloc[:120])
 
-    def served(fh):  # the first calibration target of an interval call at fh: the copy must have stopped before it
-        f.predict_interval(fh=fh)
+    def cut(fh):  # where the copy for an interval call at fh stops: at or before the call's first target
         values = [f._context.iloc[:, 0].to_numpy()]
-        return first_calibration_targets(values, [max(fh)], 5, "spread")[0]
+        first = first_calibration_targets(values, [max(fh)], 5, "spread")[0]
+        got = sk._copy_cuts(values, [first])[0]
+        assert got <= first and first - got <= first // 8
+        return got
 
-    first = served([1, 2, 3, 4, 5, 6])
-    assert trained[1:] == [[first]]
-    assert served([1, 2, 3]) >= first and len(trained) == 2  # later targets: the same copy
-    f.update(y.iloc[120:122], update_params=False)  # appended points: the same series, longer
-    assert served([1, 2, 3]) >= first and len(trained) == 2
-    earlier = served(list(range(1, 13)))  # a longer horizon reaches further back: a new copy, cut before it
-    assert earlier < first and trained[2:] == [[earlier]]
+    f.predict_interval(fh=[1, 2, 3, 4, 5, 6])
+    assert trained[1:] == [[cut([1, 2, 3, 4, 5, 6])]] == [[88]]  # first target 90, on a grid of 8
+    f.predict_interval(fh=[1, 2, 3, 4, 5])  # first target 95: cut at 88 too, the same copy
+    f.update(y.iloc[120:122], update_params=False)  # first target 92 at h 6: still 88
+    f.predict_interval(fh=[1, 2, 3, 4, 5, 6])
+    assert len(trained) == 2
+    f.predict_interval(fh=[1, 2, 3])  # first target 107: another cut, another copy
+    assert trained[2:] == [[cut([1, 2, 3])]] == [[104]]
     changed = y.iloc[:122].copy()
     changed.iloc[5] += 50.0  # a point the copy trained on is not what it was: a new copy
     f.update(changed, update_params=False)
-    served([1, 2, 3])
-    assert len(trained) == 4
+    f.predict_interval(fh=[1, 2, 3])
+    assert trained[3:] == [[104]]
+
+
+def test_held_out_intervals_depend_on_the_forecaster_and_the_call_not_on_earlier_calls(checkpoint):
+    # A copy reused from an earlier call whose cuts happened to precede this call's targets (honest: it never saw
+    # them) made the intervals depend on that call, and on what the memo still held: the same call on the same
+    # forecaster gave others once other calls had pushed the copy out, and a pickled twin gave others again.
+    settings = {"steps": 2, "batch_size": 4, "max_length": 32}
+    f = forecaster(checkpoint, fine_tune=settings, conformal_windows=5).fit(load_airline().iloc[:100])
+    twin = pickle.loads(pickle.dumps(f))
+    f.predict_interval(fh=list(range(1, 13)))
+    after_longer = f.predict_interval(fh=[1, 2, 3]).to_numpy()
+    for step in (4, 5, 6, 7):  # point forecasts at other horizons: four new memo entries push the copy out
+        f.predict(fh=[step])
+    again = f.predict_interval(fh=[1, 2, 3]).to_numpy()
+    alone = twin.predict_interval(fh=[1, 2, 3]).to_numpy()
+    np.testing.assert_allclose(again, alone)
+    np.testing.assert_allclose(after_longer, again)
+
+
+def test_once_update_appended_every_calibration_target_the_fitted_model_calibrates_itself(checkpoint, monkeypatch):
+    from timemoe_forecaster import loading
+
+    trained = []
+    original = loading.train_private_copy
+    monkeypatch.setattr(
+        loading, "train_private_copy", lambda model, series, *a, **k: (trained.append([len(x) for x in series]),
+                                                                      original(model, series, *a, **k))[1]
+    )  # fmt: skip
+    y = load_airline()
+    settings = {"steps": 1, "batch_size": 4, "max_length": 32}
+    f = forecaster(checkpoint, fine_tune=settings, conformal_windows=5).fit(y.iloc[:120])
+    f.update(y.iloc[120:134], update_params=False)  # the first target at h 3 (15 back, "spread") was a fit point
+    f.predict_interval(fh=[1, 2, 3])
+    assert trained == [[120], [112]]  # fit, then a copy cut before that target (119, on a grid of 8)
+    f.update(y.iloc[134:135], update_params=False)  # now every target came after the data fit trained on
+    own = f.predict_interval(fh=[1, 2, 3])
+    assert len(trained) == 2  # no copy: model_ itself never saw them
+    fitted = forecaster(checkpoint, fine_tune=settings, conformal_windows=5, calibration_model="fitted")
+    fitted.fit(y.iloc[:120]).update(y.iloc[120:135], update_params=False)
+    np.testing.assert_allclose(own.to_numpy(), fitted.predict_interval(fh=[1, 2, 3]).to_numpy())
+    f.predict_interval(fh=list(range(1, 7)))  # a longer horizon reaches back into fit's data: a copy again
+    assert trained[3:] == [[104]]  # first target 105 (30 back), on a grid of 8
+
+
+def test_points_after_fit_count_each_instance_from_its_own_end_and_all_of_a_new_one(checkpoint):
+    from timemoe_forecaster.frames import split_series
+
+    settings = {"steps": 1, "batch_size": 4, "max_length": 16}
+    data = panel(n_instances=2, length=40)
+    f = forecaster(checkpoint, fine_tune=settings).fit(data.groupby(level="id").head(30))
+    f.update(data.groupby(level="id").tail(10).iloc[:15], update_params=False)  # s0 gains 10 points, s1 5
+    extra = panel(n_instances=3, length=25).xs("s2", level="id", drop_level=False)
+    f.update(extra, update_params=False)  # an instance fit never saw
+    series = split_series(f._context)
+    assert f._points_after_fit(series).tolist() == [10, 5, 25]
 
 
 def test_only_intervals_calibrated_on_the_fitted_fine_tuned_model_warn_that_they_can_be_narrow(checkpoint, caplog):
@@ -1538,7 +1598,7 @@ def test_held_out_calibration_says_when_its_base_model_is_gone_changed_or_leaves
     rng = np.random.default_rng(0)
     y = pd.Series(np.r_[[5.0], np.full(60, np.nan), 5 + rng.normal(size=60).cumsum()])
     tuned = forecaster(make_checkpoint(tmp_path / "other"), fine_tune=settings).fit(y)
-    with pytest.raises(ValueError, match="up to its first calibration target .* calibration_model='fitted'"):
+    with pytest.raises(ValueError, match="up to its first calibration target at most .* calibration_model='fitted'"):
         tuned.predict_interval(fh=[1, 2, 3])
 
 
