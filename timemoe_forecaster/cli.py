@@ -278,20 +278,33 @@ def load_series(dataset: str, column: str | None = None):
     frame = read_frame(path, fmt if fmt in TABULAR_SUFFIXES else ".csv")  # other names (.txt, none): CSV text
     frame, column = _one_series_of_long_table(frame, path, column)
     if column is None:
-        column = _default_column(frame, path)
+        # A numeric time column (yyyymmdd, epoch seconds, years) is no series: as the last numeric column it was
+        # forecast itself.
+        times = [name for name in frame.columns if _numeric_times(frame[name], name) is not None]
+        column = _default_column(frame.drop(columns=times) if len(times) < frame.shape[1] else frame, path)
     if column not in frame.columns:
         raise ValueError(f"--column {column!r} not in {path}; columns: {list(frame.columns)}")
     values = _numbers(frame[column], path, column)
     if values.notna().sum() < 2:
         raise ValueError(f"column {column!r} of {path} has fewer than two numeric values")
-    dated = _time_column(frame, exclude=column)
+    dated = None
+    blank = frame.isna().all(axis=1).to_numpy()
+    if frame.shape[1] > 1 and blank.any():
+        # Lines of separators alone (",,", as spreadsheets export their formatted empty rows) hold no time and no
+        # value: a date column with such holes left the whole file undated (a newest-first one forecast backwards).
+        dated = _time_column(frame[~blank], exclude=column)
+        if dated is not None:
+            log.info("%s: %d empty row(s) (separators alone) left out", path, int(blank.sum()))
+            frame, values = frame[~blank], values[~blank]
+    if dated is None:
+        dated = _time_column(frame, exclude=column)
     if dated is None:
         return values.rename(column)
     times, offsets = dated  # print the forecast against dates that continue the file's own
     order = np.argsort(times.to_numpy(), kind="stable")
     if offsets is _ORDER_ONLY:  # a repeated date: rows in time order, numbered (see _repeated_local_hour)
         series = pd.Series(values.to_numpy()[order]).rename(column)
-        series.attrs[_FILE_ROWS] = order
+        series.attrs[_FILE_ROWS] = frame.index.to_numpy()[order]  # the rows as read, for _line
         return series
     index = pd.DatetimeIndex(times.to_numpy()[order])
     written = None if offsets is None else pd.Series(offsets[order], index=index)
@@ -438,10 +451,16 @@ def _one_series_of_long_table(frame, path: Path, column: str | None):
     forecast as a single series that jumps from one id to the next."""
     from .data.frames import ID_NAMES, VALUE_NAMES, find_column, looks_long
 
-    if not looks_long(frame):
-        return frame, column
     id_col = find_column(frame, ID_NAMES)
+    if id_col is None or id_col == column:
+        return frame, column
     ids = frame[id_col].unique()
+    if not looks_long(frame) and not (1 < len(ids) < len(frame)):
+        # An id column beside a value column of any name (unique_id, date, sales) holding several ids is a long
+        # table too: its stores were forecast as one series. One id, or a different one in every row, is none.
+        return frame, column
+    if 2 < len(frame) == len(ids):  # a different id in every row: row labels (1, 2, 3, ...), not series ids
+        return frame.drop(columns=[id_col]), column or find_column(frame, VALUE_NAMES)
     if len(ids) > 1:
         raise ValueError(
             f"{path} is a long table of {len(ids)} series (column {id_col!r}: {', '.join(map(str, ids[:3]))}"
@@ -458,14 +477,21 @@ def _time_column(frame, exclude: str):
     leaves them fit to order the rows but not to date them; None if there is none."""
     import pandas as pd
 
-    from .data.frames import parse_times
+    from .data.frames import _holds_dates, parse_times
+
+    def read(column, name, where=None):
+        if pd.api.types.is_numeric_dtype(column):
+            return _numeric_times(column, name)
+        # Times without their date (22:00, 23:00, 00:00; Nov, Dec, Jan) were dated today or in year 1 and sorted
+        # into the wrong order: 00:00 before 22:00, January before the November of the year before.
+        return parse_times(column, where=where) if _holds_dates(column) else None
 
     for name in frame.columns:
         column = frame[name]
-        if name == exclude or pd.api.types.is_numeric_dtype(column):
+        if name == exclude or (pd.api.types.is_numeric_dtype(column) and _numeric_times(column, name) is None):
             continue
         if column.isna().any():
-            if parse_times(column.dropna()) is not None:  # a date column with holes: say why nothing is dated
+            if read(column.dropna(), name) is not None:  # a date column with holes: say why nothing is dated
                 log.warning(
                     "column %r reads as dates but %d row(s) have none (the first at line %s); the forecast is "
                     "numbered, not dated (fill in the dates to get dates)",
@@ -474,7 +500,7 @@ def _time_column(frame, exclude: str):
                     _line(column.index[column.isna()][0]),
                 )
             continue
-        parsed = parse_times(column, where=f"column {name!r}")
+        parsed = read(column, name, where=f"column {name!r}")
         if parsed is not None and parsed.is_unique:
             return parsed, _offsets_of(column, parsed)
         if parsed is not None:
@@ -492,6 +518,43 @@ def _time_column(frame, exclude: str):
                 return None  # undated, as a file without a date column
             dated = _repeated_local_hour(name, parsed)
             return dated if dated is not None else (parsed, _ORDER_ONLY)
+    return None
+
+
+# Names under which integers are times: epoch seconds (or milliseconds ...) or years.
+_EPOCH_NAMES = ("epoch", "unix", "unix_time", "unixtime", "ts", "time_stamp")
+# Epoch times by their size (the unit, and the first power of ten of its times from 1973 to 2286).
+_EPOCH_UNITS = (("s", 1e8), ("ms", 1e11), ("us", 1e14), ("ns", 1e17))
+
+
+def _numeric_times(column, name):
+    """The times of a numeric column that holds them, else None: yyyymmdd integers (20240131) under any name;
+    years (1990) under year, date, ds or period; epoch seconds, milliseconds, microseconds or nanoseconds (UTC,
+    printed without an offset) under a time name (``timestamp``, ``time``, ``epoch``...). They were skipped as
+    numbers: a newest-first file was forecast backwards, undated, and a last such column was forecast itself."""
+    import numpy as np
+    import pandas as pd
+
+    from .data.frames import TIME_NAMES, _yyyymmdd
+
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    given = column.dropna()
+    if len(given) < 3 or not np.isfinite(given.to_numpy(dtype=float)).all() or (given != np.round(given)).any():
+        return None
+    whole = given.astype("int64")
+    dates = _yyyymmdd(whole)
+    if dates is not None:
+        return dates
+    lname = str(name).strip().lower()
+    if lname not in (*TIME_NAMES, "year", *_EPOCH_NAMES):
+        return None
+    if lname in ("year", "date", "ds", "period") and whole.between(1000, 2999).all():  # not "time": 1250 ms
+        return pd.to_datetime(whole.astype(str), format="%Y")
+    size = float(whole.abs().median())
+    for unit, low in _EPOCH_UNITS:
+        if low <= size < low * 100 and (whole > 0).all():
+            return pd.to_datetime(whole, unit=unit)
     return None
 
 

@@ -244,6 +244,9 @@ def parse_times(col: pd.Series, where: str | None = None) -> pd.Series | None:
     weeks = _iso_weeks(text)
     if weeks is not None:
         return weeks
+    months = _months_of_two_digit_years(text)
+    if months is not None:
+        return months
     if text.str.match(_YEAR_FIRST).all():
         # A leading four-digit year is year-month-day (ISO 8601) and nothing else: the day-first pass reads
         # 2021-02-01 as January 2, and for month-start data that reading even looks more regular.
@@ -317,6 +320,25 @@ def _iso_weeks(text: pd.Series) -> pd.Series | None:
     iso = parts[0] + "-W" + parts[1] + "-" + parts[2].fillna("1")
     parsed = pd.to_datetime(iso, format="%G-W%V-%u", errors="coerce")
     return parsed if parsed.notna().all() else None
+
+
+# A month name and a two-digit year (Jan-20, Jan 20, January/20: Excel's "mmm-yy").
+_MONTH_YEAR = r"^([A-Za-z]{3,9})[-/ .']?(\d{2})$"
+
+
+def _months_of_two_digit_years(text: pd.Series) -> pd.Series | None:
+    """Months written as a month name and a two-digit year (Jan-20) as the first day of that month, or None if any
+    value is not one. pandas read Jan-20 as January 20 of year 1: the rows were put in order of month, then year.
+    The same text can be a day without its year (Jan 05, Jan 06, ...): read as months those scatter over decades,
+    so the months must be distinct and fill at least half the span from the first to the last."""
+    parts = text.str.extract(_MONTH_YEAR)
+    if not len(text) or parts[0].isna().any():
+        return None
+    parsed = pd.to_datetime(parts[0].str[:3] + " " + parts[1], format="%b %y", errors="coerce")
+    if not parsed.notna().all() or not parsed.is_unique:
+        return None
+    months = parsed.dt.year * 12 + parsed.dt.month
+    return parsed if 2 * len(parsed) >= months.max() - months.min() + 1 else None
 
 
 def _read_every_value(text: pd.Series, **options) -> pd.Series | None:
@@ -421,10 +443,12 @@ _FULL_DATE = r"\d{4}|\d+[-/.]\d+[-/.]\d+"
 
 
 def _holds_dates(col: pd.Series) -> bool:
-    """Whether a time column's values carry their date: numbers and datetime dtypes do, text must show it."""
+    """Whether a time column's values carry their date: numbers and datetime dtypes do, text must show it (a year,
+    a day, month and year, or a month and a two-digit year such as Jan-20)."""
     if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
         return True
-    return bool(col.dropna().astype(str).str.contains(_FULL_DATE, regex=True).all())
+    text = col.dropna().astype(str).str.strip()
+    return bool(text.str.contains(_FULL_DATE, regex=True).all()) or _months_of_two_digit_years(text) is not None
 
 
 def _times_of(col: pd.Series) -> pd.Series | None:

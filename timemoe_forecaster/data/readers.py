@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import lzma
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -63,6 +64,11 @@ def read_frame(path: Path, fmt: str):
             sep, text_frame = ";", _semicolon_table(path)
         else:
             text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=not one_column)
+            collapsed = isinstance(text_frame.index, pd.RangeIndex)  # row names 0, 1, 2, ... or none at all
+            if one_column and collapsed and (split := _split_numbers_in_one_column(path, sep)) is not None:
+                # "0,5", "1,2", "2,7": pandas makes first fields 0, 1, 2, ... a plain row index, so that
+                # _without_row_names cannot tell them from rows as long as the header.
+                raise _split_numbers(path, split)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty (no header, no rows)") from None
     except _parse_errors() as err:
@@ -84,10 +90,17 @@ def _semicolon_table(path: Path):
     import pandas as pd
 
     frame = pd.read_csv(path, sep=";", dtype=str)
-    for name in frame.columns:
-        text = frame[name].str.strip()
+
+    def comma_decimal(given) -> bool:
+        return bool(len(given)) and bool(given.str.fullmatch(_COMMA_DECIMAL).all())
+
+    texts = {name: frame[name].str.strip() for name in frame.columns}
+    # Where one column writes decimal commas, '.' is the thousands separator of every column: "1.020" beside
+    # "9,50" is one thousand and twenty (it was read as 1.02).
+    commas = any(comma_decimal(t.dropna()) and t.str.contains(",", regex=False).any() for t in texts.values())
+    for name, text in texts.items():
         given = text.dropna()
-        if len(given) and given.str.contains(",", regex=False).any() and given.str.fullmatch(_COMMA_DECIMAL).all():
+        if comma_decimal(given) and (commas or given.str.contains(",", regex=False).any()):
             frame[name] = pd.to_numeric(text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
         else:
             numbers = pd.to_numeric(given, errors="coerce")
@@ -95,6 +108,32 @@ def _semicolon_table(path: Path):
                 frame[name] = pd.to_numeric(text)
     logger.info("%s: read as ';'-separated (a decimal comma where a column has one)", path)
     return frame
+
+
+def _split_numbers(path: Path, line: str) -> ValueError:
+    return ValueError(
+        f"{path}: data rows hold one field more than the header, and each is two whole numbers joined by a comma "
+        f"({line!r}): numbers written with decimal commas (or thousands separators) split in two; save it with '.' "
+        "decimals and no thousands separators (12.5, 1234)"
+    )
+
+
+def _split_numbers_in_one_column(path: Path, sep: str) -> str | None:
+    """The first line of a one-column file whose every data line is two whole numbers joined by ``sep`` without
+    quotes (``101,3`` under ``Wert``): numbers written with a decimal comma (or thousands separators) split in
+    two. pandas took the digits before the comma for R's row names when they increased, and the digits after it for
+    the values. R quotes its row names (``"1",5``); None for any other file."""
+    import pandas as pd
+
+    lines = _first_lines(path, 3)
+    if sep != "," or not lines or len(lines) < 2 or not re.fullmatch(r"[-+]?\d+,\d+", lines[1].strip()):
+        return None  # the first data line tells most files apart without reading them twice
+    try:
+        raw = pd.read_csv(path, sep="\x1f", dtype=str, quoting=3)  # each line whole, quotes kept
+    except _parse_errors():
+        return None
+    given = raw.iloc[:, 0].dropna().str.strip() if raw.shape[1] == 1 else raw.iloc[:0, 0]
+    return given.iloc[0] if len(given) and given.str.fullmatch(r"[-+]?\d+,\d+").all() else None
 
 
 def _read_parquet(path: Path):
@@ -197,6 +236,9 @@ def _without_row_names(df, path: Path, sep: str = ","):
             "decimals (if the first fields are row names, give their column a header name)"
         )
     if _looks_like_row_names(df.index):
+        split = _split_numbers_in_one_column(path, sep) if df.shape[1] == 1 else None
+        if split is not None:  # an increasing counter by chance: the integer parts of a rising series
+            raise _split_numbers(path, split)
         return df.reset_index(drop=True)
     raise ValueError(
         f"{path}: data rows hold one field more than the header, and the first fields ({first}"

@@ -1,0 +1,134 @@
+"""``timemoe forecast`` on real-world CSV files: cases that forecast the wrong series without a word."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from timemoe_forecaster.cli import load_series, main
+
+DAYS = pd.date_range("2024-01-01", periods=30, freq="D")
+
+
+def _observed(out: str) -> list[list[str]]:
+    return [line.split()[1:] for line in out.splitlines() if line.strip().startswith("observed")]
+
+
+def _forecast_times(out: str) -> list[str]:
+    return [line.split()[1] for line in out.splitlines() if line.strip().startswith("forecast")]
+
+
+@pytest.mark.parametrize(
+    "header, time_of",
+    [
+        ("date", lambda d: d.strftime("%Y%m%d")),  # yyyymmdd integers
+        ("timestamp", lambda d: str(int(d.timestamp()))),  # epoch seconds
+        ("timestamp", lambda d: str(int(d.timestamp() * 1000))),  # epoch milliseconds
+    ],
+)
+def test_a_numeric_time_column_orders_and_dates_a_newest_first_file(tmp_path, capsys, header, time_of):
+    # A numeric time column was no time column: a newest-first file was forecast backwards (its oldest value shown
+    # as the last observation), undated.
+    csv = tmp_path / "rev.csv"
+    rows = [f"{time_of(d)},{i}" for i, d in enumerate(DAYS)]
+    csv.write_text(f"{header},value\n" + "\n".join(reversed(rows)) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert _observed(out) == [["2024-01-30", "29.0000"]]
+    assert _forecast_times(out) == ["2024-01-31", "2024-02-01"]
+
+
+def test_a_year_column_orders_a_newest_first_file(tmp_path):
+    csv = tmp_path / "years.csv"
+    csv.write_text("year,value\n" + "\n".join(f"{y},{y - 1990}" for y in range(2023, 1989, -1)) + "\n")
+    series = load_series(str(csv))
+    assert series.iloc[-1] == 33 and series.index[-1] == pd.Timestamp("2023-01-01")
+
+
+def test_a_numeric_time_column_is_not_the_series_forecast(tmp_path):
+    # "sales,timestamp": the last numeric column was the epoch milliseconds, forecast as the series.
+    csv = tmp_path / "ms.csv"
+    csv.write_text("sales,timestamp\n" + "\n".join(f"{i},{int(d.timestamp() * 1000)}" for i, d in enumerate(DAYS)))
+    series = load_series(str(csv))
+    assert series.name == "sales" and series.iloc[-1] == 29 and series.index[-1] == DAYS[-1]
+
+
+@pytest.mark.parametrize("fmt", ["%b-%y", "%b %y", "%B-%y", "%m/%y"])
+def test_months_with_two_digit_years_are_not_read_as_days_of_year_one(tmp_path, fmt):
+    # Excel's "mmm-yy" (Jan-20): read as January 20 of year 1, the rows were sorted by month, then by year.
+    months = pd.date_range("2019-11-01", periods=15, freq="MS")
+    csv = tmp_path / "m.csv"
+    csv.write_text("month,value\n" + "\n".join(f"{m.strftime(fmt)},{i}" for i, m in enumerate(months)) + "\n")
+    series = load_series(str(csv))
+    assert list(series) == list(range(15))  # file order (it is time order), whether dated or not
+    if isinstance(series.index, pd.DatetimeIndex):
+        assert list(series.index) == list(months)
+
+
+def test_semicolon_file_with_decimal_commas_reads_thousands_dots_in_every_column(tmp_path):
+    # "1.020" beside "9,50" is one thousand and twenty: it was read as 1.02 (the forecast a thousand times too low).
+    csv = tmp_path / "de.csv"
+    sales = [950 + 10 * i for i in range(30)]
+    text = [f"{d:%d.%m.%Y};9,50;{s if s < 1000 else f'{s // 1000}.{s % 1000:03d}'}" for d, s in zip(DAYS, sales)]
+    csv.write_text("Datum;Preis;Umsatz\n" + "\n".join(text) + "\n")
+    series = load_series(str(csv))
+    assert list(series) == sales
+
+
+@pytest.mark.parametrize("start", [100, 0])
+def test_a_one_column_file_with_decimal_commas_is_not_read_as_row_names(tmp_path, start):
+    # "101,3" under the header "Wert": 101 was taken for an R row name and 3 forecast as the value (from 0,5 on the
+    # first fields even looked like no row names at all).
+    csv = tmp_path / "one.csv"
+    values = [f"{start + i},{(7 * i) % 10}" for i in range(30)]
+    csv.write_text("Wert\n" + "\n".join(values) + "\n")
+    try:
+        series = load_series(str(csv))
+    except ValueError as err:  # refusing is fine; the decimals alone are not
+        assert "decimal comma" in str(err)
+    else:
+        assert list(series) == [float(v.replace(",", ".")) for v in values]
+
+
+def test_a_long_table_of_several_ids_is_refused_whatever_its_value_column_is_named(tmp_path, capsys):
+    # unique_id + sales (not "value"/"y"): the two stores were forecast as one series (a warning said "one after
+    # another", and for rows sorted by date they were interleaved: a zig-zag).
+    csv = tmp_path / "long.csv"
+    rows = [f"{d.date()},{s},{(100 if s == 'A' else 5) + i}" for i, d in enumerate(DAYS) for s in "AB"]
+    csv.write_text("date,unique_id,sales\n" + "\n".join(rows) + "\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(csv), "--horizon", "2"])
+    assert "long table of 2 series (column 'unique_id': A, B)" in capsys.readouterr().err
+
+
+def test_rows_of_separators_alone_do_not_undate_the_file(tmp_path, capsys):
+    # Spreadsheet exports end in ",," lines: the date column "had holes", the forecast was undated, and a
+    # newest-first file was then forecast backwards.
+    csv = tmp_path / "x.csv"
+    rows = [f"{d.date()},{i}" for i, d in enumerate(DAYS)]
+    csv.write_text("date,value\n" + "\n".join(reversed(rows)) + "\n,\n,\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "1", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert _observed(out) == [["2024-01-30", "29.0000"]] and _forecast_times(out) == ["2024-01-31"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["time,temp\n22:00,0\n23:00,1\n00:00,2\n01:00,3\n02:00,4\n", "month,temp\nNov,0\nDec,1\nJan,2\nFeb,3\nMar,4\n"],
+)
+def test_times_without_their_date_keep_file_order(tmp_path, text):
+    # 00:00 was sorted before 22:00 (all dated today), January before the November of the year before (year 1).
+    csv = tmp_path / "t.csv"
+    csv.write_text(text)
+    assert list(load_series(str(csv))) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("sep", [" ", "-"])
+def test_days_without_a_year_are_not_read_as_months_of_two_digit_years(tmp_path, sep):
+    # "Jan 05" can be Excel's January 2005 or the fifth of January of no year. Read as months, days from Jan 28 to
+    # Feb 03 scattered over four decades and were sorted Feb 01, Jan 28, Feb 02 ...: they keep file order.
+    days = pd.date_range("2024-01-28", periods=7, freq="D")
+    csv = tmp_path / "d.csv"
+    csv.write_text("day,value\n" + "\n".join(f"{d.strftime(f'%b{sep}%d')},{i}" for i, d in enumerate(days)) + "\n")
+    series = load_series(str(csv))
+    assert list(series) == list(range(7))
