@@ -279,8 +279,9 @@ def load_series(dataset: str, column: str | None = None):
     frame, column = _one_series_of_long_table(frame, path, column)
     if column is None:
         # A numeric time column (yyyymmdd, epoch seconds, years) is no series: as the last numeric column it was
-        # forecast itself.
+        # forecast itself. So are months written mm.yyyy (01.2020), text that reads as numbers.
         times = [name for name in frame.columns if _numeric_times(frame[name], name) is not None]
+        times += [name for name in frame.columns if _written_months(frame[name])]
         column = _default_column(frame.drop(columns=times) if len(times) < frame.shape[1] else frame, path)
     if column not in frame.columns:
         raise ValueError(f"--column {column!r} not in {path}; columns: {list(frame.columns)}")
@@ -292,12 +293,12 @@ def load_series(dataset: str, column: str | None = None):
     if frame.shape[1] > 1 and blank.any():
         # Lines of separators alone (",,", as spreadsheets export their formatted empty rows) hold no time and no
         # value: a date column with such holes left the whole file undated (a newest-first one forecast backwards).
-        dated = _time_column(frame[~blank], exclude=column)
+        dated = _time_column(frame[~blank], exclude=column, path=path)
         if dated is not None:
             log.info("%s: %d empty row(s) (separators alone) left out", path, int(blank.sum()))
             frame, values = frame[~blank], values[~blank]
     if dated is None:
-        dated = _time_column(frame, exclude=column)
+        dated = _time_column(frame, exclude=column, path=path)
     if dated is None:
         return values.rename(column)
     times, offsets = dated  # print the forecast against dates that continue the file's own
@@ -462,19 +463,25 @@ def _one_series_of_long_table(frame, path: Path, column: str | None):
     if 2 < len(frame) == len(ids):  # a different id in every row: row labels (1, 2, 3, ...), not series ids
         return frame.drop(columns=[id_col]), column or find_column(frame, VALUE_NAMES)
     if len(ids) > 1:
-        raise ValueError(
-            f"{path} is a long table of {len(ids)} series (column {id_col!r}: {', '.join(map(str, ids[:3]))}"
-            f"{', ...' if len(ids) > 3 else ''}); "
-            f"timemoe forecast forecasts one series: keep the rows of one {id_col} (filter the file), or forecast "
-            "them all from Python (TimeMoEForecaster)"
-        )
+        raise _long_table(path, id_col, ids)
     return frame.drop(columns=[id_col]), column or find_column(frame, VALUE_NAMES)
 
 
-def _time_column(frame, exclude: str):
-    """The first text column whose every value reads as a date or time: its times, and the offset at which the file
-    wrote each (for :func:`_as_written`), None where they print as read, or ``_ORDER_ONLY`` where a repeated time
-    leaves them fit to order the rows but not to date them; None if there is none."""
+def _long_table(path: Path, id_col, ids) -> ValueError:
+    """The error for a long table of several series (``ids``, the distinct values of its column ``id_col``)."""
+    return ValueError(
+        f"{path} is a long table of {len(ids)} series (column {id_col!r}: {', '.join(map(str, ids[:3]))}"
+        f"{', ...' if len(ids) > 3 else ''}); "
+        f"timemoe forecast forecasts one series: keep the rows of one {id_col} (filter the file), or forecast "
+        "them all from Python (TimeMoEForecaster)"
+    )
+
+
+def _time_column(frame, exclude: str, path: Path):
+    """The first text column whose every value reads as a date or time (with the time of day of a column beside it
+    that holds only that): its times, and the offset at which the file wrote each (for :func:`_as_written`), None
+    where they print as read, or ``_ORDER_ONLY`` where a repeated time leaves them fit to order the rows but not to
+    date them; None if there is none. A column that tells apart the series of a long table is an error."""
     import pandas as pd
 
     from .data.frames import _holds_dates, parse_times
@@ -501,10 +508,15 @@ def _time_column(frame, exclude: str):
                 )
             continue
         parsed = read(column, name, where=f"column {name!r}")
+        if parsed is not None:
+            parsed = _with_time_of_day(frame, name, parsed, exclude)
         if parsed is not None and parsed.is_unique:
             return parsed, _offsets_of(column, parsed)
         if parsed is not None:
             if parsed.duplicated(keep=False).mean() >= 0.5:
+                key = _series_key(frame, name, parsed, exclude)
+                if key is not None:  # date,store,sales sorted by date: forecast as one series, it zig-zagged
+                    raise _long_table(path, key, frame[key].unique())
                 # Put in time order, series stacked one after another (no id column, or one not named as such)
                 # were interleaved row by row: a forecast of a series jumping between them at every step.
                 log.warning(
@@ -518,6 +530,72 @@ def _time_column(frame, exclude: str):
                 return None  # undated, as a file without a date column
             dated = _repeated_local_hour(name, parsed)
             return dated if dated is not None else (parsed, _ORDER_ONLY)
+    return None
+
+
+# A time of day alone: 17:24, 17:24:00, 17:24:00.5.
+_TIME_OF_DAY = r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
+
+
+def _with_time_of_day(frame, name, dates, exclude):
+    """``dates`` (the dates of column ``name``, all midnights) with the times of day of the first other column that
+    holds only times of day (17:24:00): a date column and a time column (the UCI household power layout,
+    ``Date;Time;...``) make one timestamp. The date column alone repeated once per time of day, so the file was
+    read as stacked series, undated and in file order (a newest-first file forecast backwards). The dates keep the
+    reading :func:`parse_times` chose (day-first or month-first); ``dates`` as they are when there is no such column."""
+    import pandas as pd
+
+    if dates.dt.tz is not None or not (dates == dates.dt.normalize()).all():
+        return dates
+    for other in frame.columns:
+        column = frame[other]
+        if other in (name, exclude) or pd.api.types.is_numeric_dtype(column) or column.isna().any():
+            continue
+        if not column.head(20).astype(str).str.strip().str.fullmatch(_TIME_OF_DAY).all():
+            continue  # most columns tell at once: a file of millions of rows is not matched whole for each
+        text = column.astype(str).str.strip()
+        if not text.str.fullmatch(_TIME_OF_DAY).all():
+            continue
+        offsets = pd.to_timedelta(text.where(text.str.count(":") == 2, text + ":00"), errors="coerce")
+        if offsets.isna().any() or (offsets >= pd.Timedelta(days=1)).any():
+            continue
+        log.info("columns %r and %r read as one timestamp (date and time of day)", name, other)
+        return pd.Series(dates.to_numpy() + offsets.to_numpy(), index=dates.index)
+    return dates
+
+
+def _series_key(frame, name, times, exclude):
+    """A column that tells apart the series of a long table whose id column has no id name (``date,store,sales``),
+    or None: with the time column ``name`` (``times``, most of them repeated) it makes every row unique. Only text
+    (not numbers written as text, not dates or times) or integers of few values (at most twice as many as the most
+    rows of one time) are ids; date parts (hour, weekday) and row counters are not. Without such a column the rows
+    are series stacked one after another, or repeated times, read as before."""
+    import pandas as pd
+
+    from .data.frames import DATE_PART_NAMES, INDEX_NAMES, TIME_NAMES, parse_times
+
+    most = int(times.value_counts().max())
+    for other in frame.columns:
+        column = frame[other]
+        lname = str(other).strip().lower()
+        if other in (name, exclude) or lname in (*DATE_PART_NAMES, *INDEX_NAMES, *TIME_NAMES) or column.isna().any():
+            continue
+        distinct = column.nunique()
+        if not 1 < distinct <= len(column) // 2:
+            continue
+        if pd.api.types.is_integer_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            if distinct > 2 * most:
+                continue
+        elif pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column):
+            text = column.astype(str).str.strip()
+            if pd.to_numeric(text, errors="coerce").notna().any() and distinct > 2 * most:
+                continue  # numbers (some broken): values, not ids
+            if parse_times(text.drop_duplicates()) is not None:
+                continue
+        else:
+            continue
+        if not pd.DataFrame({"t": times.to_numpy(), "k": column.to_numpy()}).duplicated().any():
+            return other
     return None
 
 
@@ -556,6 +634,17 @@ def _numeric_times(column, name):
         if low <= size < low * 100 and (whole > 0).all():
             return pd.to_datetime(whole, unit=unit)
     return None
+
+
+def _written_months(column) -> bool:
+    """Whether a text column holds months written mm.yyyy (01.2020), as read_frame keeps them."""
+    import pandas as pd
+
+    from .data.frames import dotted_months
+
+    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)) or column.isna().any():
+        return False
+    return dotted_months(column.astype(str).str.strip()) is not None
 
 
 def _offsets_of(column, parsed):

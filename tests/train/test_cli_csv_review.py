@@ -132,3 +132,100 @@ def test_days_without_a_year_are_not_read_as_months_of_two_digit_years(tmp_path,
     csv.write_text("day,value\n" + "\n".join(f"{d.strftime(f'%b{sep}%d')},{i}" for i, d in enumerate(days)) + "\n")
     series = load_series(str(csv))
     assert list(series) == list(range(7))
+
+
+@pytest.mark.parametrize(
+    "header, row",
+    [
+        # The UCI household power layout: day-first dates (16/12/2006) and a time of day with seconds, ';'-separated.
+        ("Date;Time;Global_active_power", lambda t, i: f"{t:%d/%m/%Y};{t:%H:%M:%S};{i}"),
+        ("date,time,value", lambda t, i: f"{t:%Y-%m-%d},{t:%H:%M},{i}"),
+    ],
+)
+def test_a_date_column_and_a_time_of_day_column_make_one_timestamp(tmp_path, capsys, header, row):
+    # The date column alone repeated (once per hour): the file was read as stacked series, undated, in file order,
+    # so a newest-first file was forecast backwards.
+    hours = pd.date_range("2006-12-16 17:00", periods=30, freq="h")
+    csv = tmp_path / "power.txt"
+    csv.write_text(header + "\n" + "\n".join(reversed([row(t, i) for i, t in enumerate(hours)])) + "\n")
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert _observed(out) == [["2006-12-17", "22:00:00", "29.0000"]]
+    assert _forecast_times(out) == ["2006-12-17", "2006-12-18"]
+    assert "one after another" not in capsys.readouterr().err
+
+
+def test_a_day_first_date_column_beside_times_of_day_is_read_day_first(tmp_path):
+    # 01/02 .. 03/02 alone reads both ways; beside 13/02 it is February, and so is every row's timestamp.
+    times = pd.date_range("2024-02-01", periods=13 * 4, freq="6h")
+    csv = tmp_path / "p.csv"
+    csv.write_text("Date,Time,load\n" + "\n".join(f"{t:%d/%m/%Y},{t:%H:%M},{i}" for i, t in enumerate(times)) + "\n")
+    series = load_series(str(csv))
+    assert list(series.index) == list(times) and list(series) == list(range(len(times)))
+
+
+@pytest.mark.parametrize("store", [lambda s: s, lambda s: {"A": "17", "B": "42"}[s]])
+def test_a_panel_told_apart_by_a_column_of_any_name_is_refused(tmp_path, capsys, store):
+    # "date,store,sales" sorted by date: the two stores were forecast as one zig-zag series, with a warning that they
+    # were stacked "one after another".
+    csv = tmp_path / "panel.csv"
+    rows = [f"{d.date()},{store(s)},{(100 if s == 'A' else 5) + i}" for i, d in enumerate(DAYS) for s in "AB"]
+    csv.write_text("date,store,sales\n" + "\n".join(rows) + "\n")
+    with pytest.raises(SystemExit):
+        main(["forecast", "--dataset", str(csv), "--horizon", "2"])
+    err = capsys.readouterr().err
+    assert f"long table of 2 series (column 'store': {store('A')}, {store('B')})" in err
+    assert "TimeMoEForecaster" in err
+
+
+def test_repeated_times_without_a_column_that_tells_them_apart_keep_their_reading(tmp_path, capsys):
+    # Series stacked one after another with a text column that does not tell the copies apart (a unit): numbered in
+    # file order, with the warning, as before; a date repeated once is ordered, not refused.
+    csv = tmp_path / "stacked.csv"
+    rows = [f"{d.date()},kWh,{i}" for i, d in enumerate(list(DAYS) * 2)]
+    csv.write_text("date,unit,value\n" + "\n".join(rows) + "\n")
+    assert list(load_series(str(csv))) == list(range(60))
+    once = tmp_path / "once.csv"
+    days = [*DAYS[:10], DAYS[9], *DAYS[10:]]
+    once.write_text("date,note,value\n" + "\n".join(f"{d.date()},n{i},{i}" for i, d in enumerate(days)) + "\n")
+    assert list(load_series(str(once))) == list(range(31))
+
+
+@pytest.mark.parametrize("fmt", ["Q{q} {y}", "Q{q}-{y}", "{y} Q{q}", "{y}-Q{q}"])
+def test_quarters_are_read_as_dates(tmp_path, capsys, fmt):
+    quarters = pd.period_range("2015Q1", periods=12, freq="Q")
+    csv = tmp_path / "q.csv"
+    rows = [f"{fmt.format(q=p.quarter, y=p.year)},{i}" for i, p in enumerate(quarters)]
+    csv.write_text("quarter,value\n" + "\n".join(reversed(rows)) + "\n")  # newest first
+    assert main(["forecast", "--dataset", str(csv), "--horizon", "2", "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert _observed(out) == [["2017-10-01", "11.0000"]]
+    assert _forecast_times(out) == ["2018-01-01", "2018-04-01"]
+
+
+@pytest.mark.parametrize(
+    "header, row",
+    [
+        ("Monat;Umsatz", lambda m, v: f"{m:%m.%Y};{v}"),
+        ("month,sales", lambda m, v: f"{m:%m.%Y},{v}"),
+        ("Umsatz;Monat", lambda m, v: f"{v};{m:%m.%Y}"),  # last: it was the column forecast
+    ],
+)
+def test_months_written_mm_yyyy_are_dates_not_numbers(tmp_path, header, row):
+    # "01.2020" (a German export's month) was read as the number 1.202: the month column was a series, the file
+    # undated and, newest first, forecast backwards.
+    months = pd.date_range("2019-11-01", periods=15, freq="MS")
+    csv = tmp_path / "m.csv"
+    rows = [row(m, 100 + i) for i, m in enumerate(months)]
+    csv.write_text(header + "\n" + "\n".join(reversed(rows)) + "\n")
+    series = load_series(str(csv))
+    assert list(series) == [100 + i for i in range(15)] and list(series.index) == list(months)
+
+
+def test_numbers_that_look_like_mm_yyyy_stay_numbers(tmp_path):
+    # A column of such numbers that is no monthly sequence (repeated, out of order) is data.
+    csv = tmp_path / "n.csv"
+    values = ["01.2020", "03.2021", "01.2020", "12.1999", "05.2030", "02.2020"]
+    csv.write_text("x,value\n" + "\n".join(f"{v},{i}" for i, v in enumerate(values)) + "\n")
+    series = load_series(str(csv), "x")
+    assert list(series) == [float(v) for v in values]

@@ -9,6 +9,7 @@ an error that names it, because silently dropping data hides mistakes.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -205,9 +206,10 @@ def _yyyymmdd(col: pd.Series) -> pd.Series | None:
 
 
 # What text dates look like: two digit groups joined by - / . or a space (2020-01-05, 05.01.2020, 1/5/20), an ISO
-# week (2020-W03), a quarter (2020Q1), a time of day (12:30), a compact ISO time (20200105T1200) or a month name.
+# week (2020-W03), a quarter (2020Q1, Q1 2020, 2020 Q1), a time of day (12:30), a compact ISO time (20200105T1200)
+# or a month name.
 _DATE_LIKE = (
-    r"\d+[-/. ]\d+|\d{4}-?W\d{2}|\d{4}-?Q[1-4]|\d{1,2}:\d{2}|\d{8}T\d{2}"
+    r"\d+[-/. ]\d+|\d{4}-?W\d{2}|\d{4}[-/ ]?Q[1-4]|Q[1-4][-/ ]?\d{4}|\d{1,2}:\d{2}|\d{8}T\d{2}"
     r"|(?<![a-z])(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
 )
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -239,11 +241,17 @@ def parse_times(col: pd.Series, where: str | None = None) -> pd.Series | None:
     regular spacing (month-first on a tie, as pandas does).
     """
     text = col.astype(str).str.strip()
+    months = dotted_months(text)
+    if months is not None:  # before the check for numbers: 01.2020 is one
+        return months
     if not _looks_like_dates(text):
         return None
     weeks = _iso_weeks(text)
     if weeks is not None:
         return weeks
+    quarters = _quarters(text)
+    if quarters is not None:
+        return quarters
     months = _months_of_two_digit_years(text)
     if months is not None:
         return months
@@ -322,6 +330,50 @@ def _iso_weeks(text: pd.Series) -> pd.Series | None:
     return parsed if parsed.notna().all() else None
 
 
+# A quarter and its year, either way round (Q1 2015, Q1-2015, 2015 Q1, 2015-Q1, 2015Q1).
+_QUARTER = r"^(?:Q([1-4])[-/ ]?(\d{4})|(\d{4})[-/ ]?Q([1-4]))$"
+
+
+def _quarters(text: pd.Series) -> pd.Series | None:
+    """Quarters (Q1 2015, 2015 Q1 ...) as the first day of the quarter, or None if any value is not one. pandas reads
+    2015Q1 but not Q1 2015: such a file was undated and kept file order (newest first, forecast backwards)."""
+    if not len(text) or not re.fullmatch(_QUARTER, str(text.iloc[0]).upper()):  # most columns tell at once
+        return None
+    parts = text.str.upper().str.extract(_QUARTER)
+    quarter, year = parts[0].fillna(parts[3]), parts[1].fillna(parts[2])
+    if quarter.isna().any():
+        return None
+    months = (quarter.astype(int) - 1) * 3 + 1
+    return pd.to_datetime(year + "-" + months.astype(str).str.zfill(2) + "-01", format="%Y-%m-%d")
+
+
+# A month and a four-digit year between a dot (01.2020: German exports' "MM.JJJJ"), the month with its leading zero.
+_DOTTED_MONTH = r"^(0[1-9]|1[0-2])\.([12]\d{3})$"
+
+
+def dotted_months(text: pd.Series) -> pd.Series | None:
+    """Months written mm.yyyy (01.2020) as the first day of that month, or None unless every value is one and they
+    form a plausible monthly sequence (see :func:`_plausible_months`). pandas reads 01.2020 as the number 1.202, so the
+    month column of such a file was a series and the file undated; a column of numbers that only look so (repeated,
+    scattered over decades) stays numbers."""
+    if len(text) < 3 or not re.fullmatch(_DOTTED_MONTH, str(text.iloc[0])):  # most columns tell at once
+        return None
+    parts = text.str.extract(_DOTTED_MONTH)
+    if parts[0].isna().any():
+        return None
+    parsed = pd.to_datetime(parts[1] + "-" + parts[0] + "-01", format="%Y-%m-%d", errors="coerce")
+    return parsed if _plausible_months(parsed) else None
+
+
+def _plausible_months(parsed: pd.Series) -> bool:
+    """Whether dates read as months are a monthly sequence: all read, distinct, and filling at least half the span
+    from the first to the last (a few missing months, rows in any order)."""
+    if not parsed.notna().all() or not parsed.is_unique:
+        return False
+    months = parsed.dt.year * 12 + parsed.dt.month
+    return bool(2 * len(parsed) >= months.max() - months.min() + 1)
+
+
 # A month name and a two-digit year (Jan-20, Jan 20, January/20: Excel's "mmm-yy").
 _MONTH_YEAR = r"^([A-Za-z]{3,9})[-/ .']?(\d{2})$"
 
@@ -331,14 +383,13 @@ def _months_of_two_digit_years(text: pd.Series) -> pd.Series | None:
     value is not one. pandas read Jan-20 as January 20 of year 1: the rows were put in order of month, then year.
     The same text can be a day without its year (Jan 05, Jan 06, ...): read as months those scatter over decades,
     so the months must be distinct and fill at least half the span from the first to the last."""
+    if not len(text) or not re.fullmatch(_MONTH_YEAR, str(text.iloc[0])):  # most columns tell at once
+        return None
     parts = text.str.extract(_MONTH_YEAR)
-    if not len(text) or parts[0].isna().any():
+    if parts[0].isna().any():
         return None
     parsed = pd.to_datetime(parts[0].str[:3] + " " + parts[1], format="%b %y", errors="coerce")
-    if not parsed.notna().all() or not parsed.is_unique:
-        return None
-    months = parsed.dt.year * 12 + parsed.dt.month
-    return parsed if 2 * len(parsed) >= months.max() - months.min() + 1 else None
+    return parsed if _plausible_months(parsed) else None
 
 
 def _read_every_value(text: pd.Series, **options) -> pd.Series | None:

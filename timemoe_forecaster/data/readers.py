@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .frames import TIME_NAMES, frame_to_series, reads_as_dates
+from .frames import TIME_NAMES, dotted_months, frame_to_series, reads_as_dates
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,50 @@ def read_frame(path: Path, fmt: str):
         raise _unreadable(path, fmt, err) from None
     _check_separator(text_frame, path)
     _check_header(text_frame, path)
-    return _without_row_names(text_frame, path, sep)
+    frame = _without_row_names(text_frame, path, sep)
+    # Read again as it was read: _semicolon_table skips blank lines, a one-column file keeps them.
+    return _months_read_as_numbers(frame, path, sep, skip_blank_lines=sep == ";" or not one_column)
+
+
+# Names under which a column of numbers may be months written mm.yyyy, beside the first column of any name.
+_MONTH_NAMES = (*TIME_NAMES, "month", "monat", "mois", "mes", "mese", "maand", "periode", "zeitraum")
+
+
+def _months_read_as_numbers(frame, path: Path, sep: str, skip_blank_lines: bool):
+    """``frame`` with its time column of months written mm.yyyy (01.2020, a German export's "MM.JJJJ") as their text.
+    pandas reads them as the numbers 1.202, 2.202, ..., 12.2019 (the zeros lost), so the month column was a series
+    and the file undated. Only the first column or one under a month or time name, whose every value reads as such
+    a month as a number (1 to 12, then a year), is read again as text; it becomes text only when that is mm.yyyy
+    months in a plausible monthly sequence (:func:`dotted_months`), so that numbers that only look so stay numbers.
+    """
+    import pandas as pd
+
+    def maybe_months(position: int, name) -> bool:
+        if position and str(name).strip().lower() not in _MONTH_NAMES:
+            return False
+        column = frame[name]
+        if not pd.api.types.is_float_dtype(column) or len(column) < 3 or column.isna().any():
+            return False
+        month, fraction = np.divmod(column.to_numpy(dtype=np.float64), 1)
+        year = fraction * 10000  # 1.202 is 01.2020: the year's four digits, trailing zeros lost
+        whole = np.abs(year - np.round(year)) < 1e-6
+        return bool(((month >= 1) & (month <= 12) & whole & (year >= 1000) & (year < 3000)).all())
+
+    candidates = [name for position, name in enumerate(frame.columns) if maybe_months(position, name)]
+    if not candidates:
+        return frame
+    try:
+        text = pd.read_csv(path, sep=sep, dtype=str, skip_blank_lines=skip_blank_lines)
+    except _parse_errors():
+        return frame
+    if text.shape != frame.shape or list(text.columns) != list(frame.columns):  # row names, ...: keep pandas' reading
+        return frame
+    for name in candidates:
+        written = text[name].str.strip()
+        if dotted_months(written) is not None:
+            logger.info("%s: column %r holds months written mm.yyyy (%s), read as months", path, name, written.iloc[0])
+            frame[name] = written.to_numpy()
+    return frame
 
 
 # A number as a ';'-separated file (a European spreadsheet's export) writes it: decimal comma, '.' between thousands.
