@@ -229,3 +229,15 @@ def test_numbers_that_look_like_mm_yyyy_stay_numbers(tmp_path):
     csv.write_text("x,value\n" + "\n".join(f"{v},{i}" for i, v in enumerate(values)) + "\n")
     series = load_series(str(csv), "x")
     assert list(series) == [float(v) for v in values]
+
+
+@pytest.mark.parametrize("sep, decimal", [(",", "."), (";", ",")])
+def test_a_question_mark_is_a_missing_value(tmp_path, sep, decimal):
+    # The UCI repository marks missing values "?": the column was text, refused, or passed over for the next one.
+    csv = tmp_path / "uci.csv"
+    values = ["4.216", "5.360", "?", "5.374", "3.666", "3.520"]
+    rows = [f"2006-12-16 17:{24 + i}:00{sep}{v.replace('.', decimal)}{sep}1" for i, v in enumerate(values)]
+    csv.write_text(f"time{sep}power{sep}unit\n" + "\n".join(rows) + "\n")
+    series = load_series(str(csv), column=None)
+    assert series.name == "power" and series.isna().tolist() == [False, False, True, False, False, False]
+    assert series.iloc[3] == 5.374

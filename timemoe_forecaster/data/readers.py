@@ -48,6 +48,11 @@ def read_table(path: Path, fmt: str, opts: dict) -> list[np.ndarray]:
     return series
 
 
+# Cells that mark a missing value beside pandas' own (NA, NaN, null, #N/A, ...): the UCI repository's "?". A column
+# holding one was text, refused or passed over for the next numeric column.
+MISSING_MARKS = ["?"]
+
+
 def read_frame(path: Path, fmt: str):
     """The DataFrame of a CSV, TSV or parquet file (``fmt``: its suffix, without a compression suffix)."""
     import pandas as pd
@@ -63,7 +68,7 @@ def read_frame(path: Path, fmt: str):
         if sep == "," and one_column and ";" in str(header.columns[0]) and "\t" not in str(header.columns[0]):
             sep, text_frame = ";", _semicolon_table(path)
         else:
-            text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=not one_column)
+            text_frame = pd.read_csv(path, sep=sep, skip_blank_lines=not one_column, na_values=MISSING_MARKS)
             collapsed = isinstance(text_frame.index, pd.RangeIndex)  # row names 0, 1, 2, ... or none at all
             if one_column and collapsed and (split := _split_numbers_in_one_column(path, sep)) is not None:
                 # "0,5", "1,2", "2,7": pandas makes first fields 0, 1, 2, ... a plain row index, so that
@@ -108,7 +113,7 @@ def _months_read_as_numbers(frame, path: Path, sep: str, skip_blank_lines: bool)
     if not candidates:
         return frame
     try:
-        text = pd.read_csv(path, sep=sep, dtype=str, skip_blank_lines=skip_blank_lines)
+        text = pd.read_csv(path, sep=sep, dtype=str, skip_blank_lines=skip_blank_lines, na_values=MISSING_MARKS)
     except _parse_errors():
         return frame
     if text.shape != frame.shape or list(text.columns) != list(frame.columns):  # row names, ...: keep pandas' reading
@@ -132,7 +137,7 @@ def _semicolon_table(path: Path):
     decimals, dates such as 31.12.2020, text)."""
     import pandas as pd
 
-    frame = pd.read_csv(path, sep=";", dtype=str)
+    frame = pd.read_csv(path, sep=";", dtype=str, na_values=MISSING_MARKS)
 
     def comma_decimal(given) -> bool:
         return bool(len(given)) and bool(given.str.fullmatch(_COMMA_DECIMAL).all())
