@@ -327,7 +327,9 @@ def check_training_settings(settings: dict | None, name: str = "fine-tuning") ->
     ("stepz") failed only at fit, after the model had loaded, and in a grid search every candidate failed."""
     from .train.finetune import train_on_series
 
-    accepted = set(inspect.signature(train_on_series).parameters) - {"model", "series"}
+    # `names` too: the estimators name the series themselves, and a `names` setting made fit fail with
+    # "train_on_series() got multiple values for keyword argument 'names'".
+    accepted = set(inspect.signature(train_on_series).parameters) - {"model", "series", "names"}
     unknown = sorted(set(settings or {}) - accepted)
     if unknown:
         raise ValueError(f"unknown {name} setting(s) {unknown}; accepted: {sorted(accepted)}")

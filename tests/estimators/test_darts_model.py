@@ -526,3 +526,14 @@ def test_show_warnings_false_silences_the_horizon_past_the_window(checkpoint, ca
     with caplog.at_level("WARNING", logger="timemoe_forecaster"):
         f.predict(limit + 1)
     assert "whole context window" in caplog.text
+
+
+def test_a_names_training_setting_is_refused_when_the_model_is_made_not_at_fit():
+    # train_on_series takes `names`, but the estimators name the series themselves: accepted here, it made fit fail
+    # with "train_on_series() got multiple values for keyword argument 'names'".
+    from timemoe_forecaster import TimeMoEForecaster
+
+    with pytest.raises(ValueError, match=r"unknown fine-tuning setting\(s\) \['names'\]"):
+        TimeMoEModel(fine_tune={"steps": 1, "names": ["a"]})
+    with pytest.raises(ValueError, match=r"setting\(s\) \['names'\]"):
+        TimeMoEForecaster(fine_tune={"steps": 1, "names": ["a"]})
