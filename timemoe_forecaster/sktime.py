@@ -423,6 +423,34 @@ class TimeMoEForecaster(BaseForecaster):
         with self._undone_on_failure(), _non_numeric_named(y):
             return super().update_predict_single(y=y, fh=fh, X=X, update_params=update_params)
 
+    def _set_cutoff_from_y(self, y):
+        """sktime's cutoff, on the time grid of the fitted data where y's DatetimeIndex is a DatetimeIndex.
+
+        sktime takes the cutoff's frequency from the index of the data it was handed, and leaves it unset where that
+        index has none (a series that skips points, a panel of unequal spans). ``fit`` checks its ``fh`` against the
+        cutoff before ``_fit`` runs, so an absolute ``fh`` (sktime's own ``ForecastingHorizon(y_test.index,
+        is_relative=False)``) failed inside pandas ("You must pass a freq argument as current index has none") where
+        ``predict`` took the same ``fh``. At ``update`` the new data's index said what the grid was:
+        ``pd.date_range(t, periods=1)`` is daily, so a new month of a monthly series was refused as "off the grid of
+        y's frequency D", and two daily points made the whole monthly history a daily one, 97% interpolated."""
+        super()._set_cutoff_from_y(y)
+        cutoff = getattr(self, "_cutoff", None)
+        if not isinstance(cutoff, pd.DatetimeIndex) or len(cutoff) != 1 or not isinstance(y, pd.DataFrame):
+            return
+        fitted = getattr(self, "_freq", None) if getattr(self, "_state", None) == "fitted" else None
+        if fitted is None and cutoff.freq is not None:
+            return  # fit: y's own frequency
+        freq = fitted if fitted is not None else inferred_freq(y)
+        if freq is None:
+            return  # fit says what is wrong
+        freq = pd.tseries.frequencies.to_offset(freq)
+        if cutoff.freq == freq:
+            return
+        cutoff = pd.DatetimeIndex(cutoff, freq=None)  # pandas refuses a freq that the index's own contradicts
+        with contextlib.suppress(ValueError):  # the last point is off that grid: fit and update refuse it, naming it
+            cutoff = pd.DatetimeIndex(cutoff, freq=freq)
+        self._cutoff = cutoff
+
     @contextlib.contextmanager
     def _undone_on_failure(self):
         """sktime moves the cutoff and stores ``y`` before ``_update`` checks it; a later ``predict`` would then
@@ -445,6 +473,7 @@ class TimeMoEForecaster(BaseForecaster):
     def _update(self, y, X=None, update_params=True):
         """Extend the stored context with ``y`` (its known values win); the model is not retrained."""
         new = self._columns_as_fitted(checked_frame(y, require_points=False))
+        self._refuse_another_layout(new)
         appended = self._appended(new)
         if appended is not None:
             self._context = appended
@@ -464,6 +493,24 @@ class TimeMoEForecaster(BaseForecaster):
         self._settle_time_grid()
         self._check_lengths()
         return self
+
+    def _refuse_another_layout(self, new: pd.DataFrame) -> None:
+        """A clear error for an update whose rows are not those of the fitted data: other index levels (a series
+        updating a panel), or another kind of time index (a DatetimeIndex updating a PeriodIndex, daily periods
+        updating monthly ones, times with a time zone updating times without). They failed inside pandas' sort
+        ("'<' not supported between instances of 'Timestamp' and 'Period'", "Input has different freq=M")."""
+        context = self._context
+        if new.index.nlevels != context.index.nlevels:
+            raise ValueError(
+                f"update's y has {new.index.nlevels} index level(s), the y that fit saw {context.index.nlevels} "
+                f"({_layout(context.index)}); pass the new points in the fitted layout"
+            )
+        fitted, given = _time_kind(context.index.get_level_values(-1)), _time_kind(new.index.get_level_values(-1))
+        if fitted != given:
+            raise ValueError(
+                f"update's y has a time index of {given}, the y that fit saw one of {fitted}; pass the new points "
+                "with the fitted kind of time index"
+            )
 
     def _appended(self, new: pd.DataFrame) -> pd.DataFrame | None:
         """The stored context extended by ``new``, where that is all the general merge would do: one series (not
@@ -960,6 +1007,23 @@ def _in_time_order(frame: pd.DataFrame) -> pd.DataFrame:
     keys = times.asi8 if isinstance(times, (pd.PeriodIndex, pd.DatetimeIndex, pd.TimedeltaIndex)) else times
     order = np.lexsort((keys, instance))
     return frame.iloc[order]
+
+
+def _time_kind(times: pd.Index) -> str:
+    """What kind of time index ``times`` is, as far as its points can be merged with another's."""
+    if isinstance(times, pd.PeriodIndex):
+        return f"periods of frequency {times.freqstr}"
+    if isinstance(times, pd.DatetimeIndex):
+        return "times with a time zone" if times.tz is not None else "times without a time zone"
+    if pd.api.types.is_integer_dtype(times.dtype):
+        return "integers"
+    return f"{times.dtype} values"
+
+
+def _layout(index: pd.Index) -> str:
+    if index.nlevels == 1:
+        return "a single series"
+    return f"a panel of instance level(s) {list(index.names[:-1])} and time level {index.names[-1]!r}"
 
 
 def _forecast_groups(needed: np.ndarray, horizon_lengths: list[int]) -> list[tuple[int, np.ndarray]]:
