@@ -424,7 +424,7 @@ class TimeMoEForecaster(BaseForecaster):
             return super().update_predict_single(y=y, fh=fh, X=X, update_params=update_params)
 
     def _set_cutoff_from_y(self, y):
-        """sktime's cutoff, on the time grid of the fitted data where y's DatetimeIndex is a DatetimeIndex.
+        """sktime's cutoff, with the frequency of the fitted data (at fit: of y) where the cutoff is a time.
 
         sktime takes the cutoff's frequency from the index of the data it was handed, and leaves it unset where that
         index has none (a series that skips points, a panel of unequal spans). ``fit`` checks its ``fh`` against the
