@@ -927,9 +927,9 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
             f"--output-dir {cfg.output_dir} is the folder of the model trained from ({cfg.init_from}): its weights "
             "would be replaced; choose another --output-dir"
         )
-    if cfg.resume:
-        return
     latest = ckpt.latest_checkpoint(cfg.output_dir)
+    if cfg.resume and latest is not None:
+        return
     if latest is not None:
         raise FileExistsError(
             f"{cfg.output_dir} already holds checkpoints of an earlier run (latest: {latest.name}); pass --resume "
@@ -939,9 +939,38 @@ def refuse_to_mix_runs(cfg: TrainConfig) -> None:
     # the final save replaced its weights, and its metrics were truncated.
     files = checkpoint_files(Path(cfg.output_dir))  # config.json, then the weights a load would read
     if len(files) > 1 and all(f.exists() for f in files):
+        if cfg.resume:
+            # --resume with nothing to resume started from scratch here, replacing the saved model and its
+            # metrics.jsonl: a finished run whose checkpoints were deleted, "extended" with --max-steps --resume.
+            raise FileExistsError(
+                f"--resume: {cfg.output_dir} holds a saved model but no checkpoint to resume (they were deleted?); "
+                "a fresh run would replace that model. To train it further, pass it as --init-from (timemoe "
+                "finetune: --model) with another --output-dir"
+            )
         raise FileExistsError(
             f"{cfg.output_dir} already holds a saved model (config.json and its weights) that this run would "
             "replace; choose another --output-dir (to train from that model, pass it as --init-from / --model)"
+        )
+
+
+def refuse_unused_eval_settings(cfg: TrainConfig) -> None:
+    """``--eval-data`` or ``--eval-batches`` without ``--eval-every`` were accepted and never used (a path that does
+    not exist included): the run reported no held-out loss, without a word. TrainConfig itself accepts them (a
+    Trainer built by hand may call ``evaluate()``); a run of ``train`` never evaluates without ``eval_every``."""
+    if cfg.eval_every:
+        return
+    unused = [
+        flag
+        for flag, given in (
+            ("--eval-data", cfg.eval_data is not None),
+            ("--eval-batches", cfg.eval_batches != TrainConfig.eval_batches),
+        )
+        if given
+    ]
+    if unused:
+        raise ValueError(
+            f"{' and '.join(unused)} given without --eval-every (eval_every=0 never evaluates): pass --eval-every N "
+            "to evaluate every N steps and at the last one, or leave them out"
         )
 
 
@@ -1014,6 +1043,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     time limit or by Ctrl-C / SIGTERM, which ``stopped_by`` names; a stopped run saved a checkpoint first).
     """
     refuse_to_mix_runs(cfg)
+    refuse_unused_eval_settings(cfg)
     if cfg.warmup_steps > cfg.max_steps:
         log.warning(
             "warmup_steps %d exceeds max_steps %d: the learning rate never reaches lr (it peaks at %.3g)",
