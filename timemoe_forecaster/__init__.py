@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -22,7 +23,15 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "TimeMoEConfig", "TimeMoEForPrediction", "TimeMoEForecaster", "__version__"]
+__all__ = ["PRESETS", "TimeMoEConfig", "TimeMoEForPrediction", "__version__"]
+# The sktime estimator only where its extra is installed: listed unconditionally, ``from timemoe_forecaster import
+# *`` failed with an ImportError on a core install (star import reads every name of __all__).
+try:
+    _HAS_SKTIME = importlib.util.find_spec("sktime") is not None
+except (ImportError, ValueError):  # a module object without a spec in sys.modules
+    _HAS_SKTIME = False
+if _HAS_SKTIME:
+    __all__.append("TimeMoEForecaster")
 
 
 def __getattr__(name: str):

@@ -10,6 +10,8 @@ Shape legend: B batch, S context, C channels, G key/value heads, K cached keys, 
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 
 import numpy as np
 import torch
@@ -172,19 +174,36 @@ def forecast(
     return finish_output(out, context)
 
 
+# Forecasts in progress per model, and the modules the first of them flipped to eval mode: the last one to finish
+# restores them. Each forecast flipping and restoring on its own let one thread's forecast finish and put a
+# training model back in training mode while another thread's was still running, which then ran with attention
+# dropout (random forecasts).
+_EVAL_LOCK = threading.Lock()
+_EVAL_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [count, flipped modules]
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
-    """Eval mode inside, each module's own mode restored after. Flips only the modules that are
-    training: ``model.eval()`` then ``model.train()`` walk every module twice through ``Module.train``,
-    which cost about 1.5 ms of a 40 ms CPU forecast of the default model."""
-    training = [m for m in model.modules() if m.training]
-    for m in training:
-        m.training = False
+    """Eval mode inside, each module's own mode restored after (when no other thread is still inside for
+    ``model``). Flips only the modules that are training: ``model.eval()`` then ``model.train()`` walk every
+    module twice through ``Module.train``, which cost about 1.5 ms of a 40 ms CPU forecast of the default model."""
+    with _EVAL_LOCK:
+        entry = _EVAL_USERS.get(model)
+        if entry is None:
+            training = [m for m in model.modules() if m.training]
+            for m in training:
+                m.training = False
+            entry = _EVAL_USERS[model] = [0, training]
+        entry[0] += 1
     try:
         yield model
     finally:
-        for m in training:
-            m.training = True
+        with _EVAL_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                _EVAL_USERS.pop(model, None)
+                for m in entry[1]:
+                    m.training = True
 
 
 def resolve_batch_tokens(model, max_batch_tokens):
@@ -225,14 +244,22 @@ def prepare_inputs(model, context, horizon, attention_mask, max_batch_tokens):
     check = x if valid is None else x[valid]
     if not bool(torch.isfinite(check).all()):
         given = context.to(param.device)
-        given = given if valid is None else (given.unsqueeze(-1) if context.dim() == 2 else given)[valid]
-        if bool(torch.isfinite(given).all()):  # finite as given: the cast to the model's dtype overflowed
+        given = given.unsqueeze(-1) if context.dim() == 2 else given  # [B, S, C]
+        unmasked = torch.ones(given.shape[:2], dtype=torch.bool, device=given.device) if valid is None else valid
+        if bool(torch.isfinite(given[unmasked]).all()):  # finite as given: the cast to the model's dtype overflowed
+            peak = given[unmasked].abs().max().item()
             raise ValueError(
-                f"context values up to {given.abs().max().item():.3g} overflow the model's dtype {param.dtype} "
+                f"context values up to {peak:.3g} overflow the model's dtype {param.dtype} "
                 f"(largest finite value {torch.finfo(param.dtype).max:.3g}); scale them first (the model reads "
                 "standardised values) or use a float32 model"
             )
-        raise ValueError("context holds NaN or inf at unmasked positions; mask them or fill them first")
+        # Which rows: the message named none, so a batch of many series left the caller to search for it.
+        bad = ((~torch.isfinite(given)).any(dim=-1) & unmasked).any(dim=1).nonzero().flatten().tolist()
+        rows = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"context holds NaN or inf at unmasked positions (row{'s' if len(bad) > 1 else ''} {rows}); "
+            "mask them or fill them first"
+        )
     x, valid = _within_position_limit(model, x, valid)  # after the check above, which reads the whole context
     return x, valid, int(horizon)
 

@@ -244,17 +244,38 @@ def prepare(series: list[np.ndarray], max_length: int, names: list[str] | None =
     out = []
     for i, s in enumerate(series):
         name = names[i] if names is not None else f"series {i}"
-        values = np.asarray(s, dtype=np.float64)
+        values = _series_values(s, name)
         if values.ndim != 1:
             raise ValueError(
                 f"{name} must be 1-D (one channel), got shape {values.shape}; pass each channel as its own series"
             )
         # Only the context's end of the series: filling and copying all of it took 50 ms a forecast of a 1e7-point
         # history, as long as the model's own work.
-        filled = fill_missing(values[context_start(values, values.size, max_length) :], name)
+        window = values[context_start(values, values.size, max_length) :]
+        if np.isinf(window).any():
+            # Named here: past this point it failed inside the model as "context holds NaN or inf at unmasked
+            # positions; mask them", which named no series and gave advice for model.forecast's own inputs.
+            raise ValueError(f"{name} holds inf values; replace them by NaN (treated as missing) or finite numbers")
+        filled = fill_missing(window, name)
         # A copy, not a view: a view would keep the whole filled series alive with every context.
         out.append(filled[-max_length:].copy() if filled.size > max_length else filled)
     return out
+
+
+def _series_values(s, name: str) -> np.ndarray:
+    """One series as a float64 array, without copying a float or integer numpy array of it. A torch tensor is
+    read whatever its dtype and autograd state (bfloat16 and tensors that require grad failed inside numpy); other
+    data goes through :func:`as_float_array`, so strings, booleans and complex numbers are refused by name (complex
+    values lost their imaginary part with only a numpy warning, booleans forecast as 0/1, strings failed naming no
+    series)."""
+    if isinstance(s, torch.Tensor):
+        s = s.detach().cpu()
+        s = s.to(torch.float64) if s.is_floating_point() else s
+        s = s.numpy()
+    values = np.asarray(s)
+    if values.dtype.kind in "iuf":
+        return values.astype(np.float64, copy=False)
+    return as_float_array(values, name)
 
 
 def context_start(values: np.ndarray, end: int, length: int, observed_at: np.ndarray | None = None) -> int:
@@ -421,6 +442,9 @@ def forecast_series(
     :func:`context_points`). ``warn=False``: no warning of a horizon past the model's window (darts'
     ``show_warnings=False``).
     """
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        # Before the warning below, which compared a horizon of "5" or None with an int (a bare TypeError).
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     length = context_points(context_length, model.config)
     if warn:
         warn_if_horizon_past_window(horizon, model.config)
