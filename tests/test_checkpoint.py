@@ -504,3 +504,38 @@ def test_a_home_relative_path_names_the_same_folder_for_saving_and_loading(tmp_p
     assert (home / "m" / "config.json").is_file() and not (work / "~").exists()
     assert_same_weights(TimeMoEForPrediction.from_pretrained("~/m"), model)
     assert TrainConfig(config="tiny", output_dir="~/run").output_dir == str(home / "run")
+
+
+@pytest.mark.parametrize(
+    "key, edit",
+    [
+        ("model.layers.1.ffn_layer.experts.2.gate_proj.weight", lambda t: t[:, :-1]),
+        ("model.layers.0.ffn_layer.experts.3.down_proj.weight", lambda t: t[:-1]),
+        ("model.layers.1.self_attn.q_proj.weight", lambda t: t.reshape(-1)),
+    ],
+)
+def test_a_per_expert_or_q_k_v_tensor_of_the_wrong_shape_is_named(tmp_path, key, edit):
+    # Such tensors are stacked or joined before the shapes are checked: torch's "stack expects each tensor to be
+    # equal size" or "tuple index out of range" came out, naming no tensor.
+    make_model().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state[key] = edit(state[key]).contiguous()
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+        TimeMoEForPrediction.from_pretrained(tmp_path)
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_directory():
+    with pytest.raises(CheckpointError, match="empty"):
+        TimeMoEForPrediction.from_pretrained("")
+
+
+@pytest.mark.parametrize("kwargs, named", [({"attn_backend": "bogus"}, "bogus"), ({"moe_dispatch": "x"}, "'x'")])
+def test_a_bad_model_argument_is_blamed_on_the_argument_not_the_config(tmp_path, kwargs, named, monkeypatch):
+    import timemoe_forecaster.checkpoint as checkpoint
+
+    make_model().save_pretrained(tmp_path)
+    monkeypatch.setattr(checkpoint, "read_weights", lambda d: pytest.fail("read the weights first"))
+    with pytest.raises(ValueError, match=named) as info:
+        TimeMoEForPrediction.from_pretrained(tmp_path, **kwargs)
+    assert "config.json" not in str(info.value)

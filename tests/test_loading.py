@@ -76,3 +76,37 @@ def test_an_estimator_asks_the_hub_once_per_process_for_a_hub_id(tmp_path, monke
     shutil.rmtree(tmp_path / "snapshot-1")  # the user cleared the hub cache: fetched again, not a missing folder
     load_model(hub_id, device="cpu")
     assert calls == [hub_id, hub_id]
+
+
+def test_load_state_dict_or_reset_on_one_caller_reaches_no_other_load(tmp_path):
+    # Documented as "cached read-only": a.load_state_dict(...) copied into the cached tensors in place, so b, every
+    # later load of the checkpoint in the process (and every estimator on it) forecast with the new weights.
+    path = _checkpoint(tmp_path)
+    a, b = load_model(path, device="cpu"), load_model(path, device="cpu")
+    context = torch.randn(2, 64)
+    expected = b.forecast(context, 8)
+    other = make_model(seed=9)
+    a.load_state_dict(other.state_dict())
+    torch.testing.assert_close(a.forecast(context, 8), other.forecast(context, 8))
+    assert not shares_cached_weights(a)
+    d = load_model(path, device="cpu")
+    d.reset_parameters()
+    assert not shares_cached_weights(d)
+    for model in (b, load_model(path, device="cpu")):
+        torch.testing.assert_close(model.forecast(context, 8), expected, rtol=0, atol=0)
+
+
+def test_the_cache_sees_a_checkpoint_replaced_by_one_with_the_same_file_times_and_sizes(tmp_path):
+    # The cache keyed on (mtime, size) only: a checkpoint of the same architecture written over another and given
+    # the same times (cp -p, rsync -a, tar, a file system with coarse times) kept serving the old weights.
+    import os
+
+    path = _checkpoint(tmp_path)
+    times = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    load_model(path, device="cpu")
+    replacement = make_model(seed=6)
+    replacement.save_pretrained(tmp_path)
+    for p in tmp_path.iterdir():
+        os.utime(p, ns=(times[p.name], times[p.name]))
+    got = load_model(path, device="cpu")
+    assert torch.equal(got.lm_heads[0].out_layer.weight, replacement.lm_heads[0].out_layer.weight)

@@ -88,6 +88,13 @@ def _join_linears(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         for proj in _JOINED[joined]:
             if proj not in found:
                 raise CheckpointError(f"missing key {module_prefix}.{proj}.{leaf}")
+            # A 1-D weight failed below as "tuple index out of range", naming no tensor.
+            dims = {"weight": 2, "bias": 1}.get(leaf)
+            if dims is not None and found[proj].dim() != dims:
+                raise CheckpointError(
+                    f"{module_prefix}.{proj}.{leaf} has shape {tuple(found[proj].shape)}; a {leaf} here is {dims}-D"
+                )
+    for (module_prefix, joined, leaf), found in parts.items():
         tensors = [found[proj] for proj in _JOINED[joined]]
         rows = [t.shape[0] for t in tensors]
         # The joined tensor is split back by _qkv_sizes (a bias by its weight's sizes, as in to_official), and the
@@ -125,6 +132,14 @@ def from_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             # filled the memory.
             missing = next(e for e in range(len(by_expert) + 1) if e not in by_expert)
             raise CheckpointError(f"missing key {prefix}.experts.{missing}.{proj}.weight")
+        first = by_expert[0]
+        odd = next((e for e in range(len(by_expert)) if by_expert[e].shape != first.shape or first.dim() != 2), None)
+        if odd is not None:  # torch.stack's own words named no tensor ("... at entry 2")
+            raise CheckpointError(
+                f"{prefix}.experts.{odd}.{proj}.weight has shape {tuple(by_expert[odd].shape)}, but "
+                f"{prefix}.experts.0.{proj}.weight has shape {tuple(first.shape)} (each expert's must be the same 2-D "
+                "shape)"
+            )
         stacked[prefix, proj] = torch.stack([by_expert[e] for e in range(len(by_expert))])
     for prefix in sorted({prefix for prefix, _ in stacked}):
         for leaf, projections in _STACKED.items():
@@ -505,6 +520,13 @@ def resolve_directory(path_or_hub_id, revision: str | None = None, **hub_options
             f"the embedded default, got {type(path_or_hub_id).__name__}"
         )
     name = os.fspath(path_or_hub_id)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not name.strip():  # Path("") is the working directory: config.json was looked for there
+        raise CheckpointError(
+            'the checkpoint path is empty; pass a directory ("." for the working directory), a hub id, or None '
+            "for the embedded default"
+        )
     path = Path(os.path.expanduser(name))
     try:
         is_dir, exists = path.is_dir(), path.exists()
@@ -689,6 +711,23 @@ _RENAMED = {"torch_dtype": "dtype=", "device_map": "device=", "trust_remote_code
 
 
 def _check_model_kwargs(model_cls, model_kwargs: dict) -> None:
+    _check_model_kwarg_names(model_cls, model_kwargs)
+    # Their values too, before any weight is read: a bad one failed after the load, blamed on config.json
+    # ("config.json describes a model that cannot be built (unknown attention backend ...)").
+    if isinstance(model_cls, type) and issubclass(model_cls, TimeMoEForPrediction):
+        if "attn_backend" in model_kwargs:
+            from .model.attention import check_backend
+
+            check_backend(model_kwargs["attn_backend"])
+        if "moe_dispatch" in model_kwargs:
+            from .model.moe import DISPATCH_MODES
+
+            dispatch = model_kwargs["moe_dispatch"]
+            if dispatch not in DISPATCH_MODES:
+                raise ValueError(f"unknown MoE dispatch {dispatch!r}; choose one of {DISPATCH_MODES}")
+
+
+def _check_model_kwarg_names(model_cls, model_kwargs: dict) -> None:
     try:
         inspect.signature(model_cls).bind(None, **model_kwargs)
     except TypeError:

@@ -96,9 +96,12 @@ def _file_stamp(directory: Path) -> tuple:
         try:
             stat = path.stat()
         except OSError:
-            stamp.append((str(path.relative_to(directory)), None, None))
+            stamp.append((str(path.relative_to(directory)), None, None, None, None))
             continue
-        stamp.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size))
+        # The inode and the change time too: a checkpoint written over another of the same architecture (same
+        # sizes) and given its times (cp -p, rsync -a, tar, a file system with coarse times) kept serving the old
+        # weights. A save replaces each file (a new inode), and no one can set a file's change time.
+        stamp.append((str(path.relative_to(directory)), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns))
     return tuple(stamp)
 
 
@@ -209,6 +212,18 @@ def shares_cached_weights(model: torch.nn.Module) -> bool:
     with _HOLDERS_LOCK:
         holders = list(_WEIGHT_HOLDERS)
     return any(other is not model and any(p.data_ptr() in mine for p in other.parameters()) for other in holders)
+
+
+def release_shared_weights(model: torch.nn.Module) -> None:
+    """Give ``model`` tensors of its own where it shares them with the checkpoint cache or another caller's model,
+    before it changes them in place (``load_state_dict``, ``reset_parameters``): copying into the shared tensors
+    changed every other estimator on the checkpoint and every later load of it in the process."""
+    if not shares_cached_weights(model):
+        return
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+    model.__dict__.pop(_FINGERPRINT, None)  # its weights are its own from here on
 
 
 def split_config(config) -> tuple[str | None, dict[str, Any]]:

@@ -214,6 +214,7 @@ class TimeMoEForPrediction(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Normal(0, initializer_range) weights, zero biases, unit norms (as the official init)."""
+        self._own_weights()
         std = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -225,6 +226,20 @@ class TimeMoEForPrediction(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith(("_EGH", "_EHF")):
                 param.normal_(0.0, std)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; a model over the checkpoint cache's tensors (``loading.load_model``, an
+        estimator's ``model_``) first takes tensors of its own, so the copy reaches no other model."""
+        if not assign:
+            self._own_weights()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _own_weights(self) -> None:
+        if next(self.parameters()).is_meta:
+            return
+        from ..loading import release_shared_weights  # loading imports this module
+
+        release_shared_weights(self)
 
     @property
     def attn_backend(self) -> str:
