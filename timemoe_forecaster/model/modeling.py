@@ -442,7 +442,8 @@ def multi_horizon_loss(
     for i, pred in enumerate(per_head):
         horizon = pred.shape[-1] // c
         pred_BSLC = pred.view(b, s, horizon, c)
-        target_BSLC = horizon_targets(labels.to(pred.dtype), horizon).float()
+        # float32 targets: cast to the predictions' dtype (bf16 under autocast) they were rounded to 8 bits.
+        target_BSLC = horizon_targets(labels.float(), horizon)
         weight = _target_weights((b, s, horizon, c), loss_mask, seq_ids, attention_mask)
         if weight is not None:
             # Targets under weight 0 are zeroed, not only their losses: the Huber gradient at a NaN target is
