@@ -7,7 +7,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader > $OUT/gpu.txt
 t0=$(date +%s)
-timeout 420 python3 -m pytest -v -m gpu tests/estimators tests/model/test_cuda_graphs.py -p no:cacheprovider -rs 2>&1 \
-  | grep -E "PASS|FAIL|ERROR|SKIP|passed|failed|Error|assert" > $OUT/gpu_tests_estimators.log
+timeout ${T:-420} python3 -m pytest -v -m gpu tests/estimators tests/model/test_cuda_graphs.py -p no:cacheprovider -rs 2>&1 \
+  | grep --line-buffered -E "PASS|FAIL|ERROR|SKIP|passed|failed|Error|assert" > $OUT/gpu_tests_estimators.log
 echo "pytest rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s" >> $OUT/gpu_tests_estimators.log
 cut -c1-250 $OUT/gpu_tests_estimators.log
