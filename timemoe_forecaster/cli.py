@@ -486,19 +486,20 @@ def _time_column(frame, exclude: str, path: Path):
 
     from .data.frames import _holds_dates, parse_times
 
-    def read(column, name, where=None):
-        if pd.api.types.is_numeric_dtype(column):
-            return _numeric_times(column, name)
+    def read(column, name, where=None):  # a text column's times
         # Times without their date (22:00, 23:00, 00:00; Nov, Dec, Jan) were dated today or in year 1 and sorted
         # into the wrong order: 00:00 before 22:00, January before the November of the year before.
         return parse_times(column, where=where) if _holds_dates(column) else None
 
     for name in frame.columns:
         column = frame[name]
-        if name == exclude or (pd.api.types.is_numeric_dtype(column) and _numeric_times(column, name) is None):
+        numeric = pd.api.types.is_numeric_dtype(column)
+        # A numeric column's times, read once (they leave out its empty cells, as read(column.dropna()) would).
+        if name == exclude or (numeric and (numeric_times := _numeric_times(column, name)) is None):
             continue
         if column.isna().any():
-            if read(column.dropna(), name) is not None:  # a date column with holes: say why nothing is dated
+            holes_dated = numeric_times if numeric else read(column.dropna(), name)
+            if holes_dated is not None:  # a date column with holes: say why nothing is dated
                 log.warning(
                     "column %r reads as dates but %d row(s) have none (the first at line %s); the forecast is "
                     "numbered, not dated (fill in the dates to get dates)",
@@ -507,7 +508,7 @@ def _time_column(frame, exclude: str, path: Path):
                     _line(column.index[column.isna()][0]),
                 )
             continue
-        parsed = read(column, name, where=f"column {name!r}")
+        parsed = numeric_times if numeric else read(column, name, where=f"column {name!r}")
         if parsed is not None:
             parsed = _with_time_of_day(frame, name, parsed, exclude)
         if parsed is not None and parsed.is_unique:

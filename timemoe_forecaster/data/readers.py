@@ -143,12 +143,13 @@ def _semicolon_table(path: Path):
         return bool(len(given)) and bool(given.str.fullmatch(_COMMA_DECIMAL).all())
 
     texts = {name: frame[name].str.strip() for name in frame.columns}
+    decimal = {name: comma_decimal(text.dropna()) for name, text in texts.items()}  # "1.234,5" or "1.234" or "12"
     # Where one column writes decimal commas, '.' is the thousands separator of every column: "1.020" beside
     # "9,50" is one thousand and twenty (it was read as 1.02).
-    commas = any(comma_decimal(t.dropna()) and t.str.contains(",", regex=False).any() for t in texts.values())
+    commas = any(decimal[name] and text.str.contains(",", regex=False).any() for name, text in texts.items())
     for name, text in texts.items():
         given = text.dropna()
-        if comma_decimal(given) and (commas or given.str.contains(",", regex=False).any()):
+        if decimal[name] and commas:
             frame[name] = pd.to_numeric(text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
         else:
             numbers = pd.to_numeric(given, errors="coerce")
